@@ -1,0 +1,131 @@
+"""
+The seams between teredonode's components.
+
+Roles never open sockets, TUN devices or run C{ip} themselves: they are handed providers of
+these interfaces.  Production wiring (L{teredonode.service}) hands them real ones; tests hand
+them the fakes of L{teredonode.testing}.  Declaring the seams as zope interfaces lets
+C{verifyObject} prove that a fake and the real thing offer the same methods, which is the
+only way a fake stays honest.
+
+Conventions used across every interface:
+  - an IPv4 endpoint is C{(host, port)} with C{host} a dotted-quad C{str}, exactly what
+    Twisted's C{DatagramProtocol.datagramReceived} passes and what C{socket.sendto} takes;
+  - an IPv6 address on the data path is its raw 16-byte C{bytes} (hashable, no parsing cost);
+    text forms appear only at the edges (config, logs, status).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from zope.interface import Attribute, Interface
+
+Endpoint = tuple[str, int]
+
+
+class IDatagramSender(Interface):
+    """
+    Sends UDP datagrams from one bound local address.
+
+    The production implementation calls the socket's C{sendto} directly (Twisted's
+    C{Port.write} re-validates the address string on every call, which costs more than the
+    rest of the per-packet work), drops and counts on C{ENOBUFS}/C{EAGAIN}, and never raises
+    for a transient error: one unlucky datagram must not unwind the data path.
+    """
+
+    local = Attribute("The bound local endpoint, C{(host, port)}.")
+
+    def sendto(data: bytes, addr: Endpoint) -> None:
+        """
+        Send C{data} to C{addr}; transient errors are counted, never raised.
+        """
+
+
+class ITunDevice(Interface):
+    """
+    A TUN interface carrying raw IPv6 packets (no packet-information header).
+    """
+
+    name = Attribute("The kernel's name for the interface (C{str}).")
+
+    def open() -> None:
+        """
+        Create/attach the device.  Called from C{privilegedStartService} so twistd can
+        drop root afterwards.  Raises L{OSError} with a readable message on failure.
+        """
+
+    def startReading(deliver: Callable[[bytes], None]) -> None:
+        """
+        Start delivering every packet read from the device to C{deliver}.
+        """
+
+    def write(packet: bytes) -> None:
+        """
+        Inject one IPv6 packet toward the host's stack.  Errors are counted, not raised.
+        """
+
+    def close() -> None:
+        """
+        Stop reading and release the device.
+        """
+
+
+class INetworkConfigurator(Interface):
+    """
+    One-time interface setup: link state, MTU, addresses, routes, sysctls.
+
+    Production runs iproute2 (C{ip}); tests use a recording fake whose final state can be
+    asserted on.  Every method raises L{teredonode.errors.NetConfigError} with a one-line
+    message on failure.
+    """
+
+    def linkUp(name: str, mtu: int) -> None:
+        """
+        Disable the kernel's own link-local address generation, set C{mtu}, bring it up.
+        """
+
+    def addAddress(name: str, address: str, prefixlen: int) -> None:
+        """
+        Add an IPv6 address (no DAD) to interface C{name}.
+        """
+
+    def removeAddress(name: str, address: str, prefixlen: int) -> None:
+        """
+        Remove an IPv6 address from interface C{name}; absent is not an error.
+        """
+
+    def addRoute(name: str, prefix: str, metric: int) -> None:
+        """
+        Route IPv6 C{prefix} (e.g. C{"2001::/32"}) to interface C{name}.
+        """
+
+    def removeRoute(name: str, prefix: str) -> None:
+        """
+        Remove a route added by L{addRoute}; absent is not an error.
+        """
+
+    def setForwarding(enabled: bool) -> None:
+        """
+        Turn IPv6 forwarding on or off for the host (relay role).
+        """
+
+
+class IStatusSource(Interface):
+    """
+    Anything that reports a JSON-serialisable status mapping: roles, the node.
+    """
+
+    def status() -> dict[str, Any]:
+        """
+        Return the current status: C{state}, addresses, counters (drops by reason).
+        Must be cheap and must not mutate anything.
+        """
+
+
+class ITeredoRole(IStatusSource):
+    """
+    One Teredo role (client, server, relay, host-relay), also an
+    L{twisted.application.service.IService}.
+    """
+
+    roleName = Attribute("The role's name as used in config and on the command line.")

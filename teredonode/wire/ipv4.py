@@ -1,0 +1,112 @@
+"""
+IPv4 address predicates (pure).
+
+RFC 4380 section 5.2.4 defines which IPv4 addresses are "in the format of a global unicast
+address"; servers and relays check outer sources and embedded mappings against it
+(SV-IN-3, SV-FW-4, SV-RA-07, RL-TX-01).  The RFC's list dates from 2006, so
+L{HARDENING_RANGES} adds the ranges assigned since that can never be a real client's public
+mapping.  Both are documented in C{docs/wire.md}.
+
+The documentation ranges (192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24) are deliberately
+*accepted*: the project's lab uses them as its public Internet, as Miredo does.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from teredonode.wire.errors import ParseError
+
+__all__ = [
+    "RFC4380_NON_GLOBAL",
+    "HARDENING_RANGES",
+    "is_global_unicast",
+    "pack",
+    "unpack",
+]
+
+_U32 = struct.Struct("!I")
+
+
+def _net(text: str) -> tuple[int, int, str]:
+    """
+    C{"10.0.0.0/8"} -> C{(network, mask, text)} as integers, for fast membership tests.
+    """
+    base, length = text.split("/")
+    mask = (0xFFFFFFFF << (32 - int(length))) & 0xFFFFFFFF
+    return _U32.unpack(socket.inet_aton(base))[0] & mask, mask, text
+
+
+#: The ranges RFC 4380 section 5.2.4 lists as not global unicast, verbatim.  (Directed
+#: broadcast addresses of attached subnets are never a valid source because no socket of
+#: ours sets SO_BROADCAST.)
+RFC4380_NON_GLOBAL: tuple[tuple[int, int, str], ...] = tuple(
+    _net(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "192.88.99.0/24",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+    )
+)
+
+#: Ranges assigned after RFC 4380 that no real client mapping can come from: shared address
+#: space (RFC 6598), IETF protocol assignments (RFC 6890), benchmarking (RFC 2544), and the
+#: reserved 240/4 block.  Applied by default ("hardened"), switchable off per role.
+HARDENING_RANGES: tuple[tuple[int, int, str], ...] = tuple(
+    _net(n)
+    for n in (
+        "100.64.0.0/10",
+        "192.0.0.0/24",
+        "198.18.0.0/15",
+        "240.0.0.0/4",
+    )
+)
+
+_STRICT = RFC4380_NON_GLOBAL + HARDENING_RANGES
+
+
+def pack(ip: str) -> bytes:
+    """
+    Dotted quad -> 4 bytes, strictly (C{inet_aton} alone would accept C{"1"}).
+    """
+    parts = ip.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and int(p) < 256 for p in parts):
+        raise ParseError("bad ipv4 address")
+    return bytes(int(p) for p in parts)
+
+
+def unpack(raw: bytes) -> str:
+    """
+    4 bytes -> dotted quad.
+    """
+    if len(raw) != 4:
+        raise ParseError("bad ipv4 length")
+    return socket.inet_ntoa(raw)
+
+
+def is_global_unicast(ip: str | bytes | int, hardened: bool = True) -> bool:
+    """
+    Is C{ip} in the format of a global unicast address (RFC 4380 section 5.2.4)?
+
+    @param ip: dotted quad, 4 raw bytes, or the address as an integer.
+    @param hardened: also reject L{HARDENING_RANGES}.
+    """
+    if isinstance(ip, str):
+        value = _U32.unpack(pack(ip))[0]
+    elif isinstance(ip, bytes):
+        if len(ip) != 4:
+            return False
+        value = _U32.unpack(ip)[0]
+    else:
+        value = ip
+    for network, mask, _ in _STRICT if hardened else RFC4380_NON_GLOBAL:
+        if value & mask == network:
+            return False
+    return True
