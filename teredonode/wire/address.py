@@ -61,7 +61,7 @@ FLAG_G = 0x0100
 RANDOM_MASK = 0x3CFF
 
 _LAYOUT = struct.Struct("!4s4sHH4s")
-_TAIL = struct.Struct("!HH4s")
+_TAIL = struct.Struct("!H4s")
 _XOR32 = b"\xff\xff\xff\xff"
 
 
@@ -205,7 +205,7 @@ def mapping_of(raw: bytes) -> tuple[str, int]:
     """
     The mapped C{(ip, port)} embedded in a raw 16-byte Teredo address.  Cheap: data path.
     """
-    oport, _, oip = _TAIL.unpack_from(raw, 10)
+    oport, oip = _TAIL.unpack_from(raw, 10)
     return socket.inet_ntoa(_xor4(oip)), oport ^ 0xFFFF
 
 
@@ -229,7 +229,7 @@ def server_link_local(server: str) -> bytes:
 #: are the values Miredo sends (and checks for in the RA's destination), so a server of ours
 #: answering them and a client of ours using them interoperate both ways.
 CLIENT_LINK_LOCAL_CONE = bytes.fromhex("fe80000000000000800054455245444f")
-CLIENT_LINK_LOCAL_RESTRICTED = bytes.fromhex("fe80000000000000ffffffffffffffff")
+CLIENT_LINK_LOCAL_RESTRICTED = bytes.fromhex("fe800000000000000000ffffffffffff")
 
 
 def prefix_from_text(text: str) -> bytes:

@@ -1,0 +1,203 @@
+"""
+The Teredo UDP payload: origin indication, authentication indicator, RFC 6081 trailers and
+the classifier (digest sections 2.3-2.7, 2.11, 2.13).
+"""
+
+import ipaddress
+
+from hypothesis import given, strategies as st
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredonode.wire import ipv6, teredo
+from teredonode.wire.errors import ParseError
+from teredonode.wire.teredo import (
+    AlternateAddressTrailer,
+    AuthIndicator,
+    NeighborDiscoveryTrailer,
+    NonceTrailer,
+    OriginIndication,
+    RandomPortTrailer,
+    UnknownTrailer,
+    classify,
+    decode_trailers,
+    encode_payload,
+    encode_trailers,
+)
+
+from tests import strategies
+
+
+def a(text: str) -> bytes:
+    return ipaddress.IPv6Address(text).packed
+
+
+BUBBLE = ipv6.bubble(a("2001:0:cb00:7178:0:efff:3fff:fdfe"), a("2001:0:c633:6476:0:dfff:3fff:fdf5"))
+
+
+class VectorTests(SynchronousTestCase):
+    def test_origin_indication_vector(self) -> None:
+        """
+        RFC 4380 section 5.1.1: 1.2.3.4 port 337 -> 00 00 fe ae fe fd fc fb.
+        """
+        self.assertEqual(OriginIndication("1.2.3.4", 337).to_bytes(), bytes.fromhex("0000feaefefdfcfb"))
+        p = classify(bytes.fromhex("0000feaefefdfcfb") + BUBBLE)
+        self.assertEqual(p.origin, OriginIndication("1.2.3.4", 337))
+        self.assertTrue(p.is_bubble)
+
+    def test_auth_layout(self) -> None:
+        """
+        00 01 ID-len AU-len, ID, AU, nonce(8), confirmation (section 2.5): 13 + ID + AU bytes.
+        """
+        auth = AuthIndicator(b"NONCE123", b"id", b"hmac", 1)
+        raw = auth.to_bytes()
+        self.assertEqual(raw, b"\x00\x01\x02\x04" + b"id" + b"hmac" + b"NONCE123" + b"\x01")
+        self.assertEqual(len(AuthIndicator(b"\x00" * 8).to_bytes()), 13)
+
+    def test_auth_then_origin(self) -> None:
+        """
+        Authentication first, then origin (W-ENC-2); the reverse is invalid (W-ENC-3).
+        """
+        auth = AuthIndicator(b"abcdefgh")
+        origin = OriginIndication("192.0.2.45", 40000)
+        p = classify(encode_payload(BUBBLE, auth, origin))
+        self.assertEqual((p.auth, p.origin, p.ipv6), (auth, origin, BUBBLE))
+        with self.assertRaises(ParseError):
+            classify(origin.to_bytes() + auth.to_bytes() + BUBBLE)
+
+    def test_trailer_vectors(self) -> None:
+        """
+        Each RFC 6081 trailer's bytes (sections 4.2-4.5).
+        """
+        self.assertEqual(encode_trailers([NonceTrailer(b"\x01\x02\x03\x04")]), bytes.fromhex("010401020304"))
+        self.assertEqual(
+            encode_trailers([AlternateAddressTrailer((("192.0.2.1", 4096),))]),
+            bytes.fromhex("03080000c00002011000"),
+        )
+        self.assertEqual(encode_trailers([NeighborDiscoveryTrailer(1)]), bytes.fromhex("040401000000"))
+        self.assertEqual(encode_trailers([RandomPortTrailer(1201)]), bytes.fromhex("020204b1"))
+        self.assertEqual(encode_trailers([RandomPortTrailer(1201, 0x05)]), bytes.fromhex("050204b1"))
+
+    def test_random_port_both_codes(self) -> None:
+        """
+        Defect D1: 0x05 (section 4.5) and 0x02 (IANA, section 9) both decode; we send 0x02.
+        """
+        self.assertEqual(decode_trailers(bytes.fromhex("050204b1")), (RandomPortTrailer(1201, 5),))
+        self.assertEqual(decode_trailers(bytes.fromhex("020204b1")), (RandomPortTrailer(1201, 2),))
+        self.assertEqual(teredo.RANDOM_PORT_SEND_TYPE, 0x02)
+
+
+class TrailerRuleTests(SynchronousTestCase):
+    """
+    RFC 6081 sections 4.1 and 5.1.2: W-TRL-1..4.
+    """
+
+    def test_order_kept(self) -> None:
+        ts = (NonceTrailer(b"abcd"), RandomPortTrailer(7), NeighborDiscoveryTrailer(0))
+        self.assertEqual(decode_trailers(encode_trailers(ts)), ts)
+
+    def test_unknown_skip_types(self) -> None:
+        for t in (0x06, 0x3F, 0x80, 0xBF, 0xC0, 0xFF):
+            got = decode_trailers(bytes((t, 1, 9)) + encode_trailers([NonceTrailer(b"abcd")]))
+            self.assertEqual(got, (UnknownTrailer(t, b"\x09"), NonceTrailer(b"abcd")), hex(t))
+
+    def test_unknown_discard_types(self) -> None:
+        for t in (0x40, 0x55, 0x7F):
+            with self.assertRaises(ParseError) as cm:
+                classify(BUBBLE + encode_trailers([NonceTrailer(b"abcd")]) + bytes((t, 0)))
+            self.assertEqual(cm.exception.reason, "unknown trailer requires discard")
+
+    def test_malformed_stops(self) -> None:
+        """
+        Processing stops at a malformed trailer; the packet itself is kept.
+        """
+        good = encode_trailers([NonceTrailer(b"abcd")])
+        for tail in (b"\x01", b"\x01\x04\x00", b"\x40\x09\x00"):
+            p = classify(BUBBLE + good + tail)
+            self.assertEqual(p.trailers, (NonceTrailer(b"abcd"),))
+            self.assertEqual(p.trailer_bytes, good + tail)
+
+    def test_known_type_wrong_length_ignored(self) -> None:
+        self.assertEqual(decode_trailers(bytes.fromhex("0103aabbcc") + bytes.fromhex("04050100000000")), ())
+        self.assertEqual(decode_trailers(bytes.fromhex("03080000c00002010000")), ())  # port 0
+
+    def test_encode_errors(self) -> None:
+        for bad in [
+            [NonceTrailer(b"abc")],
+            [AlternateAddressTrailer(())],
+            [AlternateAddressTrailer((("192.0.2.1", 0),))],
+            [NeighborDiscoveryTrailer(7)],
+            [RandomPortTrailer(1, 9)],
+        ]:
+            self.assertRaises(ParseError, encode_trailers, bad)
+
+
+class ClassifierTests(SynchronousTestCase):
+    def test_simple(self) -> None:
+        p = classify(BUBBLE)
+        self.assertIsNone(p.auth)
+        self.assertIsNone(p.origin)
+        self.assertEqual(p.ipv6, BUBBLE)
+        self.assertEqual(p.trailer_bytes, b"")
+        self.assertTrue(p.is_bubble)
+
+    def test_not_bubble(self) -> None:
+        echo = ipv6.icmpv6_packet(BUBBLE[8:24], BUBBLE[24:40], ipv6.EchoRequest(1, 2, b"x" * 8))
+        p = classify(echo)
+        self.assertFalse(p.is_bubble)
+        self.assertEqual(p.header.next_header, ipv6.NH_ICMPV6)
+
+    def test_invalid(self) -> None:
+        reasons = {
+            b"": "truncated datagram",
+            b"\x60": "truncated datagram",
+            b"\x00\x02" + BUBBLE: "invalid teredo envelope",
+            b"\x00\x00\x01": "truncated origin indication",
+            b"\x00\x01\x05\x05": "truncated auth indicator",
+            b"\x50" + BUBBLE[1:]: "not ipv6",
+            BUBBLE[:30]: "truncated ipv6 header",
+            BUBBLE[:5] + b"\x10" + BUBBLE[6:]: "ipv6 payload length exceeds datagram",
+            AuthIndicator(b"12345678").to_bytes() + b"\x00\x05" + BUBBLE: "invalid teredo envelope",
+        }
+        for data, reason in reasons.items():
+            with self.assertRaises(ParseError) as cm:
+                classify(data)
+            self.assertEqual(cm.exception.reason, reason, data.hex())
+
+    @given(
+        st.none() | strategies.auth,
+        st.none() | strategies.origin,
+        strategies.ipv6_packet(),
+        st.lists(strategies.trailer, max_size=4),
+    )
+    def test_roundtrip(self, auth, origin, packet, trailers) -> None:
+        data = encode_payload(packet, auth, origin, trailers)
+        p = classify(data)
+        self.assertEqual(p.auth, auth)
+        self.assertEqual(p.origin, origin)
+        self.assertEqual(p.ipv6, packet)
+        self.assertEqual(p.trailers, tuple(trailers))
+        self.assertEqual(p.to_bytes(), data)
+
+    @given(st.binary(max_size=300))
+    def test_any_bytes(self, data: bytes) -> None:
+        """
+        Any bytes -> a TeredoPacket or ParseError, never anything else.
+        """
+        try:
+            p = classify(data)
+        except ParseError:
+            return
+        self.assertIsInstance(p, teredo.TeredoPacket)
+        self.assertEqual(len(p.ipv6), 40 + p.header.payload_length)
+
+    @given(strategies.ipv6_packet(), st.binary(max_size=60), st.integers(0, 400), st.integers(0, 255))
+    def test_mutated(self, packet: bytes, tail: bytes, pos: int, value: int) -> None:
+        """
+        Mutations of valid payloads (a byte flipped, trailers of garbage) never escape.
+        """
+        data = bytearray(encode_payload(packet, AuthIndicator(b"12345678"), OriginIndication("1.2.3.4", 5)) + tail)
+        data[pos % len(data)] = value
+        try:
+            classify(bytes(data))
+        except ParseError:
+            pass
