@@ -1,0 +1,262 @@
+"""
+L{Lab}: one running lab -- build it, reach into its hosts, start nodes, tear it down.
+
+Teardown is the part that must never fail: it works from the on-disk state alone (so another
+process, or a later run after a crash, can do it), tolerates half-built labs, and removes
+processes first (so nothing holds a namespace), then the namespaces (which take their links,
+bridges, nft tables and conntrack tables with them).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from teredonode.errors import LabError
+from teredonode.lab import nat, nodes, probe, topology
+from teredonode.lab._proc import in_ns, run, which
+from teredonode.lab.scenario import get_scenario
+from teredonode.lab.state import LabState, recorded_labs, state_dir
+
+KEEP_LOGS_ENV = "TEREDO_LAB_KEEP_LOGS"
+REQUIRED_TOOLS = ("ip", "nft", "conntrack", "sysctl")
+
+
+def preflight() -> None:
+    """
+    Refuse, in one line, to build a lab where it cannot work: not root, no TUN, missing tools.
+    """
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (network namespaces, nftables, TUN devices)")
+    try:
+        if not stat.S_ISCHR(os.stat("/dev/net/tun").st_mode):
+            raise LabError("/dev/net/tun is not a character device")
+    except FileNotFoundError:
+        raise LabError("/dev/net/tun is missing (TUN devices are needed by every Teredo node)") from None
+    for tool in REQUIRED_TOOLS:
+        if which(tool) is None:
+            raise LabError(f"{tool} not found (the lab needs iproute2, nftables, conntrack)")
+
+
+class Lab:
+    """
+    A built lab.  Host names are logical (C{"server"}, C{"client1"}, C{"nat1"}, ...);
+    L{ns} gives the real namespace name.
+    """
+
+    def __init__(self, state: LabState, plan: topology.Plan) -> None:
+        self.state = state
+        self.plan = plan
+        self.nodes: dict[str, nodes.Node] = {}
+
+    # ------------------------------------------------------------ life cycle
+
+    @classmethod
+    def up(cls, scenario: str = "default", base: Path | None = None) -> "Lab":
+        """
+        Build a lab for C{scenario}.  Any failure, including Ctrl-C, removes whatever was
+        already made before the exception propagates.
+        """
+        preflight()
+        spec = get_scenario(scenario)
+        plan = topology.make_plan(spec)
+        state = LabState.create(scenario, base)
+        lab = cls(state, plan)
+        try:
+            def record(ns: str) -> None:
+                state.namespaces.append(ns)
+                state.save()
+
+            topology.build(state.prefix, plan, record)
+        except BaseException:
+            lab.down()
+            raise
+        return lab
+
+    @classmethod
+    def attach(cls, state: LabState) -> "Lab":
+        return cls(state, topology.make_plan(get_scenario(state.scenario)))
+
+    def down(self) -> None:
+        """
+        Remove every process, namespace and file of this lab (see L{destroy}).
+        """
+        destroy(self.state, {name: n.popen for name, n in self.nodes.items()})
+        self.nodes.clear()
+
+    # ------------------------------------------------------------ handles
+
+    @property
+    def prefix(self) -> str:
+        return self.state.prefix
+
+    def host(self, name: str) -> topology.Host:
+        try:
+            return self.plan.hosts[name]
+        except KeyError:
+            raise LabError(f"no host {name!r} in this lab (hosts: {', '.join(self.plan.hosts)})") from None
+
+    def ns(self, name: str) -> str:
+        self.host(name)
+        return topology.ns_name(self.prefix, name)
+
+    def ipv4(self, name: str) -> str:
+        addrs = self.host(name).ipv4
+        if not addrs:
+            raise LabError(f"host {name} has no IPv4 address")
+        return addrs[0]
+
+    def ipv6(self, name: str) -> str:
+        addrs = self.host(name).ipv6
+        if not addrs:
+            raise LabError(f"host {name} has no native IPv6 address")
+        return addrs[0]
+
+    def public_ipv4(self, name: str) -> str:
+        """
+        The address the Internet sees for C{name}: its NAT's WAN address if it is behind one.
+        """
+        host = self.host(name)
+        return self.ipv4(host.behind) if host.behind else self.ipv4(name)
+
+    def exec(
+        self, name: str, argv: Sequence[str], *, timeout: float = 30.0, check: bool = False
+    ) -> subprocess.CompletedProcess[str]:
+        """
+        Run C{argv} on host C{name} and wait for it (bounded by C{timeout}).
+        """
+        return run(in_ns(self.ns(name), argv), timeout=timeout, check=check)
+
+    def popen(self, name: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        """
+        Start C{argv} on host C{name} without waiting (the caller owns and must reap it).
+        """
+        return subprocess.Popen(in_ns(self.ns(name), argv), **kwargs)
+
+    def agent(self, name: str, port: int, lifetime: float = 120.0) -> "probe.Agent":
+        """
+        A UDP probe agent (L{teredonode.lab.probe}) bound to C{port} on host C{name}.
+        """
+        import sys
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(nodes.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        argv = [sys.executable, "-m", "teredonode.lab.probe", "agent", "--port", str(port), "--lifetime", str(lifetime)]
+        return probe.Agent(in_ns(self.ns(name), argv), env)
+
+    # ------------------------------------------------------------ NATs
+
+    def set_nat_mode(self, router: str, mode: str) -> None:
+        """
+        Switch NAT router C{router} to C{mode} (conntrack is flushed).
+        """
+        host = self.host(router)
+        if host.kind != "nat":
+            raise LabError(f"{router} is not a NAT router")
+        client = next(h for h in self.plan.hosts.values() if h.behind == router)
+        nat.apply(self.ns(router), mode, wan="wan", client_ip=client.ipv4[0])
+
+    # ------------------------------------------------------------ nodes
+
+    def start_miredo(self, node: str, host: str, role: str, conf: str | None = None) -> nodes.Node:
+        """
+        Start Miredo as C{role} on C{host}; the config defaults to the lab's plan.
+        """
+        if conf is None:
+            server = self.host("server").ipv4
+            if role == "server":
+                conf = nodes.miredo_server_conf(server[0], server[1])
+            elif role == "client":
+                conf = nodes.miredo_client_conf(server[0])
+            elif role == "relay":
+                conf = nodes.miredo_relay_conf()
+            else:
+                raise LabError(f"Miredo cannot play role {role!r} (it plays server, relay, client)")
+        node_ = nodes.start_miredo(self.state, node, self.ns(host), role, conf)
+        self.nodes[node] = node_
+        return node_
+
+    def start_teredonode(self, node: str, host: str, role: str) -> nodes.Node:
+        settings = nodes.role_settings(role, server_ipv4=self.host("server").ipv4[:2])  # type: ignore[arg-type]
+        node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings)
+        self.nodes[node] = node_
+        return node_
+
+    def stop_node(self, node: str) -> None:
+        record = self.state.processes.pop(node, None)
+        handle = self.nodes.pop(node, None)
+        if record is not None:
+            nodes.stop(record, handle.popen if handle else None)
+            self.state.save()
+
+    def teredo_address(self, host: str, interface: str = "teredo") -> str | None:
+        """
+        The global address on C{host}'s C{interface} in the Teredo prefix, if it has one yet.
+        """
+        result = self.exec(host, ["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "global"], timeout=10)
+        for line in result.stdout.splitlines():
+            fields = line.split()
+            if "inet6" in fields:
+                addr = fields[fields.index("inet6") + 1].split("/")[0]
+                if addr.lower().startswith("2001:0:") or addr.lower().startswith("2001::"):
+                    return addr
+        return None
+
+    def wait_teredo_address(self, host: str, timeout: float, interface: str = "teredo") -> str | None:
+        """
+        Poll for L{teredo_address} up to C{timeout} seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            addr = self.teredo_address(host, interface)
+            if addr or time.monotonic() >= deadline:
+                return addr
+            time.sleep(0.25)
+
+
+def destroy(state: LabState, popens: dict[str, subprocess.Popen | None] | None = None) -> None:
+    """
+    Remove everything C{state} records: node processes, any other process left in the lab's
+    namespaces, the namespaces themselves, and the state directory (logs are kept when
+    C{$TEREDO_LAB_KEEP_LOGS} is set, under the same directory, without the state file).
+    """
+    popens = popens or {}
+    for name, record in list(state.processes.items()):
+        nodes.stop(record, popens.get(name))
+    existing = topology.existing_namespaces()
+    for ns in state.namespaces:
+        if ns not in existing:
+            continue
+        leftovers = topology.namespace_pids(ns)
+        if leftovers:
+            nodes.kill_pids(leftovers)
+        topology.delete_namespace(ns)
+    # Namespaces carrying the prefix but not recorded (e.g. a crash mid-record) go too.
+    for ns in topology.existing_namespaces():
+        if ns.startswith(state.prefix + "-"):
+            nodes.kill_pids(topology.namespace_pids(ns))
+            topology.delete_namespace(ns)
+    if os.environ.get(KEEP_LOGS_ENV):
+        (state.path / "state.json").unlink(missing_ok=True)
+    else:
+        shutil.rmtree(state.path, ignore_errors=True)
+
+
+def find_lab(name: str | None = None, base: Path | None = None) -> LabState:
+    """
+    The recorded lab called C{name}, or the only/newest one when C{name} is None.
+    """
+    labs = recorded_labs(base)
+    if name is not None:
+        for lab in labs:
+            if lab.prefix == name:
+                return lab
+        raise LabError(f"no lab named {name} under {base or state_dir()}")
+    if not labs:
+        raise LabError(f"no lab is up (nothing recorded under {base or state_dir()})")
+    return labs[-1]

@@ -1,0 +1,74 @@
+"""
+Named lab scenarios: which clients exist and which kind of NAT each one sits behind.
+
+The fixed hosts (server, relay, v6host, dualhost, the Internet) are in every scenario; only the
+NATs vary, because NAT behaviour is what makes Teredo succeed or fail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from teredonode.errors import LabError
+from teredonode.lab.nat import NAT_MODES
+
+
+@dataclass(frozen=True)
+class ClientSpec:
+    """
+    One client host and the NAT in front of it (C{nat="none"}: the client is public).
+    """
+
+    name: str
+    nat: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    clients: tuple[ClientSpec, ...]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "default",
+            "two clients behind different NATs (port-restricted, cone); used by the demo",
+            (ClientSpec("client1", "port-restricted"), ClientSpec("client2", "cone")),
+        ),
+        Scenario(
+            "miredo-reference",
+            "one client behind a port-restricted NAT: the Miredo reference scenario",
+            (ClientSpec("client1", "port-restricted"),),
+        ),
+        Scenario(
+            "nat-modes",
+            "one client behind each NAT mode (none, cone, port-restricted, masquerade, symmetric)",
+            (
+                ClientSpec("client1", "none"),
+                ClientSpec("client2", "cone"),
+                ClientSpec("client3", "port-restricted"),
+                ClientSpec("client4", "masquerade"),
+                ClientSpec("client5", "symmetric"),
+            ),
+        ),
+    )
+}
+
+
+def get_scenario(name: str) -> Scenario:
+    """
+    The scenario called C{name}, or a one-line L{LabError} listing the known ones.
+    """
+    try:
+        scenario = SCENARIOS[name]
+    except KeyError:
+        raise LabError(
+            f"unknown scenario {name!r} (known: {', '.join(sorted(SCENARIOS))})"
+        ) from None
+    for client in scenario.clients:
+        if client.nat not in NAT_MODES:
+            raise LabError(f"scenario {name}: unknown NAT mode {client.nat!r}")
+    return scenario

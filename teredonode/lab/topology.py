@@ -1,0 +1,230 @@
+"""
+The lab's address plan and the namespaces, links and routes that realise it.
+
+    "Internet" namespace (inet): bridge br0 = 198.51.100.1/24, 203.0.113.1/24, 2001:db8::1/64,
+    forwarding on, and the route 2001::/32 via the relay (the IPv6 network routes Teredo to it).
+    Every public host hangs off br0 by a veth pair; NAT routers have a private 10.N.0.0/24 LAN
+    with their client behind it.
+
+All veth pairs are created directly between lab namespaces (C{ip -n A link add ... peer ...
+netns B}), so no link ever appears, even briefly, in the host's own namespace, and no lab
+namespace has any path out of the lab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from teredonode.lab import nat
+from teredonode.lab._proc import in_ns, run
+from teredonode.lab.scenario import Scenario
+
+BRIDGE = "br0"
+INET_V4 = ("198.51.100.1", "203.0.113.1")
+INET_V6 = "2001:db8::1"
+TEREDO_PREFIX = "2001::/32"
+
+# Sysctls every namespace gets before any interface exists: no DAD (seconds of delay before an
+# address is usable), no RAs/redirects (the lab's routes are static and must stay the ones we set).
+BASE_SYSCTLS = (
+    "net.ipv6.conf.all.accept_dad=0",
+    "net.ipv6.conf.default.accept_dad=0",
+    "net.ipv6.conf.all.accept_ra=0",
+    "net.ipv6.conf.default.accept_ra=0",
+    "net.ipv6.conf.all.accept_redirects=0",
+    "net.ipv6.conf.default.accept_redirects=0",
+    "net.ipv4.conf.all.accept_redirects=0",
+    "net.ipv4.conf.default.accept_redirects=0",
+    "net.ipv4.conf.all.send_redirects=0",
+    "net.ipv4.conf.default.send_redirects=0",
+)
+
+
+@dataclass(frozen=True)
+class Host:
+    """
+    One lab host (namespace).  Addresses are bare; the plan's prefix lengths are fixed (/24, /64).
+
+    C{kind}: "inet" (the bridge), "host" (public server-side host), "nat" (NAT router),
+    "client" (behind a NAT, or public when its NAT mode is "none").
+    """
+
+    name: str
+    kind: str
+    ipv4: tuple[str, ...] = ()
+    ipv6: tuple[str, ...] = ()
+    nat_mode: str | None = None
+    behind: str | None = None  # a client's NAT router
+    lan_ipv4: str | None = None  # a NAT router's LAN address
+    ipv4_forwarding: bool = False
+    ipv6_forwarding: bool = False
+
+
+@dataclass
+class Plan:
+    """
+    Every host of a scenario, by logical name (C{"server"}, C{"nat1"}, C{"client1"}, ...).
+    """
+
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def add(self, host: Host) -> None:
+        self.hosts[host.name] = host
+
+    def clients(self) -> list[Host]:
+        return [h for h in self.hosts.values() if h.kind == "client"]
+
+
+def make_plan(scenario: Scenario) -> Plan:
+    """
+    The addresses of every host in C{scenario}.
+
+    Fixed hosts: server 203.0.113.10 and .11 (a Teredo server needs two consecutive addresses)
+    and 2001:db8::10; relay 203.0.113.20, 2001:db8::20; v6host 2001:db8::30 only; dualhost
+    203.0.113.40, 2001:db8::40.  Client N behind NAT natN: NAT WAN 198.51.100.(10+N), LAN
+    10.N.0.1, client 10.N.0.2; a client with NAT mode "none" is public at 198.51.100.(100+N).
+    """
+    plan = Plan()
+    plan.add(Host("inet", "inet", INET_V4, (INET_V6,), ipv4_forwarding=True, ipv6_forwarding=True))
+    plan.add(Host("server", "host", ("203.0.113.10", "203.0.113.11"), ("2001:db8::10",)))
+    plan.add(Host("relay", "host", ("203.0.113.20",), ("2001:db8::20",), ipv6_forwarding=True))
+    plan.add(Host("v6host", "host", (), ("2001:db8::30",)))
+    plan.add(Host("dualhost", "host", ("203.0.113.40",), ("2001:db8::40",)))
+    for n, spec in enumerate(scenario.clients, start=1):
+        if spec.nat == "none":
+            plan.add(Host(spec.name, "client", (f"198.51.100.{100 + n}",), nat_mode="none"))
+            continue
+        router = f"nat{n}"
+        plan.add(
+            Host(
+                router,
+                "nat",
+                (f"198.51.100.{10 + n}",),
+                nat_mode=spec.nat,
+                lan_ipv4=f"10.{n}.0.1",
+                ipv4_forwarding=True,
+            )
+        )
+        plan.add(Host(spec.name, "client", (f"10.{n}.0.2",), nat_mode=spec.nat, behind=router))
+    return plan
+
+
+def ns_name(prefix: str, host: str) -> str:
+    return f"{prefix}-{host}"
+
+
+def _ip(ns: str, *args: str) -> None:
+    run(["ip", "-n", ns, *args])
+
+
+def _batch(ns: str, commands: list[str]) -> None:
+    """
+    Run many C{ip} commands in C{ns} with one process (C{ip -batch}): far faster than one each.
+    """
+    if commands:
+        run(["ip", "-n", ns, "-batch", "-"], input="\n".join(commands) + "\n")
+
+
+def create_namespace(ns: str, host: Host) -> None:
+    """
+    Create C{ns} with loopback up and the lab's sysctls set before any interface exists.
+    """
+    run(["ip", "netns", "add", ns])
+    sysctls = list(BASE_SYSCTLS)
+    sysctls.append(f"net.ipv4.ip_forward={int(host.ipv4_forwarding)}")
+    # all.forwarding=1 also turns the namespace into an IPv6 router (a Miredo relay forwards
+    # nothing without it).
+    sysctls.append(f"net.ipv6.conf.all.forwarding={int(host.ipv6_forwarding)}")
+    run(in_ns(ns, ["sysctl", "-q", "-w", *sysctls]))
+    _ip(ns, "link", "set", "lo", "up")
+
+
+def build(prefix: str, plan: Plan, record_namespace) -> None:
+    """
+    Create every namespace, link, address and route of C{plan}, and the NAT rules.
+
+    C{record_namespace(ns)} is called before each namespace is created (see L{state}).
+    """
+    names = {name: ns_name(prefix, name) for name in plan.hosts}
+    for name, host in plan.hosts.items():
+        record_namespace(names[name])
+        create_namespace(names[name], host)
+
+    inet = names["inet"]
+    inet_cmds = [
+        f"link add {BRIDGE} type bridge mcast_snooping 0",
+        *(f"addr add {a}/24 dev {BRIDGE}" for a in INET_V4),
+        f"addr add {INET_V6}/64 dev {BRIDGE} nodad",
+        f"link set {BRIDGE} up",
+    ]
+    _batch(inet, inet_cmds)
+
+    for name, host in plan.hosts.items():
+        if host.kind == "inet" or host.behind is not None:
+            continue
+        ns = names[name]
+        inner = "wan" if host.kind == "nat" else "eth0"
+        outer = f"to-{name}"[:15]
+        _batch(
+            inet,
+            [
+                f"link add {outer} type veth peer name {inner} netns {ns}",
+                f"link set {outer} master {BRIDGE}",
+                f"link set {outer} up",
+            ],
+        )
+        cmds = [f"addr add {a}/24 dev {inner}" for a in host.ipv4]
+        cmds += [f"addr add {a}/64 dev {inner} nodad" for a in host.ipv6]
+        cmds.append(f"link set {inner} up")
+        if host.ipv4:
+            gw = INET_V4[0] if host.ipv4[0].startswith("198.51.100.") else INET_V4[1]
+            cmds.append(f"route add default via {gw} dev {inner}")
+        if host.ipv6:
+            cmds.append(f"route add default via {INET_V6} dev {inner}")
+        _batch(ns, cmds)
+
+    for name, host in plan.hosts.items():
+        if host.behind is None:
+            continue
+        router = plan.hosts[host.behind]
+        rns, cns = names[host.behind], names[name]
+        _batch(
+            rns,
+            [
+                f"link add lan type veth peer name eth0 netns {cns}",
+                f"addr add {router.lan_ipv4}/24 dev lan",
+                "link set lan up",
+            ],
+        )
+        _batch(
+            cns,
+            [
+                f"addr add {host.ipv4[0]}/24 dev eth0",
+                "link set eth0 up",
+                f"route add default via {router.lan_ipv4} dev eth0",
+            ],
+        )
+        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=host.ipv4[0])
+
+    relay = plan.hosts["relay"]
+    _batch(inet, [f"route add {TEREDO_PREFIX} via {relay.ipv6[0]} dev {BRIDGE}"])
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """
+    The processes whose network namespace is C{ns} (only lab processes can be there).
+    """
+    result = run(["ip", "netns", "pids", ns], check=False, timeout=10)
+    return [int(p) for p in result.stdout.split() if p.isdigit()]
+
+
+def existing_namespaces() -> set[str]:
+    result = run(["ip", "netns", "list"], check=False, timeout=10)
+    return {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+
+
+def delete_namespace(ns: str) -> None:
+    """
+    Delete C{ns}; its veth ends (and so their peers), bridge and nft tables go with it.
+    """
+    run(["ip", "netns", "delete", ns], check=False, timeout=10)

@@ -1,0 +1,203 @@
+"""
+System tests of the network lab itself: it leaves no trace, its NATs behave as named, and
+Miredo alone makes Teredo work across it (the reference scenario every role test builds on).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+from twisted.trial import unittest
+
+from teredonode.errors import LabError
+from teredonode.lab import nat
+from teredonode.lab.lab import Lab
+from teredonode.lab.nodes import REPO_ROOT
+
+from tests.system.lab_fixture import lab_fixture, skip_reason, use_lab
+
+OTHER_LAB = re.compile(r"^tn[0-9a-f]{5}-")
+
+
+def host_snapshot(include_labs: bool = False) -> tuple[set[str], set[str]]:
+    """
+    The host namespace's view: namespace names and links (name and flags).  Namespaces of
+    other concurrently running labs are ignored; everything else must be identical.
+    """
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10).stdout
+    names = {line.split()[0] for line in netns.splitlines() if line.strip()}
+    links = subprocess.run(["ip", "-br", "link"], capture_output=True, text=True, timeout=10).stdout
+    return {n for n in names if include_labs or not OTHER_LAB.match(n)}, {" ".join(line.split()) for line in links.splitlines()}
+
+
+def lab_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "teredonode.lab.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO_ROOT),
+    )
+
+
+class TopologyTests(unittest.TestCase):
+    """
+    The lab builds, connects what it should, and disappears without a trace.
+    """
+
+    def test_up_down_leaves_no_trace(self) -> None:
+        reason = skip_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        before = host_snapshot()
+        with lab_fixture("default") as lab:
+            prefix = lab.prefix
+            during_ns, during_links = host_snapshot(include_labs=True)
+            self.assertTrue({lab.ns(h) for h in lab.plan.hosts} <= during_ns)
+            # Nothing of the lab ever appears among the host's own links.
+            self.assertEqual(during_links, before[1])
+        after = host_snapshot()
+        self.assertEqual(after, before)
+        self.assertFalse([n for n in after[0] if n.startswith(prefix)])
+
+    def test_reachability(self) -> None:
+        lab = use_lab(self, "default")
+        # Behind a NAT, the client reaches the server's public address...
+        ok = lab.exec("client1", ["ping", "-c", "1", "-W", "2", lab.ipv4("server")], timeout=10)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        # ... both server addresses answer (Teredo needs primary and primary + 1) ...
+        ok = lab.exec("dualhost", ["ping", "-c", "1", "-W", "2", lab.host("server").ipv4[1]], timeout=10)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        # ... the IPv6 network connects v6host and the native hosts ...
+        ok = lab.exec("v6host", ["ping", "-c", "1", "-W", "2", lab.ipv6("dualhost")], timeout=10)
+        self.assertEqual(ok.returncode, 0, ok.stdout + ok.stderr)
+        # ... routes Teredo's prefix to the relay ...
+        route = lab.exec("inet", ["ip", "-6", "route", "get", "2001:0:cb00:710a::1"], timeout=10)
+        self.assertIn(f"via {lab.ipv6('relay')}", route.stdout)
+        # ... and nothing has a way out of the lab: no default route leaves the bridge namespace.
+        routes = lab.exec("inet", ["ip", "route", "show", "default"], timeout=10)
+        self.assertEqual(routes.stdout.strip(), "")
+        # Private addresses exist only behind NATs; the accept_dad/accept_ra settings are applied.
+        self.assertTrue(lab.ipv4("client1").startswith("10."))
+        sysctl = lab.exec("client1", ["sysctl", "-n", "net.ipv6.conf.all.accept_dad", "net.ipv6.conf.eth0.accept_ra"], timeout=10)
+        self.assertEqual(sysctl.stdout.split(), ["0", "0"])
+
+    def test_failed_build_leaves_no_trace(self) -> None:
+        reason = skip_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        before = host_snapshot()
+        base = Path(tempfile.mkdtemp(prefix="teredo-lab-test-"))
+        self.addCleanup(lambda: subprocess.run(["rm", "-rf", str(base)], timeout=10))
+        with mock.patch.object(nat, "apply", side_effect=LabError("injected failure")):
+            self.assertRaises(LabError, Lab.up, "default", base)
+        with mock.patch.object(nat, "apply", side_effect=KeyboardInterrupt):
+            self.assertRaises(KeyboardInterrupt, Lab.up, "default", base)
+        self.assertEqual(host_snapshot(), before)
+        self.assertEqual(list(base.iterdir()), [])
+
+    def test_cli_up_then_down_from_another_process(self) -> None:
+        reason = skip_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        before = host_snapshot()
+        base = tempfile.mkdtemp(prefix="teredo-lab-test-")
+        env = dict(os.environ, TEREDO_LAB_STATE_DIR=base)
+        self.addCleanup(lambda: (lab_cli(["down", "--all"], env), subprocess.run(["rm", "-rf", base], timeout=10)))
+        started = time.monotonic()
+        up = lab_cli(["up", "--scenario", "miredo-reference"], env)
+        self.assertEqual(up.returncode, 0, up.stderr)
+        prefix = re.search(r"lab (tn[0-9a-f]{5}) is up", up.stdout).group(1)
+        status = lab_cli(["status"], env)
+        self.assertIn(f"{prefix}-client1", status.stdout)
+        ran = lab_cli(["exec", "client1", "--", "ping", "-c", "1", "-W", "2", "203.0.113.10"], env)
+        self.assertEqual(ran.returncode, 0, ran.stdout + ran.stderr)
+        down = lab_cli(["down"], env)
+        self.assertEqual(down.returncode, 0, down.stderr)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertEqual(host_snapshot(), before)
+        again = lab_cli(["down"], env)
+        self.assertEqual(again.returncode, 1)
+        self.assertEqual(len(again.stderr.strip().splitlines()), 1)
+
+
+class NatModeTests(unittest.TestCase):
+    """
+    Each NAT mode behaves as its name says, observed with UDP probes from both sides.
+    """
+
+    def setUp(self) -> None:
+        self.lab = use_lab(self, "nat-modes")
+
+    def observe(self, client: str) -> dict[str, object]:
+        """
+        From C{client} port 40000: the mapping seen by the relay, whether an unsolicited packet
+        from dualhost to that mapping gets in, then the mappings seen by dualhost and server.
+        """
+        lab = self.lab
+        with lab.agent(client, 40000, 30) as c, lab.agent("relay", 5000, 30), lab.agent(
+            "dualhost", 6000, 30
+        ) as d, lab.agent("server", 5001, 30):
+            first = None
+            for _ in range(20):  # the agents need a moment to bind
+                first = c.mapping_seen_by(lab.ipv4("relay"), 5000, timeout=0.5)
+                if first:
+                    break
+            self.assertIsNotNone(first, f"{client}: no answer from the relay's probe")
+            d.send(first[0], first[1], "unsolicited")
+            unsolicited = c.recv(1.0)
+            return {
+                "first": first,
+                "unsolicited_in": unsolicited is not None and unsolicited[1] == "unsolicited",
+                "dualhost": c.mapping_seen_by(lab.ipv4("dualhost"), 6000),
+                "server": c.mapping_seen_by(lab.ipv4("server"), 5001),
+            }
+
+    def test_none_is_public(self) -> None:
+        seen = self.observe("client1")
+        self.assertEqual(seen["first"], (self.lab.ipv4("client1"), 40000))
+        self.assertTrue(seen["unsolicited_in"])
+
+    def test_cone_is_endpoint_independent(self) -> None:
+        seen = self.observe("client2")
+        public = (self.lab.ipv4("nat2"), 40000)
+        self.assertEqual(seen["first"], public)
+        self.assertTrue(seen["unsolicited_in"], "a cone NAT lets anyone reach the mapping")
+        self.assertEqual(seen["dualhost"], public)
+        self.assertEqual(seen["server"], public)
+
+    def test_port_restricted_drops_unsolicited_and_keeps_port(self) -> None:
+        seen = self.observe("client3")
+        public = (self.lab.ipv4("nat3"), 40000)
+        self.assertEqual(seen["first"], public)
+        self.assertFalse(seen["unsolicited_in"], "unsolicited inbound UDP must be dropped")
+        # The dropped packet left no conntrack state: the later mapping keeps the port.
+        self.assertEqual(seen["dualhost"], public)
+        self.assertEqual(seen["server"], public)
+
+    def test_masquerade_clashes_after_unsolicited(self) -> None:
+        seen = self.observe("client4")
+        self.assertEqual(seen["first"], (self.lab.ipv4("nat4"), 40000))
+        self.assertFalse(seen["unsolicited_in"])
+        # The unsolicited packet's confirmed conntrack entry forces a different port.
+        self.assertEqual(seen["dualhost"][0], self.lab.ipv4("nat4"))
+        self.assertNotEqual(seen["dualhost"][1], 40000)
+
+    def test_symmetric_changes_port_per_destination(self) -> None:
+        seen = self.observe("client5")
+        ports = {seen["first"][1], seen["dualhost"][1], seen["server"][1]}
+        self.assertEqual(len(ports), 3, f"one port per destination expected, got {seen}")
+        self.assertFalse(seen["unsolicited_in"])
+
+    def test_switching_modes_flushes_state(self) -> None:
+        # The port-restricted router, made a cone: unsolicited inbound now gets in.
+        self.lab.set_nat_mode("nat3", "cone")
+        seen = self.observe("client3")
+        self.assertTrue(seen["unsolicited_in"])
+        rules = self.lab.exec("nat3", ["nft", "list", "ruleset"], timeout=10).stdout
+        self.assertIn("dnat to", rules)
+        self.assertNotIn("inbound_filter", rules)
