@@ -201,3 +201,61 @@ class NatModeTests(unittest.TestCase):
         rules = self.lab.exec("nat3", ["nft", "list", "ruleset"], timeout=10).stdout
         self.assertIn("dnat to", rules)
         self.assertNotIn("inbound_filter", rules)
+
+
+def _server_hex(ipv4: str) -> str:
+    a, b, c, d = (int(x) for x in ipv4.split("."))
+    return f"{a << 8 | b:x}:{c << 8 | d:x}"
+
+
+def _tun_packets(lab: Lab, host: str, interface: str) -> int:
+    """
+    Packets through C{interface} on C{host}, both directions (from its sysfs counters).
+    """
+    out = lab.exec(
+        host,
+        ["cat", f"/sys/class/net/{interface}/statistics/rx_packets", f"/sys/class/net/{interface}/statistics/tx_packets"],
+        timeout=10,
+    ).stdout.split()
+    return sum(int(x) for x in out)
+
+
+class MiredoReferenceTests(unittest.TestCase):
+    """
+    The lab proven with Miredo alone: a Miredo client behind a port-restricted NAT qualifies
+    against miredo-server and reaches v6host through a Miredo relay, and back.
+    """
+
+    QUALIFY_TIMEOUT = 20.0
+
+    def test_client_behind_port_restricted_nat_reaches_v6host_via_relay(self) -> None:
+        lab = use_lab(self, "miredo-reference", need_miredo=True)
+        self.assertEqual(lab.host("nat1").nat_mode, "port-restricted")
+        nodes = [
+            lab.start_miredo("server", "server", "server"),
+            lab.start_miredo("relay", "relay", "relay"),
+            lab.start_miredo("client1", "client1", "client"),
+        ]
+        address = lab.wait_teredo_address("client1", self.QUALIFY_TIMEOUT)
+        for node in nodes:
+            self.assertIsNone(node.exit_code(), f"{node.record.node} exited: {node.log_tail()}")
+        self.assertIsNotNone(address, f"no qualification within {self.QUALIFY_TIMEOUT:g}s: {nodes[2].log_tail()}")
+        # 2001:0:<server IPv4 in hex>:<flags>:<~port>:<~ip>, server 203.0.113.10 = cb00:710a.
+        self.assertTrue(
+            address.startswith(f"2001:0:{_server_hex(lab.ipv4('server'))}:"), address
+        )
+        # The obfuscated mapped address is the NAT's public address (bits inverted).
+        groups = address.split(":")
+        mapped = int(groups[6], 16) << 16 | int(groups[7], 16)
+        mapped ^= 0xFFFFFFFF
+        self.assertEqual(".".join(str(mapped >> s & 0xFF) for s in (24, 16, 8, 0)), lab.ipv4("nat1"))
+
+        relay_before = _tun_packets(lab, "relay", "teredo-relay")
+        ping = lab.exec("client1", ["ping", "-6", "-c", "3", "-i", "0.2", "-w", "10", lab.ipv6("v6host")], timeout=15)
+        self.assertEqual(ping.returncode, 0, ping.stdout + ping.stderr)
+        self.assertIn("3 received", ping.stdout)
+        # The replies came back through the Miredo relay's tunnel.
+        self.assertGreater(_tun_packets(lab, "relay", "teredo-relay"), relay_before)
+
+        back = lab.exec("v6host", ["ping", "-6", "-c", "3", "-i", "0.2", "-w", "10", address], timeout=15)
+        self.assertEqual(back.returncode, 0, back.stdout + back.stderr)
