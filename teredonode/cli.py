@@ -1,0 +1,317 @@
+# -*- test-case-name: tests.unit.test_cli -*-
+"""
+The C{teredo} command: operator tools that do not run a node.
+
+    teredo status [--socket PATH] [--json]   what a running node reports
+    teredo decode ADDR [--prefix P] [--json]  what a Teredo address holds
+    teredo lab ...                            the network lab (teredonode.lab.cli)
+
+Every failure is one line on stderr and a non-zero exit status, never a traceback: the
+command is used in scripts and by people reading a terminal, neither of which wants a stack.
+Exit statuses: 0 success, 1 the thing asked about is unavailable (no node, no lab), 2 bad input
+(a non-Teredo address, bad arguments, as argparse does).  C{TEREDO_DEBUG=1} in the environment
+re-raises unexpected errors, for the developer chasing one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import ipaddress
+import json
+import os
+import sys
+from typing import Any, Sequence, TextIO
+
+import teredonode
+from teredonode.config import DEFAULT_STATUS_SOCKET
+from teredonode.errors import TeredoError
+from teredonode.status import StatusUnavailable, read_status
+from teredonode.wire import ipv4
+from teredonode.wire.address import (
+    FLAG_G,
+    FLAG_U,
+    FLAG_Z,
+    GLOBAL_PREFIX,
+    TeredoAddress,
+    prefix_from_text,
+)
+from teredonode.wire.errors import ParseError
+
+__all__ = ["main", "decode_fields", "format_decode", "format_status"]
+
+PROG = "teredo"
+
+
+# --- decode -------------------------------------------------------------------------------
+
+
+def decode_fields(address: TeredoAddress) -> dict[str, Any]:
+    """
+    Everything a Teredo address says, as plain JSON-able values (the C{--json} output).
+    Numbers stay numbers (C{flags}, C{random-bits}); the text output shows them in hex.
+    C{mapped-global} applies the RFC 4380 section 5.2.4 test with the hardening ranges, as
+    relays do by default: "no" means relays will refuse to talk to this address.
+    """
+    flags = address.flags
+    return {
+        "address": str(address),
+        "prefix": _prefix_text(address.prefix),
+        "server": address.server,
+        "flags": flags,
+        "cone": address.cone,
+        "random-bits": address.random_bits,
+        "z": bool(flags & FLAG_Z),
+        "u": bool(flags & FLAG_U),
+        "g": bool(flags & FLAG_G),
+        "mapped-ipv4": address.client,
+        "mapped-port": address.port,
+        "mapped-global": ipv4.is_global_unicast(address.client),
+    }
+
+
+def _prefix_text(prefix: bytes) -> str:
+    """
+    4 prefix bytes -> C{"2001::/32"}.
+    """
+    return str(ipaddress.IPv6Network((prefix + bytes(12), 32)))
+
+
+def format_decode(fields: dict[str, Any]) -> str:
+    """
+    The human-readable C{teredo decode} output: aligned "Key : value" lines.
+    """
+    yes = {True: "yes", False: "no"}
+    rows = [
+        ("Teredo address", fields["address"]),
+        ("Prefix", fields["prefix"]),
+        ("Server IPv4", fields["server"]),
+        ("Flags", f"0x{fields['flags']:04x}"),
+        ("  Cone (C)", yes[fields["cone"]]),
+        ("  Random bits (RFC 5991)", f"0x{fields['random-bits']:03x}"),
+        ("  z / U / G", " / ".join(str(int(fields[k])) for k in ("z", "u", "g"))),
+        ("Mapped IPv4", fields["mapped-ipv4"]),
+        ("Mapped port", str(fields["mapped-port"])),
+        ("Mapped IPv4 is global", yes[fields["mapped-global"]]),
+    ]
+    return _aligned(rows)
+
+
+def _aligned(rows: Sequence[tuple[str, str]], indent: str = "") -> str:
+    width = max((len(key) for key, _ in rows), default=0)
+    return "\n".join(f"{indent}{key:<{width}} : {value}" for key, value in rows)
+
+
+def _decode(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        prefix = prefix_from_text(args.prefix) if args.prefix else GLOBAL_PREFIX
+    except ParseError as e:
+        return _fail(err, f"decode: --prefix {args.prefix}: {e.reason}", 2)
+    try:
+        address = TeredoAddress.parse(args.address, prefix=prefix)
+    except ParseError as e:
+        if e.reason == "not a teredo address":
+            shown = _prefix_text(prefix)
+            return _fail(err, f"decode: {args.address} is not a Teredo address (not in {shown})", 2)
+        return _fail(err, f"decode: {args.address!r} is not an IPv6 address", 2)
+    fields = decode_fields(address)
+    if args.json:
+        out.write(json.dumps(fields, indent=2) + "\n")
+    else:
+        out.write(format_decode(fields) + "\n")
+    return 0
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def _title(key: str) -> str:
+    """
+    C{"packets-in"} -> C{"Packets in"}: JSON keys to netsh-style labels.
+    """
+    words = key.replace("_", " ").replace("-", " ").strip()
+    return words[:1].upper() + words[1:] if words else key
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    whole = int(seconds)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = f"{hours}h {minutes:02d}m {secs:02d}s" if hours or days else f"{minutes}m {secs:02d}s"
+    return f"{days}d {text}" if days else text
+
+
+#: Sub-tables with a better heading than their key.
+_HEADINGS = {"drops": "Drops by reason", "counters": "Counters"}
+
+
+def _section(mapping: dict[str, Any], indent: str) -> list[str]:
+    """
+    One table: scalars and lists of scalars as aligned lines first, then nested tables as
+    indented blocks under a heading, the way C{netsh ... show state} groups things.
+    """
+    rows: list[tuple[str, str]] = []
+    nested: list[tuple[str, Any]] = []
+    for key, value in mapping.items():
+        if isinstance(value, dict) or (
+            isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value)
+        ):
+            nested.append((key, value))
+        elif isinstance(value, list):
+            rows.append((_title(key), ", ".join(_scalar(v) for v in value) or "-"))
+        elif key == "uptime" and isinstance(value, (int, float)):
+            rows.append((_title(key), _duration(value)))
+        else:
+            rows.append((_title(key), _scalar(value)))
+    lines = [_aligned(rows, indent)] if rows else []
+    for key, value in nested:
+        lines.append(f"{indent}{_HEADINGS.get(key, _title(key))}:")
+        if isinstance(value, dict):
+            lines.extend(_section(value, indent + "  ") if value else [f"{indent}  (none)"])
+        else:
+            for index, item in enumerate(value):
+                if isinstance(item, dict):
+                    lines.append(f"{indent}  [{index}]")
+                    lines.extend(_section(item, indent + "    "))
+                else:
+                    lines.append(f"{indent}  {_scalar(item)}")
+    return lines
+
+
+def format_status(document: dict[str, Any]) -> str:
+    """
+    The human-readable C{teredo status} output: one block per section (C{node} first).
+    """
+    order = ["node"] + [key for key in document if key != "node"]
+    blocks = []
+    for key in order:
+        if key not in document:
+            continue
+        value = document[key]
+        heading = "Teredo node" if key == "node" else f"Role {key}"
+        if isinstance(value, dict):
+            body = _section(value, "  ")
+        else:
+            body = [f"  {_scalar(value)}"]
+        blocks.append("\n".join([heading] + body))
+    return "\n\n".join(blocks)
+
+
+def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        document = read_status(args.socket, timeout=args.timeout)
+    except StatusUnavailable as e:
+        return _fail(err, f"status: {e}", 1)
+    if args.json:
+        out.write(json.dumps(document, indent=2) + "\n")
+    else:
+        out.write(format_status(document) + "\n")
+    return 0
+
+
+# --- lab ----------------------------------------------------------------------------------
+
+
+def _lab(argv: list[str], err: TextIO) -> int:
+    """
+    Hand over to C{teredonode.lab.cli.main}, imported only now: the lab pulls in tools an
+    operator's install may not have, and must never slow down or break the other commands.
+    """
+    try:
+        module = importlib.import_module("teredonode.lab.cli")
+    except ModuleNotFoundError as e:
+        if e.name in ("teredonode.lab", "teredonode.lab.cli"):
+            return _fail(err, "lab: the network lab is not available in this installation", 1)
+        raise
+    try:
+        result = module.main(argv)
+    except SystemExit as e:  # the lab's own argparse, --help
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else _fail(err, f"lab: {e.code}", 1))
+    return int(result or 0)
+
+
+# --- main ---------------------------------------------------------------------------------
+
+
+def _fail(err: TextIO, message: str, code: int) -> int:
+    err.write(f"{PROG} {message}\n")
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Teredo (RFC 4380) node tools."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {teredonode.__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    status = commands.add_parser("status", help="show what a running node reports")
+    status.add_argument(
+        "--socket",
+        default=os.environ.get("TEREDO_STATUS_SOCKET", DEFAULT_STATUS_SOCKET),
+        help="the node's status socket ([node] status-socket; default %(default)s)",
+    )
+    status.add_argument("--json", action="store_true", help="print the raw JSON document")
+    status.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+
+    decode = commands.add_parser("decode", help="show what a Teredo address holds")
+    decode.add_argument("address", metavar="ADDR", help="an IPv6 address in the Teredo prefix")
+    decode.add_argument("--prefix", help="the Teredo prefix, if not 2001::/32")
+    decode.add_argument("--json", action="store_true", help="print JSON")
+
+    commands.add_parser("lab", help="build and drive the network lab (teredo lab --help)", add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    """
+    Run the C{teredo} command; returns the exit status.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    try:
+        if args_list and args_list[0] == "lab":
+            # Everything after "lab" is the lab's own command line, options included.
+            return _lab(args_list[1:], err)
+        parser = _parser()
+        try:
+            args = parser.parse_args(args_list)
+        except SystemExit as e:  # argparse: --help, --version, or a usage error
+            return int(e.code) if isinstance(e.code, int) else 2
+        if args.command == "status":
+            return _status(args, out, err)
+        return _decode(args, out, err)
+    except TeredoError as e:
+        return _fail(err, str(e), 1)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:
+        if os.environ.get("TEREDO_DEBUG"):
+            raise
+        return _fail(err, f"internal error: {type(e).__name__}: {e} (TEREDO_DEBUG=1 shows details)", 1)
+
+
+def run() -> None:
+    """
+    C{python -m teredonode.cli}.
+    """
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()
