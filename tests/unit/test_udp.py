@@ -1,0 +1,176 @@
+"""
+Tests for L{teredonode.udp}, on real sockets bound to 127.0.0.1 where it matters.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+from twisted.internet import defer, reactor
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from teredonode.interfaces import IDatagramSender
+from teredonode.testing import FakeInternet
+from teredonode.udp import DatagramSender, raiseBufferSizes
+
+
+class Receiver(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+        self.waiting: defer.Deferred | None = None
+
+    def datagramReceived(self, data, addr):
+        self.received.append((data, addr))
+        if self.waiting is not None:
+            d, self.waiting = self.waiting, None
+            d.callback(None)
+
+    def next(self) -> defer.Deferred:
+        self.waiting = defer.Deferred()
+        return self.waiting
+
+
+class RealSocketTests(TestCase):
+    """
+    The sender on Twisted's real C{udp.Port}, loopback only.
+    """
+
+    def setUp(self):
+        self.receiver = Receiver()
+        self.rport = reactor.listenUDP(0, self.receiver, interface="127.0.0.1")
+        self.addCleanup(self.rport.stopListening)
+        self.sport = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(self.sport.stopListening)
+        self.sender = DatagramSender(self.sport)
+        self.dst = ("127.0.0.1", self.rport.getHost().port)
+
+    def test_provides(self):
+        self.assertTrue(verifyObject(IDatagramSender, self.sender))
+        self.assertEqual(self.sender.local, ("127.0.0.1", self.sport.getHost().port))
+
+    @defer.inlineCallbacks
+    def test_sendsThroughSocketNotWrite(self):
+        """
+        Datagrams go out through the socket's C{sendto}: C{Port.write} is never called.
+        """
+
+        def forbidden(*args):
+            raise AssertionError("Port.write used on the hot path")
+
+        self.sport.write = forbidden
+        sender = DatagramSender(self.sport)
+        arrived = self.receiver.next()
+        sender.sendto(b"teredo", self.dst)
+        yield arrived
+        self.assertEqual(self.receiver.received, [(b"teredo", self.sender.local)])
+        self.assertEqual(sender.drops, {})
+
+    def test_tooBigIsCounted(self):
+        self.sender.sendto(b"x" * 70000, self.dst)
+        self.assertEqual(self.sender.drops, {"emsgsize": 1})
+
+    def test_invalidDestinationIsCounted(self):
+        self.sender.sendto(b"x", ("127.0.0.1", 70000))
+        self.sender.sendto(b"x", (None, 1))
+        self.assertEqual(self.sender.drops, {"invalid": 2})
+
+    @defer.inlineCallbacks
+    def test_afterStopIsCounted(self):
+        """
+        Sending after the port closed counts EBADF instead of raising.
+        """
+        yield self.sport.stopListening()
+        self.sender.sendto(b"x", self.dst)
+        self.assertEqual(self.sender.drops, {"ebadf": 1})
+
+    def test_raiseBufferSizes(self):
+        """
+        The buffers grow to at least what was asked (Linux reports double), and a smaller
+        request never shrinks them.
+        """
+        before = raiseBufferSizes(self.sport)
+        rcv, snd = raiseBufferSizes(self.sport, receive=before[0] + 65536, send=before[1] + 65536)
+        self.assertGreater(rcv, before[0])
+        self.assertGreater(snd, before[1])
+        self.assertEqual(raiseBufferSizes(self.sport.socket, receive=1024, send=1024), (rcv, snd))
+
+
+class StubSocket:
+    """
+    A socket whose C{sendto} fails with a chosen error, for errors loopback cannot produce.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def sendto(self, data, addr):
+        raise self.exc
+
+
+class StubPort:
+    def __init__(self, sock):
+        self.socket = sock
+
+    def getHost(self):
+        from twisted.internet.address import IPv4Address
+
+        return IPv4Address("UDP", "192.0.2.1", 3544)
+
+
+class ErrorCountingTests(SynchronousTestCase):
+    def test_transientErrors(self):
+        for exc, reason in [
+            (BlockingIOError(errno.EAGAIN, "again"), "eagain"),
+            (OSError(errno.ENOBUFS, "no buffers"), "enobufs"),
+            (OSError(errno.EMSGSIZE, "too long"), "emsgsize"),
+            (OSError(errno.EPERM, "netfilter"), "eperm"),
+            (OSError("no errno"), "oserror"),
+        ]:
+            sender = DatagramSender(StubPort(StubSocket(exc)))
+            sender.sendto(b"x", ("192.0.2.2", 1))
+            sender.sendto(b"x", ("192.0.2.2", 1))
+            self.assertEqual(sender.drops, {reason: 2}, exc)
+
+    def test_otherExceptionsPropagate(self):
+        """
+        Only send failures are swallowed; a programming error elsewhere is not hidden.
+        """
+        sender = DatagramSender(StubPort(StubSocket(ZeroDivisionError())))
+        self.assertRaises(ZeroDivisionError, sender.sendto, b"x", ("192.0.2.2", 1))
+
+
+class FallbackTests(SynchronousTestCase):
+    """
+    Without a C{socket} attribute (the fakes), the sender uses C{transport.write}.
+    """
+
+    def test_fakeTransport(self):
+        net = FakeInternet(Clock())
+        receiver = Receiver()
+        net.host("203.0.113.5").listenUDP(3544, receiver)
+        port = net.host("192.0.2.1").listenUDP(0, DatagramProtocol())
+        sender = DatagramSender(port)
+        self.assertEqual(sender.local, ("0.0.0.0", 32768))
+        sender.sendto(b"hello", ("203.0.113.5", 3544))
+        sender.sendto(b"x", ("teredo.example", 3544))
+        sender.sendto(b"x" * 70000, ("203.0.113.5", 3544))
+        net.flush()
+        self.assertEqual(receiver.received, [(b"hello", ("192.0.2.1", 32768))])
+        self.assertEqual(sender.drops, {"invalid": 1, "emsgsize": 1})
+
+
+class SocketHelperTests(SynchronousTestCase):
+    def test_plainSocketKernelGrant(self):
+        """
+        Linux grants min(request, rmem_max) and reports it doubled.
+        """
+        with open("/proc/sys/net/core/rmem_max") as f:
+            rmemMax = int(f.read())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(sock.close)
+        rcv, _ = raiseBufferSizes(sock, receive=300_000)
+        self.assertEqual(rcv, 2 * min(300_000, rmemMax))
