@@ -1,0 +1,415 @@
+"""
+The Teredo server (RFC 4380 section 5.3, RFC 5991 section 3.2).
+
+Stateless, as the RFC says: it answers Router Solicitations with Router Advertisements that
+carry the client's mapped address (origin indication), forwards bubbles and ICMPv6 echo
+between its clients and their peers, and hands clients' echo tests to native IPv6 through an
+optional TUN device.  The only memory it keeps is the per-source rate limiter (bounded) and
+its counters.
+
+Every received datagram takes one pass (L{TeredoServer.datagramReceived}): the validity
+checks of section 5.3.1 in the RFC's order (SV-IN-1..8 in the requirements digest), each
+drop counted under a named reason, then destination processing (SV-FW-1..7, SV-RA-01..11).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.application.service import Service
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
+from teredonode.security import RateLimiter
+from teredonode.udp import DatagramSender
+from teredonode.wire import ipv4
+from teredonode.wire.address import TEREDO_PORT, mapping_of, server_link_local
+from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import (
+    ALL_ROUTERS,
+    NH_ICMPV6,
+    EchoReply,
+    EchoRequest,
+    PrefixInformation,
+    RouterAdvertisement,
+    decode_icmpv6,
+    icmpv6_packet,
+    is_global_unicast6,
+    is_link_local,
+    parse_ipv6,
+)
+from teredonode.wire.teredo import AuthIndicator, OriginIndication, classify
+
+__all__ = ["TeredoServer", "makeRole", "DROP_REASONS"]
+
+_ICMP_ECHO_REQUEST = 128
+_ICMP_ECHO_REPLY = 129
+_ICMP_RS = 133
+_NH_NONE = 59
+_OBF = struct.Struct("!HI")
+
+#: Every reason a datagram can be dropped for, so the status always lists them all (an
+#: operator reads a zero as "checked and never happened", not "not counted").
+DROP_REASONS = (
+    "own-address",  # SV-IN-8: loop prevention, from our own address and port 3544
+    "malformed",  # SV-IN-1
+    "not-bubble-or-icmpv6",  # SV-IN-2
+    "non-global-source",  # SV-IN-3
+    "source-mismatch",  # SV-IN-5..7: IPv6 source is not the sender's
+    "bad-router-solicitation",  # SV-IN-4: RS that fails RFC 4861 validity
+    "oversized",  # SV-IN-8: non-bubble payload above max-payload (no open relay)
+    "icmpv6-not-relayed",  # SV-03: only echo request/reply are relayed
+    "non-global-destination",  # SV-FW-2
+    "non-global-mapping",  # SV-FW-4 / SV-RA-07
+    "no-ipv6-side",  # native destination but no IPv6 side configured
+    "rate-limited-rs",
+    "rate-limited-forward",
+    "send-failed",
+)
+
+
+def _obfuscated(ip: str, port: int) -> bytes:
+    """
+    The last six bytes a Teredo address must have to embed C{(ip, port)}.
+    """
+    return _OBF.pack(port ^ 0xFFFF, int.from_bytes(socket.inet_aton(ip), "big") ^ 0xFFFFFFFF)
+
+
+def _rs_cone(src: bytes) -> bool:
+    """
+    The cone bit of an RS's link-local source (flags at bytes 8-9).
+    """
+    return bool(src[8] & 0x80)
+
+
+class _ServerSocket(DatagramProtocol):
+    """
+    One of the server's two UDP sockets; tells the server which address a datagram hit.
+    """
+
+    def __init__(self, server: TeredoServer, index: int) -> None:
+        self._server = server
+        self._index = index
+        self.sender: DatagramSender | None = None
+
+    def startProtocol(self) -> None:
+        self.sender = DatagramSender(self.transport)
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._server.datagramReceived(data, addr, self._index)
+
+
+@implementer(ITeredoRole)
+class TeredoServer(Service):
+    """
+    A Teredo server on two consecutive public IPv4 addresses, UDP 3544.
+
+    @param settings: the validated C{[server]} table (L{teredonode.config.ServerSettings}).
+    @param reactor: provides C{IReactorTime} and C{IReactorUDP} (the in-memory network's
+        host object in tests).
+    @param tun: the IPv6 side for clients' echo tests to native hosts, or C{None}.
+    @param netconfig: configures C{tun} (address-less; a route for the server's /64).
+    """
+
+    roleName = "server"
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Any,
+        reactor: Any,
+        tun: ITunDevice | None = None,
+        netconfig: INetworkConfigurator | None = None,
+    ) -> None:
+        self.settings = settings
+        self._reactor = reactor
+        self._tun = tun
+        self._netconfig = netconfig
+        self.primary: str = settings.primary
+        self.secondary: str = settings.secondary
+        self._prefix: bytes = settings.prefix_bytes
+        self._server_raw = ipv4.pack(self.primary)
+        self._own = {(self.primary, TEREDO_PORT), (self.secondary, TEREDO_PORT)}
+        self._hardened: bool = settings.hardened
+        self._max_payload: int = settings.max_payload
+        self._link_local = server_link_local(self.primary)
+        self._advertised = self._prefix + self._server_raw + b"\x00" * 8
+        self._rs_limit = RateLimiter(reactor, settings.rs_rate, settings.burst, settings.max_sources)
+        self._fw_limit = RateLimiter(reactor, settings.forward_rate, settings.burst, settings.max_sources)
+        self._sockets = [_ServerSocket(self, 0), _ServerSocket(self, 1)]
+        self._ports: list[Any] = []
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        self._rates: dict[str, float] = {}
+        self._last: dict[str, int] = {}
+        self._rateLoop = LoopingCall(self._sampleRates)
+        self._rateLoop.clock = reactor
+        self._started: float | None = None
+
+    # -- service ---------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        Bind both sockets and open the TUN while still root.
+        """
+        for sock, ip in zip(self._sockets, (self.primary, self.secondary)):
+            self._ports.append(self._reactor.listenUDP(TEREDO_PORT, sock, interface=ip))
+        if self._tun is not None:
+            self._tun.open()
+            if self._netconfig is not None:
+                prefix = str(_ipv6_text(self._advertised)) + "/64"
+                self._netconfig.linkUp(self._tun.name, self.settings.mtu)
+                self._netconfig.addRoute(self._tun.name, prefix, 1024)
+            self._tun.startReading(self.ipv6Received)
+        Service.privilegedStartService(self)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self._started = self._reactor.seconds()
+        self._rateLoop.start(1.0, now=False)
+        self.log.info(
+            "Teredo server on {primary}:3544 and {secondary}:3544, prefix {prefix}/64",
+            primary=self.primary,
+            secondary=self.secondary,
+            prefix=_ipv6_text(self._advertised),
+        )
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        if self._rateLoop.running:
+            self._rateLoop.stop()
+        if self._tun is not None:
+            self._tun.close()
+        ports, self._ports = self._ports, []
+        from twisted.internet.defer import gatherResults, maybeDeferred
+
+        return gatherResults([maybeDeferred(p.stopListening) for p in ports])
+
+    # -- data path -------------------------------------------------------------------------
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int], index: int) -> None:
+        """
+        One datagram arrived on socket C{index} (0 primary, 1 secondary) from C{addr}.
+        """
+        self.counters["received"] += 1
+        drops = self.drops
+        if addr in self._own:
+            drops["own-address"] += 1
+            return
+        try:
+            packet = classify(data)
+        except ParseError:
+            drops["malformed"] += 1
+            return
+        header = packet.header
+        bubble = header.next_header == _NH_NONE and header.payload_length == 0
+        if not bubble and header.next_header != NH_ICMPV6:
+            drops["not-bubble-or-icmpv6"] += 1
+            return
+        src_ip, src_port = addr
+        if not ipv4.is_global_unicast(src_ip, self._hardened):
+            drops["non-global-source"] += 1
+            return
+        src, dst = header.src, header.dst
+        if not bubble:
+            body = packet.ipv6[40:]
+            icmp_type = body[0] if body else -1
+            if dst == ALL_ROUTERS and is_link_local(src):
+                if icmp_type == _ICMP_RS:
+                    self._routerSolicitation(packet, addr, index)
+                    return
+                drops["source-mismatch"] += 1
+                return
+        # SV-IN-5: a Teredo source must carry the sender's own mapping.
+        if src[:4] == self._prefix:
+            if src[10:16] != _obfuscated(src_ip, src_port):
+                drops["source-mismatch"] += 1
+                return
+        # SV-IN-6: a native source may only reach one of our own clients.
+        elif not (dst[:4] == self._prefix and dst[4:8] == self._server_raw):
+            drops["source-mismatch"] += 1
+            return
+        if dst == self._link_local:
+            self._localEcho(packet, addr, index)
+            return
+        if not bubble:
+            if header.payload_length > self._max_payload:
+                drops["oversized"] += 1
+                return
+            if icmp_type not in (_ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY):
+                drops["icmpv6-not-relayed"] += 1
+                return
+        if not is_global_unicast6(dst):
+            drops["non-global-destination"] += 1
+            return
+        if not self._fw_limit.allow(addr):
+            drops["rate-limited-forward"] += 1
+            return
+        if dst[:4] == self._prefix:
+            self._forwardToTeredo(packet.ipv6, packet.trailer_bytes, dst, addr)
+        elif self._tun is not None:
+            self._tun.write(packet.ipv6)
+            self.counters["forwarded-ipv6"] += 1
+        else:
+            drops["no-ipv6-side"] += 1
+
+    def _forwardToTeredo(
+        self, ipv6: bytes, trailers: bytes, dst: bytes, origin: tuple[str, int] | None
+    ) -> None:
+        """
+        SV-FW-4..7: UDP from the primary address to the destination's embedded mapping,
+        with an origin indication when the destination is one of our clients, trailers
+        copied unchanged.
+        """
+        mapped_int = int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF
+        if not ipv4.is_global_unicast(mapped_int, self._hardened):
+            self.drops["non-global-mapping"] += 1
+            return
+        mapped = mapping_of(dst)
+        if origin is not None and dst[4:8] == self._server_raw:
+            payload = OriginIndication(*origin).to_bytes() + ipv6 + trailers
+        else:
+            payload = ipv6 + trailers
+        self._send(0, payload, mapped)
+        self.counters["forwarded"] += 1
+
+    def ipv6Received(self, packet: bytes) -> None:
+        """
+        A packet from the IPv6 side (echo replies routed to our clients' /64).
+        """
+        try:
+            header, end = parse_ipv6(packet)
+        except ParseError:
+            self.drops["malformed"] += 1
+            return
+        dst = header.dst
+        if dst[:4] != self._prefix or dst[4:8] != self._server_raw:
+            self.drops["source-mismatch"] += 1
+            return
+        if header.next_header != NH_ICMPV6 or end < 41 or packet[40] not in (
+            _ICMP_ECHO_REQUEST,
+            _ICMP_ECHO_REPLY,
+        ):
+            self.drops["icmpv6-not-relayed"] += 1
+            return
+        if header.payload_length > self._max_payload:
+            self.drops["oversized"] += 1
+            return
+        self._forwardToTeredo(packet[:end], b"", dst, None)
+
+    def _routerSolicitation(self, packet: Any, addr: tuple[str, int], index: int) -> None:
+        """
+        SV-IN-4 and SV-RA-01..11.
+        """
+        header = packet.header
+        try:
+            decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
+        except ParseError:
+            self.drops["bad-router-solicitation"] += 1
+            return
+        if header.hop_limit != 255:
+            self.drops["bad-router-solicitation"] += 1
+            return
+        if not self._rs_limit.allow(addr):
+            self.drops["rate-limited-rs"] += 1
+            return
+        self.counters["rs"] += 1
+        ra = RouterAdvertisement(
+            retrans_timer=2000,
+            prefixes=(PrefixInformation(self._advertised, 64),),
+            mtu=self.settings.mtu,
+        )
+        ipv6 = icmpv6_packet(self._link_local, header.src, ra, 255)
+        auth = None
+        if packet.auth is not None:
+            # SV-RA-09: echo the nonce (and identifier) so the client can match the reply.
+            auth = AuthIndicator(packet.auth.nonce, packet.auth.client_id, b"", 0)
+        payload = (auth.to_bytes() if auth else b"") + OriginIndication(*addr).to_bytes() + ipv6
+        # SV-RA-06: cone bit set -> answer from the other address, else the same one.
+        out = 1 - index if _rs_cone(header.src) else index
+        self._send(out, payload, addr)
+        self.counters["ra"] += 1
+
+    def _localEcho(self, packet: Any, addr: tuple[str, int], index: int) -> None:
+        """
+        SV-FW-1: an echo request to the server's own link-local address is answered.
+        """
+        header = packet.header
+        try:
+            msg = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
+        except ParseError:
+            self.drops["malformed"] += 1
+            return
+        if not isinstance(msg, EchoRequest) or not self._rs_limit.allow(addr):
+            self.drops["icmpv6-not-relayed"] += 1
+            return
+        reply = icmpv6_packet(self._link_local, header.src, EchoReply(*msg), 64)
+        self._send(index, reply, addr)
+        self.counters["echo-replies"] += 1
+
+    def _send(self, index: int, payload: bytes, addr: tuple[str, int]) -> None:
+        sender = self._sockets[index].sender
+        if sender is None:
+            self.drops["send-failed"] += 1
+            return
+        sender.sendto(payload, addr)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def _sampleRates(self) -> None:
+        for key in ("received", "rs", "ra", "forwarded", "forwarded-ipv6"):
+            value = self.counters[key]
+            self._rates[key] = float(value - self._last.get(key, 0))
+            self._last[key] = value
+        dropped = sum(self.drops.values())
+        self._rates["dropped"] = float(dropped - self._last.get("dropped", 0))
+        self._last["dropped"] = dropped
+
+    def status(self) -> dict[str, Any]:
+        send_drops: Counter[str] = Counter()
+        for sock in self._sockets:
+            if sock.sender is not None:
+                send_drops.update(getattr(sock.sender, "drops", {}))
+        return {
+            "state": "serving" if self.running else "stopped",
+            "primary": self.primary,
+            "secondary": self.secondary,
+            "prefix": _ipv6_text(self._advertised) + "/64",
+            "ipv6-side": self._tun.name if self._tun is not None else None,
+            "counters": {
+                k: self.counters[k]
+                for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
+            },
+            "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "send-errors": dict(send_drops),
+            "rates-per-second": dict(self._rates),
+            "rate-limited-sources": len(self._rs_limit) + len(self._fw_limit),
+        }
+
+
+def _ipv6_text(raw: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.IPv6Address(raw))
+
+
+def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
+    """
+    The production server: real sockets, and a TUN device for the IPv6 side when the
+    C{[server] interface} setting names one.
+    """
+    interface = getattr(settings, "interface", "") or ""
+    tun = netconfig = None
+    if interface:
+        from teredonode.netconfig import IPRoute2Configurator
+        from teredonode.tun import TunDevice
+
+        tun = TunDevice(interface, reactor=reactor)
+        netconfig = IPRoute2Configurator()
+    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig)

@@ -1,0 +1,384 @@
+"""
+The server role on the in-memory network (requirements digest section 3.2: SV-IN-*, SV-FW-*,
+SV-RA-*), deterministic on a Clock.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredonode.config import ServerSettings
+from teredonode.roles.server import DROP_REASONS, TeredoServer
+from teredonode.testing import FakeInternet, FakeTunDevice
+from teredonode.wire import ipv6
+from teredonode.wire.address import (
+    CLIENT_LINK_LOCAL_CONE,
+    CLIENT_LINK_LOCAL_RESTRICTED,
+    TeredoAddress,
+    server_link_local,
+)
+from teredonode.wire.teredo import (
+    AuthIndicator,
+    NonceTrailer,
+    OriginIndication,
+    RandomPortTrailer,
+    classify,
+    encode_payload,
+    encode_trailers,
+)
+
+PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
+OTHER_SERVER = "203.0.113.50"
+V6HOST = ipaddress.IPv6Address("2001:db8::5").packed
+
+
+def rs(src: bytes = CLIENT_LINK_LOCAL_RESTRICTED, nonce: bytes | None = b"N0NCE123") -> bytes:
+    packet = ipv6.icmpv6_packet(src, ipv6.ALL_ROUTERS, ipv6.RouterSolicitation(), 255)
+    return encode_payload(packet, AuthIndicator(nonce) if nonce is not None else None)
+
+
+def teredo(mapping: tuple[str, int], server: str = PRIMARY) -> bytes:
+    return TeredoAddress(b"\x20\x01\x00\x00", server, 0, mapping[1], mapping[0]).to_bytes()
+
+
+class Peer(DatagramProtocol):
+    """
+    A bare UDP endpoint recording what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append((data, addr))
+
+    def send(self, data: bytes, to: tuple[str, int] = (PRIMARY, 3544)) -> None:
+        self.transport.write(data, to)
+
+
+class ServerTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.host = self.net.host(PRIMARY, SECONDARY)
+        self.tun = FakeTunDevice("teredo-srv")
+        self.server = self.makeServer()
+
+    def makeServer(self, **overrides: Any) -> TeredoServer:
+        settings = ServerSettings(primary=PRIMARY, secondary=SECONDARY, **overrides)
+        server = TeredoServer(settings, self.host, tun=self.tun)
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(server.stopService)
+        return server
+
+    def peer(self, ip: str, port: int = 40000) -> Peer:
+        p = Peer()
+        self.net.host(ip).listenUDP(port, p, interface=ip)
+        return p
+
+    def natPeer(self, kind: str, public: str) -> Peer:
+        p = Peer()
+        self.net.nat(kind, public=public).host("10.0.0.2").listenUDP(5000, p)
+        return p
+
+    def assertDropped(self, reason: str, count: int = 1) -> None:
+        self.assertEqual(self.server.status()["drops"][reason], count, self.server.status()["drops"])
+
+
+class RouterSolicitationTests(ServerTestCase):
+    def test_ra_contents(self) -> None:
+        """
+        SV-RA-01..05, 09, 10: origin = the RS's outer source; exactly one PIO for
+        2001:0:<primary>::/64; MTU 1280; from the server link-local to the RS source, hop
+        limit 255; nonce echoed; valid checksum.
+        """
+        client = self.natPeer("port-restricted", "198.51.100.7")
+        client.send(rs())
+        self.net.flush()
+        [(data, source)] = client.received
+        self.assertEqual(source, (PRIMARY, 3544))
+        packet = classify(data)
+        mapping = self.net.capture[0].src
+        self.assertEqual(packet.origin, OriginIndication(*mapping))
+        self.assertEqual(packet.auth, AuthIndicator(b"N0NCE123"))
+        header = packet.header
+        self.assertEqual(header.src, server_link_local(PRIMARY))
+        self.assertEqual(header.dst, CLIENT_LINK_LOCAL_RESTRICTED)
+        self.assertEqual(header.hop_limit, 255)
+        ra = ipv6.decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
+        self.assertIsInstance(ra, ipv6.RouterAdvertisement)
+        self.assertEqual(len(ra.prefixes), 1)
+        self.assertEqual(ra.prefixes[0].prefix, ipaddress.IPv6Address("2001:0:cb00:710a::").packed)
+        self.assertEqual(ra.prefixes[0].prefix_length, 64)
+        self.assertEqual(ra.mtu, 1280)
+        self.assertEqual(self.server.status()["counters"]["ra"], 1)
+
+    def test_cone_bit_answers_from_other_address(self) -> None:
+        """
+        SV-RA-06 / RFC 5991 3.2: cone bit 1 -> RA from the other address.  A full-cone NAT
+        lets it in; a port-restricted one filters it (which is what the cone test detects).
+        """
+        cone = self.natPeer("full-cone", "198.51.100.7")
+        cone.send(rs(CLIENT_LINK_LOCAL_CONE))
+        restricted = self.natPeer("port-restricted", "198.51.100.8")
+        restricted.send(rs(CLIENT_LINK_LOCAL_CONE))
+        self.net.flush()
+        self.assertEqual([a for _, a in cone.received], [(SECONDARY, 3544)])
+        self.assertEqual(restricted.received, [])
+        self.assertEqual(self.server.status()["counters"]["ra"], 2)
+
+    def test_secondary_same_address_prefix_is_primary(self) -> None:
+        """
+        Cone bit 0 on the secondary: answered from the secondary, advertising the primary's
+        prefix (defect D15).
+        """
+        client = self.peer("192.0.2.45")
+        client.send(rs(), (SECONDARY, 3544))
+        self.net.flush()
+        [(data, source)] = client.received
+        self.assertEqual(source, (SECONDARY, 3544))
+        packet = classify(data)
+        ra = ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
+        self.assertEqual(ra.prefixes[0].prefix[:8], bytes.fromhex("20010000cb00710a"))
+
+    def test_without_auth(self) -> None:
+        client = self.peer("192.0.2.45")
+        client.send(rs(nonce=None))
+        self.net.flush()
+        packet = classify(client.received[0][0])
+        self.assertIsNone(packet.auth)
+        self.assertEqual(packet.origin, OriginIndication("192.0.2.45", 40000))
+
+    def test_invalid_rs(self) -> None:
+        """
+        RFC 4861 6.1.1 validity: hop limit 255 and a correct checksum.
+        """
+        client = self.peer("192.0.2.45")
+        bad_hop = ipv6.icmpv6_packet(CLIENT_LINK_LOCAL_RESTRICTED, ipv6.ALL_ROUTERS, ipv6.RouterSolicitation(), 64)
+        client.send(bad_hop)
+        good = bytearray(rs(nonce=None))
+        good[-1] ^= 0xFF
+        client.send(bytes(good))
+        self.net.flush()
+        self.assertEqual(client.received, [])
+        self.assertDropped("bad-router-solicitation", 2)
+
+    def test_rs_rate_limit(self) -> None:
+        """
+        One source gets C{burst} RAs at once, then C{rs-rate} per second; others are served.
+        """
+        flood = self.peer("192.0.2.45")
+        for _ in range(25):
+            flood.send(rs())
+        other = self.peer("192.0.2.46")
+        other.send(rs())
+        self.net.flush()
+        self.assertEqual(len(flood.received), 20)
+        self.assertEqual(len(other.received), 1)
+        self.assertDropped("rate-limited-rs", 5)
+        self.clock.advance(1.0)
+        flood.send(rs())
+        self.net.flush()
+        self.assertEqual(len(flood.received), 21)
+
+
+class ValidityTests(ServerTestCase):
+    """
+    SV-IN-1..8, each drop counted by its reason.
+    """
+
+    def test_own_address(self) -> None:
+        self.net.inject((SECONDARY, 3544), (PRIMARY, 3544), rs())
+        self.net.flush()
+        self.assertDropped("own-address")
+
+    def test_malformed(self) -> None:
+        for junk in [b"", b"\x00", b"\x00\x02garbage", b"\x60" + bytes(20), rs()[:-3]]:
+            self.net.inject(("192.0.2.45", 1), (PRIMARY, 3544), junk)
+        self.net.flush()
+        self.assertDropped("malformed", 5)
+
+    def test_not_bubble_or_icmpv6(self) -> None:
+        a = teredo(("192.0.2.45", 40000))
+        udp = ipv6.build_ipv6(a, V6HOST, 17, bytes(8))
+        self.peer("192.0.2.45").send(udp)
+        self.net.flush()
+        self.assertDropped("not-bubble-or-icmpv6")
+
+    def test_non_global_source(self) -> None:
+        for src in ["10.1.2.3", "127.0.0.1", "192.168.1.1", "100.64.0.1", "240.0.0.1"]:
+            self.net.inject((src, 5000), (PRIMARY, 3544), rs())
+        self.net.flush()
+        self.assertDropped("non-global-source", 5)
+        self.assertEqual(self.server.status()["counters"]["ra"], 0)
+
+    def test_spoofed_teredo_source(self) -> None:
+        """
+        SV-IN-5: the IPv6 source must embed the sender's own mapping.
+        """
+        victim = self.peer("192.0.2.99")
+        spoofed = ipv6.bubble(teredo(("192.0.2.77", 1234)), teredo(("192.0.2.99", 40000)))
+        self.peer("192.0.2.45").send(spoofed)
+        self.net.flush()
+        self.assertDropped("source-mismatch")
+        self.assertEqual(victim.received, [])
+
+    def test_native_source_to_foreign_client(self) -> None:
+        """
+        SV-IN-6/7: a native source may only reach a client of this server.
+        """
+        pkt = ipv6.icmpv6_packet(V6HOST, teredo(("192.0.2.99", 1), OTHER_SERVER), ipv6.EchoReply(1, 1))
+        self.peer("192.0.2.45").send(pkt)
+        self.net.flush()
+        self.assertDropped("source-mismatch")
+
+    def test_oversized(self) -> None:
+        """
+        SV-IN-8: non-bubble payloads above max-payload are not relayed (no open relay).
+        """
+        self.assertEqual(self.server.settings.max_payload, 88)
+        a = teredo(("192.0.2.45", 40000))
+        big = ipv6.icmpv6_packet(a, V6HOST, ipv6.EchoRequest(1, 1, bytes(200)))
+        self.peer("192.0.2.45").send(big)
+        self.net.flush()
+        self.assertDropped("oversized")
+        self.assertEqual(self.tun.written, [])
+
+    def test_icmpv6_not_relayed(self) -> None:
+        a = teredo(("192.0.2.45", 40000))
+        err = ipv6.icmpv6_packet(a, V6HOST, ipv6.DestinationUnreachable(1, b""))
+        self.peer("192.0.2.45").send(err)
+        self.net.flush()
+        self.assertDropped("icmpv6-not-relayed")
+
+    def test_non_global_destination(self) -> None:
+        a = teredo(("192.0.2.45", 40000))
+        alice = self.peer("192.0.2.45")
+        for dst in ["ff0e::1", "fe80::1", "::1"]:
+            pkt = ipv6.icmpv6_packet(a, ipaddress.IPv6Address(dst).packed, ipv6.EchoRequest(1, 1))
+            alice.send(pkt)
+        self.net.flush()
+        self.assertDropped("non-global-destination", 3)
+
+    def test_non_global_mapping(self) -> None:
+        """
+        SV-FW-4: a Teredo destination whose mapping is private is not forwarded to.
+        """
+        a = teredo(("192.0.2.45", 40000))
+        self.peer("192.0.2.45").send(ipv6.bubble(a, teredo(("10.0.0.1", 5000))))
+        self.net.flush()
+        self.assertDropped("non-global-mapping")
+
+    def test_status_lists_every_reason(self) -> None:
+        status = self.server.status()
+        self.assertEqual(set(status["drops"]), set(DROP_REASONS))
+        self.assertEqual(status["state"], "serving")
+        self.assertEqual(status["prefix"], "2001:0:cb00:710a::/64")
+
+
+class ForwardingTests(ServerTestCase):
+    """
+    SV-FW-1..7.
+    """
+
+    def test_indirect_bubble_to_own_client(self) -> None:
+        """
+        A bubble for one of our clients goes from the primary address to its mapping, with
+        an origin indication of the sender; RFC 6081 trailers are carried unchanged.
+        """
+        alice, bob = self.peer("192.0.2.45"), self.peer("198.51.100.20", 6000)
+        trailers = encode_trailers([NonceTrailer(b"\x01\x02\x03\x04"), RandomPortTrailer(1201)])
+        bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)))
+        alice.send(bubble + trailers, (SECONDARY, 3544))
+        self.net.flush()
+        [(data, source)] = bob.received
+        self.assertEqual(source, (PRIMARY, 3544))
+        packet = classify(data)
+        self.assertEqual(packet.origin, OriginIndication("192.0.2.45", 40000))
+        self.assertEqual(packet.ipv6, bubble)
+        self.assertEqual(packet.trailer_bytes, trailers)
+        self.assertEqual(self.server.status()["counters"]["forwarded"], 1)
+
+    def test_to_other_servers_client_without_origin(self) -> None:
+        """
+        SV-FW-6: the origin indication is only for our own clients.
+        """
+        alice, carol = self.peer("192.0.2.45"), self.peer("198.51.100.30", 7000)
+        bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.30", 7000), OTHER_SERVER))
+        alice.send(bubble)
+        self.net.flush()
+        [(data, _)] = carol.received
+        self.assertIsNone(classify(data).origin)
+        self.assertEqual(data, bubble)
+
+    def test_echo_test_to_native_and_reply(self) -> None:
+        """
+        SV-FW-3: a client's echo request to a native host goes to the IPv6 side; the reply
+        coming back for the client is encapsulated toward its mapping.
+        """
+        alice = self.peer("192.0.2.45")
+        a = teredo(("192.0.2.45", 40000))
+        request = ipv6.icmpv6_packet(a, V6HOST, ipv6.EchoRequest(7, 1, b"12345678"))
+        alice.send(request)
+        self.net.flush()
+        self.assertEqual(self.tun.written, [request])
+        reply = ipv6.icmpv6_packet(V6HOST, a, ipv6.EchoReply(7, 1, b"12345678"))
+        self.tun.inject(reply)
+        self.net.flush()
+        [(data, source)] = alice.received
+        self.assertEqual((data, source), (reply, (PRIMARY, 3544)))
+
+    def test_native_side_refuses_others(self) -> None:
+        foreign = ipv6.icmpv6_packet(V6HOST, teredo(("192.0.2.45", 1), OTHER_SERVER), ipv6.EchoReply(1, 1))
+        self.tun.inject(foreign)
+        tcp = ipv6.build_ipv6(V6HOST, teredo(("192.0.2.45", 40000)), 6, bytes(20))
+        self.tun.inject(tcp)
+        self.tun.inject(b"\x60junk")
+        self.net.flush()
+        self.assertEqual(self.net.capture, [])
+        self.assertDropped("source-mismatch")
+        self.assertDropped("icmpv6-not-relayed")
+        self.assertDropped("malformed")
+
+    def test_no_ipv6_side(self) -> None:
+        """
+        Without an IPv6 side, echo tests to native hosts are dropped and counted.
+        """
+        host = self.net.host("203.0.113.20", "203.0.113.21")
+        server = TeredoServer(ServerSettings(primary="203.0.113.20", secondary="203.0.113.21"), host)
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(server.stopService)
+        a = teredo(("192.0.2.45", 40000), "203.0.113.20")
+        self.peer("192.0.2.45").send(ipv6.icmpv6_packet(a, V6HOST, ipv6.EchoRequest(1, 1)), ("203.0.113.20", 3544))
+        self.net.flush()
+        self.assertEqual(server.status()["drops"]["no-ipv6-side"], 1)
+        self.assertIsNone(server.status()["ipv6-side"])
+
+    def test_local_echo(self) -> None:
+        """
+        SV-FW-1: an echo request to the server's link-local address is answered.
+        """
+        alice = self.peer("192.0.2.45")
+        a = teredo(("192.0.2.45", 40000))
+        alice.send(ipv6.icmpv6_packet(a, server_link_local(PRIMARY), ipv6.EchoRequest(3, 4, b"hi")))
+        self.net.flush()
+        [(data, _)] = alice.received
+        packet = classify(data)
+        msg = ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
+        self.assertEqual(msg, ipv6.EchoReply(3, 4, b"hi"))
+
+    def test_forward_rate_limit(self) -> None:
+        alice, bob = self.peer("192.0.2.45"), self.peer("198.51.100.20", 6000)
+        bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)))
+        for _ in range(30):
+            alice.send(bubble)
+        self.net.flush()
+        self.assertEqual(len(bob.received), 20)
+        self.assertDropped("rate-limited-forward", 10)
