@@ -37,7 +37,7 @@ import teredonode
 from teredonode.config import NodeConfig
 from teredonode.errors import ConfigError
 from teredonode.interfaces import IStatusSource
-from teredonode.roles import ROLE_MODULES
+import teredonode.roles as _roles
 from teredonode.status import StatusService
 
 __all__ = [
@@ -55,13 +55,18 @@ logFilter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
 logObserver = FilteringLogObserver(globalLogPublisher, [logFilter])
 
 
-def loadRoleModule(name: str, registry: Mapping[str, str] = ROLE_MODULES) -> ModuleType:
+def loadRoleModule(name: str, registry: Mapping[str, str] | None = None) -> ModuleType:
     """
     Import the module implementing role C{name}.
+
+    @param registry: role name -> module name; L{teredonode.roles.ROLE_MODULES} (looked up at
+        call time, so tests can substitute it) when C{None}.
 
     A module that is simply absent means "not in this version": a L{ConfigError}.  An
     C{ImportError} raised from inside an existing module is a bug and propagates as is.
     """
+    if registry is None:
+        registry = _roles.ROLE_MODULES
     modname = registry.get(name)
     if modname is None:
         raise ConfigError(f"role {name!r} is unknown (known: {', '.join(registry)})")
@@ -78,7 +83,7 @@ def loadRoleModule(name: str, registry: Mapping[str, str] = ROLE_MODULES) -> Mod
     return module
 
 
-def checkRoles(config: NodeConfig, registry: Mapping[str, str] = ROLE_MODULES) -> None:
+def checkRoles(config: NodeConfig, registry: Mapping[str, str] | None = None) -> None:
     """
     Fail early, at option parsing, if a configured role cannot be loaded.
     """
@@ -101,7 +106,7 @@ class TeredoNode(MultiService):
         self,
         config: NodeConfig,
         reactor: Any,
-        registry: Mapping[str, str] = ROLE_MODULES,
+        registry: Mapping[str, str] | None = None,
     ) -> None:
         MultiService.__init__(self)
         self.config = config
@@ -163,7 +168,7 @@ class TeredoNode(MultiService):
 def makeNode(
     config: NodeConfig,
     reactor: Any = None,
-    registry: Mapping[str, str] = ROLE_MODULES,
+    registry: Mapping[str, str] | None = None,
 ) -> TeredoNode:
     """
     Build the node for C{config}; C{reactor} defaults to the global one.

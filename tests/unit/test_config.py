@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -218,6 +220,15 @@ class ErrorTests(SynchronousTestCase, ErrorAssertions):
     """
     One test per kind of mistake; each message is one line with file, table and key.
     """
+
+    def mktemp(self) -> str:
+        """
+        A fresh path in a private temporary directory (trial's own mktemp writes under the
+        current directory, which under pytest is the repository).
+        """
+        base = tempfile.mkdtemp(prefix="teredo-test-")
+        self.addCleanup(shutil.rmtree, base, True)
+        return os.path.join(base, "x")
 
     def test_fileNotFound(self) -> None:
         with self.assertRaises(ConfigError) as caught:
