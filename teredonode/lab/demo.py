@@ -1,0 +1,292 @@
+"""
+C{teredo lab demo}: build the lab, start every role, ping every path, print a table, tear down.
+
+Exit status 0 only when every applicable path works.  Roles that do not exist yet are detected
+the only honest way -- start the node and see whether it stays up -- and reported per row
+("role not built yet") rather than as an obscure failure.  C{--with-miredo server,relay,client}
+puts Miredo in those roles; Miredo has no host-specific relay, so with Miredo the dualhost row
+runs only if our host-specific relay exists, and is marked "n/a" otherwise.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from teredonode.errors import LabError
+from teredonode.lab.lab import Lab
+from teredonode.lab.nodes import Node
+
+MIREDO_ROLES = ("server", "relay", "client")
+STAY_UP_SECONDS = 3.0
+QUALIFY_TIMEOUT = 20.0
+PING_COUNT = 5
+RELAY_TUN = "teredo-relay"
+HOST_RELAY_TUN = "teredo-hr"
+NOT_BUILT_MARKERS = ("not implemented", "Unknown command: teredo", "No module named")
+
+
+@dataclass
+class DemoNode:
+    """
+    One node of the demo and what became of it.
+    """
+
+    name: str
+    host: str
+    role: str
+    impl: str  # "teredonode" or "miredo"
+    node: Node | None = None
+    status: str = "not started"  # "up", "role not built yet", "failed: ...", "not qualified"
+    address: str | None = None  # a client's Teredo address
+
+    @property
+    def up(self) -> bool:
+        return self.status == "up"
+
+
+@dataclass
+class Row:
+    path: str
+    src: str
+    dst: str  # host name; its address is resolved at run time
+    needs: tuple[str, ...]
+    result: str = ""
+    ok: bool | None = None  # None: not applicable (does not count)
+    first: str = "-"
+    median: str = "-"
+    via: str = "-"
+    counts: bool = True
+
+
+@dataclass
+class PingResult:
+    sent: int
+    rtts: dict[int, float] = field(default_factory=dict)  # icmp_seq -> ms
+
+    @property
+    def received(self) -> int:
+        return len(self.rtts)
+
+
+def parse_ping(output: str, sent: int) -> PingResult:
+    """
+    The per-sequence RTTs of iputils C{ping} output.
+    """
+    result = PingResult(sent)
+    for line in output.splitlines():
+        if "icmp_seq=" in line and "time=" in line:
+            fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+            try:
+                result.rtts[int(fields["icmp_seq"])] = float(fields["time"])
+            except (KeyError, ValueError):
+                continue
+    return result
+
+
+def _status_of(node: Node) -> str:
+    if node.exit_code() is None:
+        return "up"
+    tail = node.log_tail(20)
+    if any(marker in line for line in tail for marker in NOT_BUILT_MARKERS):
+        return "role not built yet"
+    last = tail[-1] if tail else f"exit status {node.exit_code()}"
+    return f"failed: {last.strip()[:80]}"
+
+
+def plan_nodes(lab: Lab, miredo_roles: Sequence[str]) -> list[DemoNode]:
+    """
+    Which node runs where, and whether it is ours or Miredo's.
+    """
+    for role in miredo_roles:
+        if role == "host-relay":
+            raise LabError("Miredo has no host-specific relay (it can play server, relay, client)")
+        if role not in MIREDO_ROLES:
+            raise LabError(f"--with-miredo: unknown role {role!r} (Miredo can play server, relay, client)")
+
+    def impl(role: str) -> str:
+        return "miredo" if role in miredo_roles else "teredonode"
+
+    plan = [DemoNode("server", "server", "server", impl("server")), DemoNode("relay", "relay", "relay", impl("relay"))]
+    for client in lab.plan.clients():
+        plan.append(DemoNode(client.name, client.name, "client", impl("client")))
+    plan.append(DemoNode("host-relay", "dualhost", "host-relay", "teredonode"))
+    return plan
+
+
+def plan_rows(lab: Lab) -> list[Row]:
+    clients = [c.name for c in lab.plan.clients()]
+    rows: list[Row] = []
+    for c in clients[:2]:
+        rows.append(Row(f"{c} -> v6host", c, "v6host", ("server", "relay", c)))
+        rows.append(Row(f"v6host -> {c}", "v6host", c, ("server", "relay", c)))
+    if len(clients) >= 2:
+        a, b = clients[:2]
+        rows.append(Row(f"{a} -> {b} (across both NATs)", a, b, ("server", a, b)))
+        rows.append(Row(f"{b} -> {a} (across both NATs)", b, a, ("server", a, b)))
+    if clients:
+        rows.append(Row(f"dualhost -> {clients[0]} (host-specific relay)", "dualhost", clients[0], ("server", clients[0], "host-relay")))
+    return rows
+
+
+def _tun_packets(lab: Lab, host: str, interface: str) -> int:
+    """
+    Packets through a tunnel interface (0 when it does not exist): tells relay from direct.
+    """
+    out = lab.exec(
+        host,
+        ["cat", f"/sys/class/net/{interface}/statistics/rx_packets", f"/sys/class/net/{interface}/statistics/tx_packets"],
+        timeout=10,
+    )
+    if out.returncode != 0:
+        return 0
+    return sum(int(x) for x in out.stdout.split())
+
+
+def _fmt_ms(ms: float) -> str:
+    return f"{ms:.2f} ms"
+
+
+def run_row(lab: Lab, row: Row, nodes: dict[str, DemoNode], with_miredo: bool) -> None:
+    """
+    Ping along one path (unless a node it needs is missing) and fill in the row.
+    """
+    if row.needs and "host-relay" in row.needs and with_miredo and not nodes["host-relay"].up:
+        row.result, row.ok, row.counts = (
+            f"n/a with Miredo: Miredo has no host-specific relay (ours: {nodes['host-relay'].status})",
+            None,
+            False,
+        )
+        return
+    missing = [n for n in row.needs if not nodes[n].up]
+    if missing:
+        reasons = sorted({f"{nodes[n].role}: {nodes[n].status}" for n in missing})
+        row.result, row.ok = "; ".join(reasons), False
+        return
+    dst = nodes[row.dst].address if row.dst in nodes else lab.ipv6(row.dst)
+    assert dst is not None
+    relay_before = _tun_packets(lab, "relay", RELAY_TUN)
+    hr_before = _tun_packets(lab, "dualhost", HOST_RELAY_TUN)
+    ping = lab.exec(
+        row.src,
+        ["ping", "-6", "-n", "-c", str(PING_COUNT), "-i", "0.2", "-W", "2", "-w", "8", dst],
+        timeout=20,
+    )
+    result = parse_ping(ping.stdout, PING_COUNT)
+    relay_used = _tun_packets(lab, "relay", RELAY_TUN) > relay_before
+    hr_used = _tun_packets(lab, "dualhost", HOST_RELAY_TUN) > hr_before
+    if result.received:
+        row.via = (
+            f"relay {lab.ipv4('relay')}" if relay_used else "direct (host-specific relay)" if hr_used else "direct"
+        )
+    # Teredo may legitimately lose the very first packet (queued behind bubbles); more is failure.
+    row.ok = result.received >= PING_COUNT - 1
+    row.result = f"{'ok' if row.ok else 'FAIL'} {result.received}/{PING_COUNT}"
+    if result.rtts:
+        first_seq = min(result.rtts)
+        row.first = _fmt_ms(result.rtts[first_seq]) + ("" if first_seq == 1 else f" (seq {first_seq})")
+        row.median = _fmt_ms(statistics.median(result.rtts.values()))
+
+
+def _start(lab: Lab, n: DemoNode) -> None:
+    if n.impl == "miredo":
+        n.node = lab.start_miredo(n.name, n.host, n.role)
+    else:
+        n.node = lab.start_teredonode(n.name, n.host, n.role)
+
+
+def _wait_started(nodes: list[DemoNode]) -> None:
+    """
+    Give every node L{STAY_UP_SECONDS} to fail; those still running are "up".
+    """
+    deadline = time.monotonic() + STAY_UP_SECONDS
+    while time.monotonic() < deadline and any(n.node and n.node.exit_code() is None for n in nodes):
+        time.sleep(0.1)
+    for n in nodes:
+        if n.node is not None:
+            n.status = _status_of(n.node)
+
+
+def _wait_qualified(lab: Lab, clients: list[DemoNode]) -> None:
+    deadline = time.monotonic() + QUALIFY_TIMEOUT
+    waiting = [c for c in clients if c.up]
+    while waiting and time.monotonic() < deadline:
+        for c in list(waiting):
+            c.address = lab.teredo_address(c.host)
+            if c.address:
+                waiting.remove(c)
+            elif c.node and c.node.exit_code() is not None:
+                c.status = _status_of(c.node)
+                waiting.remove(c)
+        time.sleep(0.25)
+    for c in waiting:
+        c.status = f"not qualified within {QUALIFY_TIMEOUT:g}s"
+
+
+def print_table(rows: list[Row], out: TextIO) -> None:
+    headers = ("path", "result", "first RTT", "median RTT", "via")
+    cells = [(r.path, r.result, r.first, r.median, r.via) for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line, file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)), file=out)
+
+
+def run_demo(
+    scenario: str = "default", miredo_roles: Sequence[str] = (), keep: bool = False, out: TextIO = sys.stdout
+) -> int:
+    """
+    The whole demo on a lab of its own; returns the exit status (0: every applicable path works).
+    """
+    started = time.monotonic()
+    lab = Lab.up(scenario)
+    try:
+        print(f"lab {lab.prefix} up in {time.monotonic() - started:.2f}s (scenario {scenario})", file=out)
+        ok, _ = demo_on(lab, miredo_roles, out)
+        print(f"logs in {lab.state.path / 'logs'}" + ("" if keep else " (removed with the lab)"), file=out)
+        return 0 if ok else 1
+    finally:
+        if keep:
+            print(f"lab left up: teredo lab down --lab {lab.prefix}", file=out)
+        else:
+            t1 = time.monotonic()
+            lab.down()
+            print(f"lab torn down in {time.monotonic() - t1:.2f}s", file=out)
+
+
+def demo_on(lab: Lab, miredo_roles: Sequence[str] = (), out: TextIO = sys.stdout) -> tuple[bool, list[Row]]:
+    """
+    Start the nodes on an existing C{lab}, ping every path, print the table.
+
+    Returns (every applicable path works, the rows); the caller owns the lab's teardown.
+    """
+    nodes = plan_nodes(lab, miredo_roles)
+    by_name = {n.name: n for n in nodes}
+    for n in nodes:
+        _start(lab, n)
+    _wait_started(nodes)
+    t0 = time.monotonic()
+    clients = [n for n in nodes if n.role == "client"]
+    _wait_qualified(lab, clients)
+    for n in nodes:
+        where = f"{n.host} ({lab.ns(n.host)})"
+        extra = f"  address {n.address}" if n.address else ""
+        print(f"  {n.role:<10} {n.impl:<10} on {where:<28} {n.status}{extra}", file=out)
+    if any(c.address for c in clients):
+        print(f"clients qualified within {time.monotonic() - t0:.2f}s", file=out)
+    rows = plan_rows(lab)
+    for row in rows:
+        run_row(lab, row, by_name, bool(miredo_roles))
+    print(file=out)
+    print_table(rows, out)
+    counted = [r for r in rows if r.counts]
+    ok = bool(counted) and all(r.ok for r in counted)
+    print(file=out)
+    print("every path works" if ok else "some paths do not work (yet)", file=out)
+    return ok, rows
