@@ -214,6 +214,15 @@ def _ifname(value: Any) -> str:
     return value
 
 
+def _optional_ifname(value: Any) -> str:
+    """
+    An interface name, or the empty string for "none".
+    """
+    if value == "":
+        return ""
+    return _ifname(value)
+
+
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _Invalid(f"{_show(value)} is not a log level ({', '.join(LOG_LEVELS)})")
@@ -293,7 +302,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("secondary", _unicast_ipv4, None, "Secondary IPv4 address; default primary + 1."),
             _Key("prefix", _prefix, "2001::/32", "Teredo service prefix advertised (a /32)."),
             _Key("mtu", _integer(1280, 65535, "MTU"), 1280, "MTU option sent in Router Advertisements."),
-            _Key("max-payload", _integer(40, 65535, "bytes"), 1280, "Largest IPv6 packet relayed."),
+            _Key("max-payload", _integer(0, 65535, "bytes"), 88, "Largest IPv6 payload relayed (non-bubbles)."),
+            _Key("interface", _optional_ifname, "teredo-srv", "TUN to native IPv6 for echo tests; empty: none."),
             _Key("rs-rate", _rate, 1.0, "Router Solicitations per second per source."),
             _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source."),
             _Key("burst", _integer(1, 1_000_000), 20, "Token bucket depth of both rates."),
@@ -384,7 +394,8 @@ class ServerSettings:
     secondary: str
     prefix: str = "2001::/32"
     mtu: int = 1280
-    max_payload: int = 1280
+    max_payload: int = 88
+    interface: str = "teredo-srv"
     rs_rate: float = 1.0
     forward_rate: float = 50.0
     burst: int = 20

@@ -66,8 +66,9 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(server.secondary, "192.0.2.2")
         self.assertEqual(server.prefix, "2001::/32")
         self.assertEqual(server.prefix_bytes, b"\x20\x01\x00\x00")
-        self.assertEqual(server.max_payload, 1280)
+        self.assertEqual(server.max_payload, 88)
         self.assertEqual(server.mtu, 1280)
+        self.assertEqual(server.interface, "teredo-srv")
         self.assertTrue(server.hardened)
 
     def test_nodeDefaults(self) -> None:
