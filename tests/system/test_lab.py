@@ -310,3 +310,49 @@ class DemoTests(unittest.TestCase):
             )
         if any("role not built yet" in r.result for r in rows):
             self.assertFalse(ok)
+
+
+class PreflightTests(unittest.TestCase):
+    """
+    Where a lab cannot run, C{teredo lab} says why in one line and exits non-zero (runs anywhere).
+    """
+
+    def run_main(self, argv: list[str]) -> tuple[int, str]:
+        import contextlib
+        import io
+
+        from teredonode.lab.cli import main
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            code = main(argv)
+        return code, err.getvalue()
+
+    def test_not_root(self) -> None:
+        with mock.patch("os.geteuid", return_value=1000):
+            code, err = self.run_main(["up"])
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn("needs root", err)
+
+    def test_no_tun(self) -> None:
+        real_stat = os.stat
+
+        def fake_stat(path, *args, **kwargs):
+            if str(path) == "/dev/net/tun":
+                raise FileNotFoundError(path)
+            return real_stat(path, *args, **kwargs)
+
+        with mock.patch("os.geteuid", return_value=0), mock.patch("os.stat", side_effect=fake_stat):
+            code, err = self.run_main(["up"])
+        self.assertEqual(code, 1)
+        self.assertEqual(len(err.strip().splitlines()), 1)
+        self.assertIn("/dev/net/tun", err)
+
+    def test_unknown_scenario(self) -> None:
+        reason = skip_reason()
+        if reason:
+            raise unittest.SkipTest(reason)
+        code, err = self.run_main(["up", "--scenario", "nope"])
+        self.assertEqual(code, 1)
+        self.assertIn("unknown scenario 'nope'", err)
