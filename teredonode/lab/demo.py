@@ -43,6 +43,7 @@ class DemoNode:
     node: Node | None = None
     status: str = "not started"  # "up", "role not built yet", "failed: ...", "not qualified"
     address: str | None = None  # a client's Teredo address
+    qualified_after: float | None = None  # seconds from start to Teredo address
 
     @property
     def up(self) -> bool:
@@ -199,11 +200,11 @@ def _start(lab: Lab, n: DemoNode) -> None:
         n.node = lab.start_teredonode(n.name, n.host, n.role)
 
 
-def _wait_started(nodes: list[DemoNode]) -> None:
+def _wait_started(nodes: list[DemoNode], since: float) -> None:
     """
-    Give every node L{STAY_UP_SECONDS} to fail; those still running are "up".
+    Give every node until C{since + STAY_UP_SECONDS} to fail; those still running are "up".
     """
-    deadline = time.monotonic() + STAY_UP_SECONDS
+    deadline = since + STAY_UP_SECONDS
     while time.monotonic() < deadline and any(n.node and n.node.exit_code() is None for n in nodes):
         time.sleep(0.1)
     for n in nodes:
@@ -211,20 +212,23 @@ def _wait_started(nodes: list[DemoNode]) -> None:
             n.status = _status_of(n.node)
 
 
-def _wait_qualified(lab: Lab, clients: list[DemoNode]) -> None:
-    deadline = time.monotonic() + QUALIFY_TIMEOUT
-    waiting = [c for c in clients if c.up]
+def _wait_qualified(lab: Lab, clients: list[DemoNode], since: float) -> None:
+    """
+    Poll running clients for their Teredo address, up to L{QUALIFY_TIMEOUT}; record how long
+    each took since C{since} (when the clients were started).
+    """
+    deadline = since + QUALIFY_TIMEOUT
+    waiting = [c for c in clients if c.node is not None]
     while waiting and time.monotonic() < deadline:
         for c in list(waiting):
             c.address = lab.teredo_address(c.host)
             if c.address:
+                c.qualified_after = time.monotonic() - since
                 waiting.remove(c)
-            elif c.node and c.node.exit_code() is not None:
-                c.status = _status_of(c.node)
+            elif c.node is not None and c.node.exit_code() is not None:
                 waiting.remove(c)
-        time.sleep(0.25)
-    for c in waiting:
-        c.status = f"not qualified within {QUALIFY_TIMEOUT:g}s"
+        if waiting:
+            time.sleep(0.1)
 
 
 def print_table(rows: list[Row], out: TextIO) -> None:
@@ -268,18 +272,26 @@ def demo_on(lab: Lab, miredo_roles: Sequence[str] = (), out: TextIO = sys.stdout
     """
     nodes = plan_nodes(lab, miredo_roles)
     by_name = {n.name: n for n in nodes}
-    for n in nodes:
+    infra = [n for n in nodes if n.role in ("server", "relay")]
+    others = [n for n in nodes if n not in infra]
+    t_infra = time.monotonic()
+    for n in infra:
         _start(lab, n)
-    _wait_started(nodes)
+    lab.wait_udp_listening("server", 3544, STAY_UP_SECONDS)
     t0 = time.monotonic()
+    for n in others:
+        _start(lab, n)
     clients = [n for n in nodes if n.role == "client"]
-    _wait_qualified(lab, clients)
+    _wait_qualified(lab, clients, t0)
+    _wait_started(infra, t_infra)
+    _wait_started(others, t0)
+    for c in clients:
+        if c.up and not c.address:
+            c.status = f"not qualified within {QUALIFY_TIMEOUT:g}s"
     for n in nodes:
         where = f"{n.host} ({lab.ns(n.host)})"
-        extra = f"  address {n.address}" if n.address else ""
+        extra = f"  address {n.address} (qualified in {n.qualified_after:.2f}s)" if n.address and n.qualified_after is not None else ""
         print(f"  {n.role:<10} {n.impl:<10} on {where:<28} {n.status}{extra}", file=out)
-    if any(c.address for c in clients):
-        print(f"clients qualified within {time.monotonic() - t0:.2f}s", file=out)
     rows = plan_rows(lab)
     for row in rows:
         run_row(lab, row, by_name, bool(miredo_roles))

@@ -194,6 +194,21 @@ class Lab:
             nodes.stop(record, handle.popen if handle else None)
             self.state.save()
 
+    def wait_udp_listening(self, host: str, port: int, timeout: float) -> bool:
+        """
+        Wait up to C{timeout} s until something listens on UDP C{port} on C{host}: start
+        clients only once their server listens, or their first Router Solicitation is lost
+        (Miredo then waits 4 s before its next one).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            listening = self.exec(host, ["ss", "-Hnlu", "sport", "=", f":{port}"], timeout=10).stdout
+            if listening.strip():
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+
     def teredo_address(self, host: str, interface: str = "teredo") -> str | None:
         """
         The global address on C{host}'s C{interface} in the Teredo prefix, if it has one yet.

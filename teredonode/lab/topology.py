@@ -86,7 +86,12 @@ def make_plan(scenario: Scenario) -> Plan:
     """
     plan = Plan()
     plan.add(Host("inet", "inet", INET_V4, (INET_V6,), ipv4_forwarding=True, ipv6_forwarding=True))
-    plan.add(Host("server", "host", ("203.0.113.10", "203.0.113.11"), ("2001:db8::10",)))
+    # IPv6 forwarding on the server: our server hands clients' echo tests to the IPv6 side
+    # through a TUN (teredo-srv), which the kernel must then forward (Miredo uses a raw socket
+    # and does not care).
+    plan.add(
+        Host("server", "host", ("203.0.113.10", "203.0.113.11"), ("2001:db8::10",), ipv6_forwarding=True)
+    )
     plan.add(Host("relay", "host", ("203.0.113.20",), ("2001:db8::20",), ipv6_forwarding=True))
     plan.add(Host("v6host", "host", (), ("2001:db8::30",)))
     plan.add(Host("dualhost", "host", ("203.0.113.40",), ("2001:db8::40",)))
