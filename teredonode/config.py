@@ -23,6 +23,7 @@ replaces the file's choice entirely.  Tables of roles that do not run are still 
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import math
 import re
@@ -264,6 +265,39 @@ def _client_id(value: Any) -> str:
     return text
 
 
+def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
+    """
+    The server's table of secure-qualification clients: C{id = "secret"} or
+    C{id = { secret = "...", expires = 2027-01-01T00:00:00Z }}.  After C{expires} (a TOML
+    date-time, UTC when it has no offset) the server still answers but sets the confirmation
+    byte, telling the client to get a new key (RFC 4380 section 5.2.2).
+    """
+    if not isinstance(value, dict):
+        raise _Invalid("must be a table of client-id = secret")
+    out = []
+    for cid, entry in value.items():
+        _client_id(cid)
+        expires: float | None = None
+        if isinstance(entry, dict):
+            unknown = set(entry) - {"secret", "expires"}
+            if unknown or "secret" not in entry:
+                raise _Invalid(f"client {_show(cid)}: needs secret and optionally expires")
+            when = entry.get("expires")
+            if when is not None:
+                if not isinstance(when, datetime.datetime):
+                    raise _Invalid(f"client {_show(cid)}: expires must be a TOML date-time")
+                if when.tzinfo is None:
+                    when = when.replace(tzinfo=datetime.timezone.utc)
+                expires = when.timestamp()
+            entry = entry["secret"]
+        try:
+            secret = _secret(entry)
+        except _Invalid as e:
+            raise _Invalid(f"client {_show(cid)}: secret {e}") from None
+        out.append((cid, secret, expires))
+    return tuple(out)
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 
@@ -304,6 +338,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("mtu", _integer(1280, 65535, "MTU"), 1280, "MTU option sent in Router Advertisements."),
             _Key("max-payload", _integer(0, 65535, "bytes"), 88, "Largest IPv6 payload relayed (non-bubbles)."),
             _Key("interface", _optional_ifname, "teredo-srv", "TUN to native IPv6 for echo tests; empty: none."),
+            _Key("secure", _boolean, False, "Require secure qualification (RFC 4380 5.2.2)."),
+            _Key("clients", _client_secrets, (), "Secure qualification: client id -> secret."),
             _Key("rs-rate", _rate, 1.0, "Router Solicitations per second per source."),
             _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source."),
             _Key("burst", _integer(1, 1_000_000), 20, "Token bucket depth of both rates."),
@@ -396,6 +432,8 @@ class ServerSettings:
     mtu: int = 1280
     max_payload: int = 88
     interface: str = "teredo-srv"
+    secure: bool = False
+    clients: tuple[tuple[str, str, float | None], ...] = ()
     rs_rate: float = 1.0
     forward_rate: float = 50.0
     burst: int = 20

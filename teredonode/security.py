@@ -1,5 +1,6 @@
 """
-Defences shared by the roles: per-source rate limiting with bounded memory.
+Defences shared by the roles: per-source rate limiting with bounded memory, and the
+authentication value of secure qualification.
 
 A public Teredo server or relay answers anyone.  Without a per-source limit one flooding
 host starves every other client; without a bound on the limiter's own table an attacker
@@ -9,12 +10,14 @@ key, at most C{max_keys} of them, least recently used evicted first.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections import OrderedDict
 from typing import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "teredo_auth_value", "auth_matches"]
 
 
 class RateLimiter:
@@ -60,3 +63,20 @@ class RateLimiter:
             return False
         bucket[0] = tokens - 1.0
         return True
+
+
+def teredo_auth_value(secret: bytes, nonce: bytes, confirmation: int, origin: bytes, ipv6: bytes) -> bytes:
+    """
+    The default authentication value of RFC 4380 section 5.2.2: HMAC-SHA1 keyed with the
+    shared secret over the nonce, the confirmation byte, the origin indication (when present)
+    and the IPv6 packet, "without any additional padding".  The RFC does not say to truncate,
+    so the full 20-byte digest is carried (AU-len 20).
+    """
+    return hmac.new(secret, nonce + bytes((confirmation,)) + origin + ipv6, hashlib.sha1).digest()
+
+
+def auth_matches(secret: bytes, value: bytes, nonce: bytes, confirmation: int, origin: bytes, ipv6: bytes) -> bool:
+    """
+    Constant-time check of a received authentication value.
+    """
+    return hmac.compare_digest(teredo_auth_value(secret, nonce, confirmation, origin, ipv6), value)

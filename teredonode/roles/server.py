@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
-from teredonode.security import RateLimiter
+from teredonode.security import RateLimiter, auth_matches, teredo_auth_value
 from teredonode.udp import DatagramSender
 from teredonode.wire import ipv4
 from teredonode.wire.address import TEREDO_PORT, mapping_of, server_link_local
@@ -63,6 +63,8 @@ DROP_REASONS = (
     "non-global-source",  # SV-IN-3
     "source-mismatch",  # SV-IN-5..7: IPv6 source is not the sender's
     "bad-router-solicitation",  # SV-IN-4: RS that fails RFC 4861 validity
+    "auth-required",  # SV-IN-4: secure qualification and no client identifier
+    "auth-failed",  # SV-IN-4: secure qualification and a wrong authentication value
     "oversized",  # SV-IN-8: non-bubble payload above max-payload (no open relay)
     "icmpv6-not-relayed",  # SV-03: only echo request/reply are relayed
     "non-global-destination",  # SV-FW-2
@@ -142,6 +144,8 @@ class TeredoServer(Service):
         self._advertised = self._prefix + self._server_raw + b"\x00" * 8
         self._rs_limit = RateLimiter(reactor, settings.rs_rate, settings.burst, settings.max_sources)
         self._fw_limit = RateLimiter(reactor, settings.forward_rate, settings.burst, settings.max_sources)
+        self._secure: bool = settings.secure
+        self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
         self._sockets = [_ServerSocket(self, 0), _ServerSocket(self, 1)]
         self._ports: list[Any] = []
         self.counters: Counter[str] = Counter()
@@ -319,6 +323,23 @@ class TeredoServer(Service):
         if not self._rs_limit.allow(addr):
             self.drops["rate-limited-rs"] += 1
             return
+        auth = packet.auth
+        secret = None
+        confirmation = 0
+        if self._secure:
+            if auth is None or not auth.client_id:
+                self.drops["auth-required"] += 1
+                return
+            entry = self._secrets.get(auth.client_id)
+            if entry is None:
+                confirmation = 1  # unknown identifier: "get a new key"
+            else:
+                secret, expires = entry
+                if not auth_matches(secret, auth.auth_value, auth.nonce, auth.confirmation, b"", packet.ipv6):
+                    self.drops["auth-failed"] += 1
+                    return
+                if expires is not None and self._reactor.seconds() >= expires:
+                    confirmation = 1
         self.counters["rs"] += 1
         ra = RouterAdvertisement(
             retrans_timer=2000,
@@ -326,14 +347,16 @@ class TeredoServer(Service):
             mtu=self.settings.mtu,
         )
         ipv6 = icmpv6_packet(self._link_local, header.src, ra, 255)
-        auth = None
-        if packet.auth is not None:
-            # SV-RA-09: echo the nonce (and identifier) so the client can match the reply.
-            auth = AuthIndicator(packet.auth.nonce, packet.auth.client_id, b"", 0)
-        payload = (auth.to_bytes() if auth else b"") + OriginIndication(*addr).to_bytes() + ipv6
+        origin = OriginIndication(*addr).to_bytes()
+        prefix = b""
+        if auth is not None:
+            # SV-RA-08/09: the same identifier and nonce; an authentication value when the
+            # identifier is known.
+            value = b"" if secret is None else teredo_auth_value(secret, auth.nonce, confirmation, origin, ipv6)
+            prefix = AuthIndicator(auth.nonce, auth.client_id, value, confirmation).to_bytes()
         # SV-RA-06: cone bit set -> answer from the other address, else the same one.
         out = 1 - index if _rs_cone(header.src) else index
-        self._send(out, payload, addr)
+        self._send(out, prefix + origin + ipv6, addr)
         self.counters["ra"] += 1
 
     def _localEcho(self, packet: Any, addr: tuple[str, int], index: int) -> None:

@@ -382,3 +382,85 @@ class ForwardingTests(ServerTestCase):
         self.net.flush()
         self.assertEqual(len(bob.received), 20)
         self.assertDropped("rate-limited-forward", 10)
+
+
+def secure_rs(client_id: bytes, secret: bytes, nonce: bytes = b"SECURE!!", tamper: bool = False) -> bytes:
+    """
+    An RS with an authentication indicator computed as RFC 4380 section 5.2.2 says.
+    """
+    from teredonode.security import teredo_auth_value
+
+    packet = ipv6.icmpv6_packet(CLIENT_LINK_LOCAL_RESTRICTED, ipv6.ALL_ROUTERS, ipv6.RouterSolicitation(), 255)
+    value = teredo_auth_value(secret, nonce, 0, b"", packet)
+    if tamper:
+        value = bytes([value[0] ^ 1]) + value[1:]
+    return encode_payload(packet, AuthIndicator(nonce, client_id, value, 0))
+
+
+class SecureQualificationTests(ServerTestCase):
+    """
+    SV-IN-4 and SV-RA-08: secure qualification with HMAC-SHA1 shared secrets.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.net = FakeInternet(self.clock)
+        self.host = self.net.host(PRIMARY, SECONDARY)
+        self.tun = FakeTunDevice("teredo-srv")
+        self.server = self.makeServer(
+            secure=True,
+            clients=(("alice", "correct horse", None), ("old", "battery", 1_000_100.0)),
+        )
+
+    def verify(self, data: bytes, secret: bytes) -> tuple[int, bool]:
+        from teredonode.security import auth_matches
+
+        packet = classify(data)
+        auth = packet.auth
+        return auth.confirmation, auth_matches(
+            secret, auth.auth_value, auth.nonce, auth.confirmation, packet.origin.to_bytes(), packet.ipv6
+        )
+
+    def test_valid(self) -> None:
+        client = self.peer("192.0.2.45")
+        client.send(secure_rs(b"alice", b"correct horse"))
+        self.net.flush()
+        [(data, _)] = client.received
+        packet = classify(data)
+        self.assertEqual(packet.auth.client_id, b"alice")
+        self.assertEqual(packet.auth.nonce, b"SECURE!!")
+        self.assertEqual(self.verify(data, b"correct horse"), (0, True))
+
+    def test_wrong_value_or_missing(self) -> None:
+        client = self.peer("192.0.2.45")
+        client.send(secure_rs(b"alice", b"correct horse", tamper=True))
+        client.send(secure_rs(b"alice", b"wrong secret"))
+        client.send(rs())  # an identifier-less auth indicator
+        client.send(rs(nonce=None))
+        self.net.flush()
+        self.assertEqual(client.received, [])
+        self.assertDropped("auth-failed", 2)
+        self.assertDropped("auth-required", 2)
+
+    def test_unknown_identifier_gets_confirmation(self) -> None:
+        client = self.peer("192.0.2.45")
+        client.send(secure_rs(b"mallory", b"whatever"))
+        self.net.flush()
+        [(data, _)] = client.received
+        auth = classify(data).auth
+        self.assertNotEqual(auth.confirmation, 0)
+        self.assertEqual(auth.auth_value, b"")
+
+    def test_expired_identifier(self) -> None:
+        """
+        Before expiry: confirmation 0; after: still authenticated, confirmation non-zero.
+        """
+        client = self.peer("192.0.2.45")
+        client.send(secure_rs(b"old", b"battery"))
+        self.net.flush()
+        self.assertEqual(self.verify(client.received[-1][0], b"battery"), (0, True))
+        self.clock.advance(200)
+        client.send(secure_rs(b"old", b"battery", nonce=b"SECOND!!"))
+        self.net.flush()
+        self.assertEqual(self.verify(client.received[-1][0], b"battery"), (1, True))

@@ -371,3 +371,30 @@ class SampleTests(SynchronousTestCase):
     def test_noFileRunsOnOverrides(self) -> None:
         config = load_config(None, roles="server", overrides={"primary": "192.0.2.1"})
         self.assertEqual(config.source, NO_FILE)
+
+
+class SecureClientsTests(SynchronousTestCase, ErrorAssertions):
+    """
+    C{[server] clients}: the secure-qualification table.
+    """
+
+    def test_parsed(self) -> None:
+        text = SERVER + 'secure = true\nclients = { alice = "s1", bob = { secret = "s2", expires = 2027-01-01T00:00:00Z } }\n'
+        server = parse_config(text, "x.toml").roles["server"]
+        self.assertTrue(server.secure)
+        self.assertEqual(server.clients, (("alice", "s1", None), ("bob", "s2", 1798761600.0)))
+
+    def test_errors_never_quote_secrets(self) -> None:
+        for bad in [
+            'clients = "alice"',
+            'clients = { alice = "" }',
+            'clients = { alice = { secret = "hunter2", when = 1 } }',
+            'clients = { alice = { secret = "hunter2", expires = "soon" } }',
+            'clients = { alice = 7 }',
+        ]:
+            with self.assertRaises(ConfigError) as cm:
+                parse_config(SERVER + bad + "\n", "x.toml")
+            message = str(cm.exception)
+            self.assertTrue(message.startswith("x.toml: [server] clients: "), message)
+            self.assertNotIn("hunter2", message)
+            self.assertEqual(len(message.splitlines()), 1)
