@@ -14,6 +14,7 @@ C{python -m teredonode.lab.cli ...} does the same.  Errors are one line on stder
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -95,8 +96,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def preflight_root() -> None:
-    import os
-
+    """
+    Commands that touch namespaces need root; C{status} only reads files and does not.
+    """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, nftables, TUN devices)")
 
@@ -119,8 +121,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _pid_alive(pid: int) -> bool:
-    import os
-
     try:
         os.kill(pid, 0)
     except OSError:
