@@ -163,6 +163,10 @@ def main(argv: list[str]) -> int:
     except LabError as e:
         print(f"teredo lab: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # Output piped into e.g. "head": not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("teredo lab: interrupted (everything the lab made was removed)", file=sys.stderr)
         return 130
