@@ -275,6 +275,20 @@ class ValidityTests(ServerTestCase):
         self.net.flush()
         self.assertDropped("non-global-mapping")
 
+    def test_rates_per_second(self) -> None:
+        """
+        The status reports what happened during the last whole second.
+        """
+        for i in range(5):
+            self.peer(f"192.0.2.{50 + i}").send(rs())
+        self.net.inject(("10.0.0.1", 1), (PRIMARY, 3544), rs())
+        self.net.flush()
+        self.clock.advance(1.0)
+        rates = self.server.status()["rates-per-second"]
+        self.assertEqual((rates["received"], rates["rs"], rates["ra"], rates["dropped"]), (6.0, 5.0, 5.0, 1.0))
+        self.clock.advance(1.0)
+        self.assertEqual(self.server.status()["rates-per-second"]["rs"], 0.0)
+
     def test_status_lists_every_reason(self) -> None:
         status = self.server.status()
         self.assertEqual(set(status["drops"]), set(DROP_REASONS))

@@ -152,3 +152,24 @@ class ServerInteropTests(unittest.TestCase):
         from teredonode.lab.nodes import REPO_ROOT
 
         return REPO_ROOT
+
+
+class DemoWithOurServerTests(unittest.TestCase):
+    """
+    The demo's rows that need only our server: Miredo relay and clients, our server.
+    """
+
+    def test_demo_rows(self) -> None:
+        import io
+
+        from teredonode.lab.demo import demo_on
+
+        lab = use_lab(self, "default", need_miredo=True)
+        out = io.StringIO()
+        ok, rows = demo_on(lab, ["relay", "client"], out)
+        table = out.getvalue()
+        self.assertIn("teredonode on server", table)
+        for row in rows:
+            if row.counts:
+                self.assertTrue(row.ok, f"{row.path}: {row.result}\n{table}")
+        self.assertTrue(ok, table)
