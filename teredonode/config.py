@@ -224,6 +224,16 @@ def _optional_ifname(value: Any) -> str:
     return _ifname(value)
 
 
+def _default_route(value: Any) -> str | bool:
+    """
+    C{"auto"} (a default route only when the host has no other IPv6, RFC 4380 section 5.5),
+    or a boolean forcing it on or off.
+    """
+    if isinstance(value, bool) or value == "auto":
+        return value
+    raise _Invalid(f"{_show(value)} is not \"auto\", true or false")
+
+
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _Invalid(f"{_show(value)} is not a log level ({', '.join(LOG_LEVELS)})")
@@ -358,6 +368,9 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("secret", _secret, None, "Secure qualification: shared secret."),
             _Key("max-peers", _integer(1, 10_000_000), 1024, "Peer list entries kept."),
             _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
+            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
+            _Key("default-route", _default_route, "auto", "Default IPv6 route via Teredo: auto, true, false."),
+            _Key("allow-symmetric", _boolean, False, "Stay online behind a symmetric NAT (usually useless)."),
         ),
         "relay": (
             _ENABLED,
@@ -468,6 +481,9 @@ class ClientSettings:
     secret: str | None = None
     max_peers: int = 1024
     peer_queue: int = 8
+    peer_queue_bytes: int = 10240
+    default_route: str | bool = "auto"
+    allow_symmetric: bool = False
     enabled: bool = True
     name = "client"
 
