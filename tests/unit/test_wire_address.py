@@ -5,7 +5,7 @@ Teredo addresses (requirements digest section 2.1, W-ADDR-1..6) and the IPv4 pre
 
 import ipaddress
 
-from hypothesis import given
+from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredonode.wire import address, ipv4
@@ -133,7 +133,17 @@ class GlobalUnicastTests(SynchronousTestCase):
             self.assertTrue(ipv4.is_global_unicast(ip, hardened=False), ip)
             self.assertFalse(ipv4.is_global_unicast(ip), ip)
 
+    @given(st.integers(0, 2**32 - 1), st.booleans())
+    def test_matches_reference(self, value: int, hardened: bool) -> None:
+        """
+        The first-octet lookup agrees with plain network membership, for every address.
+        """
+        ranges = ipv4.RFC4380_NON_GLOBAL + (ipv4.HARDENING_RANGES if hardened else ())
+        expected = not any(ipaddress.IPv4Address(value) in ipaddress.IPv4Network(r[2]) for r in ranges)
+        self.assertEqual(ipv4.is_global_unicast(value, hardened), expected)
+        self.assertEqual(ipv4.is_global_unicast(ipv4.unpack(value.to_bytes(4, "big")), hardened), expected)
+
     def test_bad_input(self) -> None:
         self.assertFalse(ipv4.is_global_unicast(b"\x01\x02"))
-        for bad in ["1", "1.2.3", "256.1.1.1", "a.b.c.d", "1.2.3.4.5", ""]:
+        for bad in ["1", "1.2.3", "256.1.1.1", "a.b.c.d", "1.2.3.4.5", "", "01.2.3.4", "0x7f.0.0.1", "1.2.3.4 x", " 1.2.3.4"]:
             self.assertRaises(ParseError, ipv4.pack, bad)
