@@ -128,8 +128,15 @@ class Peer:
         """
         if now - self.last_tx < BUBBLE_MIN_INTERVAL:
             return False
+        return not self.probe_limited(now)
+
+    def probe_limited(self, now: float) -> bool:
+        """
+        Is the 4-unanswered-bubbles-in-300-s limit in force (so that no probe may go for a
+        while, whatever the 2-s rule says)?
+        """
         bubbles = self.bubbles
-        return not (len(bubbles) == BUBBLE_MAX_UNANSWERED and now - bubbles[0] < BUBBLE_WINDOW)
+        return len(bubbles) == BUBBLE_MAX_UNANSWERED and now - bubbles[0] < BUBBLE_WINDOW
 
     def bubble_sent(self, now: float) -> None:
         """
@@ -296,8 +303,7 @@ class PeerList:
             window = self.local_valid_for if peer.local else self.valid_for
             if now - peer.last_rx < window or now - peer.last_tx < window:
                 continue
-            b = peer.bubbles
-            if len(b) == BUBBLE_MAX_UNANSWERED and now - b[0] < BUBBLE_WINDOW:
+            if peer.probe_limited(now):
                 continue
             del self._peers[address]
             self._removed(peer)

@@ -1,0 +1,551 @@
+# -*- test-case-name: tests.protocol.test_client -*-
+"""
+The Teredo interface shared by the client, the relay and the host-specific relay.
+
+RFC 4380 describes one algorithm three times: how a Teredo node decides where an IPv6
+packet goes over UDP (section 5.2.4 for clients, 5.4.1 for relays), how it checks what
+arrives (5.2.3, 5.4.2), how it punches holes with bubbles (5.2.6) and how it finds the
+relay of a native IPv6 host (the direct IPv6 connectivity test, 5.2.9).  L{TeredoTunnel}
+is that algorithm once, over a L{teredonode.peers.PeerList}; what differs between the roles
+is a handful of yes/no answers collected in a L{TunnelPolicy}:
+
+  - may a native IPv6 destination be reached (by an echo test through our server)?
+  - may a packet from a native IPv6 source be accepted once an echo test proves it?
+  - may a packet from an unknown Teredo peer create an entry (section 5.2.3 case 3), or
+    only refresh one we created (Miredo's relay rule: no state from unsolicited traffic)?
+  - are direct bubbles sent as well as indirect ones (section 5.2.4 case 5)?
+
+The owner (the client role today) does the I/O: it hands in C{send(data, endpoint)} and
+C{deliver(packet)} (toward the host's stack), feeds packets with L{TeredoTunnel.fromHost},
+L{TeredoTunnel.fromPeer} and L{TeredoTunnel.fromServer}, and sets the identity (own address,
+own server) with L{TeredoTunnel.setIdentity}.
+
+Nothing here logs per packet: every decision is a counter in C{counters} or a drop in
+C{drops} under a reason from L{DROP_REASONS}.
+
+Retries (sections 5.2.4 cases 2 and 5, 5.2.6, 5.2.9): one probe (a bubble pair or an echo
+request) at once, then one every 2 s, up to 3 repetitions, each subject to the two MUST
+NOTs of section 5.2.6 (L{teredonode.peers.Peer.may_bubble}); echo requests obey the same
+limits, as Miredo's do.  When the repetitions run out the queued packets are dropped and
+the host gets an ICMPv6 destination unreachable (code 3, address unreachable) per packet,
+at most L{ICMP_ERRORS_PER_SECOND} a second.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.internet.task import LoopingCall
+
+from teredonode.interfaces import Endpoint
+from teredonode.peers import Peer, PeerList
+from teredonode.security import RateLimiter
+from teredonode.wire import ipv4
+from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, mapping_of, server_of
+from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import (
+    NH_ICMPV6,
+    DestinationUnreachable,
+    EchoReply,
+    EchoRequest,
+    bubble,
+    decode_icmpv6,
+    icmpv6_packet,
+    is_link_local,
+    is_multicast,
+    parse_ipv6,
+)
+from teredonode.wire.teredo import TeredoPacket
+
+__all__ = [
+    "TunnelPolicy",
+    "CLIENT_POLICY",
+    "TeredoTunnel",
+    "DROP_REASONS",
+    "PROBE_INTERVAL",
+    "PROBE_REPEATS",
+    "ECHO_NONCE_BYTES",
+    "ICMP_ERRORS_PER_SECOND",
+]
+
+#: Sections 5.2.4 and 5.2.9: 2 s time-out, repeated up to 3 times.
+PROBE_INTERVAL = 2.0
+PROBE_REPEATS = 3
+#: Section 5.2.9 recommends "a random number at least 64 bits long".
+ECHO_NONCE_BYTES = 8
+#: ICMPv6 errors toward the host (Miredo: 10 a second).
+ICMP_ERRORS_PER_SECOND = 10.0
+#: How often expired peer entries are swept.
+EXPIRY_INTERVAL = 10.0
+#: An ICMPv6 error quotes as much of the packet as keeps it within the minimum MTU.
+_ERROR_QUOTE = 1280 - 48
+_ICMP_ECHO_REPLY = 129
+_ICMP_ERROR_MAX = 127
+
+#: Every reason a packet can be dropped for (status lists all, zeros included).
+DROP_REASONS = (
+    # from the host (TUN)
+    "host-malformed",  # not an IPv6 packet
+    "host-foreign-source",  # source is not our address: we would be spoofing
+    "host-multicast",  # multicast destinations are not carried (no multicast over Teredo)
+    "non-global-destination",  # CL-TX-06/08: embedded server or mapping not global unicast
+    "native-destination",  # policy: no echo test for native destinations
+    "queue-full",  # per-peer queue bound (packets or bytes)
+    "peer-unreachable",  # queued packets after the retries ran out
+    "probe-limited",  # 5.2.6: four unanswered probes in 300 s, nothing will release it
+    "evicted",  # queued packets lost with an entry evicted from the full peer list
+    # from the network (UDP)
+    "link-local-source",  # never let link-local packets from outside reach the host
+    "wrong-destination",  # CL-RX-02: not addressed to us
+    "mapping-mismatch",  # Teredo source whose embedded mapping is not the sender's
+    "echo-nonce-mismatch",  # an echo reply for a pending test with the wrong nonce
+    "unverified-source",  # queued inbound packet whose sender was not the proven mapping
+    "native-source",  # policy: no native sources
+    "unknown-peer",  # policy: no entry from unsolicited traffic
+    "non-global-origin",  # an origin indication we may not send a bubble to
+)
+
+
+@dataclass(frozen=True)
+class TunnelPolicy:
+    """
+    What distinguishes the roles sharing L{TeredoTunnel}.
+
+    @ivar name: the role, for status.
+    @ivar native_destinations: reach native IPv6 hosts through the direct IPv6
+        connectivity test (client, section 5.2.4 case 2); otherwise they are dropped.
+    @ivar native_sources: accept packets from native IPv6 sources once an echo test through
+        our server proves their relay (client, section 5.2.3 case 6).
+    @ivar learn_unsolicited: a packet from an unknown Teredo peer whose embedded mapping
+        matches its sender creates a trusted entry (client, section 5.2.3 case 3).
+    @ivar direct_bubbles: send a direct bubble as well as the indirect one (section 5.2.4
+        case 5: whenever not behind a cone NAT; RFC 5991 makes that always).
+    @ivar hardened: apply the post-RFC 4380 non-global IPv4 ranges too.
+    """
+
+    name: str
+    native_destinations: bool
+    native_sources: bool
+    learn_unsolicited: bool
+    direct_bubbles: bool = True
+    hardened: bool = True
+
+
+CLIENT_POLICY = TunnelPolicy(
+    name="client",
+    native_destinations=True,
+    native_sources=True,
+    learn_unsolicited=True,
+)
+
+
+class TeredoTunnel:
+    """
+    One Teredo interface's peer logic.
+
+    @param clock: C{IReactorTime} (a C{Clock} in tests).
+    @param policy: the role's L{TunnelPolicy}.
+    @param peers: the peer list (its C{on_remove} is taken over by the tunnel).
+    @param send: sends a UDP payload to an IPv4 endpoint.
+    @param deliver: writes an IPv6 packet toward the host's stack.
+    @param randbytes: C{n -> n random bytes} for echo nonces (C{secrets.token_bytes} in
+        production, a seeded generator in tests).
+    @param prefix: the Teredo service prefix (4 bytes).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        policy: TunnelPolicy,
+        peers: PeerList,
+        send: Callable[[bytes, Endpoint], None],
+        deliver: Callable[[bytes], None],
+        randbytes: Callable[[int], bytes],
+        prefix: bytes = GLOBAL_PREFIX,
+    ) -> None:
+        self._clock = clock
+        self.policy = policy
+        self.peers = peers
+        peers._on_remove = self._peerRemoved
+        self._send = send
+        self._deliver = deliver
+        self._randbytes = randbytes
+        self._prefix = prefix
+        self._hardened = policy.hardened
+        self._icmpLimit = RateLimiter(clock, ICMP_ERRORS_PER_SECOND, int(ICMP_ERRORS_PER_SECOND), 1)
+        # Answers to indirect bubbles: at most one per 2 s per origin endpoint (section
+        # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
+        # test toward the same IPv6 peer cannot hold back the answer that opens our NAT).
+        self._answerLimit = RateLimiter(clock, 1.0 / PROBE_INTERVAL, 1, peers.max_peers)
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        #: Our own Teredo address (16 bytes), None while we have none.
+        self.address: bytes | None = None
+        #: Our server's endpoint, through which echo tests go.
+        self.server: Endpoint | None = None
+        #: Source of the ICMPv6 errors we hand the host.
+        self.errorSource: bytes | None = None
+        self._expiry = LoopingCall(peers.expire)
+        self._expiry.clock = clock
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Start sweeping expired peers.
+        """
+        if not self._expiry.running:
+            self._expiry.start(EXPIRY_INTERVAL, now=False)
+
+    def stop(self) -> None:
+        if self._expiry.running:
+            self._expiry.stop()
+        self.reset()
+
+    def setIdentity(
+        self, address: bytes | None, server: Endpoint | None, errorSource: bytes | None = None
+    ) -> None:
+        """
+        Our Teredo address and server.  C{None} (offline) forgets every peer: what we knew
+        was tied to a mapping we no longer have.
+        """
+        self.address = address
+        self.server = server
+        self.errorSource = errorSource
+        if address is None:
+            self.reset()
+
+    def reset(self) -> None:
+        """
+        Forget every peer, cancelling their retries (their queued packets are lost).
+        """
+        for peer in self.peers:
+            self.peers.remove(peer.address)
+
+    def _peerRemoved(self, peer: Peer) -> None:
+        if peer.timer is not None and peer.timer.active():
+            peer.timer.cancel()
+        peer.timer = None
+        if peer.queue:
+            self.drops["evicted"] += len(peer.queue)
+
+    # -- transmission (section 5.2.4) -------------------------------------------------------
+
+    def fromHost(self, packet: bytes) -> None:
+        """
+        An IPv6 packet the host routed into the tunnel.
+        """
+        try:
+            header, end = parse_ipv6(packet)
+        except ParseError:
+            self.drops["host-malformed"] += 1
+            return
+        if header.src != self.address:
+            self.drops["host-foreign-source"] += 1
+            return
+        dst = header.dst
+        if is_multicast(dst):
+            self.drops["host-multicast"] += 1
+            return
+        if end != len(packet):
+            packet = packet[:end]
+        peers = self.peers
+        peer = peers.get(dst)
+        # Case 1: a valid, trusted entry.
+        if peer is not None and peer.trusted and peers.is_valid(peer):
+            self._transmit(peer, packet)
+            return
+        if dst[:4] == self._prefix:
+            self._toTeredo(peer, dst, packet)
+        elif self.policy.native_destinations:
+            self._toNative(peer, dst, packet)
+        else:
+            self.drops["native-destination"] += 1
+
+    def _transmit(self, peer: Peer, packet: bytes) -> None:
+        assert peer.mapping is not None
+        peer.last_tx = self._clock.seconds()
+        self._send(packet, peer.mapping)
+        self.counters["sent"] += 1
+
+    def _toTeredo(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
+        """
+        Cases 4/5 (the cone bit is ignored, RFC 5991 section 3.2): queue, bubble directly
+        and through the peer's server.
+        """
+        if not (
+            ipv4.is_global_unicast(dst[4:8], self._hardened)
+            and ipv4.is_global_unicast(bytes(b ^ 0xFF for b in dst[12:16]), self._hardened)
+        ):
+            self.drops["non-global-destination"] += 1
+            return
+        if peer is None:
+            peer = self.peers.create(dst)
+        self._queueAndProbe(peer, packet, None, self._bubble)
+
+    def _toNative(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
+        """
+        Case 2: queue and run the direct IPv6 connectivity test.
+        """
+        if peer is None:
+            peer = self.peers.create(dst)
+        self._queueAndProbe(peer, packet, None, self._echo)
+
+    def _queueAndProbe(
+        self,
+        peer: Peer,
+        packet: bytes,
+        source: Endpoint | None,
+        probe: Callable[[Peer], bool],
+    ) -> None:
+        """
+        Queue C{packet} and, unless an exchange is already running, start one.
+        """
+        running = peer.timer is not None
+        if not running and peer.probe_limited(self._clock.seconds()):
+            # Section 5.2.6 forbids another probe for a while: nothing would release it.
+            self.drops["probe-limited"] += 1
+            if source is None:
+                self._unreachable(packet)
+            return
+        if not self.peers.enqueue(peer, packet, source):
+            self.drops["queue-full"] += 1
+            return
+        self.counters["queued"] += 1
+        if not running:
+            peer.attempts = 0
+            probe(peer)
+            peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+
+    def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
+        peer.timer = None
+        if peer.trusted and self.peers.is_valid(peer):
+            return
+        if peer.address not in self.peers:
+            return
+        peer.attempts += 1
+        if peer.attempts > PROBE_REPEATS:
+            self._fail(peer)
+            return
+        probe(peer)
+        peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+
+    def _fail(self, peer: Peer) -> None:
+        """
+        The retries ran out: drop what waited, telling the host about its own packets.
+        """
+        self.counters["probes-failed"] += 1
+        peer.nonce = None
+        for queued in self.peers.drain(peer):
+            if queued.source is None:
+                self.drops["peer-unreachable"] += 1
+                self._unreachable(queued.packet)
+            else:
+                self.drops["unverified-source"] += 1
+
+    def _bubble(self, peer: Peer) -> bool:
+        """
+        Section 5.2.6: a direct bubble to the mapping embedded in the peer's address and an
+        indirect one to its server, unless the rate limits forbid.
+        """
+        now = self._clock.seconds()
+        if self.address is None or not peer.may_bubble(now):
+            self.counters["bubbles-suppressed"] += 1
+            return False
+        dst = peer.address
+        data = bubble(self.address, dst)
+        if self.policy.direct_bubbles:
+            self._send(data, mapping_of(dst))
+            self.counters["bubbles-direct"] += 1
+        self._send(data, (server_of(dst), TEREDO_PORT))
+        self.counters["bubbles-indirect"] += 1
+        peer.bubble_sent(now)
+        return True
+
+    def _echo(self, peer: Peer) -> bool:
+        """
+        Section 5.2.9: an ICMPv6 echo request carrying a fresh nonce, through our server.
+        The nonce stays the same across the retries of one test, so a late reply to an
+        earlier request still counts.
+        """
+        now = self._clock.seconds()
+        if self.address is None or self.server is None or not peer.may_bubble(now):
+            self.counters["echo-suppressed"] += 1
+            return False
+        if peer.nonce is None:
+            peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
+        ident = int.from_bytes(peer.nonce[:2], "big")
+        request = EchoRequest(ident, peer.attempts, peer.nonce)
+        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
+        self.counters["echo-tests"] += 1
+        peer.bubble_sent(now)
+        return True
+
+    def _release(self, peer: Peer) -> None:
+        """
+        The peer's mapping is proven: send what the host queued for it, deliver what it
+        sent us from that very mapping, drop the rest (section 5.2.3, "de-queue").
+        """
+        if peer.timer is not None:
+            if peer.timer.active():
+                peer.timer.cancel()
+            peer.timer = None
+        if not peer.queue:
+            return
+        mapping = peer.mapping
+        for queued in self.peers.drain(peer):
+            if queued.source is None:
+                self._transmit(peer, queued.packet)
+                self.counters["released"] += 1
+            elif queued.source == mapping:
+                self._deliverUp(queued.packet)
+            else:
+                self.drops["unverified-source"] += 1
+
+    def _unreachable(self, packet: bytes) -> None:
+        """
+        ICMPv6 destination unreachable (address unreachable) about C{packet} to the host,
+        rate limited, never about an ICMPv6 error (RFC 4443 section 2.4 e).
+        """
+        if self.errorSource is None or len(packet) < 40:
+            return
+        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= _ICMP_ERROR_MAX:
+            return
+        if not self._icmpLimit.allow(0):
+            self.counters["icmp-errors-limited"] += 1
+            return
+        error = DestinationUnreachable(3, packet[:_ERROR_QUOTE])
+        self._deliver(icmpv6_packet(self.errorSource, packet[8:24], error, 64))
+        self.counters["icmp-errors"] += 1
+
+    def _deliverUp(self, packet: bytes) -> None:
+        self._deliver(packet)
+        self.counters["delivered"] += 1
+
+    # -- reception (section 5.2.3) ------------------------------------------------------------
+
+    def fromServer(self, packet: TeredoPacket, addr: Endpoint) -> None:
+        """
+        A packet from our own server (not a Router Advertisement).
+
+        CL-RX-03 and defect D9: an origin indication means a peer is trying to reach us
+        through our server (an indirect bubble): answer with a direct bubble to the origin,
+        which opens our NAT toward it.  Bubbles stop here; anything else continues through
+        the ordinary checks, because our server may also be the relay of a native host.
+        """
+        origin = packet.origin
+        if origin is not None:
+            self._answerIndirect(packet.header.src, (origin.ip, origin.port))
+        if packet.is_bubble:
+            self.counters["bubbles-received"] += 1
+            return
+        self.fromPeer(packet, addr)
+
+    def _answerIndirect(self, src: bytes, origin: Endpoint) -> None:
+        if self.address is None:
+            return
+        if not ipv4.is_global_unicast(origin[0], self._hardened):
+            self.drops["non-global-origin"] += 1
+            return
+        if not self.policy.learn_unsolicited and src not in self.peers:
+            self.drops["unknown-peer"] += 1
+            return
+        if not self._answerLimit.allow(origin):
+            self.counters["bubbles-suppressed"] += 1
+            return
+        self._send(bubble(self.address, src), origin)
+        self.counters["bubbles-answered"] += 1
+
+    def fromPeer(self, packet: TeredoPacket, addr: Endpoint) -> None:
+        """
+        A valid Teredo packet from C{addr} (not from our server, or from it but not a
+        bubble): section 5.2.3 cases 1, 2, 3 and 6.
+        """
+        header = packet.header
+        src = header.src
+        if is_link_local(src):
+            # Miredo's rule: forged RAs and redirects must never reach the host's stack.
+            self.drops["link-local-source"] += 1
+            return
+        if header.dst != self.address:
+            self.drops["wrong-destination"] += 1
+            return
+        now = self._clock.seconds()
+        peers = self.peers
+        peer = peers.get(src)
+        isBubble = packet.is_bubble
+        # Case 1: a trusted entry whose mapping is the sender.
+        if peer is not None and peer.trusted and peer.mapping == addr:
+            peer.heard(now)
+            self._release(peer)
+            self._accept(packet, isBubble)
+            return
+        # Case 2: the answer to our direct IPv6 connectivity test.
+        if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
+            reply = self._decodeEcho(packet)
+            if reply is None or reply.data != peer.nonce:
+                self.drops["echo-nonce-mismatch"] += 1
+                return
+            peer.trust(addr, now)
+            self.counters["echo-tests-ok"] += 1
+            self._release(peer)
+            return
+        if src[:4] == self._prefix:
+            # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
+            if mapping_of(src) != addr:
+                self.drops["mapping-mismatch"] += 1
+                return
+            if peer is None:
+                if not self.policy.learn_unsolicited:
+                    self.drops["unknown-peer"] += 1
+                    return
+                peer = peers.create(src)
+            peer.trust(addr, now)
+            self._release(peer)
+            self._accept(packet, isBubble)
+            return
+        # Case 6: a native source.  Accept only once an echo test through our server shows
+        # that this sender is the relay our own packets to that source would take.
+        if not self.policy.native_sources:
+            self.drops["native-source"] += 1
+            return
+        if isBubble:
+            self.counters["bubbles-received"] += 1
+            return
+        if peer is None:
+            peer = peers.create(src)
+        self._queueAndProbe(peer, packet.ipv6, addr, self._echo)
+
+    def _accept(self, packet: TeredoPacket, isBubble: bool) -> None:
+        if isBubble:
+            self.counters["bubbles-received"] += 1
+        else:
+            self._deliverUp(packet.ipv6)
+
+    @staticmethod
+    def _isEchoReply(packet: TeredoPacket) -> bool:
+        ipv6 = packet.ipv6
+        return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == _ICMP_ECHO_REPLY
+
+    @staticmethod
+    def _decodeEcho(packet: TeredoPacket) -> EchoReply | None:
+        header = packet.header
+        try:
+            msg = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
+        except ParseError:
+            return None
+        return msg if isinstance(msg, EchoReply) else None
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        peers = list(self.peers)
+        return {
+            "peers": len(peers),
+            "trusted-peers": sum(1 for p in peers if p.trusted),
+            "queued-packets": sum(len(p.queue) for p in peers),
+            "evicted-peers": self.peers.evicted,
+            "expired-peers": self.peers.expired,
+        }

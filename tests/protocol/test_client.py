@@ -1,0 +1,674 @@
+"""
+The client role against our own server on the in-memory network (requirements digest
+section 3.1: CL-Q-*, CL-SQ-*, CL-M-*, CL-RX-*, CL-TX-*, CL-B-*, CL-DT-*), behind each NAT
+kind, deterministic on a Clock with seeded randomness.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import tempfile
+from typing import Any
+
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from teredonode.config import ClientSettings, ServerSettings
+from teredonode.interfaces import ITeredoRole
+from teredonode.roles import client as client_module
+from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
+from teredonode.roles.server import TeredoServer
+from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.wire import ipv6
+from teredonode.wire.address import (
+    CLIENT_LINK_LOCAL_RESTRICTED,
+    RANDOM_MASK,
+    TeredoAddress,
+    server_link_local,
+)
+from teredonode.wire.teredo import AuthIndicator, OriginIndication, classify, encode_payload
+
+PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
+V6HOST = ipaddress.IPv6Address("2001:db8::5").packed
+RELAY = ("192.0.2.200", 3544)
+CONE_KINDS = ("none", "full-cone", "address-restricted", "port-restricted")
+
+
+def echo(src: bytes, dst: bytes, data: bytes = b"ping", reply: bool = False, ident: int = 7) -> bytes:
+    cls = ipv6.EchoReply if reply else ipv6.EchoRequest
+    return ipv6.icmpv6_packet(src, dst, cls(ident, 1, data), 64)
+
+
+def raw(address: Any) -> bytes:
+    return TeredoAddress.parse(str(address)).to_bytes()
+
+
+class Endpoint(DatagramProtocol):
+    """
+    A bare UDP endpoint (a relay, an attacker) recording what it receives.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[tuple[bytes, tuple[str, int]]] = []
+
+    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.received.append((data, addr))
+
+
+class ClientTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.serverTun = FakeTunDevice("teredo-srv")
+        self.server = self.makeServer()
+        self._nats = 0
+
+    def makeServer(self, **overrides: Any) -> TeredoServer:
+        host = self.net.host(PRIMARY, SECONDARY)
+        server = TeredoServer(
+            ServerSettings(primary=PRIMARY, secondary=SECONDARY, **overrides), host, tun=self.serverTun
+        )
+        server.privilegedStartService()
+        server.startService()
+        self.addCleanup(server.stopService)
+        return server
+
+    def makeClient(
+        self,
+        kind: str = "port-restricted",
+        seed: int = 1,
+        hasOtherIPv6: bool = False,
+        start: bool = True,
+        natTimeout: float = 120.0,
+        **overrides: Any,
+    ) -> TeredoClient:
+        self._nats += 1
+        if kind == "none":
+            host = self.net.nat("none").host(f"192.0.2.{100 + self._nats}")
+        else:
+            nat = self.net.nat(kind, public=f"198.51.100.{self._nats}", timeout=natTimeout,
+                               rng=random.Random(seed))
+            host = nat.host("10.0.0.2")
+        settings = ClientSettings(server=PRIMARY, secondary=SECONDARY, **overrides)
+        rng = random.Random(seed)
+        client = TeredoClient(
+            settings,
+            host,
+            FakeTunDevice("teredo"),
+            FakeNetworkConfigurator(),
+            hasOtherIPv6=lambda: hasOtherIPv6,
+            rng=rng,
+            randbytes=rng.randbytes,
+        )
+        client.host = host  # type: ignore[attr-defined]
+        if start:
+            client.privilegedStartService()
+            client.startService()
+            self.addCleanup(client.stopService)
+        return client
+
+    def tunOf(self, client: TeredoClient) -> FakeTunDevice:
+        return client._tun  # type: ignore[return-value]
+
+    def confOf(self, client: TeredoClient) -> FakeNetworkConfigurator:
+        return client._netconfig  # type: ignore[return-value]
+
+    def assertDropped(self, client: TeredoClient, reason: str, count: int = 1) -> None:
+        drops = client.status()["drops"]
+        self.assertEqual(drops[reason], count, {k: v for k, v in drops.items() if v})
+
+    def publicEndpoint(self, ip: str, port: int = 3544) -> Endpoint:
+        endpoint = Endpoint()
+        self.net.host(ip).listenUDP(port, endpoint, interface=ip)
+        return endpoint
+
+
+class QualificationTests(ClientTestCase):
+    def test_qualifiesBehindConeAndRestrictedNATs(self) -> None:
+        """
+        CL-Q-02..09: behind every non-symmetric kind the client qualifies, learns the mapping
+        the server saw, builds prefix + random flags + obfuscated mapping, and puts the
+        address (/32), a link-local (/64), MTU 1280 and (no other IPv6) a default route on
+        the TUN.
+        """
+        for kind in CONE_KINDS:
+            client = self.makeClient(kind)
+            self.net.flush()
+            status = client.status()
+            self.assertEqual(status["state"], "qualified", kind)
+            self.assertEqual(status["nat"], "restricted-or-cone")
+            address = TeredoAddress.parse(status["address"])
+            self.assertEqual(address.server, PRIMARY)
+            self.assertEqual(f"{address.client}:{address.port}", status["mapping"])
+            self.assertEqual(address.flags & ~RANDOM_MASK, 0)
+            conf = self.confOf(client)
+            self.assertEqual(conf.links["teredo"].mtu, 1280)
+            self.assertIn((status["address"], 32), conf.addresses["teredo"])
+            self.assertIn((status["link-local"], 64), conf.addresses["teredo"])
+            self.assertIn(("teredo", "::/0", 2048), conf.routes)
+
+    def test_routerSolicitationFormat(self) -> None:
+        """
+        CL-Q-02/03, RFC 5991: RS from the restricted link-local (cone bit 0) to ff02::2, hop
+        limit 255, auth indicator with a fresh 8-byte nonce every attempt, 4 s apart,
+        3 attempts, then offline.
+        """
+        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        client = self.makeClient()
+        self.net.run(11.9)
+        sent = [classify(d.data) for d in self.net.capture]
+        self.assertEqual(len(sent), 3)
+        for packet in sent:
+            self.assertEqual(packet.header.src, CLIENT_LINK_LOCAL_RESTRICTED)
+            self.assertEqual(packet.header.dst, ipv6.ALL_ROUTERS)
+            self.assertEqual(packet.header.hop_limit, 255)
+            self.assertIsInstance(
+                ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst),
+                ipv6.RouterSolicitation,
+            )
+            assert packet.auth is not None
+            self.assertEqual(len(packet.auth.nonce), 8)
+            self.assertEqual(packet.auth.client_id, b"")
+        self.assertEqual(len({p.auth.nonce for p in sent}), 3)  # type: ignore[union-attr]
+        self.assertEqual(client.state, "probing")
+        self.net.run(0.2)
+        self.assertEqual(client.state, "offline")
+        self.assertIn("no answer", client.status()["offline-reason"])
+
+    def test_symmetricDetectedStaysOffline(self) -> None:
+        """
+        CL-Q-08: the secondary address sees another mapping -> symmetric, offline, no
+        address configured.
+        """
+        client = self.makeClient("symmetric")
+        self.net.flush()
+        status = client.status()
+        self.assertEqual((status["state"], status["nat"]), ("offline", "symmetric"))
+        self.assertIn("symmetric", status["offline-reason"])
+        self.assertEqual(self.confOf(client).addresses["teredo"], set())
+        self.assertIsNone(status["address"])
+
+    def test_symmetricAllowed(self) -> None:
+        client = self.makeClient("symmetric", allow_symmetric=True)
+        self.net.flush()
+        self.assertEqual((client.state, client.nat), ("qualified", "symmetric"))
+
+    def test_silentSecondaryQualifiesUnknown(self) -> None:
+        """
+        Decision (docs/client.md): a silent secondary address qualifies with NAT "unknown".
+        """
+        self.net.addDropFilter(lambda d: d.dst[0] == SECONDARY)
+        client = self.makeClient()
+        self.net.run(12)
+        self.assertEqual((client.state, client.nat), ("qualified", "unknown"))
+
+    def test_raWithWrongNonceOrUnexpectedIgnored(self) -> None:
+        """
+        CL-SQ-03: an RA whose nonce is not the outstanding one is discarded; an RA while no
+        RS is outstanding too.
+        """
+        client = self.makeClient("full-cone")
+        self.net.flush()
+        mapping = client.mapping
+        assert mapping is not None
+        forged = self.forgedRA(b"WRONGNON", OriginIndication("192.0.2.66", 1))
+        self.net.inject((PRIMARY, 3544), mapping, forged)
+        self.net.flush()
+        self.assertDropped(client, "ra-unexpected")
+        # During a refresh, with the nonce wrong.
+        self.net.addDropFilter(lambda d: d.src[0] == PRIMARY and d.data != forged)
+        self.net.run(30)
+        self.net.inject((PRIMARY, 3544), mapping, forged)
+        self.net.flush()
+        self.assertDropped(client, "ra-bad-nonce")
+        self.assertEqual(client.mapping, mapping)
+
+    def forgedRA(self, nonce: bytes, origin: OriginIndication, prefixes: int = 1) -> bytes:
+        prefix = bytes.fromhex("20010000cb00710a") + b"\x00" * 8
+        ra = ipv6.RouterAdvertisement(prefixes=(ipv6.PrefixInformation(prefix, 64),) * prefixes, mtu=1280)
+        packet = ipv6.icmpv6_packet(server_link_local(PRIMARY), CLIENT_LINK_LOCAL_RESTRICTED, ra, 255)
+        return encode_payload(packet, AuthIndicator(nonce), origin)
+
+    def test_raChecks(self) -> None:
+        """
+        CL-Q-05: no origin, two PIOs, bad checksum: each discarded, qualification still
+        waits for the real RA.
+        """
+        unplug = self.net.addDropFilter(lambda d: d.src[0] == PRIMARY)
+        client = self.makeClient("full-cone")
+        self.net.flush()
+        unplug()
+        [rs] = [d for d in self.net.capture if d.dst[0] == PRIMARY]
+        nonce = classify(rs.data).auth.nonce  # type: ignore[union-attr]
+        good = self.forgedRA(nonce, OriginIndication(*rs.src))
+        noOrigin = self.forgedRA(nonce, None)  # type: ignore[arg-type]
+        twoPrefixes = self.forgedRA(nonce, OriginIndication(*rs.src), prefixes=2)
+        badSum = bytearray(good)
+        badSum[-1] ^= 1
+        for data in (noOrigin, twoPrefixes, bytes(badSum)):
+            self.net.inject((PRIMARY, 3544), rs.src, data)
+        self.net.flush()
+        self.assertDropped(client, "ra-no-origin")
+        self.assertDropped(client, "ra-prefix")
+        self.assertDropped(client, "ra-invalid")
+        self.assertEqual(client.state, "probing")
+        # D15: the RA may come from the secondary address too.
+        self.net.inject((SECONDARY, 3544), rs.src, good)
+        self.net.flush()
+        self.assertEqual(client.state, "qualified")
+
+    def test_secureQualification(self) -> None:
+        """
+        CL-SQ-01..06: identifier and HMAC-SHA1 value in the RS, verified in the RA.
+        """
+        self.server.stopService()
+        self.net = FakeInternet(self.clock)
+        self.serverTun = FakeTunDevice("teredo-srv")
+        self.server = self.makeServer(secure=True, clients=(("alice", "s3cret", None),))
+        good = self.makeClient("port-restricted", client_id="alice", secret="s3cret")
+        wrong = self.makeClient("port-restricted", client_id="alice", secret="guess")
+        unknown = self.makeClient("port-restricted", client_id="mallory", secret="s3cret")
+        self.net.flush()
+        self.assertEqual(good.state, "qualified")
+        self.assertTrue(good.status()["secure"])
+        self.net.run(12)
+        self.assertEqual(wrong.state, "offline")
+        self.assertEqual(self.server.status()["drops"]["auth-failed"], 3)
+        self.assertEqual(unknown.state, "offline")
+        self.assertDropped(unknown, "ra-auth-rejected", 3)
+
+    def test_defaultRouteSetting(self) -> None:
+        """
+        RFC 4380 section 5.5: "auto" adds no default route when the host has other IPv6;
+        true and false force it.
+        """
+        auto = self.makeClient(hasOtherIPv6=True)
+        forced = self.makeClient(hasOtherIPv6=True, default_route=True)
+        never = self.makeClient(default_route=False)
+        self.net.flush()
+        self.assertEqual(self.confOf(auto).routes, set())
+        self.assertEqual(self.confOf(forced).routes, {("teredo", "::/0", 2048)})
+        self.assertEqual(self.confOf(never).routes, set())
+        self.assertFalse(never.status()["default-route"])
+
+    def test_nothingBeforeQualification(self) -> None:
+        """
+        CL-Q-01: packets from the TUN before qualification are dropped.
+        """
+        self.net.addDropFilter(lambda d: True)
+        client = self.makeClient()
+        self.tunOf(client).inject(echo(b"\x20\x01" + b"\x00" * 14, V6HOST))
+        self.assertDropped(client, "not-qualified")
+
+
+class MaintenanceTests(ClientTestCase):
+    def rsTimes(self) -> list[float]:
+        times: list[float] = []
+
+        def note(d: Any) -> bool:
+            if d.dst == (PRIMARY, 3544):
+                times.append(self.clock.seconds())
+            return False
+
+        self.net.addDropFilter(note)
+        return times
+
+    def test_refreshRandomised(self) -> None:
+        """
+        CL-M-06: maintenance RSs every refresh x [0.75, 1].
+        """
+        times = self.rsTimes()
+        client = self.makeClient()
+        self.net.run(600)
+        gaps = [b - a for a, b in zip(times, times[1:])]
+        self.assertGreater(len(gaps), 18)
+        for gap in gaps:
+            self.assertTrue(22.5 <= gap <= 30.0, gap)
+        self.assertGreater(len(set(round(g, 3) for g in gaps)), 5)
+        self.assertEqual(client.state, "qualified")
+        self.assertEqual(client.status()["counters"]["address-changes"], 0)
+
+    def test_mappingChangeSwapsAddress(self) -> None:
+        """
+        CL-M-05: the NAT forgets the mapping between refreshes (timeout shorter than the
+        refresh); the next RA carries a new one and the address is swapped, no restart.
+        """
+        client = self.makeClient("port-restricted", natTimeout=20)
+        self.net.flush()
+        before = client.status()
+        self.net.run(31)
+        after = client.status()
+        self.assertEqual(after["state"], "qualified")
+        self.assertNotEqual(before["mapping"], after["mapping"])
+        self.assertNotEqual(before["address"], after["address"])
+        self.assertEqual(after["counters"]["address-changes"], 1)
+        addresses = self.confOf(client).addresses["teredo"]
+        self.assertEqual(addresses, {(after["address"], 32), (after["link-local"], 64)})
+        self.assertEqual(after["counters"]["qualifications"], 1)
+
+    def test_serverLossAndRecovery(self) -> None:
+        """
+        CL-M-03 and CL-Q-10: three unanswered refreshes -> server lost, address removed,
+        qualification again, then offline with backoff, TUN still up; when the server is
+        back the client qualifies again by itself.
+        """
+        client = self.makeClient()
+        self.net.flush()
+        unplug = self.net.addDropFilter(lambda d: PRIMARY in (d.src[0], d.dst[0]))
+        self.net.run(30 + 12 + 12 + 1)
+        status = client.status()
+        self.assertEqual(status["state"], "offline")
+        self.assertEqual(status["counters"]["server-lost"], 1)
+        self.assertIsNone(status["address"])
+        self.assertEqual(self.confOf(client).addresses["teredo"], set())
+        self.assertEqual(self.confOf(client).routes, set())
+        self.assertFalse(self.tunOf(client).closed)
+        self.net.run(600)
+        self.assertEqual(client.state, "offline")
+        unplug()
+        self.net.run(300)
+        self.assertEqual(client.state, "qualified")
+        self.assertEqual(client.status()["counters"]["qualifications"], 2)
+
+    def test_backoffGrows(self) -> None:
+        times = self.rsTimes()
+        self.net.addDropFilter(lambda d: d.dst[0] == PRIMARY)
+        self.makeClient()
+        self.net.run(2000)
+        starts = [t for i, t in enumerate(times) if i % 3 == 0]
+        waits = [b - a - 8 for a, b in zip(starts, starts[1:])]
+        self.assertTrue(all(w >= 4 for w in waits))
+        self.assertLessEqual(max(waits), 300 + 4)
+        self.assertGreater(waits[4], waits[0])
+
+
+class DataPathTests(ClientTestCase):
+    def twoClients(self) -> tuple[TeredoClient, TeredoClient]:
+        a = self.makeClient("port-restricted", seed=1)
+        b = self.makeClient("address-restricted", seed=2)
+        self.net.flush()
+        return a, b
+
+    def test_twoClientsBehindDifferentNATs(self) -> None:
+        """
+        CL-TX-05, CL-RX-03 (D9), CL-RX-06: A queues, bubbles B directly and through B's
+        server; B answers the indirect bubble with a direct one; A's queue is released; B
+        accepts and delivers; B's reply goes straight back.
+        """
+        a, b = self.twoClients()
+        aaddr, baddr = raw(a.address), raw(b.address)
+        request = echo(aaddr, baddr, b"hello")
+        self.tunOf(a).inject(request)
+        self.net.flush()
+        self.assertEqual(self.tunOf(b).written, [request])
+        self.assertEqual(a.status()["counters"]["released"], 1)
+        self.assertEqual(b.status()["counters"]["bubbles-answered"], 1)
+        reply = echo(baddr, aaddr, b"hello", reply=True)
+        self.tunOf(b).inject(reply)
+        self.net.flush()
+        self.assertEqual(self.tunOf(a).written, [reply])
+        # Both directions now direct: nothing more through the server.
+        forwarded = self.server.status()["counters"]["forwarded"]
+        self.tunOf(a).inject(request)
+        self.net.flush()
+        self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
+        self.assertEqual(len(self.tunOf(b).written), 2)
+
+    def test_bubbleRateLimits(self) -> None:
+        """
+        CL-B-03/04, CL-TX-05: toward a silent peer, a bubble pair at once and every 2 s,
+        4 in all, never closer than 2 s; then the queue is dropped with an ICMPv6
+        unreachable; no more bubbles for 300 s.
+        """
+        a = self.makeClient("port-restricted")
+        self.net.flush()
+        silent = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 4000, "192.0.2.99").to_bytes()
+        times: list[float] = []
+        self.net.addDropFilter(
+            lambda d: d.dst == ("192.0.2.99", 4000)
+            and d.src[0] != PRIMARY
+            and not times.append(self.clock.seconds())
+        )
+        aaddr = raw(a.address)
+        self.tunOf(a).inject(echo(aaddr, silent))
+        self.net.run(1)
+        self.tunOf(a).inject(echo(aaddr, silent, b"again"))
+        self.net.run(20)
+        self.assertEqual(times, [times[0], times[0] + 2, times[0] + 4, times[0] + 6])
+        self.assertDropped(a, "peer-unreachable", 2)
+        errors = [p for p in self.tunOf(a).written if p[40] == 1]
+        self.assertEqual(len(errors), 2)
+        error = ipv6.decode_icmpv6(errors[0][40:], errors[0][8:24], errors[0][24:40])
+        self.assertIsInstance(error, ipv6.DestinationUnreachable)
+        self.assertEqual(error.code, 3)
+        # Within 300 s of the first bubble: refused at once, no bubble.
+        self.tunOf(a).inject(echo(aaddr, silent, b"third"))
+        self.net.run(10)
+        self.assertEqual(len(times), 4)
+        self.assertDropped(a, "probe-limited")
+        self.net.run(300)
+        self.tunOf(a).inject(echo(aaddr, silent, b"later"))
+        self.net.run(1)
+        self.assertEqual(len(times), 5)
+
+    def test_queueBounds(self) -> None:
+        """
+        Per-peer queue bounded in packets and bytes; the excess is dropped and counted.
+        """
+        a = self.makeClient("port-restricted", peer_queue=2)
+        b = self.makeClient("port-restricted", peer_queue=8, peer_queue_bytes=200, seed=3)
+        self.net.flush()
+        self.net.addDropFilter(lambda d: d.dst[0] == "192.0.2.99" or d.dst[0] == PRIMARY)
+        silent = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 4000, "192.0.2.99").to_bytes()
+        for _ in range(3):
+            self.tunOf(a).inject(echo(raw(a.address), silent))
+        self.assertDropped(a, "queue-full")
+        big = b"x" * 100
+        for _ in range(2):
+            self.tunOf(b).inject(echo(raw(b.address), silent, big))
+        self.assertDropped(b, "queue-full")
+        self.assertEqual(b.status()["peers"]["queued-packets"], 1)
+
+    def test_nonGlobalDestinationDropped(self) -> None:
+        """
+        CL-TX-06/08: a Teredo destination embedding a private mapping or server.
+        """
+        a = self.makeClient()
+        self.net.flush()
+        for server, client in ((PRIMARY, "10.1.2.3"), ("192.168.1.1", "192.0.2.5")):
+            dst = TeredoAddress(b"\x20\x01\x00\x00", server, 0, 4000, client).to_bytes()
+            self.tunOf(a).inject(echo(raw(a.address), dst))
+        self.assertDropped(a, "non-global-destination", 2)
+        self.assertEqual(a.status()["counters"]["bubbles-direct"], 0)
+
+    def test_foreignSourceAndMulticastFromHost(self) -> None:
+        a = self.makeClient()
+        self.net.flush()
+        self.tunOf(a).inject(echo(V6HOST, V6HOST))
+        self.tunOf(a).inject(echo(raw(a.address), ipv6.ALL_NODES))
+        self.tunOf(a).inject(b"\x45" + b"\x00" * 30)
+        self.assertDropped(a, "host-foreign-source")
+        self.assertDropped(a, "host-multicast")
+        self.assertDropped(a, "host-malformed")
+
+    def test_linkLocalFromOutsideNeverReachesHost(self) -> None:
+        """
+        Forged RA defence: link-local sources from a peer are dropped, as is anything not
+        for our address, or from a Teredo source whose mapping is not the sender's.
+        """
+        a = self.makeClient("full-cone")
+        self.net.flush()
+        mapping = a.mapping
+        assert mapping is not None
+        aaddr = raw(a.address)
+        ra = ipv6.icmpv6_packet(
+            server_link_local("192.0.2.7"), CLIENT_LINK_LOCAL_RESTRICTED,
+            ipv6.RouterAdvertisement(), 255,
+        )
+        spoofed = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 9, "192.0.2.9").to_bytes()
+        for data in (
+            ra,
+            echo(server_link_local("192.0.2.7"), aaddr),
+            echo(V6HOST, V6HOST),
+            echo(spoofed, aaddr),
+        ):
+            self.net.inject(("192.0.2.7", 3544), mapping, data)
+        self.net.flush()
+        self.assertEqual(self.tunOf(a).written, [])
+        self.assertDropped(a, "link-local-source", 2)
+        self.assertDropped(a, "wrong-destination")
+        self.assertDropped(a, "mapping-mismatch")
+
+
+class EchoTestTests(ClientTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.a = self.makeClient("port-restricted")
+        self.net.flush()
+        self.aaddr = raw(self.a.address)
+
+    def echoTest(self) -> tuple[bytes, ipv6.EchoRequest]:
+        """
+        The echo request the server wrote to its IPv6 side for the client's test.
+        """
+        [test] = self.serverTun.written
+        msg = ipv6.decode_icmpv6(test[40:], test[8:24], test[24:40])
+        assert isinstance(msg, ipv6.EchoRequest)
+        return test, msg
+
+    def test_echoThroughOurServer(self) -> None:
+        """
+        CL-TX-02, CL-DT-02/03, CL-RX-05: a native destination -> queued, echo request with
+        an 8-byte nonce through our server; the reply (relayed by our server) makes the
+        server the peer's relay; the queue is released to it; replies are delivered.
+        """
+        ping = echo(self.aaddr, V6HOST, b"x" * 16)
+        self.tunOf(self.a).inject(ping)
+        self.net.flush()
+        test, msg = self.echoTest()
+        self.assertEqual((test[8:24], test[24:40]), (self.aaddr, V6HOST))
+        self.assertEqual(len(msg.data), 8)
+        self.server.ipv6Received(echo(V6HOST, self.aaddr, msg.data, reply=True, ident=msg.identifier))
+        self.net.flush()
+        self.assertEqual(self.serverTun.written[1:], [ping])
+        self.assertEqual(self.a.status()["counters"]["echo-tests-ok"], 1)
+        self.assertEqual(self.tunOf(self.a).written, [])
+        pong = echo(V6HOST, self.aaddr, b"x" * 16, reply=True)
+        self.server.ipv6Received(pong)
+        self.net.flush()
+        self.assertEqual(self.tunOf(self.a).written, [pong])
+
+    def test_nonceMismatchRejected(self) -> None:
+        """
+        CL-RX-05: a reply with the wrong data is dropped; the test fails after its retries
+        and the host gets address unreachable.
+        """
+        self.tunOf(self.a).inject(echo(self.aaddr, V6HOST))
+        self.net.flush()
+        _, msg = self.echoTest()
+        forged = bytes(b ^ 1 for b in msg.data)
+        self.server.ipv6Received(echo(V6HOST, self.aaddr, forged, reply=True, ident=msg.identifier))
+        self.net.flush()
+        self.assertDropped(self.a, "echo-nonce-mismatch")
+        self.assertEqual(len(self.serverTun.written), 1)
+        self.net.run(10)
+        self.assertEqual(len(self.serverTun.written), 4)  # 1 + 3 retries, same nonce
+        self.assertEqual({p[48:] for p in self.serverTun.written}, {msg.data})
+        self.assertDropped(self.a, "peer-unreachable")
+        [error] = self.tunOf(self.a).written
+        self.assertEqual((error[40], error[41]), (1, 3))
+
+    def test_thirdPartyRelay(self) -> None:
+        """
+        The native host's relay is another machine: it first bubbles us through our server
+        (origin indication), we open our NAT with a direct bubble (D9), then its echo reply
+        arrives from it and it becomes the mapping (CL-DT-03).
+        """
+        relay = self.publicEndpoint(*RELAY)
+        ping = echo(self.aaddr, V6HOST)
+        self.tunOf(self.a).inject(ping)
+        self.net.flush()
+        _, msg = self.echoTest()
+        # The relay's indirect bubble through our server (native source: SV-IN-6 allows it
+        # toward one of the server's own clients).
+        relayHost = self.net._owners[RELAY[0]]
+        relayHost._ports[RELAY].write(ipv6.bubble(V6HOST, self.aaddr), (PRIMARY, 3544))
+        self.net.flush()
+        [(answer, _)] = relay.received
+        self.assertTrue(classify(answer).is_bubble)
+        relayHost._ports[RELAY].write(echo(V6HOST, self.aaddr, msg.data, reply=True), self.a.mapping)
+        self.net.flush()
+        self.assertEqual(relay.received[-1][0], ping)
+
+    def test_nativeSourceVerifiedByEchoTest(self) -> None:
+        """
+        CL-RX-09 case 6: a packet from a native source through an unknown relay is held
+        until an echo test shows that relay is the way back; then delivered.
+        """
+        a = self.makeClient("full-cone", seed=5)
+        self.net.flush()
+        self.serverTun.written.clear()
+        aaddr = raw(a.address)
+        relay = self.publicEndpoint(*RELAY)
+        relayPort = self.net._owners[RELAY[0]]._ports[RELAY]
+        hello = echo(V6HOST, aaddr, b"unsolicited")
+        relayPort.write(hello, a.mapping)
+        self.net.flush()
+        self.assertEqual(self.tunOf(a).written, [])
+        _, msg = self.echoTest()
+        relayPort.write(echo(V6HOST, aaddr, msg.data, reply=True), a.mapping)
+        self.net.flush()
+        self.assertEqual(self.tunOf(a).written, [hello])
+        self.assertEqual(relay.received, [])
+
+
+class RoleTests(ClientTestCase):
+    def test_statusListsEveryDropReason(self) -> None:
+        client = self.makeClient()
+        self.net.flush()
+        status = client.status()
+        self.assertEqual(list(status["drops"]), list(DROP_REASONS))
+        self.assertEqual(status["server"], PRIMARY)
+        self.assertIsNotNone(status["last-server-contact"])
+
+    def test_stopRemovesEverything(self) -> None:
+        client = self.makeClient(start=False)
+        client.privilegedStartService()
+        client.startService()
+        self.net.flush()
+        client.stopService()
+        self.server.stopService()
+        self.assertEqual(self.confOf(client).addresses["teredo"], set())
+        self.assertTrue(self.tunOf(client).closed)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_makeRole(self) -> None:
+        settings = ClientSettings(server=PRIMARY, secondary=SECONDARY)
+        role = client_module.makeRole(settings, None, Clock())
+        self.assertTrue(verifyObject(ITeredoRole, role))
+        self.assertEqual(role.roleName, "client")
+
+    def test_hostHasOtherIPv6(self) -> None:
+        table = (
+            "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+            "00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n"
+            "20010db8000000000000000000000000 40 00000000000000000000000000000000 00 "
+            "00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n"
+        )
+        default = (
+            "00000000000000000000000000000000 00 00000000000000000000000000000000 00 "
+            "fe800000000000000000000000000001 00000400 00000001 00000000 00000003     eth0\n"
+        )
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write(table)
+        self.addCleanup(os.unlink, f.name)
+        self.assertFalse(hostHasOtherIPv6("teredo", f.name))
+        with open(f.name, "a") as g:
+            g.write(default)
+        self.assertTrue(hostHasOtherIPv6("teredo", f.name))
+        self.assertFalse(hostHasOtherIPv6("eth0", f.name))
+        self.assertFalse(hostHasOtherIPv6("teredo", "/nonexistent/route"))
