@@ -248,7 +248,7 @@ class TeredoClient(Service):
         )
         self._tun.open()
         self._netconfig.linkUp(self._tun.name, DEFAULT_MTU)
-        self._tun.startReading(self.tunnel_fromHost)
+        self._tun.startReading(self.packetFromHost)
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -281,7 +281,7 @@ class TeredoClient(Service):
     def _toHost(self, packet: bytes) -> None:
         self._tun.write(packet)
 
-    def tunnel_fromHost(self, packet: bytes) -> None:
+    def packetFromHost(self, packet: bytes) -> None:
         """
         A packet from the TUN: nothing leaves before qualification (CL-Q-01).
         """

@@ -672,3 +672,20 @@ class RoleTests(ClientTestCase):
         self.assertTrue(hostHasOtherIPv6("teredo", f.name))
         self.assertFalse(hostHasOtherIPv6("eth0", f.name))
         self.assertFalse(hostHasOtherIPv6("teredo", "/nonexistent/route"))
+
+    def test_configKeys(self) -> None:
+        """
+        The client's keys: default-route is "auto", true or false.
+        """
+        from teredonode.config import parse_config
+        from teredonode.errors import ConfigError
+
+        base = '[client]\nenabled = true\nserver = "203.0.113.10"\n'
+        settings = parse_config(base, "x.toml", None, None).roles["client"]
+        self.assertEqual(
+            (settings.default_route, settings.allow_symmetric, settings.peer_queue_bytes),
+            ("auto", False, 10240),
+        )
+        forced = parse_config(base + "default-route = true\n", "x.toml", None, None)
+        self.assertIs(forced.roles["client"].default_route, True)
+        self.assertRaises(ConfigError, parse_config, base + 'default-route = "yes"\n', "x.toml", None, None)
