@@ -147,6 +147,21 @@ class RouterSolicitationTests(ServerTestCase):
         ra = ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
         self.assertEqual(ra.prefixes[0].prefix[:8], bytes.fromhex("20010000cb00710a"))
 
+    def test_ra_cache_is_bounded_and_correct(self) -> None:
+        """
+        RAs are cached per RS source; attacker-chosen sources cannot grow the cache, and each
+        RA is still addressed to its own solicitor.
+        """
+        for i in range(100):
+            client = self.peer(f"192.0.2.{i + 1}")
+            src = ipaddress.IPv6Address(f"fe80::{i + 1}").packed
+            client.send(rs(src))
+            self.net.flush()
+            packet = classify(client.received[0][0])
+            self.assertEqual(packet.header.dst, src)
+            ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
+        self.assertLessEqual(len(self.server._raCache), 64)
+
     def test_without_auth(self) -> None:
         client = self.peer("192.0.2.45")
         client.send(rs(nonce=None))
