@@ -1,0 +1,41 @@
+"""
+The wheel ships our dropin and nothing that would overwrite Twisted's own files: no
+C{twisted/__init__.py}, no C{twisted/plugins/__init__.py}, never a C{dropin.cache}.
+"""
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from twisted.trial.unittest import SynchronousTestCase
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class WheelTests(SynchronousTestCase):
+    def test_wheel_contents(self) -> None:
+        work = Path(tempfile.mkdtemp(prefix="teredonode-wheel-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        src = work / "src"
+        shutil.copytree(
+            ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis")
+        )
+        (src / "twisted" / "plugins" / "dropin.cache").write_bytes(b"stale cache from a development run")
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(work / "dist"), str(src)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        [wheel] = (work / "dist").glob("teredonode-*.whl")
+        names = zipfile.ZipFile(wheel).namelist()
+        twisted_files = sorted(n for n in names if n.startswith("twisted/"))
+        self.assertEqual(twisted_files, ["twisted/plugins/teredo_plugin.py"])
+        self.assertIn("teredonode/wire/teredo.py", names)
+        self.assertIn("teredonode/roles/server.py", names)
+        entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+        self.assertIn("teredo = teredonode.cli:main", zipfile.ZipFile(wheel).read(entry_points).decode())
