@@ -206,6 +206,23 @@ def _prefix(value: Any) -> str:
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
+def _networks(value: Any) -> tuple[str, ...]:
+    """
+    A non-empty array of IPv6 prefixes (any length), canonical text out.
+    """
+    if not isinstance(value, list) or not value:
+        raise _Invalid(f"{_show(value)} is not a non-empty array of IPv6 prefixes")
+    out = []
+    for item in value:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            out.append(str(ipaddress.IPv6Network(item.strip())))
+        except ValueError:
+            raise _Invalid(f"{_show(item)} is not an IPv6 prefix (such as \"2000::/3\")") from None
+    return tuple(out)
+
+
 def _ifname(value: Any) -> str:
     """
     Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no slash or blank.
@@ -378,8 +395,11 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("bind", _ipv4, "0.0.0.0", "Local IPv4 address of the relay's UDP port."),
             _Key("port", _port, 3544, "UDP port; 0 picks a random one."),
             _Key("prefix", _prefix, "2001::/32", "Teredo prefix routed to the relay."),
-            _Key("max-peers", _integer(1, 10_000_000), 65536, "Peer list entries kept."),
+            _Key("serve", _networks, ("2000::/3",), "Native IPv6 ranges served (others dropped)."),
+            _Key("max-peers", _integer(1, 10_000_000), 1_048_576, "Peer list entries kept (LRU)."),
             _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
+            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
+            _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
         ),
         "host-relay": (
@@ -388,8 +408,10 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("bind", _ipv4, "0.0.0.0", "Local IPv4 address of the UDP port."),
             _Key("port", _port, 0, "UDP port; 0 picks a random one."),
             _Key("prefix", _prefix, "2001::/32", "Teredo prefix routed to the host-specific relay."),
-            _Key("max-peers", _integer(1, 10_000_000), 1024, "Peer list entries kept."),
+            _Key("max-peers", _integer(1, 10_000_000), 1024, "Peer list entries kept (LRU)."),
             _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
+            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
+            _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
         ),
     }
 )
@@ -498,8 +520,11 @@ class RelaySettings:
     bind: str = "0.0.0.0"
     port: int = 3544
     prefix: str = "2001::/32"
-    max_peers: int = 65536
+    serve: tuple[str, ...] = ("2000::/3",)
+    max_peers: int = 1_048_576
     peer_queue: int = 8
+    peer_queue_bytes: int = 1280
+    icmp_rate: float = 10.0
     hardened: bool = True
     enabled: bool = True
     name = "relay"
@@ -521,6 +546,8 @@ class HostRelaySettings:
     prefix: str = "2001::/32"
     max_peers: int = 1024
     peer_queue: int = 8
+    peer_queue_bytes: int = 10240
+    icmp_rate: float = 10.0
     enabled: bool = True
     name = "host-relay"
 

@@ -14,6 +14,13 @@ is a handful of yes/no answers collected in a L{TunnelPolicy}:
   - may a packet from an unknown Teredo peer create an entry (section 5.2.3 case 3), or
     only refresh one we created (Miredo's relay rule: no state from unsolicited traffic)?
   - are direct bubbles sent as well as indirect ones (section 5.2.4 case 5)?
+  - is an entry whose bubbles went unanswered removed (relays, section 5.4.1 case 3)?
+
+A relay's interface is unnumbered: it has no Teredo address and stands for a set of native
+addresses instead (the network it serves, or the host's own addresses for a host-specific
+relay).  The owner then passes C{serves}, which replaces "is it our address?" on both sides
+(sources from the host, destinations from peers), and names the bubble source with
+L{TeredoTunnel.setUnnumbered}.
 
 The owner (the client role today) does the I/O: it hands in C{send(data, endpoint)} and
 C{deliver(packet)} (toward the host's stack), feeds packets with L{TeredoTunnel.fromHost},
@@ -64,6 +71,7 @@ __all__ = [
     "CLIENT_POLICY",
     "TeredoTunnel",
     "DROP_REASONS",
+    "UNNUMBERED_DROP_REASONS",
     "PROBE_INTERVAL",
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
@@ -106,6 +114,10 @@ DROP_REASONS = (
     "unknown-peer",  # policy: no entry from unsolicited traffic
     "non-global-origin",  # an origin indication we may not send a bubble to
 )
+#: Reasons counted only by unnumbered interfaces (relays), listed after L{DROP_REASONS}.
+UNNUMBERED_DROP_REASONS = (
+    "unreachable-peer",  # RL-TX-05: a relay's entry removed after its bubbles went unanswered
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +135,8 @@ class TunnelPolicy:
     @ivar direct_bubbles: send a direct bubble as well as the indirect one (section 5.2.4
         case 5: whenever not behind a cone NAT; RFC 5991 makes that always).
     @ivar hardened: apply the post-RFC 4380 non-global IPv4 ranges too.
+    @ivar forget_unreachable: remove the entry once its probes went unanswered, with its
+        queue (relays, section 5.4.1 case 3: "the entry is removed from the list of peers").
     """
 
     name: str
@@ -131,6 +145,7 @@ class TunnelPolicy:
     learn_unsolicited: bool
     direct_bubbles: bool = True
     hardened: bool = True
+    forget_unreachable: bool = False
 
 
 CLIENT_POLICY = TunnelPolicy(
@@ -153,6 +168,9 @@ class TeredoTunnel:
     @param randbytes: C{n -> n random bytes} for echo nonces (C{secrets.token_bytes} in
         production, a seeded generator in tests).
     @param prefix: the Teredo service prefix (4 bytes).
+    @param serves: for an unnumbered interface (relays): which IPv6 addresses it stands
+        for, as host sources and as peer destinations.  L{None}: exactly C{address}.
+    @param icmpRate: ICMPv6 errors per second toward the host.
     """
 
     def __init__(
@@ -164,6 +182,8 @@ class TeredoTunnel:
         deliver: Callable[[bytes], None],
         randbytes: Callable[[int], bytes],
         prefix: bytes = GLOBAL_PREFIX,
+        serves: Callable[[bytes], bool] | None = None,
+        icmpRate: float = ICMP_ERRORS_PER_SECOND,
     ) -> None:
         self._clock = clock
         self.policy = policy
@@ -174,7 +194,8 @@ class TeredoTunnel:
         self._randbytes = randbytes
         self._prefix = prefix
         self._hardened = policy.hardened
-        self._icmpLimit = RateLimiter(clock, ICMP_ERRORS_PER_SECOND, int(ICMP_ERRORS_PER_SECOND), 1)
+        self._serves = serves
+        self._icmpLimit = RateLimiter(clock, icmpRate, max(1, int(icmpRate)), 1)
         # Answers to indirect bubbles: at most one per 2 s per origin endpoint (section
         # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
         # test toward the same IPv6 peer cannot hold back the answer that opens our NAT).
@@ -187,6 +208,8 @@ class TeredoTunnel:
         self.server: Endpoint | None = None
         #: Source of the ICMPv6 errors we hand the host.
         self.errorSource: bytes | None = None
+        #: Source of our bubbles: our address, or a local one on an unnumbered interface.
+        self.bubbleSource: bytes | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
 
@@ -214,8 +237,20 @@ class TeredoTunnel:
         self.address = address
         self.server = server
         self.errorSource = errorSource
+        self.bubbleSource = address
         if address is None:
             self.reset()
+
+    def setUnnumbered(self, bubbleSource: bytes) -> None:
+        """
+        An interface without a Teredo address (relays, section 5.4.1 case 3): bubbles come
+        from C{bubbleSource} ("a local IPv6 address"), ICMPv6 errors from the address that
+        could not be reached (there is no address of ours the host could route back to).
+        """
+        self.address = None
+        self.server = None
+        self.errorSource = None
+        self.bubbleSource = bubbleSource
 
     def reset(self) -> None:
         """
@@ -242,7 +277,8 @@ class TeredoTunnel:
         except ParseError:
             self.drops["host-malformed"] += 1
             return
-        if header.src != self.address:
+        serves = self._serves
+        if (header.src != self.address) if serves is None else not serves(header.src):
             self.drops["host-foreign-source"] += 1
             return
         dst = header.dst
@@ -262,7 +298,10 @@ class TeredoTunnel:
         elif self.policy.native_destinations:
             self._toNative(peer, dst, packet)
         else:
+            # RL-TX-01: only Teredo destinations go over UDP; a route that sends anything
+            # else here is a misconfiguration the sender should hear about (as Miredo does).
             self.drops["native-destination"] += 1
+            self._unreachable(packet)
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
@@ -344,6 +383,9 @@ class TeredoTunnel:
                 self._unreachable(queued.packet)
             else:
                 self.drops["unverified-source"] += 1
+        if self.policy.forget_unreachable:
+            self.peers.remove(peer.address)
+            self.drops["unreachable-peer"] += 1
 
     def _bubble(self, peer: Peer) -> bool:
         """
@@ -351,11 +393,12 @@ class TeredoTunnel:
         indirect one to its server, unless the rate limits forbid.
         """
         now = self._clock.seconds()
-        if self.address is None or not peer.may_bubble(now):
+        source = self.bubbleSource
+        if source is None or not peer.may_bubble(now):
             self.counters["bubbles-suppressed"] += 1
             return False
         dst = peer.address
-        data = bubble(self.address, dst)
+        data = bubble(source, dst)
         if self.policy.direct_bubbles:
             self._send(data, mapping_of(dst))
             self.counters["bubbles-direct"] += 1
@@ -409,7 +452,12 @@ class TeredoTunnel:
         ICMPv6 destination unreachable (address unreachable) about C{packet} to the host,
         rate limited, never about an ICMPv6 error (RFC 4443 section 2.4 e).
         """
-        if self.errorSource is None or len(packet) < 40:
+        source = self.errorSource
+        if source is None:
+            if self._serves is None or len(packet) < 40:
+                return
+            source = packet[24:40]
+        if len(packet) < 40:
             return
         if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= _ICMP_ERROR_MAX:
             return
@@ -417,7 +465,7 @@ class TeredoTunnel:
             self.counters["icmp-errors-limited"] += 1
             return
         error = DestinationUnreachable(3, packet[:_ERROR_QUOTE])
-        self._deliver(icmpv6_packet(self.errorSource, packet[8:24], error, 64))
+        self._deliver(icmpv6_packet(source, packet[8:24], error, 64))
         self.counters["icmp-errors"] += 1
 
     def _deliverUp(self, packet: bytes) -> None:
@@ -469,13 +517,18 @@ class TeredoTunnel:
             # Miredo's rule: forged RAs and redirects must never reach the host's stack.
             self.drops["link-local-source"] += 1
             return
-        if header.dst != self.address:
-            self.drops["wrong-destination"] += 1
-            return
+        isBubble = packet.is_bubble
+        dst = header.dst
+        if dst != self.address:
+            # An unnumbered interface takes what it serves; bubbles are never delivered,
+            # so theirs may be anything (ours go to the local source of our bubbles).
+            serves = self._serves
+            if serves is None or not (isBubble or serves(dst)):
+                self.drops["wrong-destination"] += 1
+                return
         now = self._clock.seconds()
         peers = self.peers
         peer = peers.get(src)
-        isBubble = packet.is_bubble
         # Case 1: a trusted entry whose mapping is the sender.
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)

@@ -1,0 +1,357 @@
+# -*- test-case-name: tests.protocol.test_relay -*-
+"""
+The Teredo relay (RFC 4380 section 5.4, RFC 5991 section 3.2; requirements digest 3.3).
+
+A relay is an IPv6 router whose Teredo side is an unnumbered interface: the IPv6 network
+routes the Teredo prefix (2001::/32) to its TUN, and the relay carries those packets over
+UDP to the clients' mapped endpoints; what clients send back over UDP it writes to the TUN
+for the kernel to forward.  The peer logic is the client's (L{teredonode.roles.tunnel}),
+with the relay's answers to the policy questions:
+
+  - only Teredo destinations go over UDP (RL-TX-01), after the global-unicast check on the
+    embedded server and mapping (RL-TX-02);
+  - a trusted, valid entry is sent to at once (RL-TX-03); otherwise the packet waits in a
+    bounded queue while an indirect bubble (through the client's server) and a direct one
+    go out, 2 s apart, 3 repetitions at most, after which the entry and its queue are
+    removed (RL-TX-05..08; the cone bit is ignored, RFC 5991);
+  - what arrives must be valid IPv6 from a Teredo source that embeds the very endpoint it
+    came from (RL-RX-02/03), from a peer the relay itself created (RL-RX-04: no state from
+    unsolicited traffic), to a destination the relay serves (RL-RX-05); bubbles refresh the
+    entry and are never forwarded (RL-RX-06).
+
+Clients find the relay through their direct IPv6 connectivity test: the native host's echo
+reply is routed here, queued, and released once the client answers the relay's bubble, so
+the reply arrives from the relay's endpoint and the client adopts it.
+
+Bounds: the peer list (LRU), packets and bytes queued per peer, ICMPv6 errors per second.
+The data path parses each packet once, logs nothing, and sends through
+L{teredonode.udp.DatagramSender}, which skips Twisted's per-call address validation.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections import Counter
+from dataclasses import replace
+from typing import Any, Callable, Iterable
+
+from twisted.application.service import Service
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
+from teredonode.peers import PeerList
+from teredonode.roles.tunnel import (
+    DROP_REASONS as TUNNEL_DROPS,
+    UNNUMBERED_DROP_REASONS,
+    TeredoTunnel,
+    TunnelPolicy,
+)
+from teredonode.udp import DatagramSender, raiseBufferSizes
+from teredonode.wire.errors import ParseError
+from teredonode.wire.teredo import classify
+
+__all__ = [
+    "RELAY_POLICY",
+    "TeredoRelay",
+    "servedBy",
+    "makeRole",
+    "DROP_REASONS",
+    "RELAY_MTU",
+    "ROUTE_METRIC",
+]
+
+#: The relay's side of the shared core: no echo tests, no native sources over Teredo, no
+#: entries from unsolicited traffic, direct bubbles too (RL-TX-07/08), unanswered entries
+#: removed (RL-TX-05).
+RELAY_POLICY = TunnelPolicy(
+    name="relay",
+    native_destinations=False,
+    native_sources=False,
+    learn_unsolicited=False,
+    direct_bubbles=True,
+    forget_unreachable=True,
+)
+
+#: Section 5.1.2: the Teredo link MTU; larger packets get Packet Too Big from the kernel.
+RELAY_MTU = 1280
+#: Metric of the route for the Teredo prefix on the TUN.
+ROUTE_METRIC = 1024
+#: Socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).
+SOCKET_BUFFER = 4 * 1024 * 1024
+
+#: The relay's own drop reasons, then the shared core's.
+RELAY_DROPS = ("malformed",)  # RL-RX-02: not a Teredo payload (valid IPv6, maybe origin/auth)
+DROP_REASONS = RELAY_DROPS + TUNNEL_DROPS + UNNUMBERED_DROP_REASONS
+
+_COUNTERS = (
+    "received",
+    "sent",
+    "delivered",
+    "queued",
+    "released",
+    "bubbles-direct",
+    "bubbles-indirect",
+    "bubbles-received",
+    "bubbles-suppressed",
+    "probes-failed",
+    "icmp-errors",
+    "icmp-errors-limited",
+)
+
+
+def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
+    """
+    The predicate "does the relay serve this IPv6 address?" for C{networks}: inside one of
+    them, never in the Teredo prefix (that would loop Teredo traffic through the relay),
+    never multicast or link-local.
+
+    Networks of at most 8 bits (the default 2000::/3) are decided by a 256-entry table on
+    the first byte, the rest by integer masks: this runs once per packet in each direction.
+    """
+    firstByte = [False] * 256
+    longer: list[tuple[int, int]] = []
+    for text in networks:
+        net = ipaddress.IPv6Network(text)
+        if net.prefixlen <= 8:
+            base = net.network_address.packed[0]
+            for b in range(base, base + (1 << (8 - net.prefixlen))):
+                firstByte[b] = True
+        else:
+            longer.append((int(net.netmask), int(net.network_address)))
+    for b in (0xFE, 0xFF):
+        firstByte[b] = False
+    table = tuple(firstByte)
+    prefix = bytes(teredoPrefix)
+
+    if not longer:
+
+        def serves(address: bytes) -> bool:
+            return table[address[0]] and address[:4] != prefix
+
+        return serves
+
+    masks = tuple(longer)
+
+    def servesLonger(address: bytes) -> bool:
+        if address[:4] == prefix or address[0] >= 0xFE:
+            return False
+        if table[address[0]]:
+            return True
+        value = int.from_bytes(address, "big")
+        return any(value & mask == base for mask, base in masks)
+
+    return servesLonger
+
+
+def bubbleSourceFrom(randbytes: Callable[[int], bytes]) -> bytes:
+    """
+    The "local IPv6 address" our bubbles come from (section 5.4.1 case 3): a link-local
+    address with a random interface identifier (universal/local and group bits clear), as
+    Miredo's relay does.  Clients answer it with a direct bubble; servers forward it (a
+    non-Teredo source to one of their clients).
+    """
+    iid = bytearray(randbytes(8))
+    iid[0] &= 0xFC
+    return b"\xfe\x80" + b"\x00" * 6 + bytes(iid)
+
+
+class _RelaySocket(DatagramProtocol):
+    """
+    The relay's UDP port; hands datagrams to the relay.
+    """
+
+    def __init__(self, relay: TeredoRelay) -> None:
+        self._relay = relay
+        self.sender: DatagramSender | None = None
+
+    def startProtocol(self) -> None:
+        self.sender = DatagramSender(self.transport)
+
+    def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
+        self._relay.datagramReceived(data, addr)
+
+
+@implementer(ITeredoRole)
+class TeredoRelay(Service):
+    """
+    A Teredo relay.
+
+    @param settings: the validated C{[relay]} table (L{teredonode.config.RelaySettings}).
+    @param reactor: C{IReactorTime} and C{IReactorUDP} (a L{teredonode.testing.FakeHost}
+        in tests).
+    @param tun: the interface the Teredo prefix is routed to.
+    @param netconfig: brings it up, routes the prefix to it, turns forwarding on.
+    @param randbytes: the bubble source's interface identifier (C{secrets.token_bytes} in
+        production).
+    """
+
+    roleName = "relay"
+    policy = RELAY_POLICY
+    log = Logger()
+
+    def __init__(
+        self,
+        settings: Any,
+        reactor: Any,
+        tun: ITunDevice,
+        netconfig: INetworkConfigurator,
+        randbytes: Callable[[int], bytes] | None = None,
+    ) -> None:
+        self.settings = settings
+        self._reactor = reactor
+        self._tun = tun
+        self._netconfig = netconfig
+        self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
+        self._socket = _RelaySocket(self)
+        self._port: Any = None
+        self._routed = False
+        self.state = "stopped"
+        self.counters: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter()
+        #: Does the relay stand for this IPv6 address (16 bytes)?
+        self.serves = self._makeServes()
+        peers = PeerList(
+            reactor.seconds,
+            max_peers=settings.max_peers,
+            queue_packets=settings.peer_queue,
+            queue_bytes=settings.peer_queue_bytes,
+        )
+        self.tunnel = TeredoTunnel(
+            reactor,
+            replace(self.policy, hardened=getattr(settings, "hardened", True)),
+            peers,
+            self._send,
+            tun.write,
+            self._randbytes,
+            prefix=settings.prefix_bytes,
+            serves=self.serves,
+            icmpRate=settings.icmp_rate,
+        )
+        self.tunnel.counters = self.counters
+        self.tunnel.drops = self.drops
+        self.tunnel.setUnnumbered(bubbleSourceFrom(self._randbytes))
+
+    # -- what the relay stands for ----------------------------------------------------------
+
+    def _makeServes(self) -> Callable[[bytes], bool]:
+        """
+        RL-RX-05: the predicate for the native addresses this relay forwards for (the
+        C{serve} ranges), used by the core as host sources and as peer destinations.
+        """
+        return servedBy(self.settings.serve, self.settings.prefix_bytes)
+
+    # -- service ---------------------------------------------------------------------------
+
+    def privilegedStartService(self) -> None:
+        """
+        While still root: bind the UDP port, open the TUN, route the prefix to it, and
+        let the kernel forward.
+        """
+        self._checkHost()
+        self._port = self._reactor.listenUDP(
+            self.settings.port, self._socket, interface=self.settings.bind
+        )
+        if getattr(self._port, "socket", None) is not None:
+            raiseBufferSizes(self._port, SOCKET_BUFFER, SOCKET_BUFFER)
+        self._tun.open()
+        name = self._tun.name
+        self._netconfig.linkUp(name, RELAY_MTU)
+        self._netconfig.addRoute(name, self.settings.prefix, ROUTE_METRIC)
+        self._routed = True
+        self._configureHost()
+        self._tun.startReading(self.tunnel.fromHost)
+        Service.privilegedStartService(self)
+
+    def _checkHost(self) -> None:
+        """
+        Refuse to start on a host that cannot play this role (nothing to check here).
+        """
+
+    def _configureHost(self) -> None:
+        """
+        RL-01: a relay is a router: the kernel forwards between the IPv6 network and us.
+        """
+        self._netconfig.setForwarding(True)
+
+    def startService(self) -> None:
+        Service.startService(self)
+        if self._port is None:
+            self.privilegedStartService()
+        self.tunnel.start()
+        self.state = "relaying"
+        host = self._port.getHost()
+        self.log.info(
+            "Teredo {role} on {host}:{port}, {prefix} routed to {tun}",
+            role=self.roleName, host=host.host, port=host.port,
+            prefix=self.settings.prefix, tun=self._tun.name,
+        )
+
+    def stopService(self) -> Any:
+        Service.stopService(self)
+        self.state = "stopped"
+        self.tunnel.stop()
+        if self._routed:
+            self._routed = False
+            try:
+                self._netconfig.removeRoute(self._tun.name, self.settings.prefix)
+            except Exception as e:  # the TUN may already be gone; stopping must go on
+                self.log.warn("{error}", error=str(e))
+        self._tun.close()
+        port, self._port = self._port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+    # -- data path -------------------------------------------------------------------------
+
+    def _send(self, data: bytes, addr: Endpoint) -> None:
+        sender = self._socket.sender
+        if sender is not None:
+            sender.sendto(data, addr)
+
+    def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
+        """
+        One datagram on the relay's port: RL-RX-02 here, the rest in the shared core.
+        """
+        self.counters["received"] += 1
+        try:
+            packet = classify(data)
+        except ParseError:
+            self.drops["malformed"] += 1
+            return
+        self.tunnel.fromPeer(packet, addr)
+
+    # -- status ----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        sender = self._socket.sender
+        local = sender.local if sender is not None else None
+        return {
+            "state": self.state,
+            "interface": self._tun.name,
+            "local": f"{local[0]}:{local[1]}" if local else None,
+            "prefix": self.settings.prefix,
+            "bubble-source": str(ipaddress.IPv6Address(self.tunnel.bubbleSource or bytes(16))),
+            **self._statusExtra(),
+            "peers": self.tunnel.status(),
+            "counters": {k: self.counters[k] for k in _COUNTERS},
+            "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "send-drops": dict(sender.drops) if sender is not None else {},
+            "tun-drops": dict(getattr(self._tun, "drops", {})),
+        }
+
+    def _statusExtra(self) -> dict[str, Any]:
+        return {"serve": list(self.settings.serve)}
+
+
+def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
+    """
+    The production relay: a real TUN, C{ip} and sysctls for configuration.
+    """
+    from teredonode.netconfig import IPRoute2Configurator
+    from teredonode.tun import TunDevice
+
+    return TeredoRelay(settings, reactor, TunDevice(settings.interface, reactor=reactor), IPRoute2Configurator())
