@@ -518,7 +518,12 @@ class TeredoTunnel:
             # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
             if mapping_of(src) != addr:
                 # Case 5 (CL-RX-08): a local peer speaking from its LAN endpoint.
-                if peer is not None and peer.local and peer.local_endpoint == addr and peers.is_valid(peer):
+                if (
+                    peer is not None
+                    and peer.local
+                    and peer.local_endpoint == addr
+                    and peers.is_valid(peer)
+                ):
                     peer.trust(addr, now)
                     self._release(peer)
                     self._accept(packet, isBubble)
@@ -551,8 +556,9 @@ class TeredoTunnel:
         Section 5.2.3 case 4 / 5.2.8 (CL-LD-05/06): an accepted discovery bubble from the
         Teredo address C{src} at the LAN endpoint C{addr}.  The entry becomes (or is
         created, untrusted) local at C{addr}, heard now, and gets a unicast bubble back
-        (W-BUB-5), which proves our own LAN endpoint to it (its case 5).  A mapping proven elsewhere (through the NAT) is
-        no longer trusted, so traffic moves to the LAN once that endpoint is proven too.
+        (W-BUB-5), which proves our own LAN endpoint to it (its case 5).  A mapping proven
+        elsewhere (through a hairpinning NAT) is no longer trusted, so that traffic moves
+        to the LAN once that endpoint is proven too.
         """
         now = self._clock.seconds()
         peer = self.peers.get(src)

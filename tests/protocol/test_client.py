@@ -890,6 +890,27 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.flush()
         self.assertDropped(a, "discovery-off-subnet")
 
+    def test_discoveryMovesAPublicPeerToTheLAN(self) -> None:
+        """
+        A peer proven at its public mapping (a hairpinning NAT) that announces itself on
+        the LAN becomes local and untrusted until its LAN endpoint is proven.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.flush()
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        peer = a.tunnel.peers.create(ours)
+        peer.trust((a.mapping[0], 1234), self.clock.seconds())  # type: ignore[index]
+        lan = Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, lan)
+        lan.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertEqual(
+            (peer.local, peer.trusted, peer.local_endpoint), (True, False, ("10.0.0.4", 4000))
+        )
+        lan.transport.write(ipv6.bubble(ours, raw(a.address)), ("10.0.0.2", a._port.port))
+        self.net.flush()
+        self.assertEqual((peer.trusted, peer.mapping), (True, ("10.0.0.4", 4000)))
+
     def test_notQualifiedDropsDiscovery(self) -> None:
         self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
         a = self.lanClient("10.0.0.2", seed=1)
