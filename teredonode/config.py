@@ -241,6 +241,29 @@ def _optional_ifname(value: Any) -> str:
     return _ifname(value)
 
 
+def _lan_address(value: Any) -> str:
+    """
+    The LAN interface for local client discovery (RFC 4380 section 5.2.8): its IPv4 address,
+    optionally with the subnet's prefix length ("192.168.1.10/24"), or "" to let the
+    client choose (the C{bind} address, else the kernel's default interface).  With a
+    prefix length the subnet check on discovery bubbles is exact; without one it falls
+    back to "private source address".
+    """
+    if value == "":
+        return ""
+    if not isinstance(value, str):
+        raise _Invalid(f"{_show(value)} is not an IPv4 address (optionally /prefix-length) or \"\"")
+    address, slash, length = value.partition("/")
+    text = _ipv4(address)
+    if text == "0.0.0.0" or ipaddress.IPv4Address(text).is_multicast:
+        raise _Invalid(f"{_show(value)} is not a unicast interface address")
+    if not slash:
+        return text
+    if not length.isdigit() or not 1 <= int(length) <= 32:
+        raise _Invalid(f"{_show(value)} has a bad prefix length (1..32)")
+    return f"{text}/{int(length)}"
+
+
 def _default_route(value: Any) -> str | bool:
     """
     C{"auto"} (a default route only when the host has no other IPv6, RFC 4380 section 5.5),
@@ -388,6 +411,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
             _Key("default-route", _default_route, "auto", "Default IPv6 route via Teredo: auto, true, false."),
             _Key("allow-symmetric", _boolean, False, "Stay online behind a symmetric NAT (usually useless)."),
+            _Key("local-discovery", _boolean, True, "Find Teredo peers behind the same NAT (224.0.0.253)."),
+            _Key("local-discovery-address", _lan_address, "", "LAN interface address[/len] for discovery; \"\": auto."),
         ),
         "relay": (
             _ENABLED,
@@ -506,6 +531,8 @@ class ClientSettings:
     peer_queue_bytes: int = 10240
     default_route: str | bool = "auto"
     allow_symmetric: bool = False
+    local_discovery: bool = True
+    local_discovery_address: str = ""
     enabled: bool = True
     name = "client"
 

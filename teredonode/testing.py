@@ -27,6 +27,11 @@ Nothing is delivered synchronously inside C{write}: every datagram is scheduled 
 Clock, so a test decides when the world moves, and re-entrancy bugs (a protocol answering
 from inside C{datagramReceived}) behave as they would on a reactor.
 
+IPv4 multicast exists only inside a LAN: a datagram sent to a 224.0.0.0/4 group reaches the
+sockets of the hosts behind the same NAT that joined the group (L{FakeHost.listenMulticast}),
+never the Internet, whatever its TTL; that is all Teredo's local client discovery needs
+(RFC 4380 section 5.2.8, 224.0.0.253 with TTL 1).
+
 Exceptions raised by a protocol's C{datagramReceived} propagate out of C{flush}/C{run}
 instead of being logged and swallowed as a reactor would: in a test, a crash in the data
 path should fail loudly at the line that caused it.
@@ -47,6 +52,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import (
     IDelayedCall,
     IListeningPort,
+    IMulticastTransport,
+    IReactorMulticast,
     IReactorTime,
     IReactorUDP,
     IUDPTransport,
@@ -71,6 +78,7 @@ __all__ = [
     "FakeHost",
     "FakeNAT",
     "FakeUDPPort",
+    "FakeMulticastPort",
     "FakeTunDevice",
     "FakeLink",
     "FakeNetworkConfigurator",
@@ -114,6 +122,14 @@ NAT_KINDS: tuple[str, ...] = ("none", *_KINDS)
 _PORT_ALLOCATIONS = ("random", "preserve", "sequential")
 
 
+def _isMulticast(address: str) -> bool:
+    """
+    Is C{address} (a dotted quad) in 224.0.0.0/4?
+    """
+    first = address.split(".", 1)[0]
+    return first.isdigit() and 224 <= int(first) <= 239
+
+
 def _checkIPv4(address: str) -> str:
     if not isinstance(address, str) or not isIPAddress(address):
         raise ValueError(f"not a dotted-quad IPv4 address: {address!r}")
@@ -136,6 +152,7 @@ class FakeInternet:
     @ivar dropped: the datagrams a drop filter discarded.
     @ivar undeliverable: counts by reason: C{"no-route"} (nobody owns the destination
         address) and C{"port-unreachable"} (no socket bound to the destination port).
+    @ivar multicasts: multicast copies handed to member sockets (LAN-local, not captured).
     """
 
     def __init__(self, clock: Clock, latency: float = 0.0, maxDeliveries: int = 100_000) -> None:
@@ -148,6 +165,7 @@ class FakeInternet:
         self.capture: list[Datagram] = []
         self.dropped: list[Datagram] = []
         self.undeliverable: Counter[str] = Counter()
+        self.multicasts = 0
         self._owners: dict[str, FakeHost | FakeNAT] = {}
         self._filters: list[Callable[[Datagram], bool]] = []
         self._maxDeliveries = maxDeliveries
@@ -335,13 +353,13 @@ class _Budget:
         self._net._budget = self._saved
 
 
-@implementer(IReactorUDP, IReactorTime)
+@implementer(IReactorUDP, IReactorMulticast, IReactorTime)
 class FakeHost:
     """
     A machine on the fake network: a public host, or a host behind a L{FakeNAT}.
 
-    It provides C{IReactorUDP} (and, delegating to the network's Clock, C{IReactorTime}),
-    so a role can be handed the host as its reactor.
+    It provides C{IReactorUDP} and C{IReactorMulticast} (and, delegating to the network's
+    Clock, C{IReactorTime}), so a role can be handed the host as its reactor.
 
     @ivar addresses: the host's IPv4 addresses; the first is the source of datagrams sent
         from a socket bound to all addresses (C{interface=""}).
@@ -392,6 +410,53 @@ class FakeHost:
         udpPort.startListening()
         return udpPort
 
+    # IReactorMulticast
+
+    def listenMulticast(
+        self,
+        port: int,
+        protocol: AbstractDatagramProtocol,
+        interface: str = "",
+        maxPacketSize: int = 8192,
+        listenMultiple: bool = False,
+    ) -> FakeMulticastPort:
+        """
+        Like L{listenUDP}, but the port can join groups and set multicast options, like
+        Twisted's C{reactor.listenMulticast}.
+
+        C{interface} may also be a multicast group address: as on Linux, the socket then
+        receives only datagrams sent to that group (never unicast ones), once it has joined
+        it.  C{listenMultiple} is accepted for signature compatibility; the fake does not
+        let two sockets share one address and port.
+        """
+        if interface and _isMulticast(interface):
+            if not 0 <= port <= 65535:
+                raise error.CannotListenError(interface, port, OverflowError("port out of range"))
+            if (interface, port) in self._ports:
+                raise error.CannotListenError(
+                    interface, port, OSError(errno.EADDRINUSE, "Address already in use")
+                )
+            if port == 0:
+                port = self._ephemeral(interface)
+        else:
+            if interface == "0.0.0.0":
+                interface = ""
+            if interface and interface not in self.addresses:
+                raise error.CannotListenError(
+                    interface, port, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+                )
+            if not 0 <= port <= 65535:
+                raise error.CannotListenError(interface, port, OverflowError("port out of range"))
+            if port == 0:
+                port = self._ephemeral(interface)
+            elif not self._free(interface, port):
+                raise error.CannotListenError(
+                    interface, port, OSError(errno.EADDRINUSE, "Address already in use")
+                )
+        mcastPort = FakeMulticastPort(self, interface, port, protocol, maxPacketSize)
+        mcastPort.startListening()
+        return mcastPort
+
     # IReactorTime, so that a host can be a role's whole reactor
 
     def seconds(self) -> float:
@@ -408,7 +473,9 @@ class FakeHost:
     def _free(self, interface: str, port: int) -> bool:
         if interface:
             return (interface, port) not in self._ports and ("", port) not in self._ports
-        return not any(bound == port for _, bound in self._ports)
+        return not any(
+            bound == port and not _isMulticast(address) for address, bound in self._ports
+        )
 
     def _ephemeral(self, interface: str) -> int:
         for _ in range(65536 - EPHEMERAL_FIRST):
@@ -425,6 +492,30 @@ class FakeHost:
             self.net._transmit(src, dst, data)
         else:
             self.nat._outbound(src, dst, data)
+
+    def _multicast(self, sender: FakeUDPPort, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        Deliver a datagram sent to a group: to every socket of the LAN's hosts (this host
+        only if the sender's loopback mode is on) bound to the port, on the wildcard or the
+        group address, that joined the group.  A TTL of 0 keeps it on this host.  It never
+        reaches a NAT's public side or the Internet, so it is never captured.
+        """
+        if self.nat is None or self.nat.public is None or sender._ttl < 1:
+            hosts: list[FakeHost] = [self]
+        else:
+            hosts = list(dict.fromkeys(self.nat._lan.values()))
+        group, port = dst
+        for host in hosts:
+            if host is self and not sender._loopback:
+                continue
+            for (address, bound), udpPort in list(host._ports.items()):
+                if (
+                    bound == port
+                    and address in ("", group)
+                    and group in getattr(udpPort, "groups", ())
+                ):
+                    self.net._later(udpPort._receive, data, src)
+                    self.net.multicasts += 1
 
     def _deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         udpPort = self._ports.get(dst) or self._ports.get(("", dst[1]))
@@ -460,6 +551,10 @@ class FakeUDPPort:
         self.listening = False
         self._connected: Endpoint | None = None
         self._broadcast = False
+        # Linux's defaults for any UDP socket sending to a group.
+        self._ttl = 1
+        self._loopback = True
+        self._outgoing: str | None = None
 
     def __repr__(self) -> str:
         return f"<FakeUDPPort {self.interface or '0.0.0.0'}:{self.port} on {self.host!r}>"
@@ -519,6 +614,16 @@ class FakeUDPPort:
             raise OverflowError("port must be 0-65535")
         if len(data) > MAX_UDP_PAYLOAD:
             raise error.MessageLengthError("message too long")
+        if _isMulticast(addr[0]):
+            local = self._outgoing or (
+                self.interface
+                if self.interface and not _isMulticast(self.interface)
+                else self.host.addresses[0]
+            )
+            self.host._multicast(self, (local, self.port), (addr[0], addr[1]), bytes(data))
+            return
+        if _isMulticast(self.interface):
+            raise error.InvalidAddressError(self.interface, "a group-bound socket cannot send unicast")
         src = (self.interface or self.host.addresses[0], self.port)
         self.host._send(src, (addr[0], addr[1]), bytes(data))
 
@@ -526,6 +631,82 @@ class FakeUDPPort:
         if self._connected is not None and src != self._connected:
             return
         self.protocol.datagramReceived(data[: self.maxPacketSize], src)
+
+
+@implementer(IMulticastTransport)
+class FakeMulticastPort(FakeUDPPort):
+    """
+    The fake of Twisted's C{udp.MulticastPort}, from L{FakeHost.listenMulticast}.
+
+    @ivar groups: the groups joined (dotted quads).
+    @ivar joinInterfaces: the interface address each group was joined on (C{""}: the
+        kernel's choice).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.groups: set[str] = set()
+        self.joinInterfaces: dict[str, str] = {}
+
+    def _checkInterface(self, interface: str) -> str:
+        if interface in ("", "0.0.0.0", "INADDR_ANY"):
+            return ""
+        if interface not in self.host.addresses:
+            raise error.MulticastJoinError(interface, "not an address of this host")
+        return interface
+
+    def joinGroup(self, addr: str, interface: str = "") -> defer.Deferred[None]:
+        """
+        Join C{addr} on C{interface}; fails (as a failed Deferred) for a non-multicast
+        group or an address the host does not own.
+        """
+        try:
+            if not isIPAddress(addr) or not _isMulticast(addr):
+                raise error.MulticastJoinError(addr, "not an IPv4 multicast address")
+            self.joinInterfaces[addr] = self._checkInterface(interface)
+        except error.MulticastJoinError:
+            return defer.fail()
+        self.groups.add(addr)
+        return defer.succeed(None)
+
+    def leaveGroup(self, addr: str, interface: str = "") -> defer.Deferred[None]:
+        self.groups.discard(addr)
+        self.joinInterfaces.pop(addr, None)
+        return defer.succeed(None)
+
+    def getOutgoingInterface(self) -> str:
+        return self._outgoing or "0.0.0.0"
+
+    def setOutgoingInterface(self, addr: str) -> defer.Deferred[int]:
+        """
+        Send to groups from C{addr} (one of the host's addresses).
+        """
+        try:
+            self._outgoing = self._checkInterface(addr) or None
+        except error.MulticastJoinError:
+            return defer.fail()
+        return defer.succeed(1)
+
+    def getLoopbackMode(self) -> bool:
+        return self._loopback
+
+    def setLoopbackMode(self, mode: int) -> None:
+        """
+        Whether this host's own member sockets get what this socket sends to a group.
+        """
+        self._loopback = bool(mode)
+
+    def getTTL(self) -> int:
+        return self._ttl
+
+    def setTTL(self, ttl: int) -> None:
+        """
+        The multicast TTL: 0 keeps datagrams on this host; the fake never routes them
+        beyond the LAN anyway.
+        """
+        if not 0 <= ttl <= 255:
+            raise ValueError("TTL must be 0-255")
+        self._ttl = ttl
 
 
 @dataclass

@@ -20,6 +20,11 @@ Three things happen here; the peer logic itself is L{teredonode.roles.tunnel}:
     client qualifies again from scratch; failing that it is offline and retries with an
     exponential backoff, forever.  The TUN stays up, without an address, while offline.
 
+With C{local-discovery} on (the default), L{teredonode.roles.discovery} also finds the
+Teredo clients behind the same NAT through 224.0.0.253 (section 5.2.8), so that traffic
+between them stays on the LAN; the service port is then a multicast-capable socket (TTL 1,
+loopback off) because discovery bubbles must come from it.
+
 Every random choice (nonces, flags, jitter) comes from injected sources so that the
 protocol tests replay exactly.
 """
@@ -40,6 +45,7 @@ from zope.interface import implementer
 from teredonode.errors import NetConfigError
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
+from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, TeredoTunnel
 from teredonode.security import auth_matches, teredo_auth_value
 from teredonode.udp import DatagramSender
@@ -54,6 +60,7 @@ from teredonode.wire.address import (
 )
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
+    ALL_NODES,
     ALL_ROUTERS,
     NH_ICMPV6,
     RouterAdvertisement,
@@ -99,7 +106,7 @@ CLIENT_DROPS = (
     "ra-auth-failed",  # CL-SQ-05: wrong authentication value
     "ra-non-global-mapping",  # the mapping could not make a global Teredo address (G-10)
 )
-DROP_REASONS = CLIENT_DROPS + TUNNEL_DROPS
+DROP_REASONS = CLIENT_DROPS + TUNNEL_DROPS + DISCOVERY_DROPS
 
 _COUNTERS = (
     "received",
@@ -117,6 +124,10 @@ _COUNTERS = (
     "bubbles-answered",
     "bubbles-received",
     "bubbles-suppressed",
+    "bubbles-local",
+    "discovery-sent",
+    "discovery-suppressed",
+    "discovery-received",
     "echo-tests",
     "echo-tests-ok",
     "echo-suppressed",
@@ -236,6 +247,25 @@ class TeredoClient(Service):
         self._failures = 0
         self._primary: tuple[Endpoint, bytes, int] | None = None
         self._lastServerRx: float | None = None
+        self.discovery: LocalDiscovery | None = None
+        if settings.local_discovery:
+            if settings.port == TEREDO_PORT:
+                # The group socket binds 3544 too; a shared port could not tell unicast from
+                # multicast.  RFC 4380 section 5.2 advises against this port for clients.
+                self.log.warn("Local discovery disabled: the service port must not be 3544")
+            else:
+                self.discovery = LocalDiscovery(
+                    reactor,
+                    self.tunnel,
+                    self._send,
+                    lambda: self.state == "qualified",
+                    lambda: self.mapping[0] if self.mapping is not None else None,
+                    self._rng.uniform,
+                    self.counters,
+                    self.drops,
+                    address=settings.local_discovery_address,
+                    bind=settings.bind,
+                )
 
     # -- service ---------------------------------------------------------------------------
 
@@ -243,9 +273,17 @@ class TeredoClient(Service):
         """
         Bind the service port and bring the TUN up (no address yet) while still root.
         """
-        self._port = self._reactor.listenUDP(
-            self.settings.port, self._socket, interface=self.settings.bind
-        )
+        discovery = self.discovery
+        if discovery is None:
+            self._port = self._reactor.listenUDP(
+                self.settings.port, self._socket, interface=self.settings.bind
+            )
+        else:
+            self._port = self._reactor.listenMulticast(
+                self.settings.port, self._socket, interface=self.settings.bind
+            )
+            discovery.configureSender(self._port)
+            discovery.listen()
         self._tun.open()
         self._netconfig.linkUp(self._tun.name, DEFAULT_MTU)
         self._tun.startReading(self.packetFromHost)
@@ -267,6 +305,8 @@ class TeredoClient(Service):
         port, self._port = self._port, None
         self.state = "offline"
         self.offlineReason = "stopped"
+        if self.discovery is not None:
+            self.discovery.close()
         if port is not None:
             return port.stopListening()
         return None
@@ -318,6 +358,10 @@ class TeredoClient(Service):
             return
         if self.state != "qualified":
             self.drops["not-qualified"] += 1
+            return
+        if packet.header.dst == ALL_NODES and packet.is_bubble:
+            # CL-LD-03: discovery bubbles count only when they come to the group.
+            self.drops["discovery-unicast"] += 1
             return
         self.tunnel.fromPeer(packet, addr)
 
@@ -546,6 +590,8 @@ class TeredoClient(Service):
                 "Teredo address {address} (mapping {mapping}, NAT {nat}, server {server})",
                 address=str(self.address), mapping=_ep(mapping), nat=self.nat, server=self.server,
             )
+            if self.discovery is not None:
+                self.discovery.start()
         self._updateDefaultRoute()
         delay = self.settings.refresh * self._rng.uniform(0.75, 1.0)
         self._timer = self._reactor.callLater(delay, self._refresh)
@@ -610,6 +656,8 @@ class TeredoClient(Service):
         self._removeAddresses()
         self.mapping = None
         self.tunnel.setIdentity(None, None)
+        if self.discovery is not None:
+            self.discovery.stop()
 
     # -- status ------------------------------------------------------------------------------
 
@@ -631,6 +679,9 @@ class TeredoClient(Service):
             "key-expired": self.keyExpired,
             "last-server-contact": None if self._lastServerRx is None else round(now - self._lastServerRx, 3),
             "peers": self.tunnel.status(),
+            "local-discovery": (
+                self.discovery.status() if self.discovery is not None else {"state": "off"}
+            ),
             "counters": {k: self.counters[k] for k in _COUNTERS},
             "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
         }

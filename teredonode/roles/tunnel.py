@@ -210,6 +210,8 @@ class TeredoTunnel:
         self.errorSource: bytes | None = None
         #: Source of our bubbles: our address, or a local one on an unnumbered interface.
         self.bubbleSource: bytes | None = None
+        #: Local discovery (section 5.2.8): sends a discovery bubble now, or None when off.
+        self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
 
@@ -292,6 +294,10 @@ class TeredoTunnel:
         # Case 1: a valid, trusted entry.
         if peer is not None and peer.trusted and peers.is_valid(peer):
             self._transmit(peer, packet)
+            return
+        # Case 3 (CL-TX-03): a local peer heard within 600 s: prove its LAN endpoint.
+        if peer is not None and peer.local and peers.is_valid(peer):
+            self._queueAndProbe(peer, packet, None, self._localBubble)
             return
         if dst[:4] == self._prefix:
             self._toTeredo(peer, dst, packet)
@@ -404,6 +410,22 @@ class TeredoTunnel:
             self.counters["bubbles-direct"] += 1
         self._send(data, (server_of(dst), TEREDO_PORT))
         self.counters["bubbles-indirect"] += 1
+        peer.bubble_sent(now)
+        return True
+
+    def _localBubble(self, peer: Peer) -> bool:
+        """
+        Section 5.2.4 case 3: a unicast bubble to the local peer's LAN endpoint and a
+        discovery bubble, whose unicast answer (section 5.2.3 case 4) proves that endpoint.
+        """
+        now = self._clock.seconds()
+        if self.address is None or peer.local_endpoint is None or not peer.may_bubble(now):
+            self.counters["bubbles-suppressed"] += 1
+            return False
+        self._send(bubble(self.address, peer.address), peer.local_endpoint)
+        self.counters["bubbles-local"] += 1
+        if self.announceLocal is not None:
+            self.announceLocal()
         peer.bubble_sent(now)
         return True
 
@@ -548,6 +570,17 @@ class TeredoTunnel:
         if src[:4] == self._prefix:
             # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
             if mapping_of(src) != addr:
+                # Case 5 (CL-RX-08): a local peer speaking from its LAN endpoint.
+                if (
+                    peer is not None
+                    and peer.local
+                    and peer.local_endpoint == addr
+                    and peers.is_valid(peer)
+                ):
+                    peer.trust(addr, now)
+                    self._release(peer)
+                    self._accept(packet, isBubble)
+                    return
                 self.drops["mapping-mismatch"] += 1
                 return
             if peer is None:
@@ -570,6 +603,34 @@ class TeredoTunnel:
         if peer is None:
             peer = peers.create(src)
         self._queueAndProbe(peer, packet.ipv6, addr, self._echo)
+
+    def fromLocalPeer(self, src: bytes, addr: Endpoint) -> None:
+        """
+        Section 5.2.3 case 4 / 5.2.8 (CL-LD-05/06): an accepted discovery bubble from the
+        Teredo address C{src} at the LAN endpoint C{addr}.  The entry becomes (or is
+        created, untrusted) local at C{addr}, heard now, and gets a unicast bubble back
+        (W-BUB-5), which proves our own LAN endpoint to it (its case 5).  A mapping proven
+        elsewhere (through a hairpinning NAT) is no longer trusted, so that traffic moves
+        to the LAN once that endpoint is proven too.
+        """
+        now = self._clock.seconds()
+        peer = self.peers.get(src)
+        if peer is None:
+            peer = self.peers.create(src)
+            # A newcomer does not know us yet and would drop our unicast answer (it has no
+            # local entry to match it): announce first, so the answer finds one.
+            if self.announceLocal is not None:
+                self.announceLocal()
+        elif peer.trusted and peer.mapping != addr:
+            peer.trusted = False
+        peer.local = True
+        peer.local_endpoint = addr
+        peer.heard(now)
+        if self.address is None or not self._answerLimit.allow(addr):
+            self.counters["bubbles-suppressed"] += 1
+            return
+        self._send(bubble(self.address, src), addr)
+        self.counters["bubbles-answered"] += 1
 
     def _accept(self, packet: TeredoPacket, isBubble: bool) -> None:
         if isBubble:

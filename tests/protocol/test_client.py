@@ -22,7 +22,7 @@ from teredonode.interfaces import ITeredoRole
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeHost, FakeInternet, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_RESTRICTED,
@@ -84,10 +84,13 @@ class ClientTestCase(SynchronousTestCase):
         hasOtherIPv6: bool = False,
         start: bool = True,
         natTimeout: float = 120.0,
+        host: FakeHost | None = None,
         **overrides: Any,
     ) -> TeredoClient:
         self._nats += 1
-        if kind == "none":
+        if host is not None:
+            pass
+        elif kind == "none":
             host = self.net.nat("none").host(f"192.0.2.{100 + self._nats}")
         else:
             nat = self.net.nat(kind, public=f"198.51.100.{self._nats}", timeout=natTimeout,
@@ -626,6 +629,300 @@ class EchoTestTests(ClientTestCase):
         self.assertEqual(relay.received, [])
 
 
+GROUP = ("224.0.0.253", 3544)
+
+
+class LocalDiscoveryTests(ClientTestCase):
+    """
+    RFC 4380 section 5.2.8 (CL-LD-01..06, CL-RX-07/08, CL-TX-03, W-BUB-4/5): clients behind
+    one NAT that does not hairpin find each other on the LAN and talk there.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.nat = self.net.nat("port-restricted", public="198.51.100.77", hairpin=False,
+                                rng=random.Random(5))
+
+    def lanClient(self, ip: str, seed: int, **overrides: Any) -> TeredoClient:
+        return self.makeClient(host=self.nat.host(ip), seed=seed, **overrides)
+
+    def listener(self, ip: str = "10.0.0.9") -> Endpoint:
+        """
+        A plain LAN member of 224.0.0.253:3544 recording announcements.
+        """
+        endpoint = Endpoint()
+        self.nat.host(ip).listenMulticast(3544, endpoint, interface=GROUP[0]).joinGroup(GROUP[0])
+        return endpoint
+
+    def publicTraffic(self, start: int) -> list[Any]:
+        """
+        Internet datagrams since C{start} other than the clients' exchanges with the server.
+        """
+        servers = (PRIMARY, SECONDARY)
+        return [d for d in self.net.capture[start:] if d.src[0] not in servers and d.dst[0] not in servers]
+
+    def test_twoClientsBehindOneNATTalkOverTheLAN(self) -> None:
+        """
+        The two discover each other, and IPv6 packets both ways go LAN endpoint to LAN
+        endpoint: nothing crosses the public side, no hairpinning, nothing via the server.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        b = self.lanClient("10.0.0.3", seed=2)
+        self.net.flush()
+        self.assertEqual((a.state, b.state), ("qualified", "qualified"))
+        self.assertEqual(a.mapping[0], b.mapping[0])  # type: ignore[index]
+        self.assertEqual(a.status()["local-discovery"]["local-peers"], 1)
+        self.assertEqual(b.status()["local-discovery"]["local-peers"], 1)
+        start, forwarded = len(self.net.capture), self.server.status()["counters"]["forwarded"]
+        aaddr, baddr = raw(a.address), raw(b.address)
+        request = echo(aaddr, baddr, b"over the LAN")
+        self.tunOf(a).inject(request)
+        self.net.run(5)
+        self.assertEqual(self.tunOf(b).written, [request])
+        reply = echo(baddr, aaddr, b"over the LAN", reply=True)
+        self.tunOf(b).inject(reply)
+        self.net.flush()
+        self.assertEqual(self.tunOf(a).written, [reply])
+        self.assertEqual(self.publicTraffic(start), [])
+        self.assertEqual((self.nat.hairpinned, self.nat.dropped["hairpin"]), (0, 0))
+        self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
+        peer = a.tunnel.peers.get(baddr)
+        assert peer is not None
+        self.assertEqual((peer.trusted, peer.local, peer.mapping), (True, True, ("10.0.0.3", b._port.port)))
+        for client in (a, b):
+            self.assertEqual(client.status()["counters"]["bubbles-direct"], 0)
+            self.assertEqual({k: v for k, v in client.status()["drops"].items() if v}, {})
+
+    def test_lateJoinerAndOnDemandProbe(self) -> None:
+        """
+        CL-RX-07 then CL-TX-03: B starts after A announced.  B's announcement makes A
+        greet it (announcement, then the W-BUB-5 unicast answer, which B's new local entry
+        accepts: case 5).  A packet from B to A then goes straight over the LAN.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.run(60)
+        b = self.lanClient("10.0.0.3", seed=2)
+        self.net.flush()
+        aaddr, baddr = raw(a.address), raw(b.address)
+        self.assertEqual(a.status()["counters"]["bubbles-answered"], 1)
+        entry = b.tunnel.peers.get(aaddr)
+        assert entry is not None
+        self.assertTrue(entry.local and entry.trusted)
+        start = len(self.net.capture)
+        hello = echo(baddr, aaddr, b"hi")
+        self.tunOf(b).inject(hello)
+        self.net.run(5)
+        self.assertEqual(self.tunOf(a).written, [hello])
+        self.assertEqual(self.publicTraffic(start), [])
+
+    def test_untrustedLocalPeerProbedOnTheLAN(self) -> None:
+        """
+        CL-TX-03: a local peer not yet proven gets the packet queued, a unicast bubble to
+        its LAN endpoint and a discovery bubble; its answer releases the queue (case 5).
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        b = self.lanClient("10.0.0.3", seed=2)
+        self.net.flush()
+        aaddr, baddr = raw(a.address), raw(b.address)
+        peer = a.tunnel.peers.get(baddr)
+        assert peer is not None
+        peer.trusted = False
+        sent = a.status()["counters"]["discovery-sent"]
+        self.net.run(3)  # past the on-demand announcement pace
+        self.tunOf(a).inject(echo(aaddr, baddr, b"queued"))
+        self.assertEqual(a.status()["peers"]["queued-packets"], 1)
+        self.net.flush()
+        counters = a.status()["counters"]
+        self.assertEqual((counters["bubbles-local"], counters["discovery-sent"]), (1, sent + 1))
+        self.assertEqual(counters["released"], 1)
+        self.assertEqual(len(self.tunOf(b).written), 1)
+
+    def test_discoveryBubbleFormat(self) -> None:
+        """
+        W-BUB-4: from the service port's LAN endpoint to 224.0.0.253:3544 (TTL 1, loopback
+        off), IPv6 source our global Teredo address, destination ff02::1, hop limit 1, a
+        bare bubble; never on the Internet, and none before qualification.
+        """
+        listener = self.listener()
+        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.run(20)
+        self.assertEqual((a.state, listener.received), ("offline", []))
+        self.net.dropped.clear()
+        self.net._filters.clear()
+        self.net.run(20)
+        self.assertEqual(a.state, "qualified")
+        self.assertEqual(len(listener.received), 1)
+        data, src = listener.received[0]
+        self.assertEqual(src, ("10.0.0.2", a._port.port))
+        packet = classify(data)
+        header = packet.header
+        self.assertEqual(header.src, raw(a.address))
+        self.assertEqual(header.dst, ipv6.ALL_NODES)
+        self.assertEqual(
+            (header.hop_limit, header.next_header, header.payload_length, len(data)), (1, 59, 0, 40)
+        )
+        self.assertIsNone(packet.origin)
+        self.assertEqual((a._port.getTTL(), a._port.getLoopbackMode()), (1, False))
+        self.assertEqual([d for d in self.net.capture if d.dst[0] == GROUP[0]], [])
+        self.assertDropped(a, "discovery-self", 0)
+        self.assertEqual(a.status()["local-discovery"]["state"], "listening")
+
+    def test_announcementsRandomised(self) -> None:
+        """
+        CL-LD-02: one at qualification, then at uniform [200, 300] s intervals, not a fixed
+        period; they stop while offline.
+        """
+        listener = self.listener()
+        times: list[float] = []
+        original = listener.datagramReceived
+        listener.datagramReceived = lambda d, a: (times.append(self.clock.seconds()), original(d, a))  # type: ignore[method-assign]
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.run(5000)
+        gaps = [round(later - earlier, 6) for earlier, later in zip(times, times[1:])]
+        self.assertGreater(len(gaps), 15)
+        self.assertTrue(all(200 <= gap <= 300 for gap in gaps), gaps)
+        self.assertGreater(len(set(gaps)), 10)
+        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        self.net.run(60)
+        self.assertEqual(a.state, "offline")
+        count = len(times)
+        self.net.run(1000)
+        self.assertEqual(a.state, "offline")
+        self.assertEqual(len(times), count)
+
+    def test_localEntryExpiresAfter600s(self) -> None:
+        """
+        D6: a local entry lives 600 s after the last thing heard; a peer that keeps
+        announcing keeps it, a silent one loses it.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        b = self.lanClient("10.0.0.3", seed=2)
+        self.net.flush()
+        baddr = raw(b.address)
+        self.net.run(1000)
+        self.assertIn(baddr, a.tunnel.peers)
+        b.stopService()
+        heard = a.tunnel.peers.get(baddr).last_rx  # type: ignore[union-attr]
+        self.net.run(heard + 599 - self.clock.seconds())
+        self.assertIn(baddr, a.tunnel.peers)
+        self.net.run(12)
+        self.assertNotIn(baddr, a.tunnel.peers)
+        self.assertEqual(a.status()["local-discovery"]["local-peers"], 0)
+
+    def test_discoveryOff(self) -> None:
+        """
+        CL-LD-01 is a MAY: with local-discovery = false there is no group socket, nothing
+        is announced, and two clients behind a non-hairpinning NAT cannot meet.
+        """
+        listener = self.listener()
+        a = self.lanClient("10.0.0.2", seed=1, local_discovery=False)
+        b = self.lanClient("10.0.0.3", seed=2, local_discovery=False)
+        self.net.flush()
+        self.assertEqual(listener.received, [])
+        self.assertEqual(a.status()["local-discovery"], {"state": "off"})
+        self.assertNotIn(("224.0.0.253", 3544), a.host._ports)  # type: ignore[attr-defined]
+        self.tunOf(a).inject(echo(raw(a.address), raw(b.address)))
+        self.net.run(10)
+        self.assertEqual(self.tunOf(b).written, [])
+        self.assertGreater(self.nat.dropped["hairpin"], 0)
+
+    def test_serviceOn3544DisablesDiscovery(self) -> None:
+        a = self.lanClient("10.0.0.2", seed=1, port=3544)
+        self.net.flush()
+        self.assertEqual((a.state, a.status()["local-discovery"]), ("qualified", {"state": "off"}))
+
+    def test_badDiscoveryBubblesDropped(self) -> None:
+        """
+        CL-LD-03/04: over unicast, not a Teredo source, a Teredo source not behind our NAT
+        (spoofed), an IPv4 source off the subnet, not a bubble: each dropped and counted,
+        no entry, nothing to the host.
+        """
+        a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
+        self.net.flush()
+        mapped = a.mapping[0]  # type: ignore[index]
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, mapped).to_bytes()
+        foreign = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "192.0.2.50").to_bytes()
+        private = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "10.0.0.3").to_bytes()
+        inside, outside = Endpoint(), Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, inside)
+        self.nat.host("10.0.0.9").listenUDP(4000, outside)
+        bubble = ipv6.bubble
+        for data in (
+            bubble(V6HOST, ipv6.ALL_NODES, 1),  # not Teredo
+            bubble(private, ipv6.ALL_NODES, 1),  # Teredo prefix, non-global mapping
+            bubble(foreign, ipv6.ALL_NODES, 1),  # another NAT's client: spoofed
+            echo(ours, ipv6.ALL_NODES),  # not a bubble
+            bubble(ours, raw(a.address), 1),  # not to ff02::1
+            b"\x00\x02garbage",
+        ):
+            inside.transport.write(data, GROUP)
+        outside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), GROUP)  # off the /29
+        inside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), ("10.0.0.2", a._port.port))
+        self.net.flush()
+        self.assertDropped(a, "discovery-not-teredo", 2)
+        self.assertDropped(a, "discovery-foreign-mapping")
+        self.assertDropped(a, "discovery-invalid", 2)
+        self.assertDropped(a, "malformed")
+        self.assertDropped(a, "discovery-off-subnet")
+        self.assertDropped(a, "discovery-unicast")
+        self.assertEqual(len(a.tunnel.peers), 0)
+        self.assertEqual(self.tunOf(a).written, [])
+        self.assertEqual((inside.received, outside.received), ([], []))
+        # The same bubble from inside the subnet is a legitimate local peer.
+        inside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertEqual(a.status()["local-discovery"]["local-peers"], 1)
+        self.assertEqual(len(inside.received), 1)  # W-BUB-5: the unicast answer
+        answer = classify(inside.received[0][0]).header
+        self.assertEqual((answer.src, answer.dst), (raw(a.address), ours))
+
+    def test_defaultSubnetRuleIsPrivateSources(self) -> None:
+        """
+        Without a configured subnet, a LAN source with a global address is refused.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.flush()
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        odd = Endpoint()
+        self.nat.host("192.0.2.77").listenUDP(4000, odd)
+        odd.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertDropped(a, "discovery-off-subnet")
+
+    def test_discoveryMovesAPublicPeerToTheLAN(self) -> None:
+        """
+        A peer proven at its public mapping (a hairpinning NAT) that announces itself on
+        the LAN becomes local and untrusted until its LAN endpoint is proven.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        self.net.flush()
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        peer = a.tunnel.peers.create(ours)
+        peer.trust((a.mapping[0], 1234), self.clock.seconds())  # type: ignore[index]
+        lan = Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, lan)
+        lan.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertEqual(
+            (peer.local, peer.trusted, peer.local_endpoint), (True, False, ("10.0.0.4", 4000))
+        )
+        lan.transport.write(ipv6.bubble(ours, raw(a.address)), ("10.0.0.2", a._port.port))
+        self.net.flush()
+        self.assertEqual((peer.trusted, peer.mapping), (True, ("10.0.0.4", 4000)))
+
+    def test_notQualifiedDropsDiscovery(self) -> None:
+        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        a = self.lanClient("10.0.0.2", seed=1)
+        sender = Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, sender)
+        spoof = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "198.51.100.77").to_bytes()
+        sender.transport.write(ipv6.bubble(spoof, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertDropped(a, "not-qualified")
+        self.assertEqual(len(a.tunnel.peers), 0)
+
+
 class RoleTests(ClientTestCase):
     def test_statusListsEveryDropReason(self) -> None:
         client = self.makeClient()
@@ -686,6 +983,13 @@ class RoleTests(ClientTestCase):
             (settings.default_route, settings.allow_symmetric, settings.peer_queue_bytes),
             ("auto", False, 10240),
         )
+        self.assertEqual((settings.local_discovery, settings.local_discovery_address), (True, ""))
+        lan = parse_config(base + 'local-discovery-address = "192.168.1.10/24"\n', "x.toml", None, None)
+        self.assertEqual(lan.roles["client"].local_discovery_address, "192.168.1.10/24")
+        for bad in ('"10.0.0.2/40"', '"224.0.0.1"', "5", '"eth0"', "true"):
+            self.assertRaises(
+                ConfigError, parse_config, base + f"local-discovery-address = {bad}\n", "x.toml", None, None
+            )
         forced = parse_config(base + "default-route = true\n", "x.toml", None, None)
         self.assertIs(forced.roles["client"].default_route, True)
         self.assertRaises(ConfigError, parse_config, base + 'default-route = "yes"\n', "x.toml", None, None)

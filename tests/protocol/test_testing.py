@@ -10,7 +10,14 @@ import random
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address
-from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUDP, IUDPTransport
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IMulticastTransport,
+    IReactorMulticast,
+    IReactorTime,
+    IReactorUDP,
+    IUDPTransport,
+)
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -103,6 +110,14 @@ class VerifyFakesTests(SynchronousTestCase):
         port = host.listenUDP(0, Recorder())
         self.assertTrue(verifyObject(IUDPTransport, port))
         self.assertTrue(verifyObject(IListeningPort, port))
+
+    def test_multicast(self):
+        net = FakeInternet(Clock())
+        host = net.host(SERVER)
+        self.assertTrue(verifyObject(IReactorMulticast, host))
+        port = host.listenMulticast(3544, Recorder(), listenMultiple=True)
+        self.assertTrue(verifyObject(IMulticastTransport, port))
+        self.assertTrue(verifyObject(IUDPTransport, port))
 
     def test_tun(self):
         self.assertTrue(verifyObject(ITunDevice, FakeTunDevice("teredo")))
@@ -550,6 +565,148 @@ class HairpinAndLanTests(SynchronousTestCase):
         n1.host("10.0.0.2")
         n2.host("10.0.0.2")
         self.assertRaises(ValueError, n1.host, "10.0.0.2")
+
+
+GROUP = "224.0.0.253"
+
+
+class MulticastTests(SynchronousTestCase):
+    """
+    LAN-local multicast: what Teredo local discovery (RFC 4380 section 5.2.8) needs.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.server = self.net.host(SERVER)
+        self.serverMember = Recorder()
+        self.net.host(OTHER).listenMulticast(3544, self.serverMember).joinGroup(GROUP)
+        self.nat = self.net.nat("full-cone", public=NAT_IP)
+        self.hosts = [self.nat.host(f"10.0.0.{i}") for i in (2, 3, 4)]
+        self.members = []
+        for host in self.hosts:
+            member = Recorder()
+            port = host.listenMulticast(3544, member, interface=GROUP, listenMultiple=True)
+            self.assertEqual(self.successResultOf(port.joinGroup(GROUP, host.addresses[0])), None)
+            self.members.append(member)
+        self.sender = Recorder()
+        self.senderPort = self.hosts[0].listenMulticast(5000, self.sender)
+
+    def test_deliveredToLanMembersOnly(self):
+        """
+        Every joined socket on the LAN gets one copy with the sender's private source;
+        nothing reaches the Internet or its hosts, nothing is captured.
+        """
+        self.senderPort.setLoopbackMode(0)
+        self.senderPort.write(b"hello", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(self.members[0].received, [])
+        for member in self.members[1:]:
+            self.assertEqual(member.received, [(b"hello", ("10.0.0.2", 5000))])
+        self.assertEqual(self.serverMember.received, [])
+        self.assertEqual(self.net.capture, [])
+        self.assertEqual(self.net.multicasts, 2)
+
+    def test_loopbackOnByDefault(self):
+        self.assertTrue(self.senderPort.getLoopbackMode())
+        self.assertEqual(self.senderPort.getTTL(), 1)
+        self.senderPort.write(b"hello", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(self.members[0].received, [(b"hello", ("10.0.0.2", 5000))])
+
+    def test_ttlZeroStaysOnHost(self):
+        self.senderPort.setTTL(0)
+        self.senderPort.write(b"x", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual([len(m.received) for m in self.members], [1, 0, 0])
+        self.assertRaises(ValueError, self.senderPort.setTTL, 256)
+
+    def test_plainUdpSocketCanSend(self):
+        """
+        Any UDP socket may send to a group (as on Linux): from its own port.
+        """
+        plain = Recorder()
+        self.hosts[1].listenUDP(6000, plain)
+        plain.transport.write(b"x", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(self.members[2].received, [(b"x", ("10.0.0.3", 6000))])
+
+    def test_membershipPortAndGroupRequired(self):
+        """
+        Not joined, another port, another group: nothing.  Leaving stops delivery.
+        """
+        other = Recorder()
+        port = self.hosts[1].listenMulticast(3545, other)
+        port.joinGroup(GROUP)
+        notJoined = Recorder()
+        self.hosts[2].listenMulticast(3544, notJoined)
+        self.senderPort.write(b"x", ("224.0.0.1", 3544))
+        self.senderPort.write(b"y", (GROUP, 3546))
+        self.net.flush()
+        self.assertEqual([m.received for m in self.members], [[], [], []])
+        self.assertEqual((other.received, notJoined.received), ([], []))
+        self.members[1].transport.leaveGroup(GROUP)
+        self.senderPort.write(b"z", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(self.members[1].received, [])
+        self.assertEqual(len(self.members[2].received), 1)
+
+    def test_groupBoundSocketGetsNoUnicast(self):
+        """
+        A socket bound to the group address (as Linux allows) never sees unicast, so
+        "received over a unicast address" cannot reach it; a wildcard one does.
+        """
+        self.sender.transport.write(b"u", ("10.0.0.3", 3544))
+        self.net.flush()
+        self.assertEqual(self.members[1].received, [])
+        self.assertEqual(self.net.undeliverable["port-unreachable"], 1)
+        wildcard = Recorder()
+        self.hosts[1].listenMulticast(4000, wildcard)
+        self.sender.transport.write(b"u", ("10.0.0.3", 4000))
+        self.net.flush()
+        self.assertEqual(wildcard.received, [(b"u", ("10.0.0.2", 5000))])
+        self.assertRaises(
+            error.InvalidAddressError, self.members[1].transport.write, b"x", ("10.0.0.2", 5000)
+        )
+
+    def test_outgoingInterfaceAndJoinErrors(self):
+        host = self.nat.host("10.0.1.2", "10.0.1.3")
+        port = host.listenMulticast(0, Recorder())
+        self.successResultOf(port.setOutgoingInterface("10.0.1.3"))
+        self.assertEqual(port.getOutgoingInterface(), "10.0.1.3")
+        port.write(b"x", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(self.members[1].received, [(b"x", ("10.0.1.3", port.port))])
+        self.failureResultOf(port.joinGroup("10.0.0.1"), error.MulticastJoinError)
+        self.failureResultOf(port.joinGroup(GROUP, "192.0.2.1"), error.MulticastJoinError)
+        self.failureResultOf(port.setOutgoingInterface("192.0.2.1"), error.MulticastJoinError)
+
+    def test_bindingRules(self):
+        """
+        Group and wildcard bindings of one port coexist (as with SO_REUSEADDR); the same
+        group binding twice does not.
+        """
+        host = self.hosts[1]
+        host.listenUDP(3544, Recorder())
+        self.assertRaises(
+            error.CannotListenError, host.listenMulticast, 3544, Recorder(), interface=GROUP
+        )
+        self.assertRaises(
+            error.CannotListenError, host.listenMulticast, 1, Recorder(), interface="10.9.9.9"
+        )
+
+    def test_publicHostLoopsBackOnly(self):
+        """
+        A host on the Internet has no LAN: its group traffic reaches only itself.
+        """
+        member, sender = Recorder(), Recorder()
+        self.server.listenMulticast(3544, member).joinGroup(GROUP)
+        self.server.listenUDP(7000, sender)
+        sender.transport.write(b"x", (GROUP, 3544))
+        self.net.flush()
+        self.assertEqual(member.received, [(b"x", (SERVER, 7000))])
+        self.assertEqual(self.serverMember.received, [])
+        self.assertEqual(self.net.capture, [])
 
 
 class FakeTunDeviceTests(SynchronousTestCase):
