@@ -17,10 +17,13 @@ from teredonode.lab.nat import NAT_MODES
 class ClientSpec:
     """
     One client host and the NAT in front of it (C{nat="none"}: the client is public).
+    C{lan_of} names an earlier client whose NAT and LAN this one shares (then C{nat} must
+    match it): two Teredo clients on one LAN, for local discovery.
     """
 
     name: str
     nat: str
+    lan_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ SCENARIOS: dict[str, Scenario] = {
             "miredo-reference",
             "one client behind a port-restricted NAT: the Miredo reference scenario",
             (ClientSpec("client1", "port-restricted"),),
+        ),
+        Scenario(
+            "shared-lan",
+            "two clients on one LAN behind one port-restricted NAT (local discovery)",
+            (ClientSpec("client1", "port-restricted"), ClientSpec("client2", "port-restricted", lan_of="client1")),
         ),
         Scenario(
             "nat-modes",
@@ -68,7 +76,13 @@ def get_scenario(name: str) -> Scenario:
         raise LabError(
             f"unknown scenario {name!r} (known: {', '.join(sorted(SCENARIOS))})"
         ) from None
+    seen: dict[str, ClientSpec] = {}
     for client in scenario.clients:
         if client.nat not in NAT_MODES:
             raise LabError(f"scenario {name}: unknown NAT mode {client.nat!r}")
+        if client.lan_of is not None:
+            other = seen.get(client.lan_of)
+            if other is None or other.nat != client.nat or client.nat == "none":
+                raise LabError(f"scenario {name}: {client.name} cannot share the LAN of {client.lan_of!r}")
+        seen[client.name] = client
     return scenario

@@ -96,6 +96,15 @@ def make_plan(scenario: Scenario) -> Plan:
     plan.add(Host("v6host", "host", (), ("2001:db8::30",)))
     plan.add(Host("dualhost", "host", ("203.0.113.40",), ("2001:db8::40",)))
     for n, spec in enumerate(scenario.clients, start=1):
+        if spec.lan_of is not None:
+            router = plan.hosts[spec.lan_of].behind
+            assert router is not None
+            taken = sum(1 for h in plan.clients() if h.behind == router)
+            lan = plan.hosts[router].lan_ipv4
+            assert lan is not None
+            address = lan.rsplit(".", 1)[0] + f".{2 + taken}"
+            plan.add(Host(spec.name, "client", (address,), nat_mode=spec.nat, behind=router))
+            continue
         if spec.nat == "none":
             plan.add(Host(spec.name, "client", (f"198.51.100.{100 + n}",), nat_mode="none"))
             continue
@@ -188,28 +197,45 @@ def build(prefix: str, plan: Plan, record_namespace) -> None:
             cmds.append(f"route add default via {INET_V6} dev {inner}")
         _batch(ns, cmds)
 
+    lans: dict[str, list[str]] = {}
     for name, host in plan.hosts.items():
-        if host.behind is None:
-            continue
-        router = plan.hosts[host.behind]
-        rns, cns = names[host.behind], names[name]
-        _batch(
-            rns,
-            [
-                f"link add lan type veth peer name eth0 netns {cns}",
-                f"addr add {router.lan_ipv4}/24 dev lan",
-                "link set lan up",
-            ],
-        )
-        _batch(
-            cns,
-            [
-                f"addr add {host.ipv4[0]}/24 dev eth0",
-                "link set eth0 up",
-                f"route add default via {router.lan_ipv4} dev eth0",
-            ],
-        )
-        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=host.ipv4[0])
+        if host.behind is not None:
+            lans.setdefault(host.behind, []).append(name)
+    for router_name, members in lans.items():
+        router = plan.hosts[router_name]
+        rns = names[router_name]
+        if len(members) == 1:
+            # One client: a plain veth pair is the whole LAN.
+            _batch(
+                rns,
+                [
+                    f"link add lan type veth peer name eth0 netns {names[members[0]]}",
+                    f"addr add {router.lan_ipv4}/24 dev lan",
+                    "link set lan up",
+                ],
+            )
+        else:
+            # Several clients share one LAN: a bridge in the router, one port per client.
+            cmds = ["link add lan type bridge", f"addr add {router.lan_ipv4}/24 dev lan", "link set lan up"]
+            for k, member in enumerate(members):
+                cmds += [
+                    f"link add lan{k} type veth peer name eth0 netns {names[member]}",
+                    f"link set lan{k} master lan",
+                    f"link set lan{k} up",
+                ]
+            _batch(rns, cmds)
+        for member in members:
+            host = plan.hosts[member]
+            _batch(
+                names[member],
+                [
+                    f"addr add {host.ipv4[0]}/24 dev eth0",
+                    "link set eth0 up",
+                    f"route add default via {router.lan_ipv4} dev eth0",
+                ],
+            )
+        first = plan.hosts[members[0]]
+        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0])
 
     relay = plan.hosts["relay"]
     _batch(inet, [f"route add {TEREDO_PREFIX} via {relay.ipv6[0]} dev {BRIDGE}"])

@@ -1,0 +1,68 @@
+"""
+Local client discovery (RFC 4380 section 5.2.8) on a real LAN: two of our clients behind one
+port-restricted NAT that does not hairpin find each other through 224.0.0.253 and talk over
+the LAN, never through the NAT.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+from twisted.trial import unittest
+
+from teredonode.status import StatusUnavailable, read_status
+from teredonode.wire.address import TeredoAddress
+from tests.system.lab_fixture import use_lab
+
+
+class SharedLanDiscoveryTests(unittest.TestCase):
+    def status(self, node: str) -> dict:
+        return read_status(str(self.lab.state.path / "run" / f"{node}.status"), timeout=5)
+
+    def waitListening(self, node: str, role: str, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.status(node)[role]["state"] in ("serving", "qualified", "probing", "offline"):
+                    return
+            except (StatusUnavailable, KeyError):
+                pass
+            if time.monotonic() > deadline:
+                self.fail(f"{node} did not start: {self.lab.nodes[node].log_tail(10)}")
+            time.sleep(0.2)
+
+    def test_clients_on_one_lan_talk_directly(self) -> None:
+        self.lab = lab = use_lab(self, "shared-lan")
+        lab.start_teredonode("server", "server", "server")
+        self.waitListening("server", "server")
+        addresses = {}
+        for client in ("client1", "client2"):
+            lab.start_teredonode(client, client, "client")
+        for client in ("client1", "client2"):
+            addresses[client] = lab.wait_teredo_address(client, 20)
+            self.assertIsNotNone(addresses[client], lab.nodes[client].log_tail(10))
+        # Both sit behind the same NAT: the same mapped IPv4 in their addresses.
+        mapped = {c: TeredoAddress.parse(a).client for c, a in addresses.items()}
+        self.assertEqual(mapped["client1"], mapped["client2"])
+
+        # Capture, in client2, UDP arriving straight from client1's LAN address.
+        capture = lab.popen(
+            "client2",
+            ["timeout", "20", "tcpdump", "-n", "-l", "-i", "eth0", "-c", "3", "udp and src host 10.1.0.2 and not dst host 224.0.0.253"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self.addCleanup(lambda: capture.poll() is None and capture.kill())
+        time.sleep(1.0)  # tcpdump needs a moment to attach; bounded, not a substitute for a Clock
+        result = lab.exec("client1", ["ping", "-6", "-c", "6", "-i", "0.5", "-W", "2", addresses["client2"]], timeout=30)
+        received = re.search(r"(\d+) received", result.stdout)
+        self.assertTrue(received and int(received.group(1)) >= 5, result.stdout + result.stderr)
+        out, _ = capture.communicate(timeout=25)
+        self.assertGreaterEqual(len([l for l in out.splitlines() if "10.1.0.2." in l]), 3, out)
+        s1 = self.status("client1")["client"]
+        self.assertGreaterEqual(s1["local-discovery"]["local-peers"], 1, s1["local-discovery"])
+        # The server never had to relay a bubble between them.
+        self.assertEqual(self.status("server")["server"]["counters"]["forwarded"], 0)
