@@ -230,3 +230,91 @@ class RelayInteropTests(LabRoles):
         self.assertLessEqual(status["peers"]["peers"], 2, status)  # no state from the fuzz
         self.assertPings("client1", v6host)
         self.assertPings("v6host", address)
+
+
+def tun_packets(lab, host: str, interface: str) -> int:
+    """
+    Packets in and out of C{interface} on C{host} (the kernel's counters; 0 if absent).
+    """
+    out = lab.exec(
+        host,
+        ["cat", f"/sys/class/net/{interface}/statistics/rx_packets", f"/sys/class/net/{interface}/statistics/tx_packets"],
+        timeout=10,
+    ).stdout.split()
+    return sum(int(x) for x in out) if len(out) == 2 else 0
+
+
+class HostRelayInteropTests(LabRoles):
+    """
+    dualhost with our host-specific relay, our relay also running (so a relay path exists
+    and the test can show it is not taken).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.startOurRelay()
+        self.lab.start_teredonode("our-hr", "dualhost", "host-relay")
+        self.waitStatus("our-hr", lambda s: s["host-relay"]["state"] == "relaying", 15, "relaying")
+
+    def capture(self, seconds: int = 30) -> subprocess.Popen:
+        """
+        tcpdump on dualhost's only link, bounded in time and packets.
+        """
+        proc = self.lab.popen(
+            "dualhost",
+            ["timeout", str(seconds), "tcpdump", "-i", "eth0", "-nn", "-l", "-c", "2000"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(_reap, proc)
+        deadline = time.monotonic() + 10
+        while "listening on" not in (proc.stderr.readline() if proc.poll() is None else "listening on"):
+            if time.monotonic() > deadline:
+                break
+        return proc
+
+    def test_dualhost_reaches_clients_directly(self) -> None:
+        """
+        HR-04/06/08: dualhost pings a Miredo client and our client (and each pings it
+        back); the capture shows UDP/IPv4 between dualhost and each client's NAT, nothing
+        sent to a Teredo address over IPv6, and the relay's tunnel untouched.
+        """
+        miredo = self.startClient("miredo", "client1")
+        ours = self.startClient("ours", "client2")
+        relayBefore = tun_packets(self.lab, "relay", "teredo-relay")
+        cap = self.capture()
+        logs = ("our-hr", "our-server", "miredo-client1", "ours-client2")
+        self.assertPings("dualhost", miredo, logs=logs)
+        self.assertPings("dualhost", ours, logs=logs)
+        self.assertPings("client1", self.lab.ipv6("dualhost"), logs=logs)
+        self.assertPings("client2", self.lab.ipv6("dualhost"), logs=logs)
+        time.sleep(0.5)
+        cap.terminate()
+        out, _ = cap.communicate(timeout=10)
+        me = self.lab.ipv4("dualhost")
+        for host in ("client1", "client2"):
+            nat = self.lab.public_ipv4(host)
+            direct = [
+                line for line in out.splitlines()
+                if " IP " in line and "UDP" in line and f"{me}." in line and f"{nat}." in line
+            ]
+            # 2 x 5 echoes each way, each a request and a reply.
+            self.assertGreaterEqual(len(direct), 16, f"{host}: {len(direct)} direct datagrams\n{out[-3000:]}")
+        toTeredo = [line for line in out.splitlines() if " IP6 " in line and "> 2001:0:" in line]
+        self.assertEqual(toTeredo, [], out[-3000:])
+        self.assertEqual(tun_packets(self.lab, "relay", "teredo-relay"), relayBefore)
+        status = self.status("our-hr")["host-relay"]
+        self.assertGreaterEqual(status["counters"]["sent"], 18, status)
+        self.assertEqual(status["addresses"], [self.lab.ipv6("dualhost")])
+
+    def test_refuses_without_native_ipv6(self) -> None:
+        """
+        G-03/G-05: on client1 (IPv4 only) the host-specific relay exits with one line.
+        """
+        node = self.lab.start_teredonode("hr-client1", "client1", "host-relay")
+        deadline = time.monotonic() + 20
+        while node.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(node.exit_code(), 1, node.log_tail(10))
+        tail = node.log_tail(3)
+        self.assertIn("no native IPv6", tail[-1])
+        self.assertFalse(any("Traceback" in line for line in node.log_tail(50)), node.log_tail(50))

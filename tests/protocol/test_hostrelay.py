@@ -1,0 +1,301 @@
+"""
+The host-specific relay on the in-memory network (requirements digest section 3.4:
+HR-01..08, G-03/G-05), with our server and our client behind a NAT.  "dualhost" is a
+public IPv4 host whose native IPv6 address is L{DUAL6}; L{DualHostStack} plays its kernel:
+echo requests to DUAL6 (from our server's IPv6 side or from the host-relay's TUN) are
+answered into the host-relay's TUN, where the host routes 2001::/32.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+import tempfile
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from teredonode.config import ClientSettings, HostRelaySettings, ServerSettings
+from teredonode.interfaces import ITeredoRole
+from teredonode.roles import hostrelay as hostrelay_module
+from teredonode.roles.client import TeredoClient
+from teredonode.roles.hostrelay import (
+    ADDRESS_REFRESH,
+    HostSpecificRelay,
+    NoNativeIPv6,
+    nativeAddresses,
+)
+from teredonode.roles.relay import DROP_REASONS
+from teredonode.roles.server import TeredoServer
+from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.wire import ipv6
+from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
+from tests.protocol.test_client import Endpoint, echo, raw
+
+PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
+DUAL_IP = "203.0.113.40"
+DUAL6 = ipaddress.IPv6Address("2001:db8::40").packed
+V6HOST = ipaddress.IPv6Address("2001:db8::30").packed
+
+
+class DualHostStack:
+    """
+    dualhost's kernel and the IPv6 network around it: what our server's TUN emits for
+    DUAL6 and what the host-relay's TUN delivers to DUAL6 arrive here; echo requests are
+    answered, the answer routed into the host-relay's TUN (2001::/32).
+    """
+
+    def __init__(self, hrTun: FakeTunDevice, serverTun: FakeTunDevice) -> None:
+        self.hrTun = hrTun
+        self.tuns = (hrTun, serverTun)
+        self.seen = {id(t): 0 for t in self.tuns}
+        self.received: list[bytes] = []
+        self.elsewhere: list[bytes] = []
+
+    def pump(self) -> int:
+        moved = 0
+        for tun in self.tuns:
+            while self.seen[id(tun)] < len(tun.written):
+                packet = tun.written[self.seen[id(tun)]]
+                self.seen[id(tun)] += 1
+                moved += 1
+                self.route(packet)
+        return moved
+
+    def route(self, packet: bytes) -> None:
+        if packet[24:40] != DUAL6:
+            self.elsewhere.append(packet)
+            return
+        self.received.append(packet)
+        if packet[6] == ipv6.NH_ICMPV6 and packet[40] == ipv6.ICMP_ECHO_REQUEST:
+            request = ipv6.decode_icmpv6(packet[40:], packet[8:24], DUAL6)
+            reply = ipv6.EchoReply(request.identifier, request.sequence, request.data)
+            self.hrTun.inject(ipv6.icmpv6_packet(DUAL6, packet[8:24], reply, 64))
+
+
+class HostRelayTestCase(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.serverTun = FakeTunDevice("teredo-srv")
+        host = self.net.host(PRIMARY, SECONDARY)
+        self.server = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), host, tun=self.serverTun)
+        self.server.privilegedStartService()
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        self.addresses = {DUAL6}
+        self.hr = self.makeHostRelay()
+        self.tun: FakeTunDevice = self.hr._tun  # type: ignore[assignment]
+        self.stack = DualHostStack(self.tun, self.serverTun)
+
+    def makeHostRelay(self, start: bool = True, ip: str = DUAL_IP, **overrides: Any) -> HostSpecificRelay:
+        hr = HostSpecificRelay(
+            HostRelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-hr"),
+            FakeNetworkConfigurator(), lambda: set(self.addresses), randbytes=random.Random(3).randbytes,
+        )
+        if start:
+            hr.privilegedStartService()
+            hr.startService()
+            self.addCleanup(hr.stopService)
+        return hr
+
+    def makeClient(self) -> TeredoClient:
+        nat = self.net.nat("port-restricted", public="198.51.100.1", rng=random.Random(1))
+        rng = random.Random(1)
+        client = TeredoClient(
+            ClientSettings(server=PRIMARY, secondary=SECONDARY), nat.host("10.0.0.2"),
+            FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
+        )
+        client.privilegedStartService()
+        client.startService()
+        self.addCleanup(client.stopService)
+        self.settle()
+        self.assertEqual(client.state, "qualified")
+        return client
+
+    def settle(self) -> None:
+        while True:
+            self.net.flush()
+            if not self.stack.pump():
+                return
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        local = self.hr._socket.sender.local  # type: ignore[union-attr]
+        return (DUAL_IP, local[1])
+
+    def drops(self) -> dict[str, int]:
+        return {k: v for k, v in self.hr.status()["drops"].items() if v}
+
+    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
+        endpoint = Endpoint()
+        udp = self.net.host("192.0.2.50").listenUDP(40000, endpoint, interface="192.0.2.50")
+        address = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 40000, "192.0.2.50").to_bytes()
+        self.tun.inject(echo(DUAL6, address, b"first"))
+        self.settle()
+        udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
+        self.settle()
+        self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
+        return endpoint, udp, address
+
+
+class ServiceTests(HostRelayTestCase):
+    def test_startConfiguresHost(self) -> None:
+        """
+        HR-01/02: an unnumbered TUN with 2001::/32 routed to it, forwarding left off, no
+        Teredo address; the status lists the host's addresses and every drop reason.
+        """
+        conf: FakeNetworkConfigurator = self.hr._netconfig  # type: ignore[assignment]
+        self.assertIn(("teredo-hr", "2001::/32", 1024), conf.routes)
+        self.assertEqual(conf.addresses["teredo-hr"], set())
+        self.assertFalse(conf.forwarding)
+        self.assertNotIn("setForwarding", [c[0] for c in conf.calls])
+        status = self.hr.status()
+        self.assertEqual(status["state"], "relaying")
+        self.assertEqual(status["addresses"], ["2001:db8::40"])
+        self.assertEqual(list(status["drops"]), list(DROP_REASONS))
+        self.assertTrue(verifyObject(ITeredoRole, self.hr))
+        self.assertEqual(self.hr.roleName, "host-relay")
+        self.hr.stopService()
+        self.server.stopService()
+        self.assertEqual(conf.routes, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_refusesWithoutNativeIPv6(self) -> None:
+        """
+        G-03/G-05: no native IPv6, no host-specific relay: one line, nothing opened.
+        """
+        self.addresses = set()
+        hr = self.makeHostRelay(start=False, ip="203.0.113.41")
+        with self.assertRaises(NoNativeIPv6) as caught:
+            hr.privilegedStartService()
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertFalse(hr._tun.opened)  # type: ignore[attr-defined]
+
+    def test_makeRoleRefusesOneLine(self) -> None:
+        """
+        The production wiring stops twistd with one line on a host without native IPv6.
+        """
+        self.patch(hostrelay_module, "nativeAddresses", lambda *a, **k: frozenset())
+        with self.assertRaises(SystemExit) as caught:
+            hostrelay_module.makeRole(HostRelaySettings(), None, Clock())
+        self.assertIn("no native IPv6", str(caught.exception.code))
+        self.assertNotIn("\n", str(caught.exception.code))
+        self.patch(hostrelay_module, "nativeAddresses", lambda *a, **k: frozenset({DUAL6}))
+        role = hostrelay_module.makeRole(HostRelaySettings(), None, Clock())
+        self.assertTrue(verifyObject(ITeredoRole, role))
+
+    def test_nativeAddresses(self) -> None:
+        """
+        Global, non-Teredo addresses on other interfaces than ours; DAD failures excluded.
+        """
+        table = (
+            "00000000000000000000000000000001 01 80 10 80       lo\n"
+            "20010db8000000000000000000000040 02 40 00 80     eth0\n"
+            "fe800000000000000000000000000040 02 40 20 80     eth0\n"
+            "20010db8000000000000000000000041 02 40 00 88     eth0\n"
+            "20010000cb00710a0000f227c633647f 03 20 00 80   teredo\n"
+            "20010db8000000000000000000000099 04 40 00 80 teredo-hr\n"
+            "2a000000000000000000000000000001 05 40 00 80     eth1\n"
+        )
+        with tempfile.NamedTemporaryFile("w", delete=False) as f:
+            f.write(table)
+        self.addCleanup(os.unlink, f.name)
+        found = nativeAddresses("teredo-hr", f.name)
+        self.assertEqual(
+            {str(ipaddress.IPv6Address(a)) for a in found}, {"2001:db8::40", "2a00::1"}
+        )
+        self.assertEqual(nativeAddresses("x", "/nonexistent/if_inet6"), frozenset())
+
+    def test_addressesRefreshed(self) -> None:
+        """
+        An address the host gains after start is served within L{ADDRESS_REFRESH} s.
+        """
+        new = ipaddress.IPv6Address("2001:db8::41").packed
+        self.assertFalse(self.hr.serves(new))
+        self.addresses.add(new)
+        self.clock.advance(ADDRESS_REFRESH)
+        self.assertTrue(self.hr.serves(new))
+
+
+class PathTests(HostRelayTestCase):
+    def test_hostReachesOurClientDirectly(self) -> None:
+        """
+        HR-04, HR-06, HR-08: dualhost pings our client: the host-relay bubbles it (through
+        its server and directly), sends the request from dualhost's own IPv4 endpoint; the
+        client verifies that endpoint with its echo test (the reply is routed into the
+        host-relay's TUN, not over IPv6) and answers directly.  No data crosses a relay.
+        """
+        client = self.makeClient()
+        caddr = raw(client.address)
+        request = echo(DUAL6, caddr, b"hi from dualhost")
+        self.tun.inject(request)
+        self.settle()
+        self.assertIn(request, client._tun.written)  # type: ignore[attr-defined]
+        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        reply = echo(caddr, DUAL6, b"hi from dualhost", reply=True)
+        client._tun.inject(reply)  # type: ignore[attr-defined]
+        self.settle()
+        self.assertIn(reply, self.stack.received)
+        self.assertEqual(self.stack.elsewhere, [])
+        # Every datagram carrying data (not a bubble) went between the two endpoints.
+        data = [d for d in self.net.capture if not (d.data[6:7] == b"\x3b" and len(d.data) <= 48)]
+        for d in data:
+            if {d.src[0], d.dst[0]} & {PRIMARY, SECONDARY}:
+                # Qualification, and the client's echo test (request) through its server.
+                continue
+            self.assertIn(DUAL_IP, (d.src[0], d.dst[0]), d)
+        self.assertEqual(self.drops(), {})
+
+    def test_clientReachesHostDirectly(self) -> None:
+        """
+        HR-06: our client pings dualhost: its echo test goes through its server over IPv6;
+        dualhost's reply is routed into the host-relay, which bubbles and sends it; the
+        client adopts dualhost's own endpoint and sends directly from then on.
+        """
+        client = self.makeClient()
+        caddr = raw(client.address)
+        client._tun.inject(echo(caddr, DUAL6, b"ping"))  # type: ignore[attr-defined]
+        self.settle()
+        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        requests = [p for p in self.stack.received if p[40] == ipv6.ICMP_ECHO_REQUEST and p[48:] == b"ping"]
+        self.assertEqual(len(requests), 1)
+        replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
+        self.assertEqual([r[48:] for r in replies], [b"ping"])
+        forwarded = self.server.status()["counters"]
+        client._tun.inject(echo(caddr, DUAL6, b"again"))  # type: ignore[attr-defined]
+        self.settle()
+        self.assertEqual(self.stack.received[-1][48:], b"again")
+        self.assertEqual(self.server.status()["counters"], forwarded)
+
+    def test_onlyTheHostsOwnAddresses(self) -> None:
+        """
+        HR-05: from clients, only packets for the host's own addresses are accepted; HR-04:
+        from the host, only packets from its own addresses (forwarded traffic of other
+        hosts never uses this interface).
+        """
+        endpoint, udp, address = self.trustedFakeClient()
+        udp.write(echo(address, V6HOST, b"not ours"), self.endpoint)
+        udp.write(echo(address, DUAL6, b"ours"), self.endpoint)
+        self.settle()
+        self.assertEqual([p[48:] for p in self.stack.received], [b"ours"])
+        self.tun.inject(echo(V6HOST, address, b"forwarded"))
+        self.assertEqual(self.drops(), {"wrong-destination": 1, "host-foreign-source": 1})
+
+    def test_spoofedAndUnsolicitedDropped(self) -> None:
+        """
+        HR-05 with RL-RX-03/04 in full: a client's address from another endpoint, and a
+        client the host never sent to, are dropped without state.
+        """
+        endpoint, udp, address = self.trustedFakeClient()
+        attacker = self.net.host("192.0.2.66").listenUDP(5555, Endpoint(), interface="192.0.2.66")
+        attacker.write(echo(address, DUAL6, b"spoof"), self.endpoint)
+        stranger = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 5555, "192.0.2.66").to_bytes()
+        attacker.write(echo(stranger, DUAL6, b"unsolicited"), self.endpoint)
+        self.settle()
+        self.assertEqual(self.drops(), {"mapping-mismatch": 1, "unknown-peer": 1})
+        self.assertEqual(len(self.hr.tunnel.peers), 1)
+        self.assertEqual([p[48:] for p in self.stack.received], [])
