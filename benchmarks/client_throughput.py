@@ -1,0 +1,282 @@
+#!/usr/bin/env python3
+"""
+Client throughput: our Teredo client against Miredo's, on the same path in the same run.
+
+    sudo python3 benchmarks/client_throughput.py           # 2 rounds, about 2 minutes (bound 4)
+    sudo python3 benchmarks/client_throughput.py --quick   # 1 round, about 1 minute
+
+The path (docs/performance.md has the method and the figures):
+
+    client1 (10.1.0.2) -- nat1 (port-restricted NAT) -- inet -- relay (Miredo relay) -- v6host
+                                                          \\-- server (miredo-server)
+
+  - Everything runs in a teredonode lab (C{teredonode.lab.lab.Lab}, scenario "default"): its
+    own network namespaces, documentation addresses, no route out; always torn down.
+  - The two clients take turns on the same host, client1, behind the same NAT: ours, Miredo,
+    ours, Miredo...  Each turn starts the client, waits for its Teredo address, warms the path
+    up (pings both ways, so the echo test and the relay's bubbles are done), runs the
+    measurements, and stops the client.  Server and relay are Miredo's, so only the client
+    differs.
+  - Measurements (iperf3 from Debian, server on v6host): TCP for C{--seconds} each way (client
+    -> v6host "up", v6host -> client "down"), then UDP with 64-byte payloads offered at
+    C{--udp-rate} packets/s each way, counted by the receiver.  The client's CPU time
+    (utime + stime of its process tree, from /proc) is read around each measurement.
+  - Figures are the best over the rounds (a shared machine only ever slows a run down), and
+    the ratio ours / Miredo is of those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+HOST = "client1"
+IPERF_PORT = 5201
+UDP_PAYLOAD = 64
+QUALIFY_TIMEOUT = 20.0
+TESTS = (("tcp", "up"), ("tcp", "down"), ("udp", "up"), ("udp", "down"))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ process CPU
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """
+    utime + stime (seconds) of C{pid} and its descendants (Miredo forks a privileged helper).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+        todo += _children(p)
+    return total / tick
+
+
+# ------------------------------------------------------------------------ measurements
+
+
+def iperf(lab, v6host: str, proto: str, direction: str, seconds: float, udp_rate: int) -> dict:
+    """
+    One iperf3 run from client1 to v6host; returns the receiver's figures.
+    """
+    argv = ["iperf3", "-6", "-c", v6host, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+            "--connect-timeout", "5000"]
+    if direction == "down":
+        argv.append("-R")
+    if proto == "udp":
+        argv += ["-u", "-l", str(UDP_PAYLOAD), "-b", str(udp_rate * UDP_PAYLOAD * 8)]
+    result = lab.exec(HOST, argv, timeout=seconds + 30)
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        return {"error": (result.stderr or result.stdout).strip()[-200:] or f"exit {result.returncode}"}
+    if "error" in data:
+        return {"error": data["error"]}
+    end = data["end"]
+    if proto == "tcp":
+        received = end["sum_received"]
+        return {
+            "mbit": received["bits_per_second"] / 1e6,
+            "seconds": received["seconds"],
+            "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        }
+    s = end["sum"]
+    got = s["packets"] - s["lost_packets"]
+    return {
+        "pps": got / s["seconds"],
+        "sent-pps": s["packets"] / s["seconds"],
+        "loss": s["lost_percent"],
+    }
+
+
+def ping_ok(lab, src: str, dst: str) -> bool:
+    r = lab.exec(src, ["ping", "-6", "-n", "-c", "3", "-i", "0.3", "-W", "2", dst], timeout=20)
+    return r.returncode == 0
+
+
+def run_turn(lab, impl: str, turn: int, args, v6host: str) -> dict:
+    """
+    Start C{impl}'s client on client1, measure, stop it.
+    """
+    node = f"{impl}-client-{turn}"
+    if impl == "ours":
+        handle = lab.start_teredonode(node, HOST, "client")
+    else:
+        handle = lab.start_miredo(node, HOST, "client")
+    try:
+        address = lab.wait_teredo_address(HOST, QUALIFY_TIMEOUT)
+        if address is None:
+            raise RuntimeError(f"{impl} client did not qualify: {handle.log_tail(5)}")
+        if not (ping_ok(lab, HOST, v6host) and ping_ok(lab, "v6host", address)):
+            raise RuntimeError(f"{impl} client: no path to v6host: {handle.log_tail(5)}")
+        pid = handle.record.pid
+        results = {}
+        for proto, direction in TESTS:
+            cpu0, t0 = tree_cpu(pid), time.monotonic()
+            figures = iperf(lab, v6host, proto, direction, args.seconds, args.udp_rate)
+            elapsed = time.monotonic() - t0
+            figures["cpu"] = (tree_cpu(pid) - cpu0) / elapsed  # fraction of one CPU
+            results[f"{proto}-{direction}"] = figures
+            log(f"  {impl:6} {proto} {direction:4} {fmt(proto, figures)}  client CPU {figures['cpu']:.0%}")
+        return results
+    finally:
+        lab.stop_node(node)
+        deadline = time.monotonic() + 10
+        while lab.teredo_address(HOST) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def fmt(proto: str, f: dict) -> str:
+    if "error" in f:
+        return f"error: {f['error']}"
+    if proto == "tcp":
+        return f"{f['mbit']:8.1f} Mbit/s ({f['retransmits']} retransmits)"
+    return f"{f['pps']:8.0f} pkt/s received ({f['sent-pps']:.0f} sent, {f['loss']:.1f} % lost)"
+
+
+def best(turns: list[dict], key: str, metric: str) -> dict | None:
+    ok = [t[key] for t in turns if key in t and metric in t[key]]
+    return max(ok, key=lambda f: f[metric]) if ok else None
+
+
+def report(results: dict[str, list[dict]], args) -> str:
+    lines = [
+        f"Client throughput to v6host via a Miredo relay (miredo-server; client behind a "
+        f"port-restricted NAT; {args.seconds:g} s per measurement, best of {args.rounds} round(s))",
+        "",
+        f"{'measurement':28} {'ours':>16} {'Miredo':>16} {'ours/Miredo':>12}",
+    ]
+    for proto, direction in TESTS:
+        key = f"{proto}-{direction}"
+        metric, unit = ("mbit", "Mbit/s") if proto == "tcp" else ("pps", "pkt/s")
+        label = f"{'TCP' if proto == 'tcp' else 'UDP 64 B'} {'client->v6host' if direction == 'up' else 'v6host->client'}"
+        ours, theirs = best(results["ours"], key, metric), best(results["miredo"], key, metric)
+        a = f"{ours[metric]:.1f} {unit}" if ours and proto == "tcp" else f"{ours[metric]:.0f} {unit}" if ours else "error"
+        b = f"{theirs[metric]:.1f} {unit}" if theirs and proto == "tcp" else f"{theirs[metric]:.0f} {unit}" if theirs else "error"
+        ratio = f"{ours[metric] / theirs[metric]:.2f}" if ours and theirs and theirs[metric] else "-"
+        lines.append(f"{label:28} {a:>16} {b:>16} {ratio:>12}")
+        if ours and theirs:
+            lines.append(f"{'  client CPU (of one CPU)':28} {ours['cpu']:>16.0%} {theirs['cpu']:>16.0%}")
+            # CPU per unit of traffic: steadier than rates on a shared machine.
+            if proto == "tcp":
+                a, b = (1000 * f["cpu"] / f["mbit"] for f in (ours, theirs))
+                lines.append(f"{'  client CPU s per Gbit':28} {a:>16.2f} {b:>16.2f} {a / b:>12.2f}")
+            else:
+                a, b = (1e6 * f["cpu"] / f["pps"] for f in (ours, theirs))
+                lines.append(f"{'  client CPU us per packet':28} {a:>16.1f} {b:>16.1f} {a / b:>12.2f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    parser.add_argument("--quick", action="store_true", help="one round of 3 s measurements (about 1 minute)")
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 5, --quick 3)")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds (default 2, --quick 1)")
+    parser.add_argument("--udp-rate", type=int, default=400_000, help="offered UDP packets/s (default 400000: more than either client forwards here)")
+    parser.add_argument("--json", action="store_true", help="print the raw figures as JSON as well")
+    args = parser.parse_args(argv)
+    args.seconds = args.seconds or (3.0 if args.quick else 5.0)
+    args.rounds = args.rounds or (1 if args.quick else 2)
+    if not 1 <= args.seconds <= 10 or not 1 <= args.rounds <= 3:
+        parser.error("--seconds must be 1..10 and --rounds 1..3 (the run is bounded to 4 minutes)")
+
+    if os.geteuid() != 0:
+        print("client_throughput.py: needs root (it builds a network lab); run it with sudo", file=sys.stderr)
+        return 2
+    for tool in ("iperf3", "miredo", "miredo-server", "twistd"):
+        if shutil.which(tool) is None:
+            print(f"client_throughput.py: {tool} not found (apt-get install iperf3 miredo miredo-server)", file=sys.stderr)
+            return 2
+
+    from teredonode.errors import LabError
+    from teredonode.lab.lab import Lab
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    base = Path(tempfile.mkdtemp(prefix="teredo-bench-client-"))
+    os.chmod(base, 0o755)  # Miredo drops privileges and must still read its config
+    lab = None
+    started = time.monotonic()
+    try:
+        lab = Lab.up("default", base=base)
+        lab.start_miredo("miredo-server", "server", "server")
+        lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+        lab.start_miredo("miredo-relay", "relay", "relay")
+        for host in ("server", "relay"):
+            if not lab.wait_udp_listening(host, 3544, 15):
+                raise LabError(f"Miredo on {host} does not listen")
+        lab.popen("v6host", ["iperf3", "-s", "-p", str(IPERF_PORT)],
+                  stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
+        if not _tcp_listening(lab, "v6host", IPERF_PORT, 10):
+            raise LabError("iperf3 server on v6host did not start")
+        v6host = lab.ipv6("v6host")
+        results: dict[str, list[dict]] = {"ours": [], "miredo": []}
+        turn = 0
+        for rnd in range(args.rounds):
+            log(f"round {rnd + 1}/{args.rounds}")
+            for impl in ("ours", "miredo"):
+                turn += 1
+                results[impl].append(run_turn(lab, impl, turn, args, v6host))
+        print(report(results, args))
+        if args.json:
+            print(json.dumps(results, indent=1))
+        log(f"total {time.monotonic() - started:.0f} s")
+        return 0
+    except (LabError, RuntimeError) as e:
+        print(f"client_throughput.py: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("client_throughput.py: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if lab is not None:
+            lab.down()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _tcp_listening(lab, host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if lab.exec(host, ["ss", "-Hnlt", "sport", "=", f":{port}"], timeout=10).stdout.strip():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())
