@@ -574,6 +574,10 @@ class TeredoClient(Service):
         if changed:
             if self.address is not None:
                 self.counters["address-changes"] += 1
+                # Every peer knew us by the old address and mapping: trust must be earned
+                # again (a relay drops packets from a mapping it does not know -- Miredo's
+                # does -- so a peer kept trusted would be sent to straight into a drop).
+                self.tunnel.reset()
             self._removeAddresses()
             server = ipv4.unpack(prefix[4:8])
             flags = random_flags(False, self._rng.getrandbits)

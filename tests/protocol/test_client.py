@@ -353,6 +353,25 @@ class MaintenanceTests(ClientTestCase):
         self.assertEqual(addresses, {(after["address"], 32), (after["link-local"], 64)})
         self.assertEqual(after["counters"]["qualifications"], 1)
 
+    def test_mappingChangeForgetsPeers(self) -> None:
+        """
+        After an address change no peer stays trusted: they knew us by the old address and
+        mapping, and a relay drops packets from a mapping it does not know (Miredo's does),
+        so a kept entry would send straight into a drop until it expired.
+        """
+        client = self.makeClient("port-restricted", natTimeout=20)
+        self.net.flush()
+        relay = ipaddress.IPv6Address("2001:db8::99").packed
+        peer = client.tunnel.peers.create(relay, ("203.0.113.20", 3544))
+        peer.trust(("203.0.113.20", 3544), self.clock.seconds())
+        for _ in range(31):
+            # The relay keeps talking to us, so the entry never expires by itself.
+            if client.tunnel.peers.get(relay) is peer:
+                peer.heard(self.clock.seconds())
+            self.net.run(1)
+        self.assertEqual(client.status()["counters"]["address-changes"], 1)
+        self.assertIsNone(client.tunnel.peers.get(relay))
+
     def test_serverLossAndRecovery(self) -> None:
         """
         CL-M-03 and CL-Q-10: three unanswered refreshes -> server lost, address removed,
