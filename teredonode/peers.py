@@ -24,7 +24,7 @@ busy: see L{PeerList.expire}.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from typing import Any, Callable, Iterator, NamedTuple
 
 from teredonode.interfaces import Endpoint
@@ -107,11 +107,13 @@ class Peer:
         # is invalid (nothing heard) and a first bubble may go at once.
         self.last_rx = now - VALID_FOR
         self.last_tx = now - VALID_FOR
-        self.bubbles: deque[float] = deque(maxlen=BUBBLE_MAX_UNANSWERED)
+        # Plain lists, not deques: an empty deque costs about 600 bytes, and a relay keeps up
+        # to a million entries, nearly all with both of these empty or short.
+        self.bubbles: list[float] = []
         self.attempts = 0
         self.local = False
         self.local_endpoint: Endpoint | None = None
-        self.queue: deque[Queued] = deque()
+        self.queue: list[Queued] = []
         self.queued_bytes = 0
         self.timer: Any = None
 
@@ -143,7 +145,10 @@ class Peer:
         Section 5.2.6 MUST: update the last transmission and count the bubble.
         """
         self.last_tx = now
-        self.bubbles.append(now)
+        bubbles = self.bubbles
+        if len(bubbles) >= BUBBLE_MAX_UNANSWERED:
+            del bubbles[0]
+        bubbles.append(now)
 
     def heard(self, now: float) -> None:
         """
@@ -298,15 +303,20 @@ class PeerList:
         300 s), because forgetting it would let a fresh entry bubble again at once.
         """
         now = self._clock()
-        gone = 0
-        for address, peer in list(self._peers.items()):
-            window = self.local_valid_for if peer.local else self.valid_for
-            if now - peer.last_rx < window or now - peer.last_tx < window:
+        # One pass over what may be a million entries (a relay's): comparisons against
+        # precomputed cut-offs, the bubble check only where bubbles were sent, removal after.
+        cutoff = now - self.valid_for
+        localCutoff = now - self.local_valid_for
+        doomed = []
+        for address, peer in self._peers.items():
+            limit = localCutoff if peer.local else cutoff
+            if peer.last_rx > limit or peer.last_tx > limit:
                 continue
-            if peer.probe_limited(now):
+            if peer.bubbles and peer.probe_limited(now):
                 continue
-            del self._peers[address]
-            self._removed(peer)
-            gone += 1
-        self.expired += gone
-        return gone
+            doomed.append(address)
+        peers = self._peers
+        for address in doomed:
+            self._removed(peers.pop(address))
+        self.expired += len(doomed)
+        return len(doomed)
