@@ -40,14 +40,14 @@ at most L{ICMP_ERRORS_PER_SECOND} a second.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint
-from teredonode.peers import Peer, PeerList
+from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
 from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, mapping_of, server_of
@@ -200,6 +200,9 @@ class TeredoTunnel:
         # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
         # test toward the same IPv6 peer cannot hold back the answer that opens our NAT).
         self._answerLimit = RateLimiter(clock, 1.0 / PROBE_INTERVAL, 1, peers.max_peers)
+        # forget_unreachable: when each removed peer's bubbles began, so that section 5.2.6's
+        # "no more than 4 in 300 s" outlives the entry (RL-04); bounded like the peer list.
+        self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         #: Our own Teredo address (16 bytes), None while we have none.
@@ -260,6 +263,7 @@ class TeredoTunnel:
         """
         for peer in self.peers:
             self.peers.remove(peer.address)
+        self._unreachableSince.clear()
 
     def _peerRemoved(self, peer: Peer) -> None:
         if peer.timer is not None and peer.timer.active():
@@ -327,8 +331,24 @@ class TeredoTunnel:
             self.drops["non-global-destination"] += 1
             return
         if peer is None:
+            if self._unreachableSince and self._stillUnreachable(dst):
+                self.drops["probe-limited"] += 1
+                self._unreachable(packet)
+                return
             peer = self.peers.create(dst)
         self._queueAndProbe(peer, packet, None, self._bubble)
+
+    def _stillUnreachable(self, dst: bytes) -> bool:
+        """
+        Was C{dst} removed after unanswered bubbles less than 300 s after they began?
+        """
+        since = self._unreachableSince.get(dst)
+        if since is None:
+            return False
+        if self._clock.seconds() - since < BUBBLE_WINDOW:
+            return True
+        del self._unreachableSince[dst]
+        return False
 
     def _toNative(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
         """
@@ -390,6 +410,13 @@ class TeredoTunnel:
             else:
                 self.drops["unverified-source"] += 1
         if self.policy.forget_unreachable:
+            # RL-TX-05: the entry goes; RL-04 (5.2.6 by analogy): its bubble limit stays.
+            if peer.bubbles:
+                record = self._unreachableSince
+                record[peer.address] = peer.bubbles[0]
+                record.move_to_end(peer.address)
+                while len(record) > self.peers.max_peers:
+                    record.popitem(last=False)
             self.peers.remove(peer.address)
             self.drops["unreachable-peer"] += 1
 

@@ -292,7 +292,8 @@ class TransmissionTests(RelayTestCase):
         """
         RL-TX-05/06/07, RL-04: toward a silent client, a direct bubble to its mapping and an
         indirect one to its server:3544 at once and every 2 s, 4 pairs in all; then the
-        entry and its queue are removed and the sender hears address unreachable.
+        entry and its queue are removed and the sender hears address unreachable; no more
+        bubbles to it until 300 s after the first.
         """
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         times: dict[tuple[str, int], list[float]] = {}
@@ -316,6 +317,17 @@ class TransmissionTests(RelayTestCase):
         errors = [p for p in self.tun.written if p[40] == 1]
         self.assertEqual(len(errors), 2)
         self.assertEqual(errors[0][8:24], silent)
+        # RL-04 (5.2.6 by analogy): the entry is gone but its bubble limit is not: for 300 s
+        # after the first bubble, packets to that client are refused at once.
+        self.tun.inject(echo(V6HOST, silent, b"3"))
+        self.advance(10, step=1)
+        self.assertEqual(len(times[(PRIMARY, 3544)]), 4)
+        self.assertNotIn(silent, self.relay.tunnel.peers)
+        self.assertEqual(self.drops()["probe-limited"], 1)
+        self.clock.advance(300)
+        self.tun.inject(echo(V6HOST, silent, b"4"))
+        self.settle()
+        self.assertEqual(len(times[(PRIMARY, 3544)]), 5)
 
     def test_bubbleFormat(self) -> None:
         """
