@@ -23,7 +23,7 @@ from teredonode.roles.relay import DROP_REASONS, TeredoRelay, servedBy
 from teredonode.roles.server import TeredoServer
 from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress, mapping_of
+from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
 from tests.protocol.test_client import Endpoint, echo, raw
 
@@ -225,6 +225,31 @@ class EndToEndTests(RelayTestCase):
         self.settle()
         self.assertEqual(self.side.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
+
+    def test_dataPathLogsNothing(self) -> None:
+        """
+        The hot path never logs: thousands of forwarded, dropped and bubbled packets
+        produce no log event from the relay or the tunnel core.
+        """
+        from twisted.logger import globalLogPublisher
+
+        events: list[dict] = []
+
+        def observer(event: dict) -> None:
+            if str(event.get("log_namespace", "")).startswith("teredonode.roles"):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        endpoint, udp, address = self.trustedFakeClient()
+        for i in range(1000):
+            self.tun.inject(echo(V6HOST, address, b"%d" % i))
+            udp.write(echo(address, V6HOST, b"%d" % i), (RELAY_IP, 3544))
+            udp.write(b"junk", (RELAY_IP, 3544))
+            self.tun.inject(echo(V6HOST, teredo(PRIMARY, "10.0.0.1", i + 1)))
+        self.settle()
+        self.assertEqual(len(self.side.received), 1000)
+        self.assertEqual(events, [])
 
     def test_v6HostReachesOurClient(self) -> None:
         """
