@@ -38,7 +38,6 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -48,7 +47,7 @@ from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, TeredoTunnel
 from teredonode.security import auth_matches, teredo_auth_value
-from teredonode.udp import DatagramSender
+from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_RESTRICTED,
@@ -159,22 +158,6 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
     return False
 
 
-class _ClientSocket(DatagramProtocol):
-    """
-    The service port; hands datagrams to the client.
-    """
-
-    def __init__(self, client: TeredoClient) -> None:
-        self._client = client
-        self.sender: DatagramSender | None = None
-
-    def startProtocol(self) -> None:
-        self.sender = DatagramSender(self.transport)
-
-    def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
-        self._client.datagramReceived(data, addr)
-
-
 @implementer(ITeredoRole)
 class TeredoClient(Service):
     """
@@ -215,7 +198,7 @@ class TeredoClient(Service):
         self.secondary: str | None = settings.secondary
         self._secret = settings.secret.encode() if settings.secret else None
         self._clientId = settings.client_id.encode() if settings.client_id else b""
-        self._socket = _ClientSocket(self)
+        self._socket = ServicePort(self.datagramReceived)
         self._port: Any = None
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()

@@ -36,10 +36,10 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet.error import CannotListenError
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 
 from teredonode.interfaces import Endpoint
+from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT
 from teredonode.wire.errors import ParseError
@@ -84,18 +84,6 @@ def discovery_bubble(address: bytes) -> bytes:
     W-BUB-4: a bubble from our global Teredo address to all nodes, hop limit 1.
     """
     return bubble(address, ALL_NODES, 1)
-
-
-class _GroupSocket(DatagramProtocol):
-    """
-    The 224.0.0.253:3544 socket; hands datagrams to L{LocalDiscovery}.
-    """
-
-    def __init__(self, discovery: LocalDiscovery) -> None:
-        self._discovery = discovery
-
-    def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
-        self._discovery.datagramReceived(data, addr)
 
 
 class LocalDiscovery:
@@ -172,7 +160,7 @@ class LocalDiscovery:
         """
         try:
             self._port = self._reactor.listenMulticast(
-                TEREDO_PORT, _GroupSocket(self), interface=DISCOVERY_GROUP, listenMultiple=True
+                TEREDO_PORT, ServicePort(self.datagramReceived), interface=DISCOVERY_GROUP, listenMultiple=True
             )
         except CannotListenError as e:
             self._failed(e, "listen on 224.0.0.253:3544")

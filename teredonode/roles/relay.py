@@ -37,7 +37,6 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -49,7 +48,7 @@ from teredonode.roles.tunnel import (
     TeredoTunnel,
     TunnelPolicy,
 )
-from teredonode.udp import DatagramSender, raiseBufferSizes
+from teredonode.udp import ServicePort, raiseBufferSizes
 from teredonode.wire.errors import ParseError
 from teredonode.wire.teredo import classify
 
@@ -158,22 +157,6 @@ def bubbleSourceFrom(randbytes: Callable[[int], bytes]) -> bytes:
     return b"\xfe\x80" + b"\x00" * 6 + bytes(iid)
 
 
-class _RelaySocket(DatagramProtocol):
-    """
-    The relay's UDP port; hands datagrams to the relay.
-    """
-
-    def __init__(self, relay: TeredoRelay) -> None:
-        self._relay = relay
-        self.sender: DatagramSender | None = None
-
-    def startProtocol(self) -> None:
-        self.sender = DatagramSender(self.transport)
-
-    def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
-        self._relay.datagramReceived(data, addr)
-
-
 @implementer(ITeredoRole)
 class TeredoRelay(Service):
     """
@@ -205,7 +188,7 @@ class TeredoRelay(Service):
         self._tun = tun
         self._netconfig = netconfig
         self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
-        self._socket = _RelaySocket(self)
+        self._socket = ServicePort(self.datagramReceived)
         self._port: Any = None
         self._routed = False
         self.state = "stopped"

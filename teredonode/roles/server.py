@@ -17,17 +17,17 @@ from __future__ import annotations
 import socket
 import struct
 from collections import Counter
+from functools import partial
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.security import RateLimiter, auth_matches, teredo_auth_value
-from teredonode.udp import DatagramSender
+from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import TEREDO_PORT, mapping_of, server_link_local
 from teredonode.wire.errors import ParseError
@@ -99,23 +99,6 @@ def _rs_cone(src: bytes) -> bool:
     return bool(src[8] & 0x80)
 
 
-class _ServerSocket(DatagramProtocol):
-    """
-    One of the server's two UDP sockets; tells the server which address a datagram hit.
-    """
-
-    def __init__(self, server: TeredoServer, index: int) -> None:
-        self._server = server
-        self._index = index
-        self.sender: DatagramSender | None = None
-
-    def startProtocol(self) -> None:
-        self.sender = DatagramSender(self.transport)
-
-    def datagramReceived(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._server.datagramReceived(data, addr, self._index)
-
-
 @implementer(ITeredoRole)
 class TeredoServer(Service):
     """
@@ -156,7 +139,7 @@ class TeredoServer(Service):
         self._secure: bool = settings.secure
         self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
         self._raCache: dict[bytes, bytes] = {}
-        self._sockets = [_ServerSocket(self, 0), _ServerSocket(self, 1)]
+        self._sockets = [ServicePort(partial(self.datagramReceived, index=i)) for i in (0, 1)]
         self._ports: list[Any] = []
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()

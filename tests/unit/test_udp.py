@@ -15,7 +15,7 @@ from zope.interface.verify import verifyObject
 
 from teredonode.interfaces import IDatagramSender
 from teredonode.testing import FakeInternet
-from teredonode.udp import DatagramSender, raiseBufferSizes
+from teredonode.udp import DatagramSender, ServicePort, raiseBufferSizes
 
 
 class Receiver(DatagramProtocol):
@@ -174,3 +174,21 @@ class SocketHelperTests(SynchronousTestCase):
         self.addCleanup(sock.close)
         rcv, _ = raiseBufferSizes(sock, receive=300_000)
         self.assertEqual(rcv, 2 * min(300_000, rmemMax))
+
+
+class ServicePortTests(SynchronousTestCase):
+    """
+    The one protocol class behind every role's UDP socket.
+    """
+
+    def test_delivers_to_the_role_and_offers_a_sender(self) -> None:
+        net = FakeInternet(Clock())
+        got: list[tuple[bytes, tuple[str, int]]] = []
+        port = ServicePort(lambda data, addr: got.append((data, addr)))
+        self.assertIsNone(port.sender)
+        net.host("192.0.2.1").listenUDP(3544, port, interface="192.0.2.1")
+        other = ServicePort(lambda data, addr: None)
+        net.host("192.0.2.2").listenUDP(4000, other, interface="192.0.2.2")
+        other.sender.sendto(b"hello", ("192.0.2.1", 3544))
+        net.flush()
+        self.assertEqual(got, [(b"hello", ("192.0.2.2", 4000))])
