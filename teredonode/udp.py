@@ -121,3 +121,12 @@ class ServicePort(DatagramProtocol):
 
     def startProtocol(self) -> None:
         self.sender = DatagramSender(self.transport)
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        """
+        Send through L{sender}.  A role only sends in answer to traffic or after binding, so
+        the port is always listening by then; before that the datagram is simply not sent.
+        """
+        sender = self.sender
+        if sender is not None:
+            sender.sendto(data, addr)

@@ -209,7 +209,7 @@ class TeredoClient(Service):
             queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
         )
         self.tunnel = TeredoTunnel(
-            reactor, CLIENT_POLICY, peers, self._send, self._toHost, self._randbytes
+            reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes
         )
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops
@@ -240,7 +240,7 @@ class TeredoClient(Service):
                 self.discovery = LocalDiscovery(
                     reactor,
                     self.tunnel,
-                    self._send,
+                    self._socket.sendto,
                     lambda: self.state == "qualified",
                     lambda: self.mapping[0] if self.mapping is not None else None,
                     self._rng.uniform,
@@ -295,11 +295,6 @@ class TeredoClient(Service):
         return None
 
     # -- I/O glue ----------------------------------------------------------------------------
-
-    def _send(self, data: bytes, addr: Endpoint) -> None:
-        sender = self._socket.sender
-        if sender is not None:
-            sender.sendto(data, addr)
 
     def _toHost(self, packet: bytes) -> None:
         self._tun.write(packet)
@@ -407,7 +402,7 @@ class TeredoClient(Service):
         if self._secret is not None:
             value = teredo_auth_value(self._secret, nonce, 0, b"", rs)
         auth = AuthIndicator(nonce, self._clientId, value).to_bytes()
-        self._send(auth + rs, (target, TEREDO_PORT))
+        self._socket.sendto(auth + rs, (target, TEREDO_PORT))
         self.counters["rs-sent"] += 1
         self._timer = self._reactor.callLater(QUALIFICATION_TIMEOUT, self._timedOut)
 

@@ -206,7 +206,7 @@ class TeredoRelay(Service):
             reactor,
             replace(self.policy, hardened=getattr(settings, "hardened", True)),
             peers,
-            self._send,
+            self._socket.sendto,
             tun.write,
             self._randbytes,
             prefix=settings.prefix_bytes,
@@ -289,11 +289,6 @@ class TeredoRelay(Service):
         return None
 
     # -- data path -------------------------------------------------------------------------
-
-    def _send(self, data: bytes, addr: Endpoint) -> None:
-        sender = self._socket.sender
-        if sender is not None:
-            sender.sendto(data, addr)
 
     def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
         """

@@ -72,7 +72,6 @@ DROP_REASONS = (
     "no-ipv6-side",  # native destination but no IPv6 side configured
     "rate-limited-rs",
     "rate-limited-forward",
-    "send-failed",
 )
 
 
@@ -273,7 +272,7 @@ class TeredoServer(Service):
             payload = _origin(origin) + ipv6 + trailers
         else:
             payload = ipv6 + trailers
-        self._send(0, payload, mapped)
+        self._sockets[0].sendto(payload, mapped)
         self.counters["forwarded"] += 1
 
     def ipv6Received(self, packet: bytes) -> None:
@@ -344,7 +343,7 @@ class TeredoServer(Service):
             prefix = AuthIndicator(auth.nonce, auth.client_id, value, confirmation).to_bytes()
         # SV-RA-06: cone bit set -> answer from the other address, else the same one.
         out = 1 - index if _rs_cone(header.src) else index
-        self._send(out, prefix + origin + ipv6, addr)
+        self._sockets[out].sendto(prefix + origin + ipv6, addr)
         self.counters["ra"] += 1
 
     def _raFor(self, destination: bytes) -> bytes:
@@ -382,15 +381,8 @@ class TeredoServer(Service):
             self.drops["icmpv6-not-relayed"] += 1
             return
         reply = icmpv6_packet(self._link_local, header.src, EchoReply(*msg), 64)
-        self._send(index, reply, addr)
+        self._sockets[index].sendto(reply, addr)
         self.counters["echo-replies"] += 1
-
-    def _send(self, index: int, payload: bytes, addr: tuple[str, int]) -> None:
-        sender = self._sockets[index].sender
-        if sender is None:
-            self.drops["send-failed"] += 1
-            return
-        sender.sendto(payload, addr)
 
     # -- status ----------------------------------------------------------------------------
 

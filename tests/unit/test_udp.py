@@ -188,7 +188,9 @@ class ServicePortTests(SynchronousTestCase):
         self.assertIsNone(port.sender)
         net.host("192.0.2.1").listenUDP(3544, port, interface="192.0.2.1")
         other = ServicePort(lambda data, addr: None)
+        other.sendto(b"too early", ("192.0.2.1", 3544))  # not listening: not sent, no error
         net.host("192.0.2.2").listenUDP(4000, other, interface="192.0.2.2")
         other.sender.sendto(b"hello", ("192.0.2.1", 3544))
+        other.sendto(b"again", ("192.0.2.1", 3544))
         net.flush()
-        self.assertEqual(got, [(b"hello", ("192.0.2.2", 4000))])
+        self.assertEqual(got, [(b"hello", ("192.0.2.2", 4000)), (b"again", ("192.0.2.2", 4000))])
