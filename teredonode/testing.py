@@ -83,6 +83,7 @@ __all__ = [
     "FakeLink",
     "FakeNetworkConfigurator",
     "FakeDatagramSender",
+    "FakeIPv6Network",
 ]
 
 #: The largest UDP payload an IPv4 socket accepts; larger writes fail with EMSGSIZE.
@@ -1116,3 +1117,47 @@ class FakeDatagramSender:
 
     def sendto(self, data: bytes, addr: Endpoint) -> None:
         self.sent.append((bytes(data), addr))
+
+
+class FakeIPv6Network:
+    """
+    The native IPv6 network behind some L{FakeTunDevice}s: what a role writes into its TUN
+    is taken out by L{pump} and handed to L{route}, which a test overrides to say where each
+    packet goes (another TUN's C{inject}, a list of what a native host received, ...).
+    L{echoReply} answers a ping the way a native host would.
+    """
+
+    def __init__(self, *tuns: FakeTunDevice) -> None:
+        self.tuns = tuns
+        self._seen = {id(t): 0 for t in tuns}
+
+    def pump(self) -> int:
+        """
+        Route every packet written into the TUNs since the last call; how many moved.
+        """
+        moved = 0
+        for tun in self.tuns:
+            while self._seen[id(tun)] < len(tun.written):
+                packet = tun.written[self._seen[id(tun)]]
+                self._seen[id(tun)] += 1
+                moved += 1
+                self.route(packet)
+        return moved
+
+    def route(self, packet: bytes) -> None:
+        raise NotImplementedError("override route() to say where packets go")
+
+    @staticmethod
+    def echoReply(packet: bytes) -> bytes | None:
+        """
+        The echo reply to C{packet} if it is an ICMPv6 echo request, sent back from the
+        address it was sent to; otherwise C{None}.
+        """
+        from teredonode.wire import ipv6
+
+        if len(packet) < 48 or packet[6] != ipv6.NH_ICMPV6 or packet[40] != ipv6.ICMP_ECHO_REQUEST:
+            return None
+        src, dst = packet[8:24], packet[24:40]
+        request = ipv6.decode_icmpv6(packet[40:], src, dst)
+        reply = ipv6.EchoReply(request.identifier, request.sequence, request.data)
+        return ipv6.icmpv6_packet(dst, src, reply, 64)

@@ -30,7 +30,7 @@ from teredonode.roles.hostrelay import (
 )
 from teredonode.roles.relay import DROP_REASONS
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from tests.protocol.test_client import Endpoint, echo, raw
@@ -41,7 +41,7 @@ DUAL6 = ipaddress.IPv6Address("2001:db8::40").packed
 V6HOST = ipaddress.IPv6Address("2001:db8::30").packed
 
 
-class DualHostStack:
+class DualHostStack(FakeIPv6Network):
     """
     dualhost's kernel and the IPv6 network around it: what our server's TUN emits for
     DUAL6 and what the host-relay's TUN delivers to DUAL6 arrive here; echo requests are
@@ -49,31 +49,19 @@ class DualHostStack:
     """
 
     def __init__(self, hrTun: FakeTunDevice, serverTun: FakeTunDevice) -> None:
+        super().__init__(hrTun, serverTun)
         self.hrTun = hrTun
-        self.tuns = (hrTun, serverTun)
-        self.seen = {id(t): 0 for t in self.tuns}
         self.received: list[bytes] = []
         self.elsewhere: list[bytes] = []
-
-    def pump(self) -> int:
-        moved = 0
-        for tun in self.tuns:
-            while self.seen[id(tun)] < len(tun.written):
-                packet = tun.written[self.seen[id(tun)]]
-                self.seen[id(tun)] += 1
-                moved += 1
-                self.route(packet)
-        return moved
 
     def route(self, packet: bytes) -> None:
         if packet[24:40] != DUAL6:
             self.elsewhere.append(packet)
             return
         self.received.append(packet)
-        if packet[6] == ipv6.NH_ICMPV6 and packet[40] == ipv6.ICMP_ECHO_REQUEST:
-            request = ipv6.decode_icmpv6(packet[40:], packet[8:24], DUAL6)
-            reply = ipv6.EchoReply(request.identifier, request.sequence, request.data)
-            self.hrTun.inject(ipv6.icmpv6_packet(DUAL6, packet[8:24], reply, 64))
+        reply = self.echoReply(packet)
+        if reply is not None:
+            self.hrTun.inject(reply)
 
 
 class HostRelayTestCase(SynchronousTestCase):

@@ -21,7 +21,7 @@ from teredonode.roles import relay as relay_module
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import DROP_REASONS, TeredoRelay, servedBy
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
@@ -37,28 +37,17 @@ def teredo(server: str, ip: str, port: int, flags: int = 0) -> bytes:
     return TeredoAddress(GLOBAL_PREFIX, server, flags, port, ip).to_bytes()
 
 
-class IPv6Side:
+class IPv6Side(FakeIPv6Network):
     """
     The native IPv6 network between our server's TUN, the relay's TUN and v6host:
     2001::/32 is routed to the relay; v6host answers echo requests when C{answer} is set.
     """
 
     def __init__(self, relayTun: FakeTunDevice, *others: FakeTunDevice) -> None:
+        super().__init__(relayTun, *others)
         self.relayTun = relayTun
-        self.tuns = (relayTun, *others)
-        self.seen = {id(t): 0 for t in self.tuns}
         self.received: list[bytes] = []
         self.answer = True
-
-    def pump(self) -> int:
-        moved = 0
-        for tun in self.tuns:
-            while self.seen[id(tun)] < len(tun.written):
-                packet = tun.written[self.seen[id(tun)]]
-                self.seen[id(tun)] += 1
-                moved += 1
-                self.route(packet)
-        return moved
 
     def route(self, packet: bytes) -> None:
         dst = packet[24:40]
@@ -66,10 +55,9 @@ class IPv6Side:
             self.relayTun.inject(packet)
         elif dst == V6HOST:
             self.received.append(packet)
-            if self.answer and packet[6] == ipv6.NH_ICMPV6 and packet[40] == ipv6.ICMP_ECHO_REQUEST:
-                request = ipv6.decode_icmpv6(packet[40:], packet[8:24], dst)
-                reply = ipv6.EchoReply(request.identifier, request.sequence, request.data)
-                self.relayTun.inject(ipv6.icmpv6_packet(V6HOST, packet[8:24], reply, 64))
+            reply = self.echoReply(packet) if self.answer else None
+            if reply is not None:
+                self.relayTun.inject(reply)
 
 
 class RelayTestCase(SynchronousTestCase):

@@ -786,3 +786,36 @@ class FakeDatagramSenderTests(SynchronousTestCase):
         sender.sendto(bytearray(b"x"), ("192.0.2.1", 1))
         self.assertEqual(sender.sent, [(b"x", ("192.0.2.1", 1))])
         self.assertEqual(sender.local, ("203.0.113.5", 3544))
+
+
+class FakeIPv6NetworkTests(SynchronousTestCase):
+    """
+    The native IPv6 network between fake TUNs: pump what was written, route it, answer pings.
+    """
+
+    def test_pump_routes_once_and_answers_echo(self) -> None:
+        import ipaddress
+
+        from teredonode.testing import FakeIPv6Network
+        from teredonode.wire import ipv6
+
+        a = ipaddress.IPv6Address("2001:db8::1").packed
+        b = ipaddress.IPv6Address("2001:db8::2").packed
+        tun = FakeTunDevice("t0")
+        tun.open()
+        routed: list[bytes] = []
+
+        class Net(FakeIPv6Network):
+            def route(self, packet: bytes) -> None:
+                routed.append(packet)
+
+        net = Net(tun)
+        request = ipv6.icmpv6_packet(a, b, ipv6.EchoRequest(7, 9, b"data"))
+        tun.write(request)
+        tun.write(ipv6.bubble(a, b))
+        self.assertEqual(net.pump(), 2)
+        self.assertEqual(net.pump(), 0)
+        self.assertEqual(routed[0], request)
+        self.assertEqual(net.echoReply(request), ipv6.icmpv6_packet(b, a, ipv6.EchoReply(7, 9, b"data"), 64))
+        self.assertIsNone(net.echoReply(routed[1]))
+        self.assertRaises(NotImplementedError, FakeIPv6Network(tun).route, request)
