@@ -10,12 +10,14 @@ bridges, nft tables and conntrack tables with them).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from teredonode.errors import LabError
 from teredonode.lab import nat, nodes, probe, topology
@@ -200,6 +202,51 @@ class Lab:
         if record is not None:
             nodes.stop(record, handle.popen if handle else None)
             self.state.save()
+
+    def node_status(self, node: str) -> dict[str, Any]:
+        """
+        The status document of our node C{node}, read over its UNIX socket (a filesystem
+        path, so reachable from outside the node's namespace).  Raises
+        L{teredonode.status.StatusUnavailable} while the node is not serving it.
+        """
+        from teredonode.status import read_status
+
+        return read_status(str(nodes.status_socket(self.state, node)), timeout=5)
+
+    def wait_node_status(
+        self, node: str, predicate: Callable[[dict[str, Any]], bool], timeout: float
+    ) -> tuple[dict[str, Any] | None, bool]:
+        """
+        Poll L{node_status} until C{predicate} holds, the node exits, or C{timeout} s pass.
+        Returns the last status seen (C{None} if none) and whether the predicate held.
+        """
+        from teredonode.status import StatusUnavailable
+
+        deadline = time.monotonic() + timeout
+        last = None
+        while True:
+            try:
+                last = self.node_status(node)
+                if predicate(last):
+                    return last, True
+            except (StatusUnavailable, KeyError):
+                pass
+            handle = self.nodes.get(node)
+            if time.monotonic() > deadline or (handle is not None and handle.exit_code() is not None):
+                return last, False
+            time.sleep(0.1)
+
+    def ping6(self, host: str, target: str, count: int = 5, interval: float = 0.3) -> tuple[int, str]:
+        """
+        Ping C{target} from C{host}: (replies received, output).  Bounded by count and -W.
+        """
+        result = self.exec(
+            host,
+            ["ping", "-6", "-n", "-c", str(count), "-i", str(interval), "-W", "2", target],
+            timeout=int(count * interval + 20),
+        )
+        match = re.search(r"(\d+) received", result.stdout)
+        return (int(match.group(1)) if match else 0), result.stdout + result.stderr
 
     def wait_udp_listening(self, host: str, port: int, timeout: float) -> bool:
         """

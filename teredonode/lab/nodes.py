@@ -178,12 +178,19 @@ def start_miredo(state: LabState, node: str, ns: str, role: str, conf: str) -> N
     return start(state, node, ns, [program, "-f", "-p", str(pidfile), "-c", str(conf_path)], pidfile=pidfile)
 
 
+def status_socket(state: LabState, node: str) -> Path:
+    """
+    Where our node C{node} serves its status.
+    """
+    return state.path / "run" / f"{node}.status"
+
+
 def start_teredonode(state: LabState, node: str, ns: str, role: str, settings: dict[str, object]) -> Node:
     """
     Start our own C{twistd -n teredo --config <generated toml>} node with one role enabled.
     """
     twistd = require_tool("twistd")
-    status = state.path / "run" / f"{node}.status"
+    status = status_socket(state, node)
     conf_path = state.path / "conf" / f"{node}.toml"
     conf_path.write_text(teredonode_toml(str(status), role, settings))
     pidfile = state.path / "run" / f"{node}.twistd.pid"

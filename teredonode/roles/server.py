@@ -18,7 +18,7 @@ import socket
 import struct
 from collections import Counter
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall

@@ -89,3 +89,33 @@ def _destroy_leftovers() -> None:
         except Exception:
             pass
     _alive.clear()
+
+
+class LabAssertions:
+    """
+    Mixin for TestCases holding a lab in C{self.lab}: waiting on our nodes and pinging, with
+    failures that carry the nodes' logs.
+    """
+
+    lab: Lab
+
+    def waitStatus(self, node: str, predicate, timeout: float, what: str) -> dict:
+        """
+        Poll C{node}'s status until C{predicate(status)} holds; fail after C{timeout} s or
+        when the node exits.
+        """
+        status, ok = self.lab.wait_node_status(node, predicate, timeout)
+        if not ok:
+            handle = self.lab.nodes.get(node)
+            log = handle.log_tail(15) if handle else []
+            self.fail(f"{node}: not {what} within {timeout} s; status {status}; log {log}")  # type: ignore[attr-defined]
+        return status  # type: ignore[return-value]
+
+    def assertPings(self, src: str, dst: str, count: int = 5, *, logs: tuple[str, ...] = ()) -> None:
+        """
+        C{src} pings C{dst}; at most the first echo may be lost (it can wait behind bubbles).
+        """
+        received, output = self.lab.ping6(src, dst, count)
+        if received < count - 1:
+            tails = {n: self.lab.nodes[n].log_tail(15) for n in logs if n in self.lab.nodes}
+            self.fail(f"{src} -> {dst}: {received}/{count}\n{output}\nlogs: {tails}")  # type: ignore[attr-defined]

@@ -22,9 +22,8 @@ import time
 
 from twisted.trial import unittest
 
-from teredonode.status import StatusUnavailable, read_status
 from teredonode.wire.address import TeredoAddress
-from tests.system.lab_fixture import use_lab
+from tests.system.lab_fixture import LabAssertions, use_lab
 
 QUALIFY_TIMEOUT = 15.0
 # The shortest maintenance interval the config accepts; the client refreshes every
@@ -43,23 +42,6 @@ NAT_MODE_CLIENTS = {  # the "nat-modes" scenario
 
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def ping6(lab, host: str, target: str, count: int = 5, interval: float = 0.3) -> tuple[int, str]:
-    """
-    Ping C{target} from C{host}; (replies received, output).  Bounded by count and -w.
-    """
-    deadline = int(count * interval + 8)
-    result = lab.exec(
-        host,
-        ["ping", "-6", "-n", "-c", str(count), "-i", str(interval), "-W", "2", target],
-        timeout=deadline + 10,
-    )
-    received = 0
-    for line in result.stdout.splitlines():
-        if "received" in line:
-            received = int(line.split(",")[1].split()[0])
-    return received, result.stdout + result.stderr
 
 
 def tun_packets(lab, host: str, interface: str) -> int:
@@ -84,7 +66,7 @@ def global_addresses(lab, host: str, interface: str = "teredo") -> set[str]:
     return found
 
 
-class LabClientMixin:
+class LabClientMixin(LabAssertions):
     """
     Starting servers, relays and clients (ours or Miredo's) and reading our nodes' status.
     """
@@ -121,28 +103,10 @@ class LabClientMixin:
         return node
 
     def status(self, node: str) -> dict:
-        return read_status(str(self.lab.state.path / "run" / f"{node}.status"), timeout=5)
+        return self.lab.node_status(node)
 
     def clientStatus(self, node: str) -> dict:
         return self.status(node)["client"]
-
-    def waitStatus(self, node: str, predicate, timeout: float, what: str) -> dict:
-        """
-        Poll C{node}'s status until C{predicate(status)} holds; fail after C{timeout} s.
-        """
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            try:
-                last = self.status(node)
-                if predicate(last):
-                    return last
-            except StatusUnavailable:
-                pass
-            handle = self.lab.nodes[node]
-            if time.monotonic() > deadline or handle.exit_code() is not None:
-                self.fail(f"{node}: not {what} within {timeout} s; status {last}; log {handle.log_tail(15)}")
-            time.sleep(0.1)
 
     def waitQualified(self, node: str, host: str, timeout: float = QUALIFY_TIMEOUT) -> TeredoAddress:
         """
@@ -162,14 +126,6 @@ class LabClientMixin:
         self.assertIsNotNone(text, f"Miredo client on {host} did not qualify: {self.lab.nodes[node].log_tail(10)}")
         return TeredoAddress.parse(text)
 
-    def assertPings(self, src: str, dst: str, count: int = 5, *, logs: tuple[str, ...] = ()) -> None:
-        """
-        C{src} pings C{dst}; at most the first echo may be lost (it can wait behind bubbles).
-        """
-        received, output = ping6(self.lab, src, dst, count)
-        if received < count - 1:
-            tails = {n: self.lab.nodes[n].log_tail(15) for n in logs if n in self.lab.nodes}
-            self.fail(f"{src} -> {dst}: {received}/{count}\n{output}\nlogs: {tails}")
 
 
 # ------------------------------------------------------------------------ qualification

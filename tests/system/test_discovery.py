@@ -6,37 +6,20 @@ the LAN, never through the NAT.
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 
 from twisted.trial import unittest
 
-from teredonode.status import StatusUnavailable, read_status
 from teredonode.wire.address import TeredoAddress
-from tests.system.lab_fixture import use_lab
+from tests.system.lab_fixture import LabAssertions, use_lab
 
 
-class SharedLanDiscoveryTests(unittest.TestCase):
-    def status(self, node: str) -> dict:
-        return read_status(str(self.lab.state.path / "run" / f"{node}.status"), timeout=5)
-
-    def waitListening(self, node: str, role: str, timeout: float = 15.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.status(node)[role]["state"] in ("serving", "qualified", "probing", "offline"):
-                    return
-            except (StatusUnavailable, KeyError):
-                pass
-            if time.monotonic() > deadline:
-                self.fail(f"{node} did not start: {self.lab.nodes[node].log_tail(10)}")
-            time.sleep(0.2)
-
+class SharedLanDiscoveryTests(LabAssertions, unittest.TestCase):
     def test_clients_on_one_lan_talk_directly(self) -> None:
         self.lab = lab = use_lab(self, "shared-lan")
         lab.start_teredonode("server", "server", "server")
-        self.waitListening("server", "server")
+        self.waitStatus("server", lambda s: s["server"]["state"] == "serving", 15, "serving")
         addresses = {}
         for client in ("client1", "client2"):
             lab.start_teredonode(client, client, "client")
@@ -57,12 +40,10 @@ class SharedLanDiscoveryTests(unittest.TestCase):
         )
         self.addCleanup(lambda: capture.poll() is None and capture.kill())
         time.sleep(1.0)  # tcpdump needs a moment to attach; bounded, not a substitute for a Clock
-        result = lab.exec("client1", ["ping", "-6", "-c", "6", "-i", "0.5", "-W", "2", addresses["client2"]], timeout=30)
-        received = re.search(r"(\d+) received", result.stdout)
-        self.assertTrue(received and int(received.group(1)) >= 5, result.stdout + result.stderr)
+        self.assertPings("client1", addresses["client2"], count=6, logs=("client1", "client2"))
         out, _ = capture.communicate(timeout=25)
         self.assertGreaterEqual(len([l for l in out.splitlines() if "10.1.0.2." in l]), 3, out)
-        s1 = self.status("client1")["client"]
+        s1 = lab.node_status("client1")["client"]
         self.assertGreaterEqual(s1["local-discovery"]["local-peers"], 1, s1["local-discovery"])
         # The server never had to relay a bubble between them.
-        self.assertEqual(self.status("server")["server"]["counters"]["forwarded"], 0)
+        self.assertEqual(lab.node_status("server")["server"]["counters"]["forwarded"], 0)

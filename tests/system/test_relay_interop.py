@@ -21,30 +21,13 @@ import time
 from twisted.trial import unittest
 
 from teredonode.lab.nodes import REPO_ROOT
-from teredonode.status import StatusUnavailable, read_status
 from teredonode.wire.address import TeredoAddress
-from tests.system.lab_fixture import use_lab
+from tests.system.lab_fixture import LabAssertions, use_lab
 
 QUALIFY_TIMEOUT = 20.0
 
 
-def ping6(lab, host: str, target: str, count: int = 5, interval: float = 0.3) -> tuple[int, str]:
-    """
-    Ping C{target} from C{host}: (replies received, output).  Bounded by count and -W.
-    """
-    result = lab.exec(
-        host,
-        ["ping", "-6", "-n", "-c", str(count), "-i", str(interval), "-W", "2", target],
-        timeout=int(count * interval + 20),
-    )
-    received = 0
-    for line in result.stdout.splitlines():
-        if "received" in line:
-            received = int(line.split(",")[1].split()[0])
-    return received, result.stdout + result.stderr
-
-
-class LabRoles(unittest.TestCase):
+class LabRoles(LabAssertions, unittest.TestCase):
     """
     Starting and watching nodes; every test gets a fresh default lab with our server.
     """
@@ -60,22 +43,7 @@ class LabRoles(unittest.TestCase):
             self.fail(f"{node} does not listen: {self.lab.nodes[node].log_tail(10)}")
 
     def status(self, node: str) -> dict:
-        return read_status(str(self.lab.state.path / "run" / f"{node}.status"), timeout=5)
-
-    def waitStatus(self, node: str, predicate, timeout: float, what: str) -> dict:
-        deadline = time.monotonic() + timeout
-        last = None
-        while True:
-            try:
-                last = self.status(node)
-                if predicate(last):
-                    return last
-            except StatusUnavailable:
-                pass
-            handle = self.lab.nodes[node]
-            if time.monotonic() > deadline or handle.exit_code() is not None:
-                self.fail(f"{node}: not {what} within {timeout} s; status {last}; log {handle.log_tail(15)}")
-            time.sleep(0.1)
+        return self.lab.node_status(node)
 
     def startOurRelay(self) -> None:
         self.lab.start_teredonode("our-relay", "relay", "relay")
@@ -94,15 +62,6 @@ class LabRoles(unittest.TestCase):
         text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
         self.assertIsNotNone(text, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}")
         return str(TeredoAddress.parse(text))
-
-    def assertPings(self, src: str, dst: str, count: int = 5, logs: tuple[str, ...] = ()) -> None:
-        """
-        At most the first echo may be lost (it can wait behind bubbles).
-        """
-        received, output = ping6(self.lab, src, dst, count)
-        if received < count - 1:
-            tails = {n: self.lab.nodes[n].log_tail(15) for n in logs if n in self.lab.nodes}
-            self.fail(f"{src} -> {dst}: {received}/{count}\n{output}\nlogs: {tails}")
 
     def iperf(self, server: str, client: str, target: str, reverse: bool = False, seconds: int = 2) -> float:
         """

@@ -12,51 +12,22 @@ Our server in the lab, serving Miredo clients (issue: server role).
 from __future__ import annotations
 
 import textwrap
-import time
 
 from twisted.trial import unittest
 
-from teredonode.status import StatusUnavailable, read_status
 from teredonode.wire.address import TeredoAddress
-from tests.system.lab_fixture import use_lab
+from tests.system.lab_fixture import LabAssertions, use_lab
 
 QUALIFY_TIMEOUT = 25.0
 
 
-def ping6(lab, host: str, target: str, count: int = 5) -> tuple[int, str]:
-    """
-    Ping C{target} from C{host}; returns (replies received, output).  Bounded in time.
-    """
-    result = lab.exec(host, ["ping", "-6", "-c", str(count), "-i", "0.5", "-W", "2", target], timeout=count * 2 + 10)
-    received = 0
-    for line in result.stdout.splitlines():
-        if "received" in line:
-            received = int(line.split(",")[1].split()[0])
-    return received, result.stdout + result.stderr
-
-
-class ServerInteropTests(unittest.TestCase):
+class ServerInteropTests(LabAssertions, unittest.TestCase):
     def setUp(self) -> None:
+        # The lab's server host forwards IPv6: our server's IPv6 side hands clients' echo
+        # tests to the kernel.
         self.lab = use_lab(self, "default", need_miredo=True)
         self.server = self.lab.start_teredonode("our-server", "server", "server")
-        # The server's IPv6 side forwards clients' echo tests to native IPv6.
-        self.lab.exec("server", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
-        self.waitServing()
-
-    def waitServing(self, timeout: float = 15.0) -> None:
-        """
-        Wait until the node answers on its status socket (it binds its ports before that).
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if self.serverStatus()["server"]["state"] == "serving":
-                    return
-            except StatusUnavailable:
-                pass
-            if time.monotonic() > deadline or self.server.exit_code() is not None:
-                self.fail(f"our server did not start: {self.server.log_tail(10)}")
-            time.sleep(0.2)
+        self.waitStatus("our-server", lambda s: s["server"]["state"] == "serving", 15, "serving")
 
     def qualify(self, client: str) -> TeredoAddress:
         self.lab.start_miredo(f"miredo-{client}", client, "client")
@@ -67,11 +38,7 @@ class ServerInteropTests(unittest.TestCase):
         return TeredoAddress.parse(text)
 
     def serverStatus(self) -> dict:
-        """
-        The node's status, read over its UNIX socket (a filesystem path, so reachable from
-        outside the server's network namespace).
-        """
-        return read_status(str(self.lab.state.path / "run" / "our-server.status"), timeout=5)
+        return self.lab.node_status("our-server")
 
     def test_miredo_client_qualifies(self) -> None:
         """
@@ -89,7 +56,7 @@ class ServerInteropTests(unittest.TestCase):
         """
         self.qualify("client1")
         other = self.qualify("client2")
-        received, output = ping6(self.lab, "client1", str(other), count=6)
+        received, output = self.lab.ping6("client1", str(other), count=6)
         self.assertGreater(received, 0, output)
         self.assertGreater(self.serverStatus()["server"]["counters"]["forwarded"], 0)
 
@@ -100,7 +67,7 @@ class ServerInteropTests(unittest.TestCase):
         self.lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
         self.lab.start_miredo("miredo-relay", "relay", "relay")
         self.qualify("client1")
-        received, output = ping6(self.lab, "client1", self.lab.ipv6("v6host"), count=6)
+        received, output = self.lab.ping6("client1", self.lab.ipv6("v6host"), count=6)
         self.assertGreater(received, 0, output)
         self.assertGreater(self.serverStatus()["server"]["counters"]["forwarded-ipv6"], 0)
 
