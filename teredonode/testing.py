@@ -393,23 +393,32 @@ class FakeHost:
 
         @raise CannotListenError: the address is not the host's, or the port is in use.
         """
+        interface, port = self._bind(interface, port)
+        udpPort = FakeUDPPort(self, interface, port, protocol, maxPacketSize)
+        udpPort.startListening()
+        return udpPort
+
+    def _bind(self, interface: str, port: int, group: bool = False) -> tuple[str, int]:
+        """
+        Check a bind the way the kernel would, and pick an ephemeral port for port 0.
+        C{group}: C{interface} is a multicast group address (only the port is checked).
+        """
         if interface == "0.0.0.0":
             interface = ""
-        if interface and interface not in self.addresses:
+        if interface and not group and interface not in self.addresses:
             raise error.CannotListenError(
                 interface, port, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
             )
         if not 0 <= port <= 65535:
             raise error.CannotListenError(interface, port, OverflowError("port out of range"))
         if port == 0:
-            port = self._ephemeral(interface)
-        elif not self._free(interface, port):
+            return interface, self._ephemeral(interface)
+        taken = (interface, port) in self._ports if group else not self._free(interface, port)
+        if taken:
             raise error.CannotListenError(
                 interface, port, OSError(errno.EADDRINUSE, "Address already in use")
             )
-        udpPort = FakeUDPPort(self, interface, port, protocol, maxPacketSize)
-        udpPort.startListening()
-        return udpPort
+        return interface, port
 
     # IReactorMulticast
 
@@ -430,30 +439,7 @@ class FakeHost:
         it.  C{listenMultiple} is accepted for signature compatibility; the fake does not
         let two sockets share one address and port.
         """
-        if interface and _isMulticast(interface):
-            if not 0 <= port <= 65535:
-                raise error.CannotListenError(interface, port, OverflowError("port out of range"))
-            if (interface, port) in self._ports:
-                raise error.CannotListenError(
-                    interface, port, OSError(errno.EADDRINUSE, "Address already in use")
-                )
-            if port == 0:
-                port = self._ephemeral(interface)
-        else:
-            if interface == "0.0.0.0":
-                interface = ""
-            if interface and interface not in self.addresses:
-                raise error.CannotListenError(
-                    interface, port, OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
-                )
-            if not 0 <= port <= 65535:
-                raise error.CannotListenError(interface, port, OverflowError("port out of range"))
-            if port == 0:
-                port = self._ephemeral(interface)
-            elif not self._free(interface, port):
-                raise error.CannotListenError(
-                    interface, port, OSError(errno.EADDRINUSE, "Address already in use")
-                )
+        interface, port = self._bind(interface, port, group=bool(interface) and _isMulticast(interface))
         mcastPort = FakeMulticastPort(self, interface, port, protocol, maxPacketSize)
         mcastPort.startListening()
         return mcastPort
