@@ -248,6 +248,28 @@ class Lab:
         match = re.search(r"(\d+) received", result.stdout)
         return (int(match.group(1)) if match else 0), result.stdout + result.stderr
 
+    def capture(
+        self, host: str, expression: Sequence[str] = (), *, interface: str = "eth0", seconds: int = 30, count: int = 2000
+    ) -> subprocess.Popen:
+        """
+        Start tcpdump on C{host}'s C{interface}, bounded by C{seconds} and C{count} packets,
+        and return once it is attached (it says "listening on"), so nothing sent afterwards
+        is missed.  The caller reads C{stdout} (one line per packet) and reaps the process;
+        L{down} kills it anyway.
+        """
+        proc = self.popen(
+            host,
+            ["timeout", str(seconds), "tcpdump", "-i", interface, "-nn", "-l", "-c", str(count), *expression],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stderr is not None
+        for line in proc.stderr:  # ends at the latest when tcpdump exits, after C{seconds}
+            if "listening on" in line:
+                break
+        return proc
+
     def wait_udp_listening(self, host: str, port: int, timeout: float) -> bool:
         """
         Wait up to C{timeout} s until something listens on UDP C{port} on C{host}: start

@@ -6,8 +6,6 @@ the LAN, never through the NAT.
 
 from __future__ import annotations
 
-import subprocess
-import time
 
 from twisted.trial import unittest
 
@@ -31,15 +29,10 @@ class SharedLanDiscoveryTests(LabAssertions, unittest.TestCase):
         self.assertEqual(mapped["client1"], mapped["client2"])
 
         # Capture, in client2, UDP arriving straight from client1's LAN address.
-        capture = lab.popen(
-            "client2",
-            ["timeout", "20", "tcpdump", "-n", "-l", "-i", "eth0", "-c", "3", "udp and src host 10.1.0.2 and not dst host 224.0.0.253"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
+        capture = lab.capture(
+            "client2", ["udp and src host 10.1.0.2 and not dst host 224.0.0.253"], seconds=20, count=3
         )
         self.addCleanup(lambda: capture.poll() is None and capture.kill())
-        time.sleep(1.0)  # tcpdump needs a moment to attach; bounded, not a substitute for a Clock
         self.assertPings("client1", addresses["client2"], count=6, logs=("client1", "client2"))
         out, _ = capture.communicate(timeout=25)
         self.assertGreaterEqual(len([l for l in out.splitlines() if "10.1.0.2." in l]), 3, out)

@@ -211,16 +211,8 @@ class HostRelayInteropTests(LabRoles):
         """
         tcpdump on dualhost's only link, bounded in time and packets.
         """
-        proc = self.lab.popen(
-            "dualhost",
-            ["timeout", str(seconds), "tcpdump", "-i", "eth0", "-nn", "-l", "-c", "2000"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        proc = self.lab.capture("dualhost", seconds=seconds)
         self.addCleanup(_reap, proc)
-        deadline = time.monotonic() + 10
-        while "listening on" not in (proc.stderr.readline() if proc.poll() is None else "listening on"):
-            if time.monotonic() > deadline:
-                break
         return proc
 
     def test_dualhost_reaches_clients_directly(self) -> None:
