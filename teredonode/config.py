@@ -413,6 +413,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("allow-symmetric", _boolean, False, "Stay online behind a symmetric NAT (usually useless)."),
             _Key("local-discovery", _boolean, True, "Find Teredo peers behind the same NAT (224.0.0.253)."),
             _Key("local-discovery-address", _lan_address, "", "LAN interface address[/len] for discovery; \"\": auto."),
+            _Key("inbound-probe-rate", _rate, 5.0, "Echo tests/answers per second that incoming traffic may trigger."),
+            _Key("inbound-probe-burst", _integer(1, 1_000_000), 20, "Token bucket depth of inbound-probe-rate."),
         ),
         "relay": (
             _ENABLED,
@@ -426,6 +428,11 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
+            _Key("direct-bubbles", _boolean, False, "Also bubble clients directly (only behind a non-cone NAT)."),
+            _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
+            _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
+            _Key("bubble-rate", _rate, 1000.0, "Bubble rounds per second in all."),
+            _Key("bubble-burst", _integer(1, 10_000_000), 2000, "Token bucket depth of bubble-rate."),
         ),
         "host-relay": (
             _ENABLED,
@@ -437,6 +444,11 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
+            _Key("direct-bubbles", _boolean, True, "Also bubble clients directly (for a host behind a NAT)."),
+            _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
+            _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
+            _Key("bubble-rate", _rate, 50.0, "Bubble rounds per second in all."),
+            _Key("bubble-burst", _integer(1, 10_000_000), 100, "Token bucket depth of bubble-rate."),
         ),
     }
 )
@@ -533,6 +545,8 @@ class ClientSettings:
     allow_symmetric: bool = False
     local_discovery: bool = True
     local_discovery_address: str = ""
+    inbound_probe_rate: float = 5.0
+    inbound_probe_burst: int = 20
     enabled: bool = True
     name = "client"
 
@@ -553,6 +567,11 @@ class RelaySettings:
     peer_queue_bytes: int = 1280
     icmp_rate: float = 10.0
     hardened: bool = True
+    direct_bubbles: bool = False
+    bubble_rate_per_ipv4: float = 2.0
+    bubble_burst_per_ipv4: int = 8
+    bubble_rate: float = 1000.0
+    bubble_burst: int = 2000
     enabled: bool = True
     name = "relay"
 
@@ -575,6 +594,11 @@ class HostRelaySettings:
     peer_queue: int = 8
     peer_queue_bytes: int = 10240
     icmp_rate: float = 10.0
+    direct_bubbles: bool = True
+    bubble_rate_per_ipv4: float = 2.0
+    bubble_burst_per_ipv4: int = 8
+    bubble_rate: float = 50.0
+    bubble_burst: int = 100
     enabled: bool = True
     name = "host-relay"
 

@@ -45,7 +45,7 @@ from teredonode.errors import NetConfigError
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
-from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, TeredoTunnel
+from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, ProbeBudget, TeredoTunnel
 from teredonode.security import auth_matches, teredo_auth_value
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
@@ -209,7 +209,12 @@ class TeredoClient(Service):
             queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
         )
         self.tunnel = TeredoTunnel(
-            reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes
+            reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes,
+            inboundBudget=ProbeBudget(  # SEC-19
+                reactor,
+                settings.inbound_probe_rate,
+                settings.inbound_probe_burst,
+            ),
         )
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops

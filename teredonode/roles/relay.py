@@ -45,6 +45,7 @@ from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
     DROP_REASONS as TUNNEL_DROPS,
     UNNUMBERED_DROP_REASONS,
+    ProbeBudget,
     TeredoTunnel,
     TunnelPolicy,
 )
@@ -204,7 +205,11 @@ class TeredoRelay(Service):
         )
         self.tunnel = TeredoTunnel(
             reactor,
-            replace(self.policy, hardened=getattr(settings, "hardened", True)),
+            replace(
+                self.policy,
+                hardened=getattr(settings, "hardened", True),
+                direct_bubbles=settings.direct_bubbles,
+            ),
             peers,
             self._socket.sendto,
             tun.write,
@@ -212,6 +217,13 @@ class TeredoRelay(Service):
             prefix=settings.prefix_bytes,
             serves=self.serves,
             icmpRate=settings.icmp_rate,
+            bubbleBudget=ProbeBudget(
+                reactor,
+                settings.bubble_rate,
+                settings.bubble_burst,
+                settings.bubble_rate_per_ipv4,
+                settings.bubble_burst_per_ipv4,
+            ),
         )
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops

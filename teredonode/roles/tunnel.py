@@ -76,6 +76,8 @@ __all__ = [
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
     "ICMP_ERRORS_PER_SECOND",
+    "ProbeBudget",
+    "SUPPRESSION_REASONS",
 ]
 
 #: Sections 5.2.4 and 5.2.9: 2 s time-out, repeated up to 3 times.
@@ -113,11 +115,63 @@ DROP_REASONS = (
     "native-source",  # policy: no native sources
     "unknown-peer",  # policy: no entry from unsolicited traffic
     "non-global-origin",  # an origin indication we may not send a bubble to
+    "budget-ipv4",  # a new exchange refused: the bubble budget of the embedded IPv4 is spent
+    "budget-global",  # a new exchange refused: the interface's global probe budget is spent
+)
+#: Why a bubble or echo request was not sent (status C{probes-suppressed}).
+SUPPRESSION_REASONS = (
+    "peer-rate",  # section 5.2.6 per peer: < 2 s since the last, or 4 unanswered in 300 s
+    "ipv4-budget",  # the budget of the IPv4 address embedded in the destination is spent
+    "global-budget",  # the interface's global budget is spent
+    "no-source",  # no address or server yet to send it from or through
 )
 #: Reasons counted only by unnumbered interfaces (relays), listed after L{DROP_REASONS}.
 UNNUMBERED_DROP_REASONS = (
     "unreachable-peer",  # RL-TX-05: a relay's entry removed after its bubbles went unanswered
 )
+
+
+class ProbeBudget:
+    """
+    How many probes (bubble rounds, echo tests, answers) traffic from outside may make us
+    send: token buckets per key (the IPv4 address embedded in a Teredo destination) and
+    one for the whole interface.
+
+    Why: section 5.2.6 limits bubbles per IPv6 peer, but the peer is whatever address the
+    sender writes.  One IPv4 victim hides behind 2^48 Teredo addresses (flags, server,
+    port), and spoofed native sources are free, so without these buckets one packet buys
+    up to 8 bubbles (or 4 echo tests) toward endpoints the sender chose (RL-RX-07,
+    SEC-19).
+
+    @param perKeyRate: tokens a second per key; 0 for no per-key bucket.
+    @param maxKeys: keys tracked (least recently used evicted: an evicted key only gets a
+        fresh burst back, and evicting one costs the attacker C{maxKeys} other keys).
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        globalRate: float,
+        globalBurst: int,
+        perKeyRate: float = 0.0,
+        perKeyBurst: int = 1,
+        maxKeys: int = 65536,
+    ) -> None:
+        self._global = RateLimiter(clock, globalRate, globalBurst, 1)
+        self._perKey = (
+            RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
+        )
+
+    def charge(self, key: bytes) -> str | None:
+        """
+        Take one token for C{key} and one from the global bucket; the reason (from
+        L{SUPPRESSION_REASONS}) when either is spent, L{None} when the probe may go.
+        """
+        if self._perKey is not None and not self._perKey.allow(key):
+            return "ipv4-budget"
+        if not self._global.allow(0):
+            return "global-budget"
+        return None
 
 
 @dataclass(frozen=True)
@@ -171,6 +225,12 @@ class TeredoTunnel:
     @param serves: for an unnumbered interface (relays): which IPv6 addresses it stands
         for, as host sources and as peer destinations.  L{None}: exactly C{address}.
     @param icmpRate: ICMPv6 errors per second toward the host.
+    @param bubbleBudget: charged for every bubble round toward a Teredo destination, keyed
+        by its embedded IPv4 address (relays: the packets come from anyone on the IPv6
+        side); a new entry is created only if its first round may go.
+    @param inboundBudget: charged for every probe that traffic from the network makes us
+        send: echo tests toward native sources (section 5.2.3 case 6, SEC-19) and answers
+        to indirect bubbles (clients).
     """
 
     def __init__(
@@ -184,6 +244,8 @@ class TeredoTunnel:
         prefix: bytes = GLOBAL_PREFIX,
         serves: Callable[[bytes], bool] | None = None,
         icmpRate: float = ICMP_ERRORS_PER_SECOND,
+        bubbleBudget: ProbeBudget | None = None,
+        inboundBudget: ProbeBudget | None = None,
     ) -> None:
         self._clock = clock
         self.policy = policy
@@ -195,6 +257,8 @@ class TeredoTunnel:
         self._prefix = prefix
         self._hardened = policy.hardened
         self._serves = serves
+        self._bubbleBudget = bubbleBudget
+        self._inboundBudget = inboundBudget
         self._icmpLimit = RateLimiter(clock, icmpRate, max(1, int(icmpRate)), 1)
         # Answers to indirect bubbles: at most one per 2 s per origin endpoint (section
         # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
@@ -205,6 +269,8 @@ class TeredoTunnel:
         self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        #: Bubbles and echo requests not sent, by reason (L{SUPPRESSION_REASONS}).
+        self.suppressed: Counter[str] = Counter()
         #: Our own Teredo address (16 bytes), None while we have none.
         self.address: bytes | None = None
         #: Our server's endpoint, through which echo tests go.
@@ -335,8 +401,20 @@ class TeredoTunnel:
                 self.drops["probe-limited"] += 1
                 self._unreachable(packet)
                 return
+            budget = self._bubbleBudget
+            if budget is not None:
+                # RL-RX-07: the first round is paid before the entry exists, so one
+                # embedded IPv4 address creates no more entries than its budget allows.
+                reason = budget.charge(dst[12:16])
+                if reason is not None:
+                    self._refuse(reason, "bubbles-suppressed")
+                    return
+                peer = self.peers.create(dst)
+                self._queueAndProbe(peer, packet, None, self._budgetedBubble, self._bubble)
+                return
             peer = self.peers.create(dst)
-        self._queueAndProbe(peer, packet, None, self._bubble)
+        probe = self._bubble if self._bubbleBudget is None else self._budgetedBubble
+        self._queueAndProbe(peer, packet, None, probe)
 
     def _stillUnreachable(self, dst: bytes) -> bool:
         """
@@ -364,9 +442,12 @@ class TeredoTunnel:
         packet: bytes,
         source: Endpoint | None,
         probe: Callable[[Peer], bool],
+        firstProbe: Callable[[Peer], bool] | None = None,
     ) -> None:
         """
-        Queue C{packet} and, unless an exchange is already running, start one.
+        Queue C{packet} and, unless an exchange is already running, start one: the first
+        probe with C{firstProbe} (when the caller already paid for it), retries with
+        C{probe}.
         """
         running = peer.timer is not None
         if not running and peer.probe_limited(self._clock.seconds()):
@@ -381,7 +462,7 @@ class TeredoTunnel:
         self.counters["queued"] += 1
         if not running:
             peer.attempts = 0
-            probe(peer)
+            (probe if firstProbe is None else firstProbe)(peer)
             peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
 
     def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
@@ -420,6 +501,40 @@ class TeredoTunnel:
             self.peers.remove(peer.address)
             self.drops["unreachable-peer"] += 1
 
+    def _refuse(self, reason: str, counter: str) -> None:
+        """
+        A new exchange refused by a budget: the packet is dropped, the probe counted.
+        """
+        self.drops["budget-ipv4" if reason == "ipv4-budget" else "budget-global"] += 1
+        self.suppressed[reason] += 1
+        self.counters[counter] += 1
+
+    def _budgetedBubble(self, peer: Peer) -> bool:
+        """
+        L{_bubble}, paid from the bubble budget (relays: every round of every exchange).
+        """
+        budget = self._bubbleBudget
+        if budget is not None and peer.may_bubble(self._clock.seconds()):
+            reason = budget.charge(peer.address[12:16])
+            if reason is not None:
+                self.suppressed[reason] += 1
+                self.counters["bubbles-suppressed"] += 1
+                return False
+        return self._bubble(peer)
+
+    def _inboundEcho(self, peer: Peer) -> bool:
+        """
+        L{_echo} for a test a native source made us start, paid from the inbound budget.
+        """
+        budget = self._inboundBudget
+        if budget is not None and peer.may_bubble(self._clock.seconds()):
+            reason = budget.charge(b"")
+            if reason is not None:
+                self.suppressed[reason] += 1
+                self.counters["echo-suppressed"] += 1
+                return False
+        return self._echo(peer)
+
     def _bubble(self, peer: Peer) -> bool:
         """
         Section 5.2.6: a direct bubble to the mapping embedded in the peer's address and an
@@ -428,6 +543,7 @@ class TeredoTunnel:
         now = self._clock.seconds()
         source = self.bubbleSource
         if source is None or not peer.may_bubble(now):
+            self.suppressed["no-source" if source is None else "peer-rate"] += 1
             self.counters["bubbles-suppressed"] += 1
             return False
         dst = peer.address
@@ -447,6 +563,7 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or peer.local_endpoint is None or not peer.may_bubble(now):
+            self.suppressed["peer-rate" if self.address else "no-source"] += 1
             self.counters["bubbles-suppressed"] += 1
             return False
         self._send(bubble(self.address, peer.address), peer.local_endpoint)
@@ -464,6 +581,7 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or self.server is None or not peer.may_bubble(now):
+            self.suppressed["no-source" if self.server is None else "peer-rate"] += 1
             self.counters["echo-suppressed"] += 1
             return False
         if peer.nonce is None:
@@ -550,8 +668,16 @@ class TeredoTunnel:
             self.drops["unknown-peer"] += 1
             return
         if not self._answerLimit.allow(origin):
+            self.suppressed["peer-rate"] += 1
             self.counters["bubbles-suppressed"] += 1
             return
+        budget = self._inboundBudget
+        if budget is not None:
+            reason = budget.charge(b"")
+            if reason is not None:
+                self.suppressed[reason] += 1
+                self.counters["bubbles-suppressed"] += 1
+                return
         self._send(bubble(self.address, src), origin)
         self.counters["bubbles-answered"] += 1
 
@@ -627,9 +753,24 @@ class TeredoTunnel:
         if isBubble:
             self.counters["bubbles-received"] += 1
             return
-        if peer is None:
-            peer = peers.create(src)
-        self._queueAndProbe(peer, packet.ipv6, addr, self._echo)
+        budget = self._inboundBudget
+        if budget is None:
+            if peer is None:
+                peer = peers.create(src)
+            self._queueAndProbe(peer, packet.ipv6, addr, self._echo)
+            return
+        if peer is None or (peer.timer is None and peer.may_bubble(now)):
+            # SEC-19: a new test is paid before any state exists, so spoofed sources buy
+            # no more tests (nor entries) than the budget allows.
+            reason = budget.charge(b"")
+            if reason is not None:
+                self._refuse(reason, "echo-suppressed")
+                return
+            if peer is None:
+                peer = peers.create(src)
+            self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho, self._echo)
+            return
+        self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho)
 
     def fromLocalPeer(self, src: bytes, addr: Endpoint) -> None:
         """
@@ -654,6 +795,7 @@ class TeredoTunnel:
         peer.local_endpoint = addr
         peer.heard(now)
         if self.address is None or not self._answerLimit.allow(addr):
+            self.suppressed["peer-rate" if self.address else "no-source"] += 1
             self.counters["bubbles-suppressed"] += 1
             return
         self._send(bubble(self.address, src), addr)
@@ -689,4 +831,5 @@ class TeredoTunnel:
             "queued-packets": sum(len(p.queue) for p in peers),
             "evicted-peers": self.peers.evicted,
             "expired-peers": self.peers.expired,
+            "probes-suppressed": {r: self.suppressed[r] for r in SUPPRESSION_REASONS},
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.task import Clock
@@ -308,6 +309,7 @@ class TransmissionTests(RelayTestCase):
         entry and its queue are removed and the sender hears address unreachable; no more
         bubbles to it until 300 s after the first.
         """
+        self.relay.tunnel.policy = replace(self.relay.tunnel.policy, direct_bubbles=True)
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         times: dict[tuple[str, int], list[float]] = {}
         self.net.addDropFilter(
@@ -348,6 +350,7 @@ class TransmissionTests(RelayTestCase):
         client's Teredo address; our server forwards the indirect one with an origin
         indication carrying the relay's endpoint.
         """
+        self.relay.tunnel.policy = replace(self.relay.tunnel.policy, direct_bubbles=True)
         endpoint, udp, address = self.fakeClient()
         self.tun.inject(echo(V6HOST, address))
         self.settle()
