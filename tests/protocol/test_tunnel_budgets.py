@@ -1,0 +1,306 @@
+"""
+Bubble and probe budgets of the shared tunnel core (RL-RX-07, RL-TX-07/08, SEC-19), on the
+in-memory network with a Clock.
+
+  - relay: one IPv6 packet toward a Teredo address costs one bubble round from the budget
+    of the IPv4 address embedded in it (whatever its flags, server and port) and from a
+    global one; a new entry exists only if its first round may go; retries are paid too;
+    every suppressed round is counted by reason;
+  - relay: direct bubbles only when configured (RFC 4380 section 5.4.1: a relay behind a
+    non-cone NAT), and peers behind other IPv4 addresses are unaffected;
+  - client: echo tests that packets from native sources start are paid from one global
+    budget, while a few sources at a time are not throttled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from typing import Any
+
+from teredonode.config import ClientSettings, HostRelaySettings, RelaySettings
+from teredonode.roles.client import TeredoClient
+from teredonode.roles.hostrelay import HostSpecificRelay
+from teredonode.roles.relay import TeredoRelay
+from teredonode.roles.tunnel import SUPPRESSION_REASONS
+from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
+from teredonode.wire import ipv6
+from teredonode.wire.teredo import classify
+from tests.protocol.test_client import Endpoint, echo
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, SECONDARY, V6HOST, RelayTestCase, teredo
+
+VICTIM = "192.0.2.99"
+#: Servers an attacker may write into the destinations (any global IPv4 will do).
+SERVERS = ("203.0.113.10", "203.0.113.77", "198.51.100.200", "192.0.2.250")
+
+
+def victimAddresses(count: int, victim: str = VICTIM) -> list[bytes]:
+    """
+    C{count} distinct Teredo addresses embedding C{victim}: flags, server and port vary.
+    """
+    return [
+        teredo(SERVERS[i % len(SERVERS)], victim, 1024 + i, flags=(i * 0x0101) & 0x3CFF)
+        for i in range(count)
+    ]
+
+
+class BudgetTestCase(RelayTestCase):
+    """
+    The relay test bed, with the relay's settings chosen per test case.
+    """
+
+    relaySettings: dict[str, Any] = {}
+
+    def makeRelay(self, **overrides: Any) -> TeredoRelay:
+        return super().makeRelay(**{**self.relaySettings, **overrides})
+
+    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
+        relay = TeredoRelay(
+            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
+            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
+        )
+        relay.privilegedStartService()
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
+
+    def bubblesTo(self, ip: str) -> list[Any]:
+        """
+        Bubbles the relay put on the Internet toward C{ip} (any port).
+        """
+        return [
+            d for d in self.net.capture
+            if d.src == (RELAY_IP, 3544) and d.dst[0] == ip and classify(d.data).is_bubble
+        ]
+
+    def relayBubbles(self) -> int:
+        return sum(
+            1 for d in self.net.capture
+            if d.src == (RELAY_IP, 3544) and classify(d.data).is_bubble
+        )
+
+    def suppressed(self) -> dict[str, int]:
+        return self.relay.status()["peers"]["probes-suppressed"]
+
+
+class PerIPv4BudgetTests(BudgetTestCase):
+    relaySettings = {"direct_bubbles": True}
+
+    def test_oneVictimManyAddresses(self) -> None:
+        """
+        RL-RX-07: 500 packets toward 500 Teredo addresses that all embed one victim IPv4
+        create 8 entries (the per-IPv4 burst) and 8 direct bubbles to the victim at once;
+        the rest are dropped as budget-ipv4 and counted as suppressed rounds.  Over the
+        next 10 s the retries stay within 2 rounds a second.
+        """
+        for dst in victimAddresses(500):
+            self.tun.inject(echo(V6HOST, dst))
+        self.settle()
+        self.assertEqual(len(self.relay.tunnel.peers), 8)
+        self.assertEqual(len(self.bubblesTo(VICTIM)), 8)
+        self.assertEqual(self.drops(), {"budget-ipv4": 492})
+        self.assertEqual(self.suppressed()["ipv4-budget"], 492)
+        self.advance(10, step=0.5)
+        # 8 at once, then at most 2 rounds a second: each round one direct bubble.
+        self.assertLessEqual(len(self.bubblesTo(VICTIM)), 8 + 2 * 10)
+        status = self.relay.status()
+        self.assertEqual(
+            status["counters"]["bubbles-suppressed"], sum(self.suppressed().values())
+        )
+        self.assertGreater(self.suppressed()["ipv4-budget"], 492)  # retries paid too
+
+    def test_otherIPv4Unaffected(self) -> None:
+        """
+        With the victim's budget spent, a client behind another IPv4 address is bubbled,
+        answers and gets its packet at once.
+        """
+        for dst in victimAddresses(50):
+            self.tun.inject(echo(V6HOST, dst))
+        self.settle()
+        endpoint, udp, address = self.fakeClient()
+        data = echo(V6HOST, address, b"legit")
+        self.tun.inject(data)
+        self.settle()
+        # The direct bubble and the indirect one our server forwards.
+        self.assertEqual(len([r for r in endpoint.received if classify(r[0]).is_bubble]), 2)
+        udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
+        self.settle()
+        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+
+    def test_trustedPeersNeedNoBudget(self) -> None:
+        """
+        A trusted entry is sent to directly (case 1), however spent the budgets are.
+        """
+        endpoint, udp, address = self.trustedFakeClient()
+        ip = self.relay.tunnel.peers.get(address).mapping[0]
+        for dst in victimAddresses(50, victim=ip):
+            self.tun.inject(echo(V6HOST, dst))
+        self.settle()
+        data = echo(V6HOST, address, b"after")
+        self.tun.inject(data)
+        self.settle()
+        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+
+
+class GlobalBudgetTests(BudgetTestCase):
+    relaySettings = {"bubble_rate": 1.0, "bubble_burst": 5}
+
+    def test_globalBudget(self) -> None:
+        """
+        50 packets toward 50 different IPv4 addresses: 5 rounds (the global burst), 5
+        entries, 45 drops as budget-global; then one round a second at most.
+        """
+        for i in range(50):
+            self.tun.inject(echo(V6HOST, teredo(PRIMARY, f"192.0.2.{i + 1}", 4000)))
+        self.settle()
+        self.assertEqual(len(self.relay.tunnel.peers), 5)
+        self.assertEqual(self.relayBubbles(), 5)
+        self.assertEqual(self.drops(), {"budget-global": 45})
+        self.assertEqual(self.suppressed()["global-budget"], 45)
+        self.advance(10, step=0.5)
+        self.assertLessEqual(self.relayBubbles(), 5 + 10)
+
+    def test_statusListsReasons(self) -> None:
+        """
+        Status shows every suppression reason (zeros included) and both budget drops.
+        """
+        status = self.relay.status()
+        self.assertEqual(tuple(status["peers"]["probes-suppressed"]), SUPPRESSION_REASONS)
+        self.assertIn("budget-ipv4", status["drops"])
+        self.assertIn("budget-global", status["drops"])
+
+
+class DirectBubbleTests(BudgetTestCase):
+    def test_noDirectBubbleByDefault(self) -> None:
+        """
+        RFC 4380 section 5.4.1 case 3: the bubble goes to the client's server; a direct one
+        only from a relay behind a non-cone NAT (direct-bubbles, off by default).  Nothing
+        goes to the mapping embedded in the address until the client has answered.
+        """
+        silent = teredo(PRIMARY, VICTIM, 4000)
+        self.tun.inject(echo(V6HOST, silent))
+        self.advance(8, step=0.5)
+        self.assertEqual(self.bubblesTo(VICTIM), [])
+        self.assertEqual(len(self.bubblesTo(PRIMARY)), 4)
+        self.assertEqual(self.counters()["bubbles-direct"], 0)
+
+    def test_directBubbleWhenConfigured(self) -> None:
+        """
+        With direct-bubbles (RL-TX-07/08), each round also bubbles the mapping.
+        """
+        relay = self.makeRelayOn("203.0.113.21", direct_bubbles=True)
+        relay._tun.inject(echo(V6HOST, teredo(PRIMARY, VICTIM, 4000)))  # type: ignore[attr-defined]
+        self.settle()
+        direct = [d for d in self.net.capture if d.src[0] == "203.0.113.21" and d.dst == (VICTIM, 4000)]
+        self.assertEqual(len(direct), 1)
+
+    def test_legitimateExchangeWithoutDirectBubble(self) -> None:
+        """
+        A real client behind a port-restricted NAT answers the indirect bubble, which
+        opens its NAT: v6host's packet reaches it through a default relay.
+        """
+        client = self.makeClient("port-restricted")
+        packet = echo(V6HOST, client.address.to_bytes(), b"hello")
+        self.tun.inject(packet)
+        self.advance(1)
+        self.assertIn(packet, client._tun.written)  # type: ignore[attr-defined]
+        self.assertEqual(self.counters()["bubbles-direct"], 0)
+
+
+class HostRelayBudgetTests(BudgetTestCase):
+    def test_hostRelayBudget(self) -> None:
+        """
+        The host-specific relay pays its bubbles from the same budgets.
+        """
+        own = ipaddress.IPv6Address("2001:db8::40").packed
+        hr = HostSpecificRelay(
+            HostRelaySettings(bubble_burst_per_ipv4=3), self.net.host("203.0.113.40"),
+            FakeTunDevice("teredo-hr"), FakeNetworkConfigurator(), lambda: {own},
+            randbytes=random.Random(3).randbytes,
+        )
+        hr.privilegedStartService()
+        hr.startService()
+        self.addCleanup(hr.stopService)
+        for dst in victimAddresses(20):
+            hr._tun.inject(echo(own, dst))  # type: ignore[attr-defined]
+        self.settle()
+        self.assertEqual(len(hr.tunnel.peers), 3)
+        self.assertEqual(hr.status()["drops"]["budget-ipv4"], 17)
+        self.assertEqual(hr.status()["peers"]["probes-suppressed"]["ipv4-budget"], 17)
+
+
+class ClientEchoBudgetTests(RelayTestCase):
+    """
+    SEC-19 (CVE-2006-6266): packets from native sources start echo tests through our
+    server; one global budget bounds them.
+    """
+
+    def makeCone(self, **settings: Any) -> TeredoClient:
+        nat = self.net.nat("full-cone", public="198.51.100.77", rng=random.Random(5))
+        rng = random.Random(5)
+        client = TeredoClient(
+            ClientSettings(server=PRIMARY, secondary=SECONDARY, **settings),
+            nat.host("10.0.0.2"), FakeTunDevice("teredo"), FakeNetworkConfigurator(),
+            rng=rng, randbytes=rng.randbytes,
+        )
+        client.privilegedStartService()
+        client.startService()
+        self.addCleanup(client.stopService)
+        self.settle()
+        self.assertEqual(client.state, "qualified")
+        return client
+
+    def flood(self, client: TeredoClient, sources: int) -> None:
+        attacker = self.net.host("192.0.2.66").listenUDP(5000, Endpoint(), interface="192.0.2.66")
+        me = client.address.to_bytes()
+        for i in range(sources):
+            src = ipaddress.IPv6Address(f"2001:db8:bad::{i + 1:x}").packed
+            attacker.write(echo(src, me, b"x"), client.mapping)
+        self.settle()
+
+    def echoTests(self, client: TeredoClient) -> int:
+        """
+        Echo requests the client sent through its server (as seen on the Internet).
+        """
+        count = 0
+        for d in self.net.capture:
+            if d.src[0] == "198.51.100.77" and d.dst == (PRIMARY, 3544):
+                packet = classify(d.data)
+                if packet.header.next_header == 58 and packet.ipv6[40] == 128:
+                    count += 1
+        return count
+
+    def test_echoTestBudget(self) -> None:
+        """
+        200 spoofed native sources: 20 echo tests (the burst), 180 drops as budget-global,
+        then at most 5 tests a second (retries included) while the flood's tests run out.
+        """
+        client = self.makeCone()
+        self.flood(client, 200)
+        self.assertEqual(self.echoTests(client), 20)
+        self.assertEqual(client.status()["drops"]["budget-global"], 180)
+        self.assertEqual(client.status()["peers"]["probes-suppressed"]["global-budget"], 180)
+        self.assertLessEqual(len(client.tunnel.peers), 20)
+        self.advance(10, step=0.5)
+        self.assertLessEqual(self.echoTests(client), 20 + 5 * 10)
+
+    def test_budgetSetting(self) -> None:
+        """
+        The budget is the client's inbound-probe-rate / inbound-probe-burst.
+        """
+        client = self.makeCone(inbound_probe_burst=3, inbound_probe_rate=1.0)
+        self.flood(client, 10)
+        self.assertEqual(self.echoTests(client), 3)
+        self.assertEqual(client.status()["drops"]["budget-global"], 7)
+
+    def test_fewSourcesNotThrottled(self) -> None:
+        """
+        Three native sources at once each get their whole test (4 requests, 2 s apart):
+        nothing is suppressed by the budget.
+        """
+        client = self.makeCone()
+        self.flood(client, 3)
+        self.advance(8, step=0.5)
+        self.assertEqual(self.echoTests(client), 12)
+        suppressed = client.status()["peers"]["probes-suppressed"]
+        self.assertEqual((suppressed["global-budget"], client.status()["drops"]["budget-global"]), (0, 0))
