@@ -509,31 +509,33 @@ class TeredoTunnel:
         self.suppressed[reason] += 1
         self.counters[counter] += 1
 
+    def _paid(self, budget: ProbeBudget | None, key: bytes, peer: Peer, counter: str) -> bool:
+        """
+        Pay one probe toward C{peer} from C{budget}; C{False}, counted, when it is spent.
+        A probe section 5.2.6 refuses anyway costs nothing (the probe counts that refusal).
+        """
+        if budget is None or not peer.may_bubble(self._clock.seconds()):
+            return True
+        reason = budget.charge(key)
+        if reason is None:
+            return True
+        self.suppressed[reason] += 1
+        self.counters[counter] += 1
+        return False
+
     def _budgetedBubble(self, peer: Peer) -> bool:
         """
         L{_bubble}, paid from the bubble budget (relays: every round of every exchange).
         """
-        budget = self._bubbleBudget
-        if budget is not None and peer.may_bubble(self._clock.seconds()):
-            reason = budget.charge(peer.address[12:16])
-            if reason is not None:
-                self.suppressed[reason] += 1
-                self.counters["bubbles-suppressed"] += 1
-                return False
-        return self._bubble(peer)
+        return self._paid(
+            self._bubbleBudget, peer.address[12:16], peer, "bubbles-suppressed"
+        ) and self._bubble(peer)
 
     def _inboundEcho(self, peer: Peer) -> bool:
         """
         L{_echo} for a test a native source made us start, paid from the inbound budget.
         """
-        budget = self._inboundBudget
-        if budget is not None and peer.may_bubble(self._clock.seconds()):
-            reason = budget.charge(b"")
-            if reason is not None:
-                self.suppressed[reason] += 1
-                self.counters["echo-suppressed"] += 1
-                return False
-        return self._echo(peer)
+        return self._paid(self._inboundBudget, b"", peer, "echo-suppressed") and self._echo(peer)
 
     def _bubble(self, peer: Peer) -> bool:
         """

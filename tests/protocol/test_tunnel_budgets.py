@@ -18,7 +18,7 @@ import ipaddress
 import random
 from typing import Any
 
-from teredonode.config import ClientSettings, HostRelaySettings, RelaySettings
+from teredonode.config import HostRelaySettings
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.hostrelay import HostSpecificRelay
 from teredonode.roles.relay import TeredoRelay
@@ -27,7 +27,8 @@ from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.teredo import classify
 from tests.protocol.test_client import Endpoint, echo
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, SECONDARY, V6HOST, RelayTestCase, teredo
+from tests.protocol import test_relay
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
 
 VICTIM = "192.0.2.99"
 #: Servers an attacker may write into the destinations (any global IPv4 will do).
@@ -54,15 +55,7 @@ class BudgetTestCase(RelayTestCase):
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
         return super().makeRelay(**{**self.relaySettings, **overrides})
 
-    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
-        relay = TeredoRelay(
-            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
-        )
-        relay.privilegedStartService()
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
+    makeRelayOn = test_relay.TransmissionTests.makeRelayOn
 
     def bubblesTo(self, ip: str) -> list[Any]:
         """
@@ -235,21 +228,6 @@ class ClientEchoBudgetTests(RelayTestCase):
     server; one global budget bounds them.
     """
 
-    def makeCone(self, **settings: Any) -> TeredoClient:
-        nat = self.net.nat("full-cone", public="198.51.100.77", rng=random.Random(5))
-        rng = random.Random(5)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY, **settings),
-            nat.host("10.0.0.2"), FakeTunDevice("teredo"), FakeNetworkConfigurator(),
-            rng=rng, randbytes=rng.randbytes,
-        )
-        client.privilegedStartService()
-        client.startService()
-        self.addCleanup(client.stopService)
-        self.settle()
-        self.assertEqual(client.state, "qualified")
-        return client
-
     def flood(self, client: TeredoClient, sources: int) -> None:
         attacker = self.net.host("192.0.2.66").listenUDP(5000, Endpoint(), interface="192.0.2.66")
         me = client.address.to_bytes()
@@ -264,7 +242,7 @@ class ClientEchoBudgetTests(RelayTestCase):
         """
         count = 0
         for d in self.net.capture:
-            if d.src[0] == "198.51.100.77" and d.dst == (PRIMARY, 3544):
+            if d.src == client.mapping and d.dst == (PRIMARY, 3544):
                 packet = classify(d.data)
                 if packet.header.next_header == 58 and packet.ipv6[40] == 128:
                     count += 1
@@ -272,10 +250,11 @@ class ClientEchoBudgetTests(RelayTestCase):
 
     def test_echoTestBudget(self) -> None:
         """
-        200 spoofed native sources: 20 echo tests (the burst), 180 drops as budget-global,
-        then at most 5 tests a second (retries included) while the flood's tests run out.
+        200 spoofed native sources: 20 echo tests (inbound-probe-burst), 180 drops as
+        budget-global, then at most 5 tests a second (inbound-probe-rate, retries included)
+        while the flood's tests run out.
         """
-        client = self.makeCone()
+        client = self.makeClient("full-cone")
         self.flood(client, 200)
         self.assertEqual(self.echoTests(client), 20)
         self.assertEqual(client.status()["drops"]["budget-global"], 180)
@@ -284,21 +263,12 @@ class ClientEchoBudgetTests(RelayTestCase):
         self.advance(10, step=0.5)
         self.assertLessEqual(self.echoTests(client), 20 + 5 * 10)
 
-    def test_budgetSetting(self) -> None:
-        """
-        The budget is the client's inbound-probe-rate / inbound-probe-burst.
-        """
-        client = self.makeCone(inbound_probe_burst=3, inbound_probe_rate=1.0)
-        self.flood(client, 10)
-        self.assertEqual(self.echoTests(client), 3)
-        self.assertEqual(client.status()["drops"]["budget-global"], 7)
-
     def test_fewSourcesNotThrottled(self) -> None:
         """
         Three native sources at once each get their whole test (4 requests, 2 s apart):
         nothing is suppressed by the budget.
         """
-        client = self.makeCone()
+        client = self.makeClient("full-cone")
         self.flood(client, 3)
         self.advance(8, step=0.5)
         self.assertEqual(self.echoTests(client), 12)
