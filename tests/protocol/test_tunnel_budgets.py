@@ -8,8 +8,9 @@ in-memory network with a Clock.
     every suppressed round is counted by reason;
   - relay: direct bubbles only when configured (RFC 4380 section 5.4.1: a relay behind a
     non-cone NAT), and peers behind other IPv4 addresses are unaffected;
-  - client: echo tests that packets from native sources start are paid from one global
-    budget, while a few sources at a time are not throttled.
+  - client: echo tests that packets from native sources start, and answers to indirect
+    bubbles, are paid from one global budget, while a few sources at a time are not
+    throttled.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from teredonode.roles.relay import TeredoRelay
 from teredonode.roles.tunnel import SUPPRESSION_REASONS
 from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from teredonode.wire.teredo import classify
+from teredonode.wire.teredo import OriginIndication, classify, encode_payload
 from tests.protocol.test_client import Endpoint, echo
 from tests.protocol import test_relay
 from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
@@ -274,3 +275,20 @@ class ClientEchoBudgetTests(RelayTestCase):
         self.assertEqual(self.echoTests(client), 12)
         suppressed = client.status()["peers"]["probes-suppressed"]
         self.assertEqual((suppressed["global-budget"], client.status()["drops"]["budget-global"]), (0, 0))
+
+    def test_indirectBubbleAnswersBudget(self) -> None:
+        """
+        Indirect bubbles through our server (forged here) carrying 100 different origins:
+        20 direct answers (the burst), the rest suppressed as global-budget.
+        """
+        client = self.makeClient("full-cone")
+        me = client.address.to_bytes()
+        for i in range(100):
+            peer = teredo(PRIMARY, f"192.0.2.{i + 1}", 5000)
+            payload = encode_payload(
+                ipv6.bubble(peer, me), origin=OriginIndication(f"192.0.2.{i + 1}", 5000)
+            )
+            self.net.inject((PRIMARY, 3544), client.mapping, payload)
+        self.settle()
+        self.assertEqual(client.status()["counters"]["bubbles-answered"], 20)
+        self.assertEqual(client.status()["peers"]["probes-suppressed"]["global-budget"], 80)
