@@ -130,6 +130,7 @@ _COUNTERS = (
     "echo-tests",
     "echo-tests-ok",
     "echo-suppressed",
+    "relay-rechecks",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
