@@ -348,6 +348,17 @@ def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
     return tuple(out)
 
 
+def _route_table(value: Any) -> int:
+    """
+    A kernel routing table number for the relay's health route, or 0 for none; never the
+    tables the kernel itself uses (253 default, 254 main, 255 local).
+    """
+    table = _integer(0, 0xFFFFFFFF, "table")(value)
+    if table in (253, 254, 255):
+        raise _Invalid(f"{table} is a kernel table (default, main, local); use another number")
+    return table
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 
@@ -426,6 +437,10 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
+            _Key("health-table", _route_table, 0, "Kernel table of the health route BGP announces; 0: off."),
+            _Key("health-interval", _integer(1, 60, "seconds"), 1, "Seconds between health route refreshes."),
+            _Key("health-lifetime", _integer(2, 600, "seconds"), 3, "Seconds the health route outlives a hung relay."),
+            _Key("drain-time", _integer(0, 600, "seconds"), 5, "Seconds relaying on after withdrawing, when stopped."),
         ),
         "host-relay": (
             _ENABLED,
@@ -553,6 +568,10 @@ class RelaySettings:
     peer_queue_bytes: int = 1280
     icmp_rate: float = 10.0
     hardened: bool = True
+    health_table: int = 0
+    health_interval: int = 1
+    health_lifetime: int = 3
+    drain_time: int = 5
     enabled: bool = True
     name = "relay"
 
@@ -832,6 +851,11 @@ def _build_role(
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"
             )
+    elif name == "relay" and filled["health_lifetime"] <= filled["health_interval"]:
+        raise ConfigError(
+            f"{_where(source, name, 'health-lifetime', origin)}: must exceed health-interval "
+            f"({filled['health_interval']}), or the route lapses between refreshes"
+        )
     return _CLASSES[name](**filled)
 
 

@@ -393,3 +393,111 @@ class RecheckTests(RestartTestCase):
         self.stopRelay(RELAY_A)
         self.oneWay(20)
         self.assertEqual(self.client.status()["counters"]["relay-rechecks"], RELAY_RECHECKS)
+
+
+class FakeHealthRoute:
+    """
+    Records what the relay does with its health route; C{present} is the kernel's view.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.present = False
+        self.failing: str | None = None
+        self.closed = False
+
+    def refresh(self, ifname: str) -> None:
+        if self.failing:
+            raise RuntimeError(self.failing)
+        self.calls.append(f"refresh {ifname}")
+        self.present = True
+
+    def withdraw(self) -> None:
+        self.calls.append("withdraw")
+        self.present = False
+
+    def lookup(self) -> dict | None:
+        return {"expires": 3.0} if self.present else None
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class HealthTests(RestartTestCase):
+    """
+    The health route a BGP daemon announces (docs/anycast.md): refreshed from the event
+    loop while the relay is healthy, withdrawn first on a graceful stop, which then keeps
+    relaying for drain-time.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.route = FakeHealthRoute()
+        tun = FakeTunDevice("teredo-relay")
+        self.relay = TeredoRelay(
+            RelaySettings(health_table=100, health_interval=1, health_lifetime=3, drain_time=4),
+            self.hosts[RELAY_A], tun, FakeNetworkConfigurator(),
+            randbytes=random.Random(7).randbytes, healthRoute=self.route,
+        )
+        self.relay.privilegedStartService()
+        self.relay.startService()
+        self.addCleanup(lambda: self.relay.state != "stopped" and self.relay._stop())
+        self.side.add(tun)
+        self.side.live.append(tun)
+
+    def test_refreshedEveryInterval(self) -> None:
+        """
+        At start and then every health-interval; status reads the kernel's view.
+        """
+        self.assertEqual(self.route.calls, ["refresh teredo-relay"])
+        self.advance(3.05, step=0.05)
+        self.assertEqual(self.route.calls, ["refresh teredo-relay"] * 4)
+        health = self.relay.status()["health"]
+        self.assertEqual(health["state"], "announced")
+        self.assertEqual(health["table"], 100)
+        self.assertEqual(health["kernel-route"], {"present": True, "expires": 3.0})
+        self.route.present = False  # e.g. someone deleted it: status says so
+        self.assertFalse(self.relay.status()["health"]["kernel-route"]["present"])
+
+    def test_failureReportedAndRetried(self) -> None:
+        """
+        A refresh the kernel refuses is shown in status and tried again next interval.
+        """
+        self.route.failing = "no interface teredo-relay"
+        self.advance(1.0, step=0.05)
+        health = self.relay.status()["health"]
+        self.assertEqual((health["state"], health["error"]), ("withdrawn", "no interface teredo-relay"))
+        self.route.failing = None
+        self.advance(1.0, step=0.05)
+        self.assertEqual(self.relay.status()["health"]["state"], "announced")
+
+    def test_drainWithdrawsFirstThenStops(self) -> None:
+        """
+        stopService withdraws the route at once, keeps relaying (a client's packet still
+        reaches v6host) for drain-time, then stops and the Deferred fires.
+        """
+        done: list[object] = []
+        d = self.relay.stopService()
+        d.addCallback(done.append)
+        self.assertEqual(self.route.calls[-1], "withdraw")
+        self.assertEqual(self.relay.state, "draining")
+        self.assertEqual(self.relay.status()["health"]["state"], "withdrawn")
+        udp = self.net.host("192.0.2.50").listenUDP(40000, Endpoint(), interface="192.0.2.50")
+        udp.write(echo(teredo(PRIMARY, "192.0.2.50", 40000), V6HOST, b"late"), (RELAY_A, 3544))
+        self.advance(3.9, step=0.1)
+        self.assertIn(b"late", [p[48:] for p in self.side.received])
+        self.assertEqual(done, [])
+        self.assertNotIn("refresh teredo-relay", self.route.calls[-1:])
+        self.advance(0.2, step=0.1)
+        self.assertEqual(len(done), 1)
+        self.assertEqual(self.relay.state, "stopped")
+        self.assertTrue(self.route.closed)
+
+    def test_noDrainWithoutHealthRoute(self) -> None:
+        """
+        A relay without a health route (the default) stops at once, as before.
+        """
+        relay = self.startRelay(RELAY_B)
+        self.assertEqual(relay.status()["health"], {"state": "off"})
+        relay.stopService()
+        self.assertEqual(relay.state, "stopped")
