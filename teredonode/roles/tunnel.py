@@ -650,13 +650,16 @@ class TeredoTunnel:
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
             reply = self._decodeEcho(packet)
-            if reply is None or reply.data != peer.nonce:
+            if reply is not None and reply.data == peer.nonce:
+                peer.trust(addr, now)
+                self.counters["echo-tests-ok"] += 1
+                self._release(peer)
+                return
+            if not peer.trusted or src[:4] == self._prefix:
                 self.drops["echo-nonce-mismatch"] += 1
                 return
-            peer.trust(addr, now)
-            self.counters["echo-tests-ok"] += 1
-            self._release(peer)
-            return
+            # A trusted native peer being proven through another relay: the host's own
+            # echo replies arriving that way wait for the proof like any packet (case 6).
         if src[:4] == self._prefix:
             # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
             if mapping_of(src) != addr:
