@@ -19,106 +19,22 @@ Every ping runs in the background with its own count and deadline; each reply's 
 
 from __future__ import annotations
 
-import re
 import statistics
-import subprocess
 import time
-from dataclasses import dataclass
 
 from twisted.trial import unittest
 
+from teredonode.lab.anycast import Pinger, busiest_relay
 from teredonode.wire.address import TeredoAddress
 from tests.system.lab_fixture import LabAssertions, use_lab
 
 QUALIFY_TIMEOUT = 20.0
-#: Ping interval (s) in both directions.
-INTERVAL = 0.1
 #: How fast a restarted relay must carry traffic again, both ways, from the moment it reports
 #: "relaying".  The relay forwards a known client's packets at once (delivered-stateless) and
 #: v6host's first packet costs one bubble exchange through the server (milliseconds here);
 #: the client answers indirect bubbles at most once per 2 s per relay endpoint, so the worst
 #: case is one relay bubble retry: 2 s.  Measured: see docs/anycast.md.
 RECOVERY_BOUND = 3.0
-
-_REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .*icmp_seq=(\d+)")
-
-
-@dataclass
-class PingRun:
-    """
-    What a background ping saw: receive time of each answered sequence number, and how
-    many were sent.
-    """
-
-    replies: dict[int, float]
-    sent: int
-
-    def first_after(self, when: float) -> float | None:
-        """
-        Receive time of the first reply after C{when}.
-        """
-        later = [t for t in self.replies.values() if t > when]
-        return min(later) if later else None
-
-    def largest_gap(self) -> float:
-        times = sorted(self.replies.values())
-        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
-
-    def lost(self, tail: float = 1.5) -> list[int]:
-        """
-        Sequence numbers never answered (leaving out the last C{tail} s, still in flight).
-        """
-        return [s for s in range(1, self.sent - int(tail / INTERVAL)) if s not in self.replies]
-
-    def lost_after(self, when: float, tail: float = 1.5) -> list[int]:
-        """
-        Sequence numbers sent after the first reply following C{when} (and more than
-        C{tail} s before the run ended) that were never answered.
-        """
-        first = self.first_after(when)
-        if first is None:
-            return [-1]
-        seqs = sorted(s for s, t in self.replies.items() if t >= first)
-        start = seqs[0]
-        end = self.sent - int(tail / INTERVAL)
-        return [s for s in range(start, end) if s not in self.replies]
-
-
-class Pinger:
-    """
-    C{ping -D} from C{host} to C{target} in the background for C{seconds}.
-    """
-
-    def __init__(self, lab, host: str, target: str, seconds: float) -> None:
-        self.seconds = seconds
-        self.proc = lab.popen(
-            host,
-            # -c, not -w: with a deadline ping ends at the first ICMPv6 error (a routing
-            # loop's "time exceeded" while a relay is down).
-            ["ping", "-6", "-n", "-D", "-i", str(INTERVAL), "-W", "2", "-c", str(int(seconds / INTERVAL)), target],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def result(self) -> PingRun:
-        try:
-            out, _ = self.proc.communicate(timeout=self.seconds + 15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        replies: dict[int, float] = {}
-        for line in out.splitlines():
-            match = _REPLY.match(line)
-            if match:
-                replies.setdefault(int(match.group(2)), float(match.group(1)))
-        sent = re.search(r"(\d+) packets transmitted", out)
-        return PingRun(replies, int(sent.group(1)) if sent else 0)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate()
 
 
 class AnycastLabCase(LabAssertions, unittest.TestCase):
@@ -221,17 +137,8 @@ class AnycastTests(AnycastLabCase):
         self.assertTrue(ok, f"router next hops {hops}, wanted {count}")
         return time.time()
 
-    def busiest(self, seconds: float = 1.0) -> str:
-        """
-        The relay that sent the most to clients over C{seconds}.
-        """
-        def sent() -> dict[str, int]:
-            return {r: self.lab.node_status(r)["relay"]["counters"]["sent"] for r in ("relay1", "relay2")}
-
-        before = sent()
-        time.sleep(seconds)
-        after = sent()
-        return max(after, key=lambda r: after[r] - before[r])
+    def busiest(self) -> str:
+        return busiest_relay(self.lab)
 
     def pingAll(self, seconds: float) -> dict[str, Pinger]:
         pingers = {}
