@@ -22,7 +22,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from teredonode.errors import LabError
 from teredonode.lab import nodes
+from teredonode.lab._proc import which
 from teredonode.lab.state import LabState
 from teredonode.lab.topology import INET_V4, INET_V6, TEREDO_PREFIX, Plan
 
@@ -97,7 +99,9 @@ def start_bird(state: LabState, node: str, ns: str, conf: str) -> nodes.Node:
     """
     Start C{bird -f} in C{ns} with configuration C{conf}, its control socket under run/.
     """
-    bird = nodes.require_tool("bird")
+    bird = which("bird")
+    if bird is None:
+        raise LabError("bird not found (the anycast scenario needs BIRD 2: apt-get install bird2)")
     conf_path = state.path / "conf" / f"{node}.conf"
     conf_path.write_text(conf)
     pidfile = state.path / "run" / f"{node}.pid"
