@@ -23,9 +23,12 @@ import ipaddress
 import os
 import socket
 import struct
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["HealthRoute", "RouteError", "encodeRoute", "parseRoutes"]
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+__all__ = ["HealthAnnouncer", "HealthRoute", "RouteError", "encodeRoute", "parseRoutes"]
 
 # <linux/netlink.h>, <linux/rtnetlink.h>
 NETLINK_ROUTE = 0
@@ -228,3 +231,93 @@ class HealthRoute:
             ):
                 return route
         return None
+
+
+class HealthAnnouncer:
+    """
+    Keeps a health route (L{HealthRoute}, or a test's fake with C{refresh(ifname)},
+    C{withdraw()}, C{lookup()}, C{close()}) alive from the event loop: replaced every
+    C{interval} seconds while C{healthy()}, withdrawn otherwise.  A failure is logged once
+    per change, shown in L{status} and retried at the next interval.
+
+    @param clock: C{IReactorTime}.
+    @param ifname: the relay's TUN name, asked at each refresh.
+    @param table: the kernel table, for status and logs.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, clock: Any, route: Any, healthy: Callable[[], bool], ifname: Callable[[], str],
+        interval: float, table: int,
+    ) -> None:
+        self._clock = clock
+        self._route = route
+        self._healthy = healthy
+        self._ifname = ifname
+        self._interval = interval
+        self._table = table
+        self._loop = LoopingCall(self._check)
+        self._loop.clock = clock
+        self.state = "withdrawn"
+        self.error: str | None = None
+        self._refreshed: float | None = None
+
+    def start(self) -> None:
+        if not self._loop.running:
+            self._loop.start(self._interval, now=True)
+
+    def _check(self) -> None:
+        if not self._healthy():
+            self.withdraw(stopping=False)
+            return
+        try:
+            self._route.refresh(self._ifname())
+        except Exception as e:
+            self._set("withdrawn", str(e))
+            return
+        self._refreshed = self._clock.seconds()
+        self._set("announced", None)
+
+    def withdraw(self, stopping: bool = True) -> None:
+        """
+        Delete the route now (and, when C{stopping}, refresh it no more).
+        """
+        if stopping and self._loop.running:
+            self._loop.stop()
+        try:
+            self._route.withdraw()
+        except Exception as e:  # the route goes with the TUN anyway
+            self._set("withdrawn", str(e))
+            return
+        self._set("withdrawn", None)
+
+    def close(self) -> None:
+        self._route.close()
+
+    def _set(self, state: str, error: str | None) -> None:
+        if error is not None and error != self.error:
+            self.log.warn("health route: {error}", error=error)
+        elif state != self.state:
+            self.log.info("health route {state} (table {table})", state=state, table=self._table)
+        self.state = state
+        self.error = error
+
+    def status(self) -> dict[str, Any]:
+        """
+        The route as the BGP daemon sees it, read back from the kernel, next to what we
+        last did with it.
+        """
+        try:
+            found = self._route.lookup()
+            kernel: Any = {"present": found is not None, "expires": found.get("expires") if found else None}
+        except Exception as e:
+            kernel = {"present": None, "error": str(e)}
+        refreshed = self._refreshed
+        return {
+            "state": self.state,
+            "table": self._table,
+            "kernel-route": kernel,
+            "last-refresh": round(self._clock.seconds() - refreshed, 3) if refreshed is not None else None,
+            "error": self.error,
+        }

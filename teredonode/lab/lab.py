@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -226,11 +227,9 @@ class Lab:
         Send C{sig} (default SIGKILL) to node C{node}'s process and reap it, keeping its
         record so that it can be started again under the same name by L{stop_node} first.
         """
-        import signal as _signal
-
         handle = self.nodes[node]
         os.kill(handle.record.pid, sig)
-        if sig in (_signal.SIGKILL, _signal.SIGTERM) and handle.popen is not None:
+        if sig in (signal.SIGKILL, signal.SIGTERM) and handle.popen is not None:
             handle.popen.wait(timeout=nodes.STOP_TIMEOUT + 60)
 
     def stop_node(self, node: str) -> None:

@@ -40,10 +40,11 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from teredonode.healthroute import HealthAnnouncer, HealthRoute
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
@@ -223,13 +224,15 @@ class TeredoRelay(Service):
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops
         self.tunnel.setUnnumbered(bubbleSourceFrom(self._randbytes))
-        #: The health route (L{teredonode.healthroute.HealthRoute}) or None: see L{_health}.
-        self._healthRoute = healthRoute
-        self._healthLoop = LoopingCall(self._checkHealth)
-        self._healthLoop.clock = reactor
-        self._healthState = "off" if healthRoute is None else "withdrawn"
-        self._healthError: str | None = None
-        self._healthRefreshed: float | None = None
+        #: Keeps the health route a BGP daemon announces from, or None (no health-table).
+        self._health = (
+            None
+            if healthRoute is None
+            else HealthAnnouncer(
+                reactor, healthRoute, self._healthy, lambda: self._tun.name,
+                settings.health_interval, settings.health_table,
+            )
+        )
 
     # -- what the relay stands for ----------------------------------------------------------
 
@@ -279,8 +282,8 @@ class TeredoRelay(Service):
             self.privilegedStartService()
         self.tunnel.start()
         self.state = "relaying"
-        if self._healthRoute is not None:
-            self._healthLoop.start(self.settings.health_interval, now=True)
+        if self._health is not None:
+            self._health.start()
         host = self._port.getHost()
         self.log.info(
             "Teredo {role} on {host}:{port}, {prefix} routed to {tun}",
@@ -297,65 +300,27 @@ class TeredoRelay(Service):
         """
         return self.state == "relaying" and self._port is not None and self._routed
 
-    def _checkHealth(self) -> None:
-        """
-        Refresh the health route (a fresh lifetime) while healthy, withdraw it otherwise.
-        A failure is logged once per change and retried at the next interval.
-        """
-        route = self._healthRoute
-        try:
-            if self._healthy():
-                route.refresh(self._tun.name)
-                self._healthRefreshed = self._reactor.seconds()
-                self._setHealth("announced", None)
-            else:
-                route.withdraw()
-                self._setHealth("withdrawn", None)
-        except Exception as e:
-            self._setHealth("withdrawn", str(e))
-
-    def _setHealth(self, state: str, error: str | None) -> None:
-        if error != self._healthError and error is not None:
-            self.log.warn("health route: {error}", error=error)
-        elif state != self._healthState:
-            self.log.info("health route {state} (table {table})", state=state, table=self.settings.health_table)
-        self._healthState = state
-        self._healthError = error
-
     def _drain(self) -> Any:
         """
         Graceful stop with a health route: withdraw it first (the BGP daemon withdraws the
         prefix, routers move the traffic to the other relays), keep relaying for
-        C{drain-time} seconds while they do, then stop.  Returns the Deferred that stop
-        waits for.
+        C{drain-time} seconds while they do, then stop.  Returns what stop waits for.
         """
-        if self._healthLoop.running:
-            self._healthLoop.stop()
+        self._health.withdraw()
         self.state = "draining"
-        try:
-            self._healthRoute.withdraw()
-            self._setHealth("withdrawn", None)
-        except Exception as e:
-            self._setHealth("withdrawn", str(e))
         self.log.info("draining for {seconds} s", seconds=self.settings.drain_time)
         return deferLater(self._reactor, self.settings.drain_time, self._stop)
 
     def stopService(self) -> Any:
         Service.stopService(self)
-        if self._healthRoute is not None and self.state == "relaying" and self.settings.drain_time > 0:
+        if self._health is not None and self.state == "relaying" and self.settings.drain_time > 0:
             return self._drain()
         return self._stop()
 
     def _stop(self) -> Any:
-        if self._healthLoop.running:
-            self._healthLoop.stop()
-        if self._healthRoute is not None:
-            try:
-                self._healthRoute.withdraw()
-            except Exception as e:  # the route goes with the TUN anyway
-                self.log.warn("health route: {error}", error=str(e))
-            self._healthState = "withdrawn"
-            self._healthRoute.close()
+        if self._health is not None:
+            self._health.withdraw()
+            self._health.close()
         self.state = "stopped"
         self.tunnel.stop()
         if self._routed:
@@ -404,29 +369,8 @@ class TeredoRelay(Service):
         }
 
     def _statusExtra(self) -> dict[str, Any]:
-        return {"serve": list(self.settings.serve), "health": self._healthStatus()}
-
-    def _healthStatus(self) -> dict[str, Any]:
-        """
-        The health route as the BGP daemon sees it: read back from the kernel, not from
-        what the relay believes it wrote.
-        """
-        route = self._healthRoute
-        if route is None:
-            return {"state": "off"}
-        try:
-            found = route.lookup()
-            kernel: Any = {"present": found is not None, "expires": found.get("expires") if found else None}
-        except Exception as e:
-            kernel = {"present": None, "error": str(e)}
-        refreshed = self._healthRefreshed
-        return {
-            "state": self._healthState,
-            "table": self.settings.health_table,
-            "kernel-route": kernel,
-            "last-refresh": round(self._reactor.seconds() - refreshed, 3) if refreshed is not None else None,
-            "error": self._healthError,
-        }
+        health = self._health.status() if self._health is not None else {"state": "off"}
+        return {"serve": list(self.settings.serve), "health": health}
 
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
@@ -438,8 +382,6 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
 
     health = None
     if settings.health_table:
-        from teredonode.healthroute import HealthRoute
-
         health = HealthRoute(settings.prefix, settings.health_table, settings.health_lifetime, ROUTE_METRIC)
     return TeredoRelay(
         settings, reactor, TunDevice(settings.interface, reactor=reactor), IPRoute2Configurator(),
