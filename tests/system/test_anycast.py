@@ -4,7 +4,7 @@ Relays that come and go under live traffic (docs/anycast.md).
   - RestartTests (default scenario, one relay, no BGP): our client behind a port-restricted
     NAT pings v6host and v6host pings it, 10 a second each way; our relay is restarted on
     the same address; both directions are answered again within RECOVERY_BOUND of the new
-    relay serving, and nothing is lost after that.
+    relay serving, and nothing is lost after that.  The same with only the client sending.
   - AnycastTests (anycast scenario: relay1 and relay2 announce 2001::/32 by BGP, the router
     spreads it by ECMP): our clients behind both NATs ping v6host and are pinged by it; the
     relay carrying traffic is killed (SIGKILL), the router drops it at once (its TUN takes
@@ -107,6 +107,28 @@ class RestartTests(AnycastLabCase):
                 for name, v in recovered.items()
             )
         )
+
+
+    def test_restart_client_only(self) -> None:
+        """
+        The case that used to cost ~30 s: only the client pings v6host.  Its packets reach
+        the restarted relay, which has no entry for it, and are forwarded statelessly; v6host's
+        replies make the relay bubble the client.  Measured before this: 31.7 s, every packet
+        dropped as unknown-peer until the client's entry for v6host expired.
+        """
+        up = Pinger(self.lab, "client1", self.lab.ipv6("v6host"), 8)
+        self.addCleanup(up.kill)
+        time.sleep(2)
+        self.lab.stop_node("our-relay")
+        serving = self.startRelay("our-relay", "relay")
+        run = up.result()
+        first = run.first_after(serving)
+        self.assertIsNotNone(first, "no reply after the restart")
+        self.assertLessEqual(first - serving, RECOVERY_BOUND)  # type: ignore[operator]
+        self.assertEqual(run.lost_after(serving), [])
+        status = self.lab.node_status("our-relay")["relay"]
+        self.assertGreater(status["counters"]["delivered-stateless"], 0, status)
+        print(f"\nrelay restart, client-only traffic: first reply {(first - serving) * 1000:.0f} ms after serving")  # type: ignore[operator]
 
 
 #: Kill -9 to traffic answered again through the other relay, both ways.  The route is
