@@ -20,7 +20,7 @@ import random
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.config import ClientSettings, RelaySettings, ServerSettings
+from teredonode.config import RelaySettings, ServerSettings
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import TeredoRelay
 from teredonode.roles.server import TeredoServer
@@ -29,7 +29,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, teredo
+from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, teredo
 
 RELAY_A, RELAY_B = "203.0.113.20", "203.0.113.21"
 
@@ -96,17 +96,11 @@ class RestartTestCase(SynchronousTestCase):
         relay.stopService()
 
     def makeClient(self) -> tuple[TeredoClient, bytes]:
-        nat = self.net.nat("port-restricted", public="198.51.100.1", rng=random.Random(1))
-        rng = random.Random(1)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY), nat.host("10.0.0.2"),
-            FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
-        client.privilegedStartService()
-        client.startService()
-        self.addCleanup(client.stopService)
-        self.settle()
-        self.assertEqual(client.state, "qualified")
+        """
+        Our client behind a port-restricted NAT (the relay tests' own), qualified.
+        """
+        self._nats = 0
+        client = RelayTestCase.makeClient(self)  # type: ignore[arg-type]
         return client, raw(client.address)
 
     def settle(self) -> None:
