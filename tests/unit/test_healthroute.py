@@ -73,3 +73,38 @@ class EncodeParseTests(SynchronousTestCase):
             for _ in range(rng.randint(1, 6)):
                 data[rng.randrange(len(data))] = rng.randrange(256)
             hr.parseRoutes(bytes(data[: rng.randint(0, len(data))]))
+
+
+class HealthSettingsTests(SynchronousTestCase):
+    """
+    The [relay] health keys (teredonode.config): defaults off, kernel tables refused, a
+    lifetime that cannot outlive the refresh interval refused, one line each.
+    """
+
+    def parse(self, text: str):
+        from teredonode.config import parse_config
+
+        return parse_config("[relay]\nenabled = true\n" + text, "x.toml").roles["relay"]
+
+    def test_defaults(self) -> None:
+        relay = self.parse("")
+        self.assertEqual(
+            (relay.health_table, relay.health_interval, relay.health_lifetime, relay.drain_time), (0, 1, 3, 5)
+        )
+
+    def test_kernelTablesRefused(self) -> None:
+        from teredonode.errors import ConfigError
+
+        for table in (253, 254, 255):
+            with self.assertRaises(ConfigError) as e:
+                self.parse(f"health-table = {table}\n")
+            self.assertIn("[relay] health-table", str(e.exception))
+            self.assertNotIn("\n", str(e.exception))
+        self.assertEqual(self.parse("health-table = 100\n").health_table, 100)
+
+    def test_lifetimeMustExceedInterval(self) -> None:
+        from teredonode.errors import ConfigError
+
+        with self.assertRaises(ConfigError) as e:
+            self.parse("health-interval = 3\nhealth-lifetime = 3\n")
+        self.assertIn("[relay] health-lifetime: must exceed health-interval", str(e.exception))
