@@ -12,6 +12,7 @@ Relays that come and go under live traffic (docs/anycast.md).
     nothing is lost after; the relay comes back and rejoins; three rounds, times printed.
     A graceful stop (SIGTERM: withdraw, drain, exit) loses no ping at all; a hung relay
     (SIGSTOP) is withdrawn within health-lifetime plus the kernel's 1-s route gc.
+  - AnycastDemoTests: C{teredo lab demo --scenario anycast} works end to end.
 
 Every ping runs in the background with its own count and deadline; each reply's receive time
 (ping -D) is compared with the wall clock of the events the test causes.
@@ -274,3 +275,26 @@ class AnycastTests(AnycastLabCase):
         self.assertEqual(status["state"], "announced", status)
         self.assertTrue(status["kernel-route"]["present"], status)
         print(f"\nhung relay: withdrawn {withdrawn:.2f} s after SIGSTOP")
+
+
+class AnycastDemoTests(unittest.TestCase):
+    """
+    C{teredo lab demo --scenario anycast} on a lab of its own: every step works and the
+    output tells a person what happened.
+    """
+
+    def test_demo(self) -> None:
+        import io
+
+        from teredonode.lab._proc import which
+        from teredonode.lab.anycast import run_anycast_demo
+
+        if which("bird") is None:
+            raise unittest.SkipTest("bird not installed (apt-get install bird2)")
+        lab = use_lab(self, "anycast")
+        out = io.StringIO()
+        ok = run_anycast_demo(lab, out)
+        text = out.getvalue()
+        self.assertTrue(ok, text)
+        for phrase in ("(BGP, ECMP)", "killed; router withdrew it after", "rejoined the ECMP set", "exited"):
+            self.assertIn(phrase, text)
