@@ -327,9 +327,19 @@ class TeredoRelay(Service):
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     """
-    The production relay: a real TUN, C{ip} and sysctls for configuration.
+    The production relay: a real TUN, C{ip} and sysctls for configuration.  A host with no
+    IPv6 route toward native hosts (other than the relay's own TUN) would drop every packet
+    a client sends: the relay refuses to start with one line instead.
     """
+    from teredonode.hostcheck import nativeRoutes
     from teredonode.netconfig import IPRoute2Configurator
     from teredonode.tun import TunDevice
+
+    if not nativeRoutes(settings.interface):
+        raise SystemExit(
+            "teredo: relay: this host has no IPv6 route to native hosts (no default route and "
+            "no 2000::/3 route outside the relay's TUN); add one, e.g. ip -6 route add default "
+            "via <router>"
+        )
 
     return TeredoRelay(settings, reactor, TunDevice(settings.interface, reactor=reactor), IPRoute2Configurator())

@@ -108,6 +108,8 @@ class TeredoServer(Service):
         host object in tests).
     @param tun: the IPv6 side for clients' echo tests to native hosts, or C{None}.
     @param netconfig: configures C{tun} (address-less; a route for the server's /64).
+    @param native: where echo tests to native hosts are sent (a L{RawIPv6Sender}, so the
+        host need not forward IPv6); C{tun} when C{None}.
     """
 
     roleName = "server"
@@ -119,11 +121,13 @@ class TeredoServer(Service):
         reactor: Any,
         tun: ITunDevice | None = None,
         netconfig: INetworkConfigurator | None = None,
+        native: Any = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
         self._tun = tun
         self._netconfig = netconfig
+        self._native = native if native is not None else tun
         self.primary: str = settings.primary
         self.secondary: str = settings.secondary
         self._prefix: bytes = settings.prefix_bytes
@@ -163,6 +167,8 @@ class TeredoServer(Service):
                 self._netconfig.linkUp(self._tun.name, self.settings.mtu)
                 self._netconfig.addRoute(self._tun.name, prefix, 1024)
             self._tun.startReading(self.ipv6Received)
+        if self._native is not None and self._native is not self._tun:
+            self._native.open()
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -182,6 +188,8 @@ class TeredoServer(Service):
             self._rateLoop.stop()
         if self._tun is not None:
             self._tun.close()
+        if self._native is not None and self._native is not self._tun:
+            self._native.close()
         ports, self._ports = self._ports, []
         from twisted.internet.defer import gatherResults, maybeDeferred
 
@@ -249,8 +257,8 @@ class TeredoServer(Service):
             return
         if dst[:4] == self._prefix:
             self._forwardToTeredo(packet.ipv6, packet.trailer_bytes, dst, addr)
-        elif self._tun is not None:
-            self._tun.write(packet.ipv6)
+        elif self._native is not None:
+            self._native.write(packet.ipv6)
             self.counters["forwarded-ipv6"] += 1
         else:
             drops["no-ipv6-side"] += 1
@@ -400,6 +408,8 @@ class TeredoServer(Service):
         for sock in self._sockets:
             if sock.sender is not None:
                 send_drops.update(getattr(sock.sender, "drops", {}))
+        if self._native is not None and self._native is not self._tun:
+            send_drops.update(self._native.drops)
         return {
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
@@ -425,15 +435,25 @@ def _ipv6_text(raw: bytes) -> str:
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     """
-    The production server: real sockets, and a TUN device for the IPv6 side when the
-    C{[server] interface} setting names one.
+    The production server: real sockets, and an IPv6 side when the C{[server] interface}
+    setting names one: echo tests leave through a raw IPv6 socket (no IPv6 forwarding needed
+    on the host), replies to the server's /64 come back through the TUN.
     """
     interface = getattr(settings, "interface", "") or ""
-    tun = netconfig = None
+    tun = netconfig = native = None
     if interface:
+        from teredonode.errors import TeredoError
+        from teredonode.rawip6 import RawIPv6Sender
+
         from teredonode.netconfig import IPRoute2Configurator
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)
         netconfig = IPRoute2Configurator()
-    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig)
+        native = RawIPv6Sender()
+        try:  # refuse now, with one line, rather than at start with a traceback
+            native.open()
+        except TeredoError as e:
+            raise SystemExit(f"teredo: {e}") from None
+        native.close()
+    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig, native=native)
