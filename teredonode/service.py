@@ -7,13 +7,8 @@ imported here, lazily and by name (L{teredonode.roles.ROLE_MODULES}), so that a 
 only a server never imports the client, and so that a role that does not exist yet in this
 version is a one-line configuration error rather than an C{ImportError} traceback.
 
-Log level: twistd installs its own log observer and has no level option, so C{[node]
-log-level} is applied to the messages teredonode itself emits.  Modules log through
-L{logObserver}::
-
-    log = Logger(observer=teredonode.service.logObserver)
-
-which filters on L{logFilter} before passing events on to the global publisher.
+Log level: C{[node] log-level} applies to every message teredonode emits, through the
+filter in L{teredonode.logs} (whose L{Logger} every module uses).
 """
 
 from __future__ import annotations
@@ -24,19 +19,13 @@ from types import ModuleType
 from typing import Any, Mapping
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    globalLogPublisher,
-)
 from zope.interface import implementer
 
 import teredonode
 from teredonode.config import NodeConfig
 from teredonode.errors import ConfigError
 from teredonode.interfaces import IStatusSource
+from teredonode.logs import Logger, logFilter, logObserver, setLogLevel
 import teredonode.roles as _roles
 from teredonode.status import StatusService
 
@@ -48,12 +37,6 @@ __all__ = [
     "logFilter",
     "logObserver",
 ]
-
-#: The level filter for teredonode's own messages; L{TeredoNode} sets it from C{[node]}.
-logFilter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-#: The observer teredonode's loggers publish to: L{logFilter}, then the global publisher.
-logObserver = FilteringLogObserver(globalLogPublisher, [logFilter])
-
 
 def loadRoleModule(name: str, registry: Mapping[str, str] | None = None) -> ModuleType:
     """
@@ -100,7 +83,7 @@ class TeredoNode(MultiService):
     @ivar statusService: the L{StatusService} serving L{status}.
     """
 
-    log = Logger(observer=logObserver)
+    log = Logger()
 
     def __init__(
         self,
@@ -112,7 +95,7 @@ class TeredoNode(MultiService):
         self.config = config
         self._reactor = reactor
         self._startedAt: float | None = None
-        logFilter.setLogLevelForNamespace("", LogLevel.levelWithName(config.node.log_level))
+        setLogLevel(config.node.log_level)
 
         # The status server comes first so it is up while roles start, and goes last.
         self.statusService = StatusService(

@@ -38,7 +38,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.errors import NetConfigError

@@ -37,7 +37,7 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice

@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
