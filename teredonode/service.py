@@ -103,6 +103,13 @@ class TeredoNode(MultiService):
         )
         self.statusService.setName("status")
         self.statusService.setServiceParent(self)
+        self.metricsService: Any = None
+        if config.node.metrics:
+            from teredonode.metrics import MetricsService
+
+            self.metricsService = MetricsService(config.node.metrics, self, reactor)
+            self.metricsService.setName("metrics")
+            self.metricsService.setServiceParent(self)
 
         self.roles: dict[str, Any] = {}
         for name, settings in config.roles.items():

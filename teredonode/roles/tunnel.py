@@ -47,6 +47,7 @@ from typing import Any, Callable
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint
+from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
@@ -590,6 +591,7 @@ class TeredoTunnel:
             if reply is None or reply.data != peer.nonce:
                 self.drops["echo-nonce-mismatch"] += 1
                 return
+            observe("echo-test", now - peer.last_tx)
             peer.trust(addr, now)
             self.counters["echo-tests-ok"] += 1
             self._release(peer)
