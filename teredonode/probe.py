@@ -6,17 +6,19 @@ Only UDP sockets are used (no TUN, no root).  Per server, in this order, each st
 fresh nonce, retried C{attempts} times C{timeout} seconds apart (RFC 4380 section 5.2.1 and
 RFC 5991 section 3.2 for what the server does with it):
 
-  1. the cone test: an RS with the cone flag to the primary address.  The server answers from
-     its I{secondary} address, which reaches us only through a NAT that lets in anything once
-     a mapping exists (full cone: endpoint-independent filtering);
-  2. an RS to the primary: the mapped address (origin indication) and the RS->RA round trip;
-  3. an RS to the secondary: does it answer, and is the mapping the same as toward the
+  1. an RS to the primary: the mapped address (origin indication) and the RS->RA round trip;
+  2. an RS to the secondary: does it answer, and is the mapping the same as toward the
      primary?  A different one means the mapping depends on the destination (symmetric);
-  4. only for a restricted NAT (same mapping, cone test unanswered), from a second socket (a
-     fresh mapping, so the filter still knows nothing of the secondary): one empty datagram to
-     the secondary's port 3545, then the cone test again.  An answer from the secondary's port
-     3544 passes an address-restricted NAT (the address was contacted) but not a
-     port-restricted one (that port was not).
+  3. unless symmetric, the cone test from a fresh socket: an RS with the cone flag to the
+     primary.  The server answers from its I{secondary} address, which reaches us only
+     through a NAT that lets in anything once a mapping exists (full cone:
+     endpoint-independent filtering).  A fresh socket, because the filter of the first one
+     already knows the secondary, and because Linux masquerade, refusing that unsolicited
+     answer, would leave a conntrack entry that changes the first socket's later mappings;
+  4. only for a restricted NAT (cone test unanswered), from another fresh socket: one empty
+     datagram to the secondary's port 3545, then the cone test again.  An answer from the
+     secondary's port 3544 passes an address-restricted NAT (the address was contacted) but
+     not a port-restricted one (that port was not).
 
 Port preservation is the mapped port equal to our local port; a sequential port-symmetric NAT
 shows as consecutive new mappings whose ports grow by a small constant (1 or 2, RFC 6081
@@ -168,10 +170,7 @@ class Prober:
         sock = self._listen()
         local_port = sock[1].getHost().port
         try:
-            cone = yield self._solicit(sock, primary, cone=True)
             plain = yield self._solicit(sock, primary, cone=False)
-            if plain is None and cone is not None:
-                plain = cone
             second = yield self._solicit(sock, secondary, cone=False)
         finally:
             yield sock[1].stopListening()
@@ -185,7 +184,7 @@ class Prober:
             "local-port": local_port,
             "mapped": _ep(plain[0]) if plain else None,
             "mapped-secondary": _ep(second[0]) if second else None,
-            "cone-test": cone is not None,
+            "cone-test": None,
             "mapping-per-destination": None,
             "filtering": None,
         }
@@ -197,32 +196,41 @@ class Prober:
             result["filtering"] = "none"
             result["mapping-per-destination"] = False
             return result
-        if second is not None:
-            self._mapped(second[0])
-            result["mapping-per-destination"] = second[0] != plain[0]
-        if cone is not None:
+        if second is None:
+            return result  # the filtering tests need the secondary's answers
+        self._mapped(second[0])
+        result["mapping-per-destination"] = second[0] != plain[0]
+        if result["mapping-per-destination"]:
+            return result  # symmetric: filtering is address-and-port-dependent by definition
+        cone = yield self._coneTest(primary, secondary, contactSecondary=False)
+        result["cone-test"] = cone
+        if cone:
             result["filtering"] = "endpoint-independent"
-        elif result["mapping-per-destination"] is False:
-            result["filtering"] = yield self._filtering(primary, secondary)
+        elif cone is False:
+            restricted = yield self._coneTest(primary, secondary, contactSecondary=True)
+            if restricted is not None:
+                result["filtering"] = "address-dependent" if restricted else "address-and-port-dependent"
         return result
 
     @inlineCallbacks
-    def _filtering(self, primary: str, secondary: str) -> Generator[Deferred, Any, str | None]:
+    def _coneTest(self, primary: str, secondary: str, contactSecondary: bool) -> Generator[Deferred, Any, bool | None]:
         """
-        Step 4: address-dependent or address-and-port-dependent filtering.
+        Steps 1 and 4, each from a fresh socket (a new mapping the filter knows nothing of,
+        and no conntrack entry a refused datagram could leave behind on the main one): does
+        the answer from the secondary address get in?  C{None} when the server stopped
+        answering altogether (inconclusive).
         """
         sock = self._listen()
         try:
-            sock[1].write(b"", (secondary, FILTER_TEST_PORT))
+            if contactSecondary:
+                sock[1].write(b"", (secondary, FILTER_TEST_PORT))
             answer = yield self._solicit(sock, primary, cone=True)
-            if answer is None:
-                # The cone RS itself may have been lost: confirm the server still answers
-                # this socket before blaming the filter.
-                check = yield self._solicit(sock, primary, cone=False)
-                if check is None:
-                    return None
-                return "address-and-port-dependent"
-            return "address-dependent"
+            if answer is not None:
+                return True
+            # The cone RS itself may have been lost: check the server still answers this
+            # socket before blaming the filter.
+            check = yield self._solicit(sock, primary, cone=False)
+            return None if check is None else False
         finally:
             yield sock[1].stopListening()
 
