@@ -392,6 +392,31 @@ class TeredoServer(Service):
         self._sockets[index].sendto(reply, addr)
         self.counters["echo-replies"] += 1
 
+    # -- reload ----------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while serving (the others need a restart).
+    liveSettings = frozenset(
+        {"rs_rate", "forward_rate", "burst", "max_sources", "secure", "clients", "max_payload", "hardened"}
+    )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded C{[server]} table: rate limits (fresh buckets: a source may get one
+        new burst), secure-qualification keys, payload limit, hardening.  The sockets, the
+        prefix and the addresses are untouched, so clients stay qualified.
+        """
+        old, self.settings = self.settings, settings
+        if (old.rs_rate, old.forward_rate, old.burst, old.max_sources) != (
+            settings.rs_rate, settings.forward_rate, settings.burst, settings.max_sources
+        ):
+            reactor = self._reactor
+            self._rs_limit = RateLimiter(reactor, settings.rs_rate, settings.burst, settings.max_sources)
+            self._fw_limit = RateLimiter(reactor, settings.forward_rate, settings.burst, settings.max_sources)
+        self._secure = settings.secure
+        self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
+        self._max_payload = settings.max_payload
+        self._hardened = settings.hardened
+
     # -- status ----------------------------------------------------------------------------
 
     def _sampleRates(self) -> None:
