@@ -468,9 +468,8 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     tun = netconfig = native = None
     if interface:
         from teredonode.errors import TeredoError
-        from teredonode.rawip6 import RawIPv6Sender
-
         from teredonode.netconfig import IPRoute2Configurator
+        from teredonode.rawip6 import RawIPv6Sender
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)

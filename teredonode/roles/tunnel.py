@@ -685,10 +685,16 @@ class TeredoTunnel:
 
     def status(self) -> dict[str, Any]:
         peers = list(self.peers)
+        trusted = packets = queued = 0
+        for p in peers:  # one pass: a relay may hold a million entries
+            trusted += p.trusted
+            packets += len(p.queue)
+            queued += p.queued_bytes
         return {
             "peers": len(peers),
-            "trusted-peers": sum(1 for p in peers if p.trusted),
-            "queued-packets": sum(len(p.queue) for p in peers),
+            "trusted-peers": trusted,
+            "queued-packets": packets,
+            "queued-bytes": queued,
             "evicted-peers": self.peers.evicted,
             "expired-peers": self.peers.expired,
         }
