@@ -8,8 +8,9 @@ Read from C{/proc} (the kernel's own view), only in the roles' production C{make
 from __future__ import annotations
 
 import ipaddress
+import os
 
-__all__ = ["nativeRoutes"]
+__all__ = ["nativeRoutes", "forwardingSettable"]
 
 
 def nativeRoutes(exclude: str, path: str = "/proc/net/ipv6_route") -> list[str]:
@@ -39,3 +40,18 @@ def nativeRoutes(exclude: str, path: str = "/proc/net/ipv6_route") -> list[str]:
         if network.prefixlen == 0 or network.overlaps(globalUnicast):
             routes.append(f"{network} dev {fields[9]}")
     return routes
+
+
+def forwardingSettable(root: str = "/proc/sys") -> bool:
+    """
+    Is C{net.ipv6.conf.all.forwarding} on already, or can this process turn it on?  (Not
+    in a container whose C{/proc/sys} is read-only, nor without the privilege.)
+    """
+    path = os.path.join(root, "net/ipv6/conf/all/forwarding")
+    try:
+        with open(path) as f:
+            if f.read().strip() == "1":
+                return True
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
