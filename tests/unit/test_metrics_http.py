@@ -9,12 +9,26 @@ from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, readBody
+from twisted.internet.threads import deferToThread
 
 from teredonode.config import ConfigError, NodeConfig, NodeSettings, parse_config
 from teredonode.metrics import MetricsService
 from teredonode.service import TeredoNode
 from teredonode.status import StaticStatus
+
+
+def _get(url: str) -> tuple[int, str, bytes]:
+    """
+    A plain blocking HTTP GET (run in a thread): what a scraper sees.
+    """
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, response.headers.get("content-type", ""), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("content-type", ""), e.read()
 
 
 class MetricsHTTPTests(TestCase):
@@ -24,21 +38,18 @@ class MetricsHTTPTests(TestCase):
         service = MetricsService("127.0.0.1:0", StaticStatus(document), reactor)
         service.startService()
         self.addCleanup(service.stopService)
-        url = f"http://{service.address}/metrics".encode()
-        agent = Agent(reactor)
-        response = yield agent.request(b"GET", url)
-        self.assertEqual(response.code, 200)
-        self.assertIn(b"text/plain", response.headers.getRawHeaders(b"content-type")[0])
-        body = yield readBody(response)
+        url = f"http://{service.address}/metrics"
+        code, kind, body = yield deferToThread(_get, url)
+        self.assertEqual(code, 200)
+        self.assertIn("text/plain", kind)
         self.assertIn(b"teredonode_server_rs_total 1.0", body)
         document["server"]["counters"]["rs"] = 5
         document["server"]["drops"]["malformed"] = 2
-        body = yield readBody((yield agent.request(b"GET", url)))
+        _, _, body = yield deferToThread(_get, url)
         self.assertIn(b"teredonode_server_rs_total 5.0", body)
         self.assertIn(b'teredonode_server_drops_total{reason="malformed"} 2.0', body)
-        other = yield agent.request(b"GET", url.replace(b"/metrics", b"/other"))
-        self.assertEqual(other.code, 404)
-        yield readBody(other)
+        code, _, _ = yield deferToThread(_get, url.replace("/metrics", "/other"))
+        self.assertEqual(code, 404)
 
     def test_node_serves_metrics_only_when_configured(self) -> None:
         off = TeredoNode(NodeConfig(source="t", node=NodeSettings()), Clock(), registry={})
