@@ -34,8 +34,8 @@ class MetricsLabTests(LabAssertions, unittest.TestCase):
         self.lab.start_teredonode("our-server", "server", "server", node_settings={"metrics": ADDRESS})
         self.waitStatus("our-server", lambda s: s["server"]["state"] == "serving", 15, "serving")
 
-    def scrape(self) -> str:
-        out = self.lab.exec("server", ["python3", "-c", SCRAPE], timeout=20)
+    def scrape(self, host: str = "server") -> str:
+        out = self.lab.exec(host, ["python3", "-c", SCRAPE], timeout=20)
         self.assertEqual(out.returncode, 0, out.stderr)
         return out.stdout
 
@@ -63,3 +63,16 @@ class MetricsLabTests(LabAssertions, unittest.TestCase):
         if promtool is not None:
             check = subprocess.run([promtool, "check", "metrics"], input=after.encode(), capture_output=True, timeout=60)
             self.assertEqual(check.returncode, 0, check.stdout + check.stderr)
+
+    def test_our_client_latencies_and_state(self) -> None:
+        """
+        Our client's metrics: qualified with its NAT type as labels, and the qualification
+        and RS->RA histograms observed.
+        """
+        self.lab.start_teredonode("ours-client1", "client1", "client", node_settings={"metrics": ADDRESS})
+        self.waitStatus("ours-client1", lambda s: s["client"]["state"] == "qualified", 25, "qualified")
+        text = self.scrape("client1")
+        self.assertRegex(text, r'teredonode_client_info\{[^}]*nat="restricted-or-cone"[^}]*state="qualified"')
+        self.assertGreaterEqual(value(text, "teredonode_client_qualification_seconds_count"), 1.0)
+        self.assertGreaterEqual(value(text, "teredonode_client_rs_ra_seconds_count"), 2.0)
+        self.assertLess(value(text, "teredonode_client_rs_ra_seconds_sum"), 2.0 * value(text, "teredonode_client_rs_ra_seconds_count"))
