@@ -129,6 +129,23 @@ def _socket_path(value: Any) -> str:
     return text
 
 
+def _listen_address(value: Any) -> str:
+    """
+    C{"host:port"} (C{"[v6]:port"} for IPv6) to listen on, or C{""} for off.
+    """
+    if value == "":
+        return ""
+    text = _string(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise _Invalid(f"{_show(value)} is not host:port (e.g. \"127.0.0.1:9544\")")
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        raise _Invalid(f"{_show(value)}: {_show(host)} is not an IP address") from None
+    return text
+
+
 def _integer(low: int, high: int, what: str = "") -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -390,6 +407,7 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("status-socket", _socket_path, DEFAULT_STATUS_SOCKET, "UNIX socket serving status JSON."),
             _Key("status-mode", _mode, 0o660, "Permissions of the status socket."),
             _Key("log-level", _log_level, "info", "Least severe level logged by teredonode."),
+            _Key("metrics", _listen_address, "", "Prometheus endpoint host:port; empty: off."),
         ),
         "server": (
             _ENABLED,
@@ -493,6 +511,7 @@ class NodeSettings:
     status_socket: str = DEFAULT_STATUS_SOCKET
     status_mode: int = 0o660
     log_level: str = "info"
+    metrics: str = ""
 
 
 @dataclass(frozen=True, slots=True)

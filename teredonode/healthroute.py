@@ -26,7 +26,7 @@ import struct
 from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from teredonode.logs import Logger
 
 __all__ = ["HealthAnnouncer", "HealthRoute", "RouteError", "encodeRoute", "parseRoutes"]
 

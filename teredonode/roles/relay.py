@@ -41,10 +41,10 @@ from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
 from twisted.internet.task import deferLater
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from teredonode.healthroute import HealthAnnouncer, HealthRoute
+from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
@@ -375,10 +375,27 @@ class TeredoRelay(Service):
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     """
-    The production relay: a real TUN, C{ip} and sysctls for configuration.
+    The production relay: a real TUN, C{ip} and sysctls for configuration.  A host with no
+    IPv6 route toward native hosts (other than the relay's own TUN) would drop every packet
+    a client sends, and so would one where IPv6 forwarding is off and cannot be turned on
+    (a read-only C{/proc/sys}): the relay refuses to start with one line instead.
     """
+    from teredonode.hostcheck import forwardingSettable, nativeRoutes
     from teredonode.netconfig import IPRoute2Configurator
     from teredonode.tun import TunDevice
+
+    if not nativeRoutes(settings.interface):
+        raise SystemExit(
+            "teredo: relay: this host has no IPv6 route to native hosts (no default route and "
+            "no 2000::/3 route outside the relay's TUN); add one, e.g. ip -6 route add default "
+            "via <router>"
+        )
+    if not forwardingSettable():
+        raise SystemExit(
+            "teredo: relay: IPv6 forwarding is off and cannot be turned on from here; set "
+            "net.ipv6.conf.all.forwarding=1 on the host (a relay forwards between its TUN and "
+            "native IPv6)"
+        )
 
     health = None
     if settings.health_table:

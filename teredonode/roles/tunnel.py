@@ -47,6 +47,7 @@ from typing import Any, Callable
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint
+from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
@@ -651,6 +652,7 @@ class TeredoTunnel:
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
             reply = self._decodeEcho(packet)
             if reply is not None and reply.data == peer.nonce:
+                observe("echo-test", now - peer.last_tx)
                 peer.trust(addr, now)
                 self.counters["echo-tests-ok"] += 1
                 self._release(peer)
@@ -755,10 +757,16 @@ class TeredoTunnel:
 
     def status(self) -> dict[str, Any]:
         peers = list(self.peers)
+        trusted = packets = queued = 0
+        for p in peers:  # one pass: a relay may hold a million entries
+            trusted += p.trusted
+            packets += len(p.queue)
+            queued += p.queued_bytes
         return {
             "peers": len(peers),
-            "trusted-peers": sum(1 for p in peers if p.trusted),
-            "queued-packets": sum(len(p.queue) for p in peers),
+            "trusted-peers": trusted,
+            "queued-packets": packets,
+            "queued-bytes": queued,
             "evicted-peers": self.peers.evicted,
             "expired-peers": self.peers.expired,
         }

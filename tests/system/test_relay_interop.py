@@ -268,3 +268,18 @@ class HostRelayInteropTests(LabRoles):
         tail = node.log_tail(3)
         self.assertIn("no native IPv6", tail[-1])
         self.assertFalse(any("Traceback" in line for line in node.log_tail(50)), node.log_tail(50))
+
+
+class RelayHostCheckTests(LabRoles):
+    def test_relay_refuses_without_ipv6_route(self) -> None:
+        """
+        On client1 (IPv4 only: no IPv6 route anywhere) our relay exits with one line naming
+        the missing route, instead of starting and dropping every client packet.
+        """
+        node = self.lab.start_teredonode("relay-client1", "client1", "relay")
+        deadline = time.monotonic() + 20
+        while node.exit_code() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.assertEqual(node.exit_code(), 1, node.log_tail(10))
+        self.assertIn("no IPv6 route to native hosts", node.log_tail(3)[-1])
+        self.assertFalse(any("Traceback" in line for line in node.log_tail(50)), node.log_tail(50))
