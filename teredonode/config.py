@@ -391,12 +391,12 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("secure", _boolean, False, "Require secure qualification (RFC 4380 5.2.2)."),
             _Key("clients", _client_secrets, (), "Secure qualification: client id -> secret."),
             _Key("accept-unknown-clients", _boolean, False, "Secure mode: answer unknown client ids (RFC 4380 behaviour)."),
-            _Key("rs-rate", _rate, 1.0, "Router Solicitations per second per source address."),
+            _Key("rs-rate", _rate, 0.5, "Router Solicitations per second per source address."),
             _Key("rs-burst", _integer(1, 1_000_000), 10, "Router Solicitations a source may save up."),
             _Key("rs-initial", _integer(0, 1_000_000), 3, "Tokens of a source seen for the first time."),
             _Key("rs-limit-prefix", _integer(24, 32, "prefix length"), 32, "Source bits keying the RS limit: 32 or 24."),
-            _Key("ra-rate", _rate, 1000.0, "Router Advertisements per second, all sources together."),
-            _Key("ra-burst", _integer(1, 1_000_000), 1000, "Router Advertisements the global budget saves up."),
+            _Key("ra-rate", _rate, 10000.0, "Router Advertisements per second, all sources together."),
+            _Key("ra-burst", _integer(1, 1_000_000), 2000, "Router Advertisements the global budget saves up."),
             _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source address."),
             _Key("forward-burst", _integer(1, 1_000_000), 20, "Packets a source may save up for relaying."),
             _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by each limiter."),
@@ -508,12 +508,12 @@ class ServerSettings:
     secure: bool = False
     clients: tuple[tuple[str, str, float | None], ...] = ()
     accept_unknown_clients: bool = False
-    rs_rate: float = 1.0
+    rs_rate: float = 0.5
     rs_burst: int = 10
     rs_initial: int = 3
     rs_limit_prefix: int = 32
-    ra_rate: float = 1000.0
-    ra_burst: int = 1000
+    ra_rate: float = 10000.0
+    ra_burst: int = 2000
     forward_rate: float = 50.0
     forward_burst: int = 20
     max_sources: int = 65536

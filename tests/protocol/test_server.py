@@ -215,7 +215,7 @@ class RouterSolicitationTests(ServerTestCase):
         self.assertEqual(len(flood.received), 3)
         self.assertEqual(len(other.received), 1)
         self.assertDropped("rate-limited-rs", 22)
-        self.clock.advance(1.0)
+        self.clock.advance(2.0)
         flood.send(rs())
         self.net.flush()
         self.assertEqual(len(flood.received), 4)
@@ -301,14 +301,15 @@ class RateLimitTests(ServerTestCase):
     def test_legitimate_client_schedule(self) -> None:
         """
         The defaults serve a client's qualification (primary then secondary) and its refresh
-        every 30 s, for several clients behind one NAT address.
+        every 30 s, for several clients behind one NAT address starting 4 s apart (a
+        client's RS timeout).
         """
         for client in range(3):
             port = 5000 + client
             self.spoof(("192.0.2.45", port), rs())
             self.net.inject(("192.0.2.45", port), (SECONDARY, 3544), rs(CLIENT_LINK_LOCAL_CONE))
             self.net.flush()
-            self.clock.advance(2.0)
+            self.clock.advance(4.0)
         for _ in range(20):
             self.clock.advance(30.0)
             for client in range(3):
