@@ -4,7 +4,8 @@ A Router Solicitation flood against our server on real sockets: 50 000 RS/s forg
 refreshes.  Bounded: 1 000 000 packets, the whole test well under a minute.
 
 What it shows (docs/security.md): the per-source limits and the global RA budget keep the
-server answering real clients under a spoofed flood, and its memory stays bounded (the
+server answering real clients under a spoofed flood, what the flood gets reflected is bounded
+by rs-initial and rs-rate per forged address, and the server's memory stays bounded (the
 limiter tables hold at most max-sources keys).
 """
 
@@ -169,4 +170,8 @@ class RouterSolicitationFloodTests(LabAssertions, unittest.TestCase):
         self.assertIsNotNone(client["last-server-contact"])
         self.assertLess(client["last-server-contact"], 12.0, client)
         self.assertLessEqual(rss_after - rss_before, RSS_GROWTH_BOUND)
+        # What the flood got reflected: each forged address at most rs-initial (3) RAs, then
+        # rs-rate (0.5/s) for the flood's duration, plus our client's few.
+        reflected_bound = SOURCES * (3 + 0.5 * flood["seconds"]) + 20
+        self.assertLessEqual(server["counters"]["ra"], reflected_bound)
         self.assertLessEqual(server["rate-limited-sources"], SOURCES + 10)
