@@ -129,6 +129,23 @@ def _socket_path(value: Any) -> str:
     return text
 
 
+def _listen_address(value: Any) -> str:
+    """
+    C{"host:port"} (C{"[v6]:port"} for IPv6) to listen on, or C{""} for off.
+    """
+    if value == "":
+        return ""
+    text = _string(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise _Invalid(f"{_show(value)} is not host:port (e.g. \"127.0.0.1:9544\")")
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        raise _Invalid(f"{_show(value)}: {_show(host)} is not an IP address") from None
+    return text
+
+
 def _integer(low: int, high: int, what: str = "") -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -348,6 +365,17 @@ def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
     return tuple(out)
 
 
+def _route_table(value: Any) -> int:
+    """
+    A kernel routing table number for the relay's health route, or 0 for none; never the
+    tables the kernel itself uses (253 default, 254 main, 255 local).
+    """
+    table = _integer(0, 0xFFFFFFFF, "table")(value)
+    if table in (253, 254, 255):
+        raise _Invalid(f"{table} is a kernel table (default, main, local); use another number")
+    return table
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 
@@ -379,6 +407,7 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("status-socket", _socket_path, DEFAULT_STATUS_SOCKET, "UNIX socket serving status JSON."),
             _Key("status-mode", _mode, 0o660, "Permissions of the status socket."),
             _Key("log-level", _log_level, "info", "Least severe level logged by teredonode."),
+            _Key("metrics", _listen_address, "", "Prometheus endpoint host:port; empty: off."),
         ),
         "server": (
             _ENABLED,
@@ -393,7 +422,7 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("accept-unknown-clients", _boolean, False, "Secure mode: answer unknown client ids (RFC 4380 behaviour)."),
             _Key("rs-rate", _rate, 0.5, "Router Solicitations per second per source address."),
             _Key("rs-burst", _integer(1, 1_000_000), 10, "Router Solicitations a source may save up."),
-            _Key("rs-initial", _integer(0, 1_000_000), 3, "Tokens of a source seen for the first time."),
+            _Key("rs-initial", _integer(0, 1_000_000), 4, "Tokens of a source seen for the first time."),
             _Key("rs-limit-prefix", _integer(24, 32, "prefix length"), 32, "Source bits keying the RS limit: 32 or 24."),
             _Key("ra-rate", _rate, 10000.0, "Router Advertisements per second, all sources together."),
             _Key("ra-burst", _integer(1, 1_000_000), 2000, "Router Advertisements the global budget saves up."),
@@ -432,6 +461,10 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
+            _Key("health-table", _route_table, 0, "Kernel table of the health route BGP announces; 0: off."),
+            _Key("health-interval", _integer(1, 60, "seconds"), 1, "Seconds between health route refreshes."),
+            _Key("health-lifetime", _integer(2, 600, "seconds"), 3, "Seconds the health route outlives a hung relay."),
+            _Key("drain-time", _integer(0, 600, "seconds"), 5, "Seconds relaying on after withdrawing, when stopped."),
         ),
         "host-relay": (
             _ENABLED,
@@ -491,6 +524,7 @@ class NodeSettings:
     status_socket: str = DEFAULT_STATUS_SOCKET
     status_mode: int = 0o660
     log_level: str = "info"
+    metrics: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -510,7 +544,7 @@ class ServerSettings:
     accept_unknown_clients: bool = False
     rs_rate: float = 0.5
     rs_burst: int = 10
-    rs_initial: int = 3
+    rs_initial: int = 4
     rs_limit_prefix: int = 32
     ra_rate: float = 10000.0
     ra_burst: int = 2000
@@ -572,6 +606,10 @@ class RelaySettings:
     peer_queue_bytes: int = 1280
     icmp_rate: float = 10.0
     hardened: bool = True
+    health_table: int = 0
+    health_interval: int = 1
+    health_lifetime: int = 3
+    drain_time: int = 5
     enabled: bool = True
     name = "relay"
 
@@ -863,6 +901,11 @@ def _build_role(
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"
             )
+    elif name == "relay" and filled["health_lifetime"] <= filled["health_interval"]:
+        raise ConfigError(
+            f"{_where(source, name, 'health-lifetime', origin)}: must exceed health-interval "
+            f"({filled['health_interval']}), or the route lapses between refreshes"
+        )
     return _CLASSES[name](**filled)
 
 

@@ -137,4 +137,4 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     The node for the parsed C{options}: a L{MultiService} of the roles and the status server.
     """
     config = options.config if options.config is not None else options.loadConfig()
-    return makeNode(config, reactor)
+    return makeNode(config, reactor, loader=options.loadConfig)  # SIGHUP reads the same again

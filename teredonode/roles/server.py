@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
@@ -126,6 +126,8 @@ class TeredoServer(Service):
         host object in tests).
     @param tun: the IPv6 side for clients' echo tests to native hosts, or C{None}.
     @param netconfig: configures C{tun} (address-less; a route for the server's /64).
+    @param native: where echo tests to native hosts are sent (a L{RawIPv6Sender}, so the
+        host need not forward IPv6); C{tun} when C{None}.
     """
 
     roleName = "server"
@@ -137,11 +139,13 @@ class TeredoServer(Service):
         reactor: Any,
         tun: ITunDevice | None = None,
         netconfig: INetworkConfigurator | None = None,
+        native: Any = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
         self._tun = tun
         self._netconfig = netconfig
+        self._native = native if native is not None else tun
         self.primary: str = settings.primary
         self.secondary: str = settings.secondary
         self._prefix: bytes = settings.prefix_bytes
@@ -152,17 +156,7 @@ class TeredoServer(Service):
         self._link_local = server_link_local(self.primary)
         self._advertised = self._prefix + self._server_raw + b"\x00" * 8
         self._rs_prefix: int = settings.rs_limit_prefix
-        self._rs_limit = RateLimiter(
-            reactor,
-            settings.rs_rate,
-            settings.rs_burst,
-            settings.max_sources,
-            initial=settings.rs_initial,
-            budget=TokenBucket(reactor, settings.ra_rate, settings.ra_burst),
-        )
-        self._fw_limit = RateLimiter(
-            reactor, settings.forward_rate, settings.forward_burst, settings.max_sources
-        )
+        self._rs_limit, self._fw_limit = _limiters(settings, reactor)
         self._secure: bool = settings.secure
         self._accept_unknown: bool = settings.accept_unknown_clients
         self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
@@ -193,6 +187,8 @@ class TeredoServer(Service):
                 self._netconfig.linkUp(self._tun.name, self.settings.mtu)
                 self._netconfig.addRoute(self._tun.name, prefix, 1024)
             self._tun.startReading(self.ipv6Received)
+        if self._native is not None and self._native is not self._tun:
+            self._native.open()
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -212,6 +208,8 @@ class TeredoServer(Service):
             self._rateLoop.stop()
         if self._tun is not None:
             self._tun.close()
+        if self._native is not None and self._native is not self._tun:
+            self._native.close()
         ports, self._ports = self._ports, []
         from twisted.internet.defer import gatherResults, maybeDeferred
 
@@ -292,8 +290,8 @@ class TeredoServer(Service):
                     trailers = kept
         if dst[:4] == self._prefix:
             self._forwardToTeredo(packet.ipv6, trailers, dst, addr)
-        elif self._tun is not None:
-            self._tun.write(packet.ipv6)
+        elif self._native is not None:
+            self._native.write(packet.ipv6)
             self.counters["forwarded-ipv6"] += 1
         else:
             drops["no-ipv6-side"] += 1
@@ -450,6 +448,44 @@ class TeredoServer(Service):
         self._sockets[index].sendto(reply, addr)
         self.counters["echo-replies"] += 1
 
+    # -- reload ----------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while serving (the others need a restart).
+    liveSettings = frozenset(
+        {
+            "rs_rate",
+            "rs_burst",
+            "rs_initial",
+            "rs_limit_prefix",
+            "ra_rate",
+            "ra_burst",
+            "forward_rate",
+            "forward_burst",
+            "max_sources",
+            "secure",
+            "clients",
+            "accept_unknown_clients",
+            "max_payload",
+            "hardened",
+        }
+    )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded C{[server]} table: rate limits (fresh buckets: a source may get one
+        new burst), secure-qualification keys, payload limit, hardening.  The sockets, the
+        prefix and the addresses are untouched, so clients stay qualified.
+        """
+        old, self.settings = self.settings, settings
+        if _limit_settings(old) != _limit_settings(settings):
+            self._rs_limit, self._fw_limit = _limiters(settings, self._reactor)
+            self._rs_prefix = settings.rs_limit_prefix
+        self._secure = settings.secure
+        self._accept_unknown = settings.accept_unknown_clients
+        self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
+        self._max_payload = settings.max_payload
+        self._hardened = settings.hardened
+
     # -- status ----------------------------------------------------------------------------
 
     def _sampleRates(self) -> None:
@@ -466,6 +502,8 @@ class TeredoServer(Service):
         for sock in self._sockets:
             if sock.sender is not None:
                 send_drops.update(getattr(sock.sender, "drops", {}))
+        if self._native is not None and self._native is not self._tun:
+            send_drops.update(self._native.drops)
         return {
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
@@ -484,6 +522,40 @@ class TeredoServer(Service):
         }
 
 
+def _limit_settings(settings: Any) -> tuple[Any, ...]:
+    """
+    The settings the rate limiters are built from.
+    """
+    return (
+        settings.rs_rate,
+        settings.rs_burst,
+        settings.rs_initial,
+        settings.rs_limit_prefix,
+        settings.ra_rate,
+        settings.ra_burst,
+        settings.forward_rate,
+        settings.forward_burst,
+        settings.max_sources,
+    )
+
+
+def _limiters(settings: Any, clock: Any) -> tuple[RateLimiter, RateLimiter]:
+    """
+    The RS limiter (per source address or /24, C{rs-initial} tokens for a new source, the
+    global RA budget behind it) and the forward limiter (per source address).
+    """
+    rs = RateLimiter(
+        clock,
+        settings.rs_rate,
+        settings.rs_burst,
+        settings.max_sources,
+        initial=settings.rs_initial,
+        budget=TokenBucket(clock, settings.ra_rate, settings.ra_burst),
+    )
+    forward = RateLimiter(clock, settings.forward_rate, settings.forward_burst, settings.max_sources)
+    return rs, forward
+
+
 def _ipv6_text(raw: bytes) -> str:
     import ipaddress
 
@@ -492,15 +564,24 @@ def _ipv6_text(raw: bytes) -> str:
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     """
-    The production server: real sockets, and a TUN device for the IPv6 side when the
-    C{[server] interface} setting names one.
+    The production server: real sockets, and an IPv6 side when the C{[server] interface}
+    setting names one: echo tests leave through a raw IPv6 socket (no IPv6 forwarding needed
+    on the host), replies to the server's /64 come back through the TUN.
     """
     interface = getattr(settings, "interface", "") or ""
-    tun = netconfig = None
+    tun = netconfig = native = None
     if interface:
+        from teredonode.errors import TeredoError
         from teredonode.netconfig import IPRoute2Configurator
+        from teredonode.rawip6 import RawIPv6Sender
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)
         netconfig = IPRoute2Configurator()
-    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig)
+        native = RawIPv6Sender()
+        try:  # refuse now, with one line, rather than at start with a traceback
+            native.open()
+        except TeredoError as e:
+            raise SystemExit(f"teredo: {e}") from None
+        native.close()
+    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig, native=native)

@@ -212,13 +212,13 @@ class RouterSolicitationTests(ServerTestCase):
         other = self.peer("192.0.2.46")
         other.send(rs())
         self.net.flush()
-        self.assertEqual(len(flood.received), 3)
+        self.assertEqual(len(flood.received), 4)
         self.assertEqual(len(other.received), 1)
-        self.assertDropped("rate-limited-rs", 22)
+        self.assertDropped("rate-limited-rs", 21)
         self.clock.advance(2.0)
         flood.send(rs())
         self.net.flush()
-        self.assertEqual(len(flood.received), 4)
+        self.assertEqual(len(flood.received), 5)
 
 
 class RateLimitTests(ServerTestCase):
@@ -241,21 +241,21 @@ class RateLimitTests(ServerTestCase):
         for port in range(1024, 1124):
             self.spoof(("192.0.2.45", port), rs())
         self.net.flush()
-        self.assertEqual(self.ras_to("192.0.2.45"), 3)
-        self.assertDropped("rate-limited-rs", 97)
+        self.assertEqual(self.ras_to("192.0.2.45"), 4)
+        self.assertDropped("rate-limited-rs", 96)
 
     def test_refill_up_to_burst(self) -> None:
         """
         Tokens come back at C{rs-rate} per second up to C{rs-burst}, whatever the port.
         """
-        for port in range(1024, 1027):
+        for port in range(1024, 1028):
             self.spoof(("192.0.2.45", port), rs())
         self.net.flush()
         self.clock.advance(100.0)
         for port in range(2000, 2020):
             self.spoof(("192.0.2.45", port), rs())
         self.net.flush()
-        self.assertEqual(self.ras_to("192.0.2.45"), 3 + 10)
+        self.assertEqual(self.ras_to("192.0.2.45"), 4 + 10)
 
     def test_prefix_24_key(self) -> None:
         """
@@ -270,8 +270,8 @@ class RateLimitTests(ServerTestCase):
         for host in range(1, 51):
             self.net.inject((f"198.51.100.{host}", 4000), (PRIMARY, 3544), rs())
         self.net.flush()
-        self.assertEqual(server.status()["counters"]["ra"], 3)
-        self.assertDropped("rate-limited-rs", 47)
+        self.assertEqual(server.status()["counters"]["ra"], 4)
+        self.assertDropped("rate-limited-rs", 46)
 
     def test_global_budget(self) -> None:
         """
@@ -280,7 +280,7 @@ class RateLimitTests(ServerTestCase):
         """
         self.remakeServer(ra_rate=2.0, ra_burst=5)
         over = ("192.0.2.99", 1000)
-        for _ in range(3):
+        for _ in range(4):
             self.net.inject(over, (PRIMARY, 3544), rs())
         self.net.flush()
         for _ in range(10):
@@ -290,7 +290,7 @@ class RateLimitTests(ServerTestCase):
         self.net.flush()
         status = self.server.status()
         self.assertEqual(status["counters"]["ra"], 5)
-        self.assertEqual(status["drops"]["rate-limited-ra-budget"], 8)
+        self.assertEqual(status["drops"]["rate-limited-ra-budget"], 9)
         self.assertEqual(status["drops"]["rate-limited-rs"], 10)
         self.clock.advance(1.0)
         for host in range(11, 16):

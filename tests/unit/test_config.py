@@ -289,7 +289,7 @@ class ErrorTests(SynchronousTestCase, ErrorAssertions):
         server = parse_config(SERVER, "etc/x.toml").roles["server"]
         self.assertEqual(
             (server.rs_rate, server.rs_burst, server.rs_initial, server.rs_limit_prefix),
-            (0.5, 10, 3, 32),
+            (0.5, 10, 4, 32),
         )
         self.assertEqual((server.ra_rate, server.ra_burst, server.forward_burst), (10000.0, 2000, 20))
         self.assertFalse(server.accept_unknown_clients)
