@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import struct
 import subprocess
 import sys
 import textwrap
