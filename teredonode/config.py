@@ -419,10 +419,16 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("interface", _optional_ifname, "teredo-srv", "TUN to native IPv6 for echo tests; empty: none."),
             _Key("secure", _boolean, False, "Require secure qualification (RFC 4380 5.2.2)."),
             _Key("clients", _client_secrets, (), "Secure qualification: client id -> secret."),
-            _Key("rs-rate", _rate, 1.0, "Router Solicitations per second per source."),
-            _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source."),
-            _Key("burst", _integer(1, 1_000_000), 20, "Token bucket depth of both rates."),
-            _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by the limiters."),
+            _Key("accept-unknown-clients", _boolean, False, "Secure mode: answer unknown client ids (RFC 4380 behaviour)."),
+            _Key("rs-rate", _rate, 0.5, "Router Solicitations per second per source address."),
+            _Key("rs-burst", _integer(1, 1_000_000), 10, "Router Solicitations a source may save up."),
+            _Key("rs-initial", _integer(0, 1_000_000), 4, "Tokens of a source seen for the first time."),
+            _Key("rs-limit-prefix", _integer(24, 32, "prefix length"), 32, "Source bits keying the RS limit: 32 or 24."),
+            _Key("ra-rate", _rate, 10000.0, "Router Advertisements per second, all sources together."),
+            _Key("ra-burst", _integer(1, 1_000_000), 2000, "Router Advertisements the global budget saves up."),
+            _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source address."),
+            _Key("forward-burst", _integer(1, 1_000_000), 20, "Packets a source may save up for relaying."),
+            _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by each limiter."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
         ),
         "client": (
@@ -486,6 +492,13 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
     }
 )
 
+#: Keys that no longer exist, and the one line that says what to use instead.
+RENAMED: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        ("server", "burst"): "replaced by rs-burst (Router Solicitations) and forward-burst (relayed packets)",
+    }
+)
+
 #: Command-line overrides: option name -> (table, key).  Applied on top of the file, then
 #: validated like the file, so "--primary 1.2.3" fails exactly as "primary = '1.2.3'" would.
 OVERRIDES: Mapping[str, tuple[str, str]] = MappingProxyType(
@@ -540,9 +553,15 @@ class ServerSettings:
     interface: str = "teredo-srv"
     secure: bool = False
     clients: tuple[tuple[str, str, float | None], ...] = ()
-    rs_rate: float = 1.0
+    accept_unknown_clients: bool = False
+    rs_rate: float = 0.5
+    rs_burst: int = 10
+    rs_initial: int = 4
+    rs_limit_prefix: int = 32
+    ra_rate: float = 10000.0
+    ra_burst: int = 2000
     forward_rate: float = 50.0
-    burst: int = 20
+    forward_burst: int = 20
     max_sources: int = 65536
     hardened: bool = True
     enabled: bool = True
@@ -758,6 +777,8 @@ def parse_config(
     for table, values in tables.items():
         known = {key.name for key in SCHEMA[table]}
         for key in values:
+            if key not in known and (table, key) in RENAMED:
+                raise ConfigError(f"{source}: [{table}] {key}: {RENAMED[(table, key)]}")
             if key not in known:
                 raise ConfigError(
                     f"{source}: [{table}] {key}: unknown key (known: {', '.join(sorted(known))})"
@@ -873,6 +894,16 @@ def _build_role(
                     f"not a global unicast address; set secondary explicitly"
                 )
             filled["secondary"] = str(following)
+        if filled["rs_initial"] > filled["rs_burst"]:
+            raise ConfigError(
+                f"{_where(source, name, 'rs-initial', origin)}: {filled['rs_initial']} is more "
+                f"than rs-burst ({filled['rs_burst']})"
+            )
+        if filled["rs_limit_prefix"] not in (24, 32):
+            raise ConfigError(
+                f"{_where(source, name, 'rs-limit-prefix', origin)}: must be 32 (one address) "
+                f"or 24 (its /24)"
+            )
         if filled["secondary"] == filled["primary"]:
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from primary "

@@ -51,6 +51,7 @@ __all__ = [
 #: Status fields holding counts keyed by something variable, and the label that key becomes.
 LABELLED_COUNTERS = {
     "drops": "reason",
+    "trailers-stripped": "reason",
     "send-errors": "errno",
     "send-drops": "errno",
     "tun-drops": "errno",

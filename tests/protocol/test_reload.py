@@ -33,7 +33,8 @@ log-level = "{{level}}"
 enabled = true
 primary = "{PRIMARY}"
 rs-rate = {{rate}}
-burst = {{burst}}
+rs-burst = {{burst}}
+rs-initial = {{initial}}
 {{extra}}
 """
 
@@ -46,8 +47,8 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     return TeredoServer(settings, reactor)
 
 
-def text(rate: float = 1.0, burst: int = 20, level: str = "info", extra: str = "") -> str:
-    return BASE.format(rate=rate, burst=burst, level=level, extra=extra)
+def text(rate: float = 1.0, burst: int = 10, initial: int = 3, level: str = "info", extra: str = "") -> str:
+    return BASE.format(rate=rate, burst=burst, initial=initial, level=level, extra=extra)
 
 
 class ReloadTests(SynchronousTestCase):
@@ -89,9 +90,11 @@ class ReloadTests(SynchronousTestCase):
         client = self.client()
         address, qualifications = client.address, client.counters["qualifications"]
         rs_before = self.server.status()["counters"]["rs"]
-        self.file = text(rate=0.01, burst=1)
+        self.file = text(rate=0.01, burst=1, initial=1)
         applied, restart = self.node.reload()
-        self.assertEqual((sorted(applied), restart), (["[server] burst", "[server] rs-rate"], []))
+        self.assertEqual(
+            (sorted(applied), restart), (["[server] rs-burst", "[server] rs-initial", "[server] rs-rate"], [])
+        )
         self.assertEqual(self.server.settings.rs_rate, 0.01)
         # The client refreshes (one RS, in the new bucket's one-token burst), still qualified.
         self.net.run(40)

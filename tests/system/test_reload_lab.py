@@ -27,7 +27,7 @@ class ReloadLabTests(LabAssertions, unittest.TestCase):
         self.assertIsNotNone(address, "client1 did not qualify")
 
         conf = self.lab.state.path / "conf" / "our-server.toml"
-        conf.write_text(conf.read_text() + "rs-rate = 0.5\nmtu = 1400\n")
+        conf.write_text(conf.read_text() + "rs-rate = 0.25\nmtu = 1400\n")
         os.kill(node.record.pid, signal.SIGHUP)
         deadline = time.monotonic() + 10
         line = None
