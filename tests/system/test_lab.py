@@ -142,19 +142,26 @@ class NatModeTests(unittest.TestCase):
         with lab.agent(client, 40000, 30) as c, lab.agent("relay", 5000, 30), lab.agent(
             "dualhost", 6000, 30
         ) as d, lab.agent("server", 5001, 30):
-            first = None
-            for _ in range(20):  # the agents need a moment to bind
-                first = c.mapping_seen_by(lab.ipv4("relay"), 5000, timeout=0.5)
-                if first:
-                    break
+
+            def seenBy(host: str, port: int) -> object:
+                # Each agent needs a moment to bind (more on a loaded machine): ask again
+                # until it answers, 10 s at most.
+                for _ in range(20):
+                    mapping = c.mapping_seen_by(lab.ipv4(host), port, timeout=0.5)
+                    if mapping:
+                        return mapping
+                return None
+
+            first = seenBy("relay", 5000)
             self.assertIsNotNone(first, f"{client}: no answer from the relay's probe")
+            assert isinstance(first, tuple)
             d.send(first[0], first[1], "unsolicited")
             unsolicited = c.recv(1.0)
             return {
                 "first": first,
                 "unsolicited_in": unsolicited is not None and unsolicited[1] == "unsolicited",
-                "dualhost": c.mapping_seen_by(lab.ipv4("dualhost"), 6000),
-                "server": c.mapping_seen_by(lab.ipv4("server"), 5001),
+                "dualhost": seenBy("dualhost", 6000),
+                "server": seenBy("server", 5001),
             }
 
     def test_none_is_public(self) -> None:
