@@ -37,6 +37,7 @@ import teredonode
 from teredonode.config import NodeConfig
 from teredonode.errors import ConfigError
 from teredonode.interfaces import IStatusSource
+from teredonode.privilege import Privileges
 import teredonode.roles as _roles
 from teredonode.status import StatusService
 
@@ -107,9 +108,12 @@ class TeredoNode(MultiService):
         config: NodeConfig,
         reactor: Any,
         registry: Mapping[str, str] | None = None,
+        privileges: Privileges | None = None,
     ) -> None:
         MultiService.__init__(self)
         self.config = config
+        #: Whom the node runs as once open, and what it keeps (see L{teredonode.privilege}).
+        self.privileges = privileges if privileges is not None else Privileges(None, frozenset())
         self._reactor = reactor
         self._startedAt: float | None = None
         logFilter.setLogLevelForNamespace("", LogLevel.levelWithName(config.node.log_level))
@@ -130,7 +134,14 @@ class TeredoNode(MultiService):
             service.setServiceParent(self)
             self.roles[name] = role
 
+    def privilegedStartService(self) -> None:
+        self.privileges.beforeStart()
+        MultiService.privilegedStartService(self)
+        self.privileges.giveFile(self.statusService.path)
+        self.privileges.afterOpen()
+
     def startService(self) -> None:
+        self.privileges.complete()
         self._startedAt = self._reactor.seconds()
         MultiService.startService(self)
         self.log.info(
@@ -169,6 +180,7 @@ def makeNode(
     config: NodeConfig,
     reactor: Any = None,
     registry: Mapping[str, str] | None = None,
+    privileges: Privileges | None = None,
 ) -> TeredoNode:
     """
     Build the node for C{config}; C{reactor} defaults to the global one.
@@ -177,4 +189,4 @@ def makeNode(
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    return TeredoNode(config, reactor, registry)
+    return TeredoNode(config, reactor, registry, privileges)
