@@ -329,7 +329,7 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     """
     The production relay: a real TUN, C{ip} and sysctls for configuration.
     """
-    from teredonode.netconfig import IPRoute2Configurator
+    from teredonode.netconfig import NetlinkConfigurator
     from teredonode.tun import TunDevice
 
-    return TeredoRelay(settings, reactor, TunDevice(settings.interface, reactor=reactor), IPRoute2Configurator())
+    return TeredoRelay(settings, reactor, TunDevice(settings.interface, reactor=reactor), NetlinkConfigurator())

@@ -431,9 +431,9 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     interface = getattr(settings, "interface", "") or ""
     tun = netconfig = None
     if interface:
-        from teredonode.netconfig import IPRoute2Configurator
+        from teredonode.netconfig import NetlinkConfigurator
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)
-        netconfig = IPRoute2Configurator()
+        netconfig = NetlinkConfigurator()
     return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig)
