@@ -18,6 +18,10 @@ effective and permitted set: C{CAP_SETUID}/C{CAP_SETGID} go, so the process cann
 again.  A uid switch clears the effective set even with C{PR_SET_KEEPCAPS}, which is why the
 last step raises it again from the permitted set.
 
+A node started unprivileged with capabilities to open its devices (systemd's
+C{AmbientCapabilities=CAP_NET_ADMIN} with C{User=} or C{DynamicUser=}) narrows them to the
+kept set at the same point (L{Privileges.complete}).
+
 Capabilities are per thread on Linux; all of this runs before the reactor starts, in the
 main thread, and threads started later inherit the main thread's sets.
 
@@ -265,9 +269,13 @@ class Privileges:
         *,
         switchedByTwistd: bool = False,
         directories: Iterable[str] = (),
+        narrow: bool = False,
         system: System | None = None,
     ) -> None:
         """
+        @param narrow: when started unprivileged with capabilities to open (systemd's
+            C{AmbientCapabilities=}), narrow them to C{keep} once open.  Off for nodes
+            built in tests, so a test process never loses its own capabilities.
         @param directories: directories the running node writes in (the status socket's
             and the state directory); created if missing and, when missing, given to
             C{account}.  An existing directory is left as the operator made it.
@@ -276,6 +284,7 @@ class Privileges:
         self.keep = frozenset(keep)
         self.switchedByTwistd = switchedByTwistd
         self.directories = tuple(directories)
+        self.narrow = narrow
         self._system = system
         self._prepared = False
 
@@ -335,12 +344,15 @@ class Privileges:
         if not self.switchedByTwistd:
             system.switchUser(self.account)
 
-    def complete(self) -> None:
+    def complete(self) -> str | None:
         """
         After the switch: the kept set becomes the whole of effective and permitted.
+
+        @return: one line for the log saying whom the node runs as and what it kept, or
+            L{None} when nothing was done.
         """
         if not self._prepared:
-            return
+            return self._narrowUnprivileged()
         self._prepared = False
         system = self.system
         if system.geteuid() == 0:
@@ -354,3 +366,23 @@ class Privileges:
                 f"capabilities are {', '.join(maskNames(permitted)) or 'none'}, "
                 f"wanted {', '.join(maskNames(keep)) or 'none'}"
             )
+        assert self.account is not None
+        return (
+            f"running as {self.account.name} (uid {self.account.uid}, gid {self.account.gid}), "
+            f"capabilities kept: {', '.join(maskNames(keep)) or 'none'}"
+        )
+
+    def _narrowUnprivileged(self) -> str | None:
+        """
+        Started as a user other than root, perhaps with ambient capabilities to open the
+        TUN: drop every capability the roles do not keep.
+        """
+        system = self.system
+        if not self.narrow or system.geteuid() == 0:
+            return None
+        effective, permitted, inheritable = system.getCapabilities()
+        keep = capabilityMask(self.keep) & permitted
+        if (effective, permitted, inheritable) != (keep, keep, 0):
+            system.clearAmbient()
+            system.setCapabilities(keep, keep, 0)
+        return f"started unprivileged (uid {system.geteuid()}), capabilities kept: {', '.join(maskNames(keep)) or 'none'}"

@@ -141,7 +141,9 @@ class TeredoNode(MultiService):
         self.privileges.afterOpen()
 
     def startService(self) -> None:
-        self.privileges.complete()
+        dropped = self.privileges.complete()
+        if dropped is not None:
+            self.log.info("{dropped}", dropped=dropped)
         self._startedAt = self._reactor.seconds()
         MultiService.startService(self)
         self.log.info(

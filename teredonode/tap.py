@@ -162,6 +162,7 @@ def privilegesFor(config: NodeConfig, twistdOptions: Any = None) -> Privileges:
         capabilitiesFor(config.roles),
         switchedByTwistd=uid is not None,
         directories=directories,
+        narrow=True,
     )
 
 

@@ -160,8 +160,10 @@ class PlanTests(SynchronousTestCase):
             ],
         )
         del system.calls[:]
-        plan.complete()
+        line = plan.complete()
         self.assertEqual(system.calls, [("keepcaps", False), ("capset", ADMIN, ADMIN, 0)])
+        self.assertEqual(line, "running as nobody (uid 65534, gid 65534), capabilities kept: CAP_NET_ADMIN")
+        self.assertIsNone(plan.complete())
         self.assertEqual(system.caps, (ADMIN, ADMIN, 0))
 
     def test_twistdSwitches(self) -> None:
@@ -195,6 +197,24 @@ class PlanTests(SynchronousTestCase):
         plan.afterOpen()
         exc = self.assertRaises(TeredoError, plan.complete)
         self.assertIn("wanted none", str(exc))
+
+    def test_startedUnprivilegedNarrows(self) -> None:
+        """
+        Started as a user with ambient CAP_NET_ADMIN (systemd), a node whose roles keep
+        nothing drops it once open; a client keeps it; a test-built plan touches nothing.
+        """
+        for keep, wanted in [(frozenset(), 0), (frozenset({CAP_NET_ADMIN}), ADMIN)]:
+            system = FakeSystem(euid=990)
+            system.caps = (ADMIN, ADMIN, ADMIN)
+            plan = Privileges(None, keep, narrow=True, system=system)
+            plan.afterOpen()
+            line = plan.complete()
+            self.assertEqual(system.caps, (wanted, wanted, 0))
+            self.assertEqual(system.calls, [("ambient-clear",), ("capset", wanted, wanted, 0)])
+            self.assertIn("started unprivileged (uid 990)", line)
+        system = FakeSystem(euid=990)
+        self.assertIsNone(Privileges(None, frozenset(), system=system).complete())
+        self.assertEqual(system.calls, [])
 
     def test_directories(self) -> None:
         """
@@ -241,6 +261,7 @@ class RecordingPlan:
 
     def complete(self) -> None:
         self.log.append("complete")
+        return None
 
 
 class NodeOrderTests(SynchronousTestCase):
