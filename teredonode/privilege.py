@@ -85,6 +85,7 @@ ROLE_CAPABILITIES: dict[str, frozenset[int]] = {
 
 # prctl(2) options and the capget/capset ABI (linux/capability.h, version 3: two 32-bit words).
 PR_SET_KEEPCAPS = 8
+PR_CAPBSET_DROP = 24
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAPABILITY_VERSION_3 = 0x20080522
@@ -196,6 +197,7 @@ class System(Protocol):
     def setCapabilities(self, effective: int, permitted: int, inheritable: int) -> None: ...
     def setKeepCaps(self, keep: bool) -> None: ...
     def clearAmbient(self) -> None: ...
+    def limitBounding(self, keep: int) -> None: ...
     def switchUser(self, account: Account) -> None: ...
     def chown(self, path: str, uid: int, gid: int) -> None: ...
 
@@ -242,6 +244,15 @@ class LinuxCapabilities:
         if self._libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
             if ctypes.get_errno() != 22:
                 self._check(-1, "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+    def limitBounding(self, keep: int) -> None:
+        # The bounding set caps what any program the node might execute could gain, a
+        # set-uid-root one included.  Dropping needs CAP_SETPCAP, so this runs while root.
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            last = int(f.read())
+        for cap in range(last + 1):
+            if not keep >> cap & 1:
+                self._check(self._libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), "prctl(PR_CAPBSET_DROP)")
 
     def switchUser(self, account: Account) -> None:
         os.setgroups([account.gid])
@@ -338,6 +349,7 @@ class Privileges:
         keep = capabilityMask(self.keep)
         switching = capabilityMask({CAP_SETUID, CAP_SETGID})
         system.clearAmbient()
+        system.limitBounding(keep)
         system.setCapabilities(keep | switching, keep | switching, 0)
         system.setKeepCaps(True)
         self._prepared = True

@@ -4,7 +4,7 @@ the capabilities C{docs/least-privilege.md} lists (L{teredonode.privilege.ROLE_C
 and still does its job:
 
   - server, relay, host-relay and client each run with a uid other than 0 and their
-    C{CapEff}/C{CapPrm} exactly the role's set (the relay started through twistd's own
+    C{CapEff}/C{CapPrm}/C{CapBnd} exactly the role's set (the relay started through twistd's own
     C{--uid}/C{--gid}, the others through C{[node] user}/C{group});
   - a client qualifies against our unprivileged server and pings v6host through our
     unprivileged relay (and v6host pings it back);
@@ -64,7 +64,7 @@ class LeastPrivilegeTests(LabAssertions, unittest.TestCase):
         self.assertNotIn("0", status["Gid"].split(), f"{node}: Gid {status['Gid']}")
         self.assertNotIn("0", status["Groups"].split(), f"{node}: Groups {status['Groups']}")
         wanted = capabilityMask(ROLE_CAPABILITIES[role])
-        for field in ("CapEff", "CapPrm"):
+        for field in ("CapEff", "CapPrm", "CapBnd"):
             have = int(status[field], 16)
             self.assertEqual(
                 have, wanted, f"{node} ({role}) {field}: {maskNames(have)}, wanted {maskNames(wanted)}"

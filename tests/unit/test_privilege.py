@@ -66,6 +66,9 @@ class FakeSystem:
     def clearAmbient(self) -> None:
         self.calls.append(("ambient-clear",))
 
+    def limitBounding(self, keep: int) -> None:
+        self.calls.append(("bounding", keep))
+
     def switchUser(self, account: Account) -> None:
         self.calls.append(("switch", account.uid, account.gid))
         self.euid = account.uid
@@ -154,6 +157,7 @@ class PlanTests(SynchronousTestCase):
             system.calls,
             [
                 ("ambient-clear",),
+                ("bounding", ADMIN),
                 ("capset", ADMIN | SWITCHING, ADMIN | SWITCHING, 0),
                 ("keepcaps", True),
                 ("switch", 65534, 65534),
@@ -346,6 +350,7 @@ result = {
     "CapEff": status["CapEff"].strip(),
     "CapPrm": status["CapPrm"].strip(),
     "CapInh": status["CapInh"].strip(),
+    "CapBnd": status["CapBnd"].strip(),
 }
 try:
     cfg.addAddress("pv0", "2001:0:c000:201::1", 32)
@@ -388,6 +393,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(int(result["CapEff"], 16), ADMIN)
         self.assertEqual(int(result["CapPrm"], 16), ADMIN)
         self.assertEqual(int(result["CapInh"], 16), 0)
+        self.assertEqual(int(result["CapBnd"], 16), ADMIN)
         self.assertEqual(result["readdress"], "ok")
         self.assertEqual(result["regain"], "refused")
 
@@ -400,6 +406,7 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(result["uid"], ["65534"] * 4)
         self.assertEqual(int(result["CapEff"], 16), 0)
         self.assertEqual(int(result["CapPrm"], 16), 0)
+        self.assertEqual(int(result["CapBnd"], 16), 0)
         self.assertIn("Operation not permitted", result["readdress"])
         self.assertEqual(result["regain"], "refused")
         self.assertEqual(result["tunWrite"], {})
