@@ -410,3 +410,61 @@ class RealDropTests(SynchronousTestCase):
         self.assertIn("Operation not permitted", result["readdress"])
         self.assertEqual(result["regain"], "refused")
         self.assertEqual(result["tunWrite"], {})
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def unitSettings(role: str) -> dict[str, list[str]]:
+    """
+    The [Service] settings of C{etc/systemd/teredo-<role>.service}, each key's values in order.
+    """
+    settings: dict[str, list[str]] = {}
+    section = None
+    for line in (REPO / "etc" / "systemd" / f"teredo-{role}.service").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            settings.setdefault(key, []).append(value)
+    return settings
+
+
+class DeploymentTests(SynchronousTestCase):
+    """
+    The systemd units and docs/least-privilege.md say what the code keeps.
+    """
+
+    def test_unitsPerRole(self) -> None:
+        for role in ROLE_CAPABILITIES:
+            unit = unitSettings(role)
+            self.assertIn(f"--role {role} ", unit["ExecStart"][0])
+            self.assertEqual(unit["DynamicUser"], ["yes"], role)
+            # Opening needs CAP_NET_ADMIN and nothing else; the node narrows from there.
+            self.assertEqual(unit["AmbientCapabilities"], ["CAP_NET_ADMIN"], role)
+            self.assertEqual(unit["CapabilityBoundingSet"], ["CAP_NET_ADMIN"], role)
+            for key, value in [
+                ("NoNewPrivileges", "yes"),
+                ("ProtectSystem", "strict"),
+                ("ProtectHome", "yes"),
+                ("PrivateTmp", "yes"),
+                ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX AF_NETLINK"),
+                ("DeviceAllow", "/dev/net/tun rw"),
+            ]:
+                self.assertEqual(unit[key], [value], f"{role}: {key}")
+            self.assertEqual(unit["SystemCallFilter"][0], "@system-service")
+
+    def test_docsTable(self) -> None:
+        """
+        The table in docs/least-privilege.md lists each role with exactly what it keeps.
+        """
+        text = (REPO / "docs" / "least-privilege.md").read_text()
+        for role, caps in ROLE_CAPABILITIES.items():
+            row = next(line for line in text.splitlines() if line.startswith(f"| {role} |"))
+            kept = row.split("|")[2].strip()
+            wanted = ", ".join(f"`{n}`" for n in maskNames(capabilityMask(caps))) or "none"
+            self.assertEqual(kept, wanted, role)
