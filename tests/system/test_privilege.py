@@ -17,6 +17,7 @@ Every wait is a poll with a deadline; every ping is bounded by its own count and
 from __future__ import annotations
 
 import ipaddress
+import os
 import pwd
 import time
 
@@ -31,8 +32,8 @@ REFRESH = 10
 RECOVERY_DEADLINE = 2 * REFRESH
 
 
-def process_status(pid: int) -> dict[str, str]:
-    with open(f"/proc/{pid}/status") as f:
+def process_status(path: str) -> dict[str, str]:
+    with open(f"/proc/{path}/status") as f:
         return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
 
 
@@ -56,9 +57,16 @@ class LeastPrivilegeTests(LabAssertions, unittest.TestCase):
 
     def assertUnprivileged(self, node: str, role: str) -> None:
         """
-        C{node}'s process runs as the lab's user with exactly C{role}'s capabilities.
+        C{node}'s process, every thread of it (capabilities are per thread), runs as the
+        lab's user with exactly C{role}'s capabilities.
         """
-        status = process_status(self.lab.nodes[node].record.pid)
+        pid = self.lab.nodes[node].record.pid
+        tasks = os.listdir(f"/proc/{pid}/task")
+        self.assertIn(str(pid), tasks)
+        for task in tasks:
+            self.assertTaskUnprivileged(f"{node} task {task}", role, process_status(f"{pid}/task/{task}"))
+
+    def assertTaskUnprivileged(self, node: str, role: str, status: dict[str, str]) -> None:
         nobody = pwd.getpwnam(NODE_USER).pw_uid
         self.assertEqual(status["Uid"].split(), [str(nobody)] * 4, f"{node}: Uid {status['Uid']}")
         self.assertNotIn("0", status["Gid"].split(), f"{node}: Gid {status['Gid']}")
