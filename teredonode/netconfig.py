@@ -109,28 +109,24 @@ class NetlinkConfigurator:
         )
 
     def addAddress(self, name: str, address: str, prefixlen: int) -> None:
-        _checkName(name)
-        cidr = _cidr(address, prefixlen)
-        self._request(
-            f"ip -6 addr add {cidr} dev {name} nodad",
-            name,
-            lambda nl, index: nl.addr(
-                "add", index=index, address=cidr.split("/")[0], prefixlen=prefixlen,
-                family=socket.AF_INET6, flags=_IFA_F_NODAD,
-            ),
-        )
+        self._address("add", name, address, prefixlen, {"flags": _IFA_F_NODAD})
 
     def removeAddress(self, name: str, address: str, prefixlen: int) -> None:
+        self._address("del", name, address, prefixlen, {})
+
+    def _address(
+        self, verb: str, name: str, address: str, prefixlen: int, extra: dict[str, int]
+    ) -> None:
         _checkName(name)
         cidr = _cidr(address, prefixlen)
         self._request(
-            f"ip -6 addr del {cidr} dev {name}",
+            f"ip -6 addr {verb} {cidr} dev {name}" + (" nodad" if extra else ""),
             name,
             lambda nl, index: nl.addr(
-                "del", index=index, address=cidr.split("/")[0], prefixlen=prefixlen,
-                family=socket.AF_INET6,
+                verb, index=index, address=cidr.split("/")[0], prefixlen=prefixlen,
+                family=socket.AF_INET6, **extra,
             ),
-            absentOk=True,
+            absentOk=verb == "del",
         )
 
     def addRoute(self, name: str, prefix: str, metric: int) -> None:

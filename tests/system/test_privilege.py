@@ -16,7 +16,6 @@ Every wait is a poll with a deadline; every ping is bounded by its own count and
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
 import time
@@ -26,6 +25,7 @@ from twisted.trial import unittest
 from teredonode.lab.nodes import NODE_USER
 from teredonode.privilege import ROLE_CAPABILITIES, capabilityMask, maskNames
 from tests.system.lab_fixture import LabAssertions, use_lab
+from tests.system.test_client_interop import global_addresses
 
 QUALIFY_TIMEOUT = 20.0
 REFRESH = 10
@@ -35,16 +35,6 @@ RECOVERY_DEADLINE = 2 * REFRESH
 def process_status(path: str) -> dict[str, str]:
     with open(f"/proc/{path}/status") as f:
         return dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
-
-
-def tun_addresses(lab, host: str, interface: str = "teredo") -> set[str]:
-    out = lab.exec(host, ["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "global"], timeout=10).stdout
-    found = set()
-    for line in out.splitlines():
-        fields = line.split()
-        if "inet6" in fields:
-            found.add(str(ipaddress.IPv6Address(fields[fields.index("inet6") + 1].split("/")[0])))
-    return found
 
 
 class LeastPrivilegeTests(LabAssertions, unittest.TestCase):
@@ -130,9 +120,9 @@ class LeastPrivilegeTests(LabAssertions, unittest.TestCase):
             )["client"]
             new = status["address"]
             deadline = time.monotonic() + 5
-            while tun_addresses(self.lab, "client1") != {new}:
+            while global_addresses(self.lab, "client1") != {new}:
                 if time.monotonic() > deadline:
-                    self.fail(f"TUN has {tun_addresses(self.lab, 'client1')}, status says {new}")
+                    self.fail(f"TUN has {global_addresses(self.lab, 'client1')}, status says {new}")
                 time.sleep(0.1)
             self.assertEqual(self.lab.node_status(node)["client"]["counters"].get("netconfig-errors", 0), 0)
             old = new
