@@ -468,3 +468,68 @@ class DeploymentTests(SynchronousTestCase):
             kept = row.split("|")[2].strip()
             wanted = ", ".join(f"`{n}`" for n in maskNames(capabilityMask(caps))) or "none"
             self.assertEqual(kept, wanted, role)
+
+
+_TWISTD_SCRIPT = r"""
+import ctypes, json, os, shutil, subprocess, sys, tempfile, time
+from teredonode.status import StatusUnavailable, read_status
+
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+libc = ctypes.CDLL(None, use_errno=True)
+# What systemd's MemoryDenyWriteExecute=yes asks for, here as PR_SET_MDWE (inherited).
+mdwe = libc.prctl(65, 1, 0, 0, 0)
+base = tempfile.mkdtemp(prefix="teredo-priv-")
+os.chmod(base, 0o755)
+config = os.path.join(base, "teredo.toml")
+with open(config, "w") as f:
+    f.write(
+        '[node]\nuser = "nobody"\n'
+        f'status-socket = "{base}/run/status.sock"\nstate-dir = "{base}/state"\n'
+        '[client]\nenabled = true\nserver = "192.0.2.1"\n'
+    )
+log = open(os.path.join(base, "log"), "w+")
+node = subprocess.Popen(
+    [shutil.which("twistd"), "-n", "--pidfile=", "teredo", "--config", config],
+    stdout=log, stderr=subprocess.STDOUT,
+)
+document = None
+deadline = time.monotonic() + 20
+while document is None and time.monotonic() < deadline and node.poll() is None:
+    try:
+        document = read_status(f"{base}/run/status.sock", timeout=2)
+    except StatusUnavailable:
+        time.sleep(0.1)
+status = dict(line.split(":\t", 1) for line in open(f"/proc/{node.pid}/status").read().splitlines() if ":\t" in line)
+node.terminate()
+node.wait(timeout=10)
+log.seek(0)
+print(json.dumps({
+    "mdwe": mdwe,
+    "uid": status.get("Uid", "").split(),
+    "CapEff": status.get("CapEff", "").strip(),
+    "state": (document or {}).get("client", {}).get("state"),
+    "log": log.read(),
+    "exit": node.returncode,
+    "socketLeft": os.path.exists(f"{base}/run/status.sock"),
+}))
+shutil.rmtree(base)
+"""
+
+
+class RealTwistdTests(SynchronousTestCase):
+    """
+    The plugin under the real twistd with C{[node] user}, in a private network namespace
+    and under C{PR_SET_MDWE} (what the units' C{MemoryDenyWriteExecute=yes} asks).
+    """
+
+    skip = rootSkipReason(needTun=True)
+
+    def test_clientAsNobody(self) -> None:
+        result = runIsolated(_TWISTD_SCRIPT, timeout=60)
+        self.assertEqual(result["mdwe"], 0, "PR_SET_MDWE refused")
+        self.assertEqual(result["uid"], [str(NOBODY.uid)] * 4, result["log"])
+        self.assertEqual(int(result["CapEff"], 16), ADMIN, result["log"])
+        self.assertIsNotNone(result["state"], result["log"])
+        self.assertIn("running as nobody (uid 65534, gid 65534), capabilities kept: CAP_NET_ADMIN", result["log"])
+        self.assertNotIn("Traceback", result["log"])
+        self.assertFalse(result["socketLeft"], "the node, as nobody, removes its status socket")
