@@ -23,9 +23,10 @@ Why it is built this way (docs/performance.md has the method and the figures):
     several source ports, and receives the RAs concurrently, matching them by nonce.  If it
     cannot reach the offered rate it says so ("generator-limited"): the server's figure is
     then a lower bound, not its capacity.
-  - Our server rate-limits RSs per source (ip, port).  The benchmark measures the data path,
-    not the limiter's refusals, so it configures C{rs-rate} and C{burst} to 1 000 000; the
-    limiter still runs its per-packet bookkeeping for the 16 sources.
+  - Our server rate-limits RSs per source address and globally.  The benchmark measures the
+    data path, not the limiter's refusals, so it configures C{rs-rate}, C{rs-burst},
+    C{rs-initial}, C{ra-rate} and C{ra-burst} to 1 000 000; the limiter still runs its
+    per-packet bookkeeping.
 """
 
 from __future__ import annotations
@@ -530,7 +531,10 @@ class Bench:
                 'interface = ""\n'
                 "# The benchmark measures the data path, not the per-source limiter's refusals.\n"
                 "rs-rate = 1000000\n"
-                "burst = 1000000\n"
+                "rs-burst = 1000000\n"
+                "rs-initial = 1000000\n"
+                "ra-rate = 1000000\n"
+                "ra-burst = 1000000\n"
             )
             env["PYTHONPATH"] = str(REPO_ROOT)
             argv = [_tool("twistd"), "-n", f"--pidfile={self.tmp}/ours.pid", "teredo",
@@ -715,8 +719,8 @@ def main(argv: list[str] | None = None) -> int:
         bench.start_generator()
         print(f"server_rs: server on CPU {bench.server_cpu}, generator on CPU {bench.gen_cpu}; "
               f"{args.step_seconds:g} s per step, {SOURCE_PORTS} source ports, loss limit "
-              f"{LOSS_LIMIT:.0%}; our server runs with rs-rate = burst = 1000000 (per-source "
-              f"limiter not refusing)", flush=True)
+              f"{LOSS_LIMIT:.0%}; our server runs with rs- and ra- rates and bursts "
+              f"= 1000000 (limiters not refusing)", flush=True)
         results: dict[str, list[RunResult]] = {"ours": [], "miredo": []}
         order = [(r, w) for r in range(1, rounds + 1) for w in ("ours", "miredo")]
         for i, (round_, which) in enumerate(order):

@@ -4,6 +4,7 @@ The C{teredo} command: operator tools that do not run a node.
 
     teredo status [--socket PATH] [--json]   what a running node reports
     teredo decode ADDR [--prefix P] [--json]  what a Teredo address holds
+    teredo probe [SERVER ...] [--json]        the NAT kind, mapping and servers' answers
     teredo lab ...                            the network lab (teredonode.lab.cli)
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback: the
@@ -220,6 +221,79 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+# --- probe --------------------------------------------------------------------------------
+
+
+def _probe_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """
+    C{SERVER} arguments (C{name} or C{primary,secondary}) -> resolved address pairs; with
+    none, the C{[client] server} of C{--config}.
+    """
+    import socket
+
+    from teredonode.config import load_config
+    from teredonode.probe import secondary_of
+
+    servers = list(args.servers)
+    if not servers:
+        try:
+            config = load_config(args.config, roles="client")
+        except TeredoError as e:
+            raise TeredoError(f"probe: name a server, or fix the configuration: {e}") from None
+        client = config.roles["client"]
+        servers = [client.server + (f",{client.secondary}" if client.secondary else "")]
+    targets = []
+    for text in servers:
+        names = text.split(",")
+        if len(names) > 2 or not all(names):
+            raise TeredoError(f"probe: {text!r}: expected SERVER or PRIMARY,SECONDARY")
+        resolved = []
+        for name in names:
+            try:
+                resolved.append(socket.gethostbyname(name))
+            except (OSError, UnicodeError) as e:
+                raise TeredoError(f"probe: cannot resolve {name!r}: {getattr(e, 'strerror', None) or e}") from None
+        targets.append((resolved[0], resolved[1] if len(resolved) > 1 else secondary_of(resolved[0])))
+    return targets
+
+
+def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int) -> dict[str, Any]:
+    """
+    Run the probe on the global reactor (the command is a short-lived process).
+    """
+    from twisted.internet import reactor
+
+    from teredonode.probe import probe
+
+    outcome: list[Any] = []
+    d = probe(reactor, targets, timeout, attempts)
+    d.addBoth(outcome.append)
+    d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+    if not outcome:
+        reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+    result = outcome[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
+
+
+def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
+    from teredonode.probe import format_probe
+
+    if not args.timeout > 0 or not 1 <= args.attempts <= 10:
+        return _fail(err, "probe: --timeout must be > 0 and --attempts 1..10", 2)
+    targets = _probe_targets(args)
+    try:
+        report = (runner or _run_probe)(targets, args.timeout, args.attempts)
+    except OSError as e:
+        return _fail(err, f"probe: {e.strerror or e}", 1)
+    if args.json:
+        out.write(json.dumps(report, indent=2) + "\n")
+    else:
+        out.write(format_probe(report) + "\n")
+    return 0 if report["best"] is not None else 1
+
+
 # --- lab ----------------------------------------------------------------------------------
 
 
@@ -271,6 +345,18 @@ def _parser() -> argparse.ArgumentParser:
     decode.add_argument("--prefix", help="the Teredo prefix, if not 2001::/32")
     decode.add_argument("--json", action="store_true", help="print JSON")
 
+    probe = commands.add_parser(
+        "probe", help="qualify against Teredo servers (no interface configured) and report the NAT"
+    )
+    probe.add_argument(
+        "servers", nargs="*", metavar="SERVER",
+        help="a server name or address, or PRIMARY,SECONDARY (default: [client] server of --config)",
+    )
+    probe.add_argument("--config", default="/etc/teredonode/teredo.toml", help="for the default server")
+    probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer (default 2)")
+    probe.add_argument("--attempts", type=int, default=2, help="solicitations per step (default 2)")
+    probe.add_argument("--json", action="store_true", help="print JSON")
+
     commands.add_parser("lab", help="build and drive the network lab (teredo lab --help)", add_help=False)
     return parser
 
@@ -293,6 +379,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return int(e.code) if isinstance(e.code, int) else 2
         if args.command == "status":
             return _status(args, out, err)
+        if args.command == "probe":
+            return _probe(args, out, err)
         return _decode(args, out, err)
     except TeredoError as e:
         return _fail(err, str(e), 1)

@@ -146,6 +146,23 @@ def _socket_path(value: Any) -> str:
     return text
 
 
+def _listen_address(value: Any) -> str:
+    """
+    C{"host:port"} (C{"[v6]:port"} for IPv6) to listen on, or C{""} for off.
+    """
+    if value == "":
+        return ""
+    text = _string(value)
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or not host:
+        raise _Invalid(f"{_show(value)} is not host:port (e.g. \"127.0.0.1:9544\")")
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    except ValueError:
+        raise _Invalid(f"{_show(value)}: {_show(host)} is not an IP address") from None
+    return text
+
+
 def _integer(low: int, high: int, what: str = "") -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -365,6 +382,17 @@ def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
     return tuple(out)
 
 
+def _route_table(value: Any) -> int:
+    """
+    A kernel routing table number for the relay's health route, or 0 for none; never the
+    tables the kernel itself uses (253 default, 254 main, 255 local).
+    """
+    table = _integer(0, 0xFFFFFFFF, "table")(value)
+    if table in (253, 254, 255):
+        raise _Invalid(f"{table} is a kernel table (default, main, local); use another number")
+    return table
+
+
 # --- the schema -----------------------------------------------------------------------------
 
 
@@ -398,6 +426,7 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("log-level", _log_level, "info", "Least severe level logged by teredonode."),
             _Key("user", _account("user"), "", "User to run as once sockets and TUN are open."),
             _Key("group", _account("group"), "", "Group to run as; default the user's group."),
+            _Key("metrics", _listen_address, "", "Prometheus endpoint host:port; empty: off."),
         ),
         "server": (
             _ENABLED,
@@ -409,10 +438,16 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("interface", _optional_ifname, "teredo-srv", "TUN to native IPv6 for echo tests; empty: none."),
             _Key("secure", _boolean, False, "Require secure qualification (RFC 4380 5.2.2)."),
             _Key("clients", _client_secrets, (), "Secure qualification: client id -> secret."),
-            _Key("rs-rate", _rate, 1.0, "Router Solicitations per second per source."),
-            _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source."),
-            _Key("burst", _integer(1, 1_000_000), 20, "Token bucket depth of both rates."),
-            _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by the limiters."),
+            _Key("accept-unknown-clients", _boolean, False, "Secure mode: answer unknown client ids (RFC 4380 behaviour)."),
+            _Key("rs-rate", _rate, 0.5, "Router Solicitations per second per source address."),
+            _Key("rs-burst", _integer(1, 1_000_000), 10, "Router Solicitations a source may save up."),
+            _Key("rs-initial", _integer(0, 1_000_000), 4, "Tokens of a source seen for the first time."),
+            _Key("rs-limit-prefix", _integer(24, 32, "prefix length"), 32, "Source bits keying the RS limit: 32 or 24."),
+            _Key("ra-rate", _rate, 10000.0, "Router Advertisements per second, all sources together."),
+            _Key("ra-burst", _integer(1, 1_000_000), 2000, "Router Advertisements the global budget saves up."),
+            _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source address."),
+            _Key("forward-burst", _integer(1, 1_000_000), 20, "Packets a source may save up for relaying."),
+            _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by each limiter."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
         ),
         "client": (
@@ -445,6 +480,10 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
+            _Key("health-table", _route_table, 0, "Kernel table of the health route BGP announces; 0: off."),
+            _Key("health-interval", _integer(1, 60, "seconds"), 1, "Seconds between health route refreshes."),
+            _Key("health-lifetime", _integer(2, 600, "seconds"), 3, "Seconds the health route outlives a hung relay."),
+            _Key("drain-time", _integer(0, 600, "seconds"), 5, "Seconds relaying on after withdrawing, when stopped."),
         ),
         "host-relay": (
             _ENABLED,
@@ -457,6 +496,13 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
             _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
         ),
+    }
+)
+
+#: Keys that no longer exist, and the one line that says what to use instead.
+RENAMED: Mapping[tuple[str, str], str] = MappingProxyType(
+    {
+        ("server", "burst"): "replaced by rs-burst (Router Solicitations) and forward-burst (relayed packets)",
     }
 )
 
@@ -499,6 +545,7 @@ class NodeSettings:
     log_level: str = "info"
     user: str = ""
     group: str = ""
+    metrics: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -515,9 +562,15 @@ class ServerSettings:
     interface: str = "teredo-srv"
     secure: bool = False
     clients: tuple[tuple[str, str, float | None], ...] = ()
-    rs_rate: float = 1.0
+    accept_unknown_clients: bool = False
+    rs_rate: float = 0.5
+    rs_burst: int = 10
+    rs_initial: int = 4
+    rs_limit_prefix: int = 32
+    ra_rate: float = 10000.0
+    ra_burst: int = 2000
     forward_rate: float = 50.0
-    burst: int = 20
+    forward_burst: int = 20
     max_sources: int = 65536
     hardened: bool = True
     enabled: bool = True
@@ -574,6 +627,10 @@ class RelaySettings:
     peer_queue_bytes: int = 1280
     icmp_rate: float = 10.0
     hardened: bool = True
+    health_table: int = 0
+    health_interval: int = 1
+    health_lifetime: int = 3
+    drain_time: int = 5
     enabled: bool = True
     name = "relay"
 
@@ -717,6 +774,8 @@ def parse_config(
     for table, values in tables.items():
         known = {key.name for key in SCHEMA[table]}
         for key in values:
+            if key not in known and (table, key) in RENAMED:
+                raise ConfigError(f"{source}: [{table}] {key}: {RENAMED[(table, key)]}")
             if key not in known:
                 raise ConfigError(
                     f"{source}: [{table}] {key}: unknown key (known: {', '.join(sorted(known))})"
@@ -832,6 +891,16 @@ def _build_role(
                     f"not a global unicast address; set secondary explicitly"
                 )
             filled["secondary"] = str(following)
+        if filled["rs_initial"] > filled["rs_burst"]:
+            raise ConfigError(
+                f"{_where(source, name, 'rs-initial', origin)}: {filled['rs_initial']} is more "
+                f"than rs-burst ({filled['rs_burst']})"
+            )
+        if filled["rs_limit_prefix"] not in (24, 32):
+            raise ConfigError(
+                f"{_where(source, name, 'rs-limit-prefix', origin)}: must be 32 (one address) "
+                f"or 24 (its /24)"
+            )
         if filled["secondary"] == filled["primary"]:
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from primary "
@@ -853,6 +922,11 @@ def _build_role(
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"
             )
+    elif name == "relay" and filled["health_lifetime"] <= filled["health_interval"]:
+        raise ConfigError(
+            f"{_where(source, name, 'health-lifetime', origin)}: must exceed health-interval "
+            f"({filled['health_interval']}), or the route lapses between refreshes"
+        )
     return _CLASSES[name](**filled)
 
 

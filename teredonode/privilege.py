@@ -31,7 +31,10 @@ What each role keeps (L{ROLE_CAPABILITIES}, and C{docs/least-privilege.md}):
     route whenever its mapping changes (RFC 4380 5.2.1, CL rules), and sets the MTU a
     Router Advertisement announces;
   - server, relay, host-relay: nothing; their routes are added while root and vanish with
-    their TUN, and the host-specific relay reads C{/proc/net/if_inet6}, which anyone may.
+    their TUN, the server's raw IPv6 socket is opened while root, and the host-specific
+    relay reads C{/proc/net/if_inet6}, which anyone may;
+  - a relay with a health route (C{[relay] health-table}): C{CAP_NET_ADMIN}, to keep
+    replacing that route.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import grp
 import os
 import pwd
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol
 
 from teredonode.errors import ConfigError, TeredoError
 
@@ -91,13 +94,17 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAPABILITY_VERSION_3 = 0x20080522
 
 
-def capabilitiesFor(roles: Iterable[str]) -> frozenset[int]:
+def capabilitiesFor(roles: Iterable[str] | Mapping[str, Any]) -> frozenset[int]:
     """
-    The union of what the given roles keep; an unknown role keeps nothing.
+    The union of what the given roles keep; an unknown role keeps nothing.  Given the
+    roles' settings by name, a relay with a health route (C{[relay] health-table}) also
+    keeps C{CAP_NET_ADMIN}: it replaces that route over rtnetlink every few seconds.
     """
     kept: frozenset[int] = frozenset()
     for role in roles:
         kept |= ROLE_CAPABILITIES.get(role, frozenset())
+    if isinstance(roles, Mapping) and getattr(roles.get("relay"), "health_table", 0):
+        kept |= {CAP_NET_ADMIN}
     return kept
 
 

@@ -4,8 +4,10 @@ authentication value of secure qualification.
 
 A public Teredo server or relay answers anyone.  Without a per-source limit one flooding
 host starves every other client; without a bound on the limiter's own table an attacker
-spraying spoofed sources exhausts memory instead.  L{RateLimiter} is both: token buckets per
-key, at most C{max_keys} of them, least recently used evicted first.
+spraying spoofed sources exhausts memory instead; without a global budget a spray of
+spoofed sources still reflects one answer per source.  L{RateLimiter} is all three: token
+buckets per key, at most C{max_keys} of them, least recently used evicted first, new keys
+starting nearly empty, and an optional global L{TokenBucket}.
 """
 
 from __future__ import annotations
@@ -17,25 +19,113 @@ from typing import Hashable
 
 from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["RateLimiter", "teredo_auth_value", "auth_matches"]
+__all__ = [
+    "RateLimiter",
+    "TokenBucket",
+    "source_key",
+    "PASS",
+    "OVER_SOURCE",
+    "OVER_GLOBAL",
+    "teredo_auth_value",
+    "auth_matches",
+]
+
+
+def source_key(ip: str, prefix_len: int = 32) -> int:
+    """
+    The limiter key of an IPv4 source: its address as an integer with all but the first
+    C{prefix_len} bits cleared (32: the address itself; 24: its /24).  Never the port: an
+    attacker spoofing a victim's address picks any port, so a port in the key would hand
+    each spoofed port a fresh bucket.
+    """
+    a, b, c, d = ip.split(".")
+    value = (int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d)
+    return value & (0xFFFFFFFF << (32 - prefix_len)) & 0xFFFFFFFF
+
+
+class TokenBucket:
+    """
+    One token bucket: C{rate} tokens per second, at most C{burst} saved up, starting full.
+    The server's global Router Advertisement budget.
+    """
+
+    def __init__(self, clock: IReactorTime, rate: float, burst: int) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate and burst must be positive")
+        self._clock = clock
+        self._rate = float(rate)
+        self._burst = float(burst)
+        self._tokens = float(burst)
+        self._stamp = clock.seconds()
+
+    def allow(self) -> bool:
+        """
+        Take one token; C{False} when none is left.
+        """
+        now = self._clock.seconds()
+        tokens = self._tokens + (now - self._stamp) * self._rate
+        if tokens > self._burst:
+            tokens = self._burst
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
+#: L{RateLimiter.check} verdicts.
+PASS, OVER_SOURCE, OVER_GLOBAL = 0, 1, 2
 
 
 class RateLimiter:
     """
-    Token buckets keyed by source: C{rate} tokens per second, at most C{burst} saved up.
+    Token buckets keyed by source, with bounded memory and an optional global budget.
 
-    A new key starts full (a client's first qualification is never delayed).  Evicting the
-    least recently seen key when full can only ever let an evicted source send a fresh
-    burst, never block a legitimate one.
+    Exact semantics (a kernel fast path mirrors them; change both together):
+
+      - the key is chosen by the caller; the server uses L{source_key}, the source IPv4
+        address masked to C{rs-limit-prefix} bits (never the port);
+      - each key has a token bucket refilled at C{rate} tokens per second up to C{burst},
+        computed lazily from the time the key was last seen:
+        C{tokens = min(burst, tokens + (now - last) * rate)};
+      - a key seen for the first time starts with C{initial} tokens (C{initial <= burst});
+        new keys are deliberately NOT full, so spraying fresh keys (spoofed addresses)
+        yields at most C{initial} each instead of a whole burst;
+      - a packet passes its key's bucket when C{tokens >= 1}, and then takes one token; a
+        packet refused by its key's bucket takes nothing (from the key or the budget);
+      - when the table already holds C{max_keys} keys, the least recently seen key is
+        evicted before a new one is added (a packet that refreshes a key makes it the most
+        recently seen, passed or not);
+      - with a C{budget} (the global RA budget, a L{TokenBucket} of C{ra-rate} tokens per
+        second up to C{ra-burst}, starting full), a packet that passed its key's bucket
+        also needs one token of the budget; when the budget is empty the packet is refused
+        and the key's token stays spent.
+
+    L{check} says which limit refused; L{allow} is C{check(key) == PASS}.
     """
 
-    def __init__(self, clock: IReactorTime, rate: float, burst: int, max_keys: int = 65536) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        rate: float,
+        burst: int,
+        max_keys: int = 65536,
+        initial: int | None = None,
+        budget: TokenBucket | None = None,
+    ) -> None:
         if rate <= 0 or burst < 1 or max_keys < 1:
             raise ValueError("rate, burst and max_keys must be positive")
+        if initial is None:
+            initial = burst
+        if not 0 <= initial <= burst:
+            raise ValueError("initial must be between 0 and burst")
         self._clock = clock
         self._rate = float(rate)
         self._burst = float(burst)
+        self._initial = float(initial)
         self._max = max_keys
+        self._budget = budget
         self._buckets: OrderedDict[Hashable, list[float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -43,7 +133,13 @@ class RateLimiter:
 
     def allow(self, key: Hashable) -> bool:
         """
-        Take one token for C{key}; C{False} when it has none left.
+        Take one token for C{key}; C{False} when it (or the global budget) has none left.
+        """
+        return self.check(key) == PASS
+
+    def check(self, key: Hashable) -> int:
+        """
+        Apply the limits to one packet from C{key}: L{PASS}, L{OVER_SOURCE} or L{OVER_GLOBAL}.
         """
         now = self._clock.seconds()
         buckets = self._buckets
@@ -51,18 +147,21 @@ class RateLimiter:
         if bucket is None:
             if len(buckets) >= self._max:
                 buckets.popitem(last=False)
-            buckets[key] = [self._burst - 1.0, now]
-            return True
-        buckets.move_to_end(key)
-        tokens = bucket[0] + (now - bucket[1]) * self._rate
-        if tokens > self._burst:
-            tokens = self._burst
-        bucket[1] = now
+            bucket = buckets[key] = [self._initial, now]
+            tokens = self._initial
+        else:
+            buckets.move_to_end(key)
+            tokens = bucket[0] + (now - bucket[1]) * self._rate
+            if tokens > self._burst:
+                tokens = self._burst
+            bucket[1] = now
         if tokens < 1.0:
             bucket[0] = tokens
-            return False
+            return OVER_SOURCE
         bucket[0] = tokens - 1.0
-        return True
+        if self._budget is not None and not self._budget.allow():
+            return OVER_GLOBAL
+        return PASS
 
 
 def teredo_auth_value(secret: bytes, nonce: bytes, confirmation: int, origin: bytes, ipv6: bytes) -> bytes:

@@ -7,36 +7,28 @@ imported here, lazily and by name (L{teredonode.roles.ROLE_MODULES}), so that a 
 only a server never imports the client, and so that a role that does not exist yet in this
 version is a one-line configuration error rather than an C{ImportError} traceback.
 
-Log level: twistd installs its own log observer and has no level option, so C{[node]
-log-level} is applied to the messages teredonode itself emits.  Modules log through
-L{logObserver}::
-
-    log = Logger(observer=teredonode.service.logObserver)
-
-which filters on L{logFilter} before passing events on to the global publisher.
+Log level: C{[node] log-level} applies to every message teredonode emits, through the
+filter in L{teredonode.logs} (whose L{Logger} every module uses).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import os
+import signal
+import threading
 from types import ModuleType
 from typing import Any, Mapping
 
 from twisted.application.service import IService, MultiService
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    Logger,
-    globalLogPublisher,
-)
 from zope.interface import implementer
 
 import teredonode
-from teredonode.config import NodeConfig
-from teredonode.errors import ConfigError
+from teredonode.config import NO_FILE, NodeConfig, load_config
+from teredonode.errors import ConfigError, TeredoError
 from teredonode.interfaces import IStatusSource
+from teredonode.logs import Logger, logFilter, logObserver, setLogLevel
 from teredonode.privilege import Privileges
 import teredonode.roles as _roles
 from teredonode.status import StatusService
@@ -49,12 +41,6 @@ __all__ = [
     "logFilter",
     "logObserver",
 ]
-
-#: The level filter for teredonode's own messages; L{TeredoNode} sets it from C{[node]}.
-logFilter = LogLevelFilterPredicate(defaultLogLevel=LogLevel.info)
-#: The observer teredonode's loggers publish to: L{logFilter}, then the global publisher.
-logObserver = FilteringLogObserver(globalLogPublisher, [logFilter])
-
 
 def loadRoleModule(name: str, registry: Mapping[str, str] | None = None) -> ModuleType:
     """
@@ -101,13 +87,14 @@ class TeredoNode(MultiService):
     @ivar statusService: the L{StatusService} serving L{status}.
     """
 
-    log = Logger(observer=logObserver)
+    log = Logger()
 
     def __init__(
         self,
         config: NodeConfig,
         reactor: Any,
         registry: Mapping[str, str] | None = None,
+        loader: Any = None,
         privileges: Privileges | None = None,
     ) -> None:
         MultiService.__init__(self)
@@ -115,8 +102,11 @@ class TeredoNode(MultiService):
         #: Whom the node runs as once open, and what it keeps (see L{teredonode.privilege}).
         self.privileges = privileges if privileges is not None else Privileges(None, frozenset())
         self._reactor = reactor
+        #: Reads the configuration again for L{reload} (the file with the same roles).
+        self.loader = loader if loader is not None else self._readAgain
+        self._previousHup: Any = None
         self._startedAt: float | None = None
-        logFilter.setLogLevelForNamespace("", LogLevel.levelWithName(config.node.log_level))
+        setLogLevel(config.node.log_level)
 
         # The status server comes first so it is up while roles start, and goes last.
         self.statusService = StatusService(
@@ -124,6 +114,13 @@ class TeredoNode(MultiService):
         )
         self.statusService.setName("status")
         self.statusService.setServiceParent(self)
+        self.metricsService: Any = None
+        if config.node.metrics:
+            from teredonode.metrics import MetricsService
+
+            self.metricsService = MetricsService(config.node.metrics, self, reactor)
+            self.metricsService.setName("metrics")
+            self.metricsService.setServiceParent(self)
 
         self.roles: dict[str, Any] = {}
         for name, settings in config.roles.items():
@@ -146,11 +143,105 @@ class TeredoNode(MultiService):
             self.log.info("{dropped}", dropped=dropped)
         self._startedAt = self._reactor.seconds()
         MultiService.startService(self)
+        self._installReload()
         self.log.info(
             "teredonode {version} running {roles}",
             version=teredonode.__version__,
             roles=", ".join(self.roles),
         )
+
+    def stopService(self) -> Any:
+        if self._previousHup is not None:
+            signal.signal(signal.SIGHUP, self._previousHup)
+            self._previousHup = None
+        return MultiService.stopService(self)
+
+    # -- reload (SIGHUP) ---------------------------------------------------------------------
+
+    def _installReload(self) -> None:
+        """
+        SIGHUP re-reads the configuration, on a real reactor in the main thread only.
+        """
+        call = getattr(self._reactor, "callFromThread", None)
+        if call is None or not hasattr(signal, "SIGHUP") or threading.current_thread() is not threading.main_thread():
+            return
+        self._previousHup = signal.signal(signal.SIGHUP, lambda *_: call(self.reload))
+
+    def _readAgain(self) -> NodeConfig:
+        if self.config.source == NO_FILE:
+            raise ConfigError("there is no configuration file to read again")
+        return load_config(self.config.source, roles=list(self.config.roles))
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """
+        Read the configuration again and apply what can change while running, without
+        stopping a role (peers, qualification and sockets are kept): C{[node] log-level} and
+        C{metrics}, and each role's C{liveSettings} (its C{reconfigure}).  What needs a
+        restart keeps its running value and is named in one log line.  A configuration that
+        does not load changes nothing.
+
+        @return: the settings applied and the settings that need a restart, as
+            C{"[table] key"}.
+        """
+        try:
+            new = self.loader()
+        except TeredoError as e:
+            self.log.error("reload: {error}; the running configuration stays", error=str(e))
+            return [], []
+        applied: list[str] = []
+        restart: list[str] = []
+        node = self._reloadNode(new.node, applied, restart)
+        roles = dict(self.config.roles)
+        if set(new.roles) != set(roles):
+            restart.append("enabled roles")
+        for name in roles.keys() & new.roles.keys():
+            old, wanted = roles[name], new.roles[name]
+            changed = _changed(old, wanted)
+            if not changed:
+                continue
+            role = self.roles[name]
+            live = getattr(role, "liveSettings", frozenset())
+            keep = {key: getattr(old, key) for key in changed if key not in live}
+            merged = dataclasses.replace(wanted, **keep)
+            if len(keep) < len(changed):
+                role.reconfigure(merged)
+            roles[name] = merged
+            applied += [f"[{name}] {_key(k)}" for k in changed if k in live]
+            restart += [f"[{name}] {_key(k)}" for k in changed if k not in live]
+        self.config = dataclasses.replace(self.config, node=node, roles=type(self.config.roles)(roles))
+        # A warning when the file now says something that is not in effect.
+        (self.log.warn if restart else self.log.info)(
+            "reload: applied {applied}; needs a restart to change: {restart}",
+            applied=", ".join(applied) or "nothing",
+            restart=", ".join(restart) or "nothing",
+        )
+        return applied, restart
+
+    def _reloadNode(self, wanted: Any, applied: list[str], restart: list[str]) -> Any:
+        old = self.config.node
+        keep: dict[str, Any] = {}
+        for key in _changed(old, wanted):
+            if key == "log_level":
+                setLogLevel(wanted.log_level)
+            elif key == "metrics":
+                self._replaceMetrics(wanted.metrics)
+            else:
+                keep[key] = getattr(old, key)
+                restart.append(f"[node] {_key(key)}")
+                continue
+            applied.append(f"[node] {_key(key)}")
+        return dataclasses.replace(wanted, **keep)
+
+    def _replaceMetrics(self, address: str) -> None:
+        if self.metricsService is not None:
+            self.removeService(self.metricsService)
+            self.metricsService = None
+        if address:
+            from teredonode.metrics import MetricsService
+
+            self.metricsService = MetricsService(address, self, self._reactor)
+            self.metricsService.setName("metrics")
+            self.metricsService.setServiceParent(self)
 
     def status(self) -> dict[str, Any]:
         """
@@ -178,17 +269,30 @@ class TeredoNode(MultiService):
         return document
 
 
+def _changed(old: Any, new: Any) -> list[str]:
+    """
+    The settings (dataclass field names) whose values differ.
+    """
+    return [f.name for f in dataclasses.fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+
+
+def _key(field: str) -> str:
+    return field.replace("_", "-")
+
+
 def makeNode(
     config: NodeConfig,
     reactor: Any = None,
     registry: Mapping[str, str] | None = None,
+    loader: Any = None,
     privileges: Privileges | None = None,
 ) -> TeredoNode:
     """
-    Build the node for C{config}; C{reactor} defaults to the global one.
+    Build the node for C{config}; C{reactor} defaults to the global one.  C{loader} reads
+    the configuration again on SIGHUP (the same file, roles and command-line overrides).
     """
     if reactor is None:
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    return TeredoNode(config, reactor, registry, privileges)
+    return TeredoNode(config, reactor, registry, loader, privileges)

@@ -27,7 +27,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.interfaces import IListeningPort, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.errors import TeredoError

@@ -174,4 +174,5 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     privileges = options.privileges
     if privileges is None:
         privileges = privilegesFor(config, getattr(options, "parent", None))
-    return makeNode(config, reactor, privileges=privileges)
+    # SIGHUP reads the same again
+    return makeNode(config, reactor, loader=options.loadConfig, privileges=privileges)

@@ -22,7 +22,12 @@ from zope.interface import implementer
 
 from teredonode.interfaces import Endpoint, IDatagramSender
 
-__all__ = ["DatagramSender", "ServicePort", "raiseBufferSizes"]
+__all__ = ["DatagramSender", "ServicePort", "raiseBufferSizes", "clearDontFragment"]
+
+#: C{<linux/in.h>}: the socket option choosing path MTU discovery, and its value "never set
+#: DF" (Python's socket module exports neither).
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DONT = 0
 
 
 def _reason(exc: OSError) -> str:
@@ -105,6 +110,24 @@ def raiseBufferSizes(
     )
 
 
+def clearDontFragment(portOrSocket: Any) -> bool:
+    """
+    G-07 / SEC-25 (RFC 4380 section 5.1.2: the DF bit SHOULD NOT be set on the outer IPv4
+    header).  Linux sets DF on UDP by default (C{IP_PMTUDISC_WANT}); a Teredo datagram that
+    meets a smaller IPv4 MTU on the way must be fragmented rather than dropped, because the
+    IPv6 sender inside cannot learn that MTU from an ICMPv4 error.
+
+    @param portOrSocket: a Twisted C{udp.Port} (its C{socket} is used) or a socket; anything
+        without a socket (the in-memory fakes) is left alone.
+    @return: whether the option was set.
+    """
+    sock = getattr(portOrSocket, "socket", portOrSocket)
+    if not isinstance(sock, socket.socket) or sock.family != socket.AF_INET:
+        return False
+    sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+    return True
+
+
 class ServicePort(DatagramProtocol):
     """
     A role's UDP socket: every datagram goes to C{receive(data, addr)}; once listening it
@@ -120,6 +143,7 @@ class ServicePort(DatagramProtocol):
         self.sender: DatagramSender | None = None
 
     def startProtocol(self) -> None:
+        clearDontFragment(self.transport)
         self.sender = DatagramSender(self.transport)
 
     def sendto(self, data: bytes, addr: Endpoint) -> None:

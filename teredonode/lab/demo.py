@@ -252,7 +252,15 @@ def run_demo(
     lab = Lab.up(scenario)
     try:
         print(f"lab {lab.prefix} up in {time.monotonic() - started:.2f}s (scenario {scenario})", file=out)
-        ok, _ = demo_on(lab, miredo_roles, out)
+        if lab.plan.anycast:
+            if miredo_roles:
+                raise LabError("the anycast demo runs our relays (their health route feeds BGP): no --with-miredo")
+            from teredonode.lab.anycast import run_anycast_demo
+
+            ok = run_anycast_demo(lab, out)
+            print("\nevery step works" if ok else "\nsome steps failed", file=out)
+        else:
+            ok, _ = demo_on(lab, miredo_roles, out)
         print(f"logs in {lab.state.path / 'logs'}" + ("" if keep else " (removed with the lab)"), file=out)
         return 0 if ok else 1
     finally:

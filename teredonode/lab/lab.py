@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from teredonode.errors import LabError
-from teredonode.lab import nat, nodes, probe, topology
+from teredonode.lab import bgp, nat, nodes, probe, topology
 from teredonode.lab._proc import in_ns, run, which
 from teredonode.lab.scenario import get_scenario
 from teredonode.lab.state import LabState, recorded_labs, state_dir
@@ -75,6 +76,8 @@ class Lab:
                 state.save()
 
             topology.build(state.prefix, plan, record)
+            if plan.anycast:
+                lab.nodes.update(bgp.start_routing(state, plan, lab.ns))
         except BaseException:
             lab.down()
             raise
@@ -189,19 +192,54 @@ class Lab:
         host: str,
         role: str,
         settings: dict[str, object] | None = None,
+        node_settings: dict[str, object] | None = None,
         *,
         drop: str = "config",
     ) -> nodes.Node:
         """
         Start our node as C{role} on C{host} with the lab's settings for that role, each
-        overridden (or extended) by C{settings} (e.g. C{{"refresh": 10}} for a client).
+        overridden (or extended) by C{settings} (e.g. C{{"refresh": 10}} for a client), and
+        C{node_settings} added to its C{[node]} table (e.g. C{{"metrics": "127.0.0.1:9544"}}).
         The node runs as C{nobody} once open (C{drop}: see L{nodes.start_teredonode}).
         """
         defaults = nodes.role_settings(role, server_ipv4=self.host("server").ipv4[:2])  # type: ignore[arg-type]
+        if role == "relay" and self.plan.anycast:
+            defaults["health-table"] = bgp.HEALTH_TABLE  # what the host's BIRD announces from
         settings = {**defaults, **(settings or {})}
-        node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings, drop=drop)
+        node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings, node_settings, drop=drop)
         self.nodes[node] = node_
         return node_
+
+    def bgp_route(self, prefix: str = topology.TEREDO_PREFIX) -> list[str]:
+        """
+        The next hops the router's kernel has for C{prefix} (anycast scenario): one per
+        relay currently announcing it.
+        """
+        out = self.exec("inet", ["ip", "-6", "route", "show", prefix], timeout=10).stdout
+        return sorted(re.findall(r"via (\S+)", out))
+
+    def wait_bgp_route(self, predicate: Callable[[list[str]], bool], timeout: float) -> tuple[list[str], bool]:
+        """
+        Poll L{bgp_route} until C{predicate(next hops)} holds or C{timeout} s pass.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            hops = self.bgp_route()
+            if predicate(hops):
+                return hops, True
+            if time.monotonic() > deadline:
+                return hops, False
+            time.sleep(0.05)
+
+    def kill_node(self, node: str, sig: int = 9) -> None:
+        """
+        Send C{sig} (default SIGKILL) to node C{node}'s process and reap it, keeping its
+        record so that it can be started again under the same name by L{stop_node} first.
+        """
+        handle = self.nodes[node]
+        os.kill(handle.record.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM) and handle.popen is not None:
+            handle.popen.wait(timeout=nodes.STOP_TIMEOUT + 60)
 
     def stop_node(self, node: str) -> None:
         record = self.state.processes.pop(node, None)

@@ -28,9 +28,20 @@ class ClientSpec:
 
 @dataclass(frozen=True)
 class Scenario:
+    """
+    C{relays}: the relay hosts.  One ("relay") gets a static route for the Teredo prefix in
+    the Internet router; several form an anycast group: each runs BIRD, the Internet router
+    runs BIRD too and spreads the prefix over them with ECMP (docs/anycast.md).
+    """
+
     name: str
     description: str
     clients: tuple[ClientSpec, ...]
+    relays: tuple[str, ...] = ("relay",)
+
+    @property
+    def anycast(self) -> bool:
+        return len(self.relays) > 1
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -50,6 +61,13 @@ SCENARIOS: dict[str, Scenario] = {
             "shared-lan",
             "two clients on one LAN behind one port-restricted NAT (local discovery)",
             (ClientSpec("client1", "port-restricted"), ClientSpec("client2", "port-restricted", lan_of="client1")),
+        ),
+        Scenario(
+            "anycast",
+            "two relays announcing 2001::/32 by BGP, ECMP in the Internet router; two clients "
+            "behind port-restricted and cone NATs",
+            (ClientSpec("client1", "port-restricted"), ClientSpec("client2", "cone")),
+            relays=("relay1", "relay2"),
         ),
         Scenario(
             "nat-modes",

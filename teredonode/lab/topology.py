@@ -58,6 +58,7 @@ class Host:
     lan_ipv4: str | None = None  # a NAT router's LAN address
     ipv4_forwarding: bool = False
     ipv6_forwarding: bool = False
+    sysctls: tuple[str, ...] = ()  # more, set with the base ones
 
 
 @dataclass
@@ -67,6 +68,11 @@ class Plan:
     """
 
     hosts: dict[str, Host] = field(default_factory=dict)
+    relays: tuple[str, ...] = ("relay",)
+
+    @property
+    def anycast(self) -> bool:
+        return len(self.relays) > 1
 
     def add(self, host: Host) -> None:
         self.hosts[host.name] = host
@@ -84,15 +90,36 @@ def make_plan(scenario: Scenario) -> Plan:
     203.0.113.40, 2001:db8::40.  Client N behind NAT natN: NAT WAN 198.51.100.(10+N), LAN
     10.N.0.1, client 10.N.0.2; a client with NAT mode "none" is public at 198.51.100.(100+N).
     """
-    plan = Plan()
-    plan.add(Host("inet", "inet", INET_V4, (INET_V6,), ipv4_forwarding=True, ipv6_forwarding=True))
+    plan = Plan(relays=scenario.relays)
+    # Anycast: the router hashes IPv6 flows on addresses only (policy 3, fields src|dst),
+    # not on the flow label, so that one native host's packets to one client always take
+    # the same relay: the client accepts a native peer only from the relay it proved.
+    router_sysctls = (
+        ("net.ipv6.fib_multipath_hash_policy=3", "net.ipv6.fib_multipath_hash_fields=0x0003")
+        if scenario.anycast
+        else ()
+    )
+    plan.add(
+        Host("inet", "inet", INET_V4, (INET_V6,), ipv4_forwarding=True, ipv6_forwarding=True, sysctls=router_sysctls)
+    )
     # IPv6 forwarding on the server: our server hands clients' echo tests to the IPv6 side
     # through a TUN (teredo-srv), which the kernel must then forward (Miredo uses a raw socket
     # and does not care).
     plan.add(
         Host("server", "host", ("203.0.113.10", "203.0.113.11"), ("2001:db8::10",), ipv6_forwarding=True)
     )
-    plan.add(Host("relay", "host", ("203.0.113.20",), ("2001:db8::20",), ipv6_forwarding=True))
+    if not scenario.anycast:
+        plan.add(Host("relay", "host", ("203.0.113.20",), ("2001:db8::20",), ipv6_forwarding=True))
+    for k, name in enumerate(scenario.relays if scenario.anycast else (), start=1):
+        # Each relay of an anycast group keeps its own unicast IPv4 address (clients' trust
+        # is per relay endpoint); only the IPv6 side is anycast.  gc_interval 1: an expired
+        # health route is removed (and BIRD told) within a second.
+        plan.add(
+            Host(
+                name, "host", (f"203.0.113.{20 + k}",), (f"2001:db8::{20 + k}",), ipv6_forwarding=True,
+                sysctls=("net.ipv6.route.gc_interval=1",),
+            )
+        )
     plan.add(Host("v6host", "host", (), ("2001:db8::30",)))
     plan.add(Host("dualhost", "host", ("203.0.113.40",), ("2001:db8::40",)))
     for n, spec in enumerate(scenario.clients, start=1):
@@ -149,6 +176,7 @@ def create_namespace(ns: str, host: Host) -> None:
     # all.forwarding=1 also turns the namespace into an IPv6 router (a Miredo relay forwards
     # nothing without it).
     sysctls.append(f"net.ipv6.conf.all.forwarding={int(host.ipv6_forwarding)}")
+    sysctls += host.sysctls
     run(in_ns(ns, ["sysctl", "-q", "-w", *sysctls]))
     _ip(ns, "link", "set", "lo", "up")
 
@@ -237,8 +265,10 @@ def build(prefix: str, plan: Plan, record_namespace) -> None:
         first = plan.hosts[members[0]]
         nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0])
 
-    relay = plan.hosts["relay"]
-    _batch(inet, [f"route add {TEREDO_PREFIX} via {relay.ipv6[0]} dev {BRIDGE}"])
+    if not plan.anycast:
+        relay = plan.hosts["relay"]
+        _batch(inet, [f"route add {TEREDO_PREFIX} via {relay.ipv6[0]} dev {BRIDGE}"])
+    # Anycast: the route comes from BGP (teredonode.lab.bgp), started once the links exist.
 
 
 def namespace_pids(ns: str) -> list[int]:

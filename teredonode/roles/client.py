@@ -38,7 +38,8 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from teredonode.logs import Logger
+from teredonode.metrics import observe
 from zope.interface import implementer
 
 from teredonode.errors import NetConfigError
@@ -130,6 +131,7 @@ _COUNTERS = (
     "echo-tests",
     "echo-tests-ok",
     "echo-suppressed",
+    "relay-rechecks",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -226,6 +228,8 @@ class TeredoClient(Service):
         self._phase: str | None = None
         self._attempts = 0
         self._nonce: bytes | None = None
+        self._rsSentAt = 0.0  # for the RS->RA latency metric
+        self._qualifyingSince: float | None = None  # for the qualification-time metric
         self._timer: Any = None
         self._failures = 0
         self._primary: tuple[Endpoint, bytes, int] | None = None
@@ -384,6 +388,8 @@ class TeredoClient(Service):
         self._cancel()
         if self.state != "qualified":
             self.state = "probing"
+            if self._qualifyingSince is None:
+                self._qualifyingSince = self._reactor.seconds()
         self._phase = "primary"
         self._attempts = 0
         self._primary = None
@@ -404,6 +410,7 @@ class TeredoClient(Service):
         auth = AuthIndicator(nonce, self._clientId, value).to_bytes()
         self._socket.sendto(auth + rs, (target, TEREDO_PORT))
         self.counters["rs-sent"] += 1
+        self._rsSentAt = self._reactor.seconds()
         self._timer = self._reactor.callLater(QUALIFICATION_TIMEOUT, self._timedOut)
 
     def _timedOut(self) -> None:
@@ -506,6 +513,7 @@ class TeredoClient(Service):
         mtu = ra.mtu if ra.mtu is not None and 1280 <= ra.mtu <= 65535 else DEFAULT_MTU
         result = ((origin.ip, origin.port), pio.prefix[:8], mtu)
         self.counters["ra-accepted"] += 1
+        observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
         self._cancel()
         phase, self._nonce = self._phase, None
         if phase == "primary":
@@ -545,6 +553,9 @@ class TeredoClient(Service):
         self._failures = 0
         if first:
             self.counters["qualifications"] += 1
+            if self._qualifyingSince is not None:
+                observe("qualification", self._reactor.seconds() - self._qualifyingSince)
+                self._qualifyingSince = None
         changed = self.address is None or mapping != self.mapping or prefix != self._prefix64()
         if mtu != self.mtu:
             self.mtu = mtu

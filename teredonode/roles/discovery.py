@@ -36,7 +36,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet.error import CannotListenError
-from twisted.logger import Logger
+from teredonode.logs import Logger
 
 from teredonode.interfaces import Endpoint
 from teredonode.udp import ServicePort

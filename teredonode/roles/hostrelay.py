@@ -45,8 +45,9 @@ __all__ = [
 ]
 
 #: The relay's policy under the host-specific relay's name: the differences are in what it
-#: serves and in not forwarding, not in the peer logic.
-HOST_RELAY_POLICY = replace(RELAY_POLICY, name="host-relay")
+#: serves and in not forwarding, not in the peer logic (and in dropping packets from clients
+#: it never sent to: its few peers re-learn it through their own echo tests).
+HOST_RELAY_POLICY = replace(RELAY_POLICY, name="host-relay", forward_stateless=False)
 
 #: Seconds between two readings of the host's addresses.
 ADDRESS_REFRESH = 5.0

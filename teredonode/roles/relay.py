@@ -17,7 +17,10 @@ with the relay's answers to the policy questions:
   - what arrives must be valid IPv6 from a Teredo source that embeds the very endpoint it
     came from (RL-RX-02/03), from a peer the relay itself created (RL-RX-04: no state from
     unsolicited traffic), to a destination the relay serves (RL-RX-05); bubbles refresh the
-    entry and are never forwarded (RL-RX-06).
+    entry and are never forwarded (RL-RX-06).  A packet from a client without an entry whose
+    source embeds the very endpoint it came from is forwarded all the same, creating nothing
+    (C{delivered-stateless}): after a restart, or on another relay of an anycast group, a
+    client's traffic flows at once instead of waiting ~30 s for its entry to expire.
 
 Clients find the relay through their direct IPv6 connectivity test: the native host's echo
 reply is routed here, queued, and released once the client answers the relay's bubble, so
@@ -37,9 +40,11 @@ from dataclasses import replace
 from typing import Any, Callable, Iterable
 
 from twisted.application.service import Service
-from twisted.logger import Logger
+from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from teredonode.healthroute import HealthAnnouncer, HealthRoute
+from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
@@ -72,6 +77,7 @@ RELAY_POLICY = TunnelPolicy(
     learn_unsolicited=False,
     direct_bubbles=True,
     forget_unreachable=True,
+    forward_stateless=True,
 )
 
 #: Section 5.1.2: the Teredo link MTU; larger packets get Packet Too Big from the kernel.
@@ -89,6 +95,7 @@ _COUNTERS = (
     "received",
     "sent",
     "delivered",
+    "delivered-stateless",
     "queued",
     "released",
     "bubbles-direct",
@@ -182,6 +189,7 @@ class TeredoRelay(Service):
         tun: ITunDevice,
         netconfig: INetworkConfigurator,
         randbytes: Callable[[int], bytes] | None = None,
+        healthRoute: Any = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
@@ -216,6 +224,15 @@ class TeredoRelay(Service):
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops
         self.tunnel.setUnnumbered(bubbleSourceFrom(self._randbytes))
+        #: Keeps the health route a BGP daemon announces from, or None (no health-table).
+        self._health = (
+            None
+            if healthRoute is None
+            else HealthAnnouncer(
+                reactor, healthRoute, self._healthy, lambda: self._tun.name,
+                settings.health_interval, settings.health_table,
+            )
+        )
 
     # -- what the relay stands for ----------------------------------------------------------
 
@@ -265,6 +282,8 @@ class TeredoRelay(Service):
             self.privilegedStartService()
         self.tunnel.start()
         self.state = "relaying"
+        if self._health is not None:
+            self._health.start()
         host = self._port.getHost()
         self.log.info(
             "Teredo {role} on {host}:{port}, {prefix} routed to {tun}",
@@ -272,8 +291,36 @@ class TeredoRelay(Service):
             prefix=self.settings.prefix, tun=self._tun.name,
         )
 
+    # -- health and drain (docs/anycast.md) --------------------------------------------------
+
+    def _healthy(self) -> bool:
+        """
+        What the health route stands for: relaying, with the UDP socket bound and the TUN
+        open.  That this runs at all shows the event loop is alive.
+        """
+        return self.state == "relaying" and self._port is not None and self._routed
+
+    def _drain(self) -> Any:
+        """
+        Graceful stop with a health route: withdraw it first (the BGP daemon withdraws the
+        prefix, routers move the traffic to the other relays), keep relaying for
+        C{drain-time} seconds while they do, then stop.  Returns what stop waits for.
+        """
+        self._health.withdraw()
+        self.state = "draining"
+        self.log.info("draining for {seconds} s", seconds=self.settings.drain_time)
+        return deferLater(self._reactor, self.settings.drain_time, self._stop)
+
     def stopService(self) -> Any:
         Service.stopService(self)
+        if self._health is not None and self.state == "relaying" and self.settings.drain_time > 0:
+            return self._drain()
+        return self._stop()
+
+    def _stop(self) -> Any:
+        if self._health is not None:
+            self._health.withdraw()
+            self._health.close()
         self.state = "stopped"
         self.tunnel.stop()
         if self._routed:
@@ -322,14 +369,38 @@ class TeredoRelay(Service):
         }
 
     def _statusExtra(self) -> dict[str, Any]:
-        return {"serve": list(self.settings.serve)}
+        health = self._health.status() if self._health is not None else {"state": "off"}
+        return {"serve": list(self.settings.serve), "health": health}
 
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     """
-    The production relay: a real TUN, C{ip} and sysctls for configuration.
+    The production relay: a real TUN, C{ip} and sysctls for configuration.  A host with no
+    IPv6 route toward native hosts (other than the relay's own TUN) would drop every packet
+    a client sends, and so would one where IPv6 forwarding is off and cannot be turned on
+    (a read-only C{/proc/sys}): the relay refuses to start with one line instead.
     """
+    from teredonode.hostcheck import forwardingSettable, nativeRoutes
     from teredonode.netconfig import NetlinkConfigurator
     from teredonode.tun import TunDevice
 
-    return TeredoRelay(settings, reactor, TunDevice(settings.interface, reactor=reactor), NetlinkConfigurator())
+    if not nativeRoutes(settings.interface):
+        raise SystemExit(
+            "teredo: relay: this host has no IPv6 route to native hosts (no default route and "
+            "no 2000::/3 route outside the relay's TUN); add one, e.g. ip -6 route add default "
+            "via <router>"
+        )
+    if not forwardingSettable():
+        raise SystemExit(
+            "teredo: relay: IPv6 forwarding is off and cannot be turned on from here; set "
+            "net.ipv6.conf.all.forwarding=1 on the host (a relay forwards between its TUN and "
+            "native IPv6)"
+        )
+
+    health = None
+    if settings.health_table:
+        health = HealthRoute(settings.prefix, settings.health_table, settings.health_lifetime, ROUTE_METRIC)
+    return TeredoRelay(
+        settings, reactor, TunDevice(settings.interface, reactor=reactor), NetlinkConfigurator(),
+        healthRoute=health,
+    )

@@ -22,11 +22,19 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from teredonode.logs import Logger
 from zope.interface import implementer
 
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
-from teredonode.security import RateLimiter, auth_matches, teredo_auth_value
+from teredonode.security import (
+    OVER_GLOBAL,
+    PASS,
+    RateLimiter,
+    TokenBucket,
+    auth_matches,
+    source_key,
+    teredo_auth_value,
+)
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import TEREDO_PORT, mapping_of, server_link_local
@@ -44,9 +52,9 @@ from teredonode.wire.ipv6 import (
     is_link_local,
     parse_ipv6,
 )
-from teredonode.wire.teredo import AuthIndicator, classify
+from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers
 
-__all__ = ["TeredoServer", "makeRole", "DROP_REASONS"]
+__all__ = ["TeredoServer", "makeRole", "DROP_REASONS", "STRIP_REASONS"]
 
 _ICMP_ECHO_REQUEST = 128
 _ICMP_ECHO_REPLY = 129
@@ -64,14 +72,24 @@ DROP_REASONS = (
     "source-mismatch",  # SV-IN-5..7: IPv6 source is not the sender's
     "bad-router-solicitation",  # SV-IN-4: RS that fails RFC 4861 validity
     "auth-required",  # SV-IN-4: secure qualification and no client identifier
-    "auth-failed",  # SV-IN-4: secure qualification and a wrong authentication value
+    "auth-failed",  # SV-IN-4: secure qualification, unknown identifier or wrong value
     "oversized",  # SV-IN-8: non-bubble payload above max-payload (no open relay)
     "icmpv6-not-relayed",  # SV-03: only echo request/reply are relayed
     "non-global-destination",  # SV-FW-2
     "non-global-mapping",  # SV-FW-4 / SV-RA-07
+    "own-destination",  # the destination embeds one of the server's own addresses
+    "zero-port-destination",  # the destination embeds UDP port 0
     "no-ipv6-side",  # native destination but no IPv6 side configured
-    "rate-limited-rs",
-    "rate-limited-forward",
+    "rate-limited-rs",  # the source's (or its /24's) RS bucket is empty
+    "rate-limited-ra-budget",  # the global RA budget (ra-rate, ra-burst) is empty
+    "rate-limited-forward",  # forward-rate, also charged by echo requests to the server
+)
+
+#: Why trailers were removed from a forwarded packet (SV-FW-7, D12 corrected).  The packet
+#: itself is still forwarded, without them.
+STRIP_REASONS = (
+    "non-bubble",  # trailers only ever travel on bubbles
+    "invalid",  # not entirely well-formed known trailers (forwardable_trailers said None)
 )
 
 
@@ -108,6 +126,8 @@ class TeredoServer(Service):
         host object in tests).
     @param tun: the IPv6 side for clients' echo tests to native hosts, or C{None}.
     @param netconfig: configures C{tun} (address-less; a route for the server's /64).
+    @param native: where echo tests to native hosts are sent (a L{RawIPv6Sender}, so the
+        host need not forward IPv6); C{tun} when C{None}.
     """
 
     roleName = "server"
@@ -119,11 +139,13 @@ class TeredoServer(Service):
         reactor: Any,
         tun: ITunDevice | None = None,
         netconfig: INetworkConfigurator | None = None,
+        native: Any = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
         self._tun = tun
         self._netconfig = netconfig
+        self._native = native if native is not None else tun
         self.primary: str = settings.primary
         self.secondary: str = settings.secondary
         self._prefix: bytes = settings.prefix_bytes
@@ -133,15 +155,17 @@ class TeredoServer(Service):
         self._max_payload: int = settings.max_payload
         self._link_local = server_link_local(self.primary)
         self._advertised = self._prefix + self._server_raw + b"\x00" * 8
-        self._rs_limit = RateLimiter(reactor, settings.rs_rate, settings.burst, settings.max_sources)
-        self._fw_limit = RateLimiter(reactor, settings.forward_rate, settings.burst, settings.max_sources)
+        self._rs_prefix: int = settings.rs_limit_prefix
+        self._rs_limit, self._fw_limit = _limiters(settings, reactor)
         self._secure: bool = settings.secure
+        self._accept_unknown: bool = settings.accept_unknown_clients
         self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
         self._raCache: dict[bytes, bytes] = {}
         self._sockets = [ServicePort(partial(self.datagramReceived, index=i)) for i in (0, 1)]
         self._ports: list[Any] = []
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
+        self.stripped: Counter[str] = Counter()
         self._rates: dict[str, float] = {}
         self._last: dict[str, int] = {}
         self._rateLoop = LoopingCall(self._sampleRates)
@@ -163,6 +187,8 @@ class TeredoServer(Service):
                 self._netconfig.linkUp(self._tun.name, self.settings.mtu)
                 self._netconfig.addRoute(self._tun.name, prefix, 1024)
             self._tun.startReading(self.ipv6Received)
+        if self._native is not None and self._native is not self._tun:
+            self._native.open()
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -182,6 +208,8 @@ class TeredoServer(Service):
             self._rateLoop.stop()
         if self._tun is not None:
             self._tun.close()
+        if self._native is not None and self._native is not self._tun:
+            self._native.close()
         ports, self._ports = self._ports, []
         from twisted.internet.defer import gatherResults, maybeDeferred
 
@@ -244,13 +272,26 @@ class TeredoServer(Service):
         if not is_global_unicast6(dst):
             drops["non-global-destination"] += 1
             return
-        if not self._fw_limit.allow(addr):
+        if not self._fw_limit.allow(source_key(src_ip)):
             drops["rate-limited-forward"] += 1
             return
+        trailers = packet.trailer_bytes
+        if trailers:
+            # SV-FW-7 (D12 corrected): never an open relay for bytes after the packet.
+            if not bubble:
+                self.stripped["non-bubble"] += 1
+                trailers = b""
+            else:
+                kept = forwardable_trailers(trailers)
+                if kept is None:
+                    self.stripped["invalid"] += 1
+                    trailers = b""
+                else:
+                    trailers = kept
         if dst[:4] == self._prefix:
-            self._forwardToTeredo(packet.ipv6, packet.trailer_bytes, dst, addr)
-        elif self._tun is not None:
-            self._tun.write(packet.ipv6)
+            self._forwardToTeredo(packet.ipv6, trailers, dst, addr)
+        elif self._native is not None:
+            self._native.write(packet.ipv6)
             self.counters["forwarded-ipv6"] += 1
         else:
             drops["no-ipv6-side"] += 1
@@ -260,14 +301,21 @@ class TeredoServer(Service):
     ) -> None:
         """
         SV-FW-4..7: UDP from the primary address to the destination's embedded mapping,
-        with an origin indication when the destination is one of our clients, trailers
-        copied unchanged.
+        with an origin indication when the destination is one of our clients, and the
+        trailers the caller vetted.  Never toward a non-global IPv4 address, one of our own
+        addresses (any port: a loop or a reflection off ourselves) or port 0.
         """
         mapped_int = int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF
         if not ipv4.is_global_unicast(mapped_int, self._hardened):
             self.drops["non-global-mapping"] += 1
             return
         mapped = mapping_of(dst)
+        if mapped[0] == self.primary or mapped[0] == self.secondary:
+            self.drops["own-destination"] += 1
+            return
+        if mapped[1] == 0:
+            self.drops["zero-port-destination"] += 1
+            return
         if origin is not None and dst[4:8] == self._server_raw:
             payload = _origin(origin) + ipv6 + trailers
         else:
@@ -312,8 +360,9 @@ class TeredoServer(Service):
         if header.hop_limit != 255:
             self.drops["bad-router-solicitation"] += 1
             return
-        if not self._rs_limit.allow(addr):
-            self.drops["rate-limited-rs"] += 1
+        verdict = self._rs_limit.check(source_key(addr[0], self._rs_prefix))
+        if verdict != PASS:
+            self.drops["rate-limited-ra-budget" if verdict == OVER_GLOBAL else "rate-limited-rs"] += 1
             return
         auth = packet.auth
         secret = None
@@ -324,7 +373,12 @@ class TeredoServer(Service):
                 return
             entry = self._secrets.get(auth.client_id)
             if entry is None:
-                confirmation = 1  # unknown identifier: "get a new key"
+                if not self._accept_unknown:
+                    # An unknown identifier proves nothing: answering it would hand every
+                    # stranger a prefix (and a reflected RA) on a "secure" server.
+                    self.drops["auth-failed"] += 1
+                    return
+                confirmation = 1  # RFC 4380 section 5.3.2: "get a new key"
             else:
                 secret, expires = entry
                 if not auth_matches(secret, auth.auth_value, auth.nonce, auth.confirmation, b"", packet.ipv6):
@@ -369,20 +423,68 @@ class TeredoServer(Service):
 
     def _localEcho(self, packet: Any, addr: tuple[str, int], index: int) -> None:
         """
-        SV-FW-1: an echo request to the server's own link-local address is answered.
+        SV-FW-1: an echo request to the server's own link-local address is answered, but
+        the source is unverified (anyone can spoof an address and build the matching Teredo
+        source), so: the reply is never larger than the request (the same ICMPv6 body, no
+        origin indication, no trailers), the request's payload is capped by C{max-payload}
+        and it is charged to the source's C{forward-rate} bucket.
         """
         header = packet.header
+        if header.payload_length > self._max_payload:
+            self.drops["oversized"] += 1
+            return
         try:
             msg = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
         except ParseError:
             self.drops["malformed"] += 1
             return
-        if not isinstance(msg, EchoRequest) or not self._rs_limit.allow(addr):
+        if not isinstance(msg, EchoRequest):
             self.drops["icmpv6-not-relayed"] += 1
+            return
+        if not self._fw_limit.allow(source_key(addr[0])):
+            self.drops["rate-limited-forward"] += 1
             return
         reply = icmpv6_packet(self._link_local, header.src, EchoReply(*msg), 64)
         self._sockets[index].sendto(reply, addr)
         self.counters["echo-replies"] += 1
+
+    # -- reload ----------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while serving (the others need a restart).
+    liveSettings = frozenset(
+        {
+            "rs_rate",
+            "rs_burst",
+            "rs_initial",
+            "rs_limit_prefix",
+            "ra_rate",
+            "ra_burst",
+            "forward_rate",
+            "forward_burst",
+            "max_sources",
+            "secure",
+            "clients",
+            "accept_unknown_clients",
+            "max_payload",
+            "hardened",
+        }
+    )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded C{[server]} table: rate limits (fresh buckets: a source may get one
+        new burst), secure-qualification keys, payload limit, hardening.  The sockets, the
+        prefix and the addresses are untouched, so clients stay qualified.
+        """
+        old, self.settings = self.settings, settings
+        if _limit_settings(old) != _limit_settings(settings):
+            self._rs_limit, self._fw_limit = _limiters(settings, self._reactor)
+            self._rs_prefix = settings.rs_limit_prefix
+        self._secure = settings.secure
+        self._accept_unknown = settings.accept_unknown_clients
+        self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
+        self._max_payload = settings.max_payload
+        self._hardened = settings.hardened
 
     # -- status ----------------------------------------------------------------------------
 
@@ -400,6 +502,8 @@ class TeredoServer(Service):
         for sock in self._sockets:
             if sock.sender is not None:
                 send_drops.update(getattr(sock.sender, "drops", {}))
+        if self._native is not None and self._native is not self._tun:
+            send_drops.update(self._native.drops)
         return {
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
@@ -411,10 +515,45 @@ class TeredoServer(Service):
                 for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
             },
             "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "trailers-stripped": {reason: self.stripped[reason] for reason in STRIP_REASONS},
             "send-errors": dict(send_drops),
             "rates-per-second": dict(self._rates),
             "rate-limited-sources": len(self._rs_limit) + len(self._fw_limit),
         }
+
+
+def _limit_settings(settings: Any) -> tuple[Any, ...]:
+    """
+    The settings the rate limiters are built from.
+    """
+    return (
+        settings.rs_rate,
+        settings.rs_burst,
+        settings.rs_initial,
+        settings.rs_limit_prefix,
+        settings.ra_rate,
+        settings.ra_burst,
+        settings.forward_rate,
+        settings.forward_burst,
+        settings.max_sources,
+    )
+
+
+def _limiters(settings: Any, clock: Any) -> tuple[RateLimiter, RateLimiter]:
+    """
+    The RS limiter (per source address or /24, C{rs-initial} tokens for a new source, the
+    global RA budget behind it) and the forward limiter (per source address).
+    """
+    rs = RateLimiter(
+        clock,
+        settings.rs_rate,
+        settings.rs_burst,
+        settings.max_sources,
+        initial=settings.rs_initial,
+        budget=TokenBucket(clock, settings.ra_rate, settings.ra_burst),
+    )
+    forward = RateLimiter(clock, settings.forward_rate, settings.forward_burst, settings.max_sources)
+    return rs, forward
 
 
 def _ipv6_text(raw: bytes) -> str:
@@ -425,15 +564,24 @@ def _ipv6_text(raw: bytes) -> str:
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     """
-    The production server: real sockets, and a TUN device for the IPv6 side when the
-    C{[server] interface} setting names one.
+    The production server: real sockets, and an IPv6 side when the C{[server] interface}
+    setting names one: echo tests leave through a raw IPv6 socket (no IPv6 forwarding needed
+    on the host), replies to the server's /64 come back through the TUN.
     """
     interface = getattr(settings, "interface", "") or ""
-    tun = netconfig = None
+    tun = netconfig = native = None
     if interface:
+        from teredonode.errors import TeredoError
         from teredonode.netconfig import NetlinkConfigurator
+        from teredonode.rawip6 import RawIPv6Sender
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)
         netconfig = NetlinkConfigurator()
-    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig)
+        native = RawIPv6Sender()
+        try:  # refuse now, with one line, rather than at start with a traceback
+            native.open()
+        except TeredoError as e:
+            raise SystemExit(f"teredo: {e}") from None
+        native.close()
+    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig, native=native)

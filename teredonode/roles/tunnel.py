@@ -47,6 +47,7 @@ from typing import Any, Callable
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint
+from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
@@ -76,6 +77,8 @@ __all__ = [
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
     "ICMP_ERRORS_PER_SECOND",
+    "RELAY_SILENCE",
+    "RELAY_RECHECKS",
 ]
 
 #: Sections 5.2.4 and 5.2.9: 2 s time-out, repeated up to 3 times.
@@ -85,6 +88,12 @@ PROBE_REPEATS = 3
 ECHO_NONCE_BYTES = 8
 #: ICMPv6 errors toward the host (Miredo: 10 a second).
 ICMP_ERRORS_PER_SECOND = 10.0
+#: A trusted native peer sent to but silent this long has its relay re-proven by an echo
+#: test (the relay may have died or been replaced by another one of an anycast group) ...
+RELAY_SILENCE = 3.0
+#: ... at most this many unanswered re-checks in a row, so that section 5.2.6's 4 probes in
+#: 300 s still leave room for the ordinary test once the entry expires.
+RELAY_RECHECKS = 2
 #: How often expired peer entries are swept.
 EXPIRY_INTERVAL = 10.0
 #: An ICMPv6 error quotes as much of the packet as keeps it within the minimum MTU.
@@ -137,6 +146,10 @@ class TunnelPolicy:
     @ivar hardened: apply the post-RFC 4380 non-global IPv4 ranges too.
     @ivar forget_unreachable: remove the entry once its probes went unanswered, with its
         queue (relays, section 5.4.1 case 3: "the entry is removed from the list of peers").
+    @ivar forward_stateless: a packet from an unknown Teredo peer whose embedded mapping
+        matches its sender is delivered without creating an entry (relays: section 5.4.2
+        allows the drop but does not require it; the check already authenticates the
+        source, and a restarted or replacement relay then carries traffic at once).
     """
 
     name: str
@@ -146,6 +159,7 @@ class TunnelPolicy:
     direct_bubbles: bool = True
     hardened: bool = True
     forget_unreachable: bool = False
+    forward_stateless: bool = False
 
 
 CLIENT_POLICY = TunnelPolicy(
@@ -298,6 +312,8 @@ class TeredoTunnel:
         # Case 1: a valid, trusted entry.
         if peer is not None and peer.trusted and peers.is_valid(peer):
             self._transmit(peer, packet)
+            if peer.timer is None and self.policy.native_destinations and dst[:4] != self._prefix:
+                self._recheck(peer)
             return
         # Case 3 (CL-TX-03): a local peer heard within 600 s: prove its LAN endpoint.
         if peer is not None and peer.local and peers.is_valid(peer):
@@ -312,6 +328,32 @@ class TeredoTunnel:
             # else here is a misconfiguration the sender should hear about (as Miredo does).
             self.drops["native-destination"] += 1
             self._unreachable(packet)
+
+    def _recheck(self, peer: Peer) -> None:
+        """
+        A trusted native peer we keep sending to has not been heard from for
+        L{RELAY_SILENCE}: its relay may be gone (restarted elsewhere, or withdrawn from an
+        anycast group).  Run the direct IPv6 connectivity test again while the traffic
+        keeps going to the old mapping; the reply comes back through whichever relay now
+        serves the peer and moves the entry there (case 2), or from the old one (case 1).
+        Paced by the probe interval, at most L{RELAY_RECHECKS} unanswered in a row.
+        """
+        now = self._clock.seconds()
+        if (
+            now - peer.last_rx < RELAY_SILENCE
+            or len(peer.bubbles) >= RELAY_RECHECKS
+            or not self._mayEcho(peer, now)
+            or self.address is None
+            or self.server is None
+        ):
+            return
+        if peer.nonce is None:
+            peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
+        ident = int.from_bytes(peer.nonce[:2], "big")
+        request = EchoRequest(ident, len(peer.bubbles), peer.nonce)
+        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
+        self.counters["relay-rechecks"] += 1
+        peer.bubble_sent(now)
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
@@ -386,7 +428,9 @@ class TeredoTunnel:
 
     def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
         peer.timer = None
-        if peer.trusted and self.peers.is_valid(peer):
+        # A trusted entry may still have packets waiting: a native peer heard through
+        # another relay (case 6) until the echo test proves that relay.
+        if peer.trusted and self.peers.is_valid(peer) and not peer.queue:
             return
         if peer.address not in self.peers:
             return
@@ -456,6 +500,19 @@ class TeredoTunnel:
         peer.bubble_sent(now)
         return True
 
+    @staticmethod
+    def _mayEcho(peer: Peer, now: float) -> bool:
+        """
+        Section 5.2.6's limits on an echo test.  For a trusted entry being proven again (its
+        relay went silent, or the peer spoke through another relay), the 2-s rule counts
+        from our last probe, not from our data, which keeps flowing to the old relay
+        meanwhile and would otherwise hold the test back for as long as it flows.
+        """
+        if not peer.trusted:
+            return peer.may_bubble(now)
+        bubbles = peer.bubbles
+        return not peer.probe_limited(now) and not (bubbles and now - bubbles[-1] < PROBE_INTERVAL)
+
     def _echo(self, peer: Peer) -> bool:
         """
         Section 5.2.9: an ICMPv6 echo request carrying a fresh nonce, through our server.
@@ -463,7 +520,7 @@ class TeredoTunnel:
         earlier request still counts.
         """
         now = self._clock.seconds()
-        if self.address is None or self.server is None or not peer.may_bubble(now):
+        if self.address is None or self.server is None or not self._mayEcho(peer, now):
             self.counters["echo-suppressed"] += 1
             return False
         if peer.nonce is None:
@@ -582,18 +639,29 @@ class TeredoTunnel:
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)
             self._release(peer)
+            if peer.nonce is not None and self._isEchoReply(packet):
+                # A re-check (or test) answered through the relay we already use.
+                reply = self._decodeEcho(packet)
+                if reply is not None and reply.data == peer.nonce:
+                    peer.nonce = None
+                    self.counters["echo-tests-ok"] += 1
+                    return
             self._accept(packet, isBubble)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
             reply = self._decodeEcho(packet)
-            if reply is None or reply.data != peer.nonce:
+            if reply is not None and reply.data == peer.nonce:
+                observe("echo-test", now - peer.last_tx)
+                peer.trust(addr, now)
+                self.counters["echo-tests-ok"] += 1
+                self._release(peer)
+                return
+            if not peer.trusted or src[:4] == self._prefix:
                 self.drops["echo-nonce-mismatch"] += 1
                 return
-            peer.trust(addr, now)
-            self.counters["echo-tests-ok"] += 1
-            self._release(peer)
-            return
+            # A trusted native peer being proven through another relay: the host's own
+            # echo replies arriving that way wait for the proof like any packet (case 6).
         if src[:4] == self._prefix:
             # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
             if mapping_of(src) != addr:
@@ -612,6 +680,12 @@ class TeredoTunnel:
                 return
             if peer is None:
                 if not self.policy.learn_unsolicited:
+                    if self.policy.forward_stateless and not isBubble:
+                        # Authenticated by the mapping check, allowed by the served-range
+                        # check above: forwarded, no entry (memory stays bounded).
+                        self.counters["delivered-stateless"] += 1
+                        self._deliverUp(packet.ipv6)
+                        return
                     self.drops["unknown-peer"] += 1
                     return
                 peer = peers.create(src)
@@ -683,10 +757,16 @@ class TeredoTunnel:
 
     def status(self) -> dict[str, Any]:
         peers = list(self.peers)
+        trusted = packets = queued = 0
+        for p in peers:  # one pass: a relay may hold a million entries
+            trusted += p.trusted
+            packets += len(p.queue)
+            queued += p.queued_bytes
         return {
             "peers": len(peers),
-            "trusted-peers": sum(1 for p in peers if p.trusted),
-            "queued-packets": sum(len(p.queue) for p in peers),
+            "trusted-peers": trusted,
+            "queued-packets": packets,
+            "queued-bytes": queued,
             "evicted-peers": self.peers.evicted,
             "expired-peers": self.peers.expired,
         }

@@ -41,6 +41,8 @@ __all__ = [
     "encode_payload",
     "encode_trailers",
     "decode_trailers",
+    "forwardable_trailers",
+    "MAX_FORWARDED_TRAILERS",
     "TRAILER_NONCE",
     "TRAILER_RANDOM_PORT",
     "TRAILER_RANDOM_PORT_RFC",
@@ -249,6 +251,77 @@ def decode_trailers(data: bytes) -> tuple[Trailer, ...]:
     return tuple(out)
 
 
+#: The longest value each known trailer kind may carry when a server forwards it (RFC 6081
+#: sections 4.2-4.5), keyed by kind; both Random Port code points are one kind (D1).
+_FORWARD_KINDS = {
+    TRAILER_NONCE: ("nonce", 4, 4),
+    TRAILER_RANDOM_PORT: ("random-port", 2, 2),
+    TRAILER_RANDOM_PORT_RFC: ("random-port", 2, 2),
+    TRAILER_ALTERNATE_ADDRESS: ("alternate-address", 8, 26),
+    TRAILER_NEIGHBOR_DISCOVERY: ("neighbor-discovery", 4, 4),
+}
+
+#: The most trailer bytes a server ever forwards: one of each kind at its maximum length
+#: (6 + 4 + 28 + 6 = 44).
+MAX_FORWARDED_TRAILERS = 44
+
+
+def _unicast_entry(raw: bytes) -> bool:
+    """
+    X-TRL-12: an Alternate Address entry is a unicast IPv4 address.  Private addresses are
+    the point of the trailer (hairpinning behind one NAT), so only "this network" (0/8),
+    loopback (127/8), multicast, reserved and broadcast (224/3) are refused.
+    """
+    first = raw[0]
+    return first not in (0, 127) and first < 224
+
+
+def forwardable_trailers(raw: bytes) -> bytes | None:
+    """
+    The trailer bytes a server may forward on a bubble (SV-FW-7, defect D12 corrected), or
+    C{None} when C{raw} is not entirely well-formed known trailers.
+
+    Forwarding bytes "unchanged" would make the server an open UDP relay: whatever follows
+    the IPv6 packet would reach any IPv4:port embedded in a Teredo destination.  So C{raw}
+    must parse whole, with no byte left over, as the RFC 6081 types a client uses in
+    bubbles: Nonce (0x01, length 4), Random Port (0x02 or 0x05, length 2), Alternate Address
+    (0x03, length 8..26 in steps of 6, every entry a unicast IPv4 address and a non-zero
+    port, X-TRL-08/11..13) and Neighbor Discovery Option (0x04, length 4, type 0 or 1,
+    X-TRL-14/15); at most one of each kind, so the result is never longer than
+    L{MAX_FORWARDED_TRAILERS}.  Unknown types, even skippable ones, are refused: the server
+    cannot know they are harmless.  Empty input gives C{b""}.
+
+    @raise ParseError: never (kept as the only exception a caller need expect).
+    """
+    seen: set[str] = set()
+    off, end = 0, len(raw)
+    if end > MAX_FORWARDED_TRAILERS:
+        return None
+    while off < end:
+        if end - off < 2:
+            return None
+        ttype, tlen = raw[off], raw[off + 1]
+        kind = _FORWARD_KINDS.get(ttype)
+        if kind is None or kind[0] in seen:
+            return None
+        name, shortest, longest = kind
+        if not shortest <= tlen <= longest or end - off - 2 < tlen:
+            return None
+        value = raw[off + 2 : off + 2 + tlen]
+        if ttype == TRAILER_ALTERNATE_ADDRESS:
+            if (tlen - 2) % 6:
+                return None
+            for i in range(2, tlen, 6):
+                if not _unicast_entry(value[i : i + 4]) or value[i + 4 : i + 6] == b"\x00\x00":
+                    return None
+        elif ttype == TRAILER_NEIGHBOR_DISCOVERY:
+            if value[0] not in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
+                return None
+        seen.add(name)
+        off += 2 + tlen
+    return bytes(raw)
+
+
 class TeredoPacket(NamedTuple):
     """
     A classified Teredo UDP payload.
@@ -257,8 +330,8 @@ class TeredoPacket(NamedTuple):
     @ivar ipv6: the encapsulated IPv6 packet, exactly C{40 + payload_length} bytes.
     @ivar auth: the authentication indicator, if any.
     @ivar origin: the origin indication, if any.
-    @ivar trailer_bytes: the raw bytes after the IPv6 packet (a server forwards them
-        unchanged, requirement SV-FW-7).
+    @ivar trailer_bytes: the raw bytes after the IPv6 packet (a server forwards them only
+        on bubbles and only as L{forwardable_trailers} allows, requirement SV-FW-7).
     @ivar trailers: L{trailer_bytes} decoded.
     """
 

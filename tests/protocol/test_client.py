@@ -271,7 +271,11 @@ class QualificationTests(ClientTestCase):
         self.server.stopService()
         self.net = FakeInternet(self.clock)
         self.serverTun = FakeTunDevice("teredo-srv")
-        self.server = self.makeServer(secure=True, clients=(("alice", "s3cret", None),))
+        # accept-unknown-clients: the RFC 4380 answer to an unknown identifier (an RA the
+        # client must reject), which our server only sends when told to.
+        self.server = self.makeServer(
+            secure=True, clients=(("alice", "s3cret", None),), accept_unknown_clients=True
+        )
         good = self.makeClient("port-restricted", client_id="alice", secret="s3cret")
         wrong = self.makeClient("port-restricted", client_id="alice", secret="guess")
         unknown = self.makeClient("port-restricted", client_id="mallory", secret="s3cret")

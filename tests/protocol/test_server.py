@@ -61,6 +61,14 @@ class Peer(DatagramProtocol):
         self.transport.write(data, to)
 
 
+def _origin_of(peer: Peer, ipv6_packet: bytes) -> bytes:
+    """
+    What the server sends a client of its own: an origin indication of C{peer}, the packet.
+    """
+    host = peer.transport.getHost()
+    return OriginIndication(host.host, host.port).to_bytes() + ipv6_packet
+
+
 class ServerTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -86,6 +94,15 @@ class ServerTestCase(SynchronousTestCase):
         p = Peer()
         self.net.nat(kind, public=public).host("10.0.0.2").listenUDP(5000, p)
         return p
+
+    def remakeServer(self, **overrides: Any) -> TeredoServer:
+        """
+        Replace the server with one built from other settings.
+        """
+        self.server.stopService()
+        self.tun = FakeTunDevice("teredo-srv")
+        self.server = self.makeServer(**overrides)
+        return self.server
 
     def assertDropped(self, reason: str, count: int = 1) -> None:
         self.assertEqual(self.server.status()["drops"][reason], count, self.server.status()["drops"])
@@ -186,7 +203,8 @@ class RouterSolicitationTests(ServerTestCase):
 
     def test_rs_rate_limit(self) -> None:
         """
-        One source gets C{burst} RAs at once, then C{rs-rate} per second; others are served.
+        A new source gets C{rs-initial} RAs at once, then C{rs-rate} per second; others are
+        served.
         """
         flood = self.peer("192.0.2.45")
         for _ in range(25):
@@ -194,13 +212,123 @@ class RouterSolicitationTests(ServerTestCase):
         other = self.peer("192.0.2.46")
         other.send(rs())
         self.net.flush()
-        self.assertEqual(len(flood.received), 20)
+        self.assertEqual(len(flood.received), 4)
         self.assertEqual(len(other.received), 1)
-        self.assertDropped("rate-limited-rs", 5)
-        self.clock.advance(1.0)
+        self.assertDropped("rate-limited-rs", 21)
+        self.clock.advance(2.0)
         flood.send(rs())
         self.net.flush()
-        self.assertEqual(len(flood.received), 21)
+        self.assertEqual(len(flood.received), 5)
+
+
+class RateLimitTests(ServerTestCase):
+    """
+    The RS limiter keyed by source IPv4 (or its /24), new sources not full, a global RA
+    budget; the forward limiter keyed by source IPv4.
+    """
+
+    def spoof(self, source: tuple[str, int], data: bytes) -> None:
+        self.net.inject(source, (PRIMARY, 3544), data)
+
+    def ras_to(self, ip: str) -> int:
+        return sum(1 for p in self.net.capture if p.dst[0] == ip and p.src[1] == 3544)
+
+    def test_port_does_not_reset_the_bucket(self) -> None:
+        """
+        Spoofing a victim's address with a new port each time gets C{rs-initial} RAs, not a
+        fresh bucket per port.
+        """
+        for port in range(1024, 1124):
+            self.spoof(("192.0.2.45", port), rs())
+        self.net.flush()
+        self.assertEqual(self.ras_to("192.0.2.45"), 4)
+        self.assertDropped("rate-limited-rs", 96)
+
+    def test_refill_up_to_burst(self) -> None:
+        """
+        Tokens come back at C{rs-rate} per second up to C{rs-burst}, whatever the port.
+        """
+        for port in range(1024, 1028):
+            self.spoof(("192.0.2.45", port), rs())
+        self.net.flush()
+        self.clock.advance(100.0)
+        for port in range(2000, 2020):
+            self.spoof(("192.0.2.45", port), rs())
+        self.net.flush()
+        self.assertEqual(self.ras_to("192.0.2.45"), 4 + 10)
+
+    def test_prefix_24_key(self) -> None:
+        """
+        With rs-limit-prefix = 24 the whole /24 shares one bucket; by default each address
+        has its own.
+        """
+        for host in range(1, 51):
+            self.spoof((f"192.0.2.{host}", 4000), rs())
+        self.net.flush()
+        self.assertEqual(len(self.net.capture) - 50, 50)
+        server = self.remakeServer(rs_limit_prefix=24)
+        for host in range(1, 51):
+            self.net.inject((f"198.51.100.{host}", 4000), (PRIMARY, 3544), rs())
+        self.net.flush()
+        self.assertEqual(server.status()["counters"]["ra"], 4)
+        self.assertDropped("rate-limited-rs", 46)
+
+    def test_global_budget(self) -> None:
+        """
+        Past C{ra-burst} RAs at once the server answers C{ra-rate} per second, all sources
+        together; a source over its own limit takes no global token.
+        """
+        self.remakeServer(ra_rate=2.0, ra_burst=5)
+        over = ("192.0.2.99", 1000)
+        for _ in range(4):
+            self.net.inject(over, (PRIMARY, 3544), rs())
+        self.net.flush()
+        for _ in range(10):
+            self.net.inject(over, (PRIMARY, 3544), rs())  # over its own limit: no global token
+        for host in range(1, 11):
+            self.net.inject((f"198.51.100.{host}", 4000), (PRIMARY, 3544), rs())
+        self.net.flush()
+        status = self.server.status()
+        self.assertEqual(status["counters"]["ra"], 5)
+        self.assertEqual(status["drops"]["rate-limited-ra-budget"], 9)
+        self.assertEqual(status["drops"]["rate-limited-rs"], 10)
+        self.clock.advance(1.0)
+        for host in range(11, 16):
+            self.net.inject((f"198.51.100.{host}", 4000), (PRIMARY, 3544), rs())
+        self.net.flush()
+        self.assertEqual(self.server.status()["counters"]["ra"], 7)
+
+    def test_legitimate_client_schedule(self) -> None:
+        """
+        The defaults serve a client's qualification (primary then secondary) and its refresh
+        every 30 s, for several clients behind one NAT address starting 4 s apart (a
+        client's RS timeout).
+        """
+        for client in range(3):
+            port = 5000 + client
+            self.spoof(("192.0.2.45", port), rs())
+            self.net.inject(("192.0.2.45", port), (SECONDARY, 3544), rs(CLIENT_LINK_LOCAL_CONE))
+            self.net.flush()
+            self.clock.advance(4.0)
+        for _ in range(20):
+            self.clock.advance(30.0)
+            for client in range(3):
+                self.spoof(("192.0.2.45", 5000 + client), rs())
+            self.net.flush()
+        self.assertEqual(self.ras_to("192.0.2.45"), 6 + 60)
+        self.assertDropped("rate-limited-rs", 0)
+
+    def test_forward_limit_keyed_by_address(self) -> None:
+        """
+        Changing the source port does not reset the forward bucket.
+        """
+        bob = self.peer("198.51.100.20", 6000)
+        for port in range(40000, 40030):
+            bubble = ipv6.bubble(teredo(("192.0.2.45", port)), teredo(("198.51.100.20", 6000)))
+            self.net.inject(("192.0.2.45", port), (PRIMARY, 3544), bubble)
+        self.net.flush()
+        self.assertEqual(len(bob.received), 20)
+        self.assertDropped("rate-limited-forward", 10)
 
 
 class ValidityTests(ServerTestCase):
@@ -334,6 +462,48 @@ class ForwardingTests(ServerTestCase):
         self.assertEqual(packet.trailer_bytes, trailers)
         self.assertEqual(self.server.status()["counters"]["forwarded"], 1)
 
+    def test_junk_after_bubble_is_stripped(self) -> None:
+        """
+        SV-FW-7 (D12 corrected): bytes after a bubble that are not entirely known trailers
+        never leave the server; the bubble itself still does, and the strip is counted.
+        """
+        alice, bob = self.peer("192.0.2.45"), self.peer("198.51.100.20", 6000)
+        bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)))
+        nonce = encode_trailers([NonceTrailer(b"\x01\x02\x03\x04")])
+        for junk in (b"\xaa" * 1000, nonce + b"\x00", nonce + nonce, b"\x80\x02ab"):
+            alice.send(bubble + junk)
+        self.net.flush()
+        self.assertEqual([data for data, _ in bob.received], [_origin_of(alice, bubble)] * 4)
+        self.assertEqual(self.server.status()["trailers-stripped"], {"non-bubble": 0, "invalid": 4})
+
+    def test_no_trailers_on_non_bubbles(self) -> None:
+        """
+        An echo request with trailers is forwarded without them.
+        """
+        alice, bob = self.peer("192.0.2.45"), self.peer("198.51.100.20", 6000)
+        echo = ipv6.icmpv6_packet(
+            teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)), ipv6.EchoRequest(1, 1, b"x"), 64
+        )
+        alice.send(echo + encode_trailers([NonceTrailer(b"abcd")]))
+        self.net.flush()
+        [(data, _)] = bob.received
+        self.assertEqual(classify(data).trailer_bytes, b"")
+        self.assertEqual(self.server.status()["trailers-stripped"]["non-bubble"], 1)
+
+    def test_destination_embeds_own_address_or_port_zero(self) -> None:
+        """
+        Nothing is forwarded to the server's own addresses (any port) or to port 0.
+        """
+        alice = self.peer("192.0.2.45")
+        src = teredo(("192.0.2.45", 40000))
+        for mapping in ((PRIMARY, 3544), (SECONDARY, 9), (PRIMARY, 1234)):
+            alice.send(ipv6.bubble(src, teredo(mapping, OTHER_SERVER)))
+        alice.send(ipv6.bubble(src, teredo(("198.51.100.20", 0))))
+        self.net.flush()
+        self.assertDropped("own-destination", 3)
+        self.assertDropped("zero-port-destination", 1)
+        self.assertEqual(self.server.status()["counters"]["forwarded"], 0)
+
     def test_to_other_servers_client_without_origin(self) -> None:
         """
         SV-FW-6: the origin indication is only for our own clients.
@@ -403,6 +573,26 @@ class ForwardingTests(ServerTestCase):
         msg = ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
         self.assertEqual(msg, ipv6.EchoReply(3, 4, b"hi"))
 
+    def test_local_echo_bounded(self) -> None:
+        """
+        An echo request to the server from an unverified source: above max-payload it is
+        dropped; otherwise the reply is no larger than the request, and the source's
+        forward-rate bucket bounds how many it gets.
+        """
+        alice = self.peer("192.0.2.45")
+        a = teredo(("192.0.2.45", 40000))
+        alice.send(ipv6.icmpv6_packet(a, server_link_local(PRIMARY), ipv6.EchoRequest(3, 4, b"x" * 200)))
+        self.net.flush()
+        self.assertEqual(alice.received, [])
+        self.assertDropped("oversized")
+        request = ipv6.icmpv6_packet(a, server_link_local(PRIMARY), ipv6.EchoRequest(3, 4, b"x" * 80))
+        for _ in range(30):
+            alice.send(request)
+        self.net.flush()
+        self.assertEqual(len(alice.received), 20)
+        self.assertTrue(all(len(data) <= len(request) for data, _ in alice.received))
+        self.assertDropped("rate-limited-forward", 10)
+
     def test_forward_rate_limit(self) -> None:
         alice, bob = self.peer("192.0.2.45"), self.peer("198.51.100.20", 6000)
         bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)))
@@ -440,6 +630,7 @@ class SecureQualificationTests(ServerTestCase):
         self.server = self.makeServer(
             secure=True,
             clients=(("alice", "correct horse", None), ("old", "battery", 1_000_100.0)),
+            rs_initial=10,
         )
 
     def verify(self, data: bytes, secret: bytes) -> tuple[int, bool]:
@@ -472,7 +663,23 @@ class SecureQualificationTests(ServerTestCase):
         self.assertDropped("auth-failed", 2)
         self.assertDropped("auth-required", 2)
 
-    def test_unknown_identifier_gets_confirmation(self) -> None:
+    def test_unknown_identifier_dropped(self) -> None:
+        """
+        An unknown client identifier gets nothing (no prefix, no reflected RA).
+        """
+        client = self.peer("192.0.2.45")
+        client.send(secure_rs(b"mallory", b"whatever"))
+        self.net.flush()
+        self.assertEqual(client.received, [])
+        self.assertDropped("auth-failed")
+        self.assertEqual(self.server.status()["counters"]["ra"], 0)
+
+    def test_unknown_identifier_gets_confirmation_when_accepted(self) -> None:
+        """
+        accept-unknown-clients = true: RFC 4380's behaviour, an RA with a non-zero
+        confirmation and no authentication value.
+        """
+        self.remakeServer(secure=True, clients=(("alice", "x", None),), accept_unknown_clients=True)
         client = self.peer("192.0.2.45")
         client.send(secure_rs(b"mallory", b"whatever"))
         self.net.flush()

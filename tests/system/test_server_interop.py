@@ -23,8 +23,8 @@ QUALIFY_TIMEOUT = 25.0
 
 class ServerInteropTests(LabAssertions, unittest.TestCase):
     def setUp(self) -> None:
-        # The lab's server host forwards IPv6: our server's IPv6 side hands clients' echo
-        # tests to the kernel.
+        # The lab's server host forwards IPv6; our server does not need it (its echo tests
+        # leave through a raw IPv6 socket), test_echo_test_without_forwarding turns it off.
         self.lab = use_lab(self, "default", need_miredo=True)
         self.server = self.lab.start_teredonode("our-server", "server", "server")
         self.waitStatus("our-server", lambda s: s["server"]["state"] == "serving", 15, "serving")
@@ -70,6 +70,22 @@ class ServerInteropTests(LabAssertions, unittest.TestCase):
         received, output = self.lab.ping6("client1", self.lab.ipv6("v6host"), count=6)
         self.assertGreater(received, 0, output)
         self.assertGreater(self.serverStatus()["server"]["counters"]["forwarded-ipv6"], 0)
+
+    def test_echo_test_without_forwarding(self) -> None:
+        """
+        On a server host that does not forward IPv6 (set up like a Miredo server host), a
+        Miredo client still reaches v6host through a relay: the server sends the client's
+        echo test through its raw IPv6 socket, not into the kernel's forwarding path.
+        """
+        self.lab.exec("server", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=0"], check=True)
+        self.lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+        self.lab.start_miredo("miredo-relay", "relay", "relay")
+        self.qualify("client1")
+        received, output = self.lab.ping6("client1", self.lab.ipv6("v6host"), count=6)
+        self.assertGreater(received, 0, output)
+        status = self.serverStatus()["server"]
+        self.assertGreater(status["counters"]["forwarded-ipv6"], 0)
+        self.assertEqual(status["send-errors"], {}, status)
 
     def test_fuzz_then_serve(self) -> None:
         """

@@ -276,10 +276,31 @@ class ErrorTests(SynchronousTestCase, ErrorAssertions):
             self.assertConfigError('[relay]\nenabled = "yes"\n'),
             'etc/x.toml: [relay] enabled: "yes" is not a boolean (true or false)',
         )
-        self.assertConfigError(SERVER + "burst = 1.5\n", "[server] burst: 1.5 is not an integer")
-        self.assertConfigError(SERVER + "burst = true\n", "[server] burst: true is not an integer")
+        self.assertConfigError(SERVER + "rs-burst = 1.5\n", "[server] rs-burst: 1.5 is not an integer")
+        self.assertConfigError(SERVER + "forward-burst = true\n", "[server] forward-burst: true is not an integer")
         self.assertConfigError(SERVER + "rs-rate = \"fast\"\n", "[server] rs-rate:", "not a number")
         self.assertConfigError(SERVER + "rs-rate = 0\n", "[server] rs-rate:", "positive")
+
+    def test_serverLimits(self) -> None:
+        """
+        The RS limiter settings: defaults, the old burst key named with its replacements,
+        rs-initial within rs-burst, rs-limit-prefix 32 or 24.
+        """
+        server = parse_config(SERVER, "etc/x.toml").roles["server"]
+        self.assertEqual(
+            (server.rs_rate, server.rs_burst, server.rs_initial, server.rs_limit_prefix),
+            (0.5, 10, 4, 32),
+        )
+        self.assertEqual((server.ra_rate, server.ra_burst, server.forward_burst), (10000.0, 2000, 20))
+        self.assertFalse(server.accept_unknown_clients)
+        self.assertEqual(
+            self.assertConfigError(SERVER + "burst = 20\n"),
+            "etc/x.toml: [server] burst: replaced by rs-burst (Router Solicitations) and "
+            "forward-burst (relayed packets)",
+        )
+        self.assertConfigError(SERVER + "rs-initial = 11\n", "[server] rs-initial:", "more than rs-burst")
+        self.assertConfigError(SERVER + "rs-limit-prefix = 28\n", "[server] rs-limit-prefix:", "32", "24")
+        self.assertEqual(parse_config(SERVER + "rs-limit-prefix = 24\n").roles["server"].rs_limit_prefix, 24)
 
     def test_badIPv4(self) -> None:
         self.assertEqual(

@@ -10,7 +10,7 @@ import socket
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from teredonode.interfaces import IDatagramSender
@@ -194,3 +194,58 @@ class ServicePortTests(SynchronousTestCase):
         other.sendto(b"again", ("192.0.2.1", 3544))
         net.flush()
         self.assertEqual(got, [(b"hello", ("192.0.2.2", 4000)), (b"again", ("192.0.2.2", 4000))])
+
+
+class DontFragmentTests(TestCase):
+    """
+    G-07 / SEC-25: no role's UDP datagram carries the DF bit.
+    """
+
+    def test_optionSetOnRealPort(self) -> None:
+        from teredonode.udp import IP_MTU_DISCOVER, IP_PMTUDISC_DONT
+
+        port = reactor.listenUDP(0, ServicePort(lambda data, addr: None), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.assertEqual(port.socket.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), IP_PMTUDISC_DONT)
+
+    def test_fakesLeftAlone(self) -> None:
+        from teredonode.udp import clearDontFragment
+
+        self.assertFalse(clearDontFragment(object()))
+
+    @defer.inlineCallbacks
+    def test_datagramLeavesWithoutDF(self):
+        """
+        A datagram sent through a L{ServicePort} over loopback, seen by a raw socket with its
+        IPv4 header: the DF flag (0x4000 of the fragment field) is clear.  Linux's default
+        for UDP sockets sets it, which this test shows on a plain socket first.
+        """
+        import os
+        import struct
+
+        if os.geteuid() != 0:
+            raise SkipTest("a raw socket needs root")
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self.addCleanup(raw.close)
+        raw.settimeout(2)
+        receiver = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.addCleanup(receiver.stopListening)
+        dport = receiver.getHost().port
+
+        def flagsOf(payload: bytes) -> int:
+            while True:
+                packet = raw.recv(65535)
+                ihl = (packet[0] & 0x0F) * 4
+                if struct.unpack("!H", packet[ihl + 2:ihl + 4])[0] == dport and packet[ihl + 8:] == payload:
+                    return struct.unpack("!H", packet[6:8])[0]
+
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.addCleanup(plain.close)
+        plain.sendto(b"plain", ("127.0.0.1", dport))
+        self.assertTrue(flagsOf(b"plain") & 0x4000, "the kernel default no longer sets DF")
+        service = ServicePort(lambda data, addr: None)
+        port = reactor.listenUDP(0, service, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        service.sendto(b"teredo", ("127.0.0.1", dport))
+        self.assertFalse(flagsOf(b"teredo") & 0x4000)
+        yield defer.succeed(None)

@@ -201,3 +201,81 @@ class ClassifierTests(SynchronousTestCase):
             classify(bytes(data))
         except ParseError:
             pass
+
+
+_NONCE = bytes((teredo.TRAILER_NONCE, 4)) + b"abcd"
+_PORT = bytes((teredo.TRAILER_RANDOM_PORT, 2)) + b"\x04\xb1"
+_PORT_RFC = bytes((teredo.TRAILER_RANDOM_PORT_RFC, 2)) + b"\x04\xb1"
+_ALT2 = bytes((teredo.TRAILER_ALTERNATE_ADDRESS, 14, 0, 0)) + bytes((10, 1, 0, 2, 0x13, 0x88)) + bytes(
+    (192, 0, 2, 7, 0x13, 0x89)
+)
+_ND = bytes((teredo.TRAILER_NEIGHBOR_DISCOVERY, 4, 1, 0, 0, 0))
+
+
+class ForwardableTrailersTests(SynchronousTestCase):
+    """
+    SV-FW-7 (D12 corrected): what a server may forward after a bubble.
+    """
+
+    def test_known_trailers_kept(self) -> None:
+        for raw in (b"", _NONCE, _NONCE + _PORT, _PORT_RFC + _NONCE, _ALT2 + _ND + _NONCE + _PORT):
+            self.assertEqual(teredo.forwardable_trailers(raw), raw)
+
+    def test_longest_accepted(self) -> None:
+        alt4 = bytes((teredo.TRAILER_ALTERNATE_ADDRESS, 26, 0, 0)) + bytes((10, 1, 0, 2, 0x13, 0x88)) * 4
+        raw = _NONCE + _PORT + alt4 + _ND
+        self.assertEqual(len(raw), teredo.MAX_FORWARDED_TRAILERS)
+        self.assertEqual(teredo.forwardable_trailers(raw), raw)
+
+    def test_refused(self) -> None:
+        cases = {
+            "junk": b"\xaa" * 1000,
+            "trailing byte": _NONCE + b"\x00",
+            "truncated": _NONCE[:-1],
+            "duplicate": _NONCE + _NONCE,
+            "random port twice (0x02 and 0x05)": _PORT + _PORT_RFC,
+            "unknown skippable type": b"\x80\x02ab",
+            "unknown discard type": b"\x40\x00",
+            "nonce wrong length": bytes((1, 5)) + b"abcde",
+            "alternate address not 6n+2": bytes((3, 9, 0, 0)) + b"\x0a\x01\x00\x02\x13\x88\x00",
+            "alternate address too long": bytes((3, 32, 0, 0)) + bytes((10, 1, 0, 2, 0x13, 0x88)) * 5,
+            "alternate address port 0": bytes((3, 8, 0, 0, 10, 1, 0, 2, 0, 0)),
+            "alternate address multicast": bytes((3, 8, 0, 0, 224, 0, 0, 1, 0x13, 0x88)),
+            "alternate address loopback": bytes((3, 8, 0, 0, 127, 0, 0, 1, 0x13, 0x88)),
+            "alternate address 0/8": bytes((3, 8, 0, 0, 0, 1, 2, 3, 0x13, 0x88)),
+            "discovery type 2": bytes((4, 4, 2, 0, 0, 0)),
+            "padding": b"\x00\x00",
+        }
+        for name, raw in cases.items():
+            self.assertIsNone(teredo.forwardable_trailers(raw), name)
+
+    @given(st.binary(max_size=120))
+    def test_any_bytes(self, raw: bytes) -> None:
+        """
+        Any bytes -> bytes that decode as known trailers only (at most one of each kind,
+        never longer than the bound), or None; never an exception other than ParseError.
+        """
+        try:
+            kept = teredo.forwardable_trailers(raw)
+        except ParseError:
+            return
+        if kept is None:
+            return
+        self.assertLessEqual(len(kept), teredo.MAX_FORWARDED_TRAILERS)
+        decoded = decode_trailers(kept)
+        self.assertFalse(any(isinstance(t, UnknownTrailer) for t in decoded))
+        kinds = [RandomPortTrailer if isinstance(t, RandomPortTrailer) else type(t) for t in decoded]
+        self.assertEqual(len(kinds), len(set(kinds)))
+        # Every byte is accounted for by a decoded trailer (reserved fields may differ).
+        self.assertEqual(len(encode_trailers(decoded)), len(kept))
+
+    @given(
+        st.permutations([_NONCE, _PORT, _ALT2, _ND]).flatmap(
+            lambda parts: st.integers(0, 4).map(lambda n: b"".join(parts[:n]))
+        )
+    )
+    def test_valid_combinations(self, raw: bytes) -> None:
+        """
+        Every ordered subset of the known trailers is forwarded as is.
+        """
+        self.assertEqual(teredo.forwardable_trailers(raw), raw)
