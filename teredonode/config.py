@@ -121,6 +121,23 @@ def _path(value: Any) -> str:
     return text
 
 
+def _account(kind: str) -> Callable[[Any], str]:
+    """
+    A user or group name (or number) to run as; empty means "do not switch".  Whether it
+    exists is checked when the node starts, on the host it runs on.
+    """
+
+    def check(value: Any) -> str:
+        if value == "":
+            return ""
+        text = _string(value)
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\$?", text):
+            raise _Invalid(f"{_show(value)} is not a {kind} name or number")
+        return text
+
+    return check
+
+
 def _socket_path(value: Any) -> str:
     text = _path(value)
     # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -407,6 +424,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("status-socket", _socket_path, DEFAULT_STATUS_SOCKET, "UNIX socket serving status JSON."),
             _Key("status-mode", _mode, 0o660, "Permissions of the status socket."),
             _Key("log-level", _log_level, "info", "Least severe level logged by teredonode."),
+            _Key("user", _account("user"), "", "User to run as once sockets and TUN are open."),
+            _Key("group", _account("group"), "", "Group to run as; default the user's group."),
             _Key("metrics", _listen_address, "", "Prometheus endpoint host:port; empty: off."),
         ),
         "server": (
@@ -536,6 +555,8 @@ class NodeSettings:
     status_socket: str = DEFAULT_STATUS_SOCKET
     status_mode: int = 0o660
     log_level: str = "info"
+    user: str = ""
+    group: str = ""
     metrics: str = ""
 
 

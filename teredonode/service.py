@@ -29,6 +29,7 @@ from teredonode.config import NO_FILE, NodeConfig, load_config
 from teredonode.errors import ConfigError, TeredoError
 from teredonode.interfaces import IStatusSource
 from teredonode.logs import Logger, logFilter, logObserver, setLogLevel
+from teredonode.privilege import Privileges
 import teredonode.roles as _roles
 from teredonode.status import StatusService
 
@@ -94,9 +95,12 @@ class TeredoNode(MultiService):
         reactor: Any,
         registry: Mapping[str, str] | None = None,
         loader: Any = None,
+        privileges: Privileges | None = None,
     ) -> None:
         MultiService.__init__(self)
         self.config = config
+        #: Whom the node runs as once open, and what it keeps (see L{teredonode.privilege}).
+        self.privileges = privileges if privileges is not None else Privileges(None, frozenset())
         self._reactor = reactor
         #: Reads the configuration again for L{reload} (the file with the same roles).
         self.loader = loader if loader is not None else self._readAgain
@@ -127,7 +131,16 @@ class TeredoNode(MultiService):
             service.setServiceParent(self)
             self.roles[name] = role
 
+    def privilegedStartService(self) -> None:
+        self.privileges.beforeStart()
+        MultiService.privilegedStartService(self)
+        self.privileges.giveFile(self.statusService.path)
+        self.privileges.afterOpen()
+
     def startService(self) -> None:
+        dropped = self.privileges.complete()
+        if dropped is not None:
+            self.log.info("{dropped}", dropped=dropped)
         self._startedAt = self._reactor.seconds()
         MultiService.startService(self)
         self._installReload()
@@ -272,6 +285,7 @@ def makeNode(
     reactor: Any = None,
     registry: Mapping[str, str] | None = None,
     loader: Any = None,
+    privileges: Privileges | None = None,
 ) -> TeredoNode:
     """
     Build the node for C{config}; C{reactor} defaults to the global one.  C{loader} reads
@@ -281,4 +295,4 @@ def makeNode(
         from twisted.internet import reactor as globalReactor
 
         reactor = globalReactor
-    return TeredoNode(config, reactor, registry, loader)
+    return TeredoNode(config, reactor, registry, loader, privileges)

@@ -19,6 +19,7 @@ untouched; Python prints the string on stderr and exits with status 1.  Mistyped
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -26,6 +27,7 @@ from twisted.python import usage
 
 from teredonode.config import OVERRIDES, NodeConfig, load_config
 from teredonode.errors import ConfigError
+from teredonode.privilege import Privileges, capabilitiesFor, resolveAccount
 from teredonode.service import checkRoles, makeNode
 
 __all__ = ["ConfigExit", "Options", "makeService"]
@@ -104,6 +106,7 @@ class Options(usage.Options):
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self.config: NodeConfig | None = None
+        self.privileges: Privileges | None = None
 
     def overrides(self) -> dict[str, Any]:
         """
@@ -128,8 +131,39 @@ class Options(usage.Options):
         """
         try:
             self.config = self.loadConfig()
+            # twistd's own options (--uid, --gid) are parsed before ours, into our parent.
+            self.privileges = privilegesFor(self.config, getattr(self, "parent", None))
         except ConfigError as e:
             raise ConfigExit(e) from None
+
+
+def privilegesFor(config: NodeConfig, twistdOptions: Any = None) -> Privileges:
+    """
+    The node's privilege plan: twistd's C{--uid}/C{--gid} when given (twistd then switches,
+    after C{privilegedStartService}), else C{[node] user}/C{group} (the node switches itself).
+    Either way the roles' capabilities (L{teredonode.privilege.ROLE_CAPABILITIES}) are kept.
+
+    @raise ConfigError: the user or group does not exist.
+    """
+    uid = gid = None
+    if twistdOptions is not None:
+        try:
+            uid, gid = twistdOptions["uid"], twistdOptions["gid"]
+        except KeyError:
+            pass
+    node = config.node
+    if uid is not None:
+        account = resolveAccount(uid, gid)
+    else:
+        account = resolveAccount(node.user, node.group)
+    directories = [os.path.dirname(node.status_socket), node.state_dir]
+    return Privileges(
+        account,
+        capabilitiesFor(config.roles),
+        switchedByTwistd=uid is not None,
+        directories=directories,
+        narrow=True,
+    )
 
 
 def makeService(options: Options, reactor: Any = None) -> MultiService:
@@ -137,4 +171,8 @@ def makeService(options: Options, reactor: Any = None) -> MultiService:
     The node for the parsed C{options}: a L{MultiService} of the roles and the status server.
     """
     config = options.config if options.config is not None else options.loadConfig()
-    return makeNode(config, reactor, loader=options.loadConfig)  # SIGHUP reads the same again
+    privileges = options.privileges
+    if privileges is None:
+        privileges = privilegesFor(config, getattr(options, "parent", None))
+    # SIGHUP reads the same again
+    return makeNode(config, reactor, loader=options.loadConfig, privileges=privileges)

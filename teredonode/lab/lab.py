@@ -187,19 +187,26 @@ class Lab:
         return node_
 
     def start_teredonode(
-        self, node: str, host: str, role: str, settings: dict[str, object] | None = None,
+        self,
+        node: str,
+        host: str,
+        role: str,
+        settings: dict[str, object] | None = None,
         node_settings: dict[str, object] | None = None,
+        *,
+        drop: str = "config",
     ) -> nodes.Node:
         """
         Start our node as C{role} on C{host} with the lab's settings for that role, each
         overridden (or extended) by C{settings} (e.g. C{{"refresh": 10}} for a client), and
         C{node_settings} added to its C{[node]} table (e.g. C{{"metrics": "127.0.0.1:9544"}}).
+        The node runs as C{nobody} once open (C{drop}: see L{nodes.start_teredonode}).
         """
         defaults = nodes.role_settings(role, server_ipv4=self.host("server").ipv4[:2])  # type: ignore[arg-type]
         if role == "relay" and self.plan.anycast:
             defaults["health-table"] = bgp.HEALTH_TABLE  # what the host's BIRD announces from
         settings = {**defaults, **(settings or {})}
-        node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings, node_settings)
+        node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings, node_settings, drop=drop)
         self.nodes[node] = node_
         return node_
 

@@ -73,6 +73,11 @@ def _toml_value(value: object) -> str:
     return f'"{text}"'
 
 
+#: Whom the lab's own nodes run as once their sockets and TUN are open.
+NODE_USER = "nobody"
+NODE_GROUP = "nogroup"
+
+
 def teredonode_toml(
     status_socket: str, role: str, settings: dict[str, object], node: dict[str, object] | None = None
 ) -> str:
@@ -184,26 +189,45 @@ def start_miredo(state: LabState, node: str, ns: str, role: str, conf: str) -> N
 
 def status_socket(state: LabState, node: str) -> Path:
     """
-    Where our node C{node} serves its status.
+    Where our node C{node} serves its status: in a directory of its own, which the node
+    creates for the user it runs as (so it can remove the socket when it stops).
     """
-    return state.path / "run" / f"{node}.status"
+    return state.path / "run" / node / "status.sock"
 
 
 def start_teredonode(
-    state: LabState, node: str, ns: str, role: str, settings: dict[str, object],
+    state: LabState,
+    node: str,
+    ns: str,
+    role: str,
+    settings: dict[str, object],
     node_settings: dict[str, object] | None = None,
+    *,
+    drop: str = "config",
 ) -> Node:
     """
     Start our own C{twistd -n teredo --config <generated toml>} node with one role enabled.
+
+    @param drop: how the node leaves root once open: C{"config"} (C{[node] user}/C{group}
+        = L{NODE_USER}/L{NODE_GROUP}), C{"twistd"} (twistd's C{--uid}/C{--gid}, same
+        account) or C{"none"} (stays root).
     """
+    if drop not in ("config", "twistd", "none"):
+        raise LabError(f"drop must be config, twistd or none, not {drop!r}")
     twistd = require_tool("twistd")
     status = status_socket(state, node)
     conf_path = state.path / "conf" / f"{node}.toml"
-    conf_path.write_text(teredonode_toml(str(status), role, settings, node_settings))
+    own: dict[str, object] = {"state-dir": str(state.path / "state" / node)}
+    if drop == "config":
+        own.update({"user": NODE_USER, "group": NODE_GROUP})
+    conf_path.write_text(teredonode_toml(str(status), role, settings, {**own, **(node_settings or {})}))
     pidfile = state.path / "run" / f"{node}.twistd.pid"
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    argv = [twistd, "-n", f"--pidfile={pidfile}", "teredo", "--config", str(conf_path)]
+    argv = [twistd, "-n", f"--pidfile={pidfile}"]
+    if drop == "twistd":
+        argv += [f"--uid={NODE_USER}", f"--gid={NODE_GROUP}"]
+    argv += ["teredo", "--config", str(conf_path)]
     return start(state, node, ns, argv, pidfile=pidfile, env=env)
 
 

@@ -698,7 +698,7 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoClient:
     The production client: a real TUN, C{ip} for configuration, the kernel's routing table
     for the "other IPv6" check, system randomness.
     """
-    from teredonode.netconfig import IPRoute2Configurator
+    from teredonode.netconfig import NetlinkConfigurator
     from teredonode.tun import TunDevice
 
     interface = settings.interface
@@ -706,6 +706,6 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoClient:
         settings,
         reactor,
         TunDevice(interface, reactor=reactor),
-        IPRoute2Configurator(),
+        NetlinkConfigurator(),
         hasOtherIPv6=lambda: hostHasOtherIPv6(interface),
     )

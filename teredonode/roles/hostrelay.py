@@ -174,7 +174,7 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> HostSpecificRelay:
     On a host without native IPv6 it stops twistd with one line (a C{SystemExit} carrying
     the message, which twistd prints as is).
     """
-    from teredonode.netconfig import IPRoute2Configurator
+    from teredonode.netconfig import NetlinkConfigurator
     from teredonode.tun import TunDevice
 
     interface = settings.interface
@@ -189,5 +189,5 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> HostSpecificRelay:
             "needs one (RFC 4380 section 5.5)"
         )
     return HostSpecificRelay(
-        settings, reactor, TunDevice(interface, reactor=reactor), IPRoute2Configurator(), own
+        settings, reactor, TunDevice(interface, reactor=reactor), NetlinkConfigurator(), own
     )

@@ -393,7 +393,7 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     (a read-only C{/proc/sys}): the relay refuses to start with one line instead.
     """
     from teredonode.hostcheck import forwardingSettable, nativeRoutes
-    from teredonode.netconfig import IPRoute2Configurator
+    from teredonode.netconfig import NetlinkConfigurator
     from teredonode.tun import TunDevice
 
     if not nativeRoutes(settings.interface):
@@ -413,6 +413,6 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
     if settings.health_table:
         health = HealthRoute(settings.prefix, settings.health_table, settings.health_lifetime, ROUTE_METRIC)
     return TeredoRelay(
-        settings, reactor, TunDevice(settings.interface, reactor=reactor), IPRoute2Configurator(),
+        settings, reactor, TunDevice(settings.interface, reactor=reactor), NetlinkConfigurator(),
         healthRoute=health,
     )

@@ -572,12 +572,12 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
     tun = netconfig = native = None
     if interface:
         from teredonode.errors import TeredoError
-        from teredonode.netconfig import IPRoute2Configurator
+        from teredonode.netconfig import NetlinkConfigurator
         from teredonode.rawip6 import RawIPv6Sender
         from teredonode.tun import TunDevice
 
         tun = TunDevice(interface, reactor=reactor)
-        netconfig = IPRoute2Configurator()
+        netconfig = NetlinkConfigurator()
         native = RawIPv6Sender()
         try:  # refuse now, with one line, rather than at start with a traceback
             native.open()

@@ -1,5 +1,5 @@
 """
-Tests for L{teredonode.netconfig}: command construction with an injected runner, and the
+Tests for L{teredonode.netconfig}: netlink requests with an injected session, and the
 real thing as root inside a throw-away network namespace.
 
 Also home of L{runIsolated}, the helper the root-only TUN tests use too: it runs a Python
@@ -9,9 +9,11 @@ script exits however it exits, so these tests can never change the host's networ
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +23,7 @@ from zope.interface.verify import verifyObject
 
 from teredonode.errors import NetConfigError
 from teredonode.interfaces import INetworkConfigurator
-from teredonode.netconfig import IPRoute2Configurator
+from teredonode.netconfig import NetlinkConfigurator
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,28 +67,65 @@ def runIsolated(script: str, timeout: float = 60) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+class KernelRefusal(Exception):
+    """
+    Like pyroute2's C{NetlinkError}: the kernel's errno as C{code}.
+    """
+
+    def __init__(self, code: int) -> None:
+        Exception.__init__(self, code, os.strerror(code))
+        self.code = code
+
+
 class Recorder:
     """
-    Stands in for both the process runner and the sysctl writer, logging both in order.
+    Stands in for both the netlink session and the sysctl writer, logging both in order.
+    Links named in C{links} exist (index 7); C{refusals} are raised by the next requests.
     """
 
     def __init__(self) -> None:
         self.log: list[tuple] = []
-        self.answers: list[tuple[int, str]] = []
+        self.refusals: list[int] = []
+        self.links = {"teredo": 7}
 
-    def run(self, argv):
-        self.log.append(("run", *argv))
-        code, stderr = self.answers.pop(0) if self.answers else (0, "")
-        return subprocess.CompletedProcess(list(argv), code, "", stderr)
+    def __call__(self):
+        return self
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.log.append(("close",))
+        return False
+
+    def link_lookup(self, ifname):
+        return [self.links[ifname]] if ifname in self.links else []
+
+    def _request(self, kind, command, **kwargs):
+        self.log.append((kind, command, tuple(sorted(kwargs.items()))))
+        if self.refusals:
+            raise KernelRefusal(self.refusals.pop(0))
+
+    def link(self, command, **kwargs):
+        self._request("link", command, **kwargs)
+
+    def addr(self, command, **kwargs):
+        self._request("addr", command, **kwargs)
+
+    def route(self, command, **kwargs):
+        self._request("route", command, **kwargs)
 
     def write(self, path, value):
         self.log.append(("write", path, value))
 
 
-class CommandTests(SynchronousTestCase):
+class RequestTests(SynchronousTestCase):
     def setUp(self):
         self.rec = Recorder()
-        self.cfg = IPRoute2Configurator(runner=self.rec.run, writeFile=self.rec.write)
+        self.cfg = NetlinkConfigurator(netlink=self.rec, writeFile=self.rec.write)
+
+    def requests(self):
+        return [entry for entry in self.rec.log if entry[0] != "close"]
 
     def test_provides(self):
         self.assertTrue(verifyObject(INetworkConfigurator, self.cfg))
@@ -98,29 +137,37 @@ class CommandTests(SynchronousTestCase):
         """
         self.cfg.linkUp("teredo", 1280)
         self.assertEqual(
-            self.rec.log,
+            self.requests(),
             [
                 ("write", "/proc/sys/net/ipv6/conf/teredo/addr_gen_mode", "1"),
                 ("write", "/proc/sys/net/ipv6/conf/teredo/accept_dad", "0"),
-                ("run", "ip", "link", "set", "dev", "teredo", "mtu", "1280", "up"),
+                ("link", "set", (("index", 7), ("mtu", 1280), ("state", "up"))),
             ],
         )
 
     def test_addressesAndRoutes(self):
+        """
+        Addresses are added without duplicate address detection; each request closes its
+        netlink session.
+        """
+        v6 = socket.AF_INET6
         self.cfg.addAddress("teredo", "2001:0:4136:E378:8000:63BF:3FFF:FDD2", 32)
         self.cfg.removeAddress("teredo", "fe80::1", 64)
         self.cfg.addRoute("teredo", "2001:0000::/32", 1029)
         self.cfg.removeRoute("teredo", "::/0")
         self.assertEqual(
-            self.rec.log,
+            self.requests(),
             [
-                ("run", "ip", "-6", "addr", "add", "2001:0:4136:e378:8000:63bf:3fff:fdd2/32",
-                 "dev", "teredo", "nodad"),
-                ("run", "ip", "-6", "addr", "del", "fe80::1/64", "dev", "teredo"),
-                ("run", "ip", "-6", "route", "add", "2001::/32", "dev", "teredo", "metric", "1029"),
-                ("run", "ip", "-6", "route", "del", "::/0", "dev", "teredo"),
+                ("addr", "add", (("address", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+                                 ("family", v6), ("flags", 0x02), ("index", 7), ("prefixlen", 32))),
+                ("addr", "del", (("address", "fe80::1"), ("family", v6), ("index", 7),
+                                 ("prefixlen", 64))),
+                ("route", "add", (("dst", "2001::/32"), ("family", v6), ("oif", 7),
+                                  ("priority", 1029))),
+                ("route", "del", (("dst", "::/0"), ("family", v6), ("oif", 7))),
             ],
         )
+        self.assertEqual(self.rec.log.count(("close",)), 4)
 
     def test_forwarding(self):
         self.cfg.setForwarding(True)
@@ -129,36 +176,47 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(self.rec.log, [("write", path, "1"), ("write", path, "0")])
 
     def test_failureIsOneLine(self):
-        self.rec.answers.append((2, "Error: ipv6: address already assigned.\nmore\n"))
+        """
+        A refusal is one line: the operation in ip's words and the kernel's reason.
+        """
+        self.rec.refusals.append(errno.EEXIST)
         exc = self.assertRaises(NetConfigError, self.cfg.addAddress, "teredo", "2001:db8::1", 64)
-        self.assertEqual(
-            str(exc),
-            "ip -6 addr add 2001:db8::1/64 dev teredo nodad: Error: ipv6: address already assigned.",
-        )
-        self.rec.answers.append((1, ""))
+        self.assertEqual(str(exc), "ip -6 addr add 2001:db8::1/64 dev teredo nodad: File exists")
+        self.rec.refusals.append(errno.EPERM)
         exc = self.assertRaises(NetConfigError, self.cfg.linkUp, "teredo", 1280)
-        self.assertEqual(str(exc), "ip link set dev teredo mtu 1280 up: exit status 1")
+        self.assertEqual(str(exc), "ip link set dev teredo mtu 1280 up: Operation not permitted")
+        exc = self.assertRaises(NetConfigError, self.cfg.addRoute, "nosuch0", "2001::/32", 1)
+        self.assertEqual(str(exc), 'ip -6 route add 2001::/32 dev nosuch0 metric 1: Cannot find device "nosuch0"')
 
     def test_absentIsNotAnErrorOnRemove(self):
         """
-        Removing what is not there succeeds (ip's messages on current and older kernels,
-        and a device that has gone); any other failure still raises.
+        Removing what is not there succeeds (no such address, route or device), and so
+        does a removal refused for want of CAP_NET_ADMIN (the route goes with the TUN);
+        any other failure still raises, and an add is never excused.
         """
-        for stderr in [
-            "Error: ipv6: address not found.",
-            "RTNETLINK answers: Cannot assign requested address",
-            'Cannot find device "teredo"',
-        ]:
-            self.rec.answers.append((2, stderr))
+        for code in (errno.EADDRNOTAVAIL, errno.ENODEV, errno.EPERM):
+            self.rec.refusals.append(code)
             self.cfg.removeAddress("teredo", "2001:db8::1", 64)
-        self.rec.answers.append((2, "RTNETLINK answers: No such process"))
+        self.rec.refusals.append(errno.ESRCH)
         self.cfg.removeRoute("teredo", "2001::/32")
-        self.rec.answers.append((2, "RTNETLINK answers: Operation not permitted"))
+        self.cfg.removeRoute("gone0", "2001::/32")
+        self.rec.refusals.append(errno.EINVAL)
         self.assertRaises(NetConfigError, self.cfg.removeRoute, "teredo", "2001::/32")
-        self.rec.answers.append((2, "RTNETLINK answers: No such process"))
+        self.rec.refusals.append(errno.ESRCH)
         self.assertRaises(NetConfigError, self.cfg.addRoute, "teredo", "2001::/32", 1)
 
-    def test_validationRunsNothing(self):
+    def test_bugPropagates(self):
+        """
+        An exception that is not a kernel refusal is not dressed up as one.
+        """
+
+        def broken():
+            raise TypeError("bad call")
+
+        cfg = NetlinkConfigurator(netlink=broken, writeFile=self.rec.write)
+        self.assertRaises(TypeError, cfg.addRoute, "teredo", "2001::/32", 1)
+
+    def test_validationRequestsNothing(self):
         for call in [
             lambda: self.cfg.linkUp("../../x", 1280),
             lambda: self.cfg.linkUp("a-name-that-is-too-long", 1280),
@@ -171,35 +229,21 @@ class CommandTests(SynchronousTestCase):
             self.assertRaises(NetConfigError, call)
         self.assertEqual(self.rec.log, [])
 
-    def test_missingIpAndSysctlErrors(self):
-        def missing(argv):
-            raise FileNotFoundError(2, "No such file or directory")
-
+    def test_sysctlErrors(self):
         def readonly(path, value):
             raise PermissionError(13, "Permission denied")
 
-        cfg = IPRoute2Configurator(ip="/nonexistent/ip", runner=missing, writeFile=lambda p, v: None)
-        exc = self.assertRaises(NetConfigError, cfg.addRoute, "teredo", "2001::/32", 1)
-        self.assertIn("/nonexistent/ip not found", str(exc))
-        cfg = IPRoute2Configurator(runner=self.rec.run, writeFile=readonly)
+        cfg = NetlinkConfigurator(netlink=self.rec, writeFile=readonly)
         exc = self.assertRaises(NetConfigError, cfg.setForwarding, True)
         self.assertEqual(
             str(exc), "cannot write 1 to /proc/sys/net/ipv6/conf/all/forwarding: Permission denied"
         )
 
-    def test_realSubprocessRunner(self):
-        """
-        The default runner really runs the command and reports its stderr.
-        """
-        cfg = IPRoute2Configurator(ip=sys.executable, writeFile=lambda p, v: None)
-        exc = self.assertRaises(NetConfigError, cfg.addRoute, "teredo", "2001::/32", 1)
-        self.assertTrue(str(exc).startswith(f"{sys.executable} -6 route add 2001::/32"), str(exc))
-
 
 _NAMESPACE_SCRIPT = r"""
 import json, subprocess
 from teredonode.errors import NetConfigError
-from teredonode.netconfig import IPRoute2Configurator
+from teredonode.netconfig import NetlinkConfigurator
 
 def sh(*argv):
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
@@ -209,7 +253,7 @@ def read(path):
         return f.read().strip()
 
 sh("ip", "tuntap", "add", "dev", "tn0", "mode", "tun")
-cfg = IPRoute2Configurator()
+cfg = NetlinkConfigurator()
 cfg.linkUp("tn0", 1280)
 cfg.addAddress("tn0", "2001:db8::1", 64)
 cfg.addAddress("tn0", "2001:db8:1::5", 128)
@@ -256,7 +300,7 @@ print(json.dumps(state))
 
 class NamespaceTests(SynchronousTestCase):
     """
-    The real C{ip}, in a private network namespace.
+    Real netlink, in a private network namespace.
     """
 
     skip = rootSkipReason(needTun=True)
@@ -273,7 +317,7 @@ class NamespaceTests(SynchronousTestCase):
         self.assertFalse(any(r.startswith("2002::") for r in state["routes"]))
         self.assertEqual(len(state["errors"]), 2)
         self.assertTrue(state["errors"][0].startswith("ip -6 addr add 2001:db8::1/64 dev tn0 nodad: "))
-        self.assertIn("already", state["errors"][0])
+        self.assertIn("File exists", state["errors"][0])
         self.assertIn("nosuch0", state["errors"][1])
         self.assertTrue(state["removedAfterDeviceGone"])
 

@@ -117,7 +117,7 @@ class MemoryTunTests(SynchronousTestCase):
 _REAL_SCRIPT = r"""
 import json, socket, struct
 from twisted.internet import reactor
-from teredonode.netconfig import IPRoute2Configurator
+from teredonode.netconfig import NetlinkConfigurator
 from teredonode.tun import TunDevice
 
 def checksum(data):
@@ -139,7 +139,7 @@ def udp6(src, dst, sport, dport, payload):
 
 tun = TunDevice("tntest%d")
 tun.open()
-cfg = IPRoute2Configurator()
+cfg = NetlinkConfigurator()
 cfg.linkUp(tun.name, 1280)
 cfg.addAddress(tun.name, "2001:db8::1", 64)
 
