@@ -489,6 +489,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("direct-bubbles", _boolean, False, "Also bubble clients directly (only behind a non-cone NAT)."),
             _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
             _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
+            _Key("bubble-rate-per-server", _rate, 50.0, "Bubble rounds per second through one embedded server IPv4."),
+            _Key("bubble-burst-per-server", _integer(1, 1_000_000), 100, "Token bucket depth of bubble-rate-per-server."),
             _Key("bubble-rate", _rate, 1000.0, "Bubble rounds per second in all."),
             _Key("bubble-burst", _integer(1, 10_000_000), 2000, "Token bucket depth of bubble-rate."),
         ),
@@ -505,6 +507,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("direct-bubbles", _boolean, True, "Also bubble clients directly (for a host behind a NAT)."),
             _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
             _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
+            _Key("bubble-rate-per-server", _rate, 10.0, "Bubble rounds per second through one embedded server IPv4."),
+            _Key("bubble-burst-per-server", _integer(1, 1_000_000), 20, "Token bucket depth of bubble-rate-per-server."),
             _Key("bubble-rate", _rate, 50.0, "Bubble rounds per second in all."),
             _Key("bubble-burst", _integer(1, 10_000_000), 100, "Token bucket depth of bubble-rate."),
         ),
@@ -648,6 +652,8 @@ class RelaySettings:
     direct_bubbles: bool = False
     bubble_rate_per_ipv4: float = 2.0
     bubble_burst_per_ipv4: int = 8
+    bubble_rate_per_server: float = 50.0
+    bubble_burst_per_server: int = 100
     bubble_rate: float = 1000.0
     bubble_burst: int = 2000
     enabled: bool = True
@@ -675,6 +681,8 @@ class HostRelaySettings:
     direct_bubbles: bool = True
     bubble_rate_per_ipv4: float = 2.0
     bubble_burst_per_ipv4: int = 8
+    bubble_rate_per_server: float = 10.0
+    bubble_burst_per_server: int = 20
     bubble_rate: float = 50.0
     bubble_burst: int = 100
     enabled: bool = True

@@ -231,6 +231,8 @@ class TeredoRelay(Service):
                 settings.bubble_burst,
                 settings.bubble_rate_per_ipv4,
                 settings.bubble_burst_per_ipv4,
+                perServerRate=settings.bubble_rate_per_server,
+                perServerBurst=settings.bubble_burst_per_server,
             ),
         )
         self.tunnel.counters = self.counters

@@ -126,18 +126,24 @@ DROP_REASONS = (
     "non-global-origin",  # an origin indication we may not send a bubble to
     "budget-ipv4",  # a new exchange refused: the bubble budget of the embedded IPv4 is spent
     "budget-global",  # a new exchange refused: the interface's global probe budget is spent
+    "budget-server",  # a new exchange refused: the budget of the embedded server IPv4 is spent
 )
 #: Why a bubble or echo request was not sent (status C{probes-suppressed}).
 SUPPRESSION_REASONS = (
     "peer-rate",  # section 5.2.6 per peer: < 2 s since the last, or 4 unanswered in 300 s
     "ipv4-budget",  # the budget of the IPv4 address embedded in the destination is spent
     "global-budget",  # the interface's global budget is spent
+    "server-budget",  # the budget of the server IPv4 embedded in the destination is spent
     "no-source",  # no address or server yet to send it from or through
 )
 #: Reasons counted only by unnumbered interfaces (relays), listed after L{DROP_REASONS}.
 UNNUMBERED_DROP_REASONS = (
     "unreachable-peer",  # RL-TX-05: a relay's entry removed after its bubbles went unanswered
 )
+
+
+#: The drop reason of a new exchange refused for each suppression reason.
+_REFUSALS = {"ipv4-budget": "budget-ipv4", "server-budget": "budget-server", "global-budget": "budget-global"}
 
 
 class ProbeBudget:
@@ -152,7 +158,13 @@ class ProbeBudget:
     up to 8 bubbles (or 4 echo tests) toward endpoints the sender chose (RL-RX-07,
     SEC-19).
 
+    The indirect bubble goes to the server field of the destination, which the sender
+    chooses too: a second set of buckets keyed by that address (C{perServerRate}) bounds
+    what a victim named as a "server" receives.  It is looser than the per-client one,
+    because a real server stands for all its clients.
+
     @param perKeyRate: tokens a second per key; 0 for no per-key bucket.
+    @param perServerRate: tokens a second per server address; 0 for none.
     @param maxKeys: keys tracked (least recently used evicted: an evicted key only gets a
         fresh burst back, and evicting one costs the attacker C{maxKeys} other keys).
     """
@@ -165,19 +177,27 @@ class ProbeBudget:
         perKeyRate: float = 0.0,
         perKeyBurst: int = 1,
         maxKeys: int = 65536,
+        perServerRate: float = 0.0,
+        perServerBurst: int = 1,
     ) -> None:
         self._global = RateLimiter(clock, globalRate, globalBurst, 1)
         self._perKey = (
             RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
         )
+        self._perServer = (
+            RateLimiter(clock, perServerRate, perServerBurst, maxKeys) if perServerRate > 0 else None
+        )
 
-    def charge(self, key: bytes) -> str | None:
+    def charge(self, key: bytes, server: bytes | None = None) -> str | None:
         """
-        Take one token for C{key} and one from the global bucket; the reason (from
-        L{SUPPRESSION_REASONS}) when either is spent, L{None} when the probe may go.
+        Take one token for C{key}, one for C{server} (when given and budgeted) and one from
+        the global bucket; the reason (from L{SUPPRESSION_REASONS}) when one is spent,
+        L{None} when the probe may go.
         """
         if self._perKey is not None and not self._perKey.allow(key):
             return "ipv4-budget"
+        if server is not None and self._perServer is not None and not self._perServer.allow(server):
+            return "server-budget"
         if not self._global.allow(0):
             return "global-budget"
         return None
@@ -447,7 +467,7 @@ class TeredoTunnel:
             if budget is not None:
                 # RL-RX-07: the first round is paid before the entry exists, so one
                 # embedded IPv4 address creates no more entries than its budget allows.
-                reason = budget.charge(dst[12:16])
+                reason = budget.charge(dst[12:16], dst[4:8])
                 if reason is not None:
                     self._refuse(reason, "bubbles-suppressed")
                     return
@@ -549,11 +569,13 @@ class TeredoTunnel:
         """
         A new exchange refused by a budget: the packet is dropped, the probe counted.
         """
-        self.drops["budget-ipv4" if reason == "ipv4-budget" else "budget-global"] += 1
+        self.drops[_REFUSALS[reason]] += 1
         self.suppressed[reason] += 1
         self.counters[counter] += 1
 
-    def _paid(self, budget: ProbeBudget | None, key: bytes, allowed: bool, counter: str) -> bool:
+    def _paid(
+        self, budget: ProbeBudget | None, key: bytes, allowed: bool, counter: str, server: bytes | None = None
+    ) -> bool:
         """
         Pay one probe from C{budget}; C{False}, counted, when it is spent.  A probe that
         section 5.2.6 refuses anyway (C{allowed} false) costs nothing: the probe itself
@@ -561,7 +583,7 @@ class TeredoTunnel:
         """
         if budget is None or not allowed:
             return True
-        reason = budget.charge(key)
+        reason = budget.charge(key, server)
         if reason is None:
             return True
         self.suppressed[reason] += 1
@@ -574,7 +596,7 @@ class TeredoTunnel:
         """
         allowed = peer.may_bubble(self._clock.seconds())
         return self._paid(
-            self._bubbleBudget, peer.address[12:16], allowed, "bubbles-suppressed"
+            self._bubbleBudget, peer.address[12:16], allowed, "bubbles-suppressed", peer.address[4:8]
         ) and self._bubble(peer)
 
     def _inboundEcho(self, peer: Peer) -> bool:

@@ -36,6 +36,17 @@ def victim_addresses(count: int) -> list[str]:
     ]
 
 
+def victim_as_server_addresses(count: int) -> list[str]:
+    """
+    C{count} Teredo addresses of C{count} different clients, all naming L{VICTIM} as their
+    server: the indirect bubbles go to the victim.
+    """
+    return [
+        str(TeredoAddress(GLOBAL_PREFIX, VICTIM, 0, 4000, f"11.1.{i // 250}.{i % 250 + 1}"))
+        for i in range(count)
+    ]
+
+
 def spread_addresses(count: int) -> list[str]:
     """
     C{count} Teredo addresses each embedding a different IPv4 address.
@@ -87,10 +98,29 @@ class RelayBubbleAmplificationTests(LabAssertions, unittest.TestCase):
         2000 destinations embedding 2000 different IPv4 addresses, global budget 50 + 20/s:
         every bubble the relay sends, to any address, stays within it.
         """
-        self.startRelay({"bubble-rate": 20, "bubble-burst": 50})
+        self.startRelay({
+            "bubble-rate": 20, "bubble-burst": 50,
+            # All these destinations name one server: take its budget out of the way.
+            "bubble-rate-per-server": 100_000, "bubble-burst-per-server": 100_000,
+        })
         seen, elapsed = self.floodAndCount(spread_addresses(FLOOD), ["udp", "and", "src", "port", "3544"])
         self.assertGreaterEqual(seen, 1)
         self.assertLessEqual(seen, 50 + 20 * elapsed)
         status = self.lab.node_status("our-relay")["relay"]
         self.assertGreaterEqual(status["drops"]["budget-global"], FLOOD - 50 - 20 * elapsed)
         self.assertEqual(status["counters"]["bubbles-direct"], 0)
+
+    def test_victimNamedAsServerBounded(self) -> None:
+        """
+        2000 destinations of 2000 different clients naming the victim as their server: the
+        victim receives at most bubble-burst-per-server (100) + bubble-rate-per-server
+        (50/s) x the window, not 4 bubbles per destination.
+        """
+        self.startRelay({})
+        seen, elapsed = self.floodAndCount(
+            victim_as_server_addresses(FLOOD), ["udp", "and", "src", "port", "3544", "and", "dst", "host", VICTIM]
+        )
+        self.assertGreaterEqual(seen, 1)
+        self.assertLessEqual(seen, 100 + 50 * elapsed)
+        status = self.lab.node_status("our-relay")["relay"]
+        self.assertGreater(status["drops"]["budget-server"], 0)

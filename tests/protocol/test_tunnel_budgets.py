@@ -136,6 +136,25 @@ class PerIPv4BudgetTests(BudgetTestCase):
         self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
 
 
+class PerServerBudgetTests(BudgetTestCase):
+    def test_victimNamedAsServer(self) -> None:
+        """
+        The indirect bubble goes to the destination's server field, which the sender also
+        chooses: 500 packets toward 500 Teredo addresses behind 500 different clients but
+        naming one victim as their server get at most 100 rounds (the per-server burst) at
+        once and 50 a second after; the rest are dropped as budget-server.
+        """
+        for i in range(500):
+            client = str(ipaddress.IPv4Address(0x0B000000 + i))  # 11.0.0.0/8: global
+            self.tun.inject(echo(V6HOST, teredo(VICTIM, client, 4000)))
+        self.settle()
+        self.assertEqual(len(self.bubblesTo(VICTIM)), 100)
+        self.assertEqual(self.drops(), {"budget-server": 400})
+        self.assertEqual(self.suppressed()["server-budget"], 400)
+        self.advance(6, step=0.5)
+        self.assertLessEqual(len(self.bubblesTo(VICTIM)), 100 + 50 * 6)
+
+
 class GlobalBudgetTests(BudgetTestCase):
     relaySettings = {"bubble_rate": 1.0, "bubble_burst": 5}
 
