@@ -115,6 +115,7 @@ _COUNTERS = (
     "qualifications",
     "address-changes",
     "server-lost",
+    "netconfig-errors",
     "sent",
     "delivered",
     "queued",
