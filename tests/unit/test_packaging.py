@@ -20,8 +20,13 @@ class WheelTests(SynchronousTestCase):
         work = Path(tempfile.mkdtemp(prefix="teredonode-wheel-"))
         self.addCleanup(shutil.rmtree, work, True)
         src = work / "src"
+        # What a fresh checkout has: not the runners' own working files (trial's
+        # _trial_temp holds a lock file while this very test runs under trial).
         shutil.copytree(
-            ROOT, src, ignore=shutil.ignore_patterns(".git", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis")
+            ROOT, src, ignore=shutil.ignore_patterns(
+                ".git", "__pycache__", "*.egg-info", "build", "dist", ".hypothesis",
+                "_trial_temp*", ".pytest_cache", "lab-logs",
+            )
         )
         (src / "twisted" / "plugins" / "dropin.cache").write_bytes(b"stale cache from a development run")
         result = subprocess.run(
