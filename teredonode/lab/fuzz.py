@@ -110,6 +110,10 @@ OVERSIZE = 9000
 POOL_SIZE = 20000
 #: Sends between two looks at the clock.
 SEND_BATCH = 64
+#: When spoofing a client's server, one datagram in this many is spoofed ...
+SPOOF_EVERY = 4
+#: ... if it fits one unfragmented packet (a raw socket does not fragment).
+SPOOF_MAX = 1400
 
 
 # ============================================================================ what to fuzz
@@ -326,6 +330,18 @@ def build_pool(target: FuzzTarget, seed: int, size: int = POOL_SIZE) -> list[byt
 # ============================================================================ sending
 
 
+def udp4(src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> bytes:
+    """
+    An IPv4/UDP packet for a raw socket (C{IP_HDRINCL}): the kernel fills in the header
+    checksum and identification; a UDP checksum of zero means "none" in IPv4.
+    """
+    udp = struct.pack("!HHHH", src[1], dst[1], 8 + len(payload), 0) + payload
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0x4000, 64, 17, 0, ipv4.pack(src[0]), ipv4.pack(dst[0])
+    )
+    return header + udp
+
+
 def send_datagrams(
     sock: socket.socket,
     dst: tuple[str, int],
@@ -333,16 +349,27 @@ def send_datagrams(
     count: int,
     rate: float,
     max_seconds: float,
+    spoof: tuple[str, int] | None = None,
+    spoof_every: int = SPOOF_EVERY,
 ) -> dict[str, Any]:
     """
     Send C{count} datagrams to C{dst}, paced at C{rate} per second, stopping early after
     C{max_seconds}.  Even passes through the pool send entries as built; odd passes flip one
     byte per datagram (its position and value vary with the pass), so a million datagrams
     from a pool of thousands are still mostly distinct.
+
+    With C{spoof}, every C{spoof_every}-th datagram (up to L{SPOOF_MAX} bytes) leaves from
+    a raw socket with C{spoof} as its source: an off-path attacker posing as the client's
+    server, which is the only sender whose Router Advertisements and origin indications a
+    client reads.
     """
     sendto = sock.sendto
+    raw = None
+    if spoof is not None:
+        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     npool = len(pool)
-    sent = errors = 0
+    sent = errors = spoofed = 0
     t0 = time.perf_counter()
     deadline = t0 + max_seconds
     perf = time.perf_counter
@@ -362,12 +389,18 @@ def send_datagrams(
                 k = (i * 2654435761 + turn) % len(data)
                 data = data[:k] + bytes(((data[k] + turn) & 0xFF,)) + data[k + 1 :]
             try:
-                sendto(data, dst)
+                if raw is not None and i % spoof_every == 0 and len(data) <= SPOOF_MAX:
+                    raw.sendto(udp4(spoof, dst, data), (dst[0], 0))  # type: ignore[arg-type]
+                    spoofed += 1
+                else:
+                    sendto(data, dst)
             except OSError:
                 errors += 1
         sent = stop
     elapsed = perf() - t0
-    return {"sent": sent - errors, "send_errors": errors, "seconds": elapsed}
+    if raw is not None:
+        raw.close()
+    return {"sent": sent - errors, "send_errors": errors, "spoofed": spoofed, "seconds": elapsed}
 
 
 def _send_main(argv: list[str]) -> int:
@@ -383,6 +416,7 @@ def _send_main(argv: list[str]) -> int:
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE)
     parser.add_argument("--max-seconds", type=float, default=600.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--spoof", default="", help="IP:PORT to pose as for a share of the datagrams")
     args = parser.parse_args(argv)
     spec = json.loads(args.spec)
     target = FuzzTarget(
@@ -400,7 +434,11 @@ def _send_main(argv: list[str]) -> int:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.bind((bind_host, int(bind_port)))
-    result = send_datagrams(sock, (host, int(port)), pool, args.count, args.rate, args.max_seconds)
+    spoof = None
+    if args.spoof:
+        spoof_host, _, spoof_port = args.spoof.rpartition(":")
+        spoof = (spoof_host, int(spoof_port))
+    result = send_datagrams(sock, (host, int(port)), pool, args.count, args.rate, args.max_seconds, spoof)
     result["pool"] = len(pool)
     result["build_seconds"] = build_seconds
     print(json.dumps(result), flush=True)
@@ -460,7 +498,9 @@ _OUTCOMES = {
 #: Drop reasons that count something other than packets, left out of the sum: a relay's
 #: C{unreachable-peer} counts peer entries removed after unanswered bubbles (RL-TX-05); the
 #: packets queued for them are counted once each as C{peer-unreachable}.
-NOT_PACKETS = frozenset({"unreachable-peer"})
+#: A client's C{non-global-origin} counts origin indications from its server that it did not
+#: answer with a bubble; the packet carrying one goes on and is counted by its own outcome.
+NOT_PACKETS = frozenset({"unreachable-peer", "non-global-origin"})
 
 
 def account(role: str, status: dict[str, Any], tun_reads: int) -> Accounting:
@@ -641,6 +681,14 @@ def legit_check(lab: Any) -> dict[str, tuple[int, int]]:
     return result
 
 
+#: Counters of what a node sends on its own account (answers, bubbles, errors): shown so a
+#: reader sees how much a flood of hostile datagrams made it send (amplification).
+ANSWERS = (
+    "ra", "echo-replies", "forwarded", "bubbles-answered", "bubbles-suppressed", "bubbles-direct",
+    "bubbles-indirect", "echo-tests", "echo-suppressed", "icmp-errors", "icmp-errors-limited",
+)
+
+
 @dataclass
 class FuzzReport:
     """
@@ -651,6 +699,7 @@ class FuzzReport:
     target: str
     sent: int
     send_errors: int
+    spoofed: int
     seconds: float
     rate: float
     received: int
@@ -661,6 +710,7 @@ class FuzzReport:
     accounting: Accounting
     drops: dict[str, int]
     legit: dict[str, tuple[int, int]]
+    counters: dict[str, int] = field(default_factory=dict)
 
     @property
     def rss_growth(self) -> int:
@@ -679,7 +729,8 @@ class FuzzReport:
         acc = self.accounting
         out = [
             f"{self.role}: {self.sent} datagrams to {self.target} in {self.seconds:.1f} s "
-            f"({self.rate:.0f}/s), {self.send_errors} send errors",
+            f"({self.rate:.0f}/s), {self.send_errors} send errors"
+            + (f", {self.spoofed} of them spoofed from the server" if self.spoofed else ""),
             f"  node received {self.received} on UDP (kernel receive-buffer drops {self.kernel_rcvbuf_drops})",
             f"  RSS {self.rss_before / mib:.1f} MiB -> {self.rss_after / mib:.1f} MiB "
             f"(growth {self.rss_growth / mib:+.1f} MiB, limit {RSS_GROWTH_LIMIT // mib})",
@@ -687,6 +738,8 @@ class FuzzReport:
             f" -> {'balanced' if acc.balanced else 'UNBALANCED'}",
             "  drops: " + ", ".join(f"{k} {v}" for k, v in sorted(self.drops.items(), key=lambda kv: -kv[1]) if v),
             "  other outcomes: " + ", ".join(f"{k} {v}" for k, v in acc.outcomes.items() if not k.startswith("drop:")),
+            "  packets the node sent in answer (whole run): "
+            + (", ".join(f"{k} {self.counters[k]}" for k in ANSWERS if self.counters.get(k)) or "none"),
             "  legitimate traffic after: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in self.legit.items()),
             f"  => {'PASS' if self.ok else 'FAIL'}",
         ]
@@ -725,6 +778,9 @@ def fuzz_role(
         "--spec", target_spec(target),
         "--count", str(count), "--rate", str(rate), "--max-seconds", str(max_seconds), "--seed", str(seed),
     ]
+    if role == "client":
+        # A share of the datagrams poses as the client's server (RAs, origin indications).
+        argv += ["--spoof", f"{target.server}:{TEREDO_PORT}"]
     proc = lab.popen(fuzzer_host(role), argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         out, err = proc.communicate(timeout=max_seconds + 60)
@@ -749,6 +805,7 @@ def fuzz_role(
         target=f"{dst[0]}:{dst[1]}",
         sent=sent["sent"],
         send_errors=sent["send_errors"],
+        spoofed=sent.get("spoofed", 0),
         seconds=sent["seconds"],
         rate=sent["sent"] / sent["seconds"] if sent["seconds"] else 0.0,
         received=received,
@@ -759,6 +816,7 @@ def fuzz_role(
         accounting=accounting,
         drops=dict(status[role]["drops"]),
         legit=legit,
+        counters=dict(status[role]["counters"]),
     )
 
 

@@ -60,10 +60,13 @@ class FuzzTests(unittest.TestCase):
 
     def test_client(self) -> None:
         """
-        A qualified client behind a cone NAT: forged RAs, bubbles, trailers, data.
+        A qualified client behind a cone NAT: forged RAs, bubbles, trailers, data; a quarter
+        of the datagrams spoofed from its server's address (RAs, origin indications).
         """
         report = self.fuzz("client", 13)
         self.assertGreater(report.drops["malformed"], 0)
+        self.assertGreater(report.spoofed, SAMPLE // 8)
+        self.assertGreater(report.drops["ra-unexpected"] + report.drops["ra-bad-nonce"], 0)
 
     def test_host_relay(self) -> None:
         """
