@@ -711,6 +711,7 @@ class FuzzReport:
     drops: dict[str, int]
     legit: dict[str, tuple[int, int]]
     counters: dict[str, int] = field(default_factory=dict)
+    log_errors: list[str] = field(default_factory=list)
 
     @property
     def rss_growth(self) -> int:
@@ -722,7 +723,13 @@ class FuzzReport:
 
     @property
     def ok(self) -> bool:
-        return self.alive and self.rss_growth < RSS_GROWTH_LIMIT and self.accounting.balanced and self.legit_ok
+        return (
+            self.alive
+            and self.rss_growth < RSS_GROWTH_LIMIT
+            and self.accounting.balanced
+            and self.legit_ok
+            and not self.log_errors
+        )
 
     def lines(self) -> list[str]:
         mib = 1024 * 1024
@@ -741,6 +748,8 @@ class FuzzReport:
             "  packets the node sent in answer (whole run): "
             + (", ".join(f"{k} {self.counters[k]}" for k in ANSWERS if self.counters.get(k)) or "none"),
             "  legitimate traffic after: " + ", ".join(f"{k} {a}/{b}" for k, (a, b) in self.legit.items()),
+            f"  tracebacks in the node's log: {len(self.log_errors)}"
+            + (f" (first: {self.log_errors[0]})" if self.log_errors else ""),
             f"  => {'PASS' if self.ok else 'FAIL'}",
         ]
         return out
@@ -800,6 +809,7 @@ def fuzz_role(
     rss_after = rss_bytes(pid) if alive else 0
     received = status[role]["counters"]["received"] - received_before
     legit = legit_check(lab) if alive else {}
+    log_errors = log_tracebacks(handle.record.log)
     return FuzzReport(
         role=role,
         target=f"{dst[0]}:{dst[1]}",
@@ -817,7 +827,24 @@ def fuzz_role(
         drops=dict(status[role]["drops"]),
         legit=legit,
         counters=dict(status[role]["counters"]),
+        log_errors=log_errors,
     )
+
+
+def log_tracebacks(path: str) -> list[str]:
+    """
+    The line after each traceback in a node's log (Twisted's "Unhandled Error" has one): an exception in any
+    handler (UDP, TUN, timers) shows there even where the accounting cannot see it.
+    """
+    try:
+        lines = open(path, errors="replace").read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for i, line in enumerate(lines):
+        if "Traceback (most recent call last)" in line:
+            found.append(lines[i + 1].strip() if i + 1 < len(lines) else line.strip())
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,16 +9,21 @@ of every message kind, L{teredonode.lab.fuzz}) to one role from a fuzzer host, a
   - its RSS grew by less than 50 MiB;
   - every datagram is accounted for: UDP received + TUN reads == drops by reason + answers,
     deliveries, sends and packets still queued (L{teredonode.lab.fuzz.account});
-  - a fresh legitimate client qualifies and every path of the lab pings afterwards.
+  - a fresh legitimate client qualifies and every path of the lab pings afterwards;
+  - the node's log holds no traceback (an exception anywhere, timers included).
 
 C{benchmarks/fuzz.py} runs the same harness with a million datagrams per role.
 """
 
 from __future__ import annotations
 
-from twisted.trial import unittest
+import os
+import tempfile
 
-from teredonode.lab.fuzz import NODES, RSS_GROWTH_LIMIT, FuzzReport, fuzz_role, start_nodes
+from twisted.trial import unittest
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredonode.lab.fuzz import NODES, RSS_GROWTH_LIMIT, FuzzReport, account, fuzz_role, log_tracebacks, start_nodes
 from tests.system.lab_fixture import use_lab
 
 #: Datagrams per role: enough for every mutation of the pool several times over.
@@ -41,6 +46,7 @@ class FuzzTests(unittest.TestCase):
         self.assertGreaterEqual(report.received + report.kernel_rcvbuf_drops, report.sent, figures)
         self.assertLess(report.rss_growth, RSS_GROWTH_LIMIT, figures)
         self.assertTrue(report.accounting.balanced, f"{role}: unaccounted datagrams\n{figures}\nlog {log}")
+        self.assertEqual(report.log_errors, [], f"{role}: exceptions in the node's log\n{figures}")
         self.assertTrue(report.legit_ok, f"{role}: legitimate traffic failed after fuzzing\n{figures}")
         return report
 
@@ -74,3 +80,36 @@ class FuzzTests(unittest.TestCase):
         """
         report = self.fuzz("host-relay", 14)
         self.assertGreater(report.drops["malformed"], 0)
+
+
+class CheckTests(SynchronousTestCase):
+    """
+    The checks themselves can fail (no root needed).
+    """
+
+    def status(self, received: int) -> dict:
+        return {
+            "relay": {
+                "counters": {"received": received, "delivered": 2, "sent": 1, "bubbles-received": 1},
+                "drops": {"malformed": 3, "unreachable-peer": 5},
+                "peers": {"queued-packets": 1},
+            }
+        }
+
+    def test_account(self) -> None:
+        """
+        received 7 + 1 TUN read == 3 dropped + 2 delivered + 1 sent + 1 bubble + 1 queued;
+        one datagram more and the books do not balance.  Peer entries do not count.
+        """
+        self.assertTrue(account("relay", self.status(7), 1).balanced)
+        unbalanced = account("relay", self.status(8), 1)
+        self.assertFalse(unbalanced.balanced)
+        self.assertEqual((unbalanced.taken_in, unbalanced.accounted), (9, 8))
+        self.assertNotIn("drop:unreachable-peer", unbalanced.outcomes)
+
+    def test_log_tracebacks(self) -> None:
+        with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
+            f.write("2026 [-] fine\n2026 [-] Unhandled Error\nTraceback (most recent call last):\n  boom\n")
+        self.addCleanup(os.unlink, f.name)
+        self.assertEqual(log_tracebacks(f.name), ["boom"])
+        self.assertEqual(log_tracebacks(f.name + ".missing"), [])
