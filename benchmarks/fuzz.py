@@ -8,12 +8,14 @@ Fuzz every role of teredonode on real sockets in the lab, and check it survives.
 
 One lab (the C{default} scenario: our server, relay, two clients, host-specific relay), then
 for each role a fuzzer host sends random bytes and structure-aware mutations of every
-message kind (see L{teredonode.lab.fuzz}), paced at C{--rate} and bounded by C{--count} and
-C{--max-seconds}.  After each role it prints: datagrams sent, rate, datagrams the node
-received and the kernel's receive-buffer drops, RSS before and after, drops by reason, the
-accounting (inputs == drops + other outcomes), and whether a fresh legitimate client
-qualifies and every lab path still pings.  Exit status 0 only when every role passes all four
-properties: alive, RSS growth < 50 MiB, every datagram accounted for, legitimate traffic works.
+message kind (L{teredonode.lab.fuzz}; the run and checks: L{teredonode.lab.fuzzrun}),
+paced at C{--rate} and bounded by C{--count} and C{--max-seconds}.  After each role it
+prints: datagrams sent, rate, datagrams the node received and the kernel's receive-buffer
+drops, RSS before and after, drops by reason, the accounting (inputs == drops + other
+outcomes), what the node sent in answer, and whether a fresh legitimate client qualifies and
+every lab path still pings.  Exit status 0 only when every role passes: alive with no
+traceback in its log, RSS growth < 50 MiB, every datagram accounted for, legitimate traffic
+works.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from teredonode.lab.fuzz import DEFAULT_RATE, ROLES, fuzz_role, start_nodes  # noqa: E402
+from teredonode.lab.fuzz import DEFAULT_RATE  # noqa: E402
+from teredonode.lab.fuzzrun import ROLES, fuzz_role, start_nodes  # noqa: E402
 
 
 def main() -> int:

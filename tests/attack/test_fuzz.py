@@ -3,12 +3,13 @@ Malformed and fuzzed datagrams against every role, on real sockets in the lab.
 
 Each test builds the lab's C{default} scenario with our server, relay, two clients and
 host-specific relay, sends L{SAMPLE} datagrams (random bytes and structure-aware mutations
-of every message kind, L{teredonode.lab.fuzz}) to one role from a fuzzer host, and asserts:
+of every message kind, L{teredonode.lab.fuzz}) to one role from a fuzzer host, and asserts
+(the checks are L{teredonode.lab.fuzzrun}'s):
 
   - the node is alive;
   - its RSS grew by less than 50 MiB;
   - every datagram is accounted for: UDP received + TUN reads == drops by reason + answers,
-    deliveries, sends and packets still queued (L{teredonode.lab.fuzz.account});
+    deliveries, sends and packets still queued (L{teredonode.lab.fuzzrun.account});
   - a fresh legitimate client qualifies and every path of the lab pings afterwards;
   - the node's log holds no traceback (an exception anywhere, timers included).
 
@@ -23,7 +24,7 @@ import tempfile
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.lab.fuzz import NODES, RSS_GROWTH_LIMIT, FuzzReport, account, fuzz_role, log_tracebacks, start_nodes
+from teredonode.lab.fuzzrun import NODES, RSS_GROWTH_LIMIT, FuzzReport, account, fuzz_role, log_tracebacks, start_nodes
 from tests.system.lab_fixture import use_lab
 
 #: Datagrams per role: enough for every mutation of the pool several times over.

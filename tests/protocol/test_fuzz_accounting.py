@@ -3,7 +3,7 @@ Every datagram is accounted for, on the in-memory network: the server and the re
 hostile datagrams (Hypothesis: mutated Teredo payloads, bubbles and echo between chosen
 addresses, from chosen senders) and their status must balance -- inputs (UDP received plus
 packets read from the TUN) equal drops by reason plus the other outcomes
-(L{teredonode.lab.fuzz.account}, the same check the lab fuzzing in tests/attack/test_fuzz.py
+(L{teredonode.lab.fuzzrun.account}, the same check the lab fuzzing in tests/attack/test_fuzz.py
 applies to real nodes).
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.lab.fuzz import account
+from teredonode.lab.fuzzrun import account
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_CONE, server_link_local
 from teredonode.wire.teredo import OriginIndication, encode_payload
