@@ -100,3 +100,50 @@ icmp_error = st.builds(ipv6.DestinationUnreachable, st.integers(0, 255), st.bina
     ipv6.PacketTooBig, st.integers(0, 2**32 - 1), st.binary(max_size=100)
 )
 icmpv6_message = st.one_of(echo, router_advertisement, router_solicitation, icmp_error)
+
+
+# --- hostile input: raw trailers and datagrams that are mostly, but not quite, valid --------
+
+#: One raw trailer: any type, a length that may or may not match the value that follows.
+raw_trailer = st.tuples(st.integers(0, 255), st.integers(0, 255), st.binary(max_size=40)).map(
+    lambda t: bytes((t[0], t[1])) + t[2]
+)
+#: Bytes shaped like a trailer area: raw trailers, valid ones, and a possibly cut-off end.
+trailer_bytes = st.tuples(
+    st.lists(raw_trailer | st.lists(trailer, min_size=1, max_size=2).map(teredo.encode_trailers), max_size=4),
+    st.binary(max_size=3),
+).map(lambda t: b"".join(t[0]) + t[1])
+#: Trailers that never ask for the packet to be discarded (no unknown type with top bits 01).
+skippable_trailers = st.lists(trailer, max_size=5)
+
+
+@st.composite
+def teredo_datagram(draw):
+    """
+    A received UDP payload as an attacker would shape it: a valid envelope (optional
+    authentication and origin indication, an IPv6 packet, trailers) then, most of the time,
+    one structure-aware mutation (a byte overwritten, cut short, garbage appended, the
+    payload length rewritten) -- or plain random bytes.
+    """
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.binary(max_size=300))
+    data = bytearray(
+        teredo.encode_payload(
+            draw(ipv6_packet()),
+            draw(st.none() | auth),
+            draw(st.none() | origin),
+            draw(trailer_bytes),
+        )
+    )
+    action = draw(st.integers(0, 4))
+    if action == 1:
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    elif action == 2:
+        del data[draw(st.integers(0, len(data))) :]
+    elif action == 3:
+        data += draw(st.binary(min_size=1, max_size=40))
+    elif action == 4:
+        start = data.find(0x60)
+        if 0 <= start <= len(data) - 6:
+            data[start + 4 : start + 6] = draw(st.integers(0, 65535)).to_bytes(2, "big")
+    return bytes(data)
