@@ -25,7 +25,7 @@ import sys
 from typing import Any, Sequence, TextIO
 
 import teredonode
-from teredonode.config import DEFAULT_STATUS_SOCKET
+from teredonode.config import DEFAULT_STATUS_SOCKET, ClientSettings
 from teredonode.errors import TeredoError
 from teredonode.status import StatusUnavailable, read_status
 from teredonode.wire import ipv4
@@ -241,6 +241,7 @@ def _probe_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
         except TeredoError as e:
             raise TeredoError(f"probe: name a server, or fix the configuration: {e}") from None
         client = config.roles["client"]
+        assert isinstance(client, ClientSettings)
         servers = [client.server + (f",{client.secondary}" if client.secondary else "")]
     targets = []
     for text in servers:
@@ -268,13 +269,14 @@ def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int) ->
     outcome: list[Any] = []
     d = probe(reactor, targets, timeout, attempts)
     d.addBoth(outcome.append)
-    d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+    d.addBoth(lambda _: reactor.stop())
     if not outcome:
-        reactor.run(installSignalHandlers=False)  # type: ignore[attr-defined]
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
     result = outcome[0]
     if hasattr(result, "raiseException"):
         result.raiseException()
-    return result
+    report: dict[str, Any] = result
+    return report
 
 
 def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:

@@ -303,8 +303,10 @@ def _default_route(value: Any) -> str | bool:
     C{"auto"} (a default route only when the host has no other IPv6, RFC 4380 section 5.5),
     or a boolean forcing it on or off.
     """
-    if isinstance(value, bool) or value == "auto":
+    if isinstance(value, bool):
         return value
+    if value == "auto":
+        return "auto"
     raise _Invalid(f"{_show(value)} is not \"auto\", true or false")
 
 
@@ -959,7 +961,8 @@ def _build_role(
             f"{_where(source, name, 'health-lifetime', origin)}: must exceed health-interval "
             f"({filled['health_interval']}), or the route lapses between refreshes"
         )
-    return _CLASSES[name](**filled)
+    settings: RoleSettings = _CLASSES[name](**filled)
+    return settings
 
 
 def _next_address(ip: str) -> str | None:

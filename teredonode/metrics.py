@@ -63,7 +63,7 @@ LABELLED_GAUGES = {"rates-per-second": "counter"}
 _NAME = re.compile(r"[^a-zA-Z0-9_]")
 
 # A histogram's creation time is process state, not something an operator reads.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 def _name(*parts: str) -> str:
@@ -134,11 +134,11 @@ def _table(prefix: str, table: dict[str, Any]) -> Iterator[Metric]:
                     )
         elif key in LABELLED_COUNTERS and isinstance(value, dict):
             label = LABELLED_COUNTERS[key]
-            family = CounterMetricFamily(_name(prefix, name), f"status {key} by {label}", labels=[label])
+            counters = CounterMetricFamily(_name(prefix, name), f"status {key} by {label}", labels=[label])
             for what, count in value.items():
                 if _number(count):
-                    family.add_metric([str(what)], count)
-            yield family
+                    counters.add_metric([str(what)], count)
+            yield counters
         elif key in LABELLED_GAUGES and isinstance(value, dict):
             label = LABELLED_GAUGES[key]
             family = GaugeMetricFamily(_name(prefix, "rate_per_second"), f"status {key}", labels=[label])

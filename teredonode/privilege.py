@@ -103,7 +103,7 @@ def capabilitiesFor(roles: Iterable[str] | Mapping[str, Any]) -> frozenset[int]:
     kept: frozenset[int] = frozenset()
     for role in roles:
         kept |= ROLE_CAPABILITIES.get(role, frozenset())
-    if isinstance(roles, Mapping) and getattr(roles.get("relay"), "health_table", 0):
+    if isinstance(roles, Mapping) and getattr(roles.get("relay"), "health_table", None):
         kept |= {CAP_NET_ADMIN}
     return kept
 
@@ -230,7 +230,10 @@ class LinuxCapabilities:
         header = _CapHeader(_CAPABILITY_VERSION_3, 0)
         data = (_CapData * 2)()
         self._check(self._libc.capget(ctypes.byref(header), data), "capget")
-        join = lambda field: getattr(data[0], field) | getattr(data[1], field) << 32  # noqa: E731
+
+        def join(field: str) -> int:
+            return int(getattr(data[0], field)) | int(getattr(data[1], field)) << 32
+
         return join("effective"), join("permitted"), join("inheritable")
 
     def setCapabilities(self, effective: int, permitted: int, inheritable: int) -> None:

@@ -126,13 +126,13 @@ class Prober:
         port = self._reactor.listenUDP(0, proto)
         return proto, port
 
-    def _solicit(self, sock: tuple[_Socket, Any], target: str, cone: bool) -> Deferred:
+    def _solicit(self, sock: tuple[_Socket, Any], target: str, cone: bool) -> "Deferred[Any]":
         """
         Send an RS to C{target}:3544 until an RA answers it; fires with
         C{(mapped, source, rtt)} or C{None} after C{attempts} time-outs.
         """
         proto, port = sock
-        result: Deferred = Deferred()
+        result: "Deferred[Any]" = Deferred()
         source = CLIENT_LINK_LOCAL_CONE if cone else CLIENT_LINK_LOCAL_RESTRICTED
         rs = icmpv6_packet(source, ALL_ROUTERS, RouterSolicitation(), 255)
         state: dict[str, Any] = {"tries": 0, "timer": None, "nonce": b"", "sent": 0.0}
@@ -163,7 +163,7 @@ class Prober:
             self._mappings.append(mapped[1])
 
     @inlineCallbacks
-    def server(self, primary: str, secondary: str) -> Generator[Deferred, Any, dict[str, Any]]:
+    def server(self, primary: str, secondary: str) -> Generator["Deferred[Any]", Any, dict[str, Any]]:
         """
         Probe one server; the per-server result (see L{format_probe} for the fields).
         """
@@ -213,7 +213,7 @@ class Prober:
         return result
 
     @inlineCallbacks
-    def _coneTest(self, primary: str, secondary: str, contactSecondary: bool) -> Generator[Deferred, Any, bool | None]:
+    def _coneTest(self, primary: str, secondary: str, contactSecondary: bool) -> Generator["Deferred[Any]", Any, bool | None]:
         """
         Steps 1 and 4, each from a fresh socket (a new mapping the filter knows nothing of,
         and no conntrack entry a refused datagram could leave behind on the main one): does
@@ -235,7 +235,7 @@ class Prober:
             yield sock[1].stopListening()
 
     @inlineCallbacks
-    def run(self, servers: list[tuple[str, str]]) -> Generator[Deferred, Any, dict[str, Any]]:
+    def run(self, servers: list[tuple[str, str]]) -> Generator["Deferred[Any]", Any, dict[str, Any]]:
         """
         Probe every C{(primary, secondary)} in turn; the whole report.
         """
@@ -309,7 +309,7 @@ def local_address(server: str) -> str | None:
         return None
 
 
-def probe(reactor: Any, servers: list[tuple[str, str]], timeout: float, attempts: int) -> Deferred:
+def probe(reactor: Any, servers: list[tuple[str, str]], timeout: float, attempts: int) -> "Deferred[Any]":
     """
     The production probe: real sockets, the kernel's source address choice.
     """

@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 from types import ModuleType
+from types import MappingProxyType
 from typing import Any, Mapping
 
 from twisted.application.service import IService, MultiService
@@ -112,8 +113,8 @@ class TeredoNode(MultiService):
         self.statusService = StatusService(
             config.node.status_socket, self, reactor, mode=config.node.status_mode
         )
-        self.statusService.setName("status")
-        self.statusService.setServiceParent(self)
+        self.statusService.setName("status")  # type: ignore[no-untyped-call]
+        self.statusService.setServiceParent(self)  # type: ignore[no-untyped-call]
         self.metricsService: Any = None
         if config.node.metrics:
             from teredonode.metrics import MetricsService
@@ -200,7 +201,7 @@ class TeredoNode(MultiService):
             if not changed:
                 continue
             role = self.roles[name]
-            live = getattr(role, "liveSettings", frozenset())
+            live: frozenset[str] = getattr(role, "liveSettings", frozenset())
             keep = {key: getattr(old, key) for key in changed if key not in live}
             merged = dataclasses.replace(wanted, **keep)
             if len(keep) < len(changed):
@@ -208,7 +209,7 @@ class TeredoNode(MultiService):
             roles[name] = merged
             applied += [f"[{name}] {_key(k)}" for k in changed if k in live]
             restart += [f"[{name}] {_key(k)}" for k in changed if k not in live]
-        self.config = dataclasses.replace(self.config, node=node, roles=type(self.config.roles)(roles))
+        self.config = dataclasses.replace(self.config, node=node, roles=MappingProxyType(roles))
         # A warning when the file now says something that is not in effect.
         (self.log.warn if restart else self.log.info)(
             "reload: applied {applied}; needs a restart to change: {restart}",
@@ -234,7 +235,7 @@ class TeredoNode(MultiService):
 
     def _replaceMetrics(self, address: str) -> None:
         if self.metricsService is not None:
-            self.removeService(self.metricsService)
+            self.removeService(self.metricsService)  # type: ignore[no-untyped-call]
             self.metricsService = None
         if address:
             from teredonode.metrics import MetricsService

@@ -664,12 +664,12 @@ class FakeMulticastPort(FakeUDPPort):
     def getOutgoingInterface(self) -> str:
         return self._outgoing or "0.0.0.0"
 
-    def setOutgoingInterface(self, addr: str) -> defer.Deferred[int]:
+    def setOutgoingInterface(self, addr: str | int) -> defer.Deferred[int]:
         """
         Send to groups from C{addr} (one of the host's addresses).
         """
         try:
-            self._outgoing = self._checkInterface(addr) or None
+            self._outgoing = self._checkInterface(str(addr)) or None
         except error.MulticastJoinError:
             return defer.fail()
         return defer.succeed(1)
@@ -1145,5 +1145,7 @@ class FakeIPv6Network:
             return None
         src, dst = packet[8:24], packet[24:40]
         request = ipv6.decode_icmpv6(packet[40:], src, dst)
+        if not isinstance(request, ipv6.EchoRequest):
+            return None
         reply = ipv6.EchoReply(request.identifier, request.sequence, request.data)
         return ipv6.icmpv6_packet(dst, src, reply, 64)

@@ -42,7 +42,7 @@ class _PacketPump(AbstractDatagramProtocol):
     def addProto(self, num: int, proto: Any) -> None:
         raise NotImplementedError("teredonode reads whole IPv6 packets; no demultiplexing")
 
-    def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:
+    def datagramReceived(self, datagram: bytes, partial: int = 0) -> None:  # type: ignore[override]
         if self.deliver is not None:
             self.deliver(datagram)
 

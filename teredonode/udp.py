@@ -139,7 +139,7 @@ class ServicePort(DatagramProtocol):
     """
 
     def __init__(self, receive: Callable[[bytes, Endpoint], None]) -> None:
-        self.datagramReceived = receive  # type: ignore[method-assign]
+        self.datagramReceived = receive  # type: ignore[method-assign,assignment]
         self.sender: DatagramSender | None = None
 
     def startProtocol(self) -> None:

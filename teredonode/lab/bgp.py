@@ -21,6 +21,7 @@ redistribution rules and a route-map per table, and brings several daemons.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from teredonode.errors import LabError
 from teredonode.lab import nodes
@@ -120,7 +121,7 @@ def bird_node(host: str) -> str:
     return f"bird-{host}"
 
 
-def start_routing(state: LabState, plan: Plan, ns_of) -> dict[str, nodes.Node]:
+def start_routing(state: LabState, plan: Plan, ns_of: Callable[[str], str]) -> dict[str, nodes.Node]:
     """
     BIRD on the router and on every relay host of C{plan}; C{ns_of(host)} names namespaces.
     """

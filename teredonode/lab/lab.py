@@ -137,7 +137,7 @@ class Lab:
         """
         return run(in_ns(self.ns(name), argv), timeout=timeout, check=check)
 
-    def popen(self, name: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+    def popen(self, name: str, argv: Sequence[str], **kwargs: Any) -> "subprocess.Popen[Any]":
         """
         Start C{argv} on host C{name} without waiting (the caller owns and must reap it).
         """
@@ -295,7 +295,7 @@ class Lab:
 
     def capture(
         self, host: str, expression: Sequence[str] = (), *, interface: str = "eth0", seconds: int = 30, count: int = 2000
-    ) -> subprocess.Popen:
+    ) -> "subprocess.Popen[Any]":
         """
         Start tcpdump on C{host}'s C{interface}, bounded by C{seconds} and C{count} packets,
         and return once it is attached (it says "listening on"), so nothing sent afterwards
@@ -355,7 +355,7 @@ class Lab:
             time.sleep(0.25)
 
 
-def destroy(state: LabState, popens: dict[str, subprocess.Popen | None] | None = None) -> None:
+def destroy(state: LabState, popens: "dict[str, subprocess.Popen[Any] | None] | None" = None) -> None:
     """
     Remove everything C{state} records: node processes, any other process left in the lab's
     namespaces, the namespaces themselves, and the state directory (logs are kept when

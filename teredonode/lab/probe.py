@@ -101,7 +101,8 @@ class Agent:
         line = self._proc.stdout.readline()
         if not line:
             raise LabError("probe agent exited")
-        return json.loads(line)
+        answer: dict[str, object] = json.loads(line)
+        return answer
 
     def send(self, ip: str, port: int, data: str = "ping") -> None:
         self._call({"cmd": "send", "to": [ip, port], "data": data}, timeout=5.0)
@@ -113,7 +114,9 @@ class Agent:
         answer = self._call({"cmd": "recv", "timeout": timeout}, timeout=timeout + 5.0)
         if answer.get("timeout"):
             return None
-        ip, port = answer["from"]  # type: ignore[misc]
+        source = answer["from"]
+        assert isinstance(source, list)
+        ip, port = source
         return (str(ip), int(port)), str(answer["data"])
 
     def mapping_seen_by(self, ip: str, port: int, timeout: float = 2.0) -> tuple[str, int] | None:

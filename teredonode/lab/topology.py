@@ -14,6 +14,7 @@ namespace has any path out of the lab.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from teredonode.lab import nat
 from teredonode.lab._proc import in_ns, run
@@ -181,7 +182,7 @@ def create_namespace(ns: str, host: Host) -> None:
     _ip(ns, "link", "set", "lo", "up")
 
 
-def build(prefix: str, plan: Plan, record_namespace) -> None:
+def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> None:
     """
     Create every namespace, link, address and route of C{plan}, and the NAT rules.
 

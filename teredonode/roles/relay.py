@@ -320,6 +320,7 @@ class TeredoRelay(Service):
         prefix, routers move the traffic to the other relays), keep relaying for
         C{drain-time} seconds while they do, then stop.  Returns what stop waits for.
         """
+        assert self._health is not None
         self._health.withdraw()
         self.state = "draining"
         self.log.info("draining for {seconds} s", seconds=self.settings.drain_time)

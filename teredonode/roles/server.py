@@ -503,7 +503,7 @@ class TeredoServer(Service):
             if sock.sender is not None:
                 send_drops.update(getattr(sock.sender, "drops", {}))
         if self._native is not None and self._native is not self._tun:
-            send_drops.update(self._native.drops)
+            send_drops.update(getattr(self._native, "drops", {}))
         return {
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
