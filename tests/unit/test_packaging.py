@@ -10,7 +10,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,3 +44,34 @@ class WheelTests(SynchronousTestCase):
         self.assertIn("teredonode/roles/server.py", names)
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
         self.assertIn("teredo = teredonode.cli:main", zipfile.ZipFile(wheel).read(entry_points).decode())
+
+
+class EditableInstallTests(SynchronousTestCase):
+    def test_editable_compat_finds_plugin(self) -> None:
+        """
+        The contributor set-up of CONTRIBUTING.md: an editable install (compat mode) in a
+        fresh virtual environment gives a twistd that knows the teredo plugin.
+        """
+        import os
+        import venv
+
+        if os.environ.get("TEREDO_SKIP_NETWORK_TESTS"):
+            raise SkipTest("TEREDO_SKIP_NETWORK_TESTS is set")
+        work = Path(tempfile.mkdtemp(prefix="teredonode-editable-"))
+        self.addCleanup(shutil.rmtree, work, True)
+        venv.EnvBuilder(with_pip=True, system_site_packages=False).create(work / "ve")
+        python = work / "ve" / "bin" / "python"
+        install = subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT),
+             "--config-settings", "editable_mode=compat"],
+            capture_output=True, text=True, timeout=300, cwd=work,
+        )
+        if install.returncode != 0 and ("Could not find" in install.stderr or "NewConnectionError" in install.stderr):
+            raise SkipTest(f"pip cannot reach a package index: {install.stderr.strip().splitlines()[-1]}")
+        self.assertEqual(install.returncode, 0, install.stderr[-2000:])
+        result = subprocess.run(
+            [str(work / "ve" / "bin" / "twistd"), "teredo", "--help"],
+            capture_output=True, text=True, timeout=60, cwd=work,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout[-1000:] + result.stderr[-1000:])
+        self.assertIn("teredo [--config FILE]", result.stdout)
