@@ -955,6 +955,18 @@ class RoleTests(ClientTestCase):
         self.assertEqual(status["server"], PRIMARY)
         self.assertIsNotNone(status["last-server-contact"])
 
+    def test_statusCountsNetconfigErrors(self) -> None:
+        """
+        A failed interface command is logged and counted, and the count shows in status.
+        """
+        client = self.makeClient(start=False)
+        client._netconfig.failNext("addAddress")
+        client.privilegedStartService()
+        client.startService()
+        self.net.flush()
+        self.assertEqual(client.status()["counters"]["netconfig-errors"], 1)
+        self.flushLoggedErrors()
+
     def test_stopRemovesEverything(self) -> None:
         client = self.makeClient(start=False)
         client.privilegedStartService()
