@@ -136,6 +136,7 @@ _COUNTERS = (
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
+    "log-suppressed",
 )
 
 

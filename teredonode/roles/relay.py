@@ -106,6 +106,7 @@ _COUNTERS = (
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
+    "log-suppressed",
 )
 
 

@@ -47,6 +47,7 @@ from typing import Any, Callable
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint
+from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
@@ -62,6 +63,7 @@ from teredonode.wire.ipv6 import (
     decode_icmpv6,
     icmpv6_packet,
     is_link_local,
+    ipv6_text,
     is_multicast,
     parse_ipv6,
 )
@@ -96,6 +98,11 @@ RELAY_SILENCE = 3.0
 #: ... at most this many unanswered re-checks in a row, so that section 5.2.6's 4 probes in
 #: 300 s still leave room for the ordinary test once the entry expires.
 RELAY_RECHECKS = 2
+#: Peer state changes logged (relay chosen, peer unreachable): at most this many a second on
+#: average, in bursts of L{LOG_BURST}; the rest are counted in C{log-suppressed}, so that a
+#: flood of doomed destinations cannot flood the log.
+LOG_RATE = 1.0 / 6
+LOG_BURST = 10
 #: How often expired peer entries are swept.
 EXPIRY_INTERVAL = 10.0
 #: An ICMPv6 error quotes as much of the packet as keeps it within the minimum MTU.
@@ -267,6 +274,8 @@ class TeredoTunnel:
         to indirect bubbles (clients).
     """
 
+    log = Logger()
+
     def __init__(
         self,
         clock: Any,
@@ -294,6 +303,7 @@ class TeredoTunnel:
         self._bubbleBudget = bubbleBudget
         self._inboundBudget = inboundBudget
         self._icmpLimit = RateLimiter(clock, icmpRate, max(1, int(icmpRate)), 1)
+        self._logLimit = RateLimiter(clock, LOG_RATE, LOG_BURST, 1)
         # Answers to indirect bubbles: at most one per 2 s per origin endpoint (section
         # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
         # test toward the same IPv6 peer cannot hold back the answer that opens our NAT).
@@ -542,11 +552,25 @@ class TeredoTunnel:
         probe(peer)
         peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
 
+    def _logChange(self, format: str, **fields: object) -> None:
+        """
+        One line for a peer's state change (an operator's "why can't I reach X?"), within
+        L{LOG_RATE}; beyond it only counted.
+        """
+        if self._logLimit.allow(0):
+            self.log.info(format, **fields)
+        else:
+            self.counters["log-suppressed"] += 1
+
     def _fail(self, peer: Peer) -> None:
         """
         The retries ran out: drop what waited, telling the host about its own packets.
         """
         self.counters["probes-failed"] += 1
+        self._logChange(
+            "peer {peer} unreachable: {probes} probes unanswered", peer=ipv6_text(peer.address),
+            probes=len(peer.bubbles),
+        )
         peer.nonce = None
         for queued in self.peers.drain(peer):
             if queued.source is None:
@@ -806,6 +830,10 @@ class TeredoTunnel:
             reply = self._decodeEcho(packet)
             if reply is not None and reply.data == peer.nonce:
                 observe("echo-test", now - peer.last_tx)
+                if peer.mapping != addr:
+                    self._logChange(
+                        "relay for {peer}: {relay}", peer=ipv6_text(src), relay=f"{addr[0]}:{addr[1]}"
+                    )
                 peer.trust(addr, now)
                 self.counters["echo-tests-ok"] += 1
                 self._release(peer)

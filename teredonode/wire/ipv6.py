@@ -18,12 +18,14 @@ C and beats summing an unpacked tuple.
 
 from __future__ import annotations
 
+import socket
 import struct
 from typing import NamedTuple, Union
 
 from teredonode.wire.errors import ParseError
 
 __all__ = [
+    "ipv6_text",
     "NH_ICMPV6",
     "NH_NONE",
     "ALL_NODES",
@@ -467,3 +469,10 @@ def is_global_unicast6(addr: bytes) -> bool:
     if addr[:10] == b"\x00" * 10:
         return False
     return True
+
+
+def ipv6_text(raw: bytes) -> str:
+    """
+    The text form (RFC 5952) of a 16-byte IPv6 address, for logs and status.
+    """
+    return socket.inet_ntop(socket.AF_INET6, raw)
