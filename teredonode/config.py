@@ -467,6 +467,8 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
             _Key("default-route", _default_route, "auto", "Default IPv6 route via Teredo: auto, true, false."),
             _Key("allow-symmetric", _boolean, False, "Stay online behind a symmetric NAT (usually useless)."),
+            _Key("strict-secondary", _boolean, False, "A silent secondary server address means offline (RFC 4380 5.2.1)."),
+            _Key("dormant-with-native", _boolean, True, "No Teredo while the host has native IPv6 (RFC 4380 5.5)."),
             _Key("local-discovery", _boolean, True, "Find Teredo peers behind the same NAT (224.0.0.253)."),
             _Key("local-discovery-address", _lan_address, "", "LAN interface address[/len] for discovery; \"\": auto."),
             _Key("inbound-probe-rate", _rate, 5.0, "Echo tests/answers per second that incoming traffic may trigger."),
@@ -623,6 +625,8 @@ class ClientSettings:
     peer_queue_bytes: int = 10240
     default_route: str | bool = "auto"
     allow_symmetric: bool = False
+    strict_secondary: bool = False
+    dormant_with_native: bool = True
     local_discovery: bool = True
     local_discovery_address: str = ""
     inbound_probe_rate: float = 5.0

@@ -66,6 +66,7 @@ class ClientTestCase(SynchronousTestCase):
         self.serverTun = FakeTunDevice("teredo-srv")
         self.server = self.makeServer()
         self._nats = 0
+        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator]] = {}
 
     def makeServer(self, **overrides: Any) -> TeredoServer:
         host = self.net.host(PRIMARY, SECONDARY)
@@ -98,15 +99,17 @@ class ClientTestCase(SynchronousTestCase):
             host = nat.host("10.0.0.2")
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY, **overrides)
         rng = random.Random(seed)
+        tun, netconfig = FakeTunDevice("teredo"), FakeNetworkConfigurator()
         client = TeredoClient(
             settings,
             host,
-            FakeTunDevice("teredo"),
-            FakeNetworkConfigurator(),
+            tun,
+            netconfig,
             hasOtherIPv6=lambda: hasOtherIPv6,
             rng=rng,
             randbytes=rng.randbytes,
         )
+        self._devices[id(client)] = (tun, netconfig)
         client.host = host  # type: ignore[attr-defined]
         if start:
             client.privilegedStartService()
@@ -115,10 +118,10 @@ class ClientTestCase(SynchronousTestCase):
         return client
 
     def tunOf(self, client: TeredoClient) -> FakeTunDevice:
-        return client._tun  # type: ignore[return-value]
+        return self._devices[id(client)][0]
 
     def confOf(self, client: TeredoClient) -> FakeNetworkConfigurator:
-        return client._netconfig  # type: ignore[return-value]
+        return self._devices[id(client)][1]
 
     def assertDropped(self, client: TeredoClient, reason: str, count: int = 1) -> None:
         drops = client.status()["drops"]
@@ -293,8 +296,8 @@ class QualificationTests(ClientTestCase):
         RFC 4380 section 5.5: "auto" adds no default route when the host has other IPv6;
         true and false force it.
         """
-        auto = self.makeClient(hasOtherIPv6=True)
-        forced = self.makeClient(hasOtherIPv6=True, default_route=True)
+        auto = self.makeClient(hasOtherIPv6=True, dormant_with_native=False)
+        forced = self.makeClient(hasOtherIPv6=True, default_route=True, dormant_with_native=False)
         never = self.makeClient(default_route=False)
         self.net.flush()
         self.assertEqual(self.confOf(auto).routes, set())
