@@ -20,7 +20,7 @@ import signal
 import threading
 from types import ModuleType
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from twisted.application.service import IService, MultiService
 from zope.interface import implementer
@@ -201,7 +201,7 @@ class TeredoNode(MultiService):
             if not changed:
                 continue
             role = self.roles[name]
-            live: frozenset[str] = getattr(role, "liveSettings", frozenset())
+            live: Collection[str] = getattr(role, "liveSettings", ())
             keep = {key: getattr(old, key) for key in changed if key not in live}
             merged = dataclasses.replace(wanted, **keep)
             if len(keep) < len(changed):
