@@ -205,7 +205,13 @@ class TeredoNode(MultiService):
             keep = {key: getattr(old, key) for key in changed if key not in live}
             merged = dataclasses.replace(wanted, **keep)
             if len(keep) < len(changed):
-                role.reconfigure(merged)
+                try:
+                    role.reconfigure(merged)
+                except Exception:
+                    # A bug, but the role keeps running on what it had: say so, go on.
+                    self.log.failure("reload: [{role}] could not apply its settings", role=name)
+                    restart += [f"[{name}] {_key(k)}" for k in changed]
+                    continue
             roles[name] = merged
             applied += [f"[{name}] {_key(k)}" for k in changed if k in live]
             restart += [f"[{name}] {_key(k)}" for k in changed if k not in live]

@@ -23,6 +23,7 @@ from teredonode.logs import logFilter, setLogLevel
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.hostrelay import HostSpecificRelay
 from teredonode.roles.relay import TeredoRelay
+from teredonode.roles.tunnel import ProbeBudget
 from teredonode.roles.server import TeredoServer
 from teredonode.service import TeredoNode
 from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
@@ -200,9 +201,41 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(applied, ["[node] metrics"])
         self.assertEqual(self.node.metricsService.portNumber, 9544)
 
+    def test_role_failing_to_reconfigure(self) -> None:
+        """
+        A role whose reconfigure fails keeps running on what it had: its settings are
+        reported as needing a restart, the node's level is still applied.
+        """
+
+        def broken(settings: Any) -> None:
+            raise RuntimeError("bug")
+
+        self.server.reconfigure = broken  # type: ignore[method-assign]
+        self.file = text(rate=0.01, level="debug")
+        applied, restart = self.node.reload()
+        self.assertEqual((applied, restart), (["[node] log-level"], ["[server] rs-rate"]))
+        self.assertEqual(self.node.config.roles["server"].rs_rate, 1.0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        [line] = self.reloadLines()[-1:]
+        self.assertIn("needs a restart to change: [server] rs-rate", line)
+
     def test_without_a_file(self) -> None:
         node = TeredoNode(parse_config(self.file, "(no config file)"), Clock(), registry={"server": __name__})
         self.assertRaises(ConfigError, node._readAgain)
+
+
+class ProbeBudgetTests(SynchronousTestCase):
+    def test_set_rates_renews_only_what_changed(self) -> None:
+        """
+        New per-key rates leave the spent global bucket spent (a reload is no way around
+        it); a new global rate starts that bucket afresh, full.
+        """
+        budget = ProbeBudget(Clock(), 0.001, 2, 1.0, 5)
+        self.assertEqual([budget.charge(b"k") for _ in range(3)], [None, None, "global-budget"])
+        budget.setRates(0.001, 2, 1.0, 1)
+        self.assertEqual(budget.charge(b"other"), "global-budget")
+        budget.setRates(0.001, 3, 1.0, 1)
+        self.assertEqual([budget.charge(b"k"), budget.charge(b"k")], [None, "ipv4-budget"])
 
 
 class RelayReloadTests(test_relay.RelayTestCase):
