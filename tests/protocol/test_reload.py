@@ -335,12 +335,19 @@ class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
         self.assertEqual(self.drops(), {"budget-global": 1})
         self.assertTrue(self.hr.tunnel.peers.get(address).trusted)
 
-    def test_live_settings_are_host_relay_settings(self) -> None:
+    def test_live_settings_are_settings(self) -> None:
         """
-        The host-specific relay has no health route, so no drain time to change.
+        Every role's live settings are fields of its table (a misspelt one would never be
+        applied); the host-specific relay has no drain time.
         """
+        for role, table in [
+            (TeredoServer, ServerSettings),
+            (TeredoRelay, RelaySettings),
+            (HostSpecificRelay, HostRelaySettings),
+            (TeredoClient, ClientSettings),
+        ]:
+            self.assertLessEqual(set(role.liveSettings), {f.name for f in dataclasses.fields(table)}, role)
         self.assertNotIn("drain_time", self.hr.liveSettings)
-        self.assertLessEqual(self.hr.liveSettings, {f.name for f in dataclasses.fields(HostRelaySettings)})
 
 
 class ClientReloadTests(test_relay.RelayTestCase):
