@@ -11,9 +11,10 @@ file, the table and the key::
 
 That message is what C{twistd -n teredo} prints, so it has to stand on its own.
 
-The schema is declarative (a tuple of L{_Key} per table) so that validation, defaults, the
-sample file C{etc/teredo.toml} and C{docs/config.md} can be checked against one list: a test
-asserts the sample mentions every key.
+Each key is declared once, as a field of its table's settings class (L{NodeSettings},
+L{ServerSettings}, ...): its type, check, default and doc.  Validation (L{SCHEMA}), the
+settings' defaults and the tables of C{docs/config.md} (C{tools/configdoc.py}) are derived from
+those fields, and tests check the sample file C{etc/teredo.toml} against them.
 
 Precedence, lowest first: built-in defaults, the file, command-line overrides.  A role runs when
 its table says C{enabled = true}, unless an explicit role list (C{--role a,b}) is given, which
@@ -28,7 +29,7 @@ import ipaddress
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar, dataclass_transform
 
@@ -49,6 +50,11 @@ __all__ = [
     "HostRelaySettings",
     "NodeConfig",
     "SCHEMA",
+    "REQUIRED",
+    "Check",
+    "setting",
+    "required",
+    "derived",
     "OVERRIDES",
     "load_config",
     "parse_config",
@@ -500,18 +506,18 @@ class _Key:
         return self.name.replace("-", "_")
 
 
-def _declare(spec: _Key, **default: Any) -> Any:
+#: Where a settings field keeps its L{_Key} (in C{dataclasses.Field.metadata}).
+_KEY = "teredonode.config.key"
+
+
+def _declare(spec: _Key, default: Any = MISSING) -> Any:
     """
     The C{dataclasses.field} carrying C{spec}; to mypy, L{setting} and its kin return the
     value itself, which is what the settings objects hold.
     """
     if not isinstance(spec.check, Check):
         raise TypeError(f"{spec.doc!r}: check must be a Check, not {spec.check!r}")
-    return field(metadata={_KEY: spec}, **default)
-
-
-#: Where a settings field keeps its L{_Key} (in C{dataclasses.Field.metadata}).
-_KEY = "teredonode.config.key"
+    return field(default=default, metadata={_KEY: spec})
 
 
 def setting(
@@ -522,7 +528,7 @@ def setting(
     a settings class.  The key is the attribute with C{_} replaced by C{-}; mypy checks that
     the type, the check's result and the default agree.
     """
-    declared: _T = _declare(_Key("", check, default, doc, more, kind, shown), default=default)
+    declared: _T = _declare(_Key("", check, default, doc, more, kind, shown), default)
     return declared
 
 

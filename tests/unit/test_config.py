@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -487,3 +488,22 @@ class DeclarationTests(SynchronousTestCase):
         """
         self.assertRaises(TypeError, setting, check=lambda value: value, default=1, doc="X.")
         self.assertEqual(_integer(1, 60, "seconds").kind, "integer 1..60 (seconds)")
+
+
+class SampleDefaultsTests(SynchronousTestCase):
+    def test_sampleShowsTheDefaults(self) -> None:
+        """
+        etc/teredo.toml says it shows every key with its default: each key it sets (other than
+        C{enabled} and the required ones, which need an example) is set to the declared default.
+        """
+        document = tomllib.loads(SAMPLE.read_text())
+        for table, values in document.items():
+            keys = {key.name: key for key in SCHEMA[table]}
+            for name, value in values.items():
+                key = keys[name]
+                if name == "enabled" or key.default in (REQUIRED, None):
+                    continue
+                self.assertEqual(
+                    key.check(value), key.default,
+                    f"etc/teredo.toml: [{table}] {name} is not the default declared in teredonode/config.py",
+                )
