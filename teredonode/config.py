@@ -577,8 +577,8 @@ def _declared(cls: type) -> tuple[_Key, ...]:
 
 # --- the settings: every key, once --------------------------------------------------------
 #
-# Each key of the file is one line of a class below: its attribute (the key with - as _), its
-# type, its check, its default and its doc.  Validation (SCHEMA), the defaults of the settings
+# Each key of the file is one field of a class below: its attribute (the key with - as _),
+# its type, its check, its default and its doc.  Validation (SCHEMA), the defaults of the settings
 # objects and the tables of docs/config.md (tools/configdoc.py) all come from here.  Checks
 # that involve two keys are in _build_role.
 
@@ -589,6 +589,7 @@ class NodeSettings:
     The C{[node]} table: what every role shares.
     """
 
+    #: The table's name in the file (a role's name, for the role tables).
     name = "node"
 
     state_dir: str = setting(
