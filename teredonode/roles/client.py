@@ -632,6 +632,22 @@ class TeredoClient(Service):
         if self.discovery is not None:
             self.discovery.stop()
 
+    # -- reload ------------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while running (the others need a restart).
+    liveSettings = ("inbound_probe_rate", "inbound_probe_burst")
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded C{[client]} table: the budget of probes that incoming traffic may
+        make us send (SEC-19; the bucket starts afresh, full).  Qualification, address and
+        peers are kept.
+        """
+        self.settings = settings
+        budget = self.tunnel._inboundBudget
+        if budget is not None:
+            budget.setRates(settings.inbound_probe_rate, settings.inbound_probe_burst)
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:

@@ -105,6 +105,8 @@ class HostSpecificRelay(TeredoRelay):
 
     roleName = "host-relay"
     policy = HOST_RELAY_POLICY
+    #: The relay's live settings that a C{[host-relay]} table has (no drain: no health route).
+    liveSettings = TeredoRelay.liveSettings - {"drain_time"}
 
     def __init__(
         self,

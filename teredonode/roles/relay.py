@@ -206,6 +206,16 @@ class TeredoRelay(Service):
         self.drops: Counter[str] = Counter()
         #: Does the relay stand for this IPv6 address (16 bytes)?
         self.serves = self._makeServes()
+        #: RL-RX-07, SEC-19: what traffic from the IPv6 side may make the relay bubble.
+        self.bubbleBudget = ProbeBudget(
+            reactor,
+            settings.bubble_rate,
+            settings.bubble_burst,
+            settings.bubble_rate_per_ipv4,
+            settings.bubble_burst_per_ipv4,
+            perServerRate=settings.bubble_rate_per_server,
+            perServerBurst=settings.bubble_burst_per_server,
+        )
         peers = PeerList(
             reactor.seconds,
             max_peers=settings.max_peers,
@@ -226,15 +236,7 @@ class TeredoRelay(Service):
             prefix=settings.prefix_bytes,
             serves=self.serves,
             icmpRate=settings.icmp_rate,
-            bubbleBudget=ProbeBudget(
-                reactor,
-                settings.bubble_rate,
-                settings.bubble_burst,
-                settings.bubble_rate_per_ipv4,
-                settings.bubble_burst_per_ipv4,
-                perServerRate=settings.bubble_rate_per_server,
-                perServerBurst=settings.bubble_burst_per_server,
-            ),
+            bubbleBudget=self.bubbleBudget,
         )
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops
@@ -364,6 +366,46 @@ class TeredoRelay(Service):
             self.drops["malformed"] += 1
             return
         self.tunnel.fromPeer(packet, addr)
+
+    # -- reload ----------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while relaying (the others need a restart).
+    liveSettings = frozenset(
+        {
+            "bubble_rate",
+            "bubble_burst",
+            "bubble_rate_per_ipv4",
+            "bubble_burst_per_ipv4",
+            "bubble_rate_per_server",
+            "bubble_burst_per_server",
+            "direct_bubbles",
+            "peer_queue",
+            "peer_queue_bytes",
+            "drain_time",
+        }
+    )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded table: the bubble budgets (RL-RX-07, SEC-19; a bucket whose rate or
+        burst changed starts afresh, full), direct bubbles (RL-TX-07/08), the per-peer
+        queue bounds (queues already longer drain or expire as usual) and the drain time.
+        The peer list, its trusted entries and queues, the socket and the TUN are kept.
+        """
+        self.settings = settings
+        self.bubbleBudget.setRates(
+            settings.bubble_rate,
+            settings.bubble_burst,
+            settings.bubble_rate_per_ipv4,
+            settings.bubble_burst_per_ipv4,
+            settings.bubble_rate_per_server,
+            settings.bubble_burst_per_server,
+        )
+        tunnel = self.tunnel
+        if tunnel.policy.direct_bubbles != settings.direct_bubbles:
+            tunnel.policy = replace(tunnel.policy, direct_bubbles=settings.direct_bubbles)
+        tunnel.peers.queue_packets = settings.peer_queue
+        tunnel.peers.queue_bytes = settings.peer_queue_bytes
 
     # -- status ----------------------------------------------------------------------------
 

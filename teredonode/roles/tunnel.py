@@ -187,13 +187,40 @@ class ProbeBudget:
         perServerRate: float = 0.0,
         perServerBurst: int = 1,
     ) -> None:
-        self._global = RateLimiter(clock, globalRate, globalBurst, 1)
-        self._perKey = (
-            RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
-        )
-        self._perServer = (
-            RateLimiter(clock, perServerRate, perServerBurst, maxKeys) if perServerRate > 0 else None
-        )
+        self._clock = clock
+        self._maxKeys = maxKeys
+        self._global: RateLimiter
+        self._perKey: RateLimiter | None = None
+        self._perServer: RateLimiter | None = None
+        #: (rate, burst) of the global, per-key and per-server buckets; none built yet.
+        self._rates: tuple[tuple[float, int], ...] = ((0.0, 0),) * 3
+        self.setRates(globalRate, globalBurst, perKeyRate, perKeyBurst, perServerRate, perServerBurst)
+
+    def setRates(
+        self,
+        globalRate: float,
+        globalBurst: int,
+        perKeyRate: float = 0.0,
+        perKeyBurst: int = 1,
+        perServerRate: float = 0.0,
+        perServerBurst: int = 1,
+    ) -> None:
+        """
+        Apply new rates (a reload): each set of buckets whose rate or burst changed starts
+        afresh, full, so a key may get one new burst; the others keep their tokens.
+        """
+        old = self._rates
+        new = ((globalRate, globalBurst), (perKeyRate, perKeyBurst), (perServerRate, perServerBurst))
+        clock, maxKeys = self._clock, self._maxKeys
+        if new[0] != old[0]:
+            self._global = RateLimiter(clock, globalRate, globalBurst, 1)
+        if new[1] != old[1]:
+            self._perKey = RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
+        if new[2] != old[2]:
+            self._perServer = (
+                RateLimiter(clock, perServerRate, perServerBurst, maxKeys) if perServerRate > 0 else None
+            )
+        self._rates = new
 
     def charge(self, key: bytes, server: bytes | None = None) -> str | None:
         """
