@@ -230,27 +230,18 @@ class TeredoClient(Service):
             queue_packets=settings.peer_queue,
             queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
         )
+        self._inboundBudget = ProbeBudget(  # SEC-19
+            reactor, settings.inbound_probe_rate, settings.inbound_probe_burst
+        )
         self.tunnel = TeredoTunnel(
             reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes,
-            inboundBudget=ProbeBudget(  # SEC-19
-                reactor,
-                settings.inbound_probe_rate,
-                settings.inbound_probe_burst,
-            ),
+            inboundBudget=self._inboundBudget,
         )
         self.tunnel.counters = self.counters
         self.tunnel.drops = self.drops
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
-            Policy(
-                server=settings.server,
-                secondary=settings.secondary,
-                allow_symmetric=settings.allow_symmetric,
-                strict_secondary=settings.strict_secondary,
-                refresh=float(settings.refresh),
-                dormant_with_native=settings.dormant_with_native,
-                secret=self._secret,
-            ),
+            self._policy(settings),
             nonce=lambda: self._randbytes(8),
             uniform=self._rng.uniform,
             backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
@@ -635,18 +626,35 @@ class TeredoClient(Service):
     # -- reload ------------------------------------------------------------------------------
 
     #: The settings L{reconfigure} applies while running (the others need a restart).
-    liveSettings = ("inbound_probe_rate", "inbound_probe_burst")
+    liveSettings = (
+        "inbound_probe_rate",
+        "inbound_probe_burst",
+        "allow_symmetric",
+        "strict_secondary",
+        "refresh",
+        "dormant_with_native",
+    )
+
+    def _policy(self, settings: Any) -> Policy:
+        return Policy(
+            server=settings.server,
+            secondary=settings.secondary,
+            allow_symmetric=settings.allow_symmetric,
+            strict_secondary=settings.strict_secondary,
+            refresh=float(settings.refresh),
+            dormant_with_native=settings.dormant_with_native,
+            secret=self._secret,
+        )
 
     def reconfigure(self, settings: Any) -> None:
         """
         Apply a reloaded C{[client]} table: the budget of probes that incoming traffic may
-        make us send (SEC-19; the bucket starts afresh, full).  Qualification, address and
-        peers are kept.
+        make us send (SEC-19; the bucket starts afresh, full) and the qualification policy
+        (used from the next transition on).  Qualification, address and peers are kept.
         """
         self.settings = settings
-        budget = self.tunnel._inboundBudget
-        if budget is not None:
-            budget.setRates(settings.inbound_probe_rate, settings.inbound_probe_burst)
+        self._inboundBudget.setRates(settings.inbound_probe_rate, settings.inbound_probe_burst)
+        self._machine.policy = self._policy(settings)
 
     # -- status ------------------------------------------------------------------------------
 

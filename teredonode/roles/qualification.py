@@ -112,6 +112,8 @@ QUALIFICATION_ATTEMPTS = 3
 RESTART_DELAYS = (10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: G-03: how often a dormant (or qualified) client looks again for native IPv6.
 NATIVE_CHECK_INTERVAL = 60.0
+#: CL-M-02: a maintenance check postponed by server traffic waits at least this long.
+MIN_REFRESH_WAIT = 1.0
 #: An RA's MTU option outside [1280, 65535] is ignored for this.
 DEFAULT_MTU = 1280
 
@@ -590,9 +592,12 @@ class Qualification:
             self.state = Dormant()
             return [Unconfigure(), WentDormant()]
         heard, now = self._heard, self._now()
-        if heard is not None and now - heard < state.interval:
-            self.state = replace(state, refresh_in=heard + state.interval - now)
-            return []
+        if heard is not None:
+            left = heard + state.interval - now
+            # Less than a second left: refresh now (and no timer ever re-arms for ~0 s).
+            if left >= MIN_REFRESH_WAIT:
+                self.state = replace(state, refresh_in=left)
+                return []
         self.state = Refreshing(
             state.server, state.secondary, state.server, self._nonce(), 0,
             current=state.answer, nat=state.nat,

@@ -82,7 +82,7 @@ class ClientTestCase(SynchronousTestCase):
         self,
         kind: str = "port-restricted",
         seed: int = 1,
-        hasOtherIPv6: bool = False,
+        hasOtherIPv6: bool | list[bool] = False,
         start: bool = True,
         natTimeout: float = 120.0,
         host: FakeHost | None = None,
@@ -105,7 +105,9 @@ class ClientTestCase(SynchronousTestCase):
             host,
             tun,
             netconfig,
-            hasOtherIPv6=lambda: hasOtherIPv6,
+            hasOtherIPv6=(
+                (lambda: hasOtherIPv6[0]) if isinstance(hasOtherIPv6, list) else (lambda: hasOtherIPv6)
+            ),
             rng=rng,
             randbytes=rng.randbytes,
         )
@@ -211,6 +213,43 @@ class QualificationTests(ClientTestCase):
         client = self.makeClient()
         self.net.run(12)
         self.assertEqual((client.state, client.nat), ("qualified", "unknown"))
+
+    def test_silentSecondaryStrict(self) -> None:
+        """
+        CL-Q-08 as written (strict-secondary): a silent secondary address keeps the client
+        offline, saying why.
+        """
+        self.net.addDropFilter(lambda d: d.dst[0] == SECONDARY)
+        client = self.makeClient(strict_secondary=True)
+        self.net.run(12)
+        self.assertEqual(client.state, "offline")
+        self.assertIn("strict-secondary", client.status()["offline-reason"])
+        self.assertIsNone(client.address)
+
+    def test_dormantWhileNativeIPv6(self) -> None:
+        """
+        G-03 / SEC-20: with native IPv6 the client sends no RS and holds no address; when the
+        native route goes away it qualifies within a minute; when it comes back the Teredo
+        address goes.
+        """
+        sent: list[Any] = []
+        self.net.addDropFilter(lambda d: sent.append(d) and False)
+        native = [True]
+        client = self.makeClient(hasOtherIPv6=native)
+        self.net.run(120)
+        self.assertEqual(client.state, "dormant")
+        self.assertEqual(client.status()["offline-reason"], None)
+        self.assertEqual(sent, [])
+        self.assertEqual(self.confOf(client).addresses.get("teredo", set()), set())
+        native[0] = False
+        self.net.run(61)
+        self.assertEqual(client.state, "qualified")
+        self.assertEqual(len(self.confOf(client).addresses["teredo"]), 2)
+        native[0] = True
+        self.net.run(31)
+        self.assertEqual(client.state, "dormant")
+        self.assertEqual(self.confOf(client).addresses.get("teredo", set()), set())
+        self.assertEqual(self.tunOf(client).written, [])
 
     def test_raWithWrongNonceOrUnexpectedIgnored(self) -> None:
         """
@@ -341,6 +380,27 @@ class MaintenanceTests(ClientTestCase):
         self.assertGreater(len(set(round(g, 3) for g in gaps)), 5)
         self.assertEqual(client.state, "qualified")
         self.assertEqual(client.status()["counters"]["address-changes"], 0)
+
+    def test_serverTrafficPostponesRefresh(self) -> None:
+        """
+        CL-M-02: no maintenance RS while packets keep coming from the server within the
+        refresh interval; once it falls silent, the next RS comes one interval after its
+        last packet.
+        """
+        times = self.rsTimes()
+        client = self.makeClient()
+        self.net.flush()
+        qualified = len(times)
+        assert client.mapping is not None
+        assert client.address is not None
+        # Packets from the server's address (bubbles it relays) every 10 s for 100 s.
+        bubble = ipv6.bubble(raw("2001:0:cb00:7163::1"), client.address.to_bytes())
+        for _ in range(10):
+            self.net.inject((PRIMARY, 3544), client.mapping, bubble)
+            self.net.run(10)
+        self.assertEqual(len(times), qualified)
+        self.net.run(31)
+        self.assertEqual(len(times), qualified + 1)
 
     def test_mappingChangeSwapsAddress(self) -> None:
         """
@@ -963,7 +1023,7 @@ class RoleTests(ClientTestCase):
         A failed interface command is logged and counted, and the count shows in status.
         """
         client = self.makeClient(start=False)
-        client._netconfig.failNext("addAddress")
+        self.confOf(client).failNext("addAddress")
         client.privilegedStartService()
         client.startService()
         self.net.flush()
