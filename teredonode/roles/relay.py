@@ -56,6 +56,7 @@ from teredonode.roles.tunnel import (
 )
 from teredonode.udp import ServicePort, raiseBufferSizes
 from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import ipv6_text
 from teredonode.wire.teredo import classify
 
 __all__ = [
@@ -375,7 +376,7 @@ class TeredoRelay(Service):
             "interface": self._tun.name,
             "local": f"{local[0]}:{local[1]}" if local else None,
             "prefix": self.settings.prefix,
-            "bubble-source": str(ipaddress.IPv6Address(self.tunnel.bubbleSource or bytes(16))),
+            "bubble-source": ipv6_text(self.tunnel.bubbleSource or bytes(16)),
             **self._statusExtra(),
             "peers": self.tunnel.status(),
             "counters": {k: self.counters[k] for k in _COUNTERS},

@@ -52,9 +52,11 @@ from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
-from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, mapping_of, server_of
+from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, is_global_teredo, mapping_of, server_of
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
+    ICMP_ECHO_REPLY,
+    ICMP_ERROR_MAX,
     NH_ICMPV6,
     DestinationUnreachable,
     EchoReply,
@@ -107,8 +109,6 @@ LOG_BURST = 10
 EXPIRY_INTERVAL = 10.0
 #: An ICMPv6 error quotes as much of the packet as keeps it within the minimum MTU.
 _ERROR_QUOTE = 1280 - 48
-_ICMP_ECHO_REPLY = 129
-_ICMP_ERROR_MAX = 127
 
 #: Every reason a packet can be dropped for (status lists all, zeros included).
 DROP_REASONS = (
@@ -462,10 +462,7 @@ class TeredoTunnel:
         Cases 4/5 (the cone bit is ignored, RFC 5991 section 3.2): queue, bubble directly
         and through the peer's server.
         """
-        if not (
-            ipv4.is_global_unicast(dst[4:8], self._hardened)
-            and ipv4.is_global_unicast(bytes(b ^ 0xFF for b in dst[12:16]), self._hardened)
-        ):
+        if not is_global_teredo(dst, self._prefix, self._hardened):
             self.drops["non-global-destination"] += 1
             return
         if peer is None:
@@ -734,7 +731,7 @@ class TeredoTunnel:
             source = packet[24:40]
         if len(packet) < 40:
             return
-        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= _ICMP_ERROR_MAX:
+        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= ICMP_ERROR_MAX:
             return
         if not self._icmpLimit.allow(0):
             self.counters["icmp-errors-limited"] += 1
@@ -939,7 +936,7 @@ class TeredoTunnel:
     @staticmethod
     def _isEchoReply(packet: TeredoPacket) -> bool:
         ipv6 = packet.ipv6
-        return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == _ICMP_ECHO_REPLY
+        return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == ICMP_ECHO_REPLY
 
     @staticmethod
     def _decodeEcho(packet: TeredoPacket) -> EchoReply | None:
