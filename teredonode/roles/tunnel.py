@@ -30,6 +30,50 @@ own server) with L{TeredoTunnel.setIdentity}.
 Nothing here logs per packet: every decision is a counter in C{counters} or a drop in
 C{drops} under a reason from L{DROP_REASONS}.
 
+Peer states.  Each entry of the peer list is in one state, read from its fields by
+L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and refuses
+(L{PeerStateError}) any change that is not a row of this table (L{PEER_TRANSITIONS}):
+
+  ===========  =======================================  ===========  =======================
+  from         to                                       when         (RFC 4380)
+  ===========  =======================================  ===========  =======================
+  (none)       untrusted                                created: a packet to or from an unknown
+                                                        peer
+  untrusted    probing                                  an exchange starts: bubbles (5.2.4
+                                                        cases 4/5), an echo test (5.2.4 case 2,
+                                                        5.2.3 case 6)
+  local        probing                                  the same toward a local peer (5.2.4
+                                                        case 3: unicast and discovery bubbles)
+  probing      probing                                  a retry; or local discovery hears the
+                                                        peer meanwhile (it becomes local too)
+  probing      untrusted, local                         the retries ran out (5.2.6); relays
+                                                        then remove the entry (5.4.1 case 3)
+  any          trusted                                  the mapping is proven: echo reply with
+                                                        our nonce (5.2.3 case 2), a packet from
+                                                        the mapping its address embeds (case
+                                                        3), from its LAN endpoint (case 5)
+  trusted      trusted                                  heard from that mapping again, or an
+                                                        exchange starts, retries or ends on a
+                                                        trusted entry (a native peer's relay
+                                                        re-proven, 5.2.9)
+  untrusted,   local                                    a discovery bubble from it (5.2.8, 5.2.3
+  local,                                                case 4); a trusted entry heard at
+  trusted                                               another endpoint is trusted no more
+  trusted      probing                                  the same while an exchange runs
+  any          removed                                  evicted, expired, forgotten (identity
+                                                        lost), or its probes failed (relays)
+  ===========  =======================================  ===========  =======================
+
+  - B{untrusted}: no mapping proven, no exchange running (new, or its probes failed);
+  - B{probing}: not trusted, a bubble or echo exchange running (C{timer}), packets queued;
+  - B{local}: learned by local discovery (5.2.8) at C{local_endpoint}, not yet proven there;
+  - B{trusted}: C{mapping} proven; packets go straight to it while the entry is valid
+    (heard within 30 s, 600 s for a local one); an exchange may still run, to re-prove a
+    native peer's relay, without leaving this state.
+
+The exchange's own data (nonce, attempts, bubble times) belongs to the probes, not to the
+state.
+
 Retries (sections 5.2.4 cases 2 and 5, 5.2.6, 5.2.9): one probe (a bubble pair or an echo
 request) at once, then one every 2 s, up to 3 repetitions, each subject to the two MUST
 NOTs of section 5.2.6 (L{teredonode.peers.Peer.may_bubble}); echo requests obey the same
@@ -77,11 +121,22 @@ __all__ = [
     "TeredoTunnel",
     "DROP_REASONS",
     "UNNUMBERED_DROP_REASONS",
+    "COUNTERS",
+    "NUMBERED_COUNTERS",
+    "UNNUMBERED_COUNTERS",
     "PROBE_INTERVAL",
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
     "ICMP_ERRORS_PER_SECOND",
     "ProbeBudget",
+    "PeerStateError",
+    "peerState",
+    "PEER_TRANSITIONS",
+    "UNTRUSTED",
+    "PROBING",
+    "LOCAL",
+    "TRUSTED",
+    "REMOVED",
     "SUPPRESSION_REASONS",
     "RELAY_SILENCE",
     "RELAY_RECHECKS",
@@ -147,6 +202,87 @@ SUPPRESSION_REASONS = (
 UNNUMBERED_DROP_REASONS = (
     "unreachable-peer",  # RL-TX-05: a relay's entry removed after its bubbles went unanswered
 )
+#: What every Teredo interface counts in C{counters}, so that its role's status lists each
+#: from zero (see L{NUMBERED_COUNTERS} and L{UNNUMBERED_COUNTERS} for the others).
+COUNTERS = (
+    "sent",  # packets sent over UDP to a peer's mapping
+    "delivered",  # packets written toward the host
+    "queued",  # packets queued while a mapping is being proven
+    "released",  # queued packets sent once it was
+    "bubbles-direct",  # to a peer's embedded mapping
+    "bubbles-indirect",  # through a peer's server
+    "bubbles-received",
+    "bubbles-suppressed",  # not sent, by reason in probes-suppressed
+    "probes-failed",  # exchanges whose retries ran out
+    "icmp-errors",  # destination unreachable to the host
+    "icmp-errors-limited",
+    "log-suppressed",  # peer state changes not logged (LOG_RATE)
+)
+#: What only an interface with an address of its own (a client) counts.
+NUMBERED_COUNTERS = (
+    "bubbles-answered",  # direct bubbles answering indirect or discovery ones
+    "bubbles-local",  # unicast bubbles to a local peer's LAN endpoint
+    "echo-tests",  # echo requests of direct IPv6 connectivity tests
+    "echo-tests-ok",
+    "echo-suppressed",
+    "relay-rechecks",  # echo tests re-proving a silent native peer's relay
+)
+#: What only an unnumbered interface (a relay) counts.
+UNNUMBERED_COUNTERS = (
+    "delivered-stateless",  # from a client with no entry, its mapping checked (relays)
+)
+
+
+#: Peer states (the module docstring's table).
+UNTRUSTED = "untrusted"
+PROBING = "probing"
+LOCAL = "local"
+TRUSTED = "trusted"
+REMOVED = "removed"
+
+#: Every allowed (from, to) change of a peer's state: the rows of the module docstring's table.
+PEER_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (UNTRUSTED, PROBING),
+        (LOCAL, PROBING),
+        (PROBING, PROBING),
+        (PROBING, UNTRUSTED),
+        (PROBING, LOCAL),
+        (UNTRUSTED, TRUSTED),
+        (PROBING, TRUSTED),
+        (LOCAL, TRUSTED),
+        (TRUSTED, TRUSTED),
+        (UNTRUSTED, LOCAL),
+        (LOCAL, LOCAL),
+        (TRUSTED, LOCAL),
+        (TRUSTED, PROBING),
+    }
+    | {(state, REMOVED) for state in (UNTRUSTED, PROBING, LOCAL, TRUSTED)}
+)
+
+
+class PeerStateError(Exception):
+    """
+    A change of a peer's state that L{PEER_TRANSITIONS} does not allow: a bug in the tunnel,
+    never the network's doing.
+    """
+
+
+def peerState(peer: Peer) -> str:
+    """
+    The state of a listed entry, read from its fields (the module docstring's table).
+    """
+    if peer.trusted:
+        return TRUSTED
+    if peer.timer is not None:
+        return PROBING
+    if peer.local:
+        return LOCAL
+    return UNTRUSTED
+
+
+#: L{TeredoTunnel._setState}: leave the exchange (the retry timer) as it is.
+_KEEP: Any = object()
 
 
 #: The drop reason of a new exchange refused for each suppression reason.
@@ -257,7 +393,8 @@ class TeredoTunnel:
 
     @param clock: C{IReactorTime} (a C{Clock} in tests).
     @param policy: the role's L{TunnelPolicy}.
-    @param peers: the peer list (its C{on_remove} is taken over by the tunnel).
+    @param peers: the peer list; the tunnel becomes its owner (L{PeerList.on_remove}), so
+        that every entry removed has its retry cancelled and its lost packets counted.
     @param send: sends a UDP payload to an IPv4 endpoint.
     @param deliver: writes an IPv6 packet toward the host's stack.
     @param randbytes: C{n -> n random bytes} for echo nonces (C{secrets.token_bytes} in
@@ -272,6 +409,10 @@ class TeredoTunnel:
     @param inboundBudget: charged for every probe that traffic from the network makes us
         send: echo tests toward native sources (section 5.2.3 case 6, SEC-19) and answers
         to indirect bubbles (clients).
+    @param counters: where the tunnel counts what it does, by name; the owning role passes
+        its own, so that its status shows one table.  A fresh C{Counter} by default.
+    @param drops: where it counts drops, by reason (L{DROP_REASONS}, and
+        L{UNNUMBERED_DROP_REASONS} for relays); the owning role's, like C{counters}.
     """
 
     log = Logger()
@@ -289,11 +430,13 @@ class TeredoTunnel:
         icmpRate: float = ICMP_ERRORS_PER_SECOND,
         bubbleBudget: ProbeBudget | None = None,
         inboundBudget: ProbeBudget | None = None,
+        counters: Counter[str] | None = None,
+        drops: Counter[str] | None = None,
     ) -> None:
         self._clock = clock
         self.policy = policy
         self.peers = peers
-        peers._on_remove = self._peerRemoved
+        peers.on_remove = self._peerRemoved
         self._send = send
         self._deliver = deliver
         self._randbytes = randbytes
@@ -311,8 +454,8 @@ class TeredoTunnel:
         # forget_unreachable: when each removed peer's bubbles began, so that section 5.2.6's
         # "no more than 4 in 300 s" outlives the entry (RL-04); bounded like the peer list.
         self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.drops: Counter[str] = Counter() if drops is None else drops
         #: Bubbles and echo requests not sent, by reason (L{SUPPRESSION_REASONS}).
         self.suppressed: Counter[str] = Counter()
         #: Our own Teredo address (16 bytes), None while we have none.
@@ -376,9 +519,7 @@ class TeredoTunnel:
         self._unreachableSince.clear()
 
     def _peerRemoved(self, peer: Peer) -> None:
-        if peer.timer is not None and peer.timer.active():
-            peer.timer.cancel()
-        peer.timer = None
+        self._setState(peer, REMOVED, timer=None)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
 
@@ -532,22 +673,65 @@ class TeredoTunnel:
         if not running:
             peer.attempts = 0
             (probe if firstProbe is None else firstProbe)(peer)
-            peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+            self._setState(
+                peer,
+                TRUSTED if peer.trusted else PROBING,
+                timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe),
+            )
 
     def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
-        peer.timer = None
+        # peer.timer is the call that just fired: the exchange runs until this decides.
+        if peer.address not in self.peers:
+            return
         # A trusted entry may still have packets waiting: a native peer heard through
         # another relay (case 6) until the echo test proves that relay.
         if peer.trusted and self.peers.is_valid(peer) and not peer.queue:
-            return
-        if peer.address not in self.peers:
+            self._setState(peer, TRUSTED, timer=None)
             return
         peer.attempts += 1
         if peer.attempts > PROBE_REPEATS:
             self._fail(peer)
             return
         probe(peer)
-        peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+        self._setState(
+            peer, peerState(peer), timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+        )
+
+    def _setState(
+        self,
+        peer: Peer,
+        new: str,
+        now: float = 0.0,
+        mapping: Endpoint | None = None,
+        lanEndpoint: Endpoint | None = None,
+        timer: Any = _KEEP,
+    ) -> None:
+        """
+        The one place a peer's state changes: refused (L{PeerStateError}) unless C{(current
+        state, new)} is in L{PEER_TRANSITIONS}, and checked to have reached C{new}.
+
+        @param mapping: the endpoint just proven (to L{TRUSTED}, at C{now}).
+        @param lanEndpoint: where local discovery heard the peer (it is local from now on).
+        @param timer: the exchange's next retry (an exchange starts or goes on), L{None}
+            (the exchange is over: a pending retry is cancelled), or unchanged by default.
+        """
+        old = peerState(peer)
+        if (old, new) not in PEER_TRANSITIONS:
+            raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} is not a transition")
+        if lanEndpoint is not None:
+            peer.local = True
+            peer.local_endpoint = lanEndpoint
+        if mapping is not None:
+            peer.trust(mapping, now)
+        elif new != TRUSTED and new != REMOVED:
+            peer.trusted = False
+        if timer is not _KEEP:
+            pending = peer.timer
+            if pending is not None and pending is not timer and pending.active():
+                pending.cancel()
+            peer.timer = timer
+        if new != REMOVED and peerState(peer) != new:
+            raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} ended in {peerState(peer)}")
 
     def _logChange(self, format: str, **fields: object) -> None:
         """
@@ -568,6 +752,7 @@ class TeredoTunnel:
             "peer {peer} unreachable: {probes} probes unanswered", peer=ipv6_text(peer.address),
             probes=len(peer.bubbles),
         )
+        self._setState(peer, TRUSTED if peer.trusted else LOCAL if peer.local else UNTRUSTED, timer=None)
         peer.nonce = None
         for queued in self.peers.drain(peer):
             if queued.source is None:
@@ -704,9 +889,7 @@ class TeredoTunnel:
         sent us from that very mapping, drop the rest (section 5.2.3, "de-queue").
         """
         if peer.timer is not None:
-            if peer.timer.active():
-                peer.timer.cancel()
-            peer.timer = None
+            self._setState(peer, TRUSTED, timer=None)
         if not peer.queue:
             return
         mapping = peer.mapping
@@ -831,7 +1014,7 @@ class TeredoTunnel:
                     self._logChange(
                         "relay for {peer}: {relay}", peer=ipv6_text(src), relay=f"{addr[0]}:{addr[1]}"
                     )
-                peer.trust(addr, now)
+                self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
                 self.counters["echo-tests-ok"] += 1
                 self._release(peer)
                 return
@@ -850,7 +1033,7 @@ class TeredoTunnel:
                     and peer.local_endpoint == addr
                     and peers.is_valid(peer)
                 ):
-                    peer.trust(addr, now)
+                    self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
                     self._release(peer)
                     self._accept(packet, isBubble)
                     return
@@ -867,7 +1050,7 @@ class TeredoTunnel:
                     self.drops["unknown-peer"] += 1
                     return
                 peer = peers.create(src)
-            peer.trust(addr, now)
+            self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
             self._release(peer)
             self._accept(packet, isBubble)
             return
@@ -915,10 +1098,11 @@ class TeredoTunnel:
             # local entry to match it): announce first, so the answer finds one.
             if self.announceLocal is not None:
                 self.announceLocal()
-        elif peer.trusted and peer.mapping != addr:
-            peer.trusted = False
-        peer.local = True
-        peer.local_endpoint = addr
+        if peer.trusted and peer.mapping == addr:
+            new = TRUSTED
+        else:
+            new = PROBING if peer.timer is not None else LOCAL
+        self._setState(peer, new, lanEndpoint=addr)
         peer.heard(now)
         if self.address is None or not self._answerLimit.allow(addr):
             self.suppressed["peer-rate" if self.address else "no-source"] += 1
