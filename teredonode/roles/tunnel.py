@@ -584,13 +584,8 @@ class TeredoTunnel:
             or self.server is None
         ):
             return
-        if peer.nonce is None:
-            peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
-        ident = int.from_bytes(peer.nonce[:2], "big")
-        request = EchoRequest(ident, len(peer.bubbles), peer.nonce)
-        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
+        self._sendEcho(peer, len(peer.bubbles), now)
         self.counters["relay-rechecks"] += 1
-        peer.bubble_sent(now)
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
@@ -776,8 +771,16 @@ class TeredoTunnel:
         A new exchange refused by a budget: the packet is dropped, the probe counted.
         """
         self.drops[_REFUSALS[reason]] += 1
+        self._suppress(reason, counter)
+
+    def _suppress(self, reason: str, counter: str) -> bool:
+        """
+        A bubble or echo request not sent: counted by reason (L{SUPPRESSION_REASONS}) and
+        under the probe's own C{counter}.  C{False}, for a probe to return.
+        """
         self.suppressed[reason] += 1
         self.counters[counter] += 1
+        return False
 
     def _paid(
         self, budget: ProbeBudget | None, key: bytes, allowed: bool, counter: str, server: bytes | None = None
@@ -792,9 +795,7 @@ class TeredoTunnel:
         reason = budget.charge(key, server)
         if reason is None:
             return True
-        self.suppressed[reason] += 1
-        self.counters[counter] += 1
-        return False
+        return self._suppress(reason, counter)
 
     def _budgetedBubble(self, peer: Peer) -> bool:
         """
@@ -820,9 +821,7 @@ class TeredoTunnel:
         now = self._clock.seconds()
         source = self.bubbleSource
         if source is None or not peer.may_bubble(now):
-            self.suppressed["no-source" if source is None else "peer-rate"] += 1
-            self.counters["bubbles-suppressed"] += 1
-            return False
+            return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
         dst = peer.address
         data = bubble(source, dst)
         if self.policy.direct_bubbles:
@@ -840,9 +839,7 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or peer.local_endpoint is None or not peer.may_bubble(now):
-            self.suppressed["peer-rate" if self.address else "no-source"] += 1
-            self.counters["bubbles-suppressed"] += 1
-            return False
+            return self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
         self._send(bubble(self.address, peer.address), peer.local_endpoint)
         self.counters["bubbles-local"] += 1
         if self.announceLocal is not None:
@@ -871,17 +868,25 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or self.server is None or not self._mayEcho(peer, now):
-            self.suppressed["no-source" if self.server is None else "peer-rate"] += 1
-            self.counters["echo-suppressed"] += 1
-            return False
+            return self._suppress("no-source" if self.server is None else "peer-rate", "echo-suppressed")
+        self._sendEcho(peer, peer.attempts, now)
+        self.counters["echo-tests"] += 1
+        return True
+
+    def _sendEcho(self, peer: Peer, sequence: int, now: float) -> None:
+        """
+        One echo request of a direct IPv6 connectivity test (section 5.2.9) to C{peer},
+        through our server, carrying the test's nonce (drawn for a new test), counted as a
+        probe by section 5.2.6's limits.
+        """
+        address, server = self.address, self.server
+        if address is None or server is None:  # the callers checked already
+            return
         if peer.nonce is None:
             peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
-        ident = int.from_bytes(peer.nonce[:2], "big")
-        request = EchoRequest(ident, peer.attempts, peer.nonce)
-        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
-        self.counters["echo-tests"] += 1
+        request = EchoRequest(int.from_bytes(peer.nonce[:2], "big"), sequence, peer.nonce)
+        self._send(icmpv6_packet(address, peer.address, request, 64), server)
         peer.bubble_sent(now)
-        return True
 
     def _release(self, peer: Peer) -> None:
         """
@@ -956,15 +961,13 @@ class TeredoTunnel:
             self.drops["unknown-peer"] += 1
             return
         if not self._answerLimit.allow(origin):
-            self.suppressed["peer-rate"] += 1
-            self.counters["bubbles-suppressed"] += 1
+            self._suppress("peer-rate", "bubbles-suppressed")
             return
         budget = self._inboundBudget
         if budget is not None:
             reason = budget.charge(b"")
             if reason is not None:
-                self.suppressed[reason] += 1
-                self.counters["bubbles-suppressed"] += 1
+                self._suppress(reason, "bubbles-suppressed")
                 return
         self._send(bubble(self.address, src), origin)
         self.counters["bubbles-answered"] += 1
@@ -996,19 +999,16 @@ class TeredoTunnel:
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)
             self._release(peer)
-            if peer.nonce is not None and self._isEchoReply(packet):
+            if peer.nonce is not None and self._isEchoReply(packet) and self._answersTest(peer, packet):
                 # A re-check (or test) answered through the relay we already use.
-                reply = self._decodeEcho(packet)
-                if reply is not None and reply.data == peer.nonce:
-                    peer.nonce = None
-                    self.counters["echo-tests-ok"] += 1
-                    return
+                peer.nonce = None
+                self.counters["echo-tests-ok"] += 1
+                return
             self._accept(packet, isBubble)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
-            reply = self._decodeEcho(packet)
-            if reply is not None and reply.data == peer.nonce:
+            if self._answersTest(peer, packet):
                 observe("echo-test", now - peer.last_tx)
                 if peer.mapping != addr:
                     self._logChange(
@@ -1105,8 +1105,7 @@ class TeredoTunnel:
         self._setState(peer, new, lanEndpoint=addr)
         peer.heard(now)
         if self.address is None or not self._answerLimit.allow(addr):
-            self.suppressed["peer-rate" if self.address else "no-source"] += 1
-            self.counters["bubbles-suppressed"] += 1
+            self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
             return
         self._send(bubble(self.address, src), addr)
         self.counters["bubbles-answered"] += 1
@@ -1123,13 +1122,17 @@ class TeredoTunnel:
         return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == ICMP_ECHO_REPLY
 
     @staticmethod
-    def _decodeEcho(packet: TeredoPacket) -> EchoReply | None:
+    def _answersTest(peer: Peer, packet: TeredoPacket) -> bool:
+        """
+        Is the echo reply C{packet} (checksum included) the answer to the peer's pending
+        test, i.e. does it carry its nonce?
+        """
         header = packet.header
         try:
             msg = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
         except ParseError:
-            return None
-        return msg if isinstance(msg, EchoReply) else None
+            return False
+        return isinstance(msg, EchoReply) and msg.data == peer.nonce
 
     # -- status ---------------------------------------------------------------------------------
 
