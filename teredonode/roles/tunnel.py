@@ -34,35 +34,36 @@ Peer states.  Each entry of the peer list is in one state, read from its fields 
 L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and refuses
 (L{PeerStateError}) any change that is not a row of this table (L{PEER_TRANSITIONS}):
 
-  ===========  =======================================  ===========  =======================
-  from         to                                       when         (RFC 4380)
-  ===========  =======================================  ===========  =======================
-  (none)       untrusted                                created: a packet to or from an unknown
-                                                        peer
-  untrusted    probing                                  an exchange starts: bubbles (5.2.4
-                                                        cases 4/5), an echo test (5.2.4 case 2,
-                                                        5.2.3 case 6)
-  local        probing                                  the same toward a local peer (5.2.4
-                                                        case 3: unicast and discovery bubbles)
-  probing      probing                                  a retry; or local discovery hears the
-                                                        peer meanwhile (it becomes local too)
-  probing      untrusted, local                         the retries ran out (5.2.6); relays
-                                                        then remove the entry (5.4.1 case 3)
-  any          trusted                                  the mapping is proven: echo reply with
-                                                        our nonce (5.2.3 case 2), a packet from
-                                                        the mapping its address embeds (case
-                                                        3), from its LAN endpoint (case 5)
-  trusted      trusted                                  heard from that mapping again, or an
-                                                        exchange starts, retries or ends on a
-                                                        trusted entry (a native peer's relay
-                                                        re-proven, 5.2.9)
-  untrusted,   local                                    a discovery bubble from it (5.2.8, 5.2.3
-  local,                                                case 4); a trusted entry heard at
-  trusted                                               another endpoint is trusted no more
-  trusted      probing                                  the same while an exchange runs
-  any          removed                                  evicted, expired, forgotten (identity
-                                                        lost), or its probes failed (relays)
-  ===========  =======================================  ===========  =======================
+  ==================================  =================  =====================================
+  from                                to                 when (RFC 4380 section)
+  ==================================  =================  =====================================
+  (none)                              untrusted          created: a packet to or from an
+                                                         unknown peer
+  untrusted, local                    probing            an exchange starts: bubbles (5.2.4
+                                                         cases 4/5; a local peer's, case 3),
+                                                         an echo test (5.2.4 case 2, 5.2.3
+                                                         case 6)
+  probing                             probing            a retry; or local discovery hears the
+                                                         peer meanwhile (it becomes local too)
+  probing                             untrusted, local   the retries ran out (5.2.6); relays
+                                                         then remove the entry (5.4.1 case 3)
+  untrusted, probing, local           trusted            the mapping is proven: an echo reply
+                                                         with our nonce (5.2.3 case 2), a
+                                                         packet from the mapping its address
+                                                         embeds (case 3) or from its LAN
+                                                         endpoint (case 5)
+  trusted                             trusted            heard or proven again; an exchange
+                                                         starts, retries or ends on a trusted
+                                                         entry (its relay checked again, for
+                                                         a native peer, 5.2.9)
+  untrusted, local, trusted           local              a discovery bubble from it (5.2.8,
+                                                         5.2.3 case 4); a trusted entry heard
+                                                         at another endpoint is trusted no
+                                                         more
+  trusted                             probing            the same while an exchange runs
+  untrusted, probing, local, trusted  removed            evicted, expired, forgotten (identity
+                                                         lost), or its probes failed (relays)
+  ==================================  =================  =====================================
 
   - B{untrusted}: no mapping proven, no exchange running (new, or its probes failed);
   - B{probing}: not trusted, a bubble or echo exchange running (C{timer}), packets queued;

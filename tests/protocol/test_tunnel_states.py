@@ -143,6 +143,26 @@ class PeerStateTests(SynchronousTestCase):
         self.assertRaises(PeerStateError, self.tunnel._setState, fresh, PROBING)
         self.assertEqual(peerState(fresh), UNTRUSTED)
 
+    def test_tableIsTheDocstrings(self) -> None:
+        """
+        PEER_TRANSITIONS is exactly the table of the module docstring: the documentation
+        cannot drift from what is enforced.
+        """
+        doc = teredonode.roles.tunnel.__doc__ or ""
+        lines = doc.splitlines()
+        rules = [i for i, line in enumerate(lines) if line.strip().startswith("====")]
+        self.assertEqual(len(rules), 3)
+        spans = [m.span() for m in re.finditer(r"=+", lines[rules[0]])]
+        documented = set()
+        for line in lines[rules[1] + 1 : rules[2]]:
+            origin, target = (line[a:b].strip() for a, b in spans[:2])
+            if not origin or origin == "(none)":
+                continue
+            for old in origin.split(", "):
+                for new in target.split(", "):
+                    documented.add((old, new))
+        self.assertEqual(documented, set(PEER_TRANSITIONS))
+
     def test_everyStateReachesRemoved(self) -> None:
         for state in (UNTRUSTED, PROBING, LOCAL, TRUSTED):
             self.assertIn((state, REMOVED), PEER_TRANSITIONS)
