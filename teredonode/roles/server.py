@@ -36,6 +36,7 @@ from teredonode.security import (
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import (
+    FLAG_CONE,
     TEREDO_PORT,
     mapping_is_global,
     mapping_of,
@@ -109,7 +110,7 @@ def _rs_cone(src: bytes) -> bool:
     """
     The cone bit of an RS's link-local source (flags at bytes 8-9).
     """
-    return bool(src[8] & 0x80)
+    return bool(src[8] & (FLAG_CONE >> 8))
 
 
 @implementer(ITeredoRole)
