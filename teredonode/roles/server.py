@@ -62,7 +62,7 @@ from teredonode.wire.ipv6 import (
     is_link_local,
     parse_ipv6,
 )
-from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers
+from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers, origin_indication
 
 __all__ = ["TeredoServer", "makeRole", "DROP_REASONS", "STRIP_REASONS"]
 
@@ -95,15 +95,6 @@ STRIP_REASONS = (
     "non-bubble",  # trailers only ever travel on bubbles
     "invalid",  # not entirely well-formed known trailers (forwardable_trailers said None)
 )
-
-
-def _origin(addr: tuple[str, int]) -> bytes:
-    """
-    The origin indication for C{addr}: two zero bytes then the obfuscated port and address.
-    Built directly (the same bytes as C{OriginIndication(*addr).to_bytes()}, a third of the
-    cost) because every RA and every forwarded packet for our clients carries one.
-    """
-    return b"\x00\x00" + obfuscated_mapping(addr[0], addr[1])
 
 
 def _rs_cone(src: bytes) -> bool:
@@ -313,7 +304,7 @@ class TeredoServer(Service):
             self.drops["zero-port-destination"] += 1
             return
         if origin is not None and dst[4:8] == self._server_raw:
-            payload = _origin(origin) + ipv6 + trailers
+            payload = origin_indication(origin[0], origin[1]) + ipv6 + trailers
         else:
             payload = ipv6 + trailers
         self._sockets[0].sendto(payload, mapped)
@@ -384,7 +375,7 @@ class TeredoServer(Service):
                     confirmation = 1
         self.counters["rs"] += 1
         ipv6 = self._raFor(header.src)
-        origin = _origin(addr)
+        origin = origin_indication(addr[0], addr[1])
         prefix = b""
         if auth is not None:
             # SV-RA-08/09: the same identifier and nonce; an authentication value when the

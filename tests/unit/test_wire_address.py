@@ -11,7 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredonode.wire import address, ipv4
 from teredonode.wire.address import TeredoAddress
 from teredonode.wire.errors import ParseError
-from teredonode.wire.teredo import OriginIndication
+from teredonode.wire.teredo import OriginIndication, origin_indication
 
 from tests import strategies
 
@@ -137,6 +137,7 @@ class ObfuscationTests(SynchronousTestCase):
         self.assertEqual(address.obfuscated_mapping(a.client, a.port), raw[10:16])
         origin = OriginIndication(a.client, a.port).to_bytes()
         self.assertEqual(origin, b"\x00\x00" + raw[10:16])
+        self.assertEqual(origin_indication(a.client, a.port), origin)
         self.assertEqual(address.mapping_of(origin, 2), a.mapping)
 
     def test_global_teredo(self) -> None:
