@@ -39,6 +39,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
+from teredonode.interfaces import Endpoint
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_CONE,
     CLIENT_LINK_LOCAL_RESTRICTED,
@@ -65,7 +66,6 @@ SEQUENTIAL_MAX_DELTA = 2
 #: Where the address-restricted test's empty datagram goes: any port but 3544.
 FILTER_TEST_PORT = 3545
 
-Endpoint = tuple[str, int]
 
 
 class _Socket(DatagramProtocol):

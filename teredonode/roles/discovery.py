@@ -41,7 +41,7 @@ from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
-from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT
+from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, is_global_teredo, mapping_of
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import ALL_NODES, bubble
 from teredonode.wire.teredo import classify
@@ -253,18 +253,13 @@ class LocalDiscovery:
         if src == self._tunnel.address:
             drops["discovery-self"] += 1
             return
-        if (
-            src[:4] != self._prefix
-            or not ipv4.is_global_unicast(src[4:8])
-            or not ipv4.is_global_unicast(bytes(b ^ 0xFF for b in src[12:16]))
-        ):
+        if not is_global_teredo(src, self._prefix):
             drops["discovery-not-teredo"] += 1
             return
         if not self._onSubnet(addr[0]) or addr[1] == 0:
             drops["discovery-off-subnet"] += 1
             return
-        mapped = ipv4.unpack(bytes(b ^ 0xFF for b in src[12:16]))
-        if mapped != self._mapping():
+        if mapping_of(src)[0] != self._mapping():
             drops["discovery-foreign-mapping"] += 1
             return
         self.counters["discovery-received"] += 1

@@ -48,7 +48,9 @@ from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
+    COUNTERS as TUNNEL_COUNTERS,
     DROP_REASONS as TUNNEL_DROPS,
+    UNNUMBERED_COUNTERS,
     UNNUMBERED_DROP_REASONS,
     ProbeBudget,
     TeredoTunnel,
@@ -56,6 +58,7 @@ from teredonode.roles.tunnel import (
 )
 from teredonode.udp import ServicePort, raiseBufferSizes
 from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import ipv6_text
 from teredonode.wire.teredo import classify
 
 __all__ = [
@@ -92,22 +95,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 RELAY_DROPS = ("malformed",)  # RL-RX-02: not a Teredo payload (valid IPv6, maybe origin/auth)
 DROP_REASONS = RELAY_DROPS + TUNNEL_DROPS + UNNUMBERED_DROP_REASONS
 
-_COUNTERS = (
-    "received",
-    "sent",
-    "delivered",
-    "delivered-stateless",
-    "queued",
-    "released",
-    "bubbles-direct",
-    "bubbles-indirect",
-    "bubbles-received",
-    "bubbles-suppressed",
-    "probes-failed",
-    "icmp-errors",
-    "icmp-errors-limited",
-    "log-suppressed",
-)
+#: The relay's own counter, then the shared core's.
+RELAY_COUNTERS = ("received",)  # datagrams on the relay's port
+_COUNTERS = RELAY_COUNTERS + TUNNEL_COUNTERS + UNNUMBERED_COUNTERS
 
 
 def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
@@ -237,9 +227,9 @@ class TeredoRelay(Service):
             serves=self.serves,
             icmpRate=settings.icmp_rate,
             bubbleBudget=self.bubbleBudget,
+            counters=self.counters,
+            drops=self.drops,
         )
-        self.tunnel.counters = self.counters
-        self.tunnel.drops = self.drops
         self.tunnel.setUnnumbered(bubbleSourceFrom(self._randbytes))
         #: Keeps the health route a BGP daemon announces from, or None (no health-table).
         self._health = (
@@ -417,7 +407,7 @@ class TeredoRelay(Service):
             "interface": self._tun.name,
             "local": f"{local[0]}:{local[1]}" if local else None,
             "prefix": self.settings.prefix,
-            "bubble-source": str(ipaddress.IPv6Address(self.tunnel.bubbleSource or bytes(16))),
+            "bubble-source": ipv6_text(self.tunnel.bubbleSource or bytes(16)),
             **self._statusExtra(),
             "peers": self.tunnel.status(),
             "counters": {k: self.counters[k] for k in _COUNTERS},
