@@ -1429,7 +1429,7 @@ def _build_role(
 
     if name == "server":
         if filled["secondary"] is None:
-            following = _next_address(filled["primary"])
+            following = ipv4.following(filled["primary"])
             if following is None or not ipv4.is_global_unicast(following):
                 raise ConfigError(
                     f"{_where(source, name, 'secondary', origin)}: primary + 1 ({following}) is "
@@ -1462,7 +1462,7 @@ def _build_role(
         server = filled["server"]
         if filled["secondary"] is None and _is_dotted_quad(server):
             # Derive now when we can, so status shows it; a DNS name is derived after lookup.
-            filled["secondary"] = _next_address(server)
+            filled["secondary"] = ipv4.following(server)
         if filled["secondary"] is not None and filled["secondary"] == server:
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"
@@ -1474,15 +1474,6 @@ def _build_role(
         )
     settings: RoleSettings = _CLASSES[name](**filled)
     return settings
-
-
-def _next_address(ip: str) -> str | None:
-    """
-    The IPv4 address after C{ip}, the conventional secondary server address; C{None} after
-    255.255.255.255.
-    """
-    value = int(ipaddress.IPv4Address(ip))
-    return str(ipaddress.IPv4Address(value + 1)) if value < 0xFFFFFFFF else None
 
 
 def _is_dotted_quad(text: str) -> bool:

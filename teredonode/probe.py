@@ -30,7 +30,6 @@ tests), then the shorter RS->RA round trip.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Generator
@@ -45,6 +44,7 @@ from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
 )
+from teredonode.wire import ipv4
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
     ALL_ROUTERS,
@@ -320,7 +320,7 @@ def secondary_of(primary: str) -> str:
     """
     The default secondary address: primary + 1 (RFC 4380 section 5.3, two consecutive).
     """
-    return str(ipaddress.IPv4Address((int(ipaddress.IPv4Address(primary)) + 1) & 0xFFFFFFFF))
+    return ipv4.following(primary) or primary
 
 
 def format_probe(report: dict[str, Any]) -> str:

@@ -236,9 +236,9 @@ class TeredoClient(Service):
         self.tunnel = TeredoTunnel(
             reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes,
             inboundBudget=self._inboundBudget,
+            counters=self.counters,
+            drops=self.drops,
         )
-        self.tunnel.counters = self.counters
-        self.tunnel.drops = self.drops
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
             self._policy(settings),

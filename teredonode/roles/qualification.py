@@ -556,7 +556,7 @@ class Qualification:
     def _solicitPrimary(self, server: str, failures: int) -> list[Effect]:
         secondary = self.policy.secondary
         if secondary is None:
-            secondary = ipv4.unpack(((int.from_bytes(ipv4.pack(server), "big") + 1) & 0xFFFFFFFF).to_bytes(4, "big"))
+            secondary = ipv4.following(server) or server
         self.state = SolicitingPrimary(server, secondary, server, self._nonce(), 0, failures=failures)
         return [SendSolicitation(server, self.state.nonce)]
 
