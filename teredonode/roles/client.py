@@ -42,7 +42,13 @@ from teredonode.metrics import observe
 from zope.interface import implementer
 
 from teredonode.errors import NetConfigError
-from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
+from teredonode.interfaces import (
+    Endpoint,
+    IDiscoveryHost,
+    INetworkConfigurator,
+    ITeredoRole,
+    ITunDevice,
+)
 from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, ProbeBudget, TeredoTunnel
@@ -179,7 +185,7 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
     return False
 
 
-@implementer(ITeredoRole)
+@implementer(ITeredoRole, IDiscoveryHost)
 class TeredoClient(Service):
     """
     A Teredo client.
@@ -271,16 +277,15 @@ class TeredoClient(Service):
             else:
                 self.discovery = LocalDiscovery(
                     reactor,
+                    self,
                     self.tunnel,
-                    self._socket.sendto,
-                    lambda: self.state == "qualified",
-                    lambda: self.mapping[0] if self.mapping is not None else None,
                     self._rng.uniform,
                     self.counters,
                     self.drops,
                     address=settings.local_discovery_address,
                     bind=settings.bind,
                 )
+                self.tunnel.setLocalAnnouncer(self.discovery.announceNow)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -324,6 +329,17 @@ class TeredoClient(Service):
         if port is not None:
             return port.stopListening()
         return None
+
+    # -- IDiscoveryHost ----------------------------------------------------------------------
+
+    def isQualified(self) -> bool:
+        return self.state == "qualified"
+
+    def mappedAddress(self) -> str | None:
+        return self.mapping[0] if self.mapping is not None else None
+
+    def sendDatagram(self, data: bytes, endpoint: Endpoint) -> None:
+        self._socket.sendto(data, endpoint)
 
     # -- I/O glue ----------------------------------------------------------------------------
 

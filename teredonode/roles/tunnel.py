@@ -91,7 +91,9 @@ from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
 
-from teredonode.interfaces import Endpoint
+from zope.interface import implementer
+
+from teredonode.interfaces import Endpoint, ILocalPeers
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
@@ -415,6 +417,7 @@ CLIENT_POLICY = TunnelPolicy(
 )
 
 
+@implementer(ILocalPeers)
 class TeredoTunnel:
     """
     One Teredo interface's peer logic.
@@ -495,6 +498,7 @@ class TeredoTunnel:
         #: Source of our bubbles: our address, or a local one on an unnumbered interface.
         self.bubbleSource: bytes | None = None
         #: Local discovery (section 5.2.8): sends a discovery bubble now, or None when off.
+        #: Local discovery's on-demand announcement (L{setLocalAnnouncer}), for clients.
         self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
@@ -526,6 +530,13 @@ class TeredoTunnel:
         self.bubbleSource = address
         if address is None:
             self.reset()
+
+    def setLocalAnnouncer(self, announce: Callable[[], None]) -> None:
+        """
+        Local discovery (a client's) announces us on the LAN at once when a local peer
+        needs to hear from us (W-BUB-4).
+        """
+        self.announceLocal = announce
 
     def setUnnumbered(self, bubbleSource: bytes) -> None:
         """

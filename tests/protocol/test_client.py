@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from teredonode.config import ClientSettings, ServerSettings
-from teredonode.interfaces import ITeredoRole
+from teredonode.interfaces import IDiscoveryHost, ILocalPeers, ITeredoRole
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
@@ -1040,6 +1040,20 @@ class RoleTests(ClientTestCase):
         self.assertEqual(self.confOf(client).addresses["teredo"], set())
         self.assertTrue(self.tunOf(client).closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_discoveryCollaboratorsProvideTheirInterfaces(self) -> None:
+        """
+        Local discovery gets the client and the tunnel through interfaces, not lambdas or
+        privates.
+        """
+        client = self.makeClient()
+        self.assertTrue(verifyObject(IDiscoveryHost, client))
+        self.assertTrue(verifyObject(ILocalPeers, client.tunnel))
+        self.assertFalse(client.isQualified() and client.mappedAddress() is None)
+        self.net.flush()
+        self.assertTrue(client.isQualified())
+        assert client.mapping is not None
+        self.assertEqual(client.mappedAddress(), client.mapping[0])
 
     def test_makeRole(self) -> None:
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY)
