@@ -47,7 +47,7 @@ def checksum(data: bytes) -> int:
     """
     if len(data) % 2:
         data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
@@ -108,7 +108,7 @@ class AddressSymmetricNat:
         self.mappings: dict[tuple[str, int, str], Mapping] = {}
         self._next = 0
         self.selector = selectors.DefaultSelector()
-        self.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+        self.raw: socket.socket | None = None  # opened by L{serve} (root only)
 
     def wants(self, dst: Endpoint) -> bool:
         """
@@ -147,6 +147,8 @@ class AddressSymmetricNat:
         if remote not in mapping.peers:
             return  # address- and port-dependent filtering
         mapping.last = now
+        if self.raw is None:
+            return
         try:
             self.raw.sendto(udp_packet(remote, mapping.inside, payload), (mapping.inside[0], 0))
         except OSError:
@@ -162,6 +164,7 @@ class AddressSymmetricNat:
 
 def serve(lan: str, pool: list[str], lan_net: str, timeout: float) -> int:
     nat = AddressSymmetricNat(pool, lan_net, timeout)
+    nat.raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     capture = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
     capture.bind((lan, ETH_P_IP))
     capture.setblocking(False)
