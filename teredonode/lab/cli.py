@@ -40,7 +40,7 @@ def _scenario(args: argparse.Namespace) -> str:
     The scenario name C{up} and C{demo} build: C{--nat} wins over C{--scenario}.
     """
     if args.nat:
-        return CUSTOM_PREFIX + args.nat
+        return CUSTOM_PREFIX + str(args.nat)
     return str(args.scenario)
 
 
