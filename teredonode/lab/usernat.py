@@ -11,7 +11,8 @@ Here a mapping is keyed on (inside address, inside port, destination address):
   - outbound: a packet socket on the LAN interface sees the clients' UDP (nat.py drops it at
     the raw hook right after, so the kernel never forwards it); the first packet toward a new
     destination host opens a mapping: a UDP socket bound to the next address of the pool
-    (round robin) and a port the kernel picks at random; the payload leaves from it;
+    (round robin) and a port the kernel picks at random among those no other mapping uses;
+    the payload leaves from it;
   - inbound: a datagram on a mapping's socket is accepted only from an (address, port) the
     inside endpoint has sent to through that mapping (address- and port-dependent filtering,
     the symmetric NAT's), then handed to the client as a raw IPv4/UDP packet whose source is
@@ -126,9 +127,7 @@ class AddressSymmetricNat:
         if mapping is None:
             address = self.pool[self._next % len(self.pool)]
             self._next += 1
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.bind((address, 0))
-            sock.setblocking(False)
+            sock = self._bind(address)
             mapping = Mapping(src, sock, sock.getsockname())
             self.mappings[key] = mapping
             self.selector.register(sock, selectors.EVENT_READ, mapping)
@@ -138,6 +137,20 @@ class AddressSymmetricNat:
             mapping.sock.sendto(payload, dst)
         except OSError:
             pass
+
+    def _bind(self, address: str) -> socket.socket:
+        """
+        A socket on C{address} and a random port no other mapping uses on any address of the
+        pool, so that every new mapping differs in address and port (RFC 6081 section 2).
+        """
+        used = {m.external[1] for m in self.mappings.values()}
+        while True:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind((address, 0))
+            if sock.getsockname()[1] not in used:
+                sock.setblocking(False)
+                return sock
+            sock.close()
 
     def inbound(self, mapping: Mapping, now: float) -> None:
         try:

@@ -150,6 +150,61 @@ class UserspaceNatTests(unittest.TestCase):
             self.assertFalse(table.wants((dst, 5000)), dst)
 
 
+class AddressSymmetricTableTests(unittest.TestCase):
+    """
+    The mapping policy on loopback: one mapping per destination host, each new one on the
+    next pool address and a port no other mapping uses; inbound only from peers sent to.
+    """
+
+    def setUp(self) -> None:
+        self.table = usernat.AddressSymmetricNat(["127.0.0.1", "127.0.0.3"], "10.9.0.0/24", 120.0)
+        self.peers = []
+        for address in ("127.0.0.1", "127.0.0.2"):
+            peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            peer.bind((address, 0))
+            peer.settimeout(5)
+            self.addCleanup(peer.close)
+            self.peers.append(peer)
+
+        def close() -> None:
+            for mapping in self.table.mappings.values():
+                mapping.sock.close()
+
+        self.addCleanup(close)
+
+    def test_mapping_per_destination_host(self) -> None:
+        inside = ("10.9.0.2", 40000)
+        a, b = (p.getsockname() for p in self.peers)
+        self.table.outbound(inside, a, b"one", 1.0)
+        self.table.outbound(inside, (a[0], a[1] + 1), b"two", 2.0)
+        self.table.outbound(inside, b, b"three", 3.0)
+        self.assertEqual(len(self.table.mappings), 2)
+        first = self.table.mappings[("10.9.0.2", 40000, a[0])]
+        second = self.table.mappings[("10.9.0.2", 40000, b[0])]
+        self.assertEqual((first.external[0], second.external[0]), ("127.0.0.1", "127.0.0.3"))
+        self.assertNotEqual(first.external[1], second.external[1])
+        self.assertEqual(self.peers[0].recvfrom(100), (b"one", first.external))
+        self.assertEqual(self.peers[1].recvfrom(100), (b"three", second.external))
+        self.assertEqual(first.peers, {a, (a[0], a[1] + 1)})
+
+    def test_inbound_only_from_peers_and_idle_mappings_expire(self) -> None:
+        inside = ("10.9.0.2", 40000)
+        a = self.peers[0].getsockname()
+        self.table.outbound(inside, a, b"out", 1.0)
+        mapping = self.table.mappings[("10.9.0.2", 40000, a[0])]
+        mapping.sock.setblocking(True)
+        self.peers[1].sendto(b"stranger", mapping.external)
+        self.table.inbound(mapping, 50.0)
+        self.assertEqual(mapping.last, 1.0, "a stranger's datagram must not count")
+        self.peers[0].sendto(b"answer", mapping.external)
+        self.table.inbound(mapping, 60.0)
+        self.assertEqual(mapping.last, 60.0)
+        self.table.expire(60.0 + 120.0)
+        self.assertEqual(len(self.table.mappings), 1)
+        self.table.expire(60.0 + 121.0)
+        self.assertEqual(self.table.mappings, {})
+
+
 class StunTests(unittest.TestCase):
     def request(self) -> bytes:
         change = struct.pack("!HHI", 0x0003, 4, 0x6)
