@@ -253,12 +253,15 @@ class TeredoClient(Service):
             backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
             now=reactor.seconds,
             native_ipv6=hasOtherIPv6,
+            local_port=self._localPort,
         )
         self._timer: Any = None
         self._started = False
         self._lastServer: str = settings.server
         self._lastSecondary: str | None = settings.secondary
         self._lastNat = "unknown"
+        #: X-PP-06: the NAT kept our local port in the mapping.
+        self.portPreserving = False
         self.keyExpired = False
         self.mapping: Endpoint | None = None
         self.address: TeredoAddress | None = None
@@ -329,6 +332,10 @@ class TeredoClient(Service):
         if port is not None:
             return port.stopListening()
         return None
+
+    def _localPort(self) -> int:
+        port = self._port
+        return int(port.getHost().port) if port is not None else 0
 
     # -- IDiscoveryHost ----------------------------------------------------------------------
 
@@ -549,6 +556,7 @@ class TeredoClient(Service):
         self.counters["ra-accepted"] += 1
         observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
         self._lastNat = effect.nat
+        self.portPreserving = effect.port_preserving
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:
@@ -680,6 +688,10 @@ class TeredoClient(Service):
             "state": self.state,
             "offline-reason": self.offlineReason if self.state == "offline" else None,
             "nat": self.nat,
+            "nat-flags": {  # RFC 6081 section 5: what qualification learnt of the NAT
+                "symmetric": {"symmetric": True, "restricted-or-cone": False}.get(self.nat),
+                "port-preserving": self.portPreserving if self.state == "qualified" else None,
+            },
             "server": self.server,
             "secondary": self.secondary,
             "mapping": _ep(self.mapping) if self.mapping else None,

@@ -214,6 +214,24 @@ class QualificationTests(ClientTestCase):
         self.net.run(12)
         self.assertEqual((client.state, client.nat), ("qualified", "unknown"))
 
+    def test_natFlags(self) -> None:
+        """
+        X-PP-06 / CL-Q-11 and the secondary check: status says whether the NAT is symmetric
+        and whether it kept our local port.
+        """
+        cone = self.makeClient("port-restricted", port=40000)
+        preserving = self.makeClient("symmetric-port-preserving", allow_symmetric=True, port=40001)
+        random_ports = self.makeClient("symmetric", allow_symmetric=True, port=40002)
+        self.net.flush()
+        flags = [c.status()["nat-flags"] for c in (cone, preserving, random_ports)]
+        self.assertEqual(flags[0]["symmetric"], False)
+        self.assertEqual(flags[1], {"symmetric": True, "port-preserving": True})
+        self.assertEqual(flags[2]["symmetric"], True)
+        self.assertEqual(flags[2]["port-preserving"], random_ports.mapping is not None and random_ports.mapping[1] == 40002)
+        offline = self.makeClient("symmetric")
+        self.net.flush()
+        self.assertEqual(offline.status()["nat-flags"], {"symmetric": True, "port-preserving": None})
+
     def test_silentSecondaryStrict(self) -> None:
         """
         CL-Q-08 as written (strict-secondary): a silent secondary address keeps the client
