@@ -470,7 +470,11 @@ class TeredoClient(Service):
 
     def _routerAdvertisement(self, packet: TeredoPacket) -> None:
         before = self._machine.state
-        self._feed(self._machine.router_advertisement(packet), before)
+        effects = self._machine.router_advertisement(packet)
+        if not any(isinstance(effect, Drop) for effect in effects):
+            self.counters["ra-accepted"] += 1
+            observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
+        self._feed(effects, before)
 
     def _do(self, effect: Effect) -> None:
         if isinstance(effect, SendSolicitation):
@@ -553,8 +557,6 @@ class TeredoClient(Service):
         """
         answer = effect.answer
         mapping, prefix, mtu = answer.mapping, answer.prefix, answer.mtu
-        self.counters["ra-accepted"] += 1
-        observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
         self._lastNat = effect.nat
         self.portPreserving = effect.port_preserving
         if effect.first:

@@ -158,6 +158,7 @@ class QualificationTests(ClientTestCase):
             self.assertIn((status["address"], 32), conf.addresses["teredo"])
             self.assertIn((status["link-local"], 64), conf.addresses["teredo"])
             self.assertIn(("teredo", "::/0", 2048), conf.routes)
+            self.assertEqual(status["counters"]["ra-accepted"], 2, kind)  # primary, secondary
 
     def test_routerSolicitationFormat(self) -> None:
         """
