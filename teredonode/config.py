@@ -913,6 +913,17 @@ class ClientSettings(_RoleSettings):
         "because a silent secondary address is far more often a firewall than a symmetric NAT; "
         "`true` keeps the RFC's reading and stays offline.",
     )
+    refresh_determination: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Measure the NAT's mapping lifetime and stretch the refresh, up to 120 s (RFC 4380 5.2.7).",
+        more="After qualifying, the client qualifies a second UDP port, leaves it idle for a "
+        "candidate interval and has the server send a bubble to it: if it arrives, the NAT "
+        "keeps idle mappings at least that long. A binary search between `refresh` and 120 s "
+        "ends when the interval is within 75 % of the first failing one; the Router "
+        "Solicitations to the server then come that much less often. Status shows the "
+        "search under `refresh-determination`.",
+    )
     dormant_with_native: bool = setting(
         check=_boolean,
         default=True,

@@ -421,6 +421,30 @@ class MaintenanceTests(ClientTestCase):
         self.net.run(31)
         self.assertEqual(len(times), qualified + 1)
 
+    def test_refreshDetermination(self) -> None:
+        """
+        RFC 4380 section 5.2.7 behind a NAT that keeps idle mappings 80 s: the secondary port
+        finds a working interval of 75 s, the client refreshes that much less often and stays
+        qualified with the same address, and the secondary port is closed (CL-I-05).
+        """
+        times = self.rsTimes()
+        client = self.makeClient(natTimeout=80, refresh_determination=True)
+        self.net.run(1400)
+        status = client.status()
+        self.assertEqual(status["refresh-determination"], {"state": "done", "reason": "concluded", "refresh": 75.0})
+        self.assertEqual(status["refresh-interval"], 75.0)
+        self.assertEqual(status["state"], "qualified")
+        self.assertEqual(status["counters"]["address-changes"], 0)
+        late = [t for t in times if t > 900]
+        gaps = [b - a for a, b in zip(late, late[1:])]
+        self.assertTrue(gaps and all(56.25 - 4 <= gap <= 75.0 + 4 for gap in gaps), gaps)
+
+    def test_refreshDeterminationOffByDefault(self) -> None:
+        client = self.makeClient()
+        self.net.run(300)
+        self.assertEqual(client.status()["refresh-determination"], {"state": "off"})
+        self.assertEqual(client.status()["counters"]["interval-probes"], 0)
+
     def test_mappingChangeSwapsAddress(self) -> None:
         """
         CL-M-05: the NAT forgets the mapping between refreshes (timeout shorter than the
