@@ -310,6 +310,15 @@ def _default_route(value: Any) -> str | bool:
     raise _Invalid(f"{_show(value)} is not \"auto\", true or false")
 
 
+def _fast_path(value: Any) -> str:
+    """
+    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
+    """
+    if value in ("auto", "on", "off"):
+        return str(value)
+    raise _Invalid(f"{_show(value)} is not \"auto\", \"on\" or \"off\"")
+
+
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _Invalid(f"{_show(value)} is not a log level ({', '.join(LOG_LEVELS)})")
@@ -451,6 +460,7 @@ SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
             _Key("forward-burst", _integer(1, 1_000_000), 20, "Packets a source may save up for relaying."),
             _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by each limiter."),
             _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
+            _Key("fast-path", _fast_path, "auto", "Answer plain RSs in the kernel (XDP): auto, on, off."),
         ),
         "client": (
             _ENABLED,
@@ -591,6 +601,7 @@ class ServerSettings:
     forward_burst: int = 20
     max_sources: int = 65536
     hardened: bool = True
+    fast_path: str = "auto"
     enabled: bool = True
     name = "server"
 
