@@ -25,13 +25,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import struct
-import subprocess
-import sysconfig
 from pathlib import Path
 from typing import Any
 
+from teredonode.fastpath.build import CompileError, compile_object
 from teredonode.wire import ipv4
 
 __all__ = [
@@ -42,7 +40,6 @@ __all__ = [
     "CONFIG",
     "BUDGET",
     "object_path",
-    "compile_object",
     "source_path",
     "pack_config",
     "pack_budget",
@@ -90,31 +87,6 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "teredonode"
 
 
-def compile_object(source: Path, output: Path) -> None:
-    """
-    C{clang -O2 -g -target bpf}; the multiarch include directory supplies C{asm/types.h}
-    on Debian-style systems.  Written to a temporary name then renamed, so a concurrent or
-    interrupted build never leaves half an object.
-    """
-    clang = shutil.which("clang")
-    if clang is None:
-        raise FastPathUnavailable("clang is not installed, so the BPF program cannot be built")
-    cmd = [clang, "-O2", "-g", "-target", "bpf", "-Wall"]
-    multiarch = sysconfig.get_config_var("MULTIARCH")
-    if multiarch and Path("/usr/include", multiarch).is_dir():
-        cmd.append(f"-I/usr/include/{multiarch}")
-    tmp = output.with_name(output.name + f".{os.getpid()}.tmp")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        cmd + ["-c", str(source), "-o", str(tmp)], capture_output=True, text=True, check=False
-    )
-    if result.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        first = (result.stderr.strip().splitlines() or ["no output"])[0]
-        raise FastPathUnavailable(f"compiling {source.name} failed: {first}")
-    os.replace(tmp, output)
-
-
 def object_path(cache_dir: Path | None = None) -> Path:
     """
     The object to load: the prebuilt one, else one compiled now (or earlier) from the source.
@@ -128,7 +100,10 @@ def object_path(cache_dir: Path | None = None) -> Path:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     target = (cache_dir or _cache_dir()) / f"teredo_server-{digest}.bpf.o"
     if not target.is_file():
-        compile_object(source, target)
+        try:
+            compile_object(source, target)
+        except CompileError as e:
+            raise FastPathUnavailable(str(e)) from None
     return target
 
 

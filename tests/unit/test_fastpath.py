@@ -141,3 +141,24 @@ class StartTests(SynchronousTestCase):
         with self.assertRaises(FastPathUnavailable):
             fastpath.start(self.settings("on"), b"", interfaces=lambda a: [])
         self.assertEqual(self.lines, [])
+
+
+class ObjectTests(SynchronousTestCase):
+    """
+    Without clang and without a prebuilt object the fast path is unavailable, in one line.
+    """
+
+    def test_noClang(self) -> None:
+        import tempfile
+
+        from teredonode.fastpath import build, program
+
+        self.patch(build.shutil, "which", lambda name: None)
+        cache = Path(tempfile.mkdtemp(prefix="teredo-fastpath-unit-"))
+        self.addCleanup(__import__("shutil").rmtree, cache, True)
+        if (Path(program.__file__).parent / program.OBJECT_NAME).is_file():
+            self.skipTest("a prebuilt object is installed")
+        with self.assertRaises(FastPathUnavailable) as caught:
+            program.object_path(cache)
+        self.assertIn("clang is not installed", str(caught.exception))
+        self.assertEqual(list(cache.iterdir()), [])
