@@ -364,7 +364,12 @@ int teredo_server(struct xdp_md *ctx)
 	cone = llsrc[8] & 0x80;
 	out_addr = (cone ? 1 - index : index) ? cfg->secondary : cfg->primary;
 
-	if (bpf_xdp_adjust_tail(ctx, GROWTH))
+	/*
+	 * Every byte of the answer is written anew, so the frame grows at its head: drivers
+	 * with native XDP guarantee XDP_PACKET_HEADROOM (256 bytes) there, while room at the
+	 * tail depends on the driver (veth has little for frames from local sockets).
+	 */
+	if (bpf_xdp_adjust_head(ctx, -GROWTH))
 		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
@@ -456,6 +461,8 @@ int teredo_server(struct xdp_md *ctx)
 	}
 	__builtin_memcpy(eth, mac_src, 6);
 	__builtin_memcpy(eth + 6, mac_dst, 6);
+	eth[12] = ETH_P_IP >> 8;
+	eth[13] = ETH_P_IP & 0xff;
 	count(C_RA);
 	return XDP_TX;
 

@@ -155,7 +155,7 @@ class FastPathDifferentialTests(unittest.TestCase):
         return verdict, expected.data if expected else None
 
     def assertFrame(self, out: bytes, src: tuple[str, int], dst: tuple[str, int], payload: bytes) -> None:
-        self.assertEqual(out[:12], MAC_PEER + MAC_SERVER)
+        self.assertEqual(out[:14], MAC_PEER + MAC_SERVER + b"\x08\x00")
         ip, udp = out[14:34], out[34:42]
         self.assertEqual(out[42:], payload)
         self.assertEqual((ip[0], ip[9], ip[8], ip[6] & 0x40), (0x45, 17, 64, 0x40))
