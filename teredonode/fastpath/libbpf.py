@@ -70,7 +70,6 @@ class LibBPF:
             ("bpf_program__fd", ci, [vp]),
             ("bpf_program__attach_xdp", vp, [vp, ci]),
             ("bpf_link__destroy", ci, [vp]),
-            ("bpf_xdp_attach", ci, [ci, ci, cu, vp]),
             ("bpf_map__fd", ci, [vp]),
             ("bpf_map__set_max_entries", ci, [vp, cu]),
             ("bpf_map__value_size", cu, [vp]),
