@@ -74,6 +74,21 @@ def _interfaces(addresses: tuple[str, ...]) -> list[tuple[str, int]]:
     return sorted((name, index) for index, name in found.items())
 
 
+def _is_veth(index: int) -> bool:
+    """
+    Native XDP on a veth hands XDP_TX frames to its peer only when the peer runs an XDP
+    program too (otherwise they wait in the peer's ring, unanswered); generic XDP transmits
+    them as ordinary packets.  So on veth (containers, namespaces, the lab) the program is
+    attached in generic mode.
+    """
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = ipr.get_links(index)
+    info = links[0].get_attr("IFLA_LINKINFO") if links else None
+    return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
+
+
 class FastPath:
     """
     A loaded (and, once L{attach}ed, running) fast path for one server.
@@ -105,9 +120,9 @@ class FastPath:
         self.obj.update(self._budget_fd, _ZERO, pack_budget(settings, time.monotonic_ns()))
         self.obj.update(self._config_fd, _ZERO, pack_config(settings, ra_packet))
 
-    def attach(self, interfaces: list[tuple[str, int]]) -> None:
+    def attach(self, interfaces: list[tuple[str, int]], generic: Callable[[int], bool] = _is_veth) -> None:
         for name, index in interfaces:
-            self.obj.attach_xdp(PROGRAM, index)
+            self.obj.attach_xdp(PROGRAM, index, generic(index))
             self.interfaces.append(name)
 
     def counts(self) -> dict[str, int]:

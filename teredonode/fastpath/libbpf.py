@@ -22,6 +22,8 @@ __all__ = ["LibBPF", "BPFError", "load_libbpf", "BpfObject", "XDP_ABORTED", "XDP
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 
 _BPF_ANY = 0
+_BPF_XDP = 37  # enum bpf_attach_type
+_XDP_FLAGS_SKB_MODE = 1 << 1
 
 
 class BPFError(OSError):
@@ -50,7 +52,9 @@ class _TestRunOpts(ctypes.Structure):
     ]
 
 
-_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+class _LinkCreateOpts(ctypes.Structure):
+    # The leading fields of struct bpf_link_create_opts; libbpf reads the rest as zero.
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
 
 
 class LibBPF:
@@ -70,6 +74,7 @@ class LibBPF:
             ("bpf_program__fd", ci, [vp]),
             ("bpf_program__attach_xdp", vp, [vp, ci]),
             ("bpf_link__destroy", ci, [vp]),
+            ("bpf_link_create", ci, [ci, ci, ci, ctypes.POINTER(_LinkCreateOpts)]),
             ("bpf_map__fd", ci, [vp]),
             ("bpf_map__set_max_entries", ci, [vp, cu]),
             ("bpf_map__value_size", cu, [vp]),
@@ -129,6 +134,7 @@ class BpfObject:
         lib = libbpf.lib
         self._obj = libbpf.pointer(lib.bpf_object__open_file(path.encode(), None), f"opening {path}")
         self._links: list[int] = []
+        self._link_fds: list[int] = []
         try:
             for name, entries in (max_entries or {}).items():
                 libbpf.check(lib.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
@@ -154,14 +160,21 @@ class BpfObject:
     def value_size(self, name: str) -> int:
         return int(self._b.lib.bpf_map__value_size(self._map(name)))
 
-    def attach_xdp(self, program: str, ifindex: int) -> None:
+    def attach_xdp(self, program: str, ifindex: int, generic: bool = False) -> None:
         """
-        Attach through a BPF link: native XDP where the driver has it, generic otherwise;
-        the kernel detaches it when the link's descriptor closes, whatever ends the process.
+        Attach through a BPF link: native XDP where the driver has it (generic otherwise),
+        or generic XDP when asked; the kernel detaches it when the link's descriptor
+        closes, whatever ends the process.
         """
-        link = self._b.pointer(
-            self._b.lib.bpf_program__attach_xdp(self._program(program), ifindex), f"attaching XDP to ifindex {ifindex}"
-        )
+        what = f"attaching XDP to ifindex {ifindex}"
+        if generic:
+            opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=_XDP_FLAGS_SKB_MODE)
+            fd = self._b.check(
+                self._b.lib.bpf_link_create(self.program_fd(program), ifindex, _BPF_XDP, ctypes.byref(opts)), what
+            )
+            self._link_fds.append(fd)
+            return
+        link = self._b.pointer(self._b.lib.bpf_program__attach_xdp(self._program(program), ifindex), what)
         self._links.append(link)
 
     def update(self, fd: int, key: bytes, value: bytes) -> None:
@@ -207,6 +220,9 @@ class BpfObject:
         links, self._links = self._links, []
         for link in links:
             self._b.lib.bpf_link__destroy(link)
+        fds, self._link_fds = self._link_fds, []
+        for fd in fds:
+            os.close(fd)
         if self._obj:
             self._b.lib.bpf_object__close(self._obj)
             self._obj = 0

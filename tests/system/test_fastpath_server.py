@@ -19,10 +19,13 @@ Root only (loading a BPF program needs CAP_BPF and CAP_NET_ADMIN), with clang an
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -307,3 +310,120 @@ class FastPathDifferentialTests(unittest.TestCase):
         counts = self.fast.counts()
         self.assertEqual((counts["rate-limited-rs"], counts["rate-limited-ra-budget"]), (2, 2))
         self.assertOneTruth()
+
+
+CLIENT_SCRIPT = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 40000))
+sock.settimeout(5)
+payload = bytes.fromhex(sys.argv[3])
+for _ in range(3):
+    sock.sendto(payload, (sys.argv[2], 3544))
+    try:
+        data, addr = sock.recvfrom(2048)
+    except socket.timeout:
+        continue
+    print(addr[0], data.hex())
+    break
+else:
+    print("none")
+"""
+
+
+class FastPathServiceTests(unittest.TestCase):
+    """
+    The real server (twistd) with C{fast-path = "on"} in a namespace, a client in another,
+    joined by a veth: the program attaches (generic XDP, since it is a veth), answers an RS
+    with what the Python server would send, and the server's status counts it.
+    """
+
+    skip = _why_not() or (None if shutil.which("ip") and shutil.which("twistd") else "needs ip and twistd")
+
+    def setUp(self) -> None:
+        import secrets
+
+        suffix = secrets.token_hex(3)
+        self.server_ns, self.client_ns = f"tnfp-{suffix}-s", f"tnfp-{suffix}-c"
+        self.tmp = Path(tempfile.mkdtemp(prefix="teredo-fastpath-svc-"))
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        for ns in (self.server_ns, self.client_ns):
+            self.run_ok("ip", "netns", "add", ns)
+            self.addCleanup(subprocess.run, ["ip", "netns", "del", ns], capture_output=True)
+        self.run_ok("ip", "-n", self.server_ns, "link", "add", "fps", "type", "veth", "peer", "name", "fpc",
+                    "netns", self.client_ns)
+        for ns, dev, addrs in ((self.server_ns, "fps", (PRIMARY, SECONDARY)), (self.client_ns, "fpc", ("203.0.113.50",))):
+            for addr in addrs:
+                self.run_ok("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            self.run_ok("ip", "-n", ns, "link", "set", dev, "up")
+            self.run_ok("ip", "-n", ns, "link", "set", "lo", "up")
+        # Frames from a local socket on a veth carry only a partial UDP checksum, which the
+        # program leaves to the stack; a wire's frames carry a full one.
+        self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable,
+                    str(Path(__file__).resolve().parents[2] / "benchmarks" / "server_rs.py"), "--ethtool", "fpc", "0")
+
+    def run_ok(self, *argv: str) -> str:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        self.assertEqual(result.returncode, 0, f"{argv}: {result.stderr}")
+        return result.stdout
+
+    def status(self) -> dict[str, Any]:
+        out = self.run_ok(sys.executable, "-m", "teredonode.cli", "status", "--json", "--socket", str(self.tmp / "status.sock"))
+        return json.loads(out)["server"]  # type: ignore[no-any-return]
+
+    def test_answersInTheKernel(self) -> None:
+        conf = self.tmp / "teredo.toml"
+        conf.write_text(
+            "[node]\n"
+            f'status-socket = "{self.tmp}/status.sock"\n'
+            f'state-dir = "{self.tmp}/state"\n'
+            "[server]\nenabled = true\n"
+            f'primary = "{PRIMARY}"\nsecondary = "{SECONDARY}"\ninterface = ""\nfast-path = "on"\n'
+        )
+        log = open(self.tmp / "server.log", "wb")
+        self.addCleanup(log.close)
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.server_ns, shutil.which("twistd") or "twistd", "-n", "--pidfile=",
+             "teredo", "--config", str(conf)],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp),
+        )
+
+        def stop() -> None:
+            server.terminate()
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+        self.addCleanup(stop)
+        for _ in range(100):
+            if (self.tmp / "status.sock").exists():
+                try:
+                    if self.status()["state"] == "serving":
+                        break
+                except AssertionError:
+                    pass
+            server.poll()
+            self.assertIsNone(server.returncode, (self.tmp / "server.log").read_text())
+            subprocess.run(["sleep", "0.1"])
+        text = (self.tmp / "server.log").read_text()
+        self.assertIn("XDP fast path on fps", text)
+        payload = rs(CLIENT_LINK_LOCAL_CONE, b"N0NCE123")
+        out = self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable, "-c", CLIENT_SCRIPT,
+                          "203.0.113.50", PRIMARY, payload.hex()).split()
+        self.assertNotEqual(out, ["none"], (self.tmp / "server.log").read_text())
+        # What the Python server sends for this RS, on the in-memory network.
+        net = FakeInternet(Clock())
+        reference = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), net.host(PRIMARY, SECONDARY))
+        reference.privilegedStartService()
+        net.inject(("203.0.113.50", 40000), (PRIMARY, 3544), payload)
+        net.clock.advance(0)
+        [expected] = [d for d in net.capture if d.src[1] == 3544]
+        self.assertEqual((out[0], bytes.fromhex(out[1])), (expected.src[0], expected.data))
+        status = self.status()
+        self.assertEqual(status["fast-path"]["interfaces"], ["fps"])
+        self.assertEqual(status["fast-path"]["passed-to-python"], 0, "the Python path answered")
+        self.assertGreaterEqual(status["counters"]["ra"], 1)
+        self.assertEqual(status["counters"]["rs"], status["counters"]["ra"])
