@@ -25,14 +25,13 @@ Why it is built this way (docs/performance.md has the method and the figures):
     then a lower bound, not its capacity.
   - Three servers take turns: C{ours} (C{fast-path = "off"}: every RS in Python), C{fast}
     (C{fast-path = "on"}: the XDP program answers the RSs, docs/performance.md) and Miredo.
-  - Kernel receive work is counted as the server's: both veths use NAPI (GRO on; the load
-    veth also runs an XDP program passing everything, which veth needs to deliver the fast
-    path's XDP_TX frames to it), in threaded mode, and the server veth's NAPI thread is pinned to the server CPU and added
-    to the server's CPU figure (for the fast path, that thread is where the XDP program
-    runs and transmits; for the others, where their RSs go through IP and UDP).  The load
-    veth's NAPI thread is pinned to the generator's CPU.  The load veth computes UDP checksums in
-    software (tx checksum offload off), as packets from a real wire carry them: the fast
-    path verifies them and leaves a datagram with a merely partial checksum to the stack.
+  - Kernel receive work is counted as the server's: both veths use NAPI (GRO on), in
+    threaded mode; the server veth's NAPI threads are pinned to the server CPU and added to
+    the server's CPU figure (there the RSs go through IP and UDP, or, for the fast path,
+    which runs generic XDP on a veth, through the program and its transmit), the load
+    veth's to the generator's CPU.  The load veth computes UDP checksums in software (tx
+    checksum offload off), as frames from a wire carry them: the fast path verifies them
+    and leaves a datagram with a merely partial checksum to the stack.
   - Our server rate-limits RSs per source address and globally.  The benchmark measures the
     data path, not the limiter's refusals, so it configures C{rs-rate}, C{rs-burst},
     C{rs-initial}, C{ra-rate} and C{ra-burst} to 1 000 000; the limiter still runs its
@@ -107,7 +106,7 @@ class Generator:
     driven by one JSON command per line on stdin, one JSON answer per line on stdout.
     """
 
-    def __init__(self, server: str, source: str, ports: int, veth: str | None = None) -> None:
+    def __init__(self, server: str, source: str, ports: int) -> None:
         from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED
         from teredonode.wire.ipv6 import ALL_ROUTERS, RouterSolicitation, icmpv6_packet
         from teredonode.wire.teredo import AuthIndicator, encode_payload
@@ -135,16 +134,6 @@ class Generator:
             self.epoll.register(s.fileno(), select.EPOLLIN)
             self.socks.append(s)
         self.by_fd = {s.fileno(): s for s in self.socks}
-        self._xdp: Any = None
-        if veth:
-            # The fast path answers with XDP_TX, and veth hands such frames to its peer only
-            # when the peer runs an XDP program too: ours, with its config map left empty,
-            # passes everything (for the other servers as well, so all three see the same).
-            from teredonode.fastpath.libbpf import BpfObject, load_libbpf
-            from teredonode.fastpath.program import PROGRAM, object_path
-
-            self._xdp = BpfObject(load_libbpf(), str(object_path()))
-            self._xdp.attach_xdp(PROGRAM, socket.if_nametoindex(veth))
 
     def validate(self, data: bytes, sock: socket.socket, nonce: bytes) -> str | None:
         """
@@ -354,14 +343,20 @@ class Namespaces:
                   "--ethtool", dev, str(tx_checksum)])
             _run([ip, "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
 
-    def rx_dropped(self, which: str) -> int:
-        """
-        The receive drops of the server's or the load's veth (for the load veth: XDP_TX
-        frames its full receive ring refused, and RAs the server's sends could not queue).
-        """
+    def _veth_stats(self, which: str) -> dict[str, Any]:
         ns = self.server if which == "server" else self.load
         out = _run([_tool("ip"), "-n", ns, "-s", "-j", "link", "show", "dev", self.veth(which)]).stdout
-        return int(json.loads(out)[0]["stats64"]["rx"]["dropped"])
+        return json.loads(out)[0]["stats64"]  # type: ignore[no-any-return]
+
+    def rx_dropped(self, which: str) -> int:
+        """
+        Datagrams lost on their way into the server's or the load's veth: refused by its
+        full receive ring (counted as the peer's tx drops) or dropped on receive.  A ring
+        fills when its NAPI thread does not run soon enough (the server veth's thread is on
+        the server CPU, the load veth's shares the generator's).
+        """
+        peer = "load" if which == "server" else "server"
+        return int(self._veth_stats(which)["rx"]["dropped"]) + int(self._veth_stats(peer)["tx"]["dropped"])
 
     def veth(self, which: str) -> str:
         return self._veth[0 if which == "server" else 1]
@@ -511,6 +506,7 @@ class Step:
     other: float = 0.0
     steal: float = 0.0
     veth_drops: int = 0
+    server_veth_drops: int = 0
 
     @property
     def loss(self) -> float:
@@ -582,8 +578,6 @@ class Bench:
                 sys.executable, "-u", str(Path(__file__).resolve()), "--generator",
                 "--server-ip", SERVER_PRIMARY, "--source-ip", LOAD_ADDRESS,
                 "--ports", str(SOURCE_PORTS)]
-        if "fast" in self.servers:
-            argv += ["--veth", self.ns.veth("load")]
         self.gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     text=True, env=env, start_new_session=True)
         hello = self._answer()
@@ -674,7 +668,7 @@ class Bench:
                     break
                 assert self.gen is not None
                 drops = (_udp_rcvbuf_errors(popen.pid), _udp_rcvbuf_errors(self.gen.pid),
-                         _backlog_drops(), self.ns.rx_dropped("load"))
+                         _backlog_drops(), self.ns.rx_dropped("load"), self.ns.rx_dropped("server"))
                 line = _cpu_line(self.server_cpu)
                 before = _cpu_seconds(pids)
                 r = self._ask(cmd="step", rate=rate, seconds=self.args.step_seconds)
@@ -688,15 +682,16 @@ class Bench:
                     _backlog_drops() - drops[2],
                 )
                 ring = self.ns.rx_dropped("load") - drops[3]
+                server_ring = self.ns.rx_dropped("server") - drops[4]
                 step = Step(rate, r["sent"], r["answered"], r["elapsed"], cpu, r["problem"],
-                            srv, gen, backlog, other, steal, ring)
+                            srv, gen, backlog, other, steal, ring, server_ring)
                 result.steps.append(step)
                 print(f"  {which:>6} r{round_} offered {rate:>9,.0f}/s  sent {step.sent:>8,}"
                       f" ({step.achieved:>9,.0f}/s)  answered {step.answered:>8,}"
                       f"  loss {step.loss * 100:6.2f} %  server CPU {cpu:5.2f} s"
                       f"  {step.us_per_rs:6.1f} us/RS"
                       + (f"  dropped at server {srv:,} / generator {gen:,} / backlog {backlog:,}"
-                         f" / load veth {ring:,}"
+                         f" / server veth {server_ring:,} / load veth {ring:,}"
                          f"; server CPU also ran other work {max(other, 0):.2f} s, stolen {steal:.2f} s"
                          if step.answered < step.sent else "")
                       + (f"  PROBLEM: {step.problem}" if step.problem else ""),
@@ -790,14 +785,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--source-ip", default=LOAD_ADDRESS, help=argparse.SUPPRESS)
     parser.add_argument("--ports", type=int, default=SOURCE_PORTS, help=argparse.SUPPRESS)
     parser.add_argument("--ethtool", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--veth", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.ethtool:
         _ethtool(args.ethtool[0], int(args.ethtool[1]))
         return 0
     if args.generator:
-        Generator(args.server_ip, args.source_ip, args.ports, args.veth).serve(sys.stdin, sys.stdout)
+        Generator(args.server_ip, args.source_ip, args.ports).serve(sys.stdin, sys.stdout)
         return 0
     if os.geteuid() != 0:
         print("server_rs.py: needs root (it creates network namespaces); run it with sudo",
