@@ -650,9 +650,17 @@ class Bench:
             if not probe["ok"]:
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 raise BenchError(f"{which} server not serving: {probe['problem']}; log: {tail}")
-            if which == "fast" and "XDP fast path on" not in log.read_text(errors="replace"):
-                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise BenchError(f"the fast path did not start; log: {tail}")
+            if which == "fast":
+                # Python's sockets are bound (and answer the probe) before the program is
+                # attached: wait for the server's line saying which path serves RSs.
+                for _ in range(100):
+                    text = log.read_text(errors="replace")
+                    if "Router Solicitations:" in text:
+                        break
+                    time.sleep(0.1)
+                if "XDP fast path on" not in text:
+                    tail = [line for line in text.splitlines() if "Router Solicitations" in line][-1:]
+                    raise BenchError(f"the fast path did not start: {tail or text.splitlines()[-3:]}")
             napi = self.ns.napi_threads("server")
             if not napi:
                 raise BenchError("no NAPI thread on the server veth (threaded NAPI unavailable?)")

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
 from teredonode.fastpath.program import (
+    CONFIG,
     PROGRAM,
     FastPathUnavailable,
     object_path,
@@ -115,10 +116,17 @@ class FastPath:
     def configure(self, settings: Any, ra_packet: bytes) -> None:
         """
         Write the config map and refill the global budget (a reload starts it full, as the
-        Python server's fresh limiter does).
+        Python server's fresh limiter does).  Settings the program cannot express (a rate
+        below its resolution) switch it to passing everything to the Python server, with one
+        log line.  C{max-sources} keeps the size it had at start (the map is sized on load).
         """
+        try:
+            config = pack_config(settings, ra_packet)
+        except FastPathUnavailable as e:
+            log.info("Router Solicitations: Python path (XDP fast path disabled: {reason})", reason=str(e))
+            config = bytes(CONFIG.size)
         self.obj.update(self._budget_fd, _ZERO, pack_budget(settings, time.monotonic_ns()))
-        self.obj.update(self._config_fd, _ZERO, pack_config(settings, ra_packet))
+        self.obj.update(self._config_fd, _ZERO, config)
 
     def attach(self, interfaces: list[tuple[str, int]], generic: Callable[[int], bool] = _is_veth) -> None:
         for name, index in interfaces:

@@ -262,6 +262,20 @@ class FastPathDifferentialTests(unittest.TestCase):
             self.assertEqual(self.send((f"198.51.100.{n}", 40000), payload)[0], XDP_PASS)
         self.assertOneTruth()
 
+    def test_reload(self) -> None:
+        """
+        A reload reaches the program: secure qualification makes every RS the Python
+        server's, a rate it cannot express passes everything on, and back.
+        """
+        self.build()
+        self.assertEqual(self.send(("198.51.100.1", 1000), rs())[0], XDP_TX)
+        for overrides, verdict in (({"secure": True}, XDP_PASS), ({"rs_rate": 0.0001}, XDP_PASS), ({}, XDP_TX)):
+            settings = ServerSettings(primary=PRIMARY, secondary=SECONDARY, **overrides)
+            self.reference.reconfigure(settings)
+            self.behind.reconfigure(settings)
+            self.assertEqual(self.send(("198.51.100.2", 1000), rs())[0], verdict, overrides)
+        self.assertOneTruth()
+
     def test_badUdpChecksumIsLeftToTheStack(self) -> None:
         """
         A corrupt UDP checksum: the kernel would discard the datagram, so the program must
