@@ -11,9 +11,10 @@ file, the table and the key::
 
 That message is what C{twistd -n teredo} prints, so it has to stand on its own.
 
-The schema is declarative (a tuple of L{_Key} per table) so that validation, defaults, the
-sample file C{etc/teredo.toml} and C{docs/config.md} can be checked against one list: a test
-asserts the sample mentions every key.
+Each key is declared once, as a field of its table's settings class (L{NodeSettings},
+L{ServerSettings}, ...): its type, check, default and doc.  Validation (L{SCHEMA}), the
+settings' defaults and the tables of C{docs/config.md} (C{tools/configdoc.py}) are derived from
+those fields, and tests check the sample file C{etc/teredo.toml} against them.
 
 Precedence, lowest first: built-in defaults, the file, command-line overrides.  A role runs when
 its table says C{enabled = true}, unless an explicit role list (C{--role a,b}) is given, which
@@ -28,9 +29,9 @@ import ipaddress
 import math
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar, dataclass_transform
 
 from teredonode.errors import ConfigError
 from teredonode.roles import ROLE_MODULES
@@ -49,6 +50,11 @@ __all__ = [
     "HostRelaySettings",
     "NodeConfig",
     "SCHEMA",
+    "REQUIRED",
+    "Check",
+    "setting",
+    "required",
+    "derived",
     "OVERRIDES",
     "load_config",
     "parse_config",
@@ -79,7 +85,49 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
-# --- validators: (value) -> converted value, or _Invalid -------------------------------
+# --- checks: (value) -> converted value, or _Invalid -----------------------------------
+
+_T = TypeVar("_T")
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+class Check(Generic[_T_co]):
+    """
+    How one kind of value is checked and converted, and how docs/config.md names that kind.
+
+    @ivar kind: the "type" column of the settings reference (Markdown), e.g. C{"IPv4"}.
+    @ivar show: how a default of this kind is written in TOML, when C{repr}-like text is not
+        it (a file mode is the string C{"0660"}, not the integer 432).
+    """
+
+    __slots__ = ("kind", "show", "_convert")
+
+    def __init__(
+        self, kind: str, convert: Callable[[Any], _T_co], show: Callable[[Any], str] | None = None
+    ) -> None:
+        self.kind = kind
+        self.show = show
+        self._convert = convert
+
+    def __call__(self, value: Any) -> _T_co:
+        return self._convert(value)
+
+    def __repr__(self) -> str:
+        return f"<Check {self.kind}>"
+
+
+def _checks(
+    kind: str, show: Callable[[Any], str] | None = None
+) -> Callable[[Callable[[Any], _T]], Check[_T]]:
+    """
+    Decorator: the function below checks values of C{kind}.
+    """
+
+    def wrap(convert: Callable[[Any], _T]) -> Check[_T]:
+        return Check(kind, convert, show)
+
+    return wrap
+
 
 
 def _show(value: Any) -> str:
@@ -100,12 +148,14 @@ def _show(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+@_checks("boolean")
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise _Invalid(f"{_show(value)} is not a boolean (true or false)")
     return value
 
 
+@_checks("string")
 def _string(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"{_show(value)} is not a string")
@@ -114,6 +164,7 @@ def _string(value: Any) -> str:
     return value
 
 
+@_checks("absolute path")
 def _path(value: Any) -> str:
     text = _string(value)
     if not text.startswith("/"):
@@ -121,7 +172,7 @@ def _path(value: Any) -> str:
     return text
 
 
-def _account(kind: str) -> Callable[[Any], str]:
+def _account(kind: str) -> Check[str]:
     """
     A user or group name (or number) to run as; empty means "do not switch".  Whether it
     exists is checked when the node starts, on the host it runs on.
@@ -135,9 +186,10 @@ def _account(kind: str) -> Callable[[Any], str]:
             raise _Invalid(f"{_show(value)} is not a {kind} name or number")
         return text
 
-    return check
+    return Check(f'{kind} name or number; `""`', check)
 
 
+@_checks("absolute path, ≤ 107 bytes")
 def _socket_path(value: Any) -> str:
     text = _path(value)
     # sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -146,6 +198,7 @@ def _socket_path(value: Any) -> str:
     return text
 
 
+@_checks('`"host:port"` (`"[::1]:9544"` for IPv6) or `""`')
 def _listen_address(value: Any) -> str:
     """
     C{"host:port"} (C{"[v6]:port"} for IPv6) to listen on, or C{""} for off.
@@ -163,7 +216,12 @@ def _listen_address(value: Any) -> str:
     return text
 
 
-def _integer(low: int, high: int, what: str = "") -> Callable[[Any], int]:
+def _integer(low: int, high: int, what: str = "") -> Check[int]:
+    """
+    An integer in C{low..high}; C{what} (a unit, or what the number is) is named in the
+    message and the docs.
+    """
+
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise _Invalid(f"{_show(value)} is not an integer")
@@ -171,12 +229,13 @@ def _integer(low: int, high: int, what: str = "") -> Callable[[Any], int]:
             raise _Invalid(f"{value} is out of range ({what or 'allowed'}: {low}..{high})")
         return value
 
-    return check
+    return Check(f"integer {low}..{high}" + (f" ({what})" if what else ""), check)
 
 
 _port = _integer(0, 65535, "port")
 
 
+@_checks("positive number (per second)")
 def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(f"{_show(value)} is not a number")
@@ -186,6 +245,7 @@ def _rate(value: Any) -> float:
     return number
 
 
+@_checks("IPv4")
 def _ipv4(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"{_show(value)} is not an IPv4 address (a string such as \"192.0.2.1\")")
@@ -196,6 +256,7 @@ def _ipv4(value: Any) -> str:
     return ipv4.unpack(raw)  # canonical: no leading zeros
 
 
+@_checks("IPv4, global unicast")
 def _unicast_ipv4(value: Any) -> str:
     """
     A Teredo server's own address must be a global unicast one (RFC 4380 section 5.3):
@@ -210,6 +271,7 @@ def _unicast_ipv4(value: Any) -> str:
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
 
 
+@_checks("IPv4 or DNS name")
 def _host(value: Any) -> str:
     """
     An IPv4 address or a DNS name (RFC 1123 host name syntax, resolved when the role starts).
@@ -227,6 +289,7 @@ def _host(value: Any) -> str:
     return name.lower()
 
 
+@_checks("IPv6 /32")
 def _prefix(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"{_show(value)} is not an IPv6 prefix (a string such as \"2001::/32\")")
@@ -240,6 +303,7 @@ def _prefix(value: Any) -> str:
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
 
 
+@_checks("array of IPv6 prefixes")
 def _networks(value: Any) -> tuple[str, ...]:
     """
     A non-empty array of IPv6 prefixes (any length), canonical text out.
@@ -257,6 +321,7 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+@_checks("interface name (1–15 of `A-Z a-z 0-9 _ . -`)")
 def _ifname(value: Any) -> str:
     """
     Linux interface names: at most 15 bytes (IFNAMSIZ - 1), no slash or blank.
@@ -266,6 +331,7 @@ def _ifname(value: Any) -> str:
     return value
 
 
+@_checks('interface name or `""`')
 def _optional_ifname(value: Any) -> str:
     """
     An interface name, or the empty string for "none".
@@ -275,6 +341,7 @@ def _optional_ifname(value: Any) -> str:
     return _ifname(value)
 
 
+@_checks('`""` or IPv4 address, optionally `/prefix-length`')
 def _lan_address(value: Any) -> str:
     """
     The LAN interface for local client discovery (RFC 4380 section 5.2.8): its IPv4 address,
@@ -298,6 +365,17 @@ def _lan_address(value: Any) -> str:
     return f"{text}/{int(length)}"
 
 
+@_checks('`"auto"`, `"on"` or `"off"`')
+def _fast_path(value: Any) -> str:
+    """
+    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
+    """
+    if value in ("auto", "on", "off"):
+        return str(value)
+    raise _Invalid(f"{_show(value)} is not \"auto\", \"on\" or \"off\"")
+
+
+@_checks('`"auto"`, `true` or `false`')
 def _default_route(value: Any) -> str | bool:
     """
     C{"auto"} (a default route only when the host has no other IPv6, RFC 4380 section 5.5),
@@ -310,21 +388,16 @@ def _default_route(value: Any) -> str | bool:
     raise _Invalid(f"{_show(value)} is not \"auto\", true or false")
 
 
-def _fast_path(value: Any) -> str:
-    """
-    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
-    """
-    if value in ("auto", "on", "off"):
-        return str(value)
-    raise _Invalid(f"{_show(value)} is not \"auto\", \"on\" or \"off\"")
-
-
+@_checks(", ".join(f'`"{level}"`' for level in LOG_LEVELS) + " (any case)")
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
         raise _Invalid(f"{_show(value)} is not a log level ({', '.join(LOG_LEVELS)})")
     return value.lower()
 
 
+@_checks(
+    'octal string (`"0660"`) or TOML octal integer (`0o660`)', show=lambda mode: f'"{mode:04o}"'
+)
 def _mode(value: Any) -> int:
     """
     A file mode, written as a string of octal digits ("0660"): TOML has octal integers
@@ -337,6 +410,7 @@ def _mode(value: Any) -> int:
     raise _Invalid(f"{_show(value)} is not a file mode (a string of octal digits such as \"0660\")")
 
 
+@_checks("string, ≤ 255 bytes")
 def _secret(value: Any) -> str:
     """
     The shared secret of secure qualification (RFC 4380 section 5.2.1 / Authentication): any
@@ -350,6 +424,7 @@ def _secret(value: Any) -> str:
     return value
 
 
+@_checks("string, ≤ 255 bytes")
 def _client_id(value: Any) -> str:
     """
     The client identifier sent in the authentication indicator: at most 255 bytes (ID-len).
@@ -360,6 +435,7 @@ def _client_id(value: Any) -> str:
     return text
 
 
+@_checks("table", show=lambda clients: "{}")
 def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
     """
     The server's table of secure-qualification clients: C{id = "secret"} or
@@ -393,6 +469,7 @@ def _client_secrets(value: Any) -> tuple[tuple[str, str, float | None], ...]:
     return tuple(out)
 
 
+@_checks("integer 0..4294967295, not 253-255")
 def _route_table(value: Any) -> int:
     """
     A kernel routing table number for the relay's health route, or 0 for none; never the
@@ -404,126 +481,729 @@ def _route_table(value: Any) -> int:
     return table
 
 
-# --- the schema -----------------------------------------------------------------------------
+# --- how a setting is declared --------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class _Key:
     """
-    One configuration key: its TOML name, the dataclass field it fills, how it is checked, its
-    default (L{REQUIRED}, C{None} for "derived or unset", or a value), and its one-line doc.
+    One configuration key: its TOML name, how it is checked, its default (L{REQUIRED}, C{None}
+    for "derived from other keys or simply unset", or a value) and its documentation.
+
+    Built from the settings classes below (L{SCHEMA}), never written by hand, except
+    L{_ENABLED}.
+
+    @ivar doc: one line, the start of the key's row in docs/config.md.
+    @ivar more: optional further sentences of that row (why the default, what it costs).
+    @ivar kind: the row's "type" text, when the check's own L{Check.kind} is not precise
+        enough (a limit that depends on another key).
+    @ivar shown: the row's "default" text, for a default derived from other keys.
     """
 
     name: str
-    check: Callable[[Any], Any]
+    check: Check[Any]
     default: Any
     doc: str
+    more: str = ""
+    kind: str = ""
+    shown: str = ""
 
     @property
     def attr(self) -> str:
+        """
+        The settings attribute: the key with C{-} replaced by C{_}.
+        """
         return self.name.replace("-", "_")
 
 
-_ENABLED = _Key("enabled", _boolean, False, "Run this role (unless --role says otherwise).")
+#: Where a settings field keeps its L{_Key} (in C{dataclasses.Field.metadata}).
+_KEY = "teredonode.config.key"
 
-#: Every table and its keys, in documentation order.  A key's default of C{None} means the
-#: setting is derived from others or simply absent; the docs say which.
+
+def _declare(spec: _Key, default: Any = MISSING) -> Any:
+    """
+    The C{dataclasses.field} carrying C{spec}; to mypy, L{setting} and its kin return the
+    value itself, which is what the settings objects hold.
+    """
+    if not isinstance(spec.check, Check):
+        raise TypeError(f"{spec.doc!r}: check must be a Check, not {spec.check!r}")
+    return field(default=default, metadata={_KEY: spec})
+
+
+def setting(
+    *, check: Check[_T], default: _T, doc: str, more: str = "", kind: str = "", shown: str = ""
+) -> _T:
+    """
+    Declare a key with a default: C{name: type = setting(check=..., default=..., doc=...)} in
+    a settings class.  The key is the attribute with C{_} replaced by C{-}; mypy checks that
+    the type, the check's result and the default agree.
+    """
+    declared: _T = _declare(_Key("", check, default, doc, more, kind, shown), default)
+    return declared
+
+
+def required(*, check: Check[_T], doc: str, more: str = "", kind: str = "") -> _T:
+    """
+    Declare a key that a role must set when it runs (the settings class has no default).
+    """
+    declared: _T = _declare(_Key("", check, REQUIRED, doc, more, kind))
+    return declared
+
+
+def derived(*, check: Check[_T], doc: str, shown: str, more: str = "", kind: str = "") -> _T:
+    """
+    Declare a key whose default is computed from other keys by L{_build_role} (C{shown} says
+    how, for the docs); the settings always carry the computed value.
+    """
+    declared: _T = _declare(_Key("", check, None, doc, more, kind, shown))
+    return declared
+
+
+_C = TypeVar("_C")
+
+
+@dataclass_transform(
+    frozen_default=True, kw_only_default=True, field_specifiers=(setting, required, derived)
+)
+def _table(cls: type[_C]) -> type[_C]:
+    """
+    Decorator: a settings class, a frozen dataclass taking keyword arguments only (so that
+    keys may be declared in documentation order, required ones included).
+    """
+    return dataclass(frozen=True, slots=True, kw_only=True)(cls)
+
+
+def _declared(cls: type) -> tuple[_Key, ...]:
+    """
+    The keys declared in a settings class, in declaration order, named.
+    """
+    keys = []
+    for f in fields(cls):
+        spec = f.metadata.get(_KEY)
+        if spec is not None:
+            keys.append(replace(spec, name=f.name.replace("_", "-")))
+    return tuple(keys)
+
+
+# --- the settings: every key, once --------------------------------------------------------
+#
+# Each key of the file is one field of a class below: its attribute (the key with - as _),
+# its type, its check, its default and its doc.  Validation (SCHEMA), the defaults of the settings
+# objects and the tables of docs/config.md (tools/configdoc.py) all come from here.  Checks
+# that involve two keys are in _build_role.
+
+
+@_table
+class NodeSettings:
+    """
+    The C{[node]} table: what every role shares.
+    """
+
+    #: The table's name in the file (a role's name, for the role tables).
+    name = "node"
+
+    state_dir: str = setting(
+        check=_path, default=DEFAULT_STATE_DIR, doc="Directory for state kept across restarts."
+    )
+    status_socket: str = setting(
+        check=_socket_path,
+        default=DEFAULT_STATUS_SOCKET,
+        doc="UNIX socket serving status JSON.",
+        more="One JSON document per connection; `teredo status` reads it. The parent directory "
+        "is created; a stale socket left by a dead node is removed; a live one, or a file that "
+        "is not a socket, stops the start.",
+    )
+    status_mode: int = setting(
+        check=_mode,
+        default=0o660,
+        doc="Permissions of the status socket.",
+        more="They decide who may run `teredo status`. A decimal `660` is refused as a likely "
+        "mistake.",
+    )
+    log_level: str = setting(
+        check=_log_level,
+        default="info",
+        doc="Least severe level logged by teredonode.",
+        more="It applies to every teredonode message, the roles' included (twistd's and "
+        "Twisted's own are not filtered).",
+    )
+    user: str = setting(
+        check=_account("user"),
+        default="",
+        doc="User to run as once sockets and TUN are open.",
+        more="Only the capabilities the roles need are kept (see "
+        "[least-privilege.md](least-privilege.md)). The status socket's directory and the state "
+        "directory are created for this user when missing. `\"\"`: stay as started. twistd's "
+        "`--uid`/`--gid` take precedence. An unknown user stops the start with one line.",
+    )
+    group: str = setting(
+        check=_account("group"), default="", doc="Group to run as; default the user's group."
+    )
+    metrics: str = setting(
+        check=_listen_address,
+        default="",
+        doc="Prometheus endpoint host:port; empty: off.",
+        more="Metrics are served over HTTP at `GET /metrics`, e.g. on `\"127.0.0.1:9544\"`: "
+        "every status counter, drop reason and gauge, plus latency histograms (see "
+        "[metrics.md](metrics.md)). No authentication: bind to loopback or a management network.",
+    )
+
+
+#: The C{enabled} key of every role table.  It selects the roles (L{_enabled_in_file}); the
+#: settings of a role exist only when it runs, so their C{enabled} attribute is always true.
+_ENABLED = _Key("enabled", _boolean, False, "Run this role (unless `--role` says otherwise).")
+
+
+@_table
+class _RoleSettings:
+    """
+    What the settings of every role have.
+    """
+
+    #: Not a key: always true (see L{_ENABLED}).
+    enabled: bool = True
+
+
+@_table
+class ServerSettings(_RoleSettings):
+    """
+    The C{[server]} table.  C{secondary} is always filled in (primary + 1 by default).
+    """
+
+    name = "server"
+
+    primary: str = required(
+        check=_unicast_ipv4,
+        doc="Primary IPv4 address (clients' server).",
+        more="Clients are configured with it and embed it in their Teredo addresses. It must "
+        "pass RFC 4380 §5.2.4 with the hardening ranges (no 10/8, 127/8, 100.64/10 …; the "
+        "documentation ranges are accepted for labs).",
+    )
+    secondary: str = derived(
+        check=_unicast_ipv4,
+        shown="primary + 1",
+        doc="Secondary IPv4 address; default primary + 1.",
+        more="It answers the cone test, so it must differ from `primary`. If primary + 1 is not "
+        "a global unicast address (e.g. primary is `x.x.x.255` before a reserved range), set it "
+        "explicitly.",
+    )
+    prefix: str = setting(
+        check=_prefix, default="2001::/32", doc="Teredo service prefix advertised (a /32)."
+    )
+    mtu: int = setting(
+        check=_integer(1280, 65535, "MTU"),
+        default=1280,
+        doc="MTU option sent in Router Advertisements.",
+    )
+    max_payload: int = setting(
+        check=_integer(0, 65535, "bytes"),
+        default=88,
+        doc="Largest IPv6 payload relayed (non-bubbles).",
+        more="The payload is what follows the 40-byte header; bigger packets are dropped and "
+        "counted (`oversized`). The server relays only bubbles and ICMPv6 echo anyway (RFC 4380 "
+        "§5.3); 88 leaves room for every echo test and keeps it from being an open relay, as "
+        "Miredo's and Windows' servers do. `0` relays bubbles only.",
+    )
+    interface: str = setting(
+        check=_optional_ifname,
+        default="teredo-srv",
+        doc="TUN to native IPv6 for echo tests; empty: none.",
+        more="When set, clients' echo requests to native hosts leave through a raw IPv6 socket "
+        "(no IPv6 forwarding needed, needs CAP_NET_RAW) and echo replies routed to "
+        "`2001:0:<primary>::/64` come back through it. `\"\"` disables the IPv6 side (native "
+        "echo tests are then dropped as `no-ipv6-side`). Needs root or CAP_NET_ADMIN.",
+    )
+    secure: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Require secure qualification (RFC 4380 5.2.2).",
+        more="A Router Solicitation must then carry an authentication indicator whose client "
+        "identifier is in `clients` and whose authentication value is HMAC-SHA1(secret, nonce ‖ "
+        "confirmation ‖ IPv6 packet); others are dropped (`auth-required`, `auth-failed`). An "
+        "unknown identifier is dropped too (`auth-failed`) unless `accept-unknown-clients = "
+        "true`. When `false`, the nonce and identifier of an RS are still echoed.",
+    )
+    clients: tuple[tuple[str, str, float | None], ...] = setting(
+        check=_client_secrets,
+        default=(),
+        doc="Secure qualification: client id -> secret.",
+        more="Each is `id = \"secret\"` or `id = { secret = \"...\", expires = <TOML "
+        "date-time> }`. After `expires` RAs still authenticate but carry a non-zero "
+        "confirmation byte, telling the client to get a new key. Secrets are never printed in "
+        "errors or logs.",
+    )
+    accept_unknown_clients: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Secure mode: answer unknown client ids (RFC 4380 behaviour).",
+        more="With `secure = true`, an RS whose client identifier is not in `clients` is "
+        "dropped (`auth-failed`); `true` restores RFC 4380 §5.3.2's behaviour, an RA with a "
+        "non-zero confirmation byte and no authentication value — which hands a prefix (and a "
+        "reflected RA) to anyone.",
+    )
+    rs_rate: float = setting(
+        check=_rate,
+        default=0.5,
+        doc="Router Solicitations per second per source address.",
+        more="Per *address* (or its /24, see `rs-limit-prefix`), never per port: spoofing a "
+        "victim's address with many ports gains nothing. A client refreshes every 30 s, so "
+        "0.5/s serves 15 clients sharing a NAT address (raise it for a carrier-grade NAT). It "
+        "is also what keeps the global budget for real clients under a spoofed flood: 10 000 "
+        "spoofed addresses demand at most 10 000 × `rs-rate` RAs per second, well under "
+        "`ra-rate`.",
+    )
+    rs_burst: int = setting(
+        check=_integer(1, 1_000_000),
+        default=10,
+        doc="Router Solicitations a source may save up.",
+        more="Clients behind one NAT qualifying together spend them.",
+    )
+    rs_initial: int = setting(
+        check=_integer(0, 1_000_000),
+        kind="integer 0..`rs-burst`",
+        default=4,
+        doc="Tokens of a source seen for the first time.",
+        more="Not a full bucket: enough for two clients behind one NAT address qualifying at the "
+        "same moment, each with an RS to the primary and one to the secondary (cone test); a "
+        "third retries 4 s later and finds 2 more. It bounds what each spoofed address "
+        "reflects.",
+    )
+    rs_limit_prefix: int = setting(
+        check=_integer(24, 32, "prefix length"),
+        kind="32 or 24",
+        default=32,
+        doc="Source bits keying the RS limit: 32 or 24.",
+        more="32: each address has its own bucket; 24: a whole /24 shares one (bounds "
+        "reflection sprayed across a victim's network, at the cost of clients behind "
+        "neighbouring NATs sharing a bucket).",
+    )
+    ra_rate: float = setting(
+        check=_rate,
+        default=10000.0,
+        doc="Router Advertisements per second, all sources together.",
+        more="An RS that passed its source's bucket also needs one token of this global budget; "
+        "a source over its own limit takes none. It caps the server's total reflection at "
+        "10 000 RAs/s (≈ 1.2 MB/s) and serves about 300 000 clients refreshing every 30 s; keep "
+        "it above (sources you expect under attack) × `rs-rate`.",
+    )
+    ra_burst: int = setting(
+        check=_integer(1, 1_000_000),
+        default=2000,
+        doc="Router Advertisements the global budget saves up.",
+        more="The budget starts full.",
+    )
+    forward_rate: float = setting(
+        check=_rate,
+        default=50.0,
+        doc="Packets per second relayed per source address.",
+        more="Echo requests to the server's own address are charged here too.",
+    )
+    forward_burst: int = setting(
+        check=_integer(1, 1_000_000),
+        default=20,
+        doc="Packets a source may save up for relaying.",
+        more="A new source starts with a full bucket.",
+    )
+    max_sources: int = setting(
+        check=_integer(16, 10_000_000),
+        default=65536,
+        doc="Sources tracked by each limiter.",
+        more="About 150 bytes each; the least recently seen are forgotten first.",
+    )
+    hardened: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="Also refuse post-RFC 4380 non-global IPv4 ranges.",
+        more="That is 100.64.0.0/10, 192.0.0.0/24, 198.18.0.0/15 and 240.0.0.0/4 as client "
+        "mappings; see `teredonode.wire.ipv4`.",
+    )
+    fast_path: str = setting(
+        check=_fast_path,
+        default="auto",
+        doc="Answer plain RSs in the kernel (XDP): auto, on, off.",
+        more="Plain (non-secure) Router Solicitations are answered by an XDP program on the "
+        "interfaces holding `primary`/`secondary`; everything else still reaches the Python "
+        "server. `auto`: when the program builds (clang), loads and attaches, else the Python "
+        "path; `on`: refuse to start without it; `off`: never. One log line at start says which "
+        "path and why. See [performance.md](performance.md#kernel-fast-path-xdp).",
+    )
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        """
+        The prefix as the 4 bytes the wire codec compares against.
+        """
+        return prefix_from_text(self.prefix)
+
+
+@_table
+class ClientSettings(_RoleSettings):
+    """
+    The C{[client]} table.  C{server} may be a DNS name, resolved by the role when it starts;
+    C{secondary} is C{None} when it must be derived from the resolved server address.
+    C{client_id} and C{secret} are both set (secure qualification) or both C{None}.
+    """
+
+    name = "client"
+
+    server: str = required(
+        check=_host,
+        doc="Teredo server: IPv4 address or DNS name.",
+        more="A name must follow host-name syntax (RFC 1123) and is resolved when the client "
+        "starts; something numeric that is not a dotted quad (`\"1.2.3\"`) is reported as a bad "
+        "address.",
+    )
+    secondary: str | None = setting(
+        check=_ipv4,
+        default=None,
+        shown="server + 1",
+        doc="Server's secondary IPv4; default server + 1.",
+        more="Derived at load time when `server` is an address, after resolution when it is a "
+        "name. It must differ from `server`.",
+    )
+    interface: str = setting(check=_ifname, default="teredo", doc="TUN interface name.")
+    bind: str = setting(
+        check=_ipv4, default="0.0.0.0", doc="Local IPv4 address of the service port."
+    )
+    port: int = setting(
+        check=_port,
+        default=0,
+        doc="UDP service port; 0 picks a random one.",
+        more="A new one at each start (RFC 4380 recommends not using 3544).",
+    )
+    refresh: int = setting(
+        check=_integer(10, 3600, "seconds"),
+        default=30,
+        doc="Seconds between maintenance RSs (RFC 4380 §5.2.7).",
+    )
+    client_id: str | None = setting(
+        check=_client_id,
+        default=None,
+        doc="Secure qualification: client identifier.",
+        more="Sent in the authentication indicator; set together with `secret`.",
+    )
+    secret: str | None = setting(
+        check=_secret,
+        default=None,
+        doc="Secure qualification: shared secret.",
+        more="Set together with `client-id`. Never shown in errors or status.",
+    )
+    max_peers: int = setting(
+        check=_integer(1, 10_000_000),
+        default=1024,
+        doc="Peer list entries kept.",
+        more="The least recently used go first (RFC 4380 §5.2.2).",
+    )
+    peer_queue: int = setting(
+        check=_integer(0, 1024, "packets"),
+        default=8,
+        doc="Packets queued per untrusted peer.",
+        more="While direct connectivity is being tested (bubbles, echo test).",
+    )
+    peer_queue_bytes: int = setting(
+        check=_integer(0, 1_048_576, "bytes"),
+        default=10240,
+        doc="Bytes queued per untrusted peer.",
+        more="A packet that would exceed either bound is dropped and counted (`queue-full`).",
+    )
+    default_route: str | bool = setting(
+        check=_default_route,
+        default="auto",
+        doc="Default IPv6 route via Teredo: auto, true, false.",
+        more="The route (`::/0`, metric 2048) is put on the interface once qualified. "
+        "`\"auto\"`: only when the host has no other IPv6 default route (RFC 4380 §5.5, Teredo "
+        "is the last resort); checked at each qualification. `2001::/32` is always on-link "
+        "through the address's /32.",
+    )
+    allow_symmetric: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Stay online behind a symmetric NAT (usually useless).",
+        more="Behind a symmetric NAT (the primary and secondary server addresses see different "
+        "mappings) the client reports `nat: symmetric` and stays offline, because no Teredo "
+        "peer could reach it; `true` brings it online anyway (native IPv6 hosts through relays "
+        "may still work).",
+    )
+    strict_secondary: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="A silent secondary server address means offline (RFC 4380 5.2.1).",
+        more="RFC 4380 calls the service unusable when the server's secondary address does not "
+        "answer (CL-Q-08). By default the client qualifies anyway and reports `nat: unknown`, "
+        "because a silent secondary address is far more often a firewall than a symmetric NAT; "
+        "`true` keeps the RFC's reading and stays offline.",
+    )
+    dormant_with_native: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="No Teredo while the host has native IPv6 (RFC 4380 5.5).",
+        more="A Teredo client MUST NOT run while the host has IPv6 connectivity by other means "
+        "(G-03): with a default IPv6 route through another interface the client stays `dormant` "
+        "(no address, no Router Solicitation), looks again every 60 s, and qualifies when that "
+        "route goes away. `false` runs Teredo beside native IPv6 (then `default-route = "
+        "\"auto\"` adds no default route).",
+    )
+    local_discovery: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="Find Teredo peers behind the same NAT (224.0.0.253).",
+        more="Local client discovery (RFC 4380 §5.2.8): join 224.0.0.253 on UDP 3544 of the LAN "
+        "interface, announce our Teredo address there every 200–300 s, and talk to Teredo "
+        "clients behind the same NAT over the LAN. See [client.md](client.md#local-discovery).",
+    )
+    local_discovery_address: str = setting(
+        check=_lan_address,
+        default="",
+        doc="LAN interface address[/len] for discovery; \"\": auto.",
+        more="With a prefix length (`\"192.168.1.10/24\"`) discovery bubbles whose IPv4 source "
+        "is outside that subnet are dropped (`discovery-off-subnet`); without one, or with "
+        "`\"\"`, only private (non-global) sources are accepted. `\"\"` joins on the `bind` "
+        "address when set, else on the kernel's default interface.",
+    )
+    inbound_probe_rate: float = setting(
+        check=_rate,
+        default=5.0,
+        doc="Echo tests/answers per second that incoming traffic may trigger.",
+        more="In all: echo tests toward native sources (RFC 4380 §5.2.3 case 6, every request "
+        "of a test) and answers to indirect bubbles (CVE-2006-6266). Beyond it the packet is "
+        "dropped (`budget-global`) and the probe counted in `probes-suppressed`. See "
+        "[client.md](client.md#probe-budget).",
+    )
+    inbound_probe_burst: int = setting(
+        check=_integer(1, 1_000_000),
+        default=20,
+        doc="Token bucket depth of inbound-probe-rate.",
+        more="That many native sources may start a test at once.",
+    )
+
+
+@_table
+class RelaySettings(_RoleSettings):
+    """
+    The C{[relay]} table.
+    """
+
+    name = "relay"
+
+    interface: str = setting(
+        check=_ifname,
+        default="teredo-relay",
+        doc="TUN interface name.",
+        more="The Teredo prefix is routed to it.",
+    )
+    bind: str = setting(
+        check=_ipv4, default="0.0.0.0", doc="Local IPv4 address of the relay's UDP port."
+    )
+    port: int = setting(check=_port, default=3544, doc="UDP port; 0 picks a random one.")
+    prefix: str = setting(
+        check=_prefix,
+        default="2001::/32",
+        doc="Teredo prefix routed to the relay.",
+        more="A route for it is put on `interface`.",
+    )
+    serve: tuple[str, ...] = setting(
+        check=_networks,
+        default=("2000::/3",),
+        doc="Native IPv6 ranges served (others dropped).",
+        more="RFC 4380 §5.4.2: packets from Teredo clients to other destinations, and packets "
+        "from the IPv6 side with other sources, are dropped (`wrong-destination`, "
+        "`host-foreign-source`). The Teredo prefix itself is never served.",
+    )
+    max_peers: int = setting(
+        check=_integer(1, 10_000_000),
+        default=1_048_576,
+        doc="Peer list entries kept (LRU).",
+        more="Each entry costs about 0.5 KB of memory (450 bytes measured), so the default "
+        "bounds the table near 500 MB.",
+    )
+    peer_queue: int = setting(
+        check=_integer(0, 1024, "packets"),
+        default=8,
+        doc="Packets queued per untrusted peer.",
+        more="While it is being reached.",
+    )
+    peer_queue_bytes: int = setting(
+        check=_integer(0, 1_048_576, "bytes"),
+        default=1280,
+        doc="Bytes queued per untrusted peer.",
+        more="Miredo's bound; beyond either bound packets are dropped (`queue-full`).",
+    )
+    icmp_rate: float = setting(
+        check=_rate,
+        default=10.0,
+        doc="ICMPv6 errors sent per second.",
+        more="Destination unreachable, at most that many.",
+    )
+    hardened: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="Also refuse post-RFC 4380 non-global IPv4 ranges.",
+        more="As for `[server]`, as client mappings.",
+    )
+    health_table: int = setting(
+        check=_route_table,
+        default=0,
+        doc="Kernel table of the health route BGP announces; 0: off.",
+        more="For anycast relays ([anycast.md](anycast.md)): the relay keeps its health route "
+        "(`prefix dev interface`, `proto static`) in this routing table, where the host's BGP "
+        "daemon learns it.",
+    )
+    health_interval: int = setting(
+        check=_integer(1, 60, "seconds"),
+        default=1,
+        doc="Seconds between health route refreshes.",
+        more="Only while the relay's TUN and UDP socket are up.",
+    )
+    health_lifetime: int = setting(
+        check=_integer(2, 600, "seconds"),
+        kind="integer 2..600 (seconds), more than `health-interval`",
+        default=3,
+        doc="Seconds the health route outlives a hung relay.",
+        more="It is the route's `expires`, counted from its last refresh (plus up to "
+        "`net.ipv6.route.gc_interval`, which relay hosts set to 1).",
+    )
+    drain_time: int = setting(
+        check=_integer(0, 600, "seconds"),
+        default=5,
+        doc="Seconds relaying on after withdrawing, when stopped.",
+        more="With a health route, on stop (SIGTERM) the relay withdraws the route first and "
+        "keeps relaying this long while routers move the traffic elsewhere, then exits.",
+    )
+    direct_bubbles: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Also bubble clients directly (only behind a non-cone NAT).",
+        more="That is, to the client's mapped endpoint as well as through its server. RFC 4380 "
+        "§5.4.1 asks for it only from a relay behind a non-cone NAT (to open the path for the "
+        "client's answer); a relay on a public address does not need it. See "
+        "[relay.md](relay.md#bubble-budgets).",
+    )
+    bubble_rate_per_ipv4: float = setting(
+        check=_rate,
+        default=2.0,
+        doc="Bubble rounds per second toward one embedded IPv4.",
+        more="A round is the indirect bubble, plus the direct one if any; the IPv4 address is "
+        "the one embedded in Teredo destinations, whatever their flags, server and port. A new "
+        "peer is created only if its first round may go, otherwise the packet is dropped "
+        "(`budget-ipv4`).",
+    )
+    bubble_burst_per_ipv4: int = setting(
+        check=_integer(1, 1_000_000), default=8, doc="Token bucket depth of bubble-rate-per-ipv4."
+    )
+    bubble_rate_per_server: float = setting(
+        check=_rate,
+        default=50.0,
+        doc="Bubble rounds per second through one embedded server IPv4.",
+        more="The server field of the destination, which the sender also chooses: this bounds "
+        "what a victim named as a server receives (`budget-server` beyond). Looser than the "
+        "per-client budget because a real server stands for all its clients.",
+    )
+    bubble_burst_per_server: int = setting(
+        check=_integer(1, 1_000_000),
+        default=100,
+        doc="Token bucket depth of bubble-rate-per-server.",
+    )
+    bubble_rate: float = setting(
+        check=_rate,
+        default=1000.0,
+        doc="Bubble rounds per second in all.",
+        more="Beyond it: `budget-global`.",
+    )
+    bubble_burst: int = setting(
+        check=_integer(1, 10_000_000), default=2000, doc="Token bucket depth of bubble-rate."
+    )
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        return prefix_from_text(self.prefix)
+
+
+@_table
+class HostRelaySettings(_RoleSettings):
+    """
+    The C{[host-relay]} table.  Its keys mean what the C{[relay]} keys of the same name mean;
+    the defaults suit one host rather than a relay serving many.
+    """
+
+    name = "host-relay"
+
+    interface: str = setting(
+        check=_ifname,
+        default="teredo-hr",
+        doc="TUN interface name.",
+        more="The Teredo prefix is routed to it.",
+    )
+    bind: str = setting(check=_ipv4, default="0.0.0.0", doc="Local IPv4 address of the UDP port.")
+    port: int = setting(check=_port, default=0, doc="UDP port; 0 picks a random one.")
+    prefix: str = setting(
+        check=_prefix, default="2001::/32", doc="Teredo prefix routed to the host-specific relay."
+    )
+    max_peers: int = setting(
+        check=_integer(1, 10_000_000), default=1024, doc="Peer list entries kept (LRU)."
+    )
+    peer_queue: int = setting(
+        check=_integer(0, 1024, "packets"),
+        default=8,
+        doc="Packets queued per untrusted peer.",
+    )
+    peer_queue_bytes: int = setting(
+        check=_integer(0, 1_048_576, "bytes"),
+        default=10240,
+        doc="Bytes queued per untrusted peer.",
+    )
+    icmp_rate: float = setting(
+        check=_rate,
+        default=10.0,
+        doc="ICMPv6 errors sent per second.",
+        more="Destination unreachable errors handed to the host, at most that many.",
+    )
+    direct_bubbles: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="Also bubble clients directly (for a host behind a NAT).",
+        more="As for `[relay]`; on by default because a host is often behind a NAT, which the "
+        "direct bubble opens.",
+    )
+    bubble_rate_per_ipv4: float = setting(
+        check=_rate, default=2.0, doc="Bubble rounds per second toward one embedded IPv4."
+    )
+    bubble_burst_per_ipv4: int = setting(
+        check=_integer(1, 1_000_000), default=8, doc="Token bucket depth of bubble-rate-per-ipv4."
+    )
+    bubble_rate_per_server: float = setting(
+        check=_rate, default=10.0, doc="Bubble rounds per second through one embedded server IPv4."
+    )
+    bubble_burst_per_server: int = setting(
+        check=_integer(1, 1_000_000),
+        default=20,
+        doc="Token bucket depth of bubble-rate-per-server.",
+    )
+    bubble_rate: float = setting(check=_rate, default=50.0, doc="Bubble rounds per second in all.")
+    bubble_burst: int = setting(
+        check=_integer(1, 10_000_000), default=100, doc="Token bucket depth of bubble-rate."
+    )
+
+    @property
+    def prefix_bytes(self) -> bytes:
+        return prefix_from_text(self.prefix)
+
+
+RoleSettings = ServerSettings | ClientSettings | RelaySettings | HostRelaySettings
+
+#: The settings class of every table, in documentation order (roles in start order).
+_CLASSES: Mapping[str, type] = MappingProxyType(
+    {
+        cls.name: cls
+        for cls in (NodeSettings, ServerSettings, ClientSettings, RelaySettings, HostRelaySettings)
+    }
+)
+
+#: Every table and its keys, in documentation order, derived from the settings classes: what
+#: validation, the docs and the sample file are checked against.
 SCHEMA: Mapping[str, tuple[_Key, ...]] = MappingProxyType(
     {
-        "node": (
-            _Key("state-dir", _path, DEFAULT_STATE_DIR, "Directory for state kept across restarts."),
-            _Key("status-socket", _socket_path, DEFAULT_STATUS_SOCKET, "UNIX socket serving status JSON."),
-            _Key("status-mode", _mode, 0o660, "Permissions of the status socket."),
-            _Key("log-level", _log_level, "info", "Least severe level logged by teredonode."),
-            _Key("user", _account("user"), "", "User to run as once sockets and TUN are open."),
-            _Key("group", _account("group"), "", "Group to run as; default the user's group."),
-            _Key("metrics", _listen_address, "", "Prometheus endpoint host:port; empty: off."),
-        ),
-        "server": (
-            _ENABLED,
-            _Key("primary", _unicast_ipv4, REQUIRED, "Primary IPv4 address (clients' server)."),
-            _Key("secondary", _unicast_ipv4, None, "Secondary IPv4 address; default primary + 1."),
-            _Key("prefix", _prefix, "2001::/32", "Teredo service prefix advertised (a /32)."),
-            _Key("mtu", _integer(1280, 65535, "MTU"), 1280, "MTU option sent in Router Advertisements."),
-            _Key("max-payload", _integer(0, 65535, "bytes"), 88, "Largest IPv6 payload relayed (non-bubbles)."),
-            _Key("interface", _optional_ifname, "teredo-srv", "TUN to native IPv6 for echo tests; empty: none."),
-            _Key("secure", _boolean, False, "Require secure qualification (RFC 4380 5.2.2)."),
-            _Key("clients", _client_secrets, (), "Secure qualification: client id -> secret."),
-            _Key("accept-unknown-clients", _boolean, False, "Secure mode: answer unknown client ids (RFC 4380 behaviour)."),
-            _Key("rs-rate", _rate, 0.5, "Router Solicitations per second per source address."),
-            _Key("rs-burst", _integer(1, 1_000_000), 10, "Router Solicitations a source may save up."),
-            _Key("rs-initial", _integer(0, 1_000_000), 4, "Tokens of a source seen for the first time."),
-            _Key("rs-limit-prefix", _integer(24, 32, "prefix length"), 32, "Source bits keying the RS limit: 32 or 24."),
-            _Key("ra-rate", _rate, 10000.0, "Router Advertisements per second, all sources together."),
-            _Key("ra-burst", _integer(1, 1_000_000), 2000, "Router Advertisements the global budget saves up."),
-            _Key("forward-rate", _rate, 50.0, "Packets per second relayed per source address."),
-            _Key("forward-burst", _integer(1, 1_000_000), 20, "Packets a source may save up for relaying."),
-            _Key("max-sources", _integer(16, 10_000_000), 65536, "Sources tracked by each limiter."),
-            _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
-            _Key("fast-path", _fast_path, "auto", "Answer plain RSs in the kernel (XDP): auto, on, off."),
-        ),
-        "client": (
-            _ENABLED,
-            _Key("server", _host, REQUIRED, "Teredo server: IPv4 address or DNS name."),
-            _Key("secondary", _ipv4, None, "Server's secondary IPv4; default server + 1."),
-            _Key("interface", _ifname, "teredo", "TUN interface name."),
-            _Key("bind", _ipv4, "0.0.0.0", "Local IPv4 address of the service port."),
-            _Key("port", _port, 0, "UDP service port; 0 picks a random one."),
-            _Key("refresh", _integer(10, 3600, "seconds"), 30, "Seconds between maintenance RSs."),
-            _Key("client-id", _client_id, None, "Secure qualification: client identifier."),
-            _Key("secret", _secret, None, "Secure qualification: shared secret."),
-            _Key("max-peers", _integer(1, 10_000_000), 1024, "Peer list entries kept."),
-            _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
-            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
-            _Key("default-route", _default_route, "auto", "Default IPv6 route via Teredo: auto, true, false."),
-            _Key("allow-symmetric", _boolean, False, "Stay online behind a symmetric NAT (usually useless)."),
-            _Key("local-discovery", _boolean, True, "Find Teredo peers behind the same NAT (224.0.0.253)."),
-            _Key("local-discovery-address", _lan_address, "", "LAN interface address[/len] for discovery; \"\": auto."),
-            _Key("inbound-probe-rate", _rate, 5.0, "Echo tests/answers per second that incoming traffic may trigger."),
-            _Key("inbound-probe-burst", _integer(1, 1_000_000), 20, "Token bucket depth of inbound-probe-rate."),
-        ),
-        "relay": (
-            _ENABLED,
-            _Key("interface", _ifname, "teredo-relay", "TUN interface name."),
-            _Key("bind", _ipv4, "0.0.0.0", "Local IPv4 address of the relay's UDP port."),
-            _Key("port", _port, 3544, "UDP port; 0 picks a random one."),
-            _Key("prefix", _prefix, "2001::/32", "Teredo prefix routed to the relay."),
-            _Key("serve", _networks, ("2000::/3",), "Native IPv6 ranges served (others dropped)."),
-            _Key("max-peers", _integer(1, 10_000_000), 1_048_576, "Peer list entries kept (LRU)."),
-            _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
-            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 1280, "Bytes queued per untrusted peer."),
-            _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
-            _Key("hardened", _boolean, True, "Also refuse post-RFC 4380 non-global IPv4 ranges."),
-            _Key("health-table", _route_table, 0, "Kernel table of the health route BGP announces; 0: off."),
-            _Key("health-interval", _integer(1, 60, "seconds"), 1, "Seconds between health route refreshes."),
-            _Key("health-lifetime", _integer(2, 600, "seconds"), 3, "Seconds the health route outlives a hung relay."),
-            _Key("drain-time", _integer(0, 600, "seconds"), 5, "Seconds relaying on after withdrawing, when stopped."),
-            _Key("direct-bubbles", _boolean, False, "Also bubble clients directly (only behind a non-cone NAT)."),
-            _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
-            _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
-            _Key("bubble-rate-per-server", _rate, 50.0, "Bubble rounds per second through one embedded server IPv4."),
-            _Key("bubble-burst-per-server", _integer(1, 1_000_000), 100, "Token bucket depth of bubble-rate-per-server."),
-            _Key("bubble-rate", _rate, 1000.0, "Bubble rounds per second in all."),
-            _Key("bubble-burst", _integer(1, 10_000_000), 2000, "Token bucket depth of bubble-rate."),
-        ),
-        "host-relay": (
-            _ENABLED,
-            _Key("interface", _ifname, "teredo-hr", "TUN interface name."),
-            _Key("bind", _ipv4, "0.0.0.0", "Local IPv4 address of the UDP port."),
-            _Key("port", _port, 0, "UDP port; 0 picks a random one."),
-            _Key("prefix", _prefix, "2001::/32", "Teredo prefix routed to the host-specific relay."),
-            _Key("max-peers", _integer(1, 10_000_000), 1024, "Peer list entries kept (LRU)."),
-            _Key("peer-queue", _integer(0, 1024, "packets"), 8, "Packets queued per untrusted peer."),
-            _Key("peer-queue-bytes", _integer(0, 1_048_576, "bytes"), 10240, "Bytes queued per untrusted peer."),
-            _Key("icmp-rate", _rate, 10.0, "ICMPv6 errors sent per second."),
-            _Key("direct-bubbles", _boolean, True, "Also bubble clients directly (for a host behind a NAT)."),
-            _Key("bubble-rate-per-ipv4", _rate, 2.0, "Bubble rounds per second toward one embedded IPv4."),
-            _Key("bubble-burst-per-ipv4", _integer(1, 1_000_000), 8, "Token bucket depth of bubble-rate-per-ipv4."),
-            _Key("bubble-rate-per-server", _rate, 10.0, "Bubble rounds per second through one embedded server IPv4."),
-            _Key("bubble-burst-per-server", _integer(1, 1_000_000), 20, "Token bucket depth of bubble-rate-per-server."),
-            _Key("bubble-rate", _rate, 50.0, "Bubble rounds per second in all."),
-            _Key("bubble-burst", _integer(1, 10_000_000), 100, "Token bucket depth of bubble-rate."),
-        ),
+        table: ((_ENABLED,) if table in ROLE_NAMES else ()) + _declared(cls)
+        for table, cls in _CLASSES.items()
     }
 )
 
@@ -556,166 +1236,6 @@ OVERRIDES: Mapping[str, tuple[str, str]] = MappingProxyType(
 
 #: The roles that own a TUN interface; C{--interface} names the interface of the one running.
 TUNNEL_ROLES: tuple[str, ...] = ("client", "relay", "host-relay")
-
-
-# --- the settings -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class NodeSettings:
-    """
-    The C{[node]} table: what every role shares.
-    """
-
-    state_dir: str = DEFAULT_STATE_DIR
-    status_socket: str = DEFAULT_STATUS_SOCKET
-    status_mode: int = 0o660
-    log_level: str = "info"
-    user: str = ""
-    group: str = ""
-    metrics: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class ServerSettings:
-    """
-    The C{[server]} table.  C{secondary} is always filled in (primary + 1 by default).
-    """
-
-    primary: str
-    secondary: str
-    prefix: str = "2001::/32"
-    mtu: int = 1280
-    max_payload: int = 88
-    interface: str = "teredo-srv"
-    secure: bool = False
-    clients: tuple[tuple[str, str, float | None], ...] = ()
-    accept_unknown_clients: bool = False
-    rs_rate: float = 0.5
-    rs_burst: int = 10
-    rs_initial: int = 4
-    rs_limit_prefix: int = 32
-    ra_rate: float = 10000.0
-    ra_burst: int = 2000
-    forward_rate: float = 50.0
-    forward_burst: int = 20
-    max_sources: int = 65536
-    hardened: bool = True
-    fast_path: str = "auto"
-    enabled: bool = True
-    name = "server"
-
-    @property
-    def prefix_bytes(self) -> bytes:
-        """
-        The prefix as the 4 bytes the wire codec compares against.
-        """
-        return prefix_from_text(self.prefix)
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSettings:
-    """
-    The C{[client]} table.  C{server} may be a DNS name, resolved by the role when it starts;
-    C{secondary} is C{None} when it must be derived from the resolved server address.
-    C{client_id} and C{secret} are both set (secure qualification) or both C{None}.
-    """
-
-    server: str
-    secondary: str | None = None
-    interface: str = "teredo"
-    bind: str = "0.0.0.0"
-    port: int = 0
-    refresh: int = 30
-    client_id: str | None = None
-    secret: str | None = None
-    max_peers: int = 1024
-    peer_queue: int = 8
-    peer_queue_bytes: int = 10240
-    default_route: str | bool = "auto"
-    allow_symmetric: bool = False
-    local_discovery: bool = True
-    local_discovery_address: str = ""
-    inbound_probe_rate: float = 5.0
-    inbound_probe_burst: int = 20
-    enabled: bool = True
-    name = "client"
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """
-    The C{[relay]} table.
-    """
-
-    interface: str = "teredo-relay"
-    bind: str = "0.0.0.0"
-    port: int = 3544
-    prefix: str = "2001::/32"
-    serve: tuple[str, ...] = ("2000::/3",)
-    max_peers: int = 1_048_576
-    peer_queue: int = 8
-    peer_queue_bytes: int = 1280
-    icmp_rate: float = 10.0
-    hardened: bool = True
-    health_table: int = 0
-    health_interval: int = 1
-    health_lifetime: int = 3
-    drain_time: int = 5
-    direct_bubbles: bool = False
-    bubble_rate_per_ipv4: float = 2.0
-    bubble_burst_per_ipv4: int = 8
-    bubble_rate_per_server: float = 50.0
-    bubble_burst_per_server: int = 100
-    bubble_rate: float = 1000.0
-    bubble_burst: int = 2000
-    enabled: bool = True
-    name = "relay"
-
-    @property
-    def prefix_bytes(self) -> bytes:
-        return prefix_from_text(self.prefix)
-
-
-@dataclass(frozen=True, slots=True)
-class HostRelaySettings:
-    """
-    The C{[host-relay]} table.
-    """
-
-    interface: str = "teredo-hr"
-    bind: str = "0.0.0.0"
-    port: int = 0
-    prefix: str = "2001::/32"
-    max_peers: int = 1024
-    peer_queue: int = 8
-    peer_queue_bytes: int = 10240
-    icmp_rate: float = 10.0
-    direct_bubbles: bool = True
-    bubble_rate_per_ipv4: float = 2.0
-    bubble_burst_per_ipv4: int = 8
-    bubble_rate_per_server: float = 10.0
-    bubble_burst_per_server: int = 20
-    bubble_rate: float = 50.0
-    bubble_burst: int = 100
-    enabled: bool = True
-    name = "host-relay"
-
-    @property
-    def prefix_bytes(self) -> bytes:
-        return prefix_from_text(self.prefix)
-
-
-RoleSettings = ServerSettings | ClientSettings | RelaySettings | HostRelaySettings
-
-_CLASSES: Mapping[str, type] = MappingProxyType(
-    {
-        "server": ServerSettings,
-        "client": ClientSettings,
-        "relay": RelaySettings,
-        "host-relay": HostRelaySettings,
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -929,7 +1449,7 @@ def _build_role(
 
     if name == "server":
         if filled["secondary"] is None:
-            following = _next_address(filled["primary"])
+            following = ipv4.following(filled["primary"])
             if following is None or not ipv4.is_global_unicast(following):
                 raise ConfigError(
                     f"{_where(source, name, 'secondary', origin)}: primary + 1 ({following}) is "
@@ -962,7 +1482,7 @@ def _build_role(
         server = filled["server"]
         if filled["secondary"] is None and _is_dotted_quad(server):
             # Derive now when we can, so status shows it; a DNS name is derived after lookup.
-            filled["secondary"] = _next_address(server)
+            filled["secondary"] = ipv4.following(server)
         if filled["secondary"] is not None and filled["secondary"] == server:
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"
@@ -974,15 +1494,6 @@ def _build_role(
         )
     settings: RoleSettings = _CLASSES[name](**filled)
     return settings
-
-
-def _next_address(ip: str) -> str | None:
-    """
-    The IPv4 address after C{ip}, the conventional secondary server address; C{None} after
-    255.255.255.255.
-    """
-    value = int(ipaddress.IPv4Address(ip))
-    return str(ipaddress.IPv4Address(value + 1)) if value < 0xFFFFFFFF else None
 
 
 def _is_dotted_quad(text: str) -> bool:

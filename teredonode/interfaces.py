@@ -129,3 +129,31 @@ class ITeredoRole(IStatusSource):
     """
 
     roleName = Attribute("The role's name as used in config and on the command line.")
+
+
+class IDiscoveryHost(Interface):
+    """
+    What local client discovery (RFC 4380 section 5.2.8) needs from the client it serves.
+    """
+
+    def isQualified() -> bool:
+        """Is the client qualified now?  Nothing is sent or accepted before (CL-Q-01)."""
+
+    def mappedAddress() -> str | None:
+        """Our mapping's IPv4 address, or C{None} while there is none."""
+
+    def sendDatagram(data: bytes, endpoint: Endpoint) -> None:
+        """Send from the client's service port (discovery bubbles must come from it)."""
+
+
+class ILocalPeers(Interface):
+    """
+    What local client discovery needs from the tunnel core: our address, the peer entries
+    (to count local ones), and where an accepted discovery bubble goes.
+    """
+
+    address = Attribute("Our Teredo address (16 bytes), or None while unqualified.")
+    peers = Attribute("The peer entries; each has a boolean 'local'.")
+
+    def fromLocalPeer(src: bytes, addr: Endpoint) -> None:
+        """A discovery bubble from C{src}, a Teredo client on our LAN at C{addr}, passed."""

@@ -179,6 +179,7 @@ class PeerList:
     @param queue_bytes: bytes queued per peer.
     @param on_remove: called with every entry removed (evicted, expired or removed), with
         its queue still in place, so the owner can cancel timers and count lost packets.
+        Also settable once as L{on_remove}, for an owner built after the list.
     """
 
     def __init__(
@@ -199,10 +200,26 @@ class PeerList:
         self.queue_bytes = queue_bytes
         self.valid_for = valid_for
         self.local_valid_for = local_valid_for
-        self._on_remove = on_remove
+        self._on_remove: Callable[[Peer], None] | None = None
+        self.on_remove = on_remove
         self._peers: OrderedDict[bytes, Peer] = OrderedDict()
         self.evicted = 0
         self.expired = 0
+
+    @property
+    def on_remove(self) -> Callable[[Peer], None] | None:
+        """
+        The owner's callback for removed entries (see the C{on_remove} parameter).
+        """
+        return self._on_remove
+
+    @on_remove.setter
+    def on_remove(self, callback: Callable[[Peer], None] | None) -> None:
+        # One owner: a second one would silently take the first one's removals away
+        # (its timers left running, its lost packets uncounted).
+        if self._on_remove is not None and callback != self._on_remove:
+            raise ValueError("the peer list already has an owner")
+        self._on_remove = callback
 
     def __len__(self) -> int:
         return len(self._peers)

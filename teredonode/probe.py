@@ -30,7 +30,6 @@ tests), then the shorter RS->RA round trip.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 from collections.abc import Callable, Generator
@@ -39,11 +38,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import DatagramProtocol
 
+from teredonode.interfaces import Endpoint
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_CONE,
     CLIENT_LINK_LOCAL_RESTRICTED,
     TEREDO_PORT,
 )
+from teredonode.wire import ipv4
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
     ALL_ROUTERS,
@@ -65,7 +66,6 @@ SEQUENTIAL_MAX_DELTA = 2
 #: Where the address-restricted test's empty datagram goes: any port but 3544.
 FILTER_TEST_PORT = 3545
 
-Endpoint = tuple[str, int]
 
 
 class _Socket(DatagramProtocol):
@@ -320,7 +320,7 @@ def secondary_of(primary: str) -> str:
     """
     The default secondary address: primary + 1 (RFC 4380 section 5.3, two consecutive).
     """
-    return str(ipaddress.IPv4Address((int(ipaddress.IPv4Address(primary)) + 1) & 0xFFFFFFFF))
+    return ipv4.following(primary) or primary
 
 
 def format_probe(report: dict[str, Any]) -> str:

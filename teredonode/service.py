@@ -20,7 +20,7 @@ import signal
 import threading
 from types import ModuleType
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 from twisted.application.service import IService, MultiService
 from zope.interface import implementer
@@ -201,11 +201,17 @@ class TeredoNode(MultiService):
             if not changed:
                 continue
             role = self.roles[name]
-            live: frozenset[str] = getattr(role, "liveSettings", frozenset())
+            live: Collection[str] = getattr(role, "liveSettings", ())
             keep = {key: getattr(old, key) for key in changed if key not in live}
             merged = dataclasses.replace(wanted, **keep)
             if len(keep) < len(changed):
-                role.reconfigure(merged)
+                try:
+                    role.reconfigure(merged)
+                except Exception:
+                    # A bug, but the role keeps running on what it had: say so, go on.
+                    self.log.failure("reload: [{role}] could not apply its settings", role=name)
+                    restart += [f"[{name}] {_key(k)}" for k in changed]
+                    continue
             roles[name] = merged
             applied += [f"[{name}] {_key(k)}" for k in changed if k in live]
             restart += [f"[{name}] {_key(k)}" for k in changed if k not in live]

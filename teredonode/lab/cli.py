@@ -1,11 +1,13 @@
 """
 C{teredo lab ...}: the lab's command line.
 
-    teredo lab up [--scenario NAME]
+    teredo lab up [--scenario NAME | --nat KIND,...]
     teredo lab down [--lab NAME | --all]
     teredo lab status [--lab NAME]
     teredo lab exec [--lab NAME] HOST -- CMD ...
-    teredo lab demo [--with-miredo ROLE,...] [--scenario NAME]
+    teredo lab demo [--with-miredo ROLE,...] [--scenario NAME | --nat KIND,...]
+
+C{--nat KIND,...} builds one client behind each NAT kind given (scenario C{nat:KIND,...}).
 
 The top-level C{teredo} command calls L{main} with the arguments after C{lab}; for development
 C{python -m teredonode.lab.cli ...} does the same.  Errors are one line on stderr, exit 1.
@@ -24,9 +26,22 @@ from contextlib import contextmanager
 from teredonode.errors import LabError
 from teredonode.lab._proc import in_ns
 from teredonode.lab.lab import Lab, destroy, find_lab, preflight
-from teredonode.lab.scenario import SCENARIOS
+from teredonode.lab.nat import NAT_MODES
+from teredonode.lab.scenario import CUSTOM_PREFIX, SCENARIOS
 from teredonode.lab.state import recorded_labs, state_dir
 from teredonode.lab.topology import existing_namespaces
+
+
+_NAT_HELP = f"one client behind each NAT kind given, instead of a scenario; kinds: {', '.join(NAT_MODES)}"
+
+
+def _scenario(args: argparse.Namespace) -> str:
+    """
+    The scenario name C{up} and C{demo} build: C{--nat} wins over C{--scenario}.
+    """
+    if args.nat:
+        return CUSTOM_PREFIX + str(args.nat)
+    return str(args.scenario)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build a lab and leave it running")
     up.add_argument("--scenario", default="default", help=f"one of: {', '.join(SCENARIOS)}")
+    up.add_argument("--nat", metavar="KIND,...", help=_NAT_HELP)
     down = sub.add_parser("down", help="remove a lab (default: the newest one)")
     down.add_argument("--lab", help="lab name (prefix), as printed by 'up'")
     down.add_argument("--all", action="store_true", help="remove every recorded lab")
@@ -47,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="build, start every role, ping every path, tear down")
     demo.add_argument("--with-miredo", default="", metavar="ROLE,...", help="use Miredo for these roles (server, relay, client)")
     demo.add_argument("--scenario", default="default")
+    demo.add_argument("--nat", metavar="KIND,...", help=_NAT_HELP)
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
     return parser
 
@@ -68,8 +85,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     with _sigterm_as_interrupt():
-        lab = Lab.up(args.scenario)
-    print(f"lab {lab.prefix} is up (scenario {args.scenario}); state in {lab.state.path}")
+        lab = Lab.up(_scenario(args))
+    print(f"lab {lab.prefix} is up (scenario {_scenario(args)}); state in {lab.state.path}")
     _print_hosts(lab)
     print(f"remove it with: teredo lab down --lab {lab.prefix}")
     return 0
@@ -147,7 +164,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     roles = [r.strip() for r in args.with_miredo.split(",") if r.strip()]
     with _sigterm_as_interrupt():
-        return run_demo(scenario=args.scenario, miredo_roles=roles, keep=args.keep)
+        return run_demo(scenario=_scenario(args), miredo_roles=roles, keep=args.keep)
 
 
 COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "exec": _cmd_exec, "demo": _cmd_demo}

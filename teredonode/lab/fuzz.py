@@ -28,6 +28,7 @@ from teredonode.wire import ipv4
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_CONE,
     CLIENT_LINK_LOCAL_RESTRICTED,
+    FLAG_CONE,
     GLOBAL_PREFIX,
     TEREDO_PORT,
     TeredoAddress,
@@ -170,7 +171,7 @@ def seed_messages(target: FuzzTarget, rng: random.Random) -> list[bytes]:
     ip, port = target.mapping
     server = target.server
     me = teredo_address(server, ip, port)
-    me_cone = teredo_address(server, ip, port, 0x8000)
+    me_cone = teredo_address(server, ip, port, FLAG_CONE)
     stranger = teredo_address(server, "198.51.100.200", 5555)
     private = teredo_address(server, "10.9.8.7", 1234)
     server_ll = server_link_local(server)

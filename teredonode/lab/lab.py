@@ -76,6 +76,9 @@ class Lab:
                 state.save()
 
             topology.build(state.prefix, plan, record)
+            for name, host in plan.hosts.items():
+                if host.kind == "nat" and host.nat_mode:
+                    lab._start_nat_daemons(name, host.nat_mode)
             if plan.anycast:
                 lab.nodes.update(bgp.start_routing(state, plan, lab.ns))
         except BaseException:
@@ -164,7 +167,28 @@ class Lab:
         if host.kind != "nat":
             raise LabError(f"{router} is not a NAT router")
         client = next(h for h in self.plan.hosts.values() if h.behind == router)
-        nat.apply(self.ns(router), mode, wan="wan", client_ip=client.ipv4[0])
+        for name in nat.daemon_names(router):
+            if name in self.nodes or name in self.state.processes:
+                self.stop_node(name)
+        wan_ips = host.ipv4
+        if mode == "address-symmetric":
+            wan_ips = nat.address_pool(host.ipv4[0])
+            for address in wan_ips:
+                self.exec(router, ["ip", "addr", "replace", f"{address}/24", "dev", "wan"], check=True)
+        nat.apply(self.ns(router), mode, wan="wan", client_ip=client.ipv4[0], wan_ips=wan_ips)
+        self._start_nat_daemons(router, mode, wan_ips)
+
+    def _start_nat_daemons(self, router: str, mode: str, wan_ips: tuple[str, ...] | None = None) -> None:
+        """
+        Start the processes NAT kind C{mode} needs on C{router} (L{nat.start_daemons}).
+        """
+        host = self.host(router)
+        self.nodes.update(
+            nat.start_daemons(
+                self.state, router, self.ns(router), mode,
+                wan_ips=wan_ips or host.ipv4, lan_net=topology.lan_net(host),
+            )
+        )
 
     # ------------------------------------------------------------ nodes
 

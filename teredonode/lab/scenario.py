@@ -10,7 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from teredonode.errors import LabError
-from teredonode.lab.nat import NAT_MODES
+from teredonode.lab.nat import FIGURE1, NAT_MODES
+
+#: A scenario name "nat:KIND,KIND,..." is built on the fly: one client behind each kind.
+CUSTOM_PREFIX = "nat:"
 
 
 @dataclass(frozen=True)
@@ -80,24 +83,50 @@ SCENARIOS: dict[str, Scenario] = {
                 ClientSpec("client5", "symmetric"),
             ),
         ),
+        Scenario(
+            "nat-kinds",
+            "one client behind each NAT kind of RFC 6081 Figure 1, in its order: "
+            + ", ".join(kind for _, kind in FIGURE1),
+            tuple(ClientSpec(f"client{n}", kind) for n, (_, kind) in enumerate(FIGURE1, start=1)),
+        ),
     )
 }
 
 
+def custom_scenario(kinds: list[str]) -> Scenario:
+    """
+    One client behind each of C{kinds} (client1 behind the first, ...), named
+    C{"nat:KIND,..."} so that a lab built from it can be found again by that name.
+    """
+    if not kinds:
+        raise LabError("no NAT kind given")
+    return Scenario(
+        CUSTOM_PREFIX + ",".join(kinds),
+        "one client behind each NAT kind given",
+        tuple(ClientSpec(f"client{n}", kind) for n, kind in enumerate(kinds, start=1)),
+    )
+
+
 def get_scenario(name: str) -> Scenario:
     """
-    The scenario called C{name}, or a one-line L{LabError} listing the known ones.
+    The scenario called C{name} (or described by C{"nat:KIND,..."}), or a one-line
+    L{LabError} listing the known ones.
     """
     try:
-        scenario = SCENARIOS[name]
+        if name.startswith(CUSTOM_PREFIX):
+            scenario = custom_scenario([k.strip() for k in name[len(CUSTOM_PREFIX):].split(",") if k.strip()])
+        else:
+            scenario = SCENARIOS[name]
     except KeyError:
         raise LabError(
-            f"unknown scenario {name!r} (known: {', '.join(sorted(SCENARIOS))})"
+            f"unknown scenario {name!r} (known: {', '.join(sorted(SCENARIOS))}, or nat:KIND,...)"
         ) from None
     seen: dict[str, ClientSpec] = {}
     for client in scenario.clients:
         if client.nat not in NAT_MODES:
-            raise LabError(f"scenario {name}: unknown NAT mode {client.nat!r}")
+            raise LabError(
+                f"scenario {name}: unknown NAT mode {client.nat!r} (NAT modes: {', '.join(NAT_MODES)})"
+            )
         if client.lan_of is not None:
             other = seen.get(client.lan_of)
             if other is None or other.nat != client.nat or client.nat == "none":

@@ -90,6 +90,7 @@ def make_plan(scenario: Scenario) -> Plan:
     and 2001:db8::10; relay 203.0.113.20, 2001:db8::20; v6host 2001:db8::30 only; dualhost
     203.0.113.40, 2001:db8::40.  Client N behind NAT natN: NAT WAN 198.51.100.(10+N), LAN
     10.N.0.1, client 10.N.0.2; a client with NAT mode "none" is public at 198.51.100.(100+N).
+    An address-symmetric NAT has more WAN addresses after the first (L{nat.address_pool}).
     """
     plan = Plan(relays=scenario.relays)
     # Anycast: the router hashes IPv6 flows on addresses only (policy 3, fields src|dst),
@@ -137,11 +138,12 @@ def make_plan(scenario: Scenario) -> Plan:
             plan.add(Host(spec.name, "client", (f"198.51.100.{100 + n}",), nat_mode="none"))
             continue
         router = f"nat{n}"
+        wan = f"198.51.100.{10 + n}"
         plan.add(
             Host(
                 router,
                 "nat",
-                (f"198.51.100.{10 + n}",),
+                nat.address_pool(wan) if spec.nat == "address-symmetric" else (wan,),
                 nat_mode=spec.nat,
                 lan_ipv4=f"10.{n}.0.1",
                 ipv4_forwarding=True,
@@ -149,6 +151,14 @@ def make_plan(scenario: Scenario) -> Plan:
         )
         plan.add(Host(spec.name, "client", (f"10.{n}.0.2",), nat_mode=spec.nat, behind=router))
     return plan
+
+
+def lan_net(router: Host) -> str:
+    """
+    The prefix of NAT router C{router}'s LAN (10.N.0.0/24).
+    """
+    assert router.lan_ipv4 is not None
+    return router.lan_ipv4.rsplit(".", 1)[0] + ".0/24"
 
 
 def ns_name(prefix: str, host: str) -> str:
@@ -264,7 +274,7 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
                 ],
             )
         first = plan.hosts[members[0]]
-        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0])
+        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0], wan_ips=router.ipv4)
 
     if not plan.anycast:
         relay = plan.hosts["relay"]

@@ -31,7 +31,6 @@ protocol tests replay exactly.
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import secrets
 from collections import Counter
@@ -43,7 +42,13 @@ from teredonode.metrics import observe
 from zope.interface import implementer
 
 from teredonode.errors import NetConfigError
-from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
+from teredonode.interfaces import (
+    Endpoint,
+    IDiscoveryHost,
+    INetworkConfigurator,
+    ITeredoRole,
+    ITunDevice,
+)
 from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, ProbeBudget, TeredoTunnel
@@ -62,14 +67,45 @@ from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
     ALL_NODES,
     ALL_ROUTERS,
+    ICMP_RA,
     NH_ICMPV6,
-    RouterAdvertisement,
     RouterSolicitation,
-    decode_icmpv6,
     icmpv6_packet,
+    ipv6_text,
     is_link_local,
 )
 from teredonode.wire.teredo import AuthIndicator, TeredoPacket, classify
+from teredonode.roles.qualification import (
+    DEFAULT_MTU,
+    QUALIFICATION_ATTEMPTS,
+    QUALIFICATION_TIMEOUT,
+    RA_DROPS,
+    RESTART_DELAYS,
+    Backoff,
+    Configure,
+    Dormant,
+    Drop,
+    Effect,
+    JitteredBackoff,
+    KeyExpired,
+    Offline,
+    Policy,
+    Qualification,
+    Qualified,
+    Refreshing,
+    Resolve,
+    SecondarySilent,
+    SendSolicitation,
+    ServerLost,
+    SolicitingPrimary,
+    SolicitingSecondary,
+    State,
+    Stopped,
+    SymmetricNat,
+    Unconfigure,
+    WentDormant,
+    WentOffline,
+)
 
 __all__ = [
     "TeredoClient",
@@ -81,31 +117,18 @@ __all__ = [
     "RESTART_DELAYS",
 ]
 
-#: Section 5.2.1: T = 4 s, N = 3 attempts per phase (D7).
-QUALIFICATION_TIMEOUT = 4.0
-QUALIFICATION_ATTEMPTS = 3
-#: Offline -> next attempt after these many seconds (x [0.75, 1] jitter), the last one
-#: repeating forever.  RFC 4380 says nothing (CL-Q-10 [GAP]); Miredo waits 100 s.
-RESTART_DELAYS = (10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
-DEFAULT_MTU = 1280
 
-_ICMP_RA = 134
+#: The states that know their (resolved) server.
+_SERVED = (SolicitingPrimary, SolicitingSecondary, Qualified, Refreshing)
 
-#: The client's own drop reasons; the tunnel's follow in the status.
+#: The client's own drop reasons (the RA checks are the qualification module's); the
+#: tunnel's follow in the status.
 CLIENT_DROPS = (
     "malformed",  # CL-RX-01: not a Teredo payload
     "not-qualified",  # CL-Q-01: nothing is accepted or sent before qualification
-    "ra-unexpected",  # an RA while no RS is outstanding
-    "ra-bad-nonce",  # CL-SQ-03: no auth indicator, or not our current nonce
-    "ra-no-origin",  # CL-Q-05 (a)
-    "ra-invalid",  # CL-Q-05 (b)(c): RFC 4861 validity, destination, checksum
-    "ra-prefix",  # CL-Q-05 (d)(e): not exactly one /64 PIO in our server's Teredo prefix
-    "ra-auth-rejected",  # secure qualification: the server does not know our identifier
-    "ra-auth-failed",  # CL-SQ-05: wrong authentication value
-    "ra-non-global-mapping",  # the mapping could not make a global Teredo address (G-10)
-)
+) + RA_DROPS
 DROP_REASONS = CLIENT_DROPS + TUNNEL_DROPS + DISCOVERY_DROPS
 
 _COUNTERS = (
@@ -162,7 +185,7 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
     return False
 
 
-@implementer(ITeredoRole)
+@implementer(ITeredoRole, IDiscoveryHost)
 class TeredoClient(Service):
     """
     A Teredo client.
@@ -172,10 +195,12 @@ class TeredoClient(Service):
         in tests).
     @param tun: the Teredo interface.
     @param netconfig: configures it (addresses, MTU, routes).
-    @param hasOtherIPv6: for C{default-route = "auto"}: does the host have IPv6 otherwise?
+    @param hasOtherIPv6: does the host have IPv6 otherwise?  Makes the client dormant
+        (G-03, C{dormant-with-native}) and, with C{default-route = "auto"}, routeless.
     @param rng: jitter and the address's random flag bits (a seeded C{random.Random} in
         tests; C{random.SystemRandom} in production).
     @param randbytes: nonces (C{secrets.token_bytes} in production).
+    @param backoff: the wait after failed qualifications (L{JitteredBackoff} by default).
     """
 
     roleName = "client"
@@ -190,6 +215,7 @@ class TeredoClient(Service):
         hasOtherIPv6: Callable[[], bool] = lambda: False,
         rng: random.Random | None = None,
         randbytes: Callable[[int], bytes] | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
@@ -198,8 +224,6 @@ class TeredoClient(Service):
         self._hasOtherIPv6 = hasOtherIPv6
         self._rng = rng if rng is not None else random.SystemRandom()
         self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
-        self.server: str = settings.server
-        self.secondary: str | None = settings.secondary
         self._secret = settings.secret.encode() if settings.secret else None
         self._clientId = settings.client_id.encode() if settings.client_id else b""
         self._socket = ServicePort(self.datagramReceived)
@@ -212,34 +236,37 @@ class TeredoClient(Service):
             queue_packets=settings.peer_queue,
             queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
         )
+        self._inboundBudget = ProbeBudget(  # SEC-19
+            reactor, settings.inbound_probe_rate, settings.inbound_probe_burst
+        )
         self.tunnel = TeredoTunnel(
             reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes,
-            inboundBudget=ProbeBudget(  # SEC-19
-                reactor,
-                settings.inbound_probe_rate,
-                settings.inbound_probe_burst,
-            ),
+            inboundBudget=self._inboundBudget,
+            counters=self.counters,
+            drops=self.drops,
         )
-        self.tunnel.counters = self.counters
-        self.tunnel.drops = self.drops
-        # Qualification state.
-        self.state = "offline"
-        self.nat = "unknown"
-        self.offlineReason: str | None = "not started"
+        # Qualification and maintenance: the machine decides, this role acts.
+        self._machine = Qualification(
+            self._policy(settings),
+            nonce=lambda: self._randbytes(8),
+            uniform=self._rng.uniform,
+            backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
+            now=reactor.seconds,
+            native_ipv6=hasOtherIPv6,
+        )
+        self._timer: Any = None
+        self._started = False
+        self._lastServer: str = settings.server
+        self._lastSecondary: str | None = settings.secondary
+        self._lastNat = "unknown"
         self.keyExpired = False
         self.mapping: Endpoint | None = None
         self.address: TeredoAddress | None = None
         self.linkLocal: bytes | None = None
         self.mtu = DEFAULT_MTU
         self.defaultRoute = False
-        self._phase: str | None = None
-        self._attempts = 0
-        self._nonce: bytes | None = None
         self._rsSentAt = 0.0  # for the RS->RA latency metric
         self._qualifyingSince: float | None = None  # for the qualification-time metric
-        self._timer: Any = None
-        self._failures = 0
-        self._primary: tuple[Endpoint, bytes, int] | None = None
         self._lastServerRx: float | None = None
         self.discovery: LocalDiscovery | None = None
         if settings.local_discovery:
@@ -250,16 +277,15 @@ class TeredoClient(Service):
             else:
                 self.discovery = LocalDiscovery(
                     reactor,
+                    self,
                     self.tunnel,
-                    self._socket.sendto,
-                    lambda: self.state == "qualified",
-                    lambda: self.mapping[0] if self.mapping is not None else None,
                     self._rng.uniform,
                     self.counters,
                     self.drops,
                     address=settings.local_discovery_address,
                     bind=settings.bind,
                 )
+                self.tunnel.setLocalAnnouncer(self.discovery.announceNow)
 
     # -- service ---------------------------------------------------------------------------
 
@@ -288,22 +314,32 @@ class TeredoClient(Service):
         if self._port is None:
             self.privilegedStartService()
         self.tunnel.start()
+        self._started = True
         self._start()
 
     def stopService(self) -> Any:
         Service.stopService(self)
         self._cancel()
-        self._unconfigure()
+        self._feed(self._machine.stop(), self._machine.state)
         self.tunnel.stop()
         self._tun.close()
         port, self._port = self._port, None
-        self.state = "offline"
-        self.offlineReason = "stopped"
         if self.discovery is not None:
             self.discovery.close()
         if port is not None:
             return port.stopListening()
         return None
+
+    # -- IDiscoveryHost ----------------------------------------------------------------------
+
+    def isQualified(self) -> bool:
+        return self.state == "qualified"
+
+    def mappedAddress(self) -> str | None:
+        return self.mapping[0] if self.mapping is not None else None
+
+    def sendDatagram(self, data: bytes, endpoint: Endpoint) -> None:
+        self._socket.sendto(data, endpoint)
 
     # -- I/O glue ----------------------------------------------------------------------------
 
@@ -331,14 +367,15 @@ class TeredoClient(Service):
             return
         if addr[1] == TEREDO_PORT and (addr[0] == self.server or addr[0] == self.secondary):
             self._lastServerRx = self._reactor.seconds()
+            self._machine.heard_from_server()  # CL-M-02
             header = packet.header
             if (
                 header.next_header == NH_ICMPV6
                 and is_link_local(header.src)
                 and len(packet.ipv6) > 40
-                and packet.ipv6[40] == _ICMP_RA
+                and packet.ipv6[40] == ICMP_RA
             ):
-                self._routerAdvertisement(packet, addr)
+                self._routerAdvertisement(packet)
                 return
             if self.state != "qualified":
                 self.drops["not-qualified"] += 1
@@ -355,61 +392,144 @@ class TeredoClient(Service):
         self.tunnel.fromPeer(packet, addr)
 
     # -- qualification and maintenance ------------------------------------------------------
+    #
+    # The decisions are L{teredonode.roles.qualification}'s; this part carries out its
+    # effects (packets, timers, interface changes, log lines, counters).
+
+    @property
+    def state(self) -> str:
+        """offline, dormant, probing or qualified (what C{teredo status} shows)."""
+        return self._machine.state.shown
+
+    @property
+    def nat(self) -> str:
+        state = self._machine.state
+        if isinstance(state, (Qualified, Refreshing)):
+            return state.nat
+        return self._lastNat
+
+    @property
+    def offlineReason(self) -> str | None:
+        state = self._machine.state
+        if isinstance(state, Offline):
+            return state.reason
+        if isinstance(state, Stopped):
+            return "stopped" if self._started else "not started"
+        if isinstance(state, Dormant):
+            return "native IPv6"
+        return None
 
     def _cancel(self) -> None:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
 
-    def _start(self) -> None:
+    def _feed(self, effects: list[Effect], before: State) -> None:
         """
-        Resolve the server when it is a name (again at every attempt, as the address behind
-        a name may move), then qualify.
+        Carry out C{effects}, then give the new state its own timer (a state that did not
+        change keeps the one it has).
         """
-        self._timer = None
-        name = self.settings.server
-        try:
-            ipv4.pack(name)
-        except ParseError:
-            pass
-        else:
-            self._resolved(name)
+        for effect in effects:
+            self._do(effect)
+        state = self._machine.state
+        if state is before:
             return
-        self.state = "probing"
-        d = self._reactor.resolve(name)
-        d.addCallbacks(self._resolved, lambda f: self._offline(f"cannot resolve {name}"))
+        self._cancel()
+        if isinstance(state, (SolicitingPrimary, SolicitingSecondary)) and self._qualifyingSince is None:
+            self._qualifyingSince = self._reactor.seconds()
+        if state.timeout is not None and self.running:
+            self._timer = self._reactor.callLater(state.timeout, self._timerFired)
+
+    def _timerFired(self) -> None:
+        self._timer = None
+        before = self._machine.state
+        self._feed(self._machine.timer(), before)
+
+    def _start(self) -> None:
+        before = self._machine.state
+        self._feed(self._machine.start(), before)
 
     def _resolved(self, address: str) -> None:
         if not self.running:
             return
-        self.server = address
-        if self.settings.secondary is None:
-            following = int(ipaddress.IPv4Address(address)) + 1
-            self.secondary = str(ipaddress.IPv4Address(following & 0xFFFFFFFF))
-        self._qualify()
+        before = self._machine.state
+        self._feed(self._machine.resolved(address), before)
 
-    def _qualify(self) -> None:
-        """
-        CL-Q-02, RFC 5991: start in the restricted phase against the primary address.
-        """
-        self._cancel()
-        if self.state != "qualified":
-            self.state = "probing"
-            if self._qualifyingSince is None:
-                self._qualifyingSince = self._reactor.seconds()
-        self._phase = "primary"
-        self._attempts = 0
-        self._primary = None
-        self._solicit()
+    def _resolveFailed(self, failure: Any) -> None:
+        if not self.running:
+            return
+        before = self._machine.state
+        self._feed(self._machine.resolve_failed(), before)
 
-    def _solicit(self) -> None:
+    def _routerAdvertisement(self, packet: TeredoPacket) -> None:
+        before = self._machine.state
+        self._feed(self._machine.router_advertisement(packet), before)
+
+    def _do(self, effect: Effect) -> None:
+        if isinstance(effect, SendSolicitation):
+            self._solicit(effect.target, effect.nonce)
+        elif isinstance(effect, Configure):
+            self._configure(effect)
+        elif isinstance(effect, Drop):
+            self.drops[effect.reason] += 1
+        elif isinstance(effect, Resolve):
+            d = self._reactor.resolve(effect.name)
+            d.addCallbacks(self._resolved, self._resolveFailed)
+        elif isinstance(effect, Unconfigure):
+            self._unconfigure()
+        elif isinstance(effect, WentOffline):
+            self.log.warn(
+                "Teredo client offline ({reason}); retrying in {delay:.0f} s",
+                reason=effect.reason, delay=effect.retry_in,
+            )
+        elif isinstance(effect, ServerLost):
+            self.counters["server-lost"] += 1
+            self.log.warn("Lost Teredo server {server}: qualifying again", server=effect.server)
+        elif isinstance(effect, SymmetricNat):
+            self._lastNat = "symmetric"
+            self.log.warn(
+                "Symmetric NAT: server {server} sees {a}, {secondary} sees {b}; Teredo "
+                "peers cannot reach this host",
+                server=self.server, a=_ep(effect.primary), secondary=self.secondary,
+                b=_ep(effect.secondary),
+            )
+        elif isinstance(effect, SecondarySilent):
+            self._lastNat = "unknown"
+            self.log.warn(
+                "Teredo server's secondary address {secondary} does not answer: "
+                "NAT type unknown (symmetric NATs go undetected)",
+                secondary=effect.secondary,
+            )
+        elif isinstance(effect, WentDormant):
+            self.log.info("Native IPv6 present: Teredo client dormant (RFC 4380 section 5.5)")
+        elif isinstance(effect, KeyExpired):
+            if not self.keyExpired:
+                self.keyExpired = True
+                self.log.warn("Teredo server says our secure-qualification key has expired")
+
+    @property
+    def server(self) -> str:
+        """The primary server: its address once resolved, else the configured name."""
+        state = self._machine.state
+        if isinstance(state, _SERVED):
+            return state.server
+        return self._lastServer
+
+    @property
+    def secondary(self) -> str | None:
+        state = self._machine.state
+        if isinstance(state, _SERVED):
+            return state.secondary
+        return self._lastSecondary
+
+    def _solicit(self, target: str, nonce: bytes) -> None:
         """
-        Send one RS for the current phase with a fresh nonce, and arm its time-out.
+        CL-Q-02, RFC 5991: one RS from the restricted link-local address, with the nonce
+        (and, for secure qualification, the client identifier and HMAC) in front.
         """
-        target = self.secondary if self._phase == "secondary" else self.server
-        assert target is not None
-        nonce = self._randbytes(8)
-        self._nonce = nonce
+        state = self._machine.state
+        if isinstance(state, _SERVED):
+            self._lastServer, self._lastSecondary = state.server, state.secondary
         rs = icmpv6_packet(CLIENT_LINK_LOCAL_RESTRICTED, ALL_ROUTERS, RouterSolicitation(), 255)
         value = b""
         if self._secret is not None:
@@ -418,151 +538,22 @@ class TeredoClient(Service):
         self._socket.sendto(auth + rs, (target, TEREDO_PORT))
         self.counters["rs-sent"] += 1
         self._rsSentAt = self._reactor.seconds()
-        self._timer = self._reactor.callLater(QUALIFICATION_TIMEOUT, self._timedOut)
 
-    def _timedOut(self) -> None:
-        self._timer = None
-        self._attempts += 1
-        if self._attempts < QUALIFICATION_ATTEMPTS:
-            self._solicit()
-            return
-        phase, self._phase, self._nonce = self._phase, None, None
-        if phase == "secondary":
-            # The RFC calls the service unusable; a silent secondary address is far more
-            # often a firewall than a symmetric NAT, so we qualify and say we do not know.
-            assert self._primary is not None
-            self.log.warn(
-                "Teredo server's secondary address {secondary} does not answer: "
-                "NAT type unknown (symmetric NATs go undetected)",
-                secondary=self.secondary,
-            )
-            self.nat = "unknown"
-            self._qualified(*self._primary)
-        elif phase == "refresh":
-            self.counters["server-lost"] += 1
-            self.log.warn("Lost Teredo server {server}: qualifying again", server=self.server)
-            self._unconfigure()
-            self.state = "probing"
-            self._qualify()
-        else:
-            self._offline(f"no answer from server {self.server}")
-
-    def _offline(self, reason: str) -> None:
-        """
-        CL-Q-10: offline, address removed, TUN kept up; retry later with backoff.
-        """
-        self._cancel()
-        self._unconfigure()
-        self.state = "offline"
-        self.offlineReason = reason
-        self._phase = None
-        delay = RESTART_DELAYS[min(self._failures, len(RESTART_DELAYS) - 1)]
-        delay *= self._rng.uniform(0.75, 1.0)
-        self._failures += 1
-        self.log.warn("Teredo client offline ({reason}); retrying in {delay:.0f} s", reason=reason, delay=delay)
-        self._timer = self._reactor.callLater(delay, self._start)
-
-    def _routerAdvertisement(self, packet: TeredoPacket, addr: Endpoint) -> None:
-        """
-        CL-Q-05 / CL-M-04 / CL-SQ-03..07: validate, then act for the current phase.
-        """
-        drops = self.drops
-        auth = packet.auth
-        if self._phase is None or self._nonce is None:
-            drops["ra-unexpected"] += 1
-            return
-        if auth is None or auth.nonce != self._nonce:
-            drops["ra-bad-nonce"] += 1
-            return
-        origin = packet.origin
-        if origin is None:
-            drops["ra-no-origin"] += 1
-            return
-        header = packet.header
-        if header.hop_limit != 255 or header.dst != CLIENT_LINK_LOCAL_RESTRICTED:
-            drops["ra-invalid"] += 1
-            return
-        try:
-            ra = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
-        except ParseError:
-            drops["ra-invalid"] += 1
-            return
-        if not isinstance(ra, RouterAdvertisement):
-            drops["ra-invalid"] += 1
-            return
-        if self._secret is not None:
-            if auth.confirmation and not auth.auth_value:
-                drops["ra-auth-rejected"] += 1
-                return
-            if not auth_matches(
-                self._secret, auth.auth_value, auth.nonce, auth.confirmation,
-                origin.to_bytes(), packet.ipv6,
-            ):
-                drops["ra-auth-failed"] += 1
-                return
-        if len(ra.prefixes) != 1:
-            drops["ra-prefix"] += 1
-            return
-        pio = ra.prefixes[0]
-        if (
-            pio.prefix_length != 64
-            or pio.prefix[:4] != GLOBAL_PREFIX
-            or pio.prefix[4:8] != ipv4.pack(self.server)
-        ):
-            drops["ra-prefix"] += 1
-            return
-        if not ipv4.is_global_unicast(origin.ip):
-            drops["ra-non-global-mapping"] += 1
-            return
-        if self._secret is not None and auth.confirmation and not self.keyExpired:
-            self.keyExpired = True
-            self.log.warn("Teredo server says our secure-qualification key has expired")
-        mtu = ra.mtu if ra.mtu is not None and 1280 <= ra.mtu <= 65535 else DEFAULT_MTU
-        result = ((origin.ip, origin.port), pio.prefix[:8], mtu)
-        self.counters["ra-accepted"] += 1
-        observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
-        self._cancel()
-        phase, self._nonce = self._phase, None
-        if phase == "primary":
-            self._primary = result
-            self._phase = "secondary"
-            self._attempts = 0
-            self._solicit()
-        elif phase == "secondary":
-            assert self._primary is not None
-            self._phase = None
-            if result[0] != self._primary[0]:
-                self.nat = "symmetric"
-                self.log.warn(
-                    "Symmetric NAT: server {server} sees {a}, {secondary} sees {b}; Teredo "
-                    "peers cannot reach this host",
-                    server=self.server, a=_ep(self._primary[0]), secondary=self.secondary,
-                    b=_ep(result[0]),
-                )
-                if not self.settings.allow_symmetric:
-                    self._offline("symmetric NAT (set allow-symmetric to go online anyway)")
-                    return
-            else:
-                self.nat = "restricted-or-cone"
-            self._qualified(*self._primary)
-        else:
-            self._phase = None
-            self._qualified(*result)
-
-    def _qualified(self, mapping: Endpoint, prefix: bytes, mtu: int) -> None:
+    def _configure(self, effect: Configure) -> None:
         """
         Qualified (or refreshed): configure the address when it is new or changed
-        (CL-M-05), then schedule the next refresh (CL-M-06).
+        (CL-M-05).
         """
-        first = self.state != "qualified"
-        self.state = "qualified"
-        self.offlineReason = None
-        self._failures = 0
-        if first:
+        answer = effect.answer
+        mapping, prefix, mtu = answer.mapping, answer.prefix, answer.mtu
+        self.counters["ra-accepted"] += 1
+        observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
+        self._lastNat = effect.nat
+        if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:
                 observe("qualification", self._reactor.seconds() - self._qualifyingSince)
-                self._qualifyingSince = None
+        self._qualifyingSince = None
         changed = self.address is None or mapping != self.mapping or prefix != self._prefix64()
         if mtu != self.mtu:
             self.mtu = mtu
@@ -582,28 +573,17 @@ class TeredoClient(Service):
             self.linkLocal = link_local(flags, mapping[1], mapping[0])
             name = self._tun.name
             self._netcall(self._netconfig.addAddress, name, str(self.address), 32)
-            self._netcall(self._netconfig.addAddress, name, _text(self.linkLocal), 64)
+            self._netcall(self._netconfig.addAddress, name, ipv6_text(self.linkLocal), 64)
             self.tunnel.setIdentity(
-                self.address.to_bytes(), (self.server, TEREDO_PORT), self.linkLocal
+                self.address.to_bytes(), (effect.server, TEREDO_PORT), self.linkLocal
             )
             self.log.info(
                 "Teredo address {address} (mapping {mapping}, NAT {nat}, server {server})",
-                address=str(self.address), mapping=_ep(mapping), nat=self.nat, server=self.server,
+                address=str(self.address), mapping=_ep(mapping), nat=effect.nat, server=effect.server,
             )
             if self.discovery is not None:
                 self.discovery.start()
         self._updateDefaultRoute()
-        delay = self.settings.refresh * self._rng.uniform(0.75, 1.0)
-        self._timer = self._reactor.callLater(delay, self._refresh)
-
-    def _refresh(self) -> None:
-        """
-        CL-M-02/03: a maintenance RS to the primary address.
-        """
-        self._timer = None
-        self._phase = "refresh"
-        self._attempts = 0
-        self._solicit()
 
     def _prefix64(self) -> bytes | None:
         if self.address is None:
@@ -642,7 +622,7 @@ class TeredoClient(Service):
         if self.address is not None:
             self._netcall(self._netconfig.removeAddress, name, str(self.address), 32)
         if self.linkLocal is not None:
-            self._netcall(self._netconfig.removeAddress, name, _text(self.linkLocal), 64)
+            self._netcall(self._netconfig.removeAddress, name, ipv6_text(self.linkLocal), 64)
         self.address = None
         self.linkLocal = None
 
@@ -659,6 +639,39 @@ class TeredoClient(Service):
         if self.discovery is not None:
             self.discovery.stop()
 
+    # -- reload ------------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while running (the others need a restart).
+    liveSettings = (
+        "inbound_probe_rate",
+        "inbound_probe_burst",
+        "allow_symmetric",
+        "strict_secondary",
+        "refresh",
+        "dormant_with_native",
+    )
+
+    def _policy(self, settings: Any) -> Policy:
+        return Policy(
+            server=settings.server,
+            secondary=settings.secondary,
+            allow_symmetric=settings.allow_symmetric,
+            strict_secondary=settings.strict_secondary,
+            refresh=float(settings.refresh),
+            dormant_with_native=settings.dormant_with_native,
+            secret=self._secret,
+        )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded C{[client]} table: the budget of probes that incoming traffic may
+        make us send (SEC-19; the bucket starts afresh, full) and the qualification policy
+        (used from the next transition on).  Qualification, address and peers are kept.
+        """
+        self.settings = settings
+        self._inboundBudget.setRates(settings.inbound_probe_rate, settings.inbound_probe_burst)
+        self._machine.policy = self._policy(settings)
+
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -671,7 +684,7 @@ class TeredoClient(Service):
             "secondary": self.secondary,
             "mapping": _ep(self.mapping) if self.mapping else None,
             "address": str(self.address) if self.address else None,
-            "link-local": _text(self.linkLocal) if self.linkLocal else None,
+            "link-local": ipv6_text(self.linkLocal) if self.linkLocal else None,
             "interface": self._tun.name,
             "mtu": self.mtu,
             "default-route": self.defaultRoute,
@@ -689,10 +702,6 @@ class TeredoClient(Service):
 
 def _ep(endpoint: Endpoint) -> str:
     return f"{endpoint[0]}:{endpoint[1]}"
-
-
-def _text(raw: bytes) -> str:
-    return str(ipaddress.IPv6Address(raw))
 
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoClient:

@@ -38,10 +38,10 @@ from typing import Any, Callable
 from twisted.internet.error import CannotListenError
 from teredonode.logs import Logger
 
-from teredonode.interfaces import Endpoint
+from teredonode.interfaces import Endpoint, IDiscoveryHost, ILocalPeers
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
-from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT
+from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, is_global_teredo, mapping_of
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import ALL_NODES, bubble
 from teredonode.wire.teredo import classify
@@ -92,12 +92,9 @@ class LocalDiscovery:
 
     @param reactor: C{IReactorMulticast} and C{IReactorTime} (a
         L{teredonode.testing.FakeHost} in tests).
-    @param tunnel: the client's L{teredonode.roles.tunnel.TeredoTunnel}: accepted bubbles go
-        to its C{fromLocalPeer}, and it asks for on-demand announcements through
-        C{announceLocal}.
-    @param send: sends from the client's service port.
-    @param qualified: is the client qualified now (nothing is accepted before, CL-Q-01)?
-    @param mapping: our mapping's IPv4 (L{None} while we have none).
+    @param host: the client (qualified?  our mapping?  send from the service port).
+    @param tunnel: the client's tunnel core: accepted bubbles go to its C{fromLocalPeer}; it
+        asks for on-demand announcements through L{announceNow}, which the client hands it.
     @param uniform: C{(a, b) -> float} for the announcement period (a seeded
         C{random.Random.uniform} in tests).
     @param address: the LAN interface setting, C{""} or C{"a.b.c.d[/len]"}.
@@ -109,10 +106,8 @@ class LocalDiscovery:
     def __init__(
         self,
         reactor: Any,
-        tunnel: Any,
-        send: Callable[[bytes, Endpoint], None],
-        qualified: Callable[[], bool],
-        mapping: Callable[[], str | None],
+        host: IDiscoveryHost,
+        tunnel: ILocalPeers,
         uniform: Callable[[float, float], float],
         counters: Counter[str],
         drops: Counter[str],
@@ -121,10 +116,8 @@ class LocalDiscovery:
         prefix: bytes = GLOBAL_PREFIX,
     ) -> None:
         self._reactor = reactor
+        self._host = host
         self._tunnel = tunnel
-        self._send = send
-        self._qualified = qualified
-        self._mapping = mapping
         self._uniform = uniform
         self.counters = counters
         self.drops = drops
@@ -139,7 +132,6 @@ class LocalDiscovery:
         self._port: Any = None
         self._timer: Any = None
         self._lastAnnounce: float | None = None
-        tunnel.announceLocal = self.announceNow
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -226,7 +218,7 @@ class LocalDiscovery:
         address = self._tunnel.address
         if self.state != "listening" or address is None:
             return False
-        self._send(discovery_bubble(address), (DISCOVERY_GROUP, TEREDO_PORT))
+        self._host.sendDatagram(discovery_bubble(address), (DISCOVERY_GROUP, TEREDO_PORT))
         self.counters["discovery-sent"] += 1
         return True
 
@@ -242,7 +234,7 @@ class LocalDiscovery:
         except ParseError:
             drops["malformed"] += 1
             return
-        if not self._qualified():
+        if not self._host.isQualified():
             drops["not-qualified"] += 1
             return
         header = packet.header
@@ -253,18 +245,13 @@ class LocalDiscovery:
         if src == self._tunnel.address:
             drops["discovery-self"] += 1
             return
-        if (
-            src[:4] != self._prefix
-            or not ipv4.is_global_unicast(src[4:8])
-            or not ipv4.is_global_unicast(bytes(b ^ 0xFF for b in src[12:16]))
-        ):
+        if not is_global_teredo(src, self._prefix):
             drops["discovery-not-teredo"] += 1
             return
         if not self._onSubnet(addr[0]) or addr[1] == 0:
             drops["discovery-off-subnet"] += 1
             return
-        mapped = ipv4.unpack(bytes(b ^ 0xFF for b in src[12:16]))
-        if mapped != self._mapping():
+        if mapping_of(src)[0] != self._host.mappedAddress():
             drops["discovery-foreign-mapping"] += 1
             return
         self.counters["discovery-received"] += 1

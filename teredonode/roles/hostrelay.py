@@ -24,7 +24,6 @@ after start is served without a restart.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
@@ -34,6 +33,7 @@ from teredonode.errors import TeredoError
 from teredonode.interfaces import INetworkConfigurator, ITunDevice
 from teredonode.roles.relay import RELAY_POLICY, TeredoRelay
 from teredonode.wire.address import GLOBAL_PREFIX
+from teredonode.wire.ipv6 import ipv6_text
 
 __all__ = [
     "HOST_RELAY_POLICY",
@@ -105,6 +105,8 @@ class HostSpecificRelay(TeredoRelay):
 
     roleName = "host-relay"
     policy = HOST_RELAY_POLICY
+    #: The relay's live settings that a C{[host-relay]} table has (no drain: no health route).
+    liveSettings = TeredoRelay.liveSettings - {"drain_time"}
 
     def __init__(
         self,
@@ -165,7 +167,7 @@ class HostSpecificRelay(TeredoRelay):
         return TeredoRelay.stopService(self)
 
     def _statusExtra(self) -> dict[str, Any]:
-        return {"addresses": sorted(str(ipaddress.IPv6Address(a)) for a in self.own)}
+        return {"addresses": sorted(ipv6_text(a) for a in self.own)}
 
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> HostSpecificRelay:

@@ -48,7 +48,9 @@ from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
+    COUNTERS as TUNNEL_COUNTERS,
     DROP_REASONS as TUNNEL_DROPS,
+    UNNUMBERED_COUNTERS,
     UNNUMBERED_DROP_REASONS,
     ProbeBudget,
     TeredoTunnel,
@@ -56,6 +58,7 @@ from teredonode.roles.tunnel import (
 )
 from teredonode.udp import ServicePort, raiseBufferSizes
 from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import ipv6_text
 from teredonode.wire.teredo import classify
 
 __all__ = [
@@ -92,22 +95,9 @@ SOCKET_BUFFER = 4 * 1024 * 1024
 RELAY_DROPS = ("malformed",)  # RL-RX-02: not a Teredo payload (valid IPv6, maybe origin/auth)
 DROP_REASONS = RELAY_DROPS + TUNNEL_DROPS + UNNUMBERED_DROP_REASONS
 
-_COUNTERS = (
-    "received",
-    "sent",
-    "delivered",
-    "delivered-stateless",
-    "queued",
-    "released",
-    "bubbles-direct",
-    "bubbles-indirect",
-    "bubbles-received",
-    "bubbles-suppressed",
-    "probes-failed",
-    "icmp-errors",
-    "icmp-errors-limited",
-    "log-suppressed",
-)
+#: The relay's own counter, then the shared core's.
+RELAY_COUNTERS = ("received",)  # datagrams on the relay's port
+_COUNTERS = RELAY_COUNTERS + TUNNEL_COUNTERS + UNNUMBERED_COUNTERS
 
 
 def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
@@ -206,6 +196,16 @@ class TeredoRelay(Service):
         self.drops: Counter[str] = Counter()
         #: Does the relay stand for this IPv6 address (16 bytes)?
         self.serves = self._makeServes()
+        #: RL-RX-07, SEC-19: what traffic from the IPv6 side may make the relay bubble.
+        self.bubbleBudget = ProbeBudget(
+            reactor,
+            settings.bubble_rate,
+            settings.bubble_burst,
+            settings.bubble_rate_per_ipv4,
+            settings.bubble_burst_per_ipv4,
+            perServerRate=settings.bubble_rate_per_server,
+            perServerBurst=settings.bubble_burst_per_server,
+        )
         peers = PeerList(
             reactor.seconds,
             max_peers=settings.max_peers,
@@ -226,18 +226,10 @@ class TeredoRelay(Service):
             prefix=settings.prefix_bytes,
             serves=self.serves,
             icmpRate=settings.icmp_rate,
-            bubbleBudget=ProbeBudget(
-                reactor,
-                settings.bubble_rate,
-                settings.bubble_burst,
-                settings.bubble_rate_per_ipv4,
-                settings.bubble_burst_per_ipv4,
-                perServerRate=settings.bubble_rate_per_server,
-                perServerBurst=settings.bubble_burst_per_server,
-            ),
+            bubbleBudget=self.bubbleBudget,
+            counters=self.counters,
+            drops=self.drops,
         )
-        self.tunnel.counters = self.counters
-        self.tunnel.drops = self.drops
         self.tunnel.setUnnumbered(bubbleSourceFrom(self._randbytes))
         #: Keeps the health route a BGP daemon announces from, or None (no health-table).
         self._health = (
@@ -365,6 +357,46 @@ class TeredoRelay(Service):
             return
         self.tunnel.fromPeer(packet, addr)
 
+    # -- reload ----------------------------------------------------------------------------
+
+    #: The settings L{reconfigure} applies while relaying (the others need a restart).
+    liveSettings = frozenset(
+        {
+            "bubble_rate",
+            "bubble_burst",
+            "bubble_rate_per_ipv4",
+            "bubble_burst_per_ipv4",
+            "bubble_rate_per_server",
+            "bubble_burst_per_server",
+            "direct_bubbles",
+            "peer_queue",
+            "peer_queue_bytes",
+            "drain_time",
+        }
+    )
+
+    def reconfigure(self, settings: Any) -> None:
+        """
+        Apply a reloaded table: the bubble budgets (RL-RX-07, SEC-19; a bucket whose rate or
+        burst changed starts afresh, full), direct bubbles (RL-TX-07/08), the per-peer
+        queue bounds (queues already longer drain or expire as usual) and the drain time.
+        The peer list, its trusted entries and queues, the socket and the TUN are kept.
+        """
+        self.settings = settings
+        self.bubbleBudget.setRates(
+            settings.bubble_rate,
+            settings.bubble_burst,
+            settings.bubble_rate_per_ipv4,
+            settings.bubble_burst_per_ipv4,
+            settings.bubble_rate_per_server,
+            settings.bubble_burst_per_server,
+        )
+        tunnel = self.tunnel
+        if tunnel.policy.direct_bubbles != settings.direct_bubbles:
+            tunnel.policy = replace(tunnel.policy, direct_bubbles=settings.direct_bubbles)
+        tunnel.peers.queue_packets = settings.peer_queue
+        tunnel.peers.queue_bytes = settings.peer_queue_bytes
+
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -375,7 +407,7 @@ class TeredoRelay(Service):
             "interface": self._tun.name,
             "local": f"{local[0]}:{local[1]}" if local else None,
             "prefix": self.settings.prefix,
-            "bubble-source": str(ipaddress.IPv6Address(self.tunnel.bubbleSource or bytes(16))),
+            "bubble-source": ipv6_text(self.tunnel.bubbleSource or bytes(16)),
             **self._statusExtra(),
             "peers": self.tunnel.status(),
             "counters": {k: self.counters[k] for k in _COUNTERS},

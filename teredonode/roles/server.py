@@ -14,8 +14,6 @@ drop counted under a named reason, then destination processing (SV-FW-1..7, SV-R
 
 from __future__ import annotations
 
-import socket
-import struct
 from collections import Counter
 from functools import partial
 from typing import Any, Callable
@@ -37,10 +35,20 @@ from teredonode.security import (
 )
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
-from teredonode.wire.address import TEREDO_PORT, mapping_of, server_link_local
+from teredonode.wire.address import (
+    FLAG_CONE,
+    TEREDO_PORT,
+    mapping_is_global,
+    mapping_of,
+    obfuscated_mapping,
+    server_link_local,
+)
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
     ALL_ROUTERS,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_RS,
     NH_ICMPV6,
     EchoReply,
     EchoRequest,
@@ -48,19 +56,15 @@ from teredonode.wire.ipv6 import (
     RouterAdvertisement,
     decode_icmpv6,
     icmpv6_packet,
+    ipv6_text,
+    is_bubble,
     is_global_unicast6,
     is_link_local,
     parse_ipv6,
 )
-from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers
+from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers, origin_indication
 
 __all__ = ["TeredoServer", "makeRole", "DROP_REASONS", "STRIP_REASONS"]
-
-_ICMP_ECHO_REQUEST = 128
-_ICMP_ECHO_REPLY = 129
-_ICMP_RS = 133
-_NH_NONE = 59
-_OBF = struct.Struct("!HI")
 
 #: Every reason a datagram can be dropped for, so the status always lists them all (an
 #: operator reads a zero as "checked and never happened", not "not counted").
@@ -93,27 +97,11 @@ STRIP_REASONS = (
 )
 
 
-def _obfuscated(ip: str, port: int) -> bytes:
-    """
-    The last six bytes a Teredo address must have to embed C{(ip, port)}.
-    """
-    return _OBF.pack(port ^ 0xFFFF, int.from_bytes(socket.inet_aton(ip), "big") ^ 0xFFFFFFFF)
-
-
-def _origin(addr: tuple[str, int]) -> bytes:
-    """
-    The origin indication for C{addr}: two zero bytes then the obfuscated port and address.
-    Built directly (the same bytes as C{OriginIndication(*addr).to_bytes()}, a third of the
-    cost) because every RA and every forwarded packet for our clients carries one.
-    """
-    return b"\x00\x00" + _obfuscated(addr[0], addr[1])
-
-
 def _rs_cone(src: bytes) -> bool:
     """
     The cone bit of an RS's link-local source (flags at bytes 8-9).
     """
-    return bool(src[8] & 0x80)
+    return bool(src[8] & (FLAG_CONE >> 8))
 
 
 @implementer(ITeredoRole)
@@ -189,7 +177,7 @@ class TeredoServer(Service):
         if self._tun is not None:
             self._tun.open()
             if self._netconfig is not None:
-                prefix = str(_ipv6_text(self._advertised)) + "/64"
+                prefix = ipv6_text(self._advertised) + "/64"
                 self._netconfig.linkUp(self._tun.name, self.settings.mtu)
                 self._netconfig.addRoute(self._tun.name, prefix, 1024)
             self._tun.startReading(self.ipv6Received)
@@ -212,7 +200,7 @@ class TeredoServer(Service):
             "Teredo server on {primary}:3544 and {secondary}:3544, prefix {prefix}/64",
             primary=self.primary,
             secondary=self.secondary,
-            prefix=_ipv6_text(self._advertised),
+            prefix=ipv6_text(self._advertised),
         )
 
     def stopService(self) -> Any:
@@ -248,7 +236,7 @@ class TeredoServer(Service):
             drops["malformed"] += 1
             return
         header = packet.header
-        bubble = header.next_header == _NH_NONE and header.payload_length == 0
+        bubble = is_bubble(header)
         if not bubble and header.next_header != NH_ICMPV6:
             drops["not-bubble-or-icmpv6"] += 1
             return
@@ -261,14 +249,14 @@ class TeredoServer(Service):
             body = packet.ipv6[40:]
             icmp_type = body[0] if body else -1
             if dst == ALL_ROUTERS and is_link_local(src):
-                if icmp_type == _ICMP_RS:
+                if icmp_type == ICMP_RS:
                     self._routerSolicitation(packet, addr, index)
                     return
                 drops["source-mismatch"] += 1
                 return
         # SV-IN-5: a Teredo source must carry the sender's own mapping.
         if src[:4] == self._prefix:
-            if src[10:16] != _obfuscated(src_ip, src_port):
+            if src[10:16] != obfuscated_mapping(src_ip, src_port):
                 drops["source-mismatch"] += 1
                 return
         # SV-IN-6: a native source may only reach one of our own clients.
@@ -282,7 +270,7 @@ class TeredoServer(Service):
             if header.payload_length > self._max_payload:
                 drops["oversized"] += 1
                 return
-            if icmp_type not in (_ICMP_ECHO_REQUEST, _ICMP_ECHO_REPLY):
+            if icmp_type not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
                 drops["icmpv6-not-relayed"] += 1
                 return
         if not is_global_unicast6(dst):
@@ -321,8 +309,7 @@ class TeredoServer(Service):
         trailers the caller vetted.  Never toward a non-global IPv4 address, one of our own
         addresses (any port: a loop or a reflection off ourselves) or port 0.
         """
-        mapped_int = int.from_bytes(dst[12:16], "big") ^ 0xFFFFFFFF
-        if not ipv4.is_global_unicast(mapped_int, self._hardened):
+        if not mapping_is_global(dst, self._hardened):
             self.drops["non-global-mapping"] += 1
             return
         mapped = mapping_of(dst)
@@ -333,7 +320,7 @@ class TeredoServer(Service):
             self.drops["zero-port-destination"] += 1
             return
         if origin is not None and dst[4:8] == self._server_raw:
-            payload = _origin(origin) + ipv6 + trailers
+            payload = origin_indication(origin[0], origin[1]) + ipv6 + trailers
         else:
             payload = ipv6 + trailers
         self._sockets[0].sendto(payload, mapped)
@@ -353,8 +340,8 @@ class TeredoServer(Service):
             self.drops["source-mismatch"] += 1
             return
         if header.next_header != NH_ICMPV6 or end < 41 or packet[40] not in (
-            _ICMP_ECHO_REQUEST,
-            _ICMP_ECHO_REPLY,
+            ICMP_ECHO_REQUEST,
+            ICMP_ECHO_REPLY,
         ):
             self.drops["icmpv6-not-relayed"] += 1
             return
@@ -404,7 +391,7 @@ class TeredoServer(Service):
                     confirmation = 1
         self.counters["rs"] += 1
         ipv6 = self._raFor(header.src)
-        origin = _origin(addr)
+        origin = origin_indication(addr[0], addr[1])
         prefix = b""
         if auth is not None:
             # SV-RA-08/09: the same identifier and nonce; an authentication value when the
@@ -546,7 +533,7 @@ class TeredoServer(Service):
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
             "secondary": self.secondary,
-            "prefix": _ipv6_text(self._advertised) + "/64",
+            "prefix": ipv6_text(self._advertised) + "/64",
             "ipv6-side": self._tun.name if self._tun is not None else None,
             "counters": {
                 k: counters[k] for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
@@ -596,12 +583,6 @@ def _limiters(settings: Any, clock: Any) -> tuple[RateLimiter, RateLimiter]:
     )
     forward = RateLimiter(clock, settings.forward_rate, settings.forward_burst, settings.max_sources)
     return rs, forward
-
-
-def _ipv6_text(raw: bytes) -> str:
-    import ipaddress
-
-    return str(ipaddress.IPv6Address(raw))
 
 
 def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:

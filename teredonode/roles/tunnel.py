@@ -30,6 +30,51 @@ own server) with L{TeredoTunnel.setIdentity}.
 Nothing here logs per packet: every decision is a counter in C{counters} or a drop in
 C{drops} under a reason from L{DROP_REASONS}.
 
+Peer states.  Each entry of the peer list is in one state, read from its fields by
+L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and refuses
+(L{PeerStateError}) any change that is not a row of this table (L{PEER_TRANSITIONS}):
+
+  ==================================  =================  =====================================
+  from                                to                 when (RFC 4380 section)
+  ==================================  =================  =====================================
+  (none)                              untrusted          created: a packet to or from an
+                                                         unknown peer
+  untrusted, local                    probing            an exchange starts: bubbles (5.2.4
+                                                         cases 4/5; a local peer's, case 3),
+                                                         an echo test (5.2.4 case 2, 5.2.3
+                                                         case 6)
+  probing                             probing            a retry; or local discovery hears the
+                                                         peer meanwhile (it becomes local too)
+  probing                             untrusted, local   the retries ran out (5.2.6); relays
+                                                         then remove the entry (5.4.1 case 3)
+  untrusted, probing, local           trusted            the mapping is proven: an echo reply
+                                                         with our nonce (5.2.3 case 2), a
+                                                         packet from the mapping its address
+                                                         embeds (case 3) or from its LAN
+                                                         endpoint (case 5)
+  trusted                             trusted            heard or proven again; an exchange
+                                                         starts, retries or ends on a trusted
+                                                         entry (its relay checked again, for
+                                                         a native peer, 5.2.9)
+  untrusted, local, trusted           local              a discovery bubble from it (5.2.8,
+                                                         5.2.3 case 4); a trusted entry heard
+                                                         at another endpoint is trusted no
+                                                         more
+  trusted                             probing            the same while an exchange runs
+  untrusted, probing, local, trusted  removed            evicted, expired, forgotten (identity
+                                                         lost), or its probes failed (relays)
+  ==================================  =================  =====================================
+
+  - B{untrusted}: no mapping proven, no exchange running (new, or its probes failed);
+  - B{probing}: not trusted, a bubble or echo exchange running (C{timer}), packets queued;
+  - B{local}: learned by local discovery (5.2.8) at C{local_endpoint}, not yet proven there;
+  - B{trusted}: C{mapping} proven; packets go straight to it while the entry is valid
+    (heard within 30 s, 600 s for a local one); an exchange may still run, to re-prove a
+    native peer's relay, without leaving this state.
+
+The exchange's own data (nonce, attempts, bubble times) belongs to the probes, not to the
+state.
+
 Retries (sections 5.2.4 cases 2 and 5, 5.2.6, 5.2.9): one probe (a bubble pair or an echo
 request) at once, then one every 2 s, up to 3 repetitions, each subject to the two MUST
 NOTs of section 5.2.6 (L{teredonode.peers.Peer.may_bubble}); echo requests obey the same
@@ -46,15 +91,19 @@ from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
 
-from teredonode.interfaces import Endpoint
+from zope.interface import implementer
+
+from teredonode.interfaces import Endpoint, ILocalPeers
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
-from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, mapping_of, server_of
+from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, is_global_teredo, mapping_of, server_of
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
+    ICMP_ECHO_REPLY,
+    ICMP_ERROR_MAX,
     NH_ICMPV6,
     DestinationUnreachable,
     EchoReply,
@@ -75,11 +124,22 @@ __all__ = [
     "TeredoTunnel",
     "DROP_REASONS",
     "UNNUMBERED_DROP_REASONS",
+    "COUNTERS",
+    "NUMBERED_COUNTERS",
+    "UNNUMBERED_COUNTERS",
     "PROBE_INTERVAL",
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
     "ICMP_ERRORS_PER_SECOND",
     "ProbeBudget",
+    "PeerStateError",
+    "peerState",
+    "PEER_TRANSITIONS",
+    "UNTRUSTED",
+    "PROBING",
+    "LOCAL",
+    "TRUSTED",
+    "REMOVED",
     "SUPPRESSION_REASONS",
     "RELAY_SILENCE",
     "RELAY_RECHECKS",
@@ -107,8 +167,6 @@ LOG_BURST = 10
 EXPIRY_INTERVAL = 10.0
 #: An ICMPv6 error quotes as much of the packet as keeps it within the minimum MTU.
 _ERROR_QUOTE = 1280 - 48
-_ICMP_ECHO_REPLY = 129
-_ICMP_ERROR_MAX = 127
 
 #: Every reason a packet can be dropped for (status lists all, zeros included).
 DROP_REASONS = (
@@ -147,6 +205,87 @@ SUPPRESSION_REASONS = (
 UNNUMBERED_DROP_REASONS = (
     "unreachable-peer",  # RL-TX-05: a relay's entry removed after its bubbles went unanswered
 )
+#: What every Teredo interface counts in C{counters}, so that its role's status lists each
+#: from zero (see L{NUMBERED_COUNTERS} and L{UNNUMBERED_COUNTERS} for the others).
+COUNTERS = (
+    "sent",  # packets sent over UDP to a peer's mapping
+    "delivered",  # packets written toward the host
+    "queued",  # packets queued while a mapping is being proven
+    "released",  # queued packets sent once it was
+    "bubbles-direct",  # to a peer's embedded mapping
+    "bubbles-indirect",  # through a peer's server
+    "bubbles-received",
+    "bubbles-suppressed",  # not sent, by reason in probes-suppressed
+    "probes-failed",  # exchanges whose retries ran out
+    "icmp-errors",  # destination unreachable to the host
+    "icmp-errors-limited",
+    "log-suppressed",  # peer state changes not logged (LOG_RATE)
+)
+#: What only an interface with an address of its own (a client) counts.
+NUMBERED_COUNTERS = (
+    "bubbles-answered",  # direct bubbles answering indirect or discovery ones
+    "bubbles-local",  # unicast bubbles to a local peer's LAN endpoint
+    "echo-tests",  # echo requests of direct IPv6 connectivity tests
+    "echo-tests-ok",
+    "echo-suppressed",
+    "relay-rechecks",  # echo tests re-proving a silent native peer's relay
+)
+#: What only an unnumbered interface (a relay) counts.
+UNNUMBERED_COUNTERS = (
+    "delivered-stateless",  # from a client with no entry, its mapping checked (relays)
+)
+
+
+#: Peer states (the module docstring's table).
+UNTRUSTED = "untrusted"
+PROBING = "probing"
+LOCAL = "local"
+TRUSTED = "trusted"
+REMOVED = "removed"
+
+#: Every allowed (from, to) change of a peer's state: the rows of the module docstring's table.
+PEER_TRANSITIONS: frozenset[tuple[str, str]] = frozenset(
+    {
+        (UNTRUSTED, PROBING),
+        (LOCAL, PROBING),
+        (PROBING, PROBING),
+        (PROBING, UNTRUSTED),
+        (PROBING, LOCAL),
+        (UNTRUSTED, TRUSTED),
+        (PROBING, TRUSTED),
+        (LOCAL, TRUSTED),
+        (TRUSTED, TRUSTED),
+        (UNTRUSTED, LOCAL),
+        (LOCAL, LOCAL),
+        (TRUSTED, LOCAL),
+        (TRUSTED, PROBING),
+    }
+    | {(state, REMOVED) for state in (UNTRUSTED, PROBING, LOCAL, TRUSTED)}
+)
+
+
+class PeerStateError(Exception):
+    """
+    A change of a peer's state that L{PEER_TRANSITIONS} does not allow: a bug in the tunnel,
+    never the network's doing.
+    """
+
+
+def peerState(peer: Peer) -> str:
+    """
+    The state of a listed entry, read from its fields (the module docstring's table).
+    """
+    if peer.trusted:
+        return TRUSTED
+    if peer.timer is not None:
+        return PROBING
+    if peer.local:
+        return LOCAL
+    return UNTRUSTED
+
+
+#: L{TeredoTunnel._setState}: leave the exchange (the retry timer) as it is.
+_KEEP: Any = object()
 
 
 #: The drop reason of a new exchange refused for each suppression reason.
@@ -187,13 +326,40 @@ class ProbeBudget:
         perServerRate: float = 0.0,
         perServerBurst: int = 1,
     ) -> None:
-        self._global = RateLimiter(clock, globalRate, globalBurst, 1)
-        self._perKey = (
-            RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
-        )
-        self._perServer = (
-            RateLimiter(clock, perServerRate, perServerBurst, maxKeys) if perServerRate > 0 else None
-        )
+        self._clock = clock
+        self._maxKeys = maxKeys
+        self._global: RateLimiter
+        self._perKey: RateLimiter | None = None
+        self._perServer: RateLimiter | None = None
+        #: (rate, burst) of the global, per-key and per-server buckets; none built yet.
+        self._rates: tuple[tuple[float, int], ...] = ((0.0, 0),) * 3
+        self.setRates(globalRate, globalBurst, perKeyRate, perKeyBurst, perServerRate, perServerBurst)
+
+    def setRates(
+        self,
+        globalRate: float,
+        globalBurst: int,
+        perKeyRate: float = 0.0,
+        perKeyBurst: int = 1,
+        perServerRate: float = 0.0,
+        perServerBurst: int = 1,
+    ) -> None:
+        """
+        Apply new rates (a reload): each set of buckets whose rate or burst changed starts
+        afresh, full, so a key may get one new burst; the others keep their tokens.
+        """
+        old = self._rates
+        new = ((globalRate, globalBurst), (perKeyRate, perKeyBurst), (perServerRate, perServerBurst))
+        clock, maxKeys = self._clock, self._maxKeys
+        if new[0] != old[0]:
+            self._global = RateLimiter(clock, globalRate, globalBurst, 1)
+        if new[1] != old[1]:
+            self._perKey = RateLimiter(clock, perKeyRate, perKeyBurst, maxKeys) if perKeyRate > 0 else None
+        if new[2] != old[2]:
+            self._perServer = (
+                RateLimiter(clock, perServerRate, perServerBurst, maxKeys) if perServerRate > 0 else None
+            )
+        self._rates = new
 
     def charge(self, key: bytes, server: bytes | None = None) -> str | None:
         """
@@ -251,13 +417,15 @@ CLIENT_POLICY = TunnelPolicy(
 )
 
 
+@implementer(ILocalPeers)
 class TeredoTunnel:
     """
     One Teredo interface's peer logic.
 
     @param clock: C{IReactorTime} (a C{Clock} in tests).
     @param policy: the role's L{TunnelPolicy}.
-    @param peers: the peer list (its C{on_remove} is taken over by the tunnel).
+    @param peers: the peer list; the tunnel becomes its owner (L{PeerList.on_remove}), so
+        that every entry removed has its retry cancelled and its lost packets counted.
     @param send: sends a UDP payload to an IPv4 endpoint.
     @param deliver: writes an IPv6 packet toward the host's stack.
     @param randbytes: C{n -> n random bytes} for echo nonces (C{secrets.token_bytes} in
@@ -272,6 +440,10 @@ class TeredoTunnel:
     @param inboundBudget: charged for every probe that traffic from the network makes us
         send: echo tests toward native sources (section 5.2.3 case 6, SEC-19) and answers
         to indirect bubbles (clients).
+    @param counters: where the tunnel counts what it does, by name; the owning role passes
+        its own, so that its status shows one table.  A fresh C{Counter} by default.
+    @param drops: where it counts drops, by reason (L{DROP_REASONS}, and
+        L{UNNUMBERED_DROP_REASONS} for relays); the owning role's, like C{counters}.
     """
 
     log = Logger()
@@ -289,11 +461,13 @@ class TeredoTunnel:
         icmpRate: float = ICMP_ERRORS_PER_SECOND,
         bubbleBudget: ProbeBudget | None = None,
         inboundBudget: ProbeBudget | None = None,
+        counters: Counter[str] | None = None,
+        drops: Counter[str] | None = None,
     ) -> None:
         self._clock = clock
         self.policy = policy
         self.peers = peers
-        peers._on_remove = self._peerRemoved
+        peers.on_remove = self._peerRemoved
         self._send = send
         self._deliver = deliver
         self._randbytes = randbytes
@@ -311,8 +485,8 @@ class TeredoTunnel:
         # forget_unreachable: when each removed peer's bubbles began, so that section 5.2.6's
         # "no more than 4 in 300 s" outlives the entry (RL-04); bounded like the peer list.
         self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter() if counters is None else counters
+        self.drops: Counter[str] = Counter() if drops is None else drops
         #: Bubbles and echo requests not sent, by reason (L{SUPPRESSION_REASONS}).
         self.suppressed: Counter[str] = Counter()
         #: Our own Teredo address (16 bytes), None while we have none.
@@ -324,6 +498,7 @@ class TeredoTunnel:
         #: Source of our bubbles: our address, or a local one on an unnumbered interface.
         self.bubbleSource: bytes | None = None
         #: Local discovery (section 5.2.8): sends a discovery bubble now, or None when off.
+        #: Local discovery's on-demand announcement (L{setLocalAnnouncer}), for clients.
         self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
@@ -356,6 +531,13 @@ class TeredoTunnel:
         if address is None:
             self.reset()
 
+    def setLocalAnnouncer(self, announce: Callable[[], None]) -> None:
+        """
+        Local discovery (a client's) announces us on the LAN at once when a local peer
+        needs to hear from us (W-BUB-4).
+        """
+        self.announceLocal = announce
+
     def setUnnumbered(self, bubbleSource: bytes) -> None:
         """
         An interface without a Teredo address (relays, section 5.4.1 case 3): bubbles come
@@ -376,9 +558,7 @@ class TeredoTunnel:
         self._unreachableSince.clear()
 
     def _peerRemoved(self, peer: Peer) -> None:
-        if peer.timer is not None and peer.timer.active():
-            peer.timer.cancel()
-        peer.timer = None
+        self._setState(peer, REMOVED, timer=None)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
 
@@ -443,13 +623,8 @@ class TeredoTunnel:
             or self.server is None
         ):
             return
-        if peer.nonce is None:
-            peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
-        ident = int.from_bytes(peer.nonce[:2], "big")
-        request = EchoRequest(ident, len(peer.bubbles), peer.nonce)
-        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
+        self._sendEcho(peer, len(peer.bubbles), now)
         self.counters["relay-rechecks"] += 1
-        peer.bubble_sent(now)
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
@@ -462,10 +637,7 @@ class TeredoTunnel:
         Cases 4/5 (the cone bit is ignored, RFC 5991 section 3.2): queue, bubble directly
         and through the peer's server.
         """
-        if not (
-            ipv4.is_global_unicast(dst[4:8], self._hardened)
-            and ipv4.is_global_unicast(bytes(b ^ 0xFF for b in dst[12:16]), self._hardened)
-        ):
+        if not is_global_teredo(dst, self._prefix, self._hardened):
             self.drops["non-global-destination"] += 1
             return
         if peer is None:
@@ -535,22 +707,65 @@ class TeredoTunnel:
         if not running:
             peer.attempts = 0
             (probe if firstProbe is None else firstProbe)(peer)
-            peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+            self._setState(
+                peer,
+                TRUSTED if peer.trusted else PROBING,
+                timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe),
+            )
 
     def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
-        peer.timer = None
+        # peer.timer is the call that just fired: the exchange runs until this decides.
+        if peer.address not in self.peers:
+            return
         # A trusted entry may still have packets waiting: a native peer heard through
         # another relay (case 6) until the echo test proves that relay.
         if peer.trusted and self.peers.is_valid(peer) and not peer.queue:
-            return
-        if peer.address not in self.peers:
+            self._setState(peer, TRUSTED, timer=None)
             return
         peer.attempts += 1
         if peer.attempts > PROBE_REPEATS:
             self._fail(peer)
             return
         probe(peer)
-        peer.timer = self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+        self._setState(
+            peer, peerState(peer), timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+        )
+
+    def _setState(
+        self,
+        peer: Peer,
+        new: str,
+        now: float = 0.0,
+        mapping: Endpoint | None = None,
+        lanEndpoint: Endpoint | None = None,
+        timer: Any = _KEEP,
+    ) -> None:
+        """
+        The one place a peer's state changes: refused (L{PeerStateError}) unless C{(current
+        state, new)} is in L{PEER_TRANSITIONS}, and checked to have reached C{new}.
+
+        @param mapping: the endpoint just proven (to L{TRUSTED}, at C{now}).
+        @param lanEndpoint: where local discovery heard the peer (it is local from now on).
+        @param timer: the exchange's next retry (an exchange starts or goes on), L{None}
+            (the exchange is over: a pending retry is cancelled), or unchanged by default.
+        """
+        old = peerState(peer)
+        if (old, new) not in PEER_TRANSITIONS:
+            raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} is not a transition")
+        if lanEndpoint is not None:
+            peer.local = True
+            peer.local_endpoint = lanEndpoint
+        if mapping is not None:
+            peer.trust(mapping, now)
+        elif new != TRUSTED and new != REMOVED:
+            peer.trusted = False
+        if timer is not _KEEP:
+            pending = peer.timer
+            if pending is not None and pending is not timer and pending.active():
+                pending.cancel()
+            peer.timer = timer
+        if new != REMOVED and peerState(peer) != new:
+            raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} ended in {peerState(peer)}")
 
     def _logChange(self, format: str, **fields: object) -> None:
         """
@@ -571,6 +786,7 @@ class TeredoTunnel:
             "peer {peer} unreachable: {probes} probes unanswered", peer=ipv6_text(peer.address),
             probes=len(peer.bubbles),
         )
+        self._setState(peer, TRUSTED if peer.trusted else LOCAL if peer.local else UNTRUSTED, timer=None)
         peer.nonce = None
         for queued in self.peers.drain(peer):
             if queued.source is None:
@@ -594,8 +810,16 @@ class TeredoTunnel:
         A new exchange refused by a budget: the packet is dropped, the probe counted.
         """
         self.drops[_REFUSALS[reason]] += 1
+        self._suppress(reason, counter)
+
+    def _suppress(self, reason: str, counter: str) -> bool:
+        """
+        A bubble or echo request not sent: counted by reason (L{SUPPRESSION_REASONS}) and
+        under the probe's own C{counter}.  C{False}, for a probe to return.
+        """
         self.suppressed[reason] += 1
         self.counters[counter] += 1
+        return False
 
     def _paid(
         self, budget: ProbeBudget | None, key: bytes, allowed: bool, counter: str, server: bytes | None = None
@@ -610,9 +834,7 @@ class TeredoTunnel:
         reason = budget.charge(key, server)
         if reason is None:
             return True
-        self.suppressed[reason] += 1
-        self.counters[counter] += 1
-        return False
+        return self._suppress(reason, counter)
 
     def _budgetedBubble(self, peer: Peer) -> bool:
         """
@@ -638,9 +860,7 @@ class TeredoTunnel:
         now = self._clock.seconds()
         source = self.bubbleSource
         if source is None or not peer.may_bubble(now):
-            self.suppressed["no-source" if source is None else "peer-rate"] += 1
-            self.counters["bubbles-suppressed"] += 1
-            return False
+            return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
         dst = peer.address
         data = bubble(source, dst)
         if self.policy.direct_bubbles:
@@ -658,9 +878,7 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or peer.local_endpoint is None or not peer.may_bubble(now):
-            self.suppressed["peer-rate" if self.address else "no-source"] += 1
-            self.counters["bubbles-suppressed"] += 1
-            return False
+            return self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
         self._send(bubble(self.address, peer.address), peer.local_endpoint)
         self.counters["bubbles-local"] += 1
         if self.announceLocal is not None:
@@ -689,17 +907,25 @@ class TeredoTunnel:
         """
         now = self._clock.seconds()
         if self.address is None or self.server is None or not self._mayEcho(peer, now):
-            self.suppressed["no-source" if self.server is None else "peer-rate"] += 1
-            self.counters["echo-suppressed"] += 1
-            return False
+            return self._suppress("no-source" if self.server is None else "peer-rate", "echo-suppressed")
+        self._sendEcho(peer, peer.attempts, now)
+        self.counters["echo-tests"] += 1
+        return True
+
+    def _sendEcho(self, peer: Peer, sequence: int, now: float) -> None:
+        """
+        One echo request of a direct IPv6 connectivity test (section 5.2.9) to C{peer},
+        through our server, carrying the test's nonce (drawn for a new test), counted as a
+        probe by section 5.2.6's limits.
+        """
+        address, server = self.address, self.server
+        if address is None or server is None:  # the callers checked already
+            return
         if peer.nonce is None:
             peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
-        ident = int.from_bytes(peer.nonce[:2], "big")
-        request = EchoRequest(ident, peer.attempts, peer.nonce)
-        self._send(icmpv6_packet(self.address, peer.address, request, 64), self.server)
-        self.counters["echo-tests"] += 1
+        request = EchoRequest(int.from_bytes(peer.nonce[:2], "big"), sequence, peer.nonce)
+        self._send(icmpv6_packet(address, peer.address, request, 64), server)
         peer.bubble_sent(now)
-        return True
 
     def _release(self, peer: Peer) -> None:
         """
@@ -707,9 +933,7 @@ class TeredoTunnel:
         sent us from that very mapping, drop the rest (section 5.2.3, "de-queue").
         """
         if peer.timer is not None:
-            if peer.timer.active():
-                peer.timer.cancel()
-            peer.timer = None
+            self._setState(peer, TRUSTED, timer=None)
         if not peer.queue:
             return
         mapping = peer.mapping
@@ -734,7 +958,7 @@ class TeredoTunnel:
             source = packet[24:40]
         if len(packet) < 40:
             return
-        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= _ICMP_ERROR_MAX:
+        if packet[6] == NH_ICMPV6 and len(packet) > 40 and packet[40] <= ICMP_ERROR_MAX:
             return
         if not self._icmpLimit.allow(0):
             self.counters["icmp-errors-limited"] += 1
@@ -776,15 +1000,13 @@ class TeredoTunnel:
             self.drops["unknown-peer"] += 1
             return
         if not self._answerLimit.allow(origin):
-            self.suppressed["peer-rate"] += 1
-            self.counters["bubbles-suppressed"] += 1
+            self._suppress("peer-rate", "bubbles-suppressed")
             return
         budget = self._inboundBudget
         if budget is not None:
             reason = budget.charge(b"")
             if reason is not None:
-                self.suppressed[reason] += 1
-                self.counters["bubbles-suppressed"] += 1
+                self._suppress(reason, "bubbles-suppressed")
                 return
         self._send(bubble(self.address, src), origin)
         self.counters["bubbles-answered"] += 1
@@ -816,25 +1038,22 @@ class TeredoTunnel:
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)
             self._release(peer)
-            if peer.nonce is not None and self._isEchoReply(packet):
+            if peer.nonce is not None and self._isEchoReply(packet) and self._answersTest(peer, packet):
                 # A re-check (or test) answered through the relay we already use.
-                reply = self._decodeEcho(packet)
-                if reply is not None and reply.data == peer.nonce:
-                    peer.nonce = None
-                    self.counters["echo-tests-ok"] += 1
-                    return
+                peer.nonce = None
+                self.counters["echo-tests-ok"] += 1
+                return
             self._accept(packet, isBubble)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
-            reply = self._decodeEcho(packet)
-            if reply is not None and reply.data == peer.nonce:
+            if self._answersTest(peer, packet):
                 observe("echo-test", now - peer.last_tx)
                 if peer.mapping != addr:
                     self._logChange(
                         "relay for {peer}: {relay}", peer=ipv6_text(src), relay=f"{addr[0]}:{addr[1]}"
                     )
-                peer.trust(addr, now)
+                self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
                 self.counters["echo-tests-ok"] += 1
                 self._release(peer)
                 return
@@ -853,7 +1072,7 @@ class TeredoTunnel:
                     and peer.local_endpoint == addr
                     and peers.is_valid(peer)
                 ):
-                    peer.trust(addr, now)
+                    self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
                     self._release(peer)
                     self._accept(packet, isBubble)
                     return
@@ -870,7 +1089,7 @@ class TeredoTunnel:
                     self.drops["unknown-peer"] += 1
                     return
                 peer = peers.create(src)
-            peer.trust(addr, now)
+            self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
             self._release(peer)
             self._accept(packet, isBubble)
             return
@@ -918,14 +1137,14 @@ class TeredoTunnel:
             # local entry to match it): announce first, so the answer finds one.
             if self.announceLocal is not None:
                 self.announceLocal()
-        elif peer.trusted and peer.mapping != addr:
-            peer.trusted = False
-        peer.local = True
-        peer.local_endpoint = addr
+        if peer.trusted and peer.mapping == addr:
+            new = TRUSTED
+        else:
+            new = PROBING if peer.timer is not None else LOCAL
+        self._setState(peer, new, lanEndpoint=addr)
         peer.heard(now)
         if self.address is None or not self._answerLimit.allow(addr):
-            self.suppressed["peer-rate" if self.address else "no-source"] += 1
-            self.counters["bubbles-suppressed"] += 1
+            self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
             return
         self._send(bubble(self.address, src), addr)
         self.counters["bubbles-answered"] += 1
@@ -939,16 +1158,20 @@ class TeredoTunnel:
     @staticmethod
     def _isEchoReply(packet: TeredoPacket) -> bool:
         ipv6 = packet.ipv6
-        return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == _ICMP_ECHO_REPLY
+        return packet.header.next_header == NH_ICMPV6 and len(ipv6) > 40 and ipv6[40] == ICMP_ECHO_REPLY
 
     @staticmethod
-    def _decodeEcho(packet: TeredoPacket) -> EchoReply | None:
+    def _answersTest(peer: Peer, packet: TeredoPacket) -> bool:
+        """
+        Is the echo reply C{packet} (checksum included) the answer to the peer's pending
+        test, i.e. does it carry its nonce?
+        """
         header = packet.header
         try:
             msg = decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
         except ParseError:
-            return None
-        return msg if isinstance(msg, EchoReply) else None
+            return False
+        return isinstance(msg, EchoReply) and msg.data == peer.nonce
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -5,9 +5,12 @@ Teredo IPv6 addresses (RFC 4380 section 4, flags as updated by RFC 5991 section 
           prefix  server IPv4  flags  ~mapped port  ~mapped IPv4
 
 The mapped port and IPv4 address are stored obfuscated (XOR all ones) so that NATs that
-rewrite addresses found in payloads leave them alone.  L{TeredoAddress} holds them
-de-obfuscated; the module-level helpers (L{mapping_of}, L{server_of}, L{is_teredo}) read raw
-16-byte addresses without building a value, for the data path.
+rewrite addresses found in payloads leave them alone; the origin indication (RFC 4380
+section 5.1.1) carries an endpoint the same way.  L{obfuscate_port}, L{obfuscate_ipv4} and
+L{obfuscated_mapping} are that XOR, the one place it is written (it is its own inverse, so
+they de-obfuscate too).  L{TeredoAddress} holds the fields de-obfuscated; the module-level
+helpers (L{mapping_of}, L{server_of}, L{is_teredo}, L{mapping_is_global},
+L{is_global_teredo}) read raw 16-byte addresses without building a value, for the data path.
 
 Flags, RFC 5991 layout (bit 0 is the most significant bit of byte 8)::
 
@@ -26,6 +29,7 @@ from typing import Callable
 
 from teredonode.wire import ipv4
 from teredonode.wire.errors import ParseError
+from teredonode.wire.ipv6 import ipv6_text
 
 __all__ = [
     "TEREDO_PORT",
@@ -39,7 +43,12 @@ __all__ = [
     "make_address",
     "random_flags",
     "is_teredo",
+    "is_global_teredo",
     "mapping_of",
+    "mapping_is_global",
+    "obfuscate_port",
+    "obfuscate_ipv4",
+    "obfuscated_mapping",
     "server_of",
     "link_local",
     "server_link_local",
@@ -62,11 +71,36 @@ RANDOM_MASK = 0x3CFF
 
 _LAYOUT = struct.Struct("!4s4sHH4s")
 _TAIL = struct.Struct("!H4s")
-_XOR32 = b"\xff\xff\xff\xff"
+_OBFUSCATED = struct.Struct("!HI")
 
 
-def _xor4(raw: bytes) -> bytes:
+def obfuscate_port(port: int) -> int:
+    """
+    A UDP port as a Teredo address or an origin indication carries it: every bit inverted
+    (RFC 4380 sections 4 and 5.1.1).  Its own inverse: it de-obfuscates too.
+    """
+    return port ^ 0xFFFF
+
+
+def obfuscate_ipv4(raw: bytes) -> bytes:
+    """
+    A 4-byte IPv4 address with every bit inverted, as a Teredo address or an origin
+    indication carries it (RFC 4380 sections 4 and 5.1.1).  Its own inverse.
+    """
     return (int.from_bytes(raw, "big") ^ 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def obfuscated_mapping(ip: str, port: int) -> bytes:
+    """
+    The six bytes that embed the endpoint C{(ip, port)}, obfuscated: bytes 10..15 of a
+    Teredo address, and what follows the two zero bytes of an origin indication.  Built in
+    one C{struct} call because a server builds it for every datagram whose source it checks
+    (RFC 4380 section 5.3.1) and every origin indication it sends; C{ip} is a dotted quad as the socket layer gives
+    it (not re-checked: L{ipv4.pack} is for text from elsewhere).  The XOR is written out
+    here and in L{mapping_of} and L{mapping_is_global} rather than calling the two helpers
+    above: these three run per packet, where a call costs more than the XOR.
+    """
+    return _OBFUSCATED.pack(port ^ 0xFFFF, int.from_bytes(socket.inet_aton(ip), "big") ^ 0xFFFFFFFF)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +144,8 @@ class TeredoAddress:
             prefix=prefix,
             server=socket.inet_ntoa(server),
             flags=flags,
-            port=oport ^ 0xFFFF,
-            client=socket.inet_ntoa(_xor4(oip)),
+            port=obfuscate_port(oport),
+            client=socket.inet_ntoa(obfuscate_ipv4(oip)),
         )
 
     @classmethod
@@ -135,12 +169,12 @@ class TeredoAddress:
             self.prefix,
             ipv4.pack(self.server),
             self.flags,
-            self.port ^ 0xFFFF,
-            _xor4(ipv4.pack(self.client)),
+            obfuscate_port(self.port),
+            obfuscate_ipv4(ipv4.pack(self.client)),
         )
 
     def __str__(self) -> str:
-        return str(ipaddress.IPv6Address(self.to_bytes()))
+        return ipv6_text(self.to_bytes())
 
     @property
     def cone(self) -> bool:
@@ -201,12 +235,39 @@ def server_of(raw: bytes) -> str:
     return socket.inet_ntoa(raw[4:8])
 
 
-def mapping_of(raw: bytes) -> tuple[str, int]:
+def mapping_of(raw: bytes, offset: int = 10) -> tuple[str, int]:
     """
     The mapped C{(ip, port)} embedded in a raw 16-byte Teredo address.  Cheap: data path.
+
+    @param offset: where the six obfuscated bytes start: 10 in an address, 2 past the start
+        of an origin indication (L{teredonode.wire.teredo.classify} reads those with it).
     """
-    oport, oip = _TAIL.unpack_from(raw, 10)
-    return socket.inet_ntoa(_xor4(oip)), oport ^ 0xFFFF
+    oport, oip = _TAIL.unpack_from(raw, offset)
+    return socket.inet_ntoa(obfuscate_ipv4(oip)), oport ^ 0xFFFF
+
+
+def mapping_is_global(raw: bytes, hardened: bool = True) -> bool:
+    """
+    Is the mapped IPv4 address embedded in the raw Teredo address C{raw} global unicast
+    (RFC 4380 section 5.2.4)?  Neither a server nor a relay sends toward one that is not
+    (sections 5.3.1 and 5.4.1).  Tested as an integer, without building the dotted quad: a server
+    asks for every packet it forwards.
+    """
+    return ipv4.is_global_unicast(int.from_bytes(raw[12:16], "big") ^ 0xFFFFFFFF, hardened)
+
+
+def is_global_teredo(raw: bytes, prefix: bytes = GLOBAL_PREFIX, hardened: bool = True) -> bool:
+    """
+    Is C{raw} a Teredo address (C{prefix}) whose embedded server and mapped IPv4 address
+    are both global unicast?  What a packet toward a Teredo peer needs before any bubble
+    goes to either (RFC 4380 sections 5.2.4 and 5.4.1), and what a discovery bubble's
+    source must be (section 5.2.8).
+    """
+    return (
+        raw[:4] == prefix
+        and ipv4.is_global_unicast(raw[4:8], hardened)
+        and mapping_is_global(raw, hardened)
+    )
 
 
 def link_local(flags: int, port: int, ip: str) -> bytes:
@@ -214,7 +275,9 @@ def link_local(flags: int, port: int, ip: str) -> bytes:
     A Teredo link-local address: fe80::/64 and the same identifier layout as a Teredo
     address (RFC 4380 section 4).
     """
-    return b"\xfe\x80" + b"\x00" * 6 + struct.pack("!HH", flags, port ^ 0xFFFF) + _xor4(ipv4.pack(ip))
+    return (
+        b"\xfe\x80" + b"\x00" * 6 + struct.pack("!HH", flags, obfuscate_port(port)) + obfuscate_ipv4(ipv4.pack(ip))
+    )
 
 
 def server_link_local(server: str) -> bytes:

@@ -130,3 +130,12 @@ def is_global_unicast(ip: str | bytes | int, hardened: bool = True) -> bool:
         if value & mask == network:
             return False
     return True
+
+
+def following(ip: str) -> str | None:
+    """
+    The IPv4 address after C{ip}: a Teredo server's conventional secondary address (SA-04,
+    "primary + 1"); C{None} after 255.255.255.255.
+    """
+    value = _U32.unpack(pack(ip))[0]
+    return unpack(_U32.pack(value + 1)) if value < 0xFFFFFFFF else None

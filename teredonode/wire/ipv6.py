@@ -28,6 +28,13 @@ __all__ = [
     "ipv6_text",
     "NH_ICMPV6",
     "NH_NONE",
+    "ICMP_DEST_UNREACH",
+    "ICMP_PACKET_TOO_BIG",
+    "ICMP_ECHO_REQUEST",
+    "ICMP_ECHO_REPLY",
+    "ICMP_RS",
+    "ICMP_RA",
+    "ICMP_ERROR_MAX",
     "ALL_NODES",
     "ALL_ROUTERS",
     "IPv6Header",
@@ -68,6 +75,9 @@ ICMP_ECHO_REQUEST = 128
 ICMP_ECHO_REPLY = 129
 ICMP_RS = 133
 ICMP_RA = 134
+#: ICMPv6 types 0..127 are errors, 128..255 informational (RFC 4443 section 2.1): an error
+#: is never sent about an error (section 2.4 e).
+ICMP_ERROR_MAX = 127
 
 OPT_PREFIX_INFORMATION = 3
 OPT_MTU = 5

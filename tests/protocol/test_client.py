@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from teredonode.config import ClientSettings, ServerSettings
-from teredonode.interfaces import ITeredoRole
+from teredonode.interfaces import IDiscoveryHost, ILocalPeers, ITeredoRole
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
@@ -66,6 +66,7 @@ class ClientTestCase(SynchronousTestCase):
         self.serverTun = FakeTunDevice("teredo-srv")
         self.server = self.makeServer()
         self._nats = 0
+        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator]] = {}
 
     def makeServer(self, **overrides: Any) -> TeredoServer:
         host = self.net.host(PRIMARY, SECONDARY)
@@ -81,7 +82,7 @@ class ClientTestCase(SynchronousTestCase):
         self,
         kind: str = "port-restricted",
         seed: int = 1,
-        hasOtherIPv6: bool = False,
+        hasOtherIPv6: bool | list[bool] = False,
         start: bool = True,
         natTimeout: float = 120.0,
         host: FakeHost | None = None,
@@ -98,15 +99,19 @@ class ClientTestCase(SynchronousTestCase):
             host = nat.host("10.0.0.2")
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY, **overrides)
         rng = random.Random(seed)
+        tun, netconfig = FakeTunDevice("teredo"), FakeNetworkConfigurator()
         client = TeredoClient(
             settings,
             host,
-            FakeTunDevice("teredo"),
-            FakeNetworkConfigurator(),
-            hasOtherIPv6=lambda: hasOtherIPv6,
+            tun,
+            netconfig,
+            hasOtherIPv6=(
+                (lambda: hasOtherIPv6[0]) if isinstance(hasOtherIPv6, list) else (lambda: hasOtherIPv6)
+            ),
             rng=rng,
             randbytes=rng.randbytes,
         )
+        self._devices[id(client)] = (tun, netconfig)
         client.host = host  # type: ignore[attr-defined]
         if start:
             client.privilegedStartService()
@@ -115,10 +120,10 @@ class ClientTestCase(SynchronousTestCase):
         return client
 
     def tunOf(self, client: TeredoClient) -> FakeTunDevice:
-        return client._tun  # type: ignore[return-value]
+        return self._devices[id(client)][0]
 
     def confOf(self, client: TeredoClient) -> FakeNetworkConfigurator:
-        return client._netconfig  # type: ignore[return-value]
+        return self._devices[id(client)][1]
 
     def assertDropped(self, client: TeredoClient, reason: str, count: int = 1) -> None:
         drops = client.status()["drops"]
@@ -209,6 +214,43 @@ class QualificationTests(ClientTestCase):
         self.net.run(12)
         self.assertEqual((client.state, client.nat), ("qualified", "unknown"))
 
+    def test_silentSecondaryStrict(self) -> None:
+        """
+        CL-Q-08 as written (strict-secondary): a silent secondary address keeps the client
+        offline, saying why.
+        """
+        self.net.addDropFilter(lambda d: d.dst[0] == SECONDARY)
+        client = self.makeClient(strict_secondary=True)
+        self.net.run(12)
+        self.assertEqual(client.state, "offline")
+        self.assertIn("strict-secondary", client.status()["offline-reason"])
+        self.assertIsNone(client.address)
+
+    def test_dormantWhileNativeIPv6(self) -> None:
+        """
+        G-03 / SEC-20: with native IPv6 the client sends no RS and holds no address; when the
+        native route goes away it qualifies within a minute; when it comes back the Teredo
+        address goes.
+        """
+        sent: list[Any] = []
+        self.net.addDropFilter(lambda d: sent.append(d) and False)
+        native = [True]
+        client = self.makeClient(hasOtherIPv6=native)
+        self.net.run(120)
+        self.assertEqual(client.state, "dormant")
+        self.assertEqual(client.status()["offline-reason"], None)
+        self.assertEqual(sent, [])
+        self.assertEqual(self.confOf(client).addresses.get("teredo", set()), set())
+        native[0] = False
+        self.net.run(61)
+        self.assertEqual(client.state, "qualified")
+        self.assertEqual(len(self.confOf(client).addresses["teredo"]), 2)
+        native[0] = True
+        self.net.run(31)
+        self.assertEqual(client.state, "dormant")
+        self.assertEqual(self.confOf(client).addresses.get("teredo", set()), set())
+        self.assertEqual(self.tunOf(client).written, [])
+
     def test_raWithWrongNonceOrUnexpectedIgnored(self) -> None:
         """
         CL-SQ-03: an RA whose nonce is not the outstanding one is discarded; an RA while no
@@ -293,8 +335,8 @@ class QualificationTests(ClientTestCase):
         RFC 4380 section 5.5: "auto" adds no default route when the host has other IPv6;
         true and false force it.
         """
-        auto = self.makeClient(hasOtherIPv6=True)
-        forced = self.makeClient(hasOtherIPv6=True, default_route=True)
+        auto = self.makeClient(hasOtherIPv6=True, dormant_with_native=False)
+        forced = self.makeClient(hasOtherIPv6=True, default_route=True, dormant_with_native=False)
         never = self.makeClient(default_route=False)
         self.net.flush()
         self.assertEqual(self.confOf(auto).routes, set())
@@ -338,6 +380,27 @@ class MaintenanceTests(ClientTestCase):
         self.assertGreater(len(set(round(g, 3) for g in gaps)), 5)
         self.assertEqual(client.state, "qualified")
         self.assertEqual(client.status()["counters"]["address-changes"], 0)
+
+    def test_serverTrafficPostponesRefresh(self) -> None:
+        """
+        CL-M-02: no maintenance RS while packets keep coming from the server within the
+        refresh interval; once it falls silent, the next RS comes one interval after its
+        last packet.
+        """
+        times = self.rsTimes()
+        client = self.makeClient()
+        self.net.flush()
+        qualified = len(times)
+        assert client.mapping is not None
+        assert client.address is not None
+        # Packets from the server's address (bubbles it relays) every 10 s for 100 s.
+        bubble = ipv6.bubble(raw("2001:0:cb00:7163::1"), client.address.to_bytes())
+        for _ in range(10):
+            self.net.inject((PRIMARY, 3544), client.mapping, bubble)
+            self.net.run(10)
+        self.assertEqual(len(times), qualified)
+        self.net.run(31)
+        self.assertEqual(len(times), qualified + 1)
 
     def test_mappingChangeSwapsAddress(self) -> None:
         """
@@ -960,7 +1023,7 @@ class RoleTests(ClientTestCase):
         A failed interface command is logged and counted, and the count shows in status.
         """
         client = self.makeClient(start=False)
-        client._netconfig.failNext("addAddress")
+        self.confOf(client).failNext("addAddress")
         client.privilegedStartService()
         client.startService()
         self.net.flush()
@@ -977,6 +1040,20 @@ class RoleTests(ClientTestCase):
         self.assertEqual(self.confOf(client).addresses["teredo"], set())
         self.assertTrue(self.tunOf(client).closed)
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_discoveryCollaboratorsProvideTheirInterfaces(self) -> None:
+        """
+        Local discovery gets the client and the tunnel through interfaces, not lambdas or
+        privates.
+        """
+        client = self.makeClient()
+        self.assertTrue(verifyObject(IDiscoveryHost, client))
+        self.assertTrue(verifyObject(ILocalPeers, client.tunnel))
+        self.assertFalse(client.isQualified() and client.mappedAddress() is None)
+        self.net.flush()
+        self.assertTrue(client.isQualified())
+        assert client.mapping is not None
+        self.assertEqual(client.mappedAddress(), client.mapping[0])
 
     def test_makeRole(self) -> None:
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY)

@@ -1,11 +1,15 @@
 """
 Reload (SIGHUP, L{teredonode.service.TeredoNode.reload}): a running server takes a new rate
-limit and new secure-qualification keys without losing a qualified client; what cannot change
-live keeps its value and is named in one log line; a broken file changes nothing.
+limit and new secure-qualification keys without losing a qualified client; a relay and a
+host-specific relay take new bubble budgets (RL-RX-07, SEC-19), direct bubbles and queue
+bounds without losing a trusted peer; a client takes a new inbound probe budget (SEC-19)
+without requalifying.  What cannot change live keeps its value and is named in one log line;
+a broken file changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -13,16 +17,22 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.config import ClientSettings, parse_config
+from teredonode.config import ClientSettings, HostRelaySettings, RelaySettings, ServerSettings, parse_config
 from teredonode.errors import ConfigError
 from teredonode.logs import logFilter, setLogLevel
 from teredonode.roles.client import TeredoClient
+from teredonode.roles.hostrelay import HostSpecificRelay
+from teredonode.roles.relay import TeredoRelay
+from teredonode.roles.tunnel import ProbeBudget
 from teredonode.roles.server import TeredoServer
 from teredonode.service import TeredoNode
 from teredonode.testing import FakeInternet, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED
-from teredonode.wire.teredo import AuthIndicator, encode_payload
+from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_payload
+from tests.protocol import test_hostrelay, test_relay
+from tests.protocol.test_client import echo
+from tests.protocol.test_relay import RELAY_IP, V6HOST, teredo
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 BASE = f"""
@@ -39,12 +49,53 @@ rs-initial = {{initial}}
 """
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
+def makeRole(settings: Any, node: Any, reactor: Any) -> Any:
     """
-    The role module the node loads in these tests: a server on the in-memory network (the
-    node's "reactor" is a fake host).
+    The role module the node loads in these tests: each role on the in-memory network (the
+    node's "reactor" is a fake host), with fake TUNs and network configuration.
     """
-    return TeredoServer(settings, reactor)
+    rng = random.Random(7)
+    if isinstance(settings, ServerSettings):
+        return TeredoServer(settings, reactor)
+    if isinstance(settings, RelaySettings):
+        return TeredoRelay(
+            settings, reactor, FakeTunDevice("teredo-relay"), FakeNetworkConfigurator(), randbytes=rng.randbytes
+        )
+    if isinstance(settings, HostRelaySettings):
+        return HostSpecificRelay(
+            settings, reactor, FakeTunDevice("teredo-hr"), FakeNetworkConfigurator(),
+            lambda: {test_hostrelay.DUAL6}, randbytes=rng.randbytes,
+        )
+    assert isinstance(settings, ClientSettings)
+    return TeredoClient(
+        settings, reactor, FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes
+    )
+
+
+def roleNode(test: Any, role: str, table: str, reactor: Any) -> TeredoNode:
+    """
+    A node running C{role} from the TOML C{table} (test.file is read again on reload), its
+    role started on C{reactor}; log events collected in test.events.
+    """
+    test.file = table
+
+    def read() -> Any:
+        return parse_config(f'[node]\nstatus-socket = "/nonexistent/status.sock"\n[{role}]\nenabled = true\n{test.file}', "teredo.toml")
+
+    node = TeredoNode(read(), reactor, registry={role: __name__}, loader=read)
+    started = node.roles[role]
+    started.privilegedStartService()
+    started.startService()
+    test.addCleanup(started.stopService)
+    test.addCleanup(setLogLevel, "info")
+    test.events = []
+    globalLogPublisher.addObserver(test.events.append)
+    test.addCleanup(globalLogPublisher.removeObserver, test.events.append)
+    return node
+
+
+def reloadLines(events: list[dict]) -> list[str]:
+    return [e["log_format"].format(**e) for e in events if e.get("log_format", "").startswith("reload:")]
 
 
 def text(rate: float = 1.0, burst: int = 10, initial: int = 3, level: str = "info", extra: str = "") -> str:
@@ -84,7 +135,7 @@ class ReloadTests(SynchronousTestCase):
         return client
 
     def reloadLines(self) -> list[str]:
-        return [e["log_format"].format(**e) for e in self.events if e.get("log_format", "").startswith("reload:")]
+        return reloadLines(self.events)
 
     def test_rate_limit_changes_client_stays_qualified(self) -> None:
         client = self.client()
@@ -150,9 +201,191 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(applied, ["[node] metrics"])
         self.assertEqual(self.node.metricsService.portNumber, 9544)
 
+    def test_role_failing_to_reconfigure(self) -> None:
+        """
+        A role whose reconfigure fails keeps running on what it had: its settings are
+        reported as needing a restart, the node's level is still applied.
+        """
+
+        def broken(settings: Any) -> None:
+            raise RuntimeError("bug")
+
+        self.server.reconfigure = broken  # type: ignore[method-assign]
+        self.file = text(rate=0.01, level="debug")
+        applied, restart = self.node.reload()
+        self.assertEqual((applied, restart), (["[node] log-level"], ["[server] rs-rate"]))
+        self.assertEqual(self.node.config.roles["server"].rs_rate, 1.0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        [line] = self.reloadLines()[-1:]
+        self.assertIn("needs a restart to change: [server] rs-rate", line)
+
     def test_without_a_file(self) -> None:
         node = TeredoNode(parse_config(self.file, "(no config file)"), Clock(), registry={"server": __name__})
         self.assertRaises(ConfigError, node._readAgain)
+
+
+class ProbeBudgetTests(SynchronousTestCase):
+    def test_set_rates_renews_only_what_changed(self) -> None:
+        """
+        New per-key rates leave the spent global bucket spent (a reload is no way around
+        it); a new global rate starts that bucket afresh, full.
+        """
+        budget = ProbeBudget(Clock(), 0.001, 2, 1.0, 5)
+        self.assertEqual([budget.charge(b"k") for _ in range(3)], [None, None, "global-budget"])
+        budget.setRates(0.001, 2, 1.0, 1)
+        self.assertEqual(budget.charge(b"other"), "global-budget")
+        budget.setRates(0.001, 3, 1.0, 1)
+        self.assertEqual([budget.charge(b"k"), budget.charge(b"k")], [None, "ipv4-budget"])
+
+
+class RelayReloadTests(test_relay.RelayTestCase):
+    """
+    The relay of L{test_relay}'s test bed, run by a node from a configuration file.
+    """
+
+    def makeRelay(self, **overrides: Any) -> TeredoRelay:
+        self.node = roleNode(self, "relay", "", self.net.host(RELAY_IP))
+        relay: TeredoRelay = self.node.roles["relay"]
+        return relay
+
+    def test_budgets_change_trusted_peer_stays(self) -> None:
+        """
+        RL-RX-07: after a reload lowering the per-IPv4 bubble burst to 1 and turning direct
+        bubbles on, a second new exchange toward one IPv4 is refused (the old burst of 8
+        would let it go) and the first sends a direct bubble; a client trusted before is
+        still trusted and sent to at once.
+        """
+        endpoint, udp, address = self.trustedFakeClient()
+        peers = len(self.relay.tunnel.peers)
+        self.file = "bubble-rate-per-ipv4 = 0.01\nbubble-burst-per-ipv4 = 1\ndirect-bubbles = true\npeer-queue = 2\n"
+        applied, restart = self.node.reload()
+        self.assertEqual(
+            (sorted(applied), restart),
+            (
+                [
+                    "[relay] bubble-burst-per-ipv4",
+                    "[relay] bubble-rate-per-ipv4",
+                    "[relay] direct-bubbles",
+                    "[relay] peer-queue",
+                ],
+                [],
+            ),
+        )
+        self.assertEqual(self.relay.tunnel.peers.queue_packets, 2)
+        # The trusted client: same entry, packets go at once.
+        self.assertEqual(len(self.relay.tunnel.peers), peers)
+        self.assertTrue(self.relay.tunnel.peers.get(address).trusted)
+        data = echo(V6HOST, address, b"after reload")
+        self.tun.inject(data)
+        self.settle()
+        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+        # The new budget: one IPv4 behind two Teredo addresses, one new exchange only.
+        direct = self.counters()["bubbles-direct"]
+        for port in (1024, 1025):
+            self.tun.inject(echo(V6HOST, teredo(test_relay.PRIMARY, "192.0.2.99", port)))
+        self.settle()
+        self.assertEqual(self.drops(), {"budget-ipv4": 1})
+        self.assertEqual(self.counters()["bubbles-direct"], direct + 1)
+        self.assertEqual(len(reloadLines(self.events)), 1)
+
+    def test_what_needs_a_restart_is_named(self) -> None:
+        """
+        Settings the relay cannot change while running keep their value and are named in
+        the reload's one line, next to those applied.
+        """
+        self.file = 'icmp-rate = 1.0\nserve = ["2001:db8::/32"]\nport = 4000\nbubble-rate = 10.0\n'
+        applied, restart = self.node.reload()
+        self.assertEqual(applied, ["[relay] bubble-rate"])
+        self.assertEqual(sorted(restart), ["[relay] icmp-rate", "[relay] port", "[relay] serve"])
+        self.assertEqual(self.relay.settings.serve, ("2000::/3",))
+        self.assertEqual(self.relay.settings.bubble_rate, 10.0)
+        self.assertEqual(self.node.config.roles["relay"].port, 3544)
+        [line] = reloadLines(self.events)
+        self.assertIn("applied [relay] bubble-rate; needs a restart to change: [relay] ", line)
+        self.assertIn("[relay] serve", line)
+
+
+class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
+    """
+    The host-specific relay of L{test_hostrelay}'s test bed, run by a node.
+    """
+
+    def makeHostRelay(self, start: bool = True, ip: str = test_hostrelay.DUAL_IP, **overrides: Any) -> HostSpecificRelay:
+        self.node = roleNode(self, "host-relay", "", self.net.host(ip))
+        hr: HostSpecificRelay = self.node.roles["host-relay"]
+        return hr
+
+    def test_global_budget_changes_trusted_peer_stays(self) -> None:
+        """
+        SEC-19: after a reload lowering the global bubble budget to a burst of 1, a second
+        new exchange (toward another IPv4 address) is refused as budget-global; the client
+        trusted before is sent to at once.
+        """
+        endpoint, udp, address = self.trustedFakeClient()
+        self.file = "bubble-rate = 0.01\nbubble-burst = 1\n"
+        applied, restart = self.node.reload()
+        self.assertEqual((sorted(applied), restart), (["[host-relay] bubble-burst", "[host-relay] bubble-rate"], []))
+        data = echo(test_hostrelay.DUAL6, address, b"after reload")
+        self.tun.inject(data)
+        self.settle()
+        self.assertIn((data, self.endpoint), endpoint.received)
+        for ip in ("192.0.2.98", "192.0.2.99"):
+            self.tun.inject(echo(test_hostrelay.DUAL6, teredo(test_relay.PRIMARY, ip, 1024)))
+        self.settle()
+        self.assertEqual(self.drops(), {"budget-global": 1})
+        self.assertTrue(self.hr.tunnel.peers.get(address).trusted)
+
+    def test_live_settings_are_settings(self) -> None:
+        """
+        Every role's live settings are fields of its table (a misspelt one would never be
+        applied); the host-specific relay has no drain time.
+        """
+        for role, table in [
+            (TeredoServer, ServerSettings),
+            (TeredoRelay, RelaySettings),
+            (HostSpecificRelay, HostRelaySettings),
+            (TeredoClient, ClientSettings),
+        ]:
+            self.assertLessEqual(set(role.liveSettings), {f.name for f in dataclasses.fields(table)}, role)
+        self.assertNotIn("drain_time", self.hr.liveSettings)
+
+
+class ClientReloadTests(test_relay.RelayTestCase):
+    """
+    A client run by a node, qualified with the test bed's server.
+    """
+
+    def test_inbound_budget_changes_client_stays_qualified(self) -> None:
+        """
+        SEC-19: after a reload lowering inbound-probe-burst to 1, two indirect bubbles with
+        different origins get one answer (the old burst of 20 would answer both); the
+        client keeps its address and qualification.
+        """
+        nat = self.net.nat("full-cone", public="198.51.100.1", rng=random.Random(1))
+        node = roleNode(
+            self, "client", f'server = "{PRIMARY}"\nsecondary = "{SECONDARY}"\n', nat.host("10.0.0.2")
+        )
+        client: TeredoClient = node.roles["client"]
+        self.settle()
+        self.assertEqual(client.state, "qualified")
+        address, qualifications = client.address, client.counters["qualifications"]
+        self.file += "inbound-probe-rate = 0.01\ninbound-probe-burst = 1\n"
+        applied, restart = node.reload()
+        self.assertEqual(
+            (sorted(applied), restart), (["[client] inbound-probe-burst", "[client] inbound-probe-rate"], [])
+        )
+        me = client.address.to_bytes()
+        for i in (1, 2):
+            payload = encode_payload(
+                ipv6.bubble(teredo(PRIMARY, f"192.0.2.{i}", 5000), me), origin=OriginIndication(f"192.0.2.{i}", 5000)
+            )
+            self.net.inject((PRIMARY, 3544), client.mapping, payload)
+        self.settle()
+        self.assertEqual(client.status()["counters"]["bubbles-answered"], 1)
+        self.assertEqual(client.status()["peers"]["probes-suppressed"]["global-budget"], 1)
+        self.advance(60)
+        self.assertEqual((client.state, client.address), ("qualified", address))
+        self.assertEqual(client.counters["qualifications"], qualifications)
 
 
 class _Sink:

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import tempfile
+import tomllib
 from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredonode.config import (
     DEFAULT_STATUS_SOCKET,
     NO_FILE,
+    REQUIRED,
+    ROLE_NAMES,
     SCHEMA,
+    _integer,
+    setting,
     ClientSettings,
     HostRelaySettings,
     NodeSettings,
@@ -419,3 +424,86 @@ class SecureClientsTests(SynchronousTestCase, ErrorAssertions):
             self.assertTrue(message.startswith("x.toml: [server] clients: "), message)
             self.assertNotIn("hunter2", message)
             self.assertEqual(len(message.splitlines()), 1)
+
+
+class DeclarationTests(SynchronousTestCase):
+    """
+    Each key is declared once, as a field of its settings class; the schema, the defaults and
+    the docs are derived from it and so agree.
+    """
+
+    CLASSES = {
+        "node": NodeSettings,
+        "server": ServerSettings,
+        "client": ClientSettings,
+        "relay": RelaySettings,
+        "host-relay": HostRelaySettings,
+    }
+
+    def test_tablesInOrder(self) -> None:
+        self.assertEqual(tuple(SCHEMA), ("node",) + ROLE_NAMES)
+
+    def test_schemaIsTheSettingsFields(self) -> None:
+        """
+        Every settings attribute but C{enabled} is a key and every key but C{enabled} an
+        attribute; a field default is the key's default, and keys without one (required or
+        derived) have no field default.
+        """
+        for table, cls in self.CLASSES.items():
+            keys = {key.attr: key for key in SCHEMA[table] if key.name != "enabled"}
+            attrs = {f.name: f for f in dataclasses.fields(cls) if f.name != "enabled"}
+            self.assertEqual(list(keys), list(attrs), table)
+            for attr, key in keys.items():
+                self.assertEqual(key.name, attr.replace("_", "-"))
+                default = attrs[attr].default
+                if default is dataclasses.MISSING:
+                    # required, or derived by _build_role (which the docs say how)
+                    self.assertTrue(key.default is REQUIRED or key.shown, f"[{table}] {key.name}")
+                else:
+                    self.assertEqual(default, key.default, f"[{table}] {key.name}")
+        self.assertEqual([key.name for key in SCHEMA["server"][:3]], ["enabled", "primary", "secondary"])
+        self.assertIs(SCHEMA["server"][1].default, REQUIRED)
+
+    def test_everyKeyDocumented(self) -> None:
+        for table, keys in SCHEMA.items():
+            for key in keys:
+                where = f"[{table}] {key.name}"
+                self.assertTrue(key.doc.endswith(".") and "\n" not in key.doc, where)
+                self.assertTrue(key.kind or key.check.kind, where)
+
+    def test_requiredAndDerivedHaveNoDefault(self) -> None:
+        with self.assertRaises(TypeError):
+            ServerSettings(secondary="192.0.2.2")  # type: ignore[call-arg]
+        with self.assertRaises(TypeError):
+            ServerSettings(primary="192.0.2.1")  # type: ignore[call-arg]
+        self.assertIsNone(ClientSettings(server="192.0.2.9").secondary)
+
+    def test_settingsAreKeywordOnly(self) -> None:
+        with self.assertRaises(TypeError):
+            RelaySettings("tr0")  # type: ignore[misc]
+
+    def test_checkMustDescribeItself(self) -> None:
+        """
+        A declaration's check is a L{Check}, which names its kind for the docs.
+        """
+        self.assertRaises(TypeError, setting, check=lambda value: value, default=1, doc="X.")
+        self.assertEqual(_integer(1, 60, "seconds").kind, "integer 1..60 (seconds)")
+
+
+class SampleDefaultsTests(SynchronousTestCase):
+    def test_sampleShowsTheDefaults(self) -> None:
+        """
+        etc/teredo.toml says it shows every key with its default: each key it sets (other than
+        C{enabled} and the required ones, which need an example) is set to the declared default.
+        """
+        document = tomllib.loads(SAMPLE.read_text())
+        for table, values in document.items():
+            keys = {key.name: key for key in SCHEMA[table]}
+            for name, value in values.items():
+                key = keys[name]
+                if name == "enabled" or key.default in (REQUIRED, None):
+                    continue
+                self.assertEqual(
+                    key.check(value), key.default,
+                    f"etc/teredo.toml: [{table}] {name} is not the default declared in teredonode/config.py",
+                )

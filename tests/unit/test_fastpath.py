@@ -24,7 +24,11 @@ from teredonode.wire import ipv6
 from teredonode.wire.address import server_link_local
 
 SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "teredo_server.bpf.c"
-SETTINGS = ServerSettings(primary="203.0.113.10", secondary="203.0.113.11")
+def settings(**overrides: Any) -> ServerSettings:
+    return ServerSettings(primary="203.0.113.10", secondary="203.0.113.11", **overrides)
+
+
+SETTINGS = settings()
 
 
 def ra_for(settings: Any, dst: bytes) -> bytes:
@@ -80,17 +84,17 @@ class ProgramInterfaceTests(SynchronousTestCase):
             self.assertEqual(fold(whole), fold(packet_sum + words + int.from_bytes(expected[42:44], "big")))
 
     def test_rangesFollowHardened(self) -> None:
-        soft = CONFIG.unpack(pack_config(ServerSettings("203.0.113.10", "203.0.113.11", hardened=False), ra_for(SETTINGS, bytes(16))))
+        soft = CONFIG.unpack(pack_config(settings(hardened=False), ra_for(SETTINGS, bytes(16))))
         hard = CONFIG.unpack(pack_config(SETTINGS, ra_for(SETTINGS, bytes(16))))
         self.assertEqual((soft[13], hard[13]), (9, 13))
 
     def test_secureIsPassedOn(self) -> None:
-        secure = CONFIG.unpack(pack_config(ServerSettings("203.0.113.10", "203.0.113.11", secure=True), ra_for(SETTINGS, bytes(16))))
+        secure = CONFIG.unpack(pack_config(settings(secure=True), ra_for(SETTINGS, bytes(16))))
         self.assertEqual(secure[14], 1)
 
     def test_rateTooSmallForTheProgram(self) -> None:
         with self.assertRaises(FastPathUnavailable):
-            pack_config(ServerSettings("203.0.113.10", "203.0.113.11", rs_rate=0.0001), ra_for(SETTINGS, bytes(16)))
+            pack_config(settings(rs_rate=0.0001), ra_for(SETTINGS, bytes(16)))
 
 
 class SettingTests(SynchronousTestCase):
@@ -122,7 +126,7 @@ class StartTests(SynchronousTestCase):
         self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def settings(self, mode: str) -> ServerSettings:
-        return ServerSettings("203.0.113.10", "203.0.113.11", fast_path=mode)
+        return settings(fast_path=mode)
 
     def test_off(self) -> None:
         def never(addresses: tuple[str, ...]) -> list[tuple[str, int]]:

@@ -51,6 +51,21 @@ class PeerListTests(SynchronousTestCase):
         self.assertEqual([p.address for p in self.removed], [addr(2)])
         self.assertEqual(self.peers.evicted, 1)
 
+    def test_oneOwner(self) -> None:
+        """
+        The removal callback has one owner: given to the constructor or set once later
+        (an owner built after its list), never replaced by another one.
+        """
+        self.assertEqual(self.peers.on_remove, self.removed.append)
+        self.peers.on_remove = self.removed.append  # the same owner again: harmless
+        self.assertRaises(ValueError, setattr, self.peers, "on_remove", print)
+        later = PeerList(self.clock.seconds)
+        seen: list[Peer] = []
+        later.on_remove = seen.append
+        later.create(addr(1))
+        later.remove(addr(1))
+        self.assertEqual([p.address for p in seen], [addr(1)])
+
     def test_createTwiceRefused(self) -> None:
         self.peers.create(addr(1))
         self.assertRaises(KeyError, self.peers.create, addr(1))

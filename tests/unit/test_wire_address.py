@@ -11,6 +11,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredonode.wire import address, ipv4
 from teredonode.wire.address import TeredoAddress
 from teredonode.wire.errors import ParseError
+from teredonode.wire.teredo import OriginIndication, origin_indication
 
 from tests import strategies
 
@@ -108,6 +109,58 @@ class BuildTests(SynchronousTestCase):
         self.assertEqual(address.prefix_from_text("3ffe:831f::/32"), bytes.fromhex("3ffe831f"))
         for bad in ["2001::/48", "2001::1/32", "x"]:
             self.assertRaises(ParseError, address.prefix_from_text, bad)
+
+
+class ObfuscationTests(SynchronousTestCase):
+    """
+    The one XOR of RFC 4380 sections 4 and 5.1.1, and the raw-address helpers built on it.
+    """
+
+    def test_rfc4380_vector(self) -> None:
+        """
+        Section 4's example: 192.0.2.45:40000 is carried as 3fff:fdd2 and 63bf.
+        """
+        self.assertEqual(address.obfuscate_port(40000), 0x63BF)
+        self.assertEqual(address.obfuscate_ipv4(ipv4.pack("192.0.2.45")), bytes.fromhex("3ffffdd2"))
+        self.assertEqual(address.obfuscated_mapping("192.0.2.45", 40000), bytes.fromhex("63bf3ffffdd2"))
+
+    @given(strategies.teredo_address)
+    def test_self_inverse_and_layout(self, a: TeredoAddress) -> None:
+        """
+        Obfuscating twice gives the value back; the six mapping bytes are bytes 10..15 of
+        the address and, after two zero bytes, the origin indication.
+        """
+        raw = a.to_bytes()
+        self.assertEqual(address.obfuscate_port(address.obfuscate_port(a.port)), a.port)
+        packed = ipv4.pack(a.client)
+        self.assertEqual(address.obfuscate_ipv4(address.obfuscate_ipv4(packed)), packed)
+        self.assertEqual(address.obfuscated_mapping(a.client, a.port), raw[10:16])
+        origin = OriginIndication(a.client, a.port).to_bytes()
+        self.assertEqual(origin, b"\x00\x00" + raw[10:16])
+        self.assertEqual(origin_indication(a.client, a.port), origin)
+        self.assertEqual(address.mapping_of(origin, 2), a.mapping)
+
+    def test_global_teredo(self) -> None:
+        """
+        Prefix, embedded server and embedded mapping all count; hardening is the caller's.
+        """
+        def raw(server: str, client: str, prefix: bytes = address.GLOBAL_PREFIX) -> bytes:
+            return TeredoAddress(prefix, server, 0, 40000, client).to_bytes()
+
+        self.assertTrue(address.is_global_teredo(raw("203.0.113.1", "192.0.2.45")))
+        self.assertTrue(address.mapping_is_global(raw("203.0.113.1", "192.0.2.45")))
+        self.assertFalse(address.is_global_teredo(raw("203.0.113.1", "192.0.2.45", b"\x3f\xfe\x83\x1f")))
+        self.assertTrue(
+            address.is_global_teredo(raw("203.0.113.1", "192.0.2.45", b"\x3f\xfe\x83\x1f"), b"\x3f\xfe\x83\x1f")
+        )
+        self.assertFalse(address.is_global_teredo(raw("10.0.0.1", "192.0.2.45")))
+        self.assertFalse(address.is_global_teredo(raw("203.0.113.1", "192.168.1.2")))
+        self.assertFalse(address.mapping_is_global(raw("203.0.113.1", "192.168.1.2")))
+        shared = raw("203.0.113.1", "100.64.0.1")
+        self.assertFalse(address.is_global_teredo(shared))
+        self.assertTrue(address.is_global_teredo(shared, hardened=False))
+        self.assertFalse(address.mapping_is_global(shared))
+        self.assertTrue(address.mapping_is_global(shared, hardened=False))
 
 
 class GlobalUnicastTests(SynchronousTestCase):
