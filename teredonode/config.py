@@ -365,6 +365,16 @@ def _lan_address(value: Any) -> str:
     return f"{text}/{int(length)}"
 
 
+@_checks('`"auto"`, `"on"` or `"off"`')
+def _fast_path(value: Any) -> str:
+    """
+    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
+    """
+    if value in ("auto", "on", "off"):
+        return str(value)
+    raise _Invalid(f"{_show(value)} is not \"auto\", \"on\" or \"off\"")
+
+
 @_checks('`"auto"`, `true` or `false`')
 def _default_route(value: Any) -> str | bool:
     """
@@ -806,6 +816,16 @@ class ServerSettings(_RoleSettings):
         doc="Also refuse post-RFC 4380 non-global IPv4 ranges.",
         more="That is 100.64.0.0/10, 192.0.0.0/24, 198.18.0.0/15 and 240.0.0.0/4 as client "
         "mappings; see `teredonode.wire.ipv4`.",
+    )
+    fast_path: str = setting(
+        check=_fast_path,
+        default="auto",
+        doc="Answer plain RSs in the kernel (XDP): auto, on, off.",
+        more="Plain (non-secure) Router Solicitations are answered by an XDP program on the "
+        "interfaces holding `primary`/`secondary`; everything else still reaches the Python "
+        "server. `auto`: when the program builds (clang), loads and attaches, else the Python "
+        "path; `on`: refuse to start without it; `off`: never. One log line at start says which "
+        "path and why. See [performance.md](performance.md#kernel-fast-path-xdp).",
     )
 
     @property
