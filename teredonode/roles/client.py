@@ -838,7 +838,7 @@ def _ep(endpoint: Endpoint) -> str:
     return f"{endpoint[0]}:{endpoint[1]}"
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoClient:
+def makeRole(settings: Any, reactor: Any) -> TeredoClient:
     """
     The production client: a real TUN, C{ip} for configuration, the kernel's routing table
     for the "other IPv6" check, system randomness.

@@ -585,7 +585,7 @@ def _limiters(settings: Any, clock: Any) -> tuple[RateLimiter, RateLimiter]:
     return rs, forward
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
+def makeRole(settings: Any, reactor: Any) -> TeredoServer:
     """
     The production server: real sockets, and an IPv6 side when the C{[server] interface}
     setting names one: echo tests leave through a raw IPv6 socket (no IPv6 forwarding needed

@@ -1100,7 +1100,7 @@ class RoleTests(ClientTestCase):
 
     def test_makeRole(self) -> None:
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY)
-        role = client_module.makeRole(settings, None, Clock())
+        role = client_module.makeRole(settings, Clock())
         self.assertTrue(verifyObject(ITeredoRole, role))
         self.assertEqual(role.roleName, "client")
 
