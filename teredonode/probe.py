@@ -113,8 +113,8 @@ KINDS: dict[str, str] = {
     "restricted": "endpoint-independent mapping; the filtering test got no answer",
     "port-preserving-symmetric": "port-preserving symmetric: a mapping per destination, a socket's first keeps its port",
     "sequential-symmetric": "sequential port-symmetric: a mapping per destination, one external address, ports in sequence",
-    "port-symmetric": "port-symmetric: a mapping per destination, one external address, ports at random",
-    "address-symmetric": "address-symmetric: a mapping per destination, each with another external address",
+    "port-symmetric": "a mapping per destination, one external address, ports at random",
+    "address-symmetric": "a mapping per destination, each with another external address",
     "unknown": "",
 }
 
