@@ -26,6 +26,7 @@ import time
 
 from twisted.trial import unittest
 
+from teredonode.lab.topology import BRIDGE
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED, TeredoAddress
 from teredonode.wire.teredo import (
@@ -246,10 +247,14 @@ class ReflectionTestCase(ServerAttackTestCase):
     def ra_bytes_toward(self, dst: str, sources: list[tuple[str, int]]) -> tuple[int, float]:
         """
         Spoof an RS from each source; return the RA bytes the server sent toward C{dst}
-        (a host or a net, tcpdump on the server's interface) and the seconds the attack took.
+        (a host or a net) and the seconds the attack took.  tcpdump listens on the lab's
+        Internet bridge, not on the server: RAs the XDP fast path sends never pass the
+        server's own capture point.
         """
-        capture = self.lab.capture("server", ["udp", "and", "src", "port", "3544", "and", "dst", *dst.split()],
-                                   seconds=30, count=5000)
+        capture = self.lab.capture(
+            "inet", ["udp", "and", "src", "port", "3544", "and", "dst", *dst.split()],
+            interface=BRIDGE, seconds=30, count=5000,
+        )
         started = time.monotonic()
         self.spoof(sources, rs_payload())
         elapsed = time.monotonic() - started
