@@ -132,7 +132,7 @@ class _Exchange(DatagramProtocol):
 
     def _send(self) -> None:
         self._timer = None
-        if self.result.called:
+        if self.result.called or self.transport is None:
             return
         if self._tries >= self._attempts:
             self._finish(PortMapError(f"{self._what}: no answer after {self._attempts} tries"))
@@ -162,8 +162,20 @@ class _Exchange(DatagramProtocol):
             self._finish(value)
 
     def connectionRefused(self) -> None:
-        assert self._peer is not None
-        self._finish(PortMapError(f"{self._what}: {self._peer[0]} port {self._peer[1]} unreachable"))
+        self._finish(PortMapError(f"{self._what}: port {self._portText()} unreachable"))
+
+    def stopProtocol(self) -> None:
+        """
+        The socket closed under us: with epoll, an ICMP port unreachable on a connected UDP
+        socket can show as an error event that closes the port rather than as
+        C{connectionRefused}.
+        """
+        if not self.result.called:
+            self._port = None
+            self._finish(PortMapError(f"{self._what}: port {self._portText()} unreachable"))
+
+    def _portText(self) -> str:
+        return str(self._peer[1]) if self._peer is not None else "socket"
 
     def _finish(self, outcome: object) -> None:
         if self._timer is not None and self._timer.active():
@@ -268,8 +280,8 @@ class PcpMapper(_GatewayMapper):
     PCP (RFC 6887) MAP requests, each with a fresh random nonce (section 11.1) that the
     response must echo, which is what makes a forged response unlikely to be accepted
     (NAT-PMP has no such check).  The nonce is kept for the deletion, which section 15
-    requires to carry it; a process that did not make the mapping (the C{teredo portmap
-    --delete} command) sends a fresh one, which a strict server refuses.
+    requires to carry it; a process that did not make the mapping must be given it
+    (L{setNonce}), or the server refuses (miniupnpd answers "not authorized").
 
     Retransmission: section 8.1.1 starts at 3 s and never gives up; a client that must
     qualify soon, and an operator's check, need a bounded wait, so PCP here uses NAT-PMP's
@@ -301,6 +313,21 @@ class PcpMapper(_GatewayMapper):
         request = pcp.map_request(nonce, localAddress, localPort, 0)
         yield self._ask(request, self._accept(nonce, localPort, "deletion"), localAddress)
         self._nonces.pop((localAddress, localPort), None)
+
+    def nonceFor(self, localAddress: str, localPort: int) -> bytes | None:
+        """
+        The nonce of the mapping made for C{localAddress:localPort}, if this mapper made it.
+        """
+        return self._nonces.get((localAddress, localPort))
+
+    def setNonce(self, localAddress: str, localPort: int, nonce: bytes) -> None:
+        """
+        Use C{nonce} to delete the mapping of C{localAddress:localPort}: the mapping was made
+        by another process (the command line's C{--nonce}), which printed it.
+        """
+        if len(nonce) != pcp.NONCE_SIZE:
+            raise PortMapError(f"pcp: a nonce is {pcp.NONCE_SIZE} bytes")
+        self._nonces[(localAddress, localPort)] = nonce
 
     def _accept(self, nonce: bytes, localPort: int, what: str) -> Callable[[bytes, Endpoint], object | None]:
         def accept(data: bytes, source: Endpoint) -> object | None:
