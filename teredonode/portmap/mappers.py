@@ -108,6 +108,7 @@ class _Exchange(DatagramProtocol):
         self._peer = peer
         self._backoff = backoff
         self._tries = 0
+        self._done = False
         self._timer: IDelayedCall | None = None
         self._port: Any = None
         self.result: Deferred[Any] = Deferred(lambda _: self._finish(None))
@@ -132,7 +133,7 @@ class _Exchange(DatagramProtocol):
 
     def _send(self) -> None:
         self._timer = None
-        if self.result.called or self.transport is None:
+        if self._done or self.transport is None:
             return
         if self._tries >= self._attempts:
             self._finish(PortMapError(f"{self._what}: no answer after {self._attempts} tries"))
@@ -149,7 +150,7 @@ class _Exchange(DatagramProtocol):
         self._timer = self._reactor.callLater(delay, self._send)
 
     def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
-        if self.result.called or (self._peer is not None and tuple(addr) != self._peer):
+        if self._done or (self._peer is not None and tuple(addr) != self._peer):
             return
         try:
             value = self._accept(data, addr)
@@ -170,7 +171,7 @@ class _Exchange(DatagramProtocol):
         socket can show as an error event that closes the port rather than as
         C{connectionRefused}.
         """
-        if not self.result.called:
+        if not self._done:
             self._port = None
             self._finish(PortMapError(f"{self._what}: port {self._portText()} unreachable"))
 
@@ -178,6 +179,7 @@ class _Exchange(DatagramProtocol):
         return str(self._peer[1]) if self._peer is not None else "socket"
 
     def _finish(self, outcome: object) -> None:
+        self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
