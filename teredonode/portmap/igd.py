@@ -185,7 +185,7 @@ def parse_xml(data: bytes, limit: int) -> Element:
         root = builder.close()
     except _Refused as e:
         raise ParseError(str(e)) from None
-    except (xml.parsers.expat.ExpatError, ValueError, AssertionError, RecursionError):
+    except (xml.parsers.expat.ExpatError, ValueError, LookupError, AssertionError, RecursionError):
         raise ParseError("malformed xml") from None
     return root
 
