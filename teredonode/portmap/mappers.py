@@ -72,9 +72,6 @@ def _oneLine(failure: Failure | BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-_DONE = object()
-
-
 class _Exchange(DatagramProtocol):
     """
     Send C{requests} (each C{(data, destination)}) and resend them on a doubling timer until
@@ -147,6 +144,8 @@ class _Exchange(DatagramProtocol):
         except Exception as e:
             self._finish(PortMapError(f"{self._what}: cannot send: {_oneLine(e)}"))
             return
+        if self._done:  # the write saw ICMP port unreachable (connectionRefused)
+            return
         self._timer = self._reactor.callLater(delay, self._send)
 
     def datagramReceived(self, data: bytes, addr: Endpoint) -> None:
@@ -163,7 +162,7 @@ class _Exchange(DatagramProtocol):
             self._finish(value)
 
     def connectionRefused(self) -> None:
-        self._finish(PortMapError(f"{self._what}: port {self._portText()} unreachable"))
+        self._finish(PortMapError(f"{self._what}: {self._unreachable()}"))
 
     def stopProtocol(self) -> None:
         """
@@ -173,10 +172,10 @@ class _Exchange(DatagramProtocol):
         """
         if not self._done:
             self._port = None
-            self._finish(PortMapError(f"{self._what}: port {self._portText()} unreachable"))
+            self._finish(PortMapError(f"{self._what}: {self._unreachable()}"))
 
-    def _portText(self) -> str:
-        return str(self._peer[1]) if self._peer is not None else "socket"
+    def _unreachable(self) -> str:
+        return f"port {self._peer[1]} unreachable" if self._peer is not None else "socket closed"
 
     def _finish(self, outcome: object) -> None:
         self._done = True
@@ -611,7 +610,9 @@ class AgentHttp:
         from twisted.web.iweb import UNKNOWN_LENGTH
 
         if response.length is not UNKNOWN_LENGTH and response.length > self._limit:
-            response.deliverBody(_BoundedBody(0, Deferred()))
+            discarded: Deferred[bytes] = Deferred()
+            discarded.addErrback(lambda _: None)  # the refusal below is the error reported
+            response.deliverBody(_BoundedBody(0, discarded))
             raise PortMapError(f"upnp: HTTP body of {response.length} bytes, over {self._limit}")
         box: list[_BoundedBody] = []
 

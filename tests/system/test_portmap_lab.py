@@ -100,3 +100,62 @@ class PortmapLabTests(unittest.TestCase):
         self.assertEqual(mapping["protocol"], "pcp")
         self.sender.send(self.wan, mapping["external-port"], "via auto")
         self.assertEqual(client.recv(3.0), ((self.lab.ipv4("dualhost"), 6001), "via auto"))
+
+
+class AgentHttpTests(unittest.TestCase):
+    """
+    The production HTTP client of UPnP (twisted.web's Agent, bounded) against a real server
+    on 127.0.0.1: a body within the limit is read, one over it is refused (declared or not).
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet import reactor
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+
+        class Body(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):  # type: ignore[no-untyped-def]
+                size = int(request.path.strip(b"/") or 0)
+                if request.args.get(b"chunked"):
+                    for _ in range(size // 1000):
+                        request.write(b"x" * 1000)
+                    request.finish()
+                    return NOT_DONE_YET
+                return b"x" * size
+
+            def render_POST(self, request):  # type: ignore[no-untyped-def]
+                return request.getHeader(b"soapaction") + b" " + request.content.read()
+
+        from twisted.web.server import NOT_DONE_YET
+
+        self.reactor = reactor
+        self.port = reactor.listenTCP(0, Site(Body()), interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+
+    def http(self, limit: int = 1000):  # type: ignore[no-untyped-def]
+        from teredonode.portmap.mappers import AgentHttp
+
+        return AgentHttp(self.reactor, limit=limit, timeout=10)  # Agent's default pool: not persistent
+
+    async def test_within_limit(self) -> None:
+        status, body = await self.http()(b"GET", f"{self.base}/1000", {}, None)
+        self.assertEqual((status, body), (200, b"x" * 1000))
+        status, body = await self.http()(b"POST", f"{self.base}/", {"SOAPAction": '"urn:x#A"'}, b"<a/>")
+        self.assertEqual((status, body), (200, b'"urn:x#A" <a/>'))
+
+    async def test_declared_over_limit(self) -> None:
+        from teredonode.portmap.base import PortMapError
+
+        with self.assertRaises(PortMapError) as caught:
+            await self.http()(b"GET", f"{self.base}/1001", {}, None)
+        self.assertEqual(str(caught.exception), "upnp: HTTP body of 1001 bytes, over 1000")
+
+    async def test_chunked_over_limit(self) -> None:
+        from teredonode.portmap.base import PortMapError
+
+        with self.assertRaises(PortMapError) as caught:
+            await self.http()(b"GET", f"{self.base}/5000?chunked=1", {}, None)
+        self.assertEqual(str(caught.exception), "upnp: HTTP body over 1000 bytes")
