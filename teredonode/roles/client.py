@@ -214,6 +214,7 @@ class TeredoClient(Service):
         )
         self.tunnel = TeredoTunnel(
             reactor, CLIENT_POLICY, peers, self._socket.sendto, self._toHost, self._randbytes,
+            symmetricNat=settings.symmetric_nat_support,
             inboundBudget=ProbeBudget(  # SEC-19
                 reactor,
                 settings.inbound_probe_rate,
