@@ -323,3 +323,27 @@ class TwoSymmetricNATsTests(SNSTestCase):
         self.assertEqual(a.counters["probes-failed"], 1)
         self.assertLessEqual(a.counters["bubbles-indirect"], 4)
         self.assertLessEqual(b.counters["bubbles-indirect"], 4)
+
+
+class BudgetTests(SNSTestCase):
+    def test_extraIndirectBubblesPaidFromInboundBudget(self) -> None:
+        """
+        Forged nonce-bearing indirect bubbles from 20 Teredo sources, through our server's
+        endpoint: the answers and our own indirect bubbles together stay within the
+        inbound probe budget (burst 4: two answers, two indirect bubbles), and the rest is
+        counted as suppressed.
+        """
+        b = self.makeClient("full-cone", seed=2, inbound_probe_rate=0.001, inbound_probe_burst=4)
+        self.net.flush()
+        bMapping = mapping_of(raw(b.address))
+        before = len(self.net.capture)
+        for i in range(20):
+            src = teredo("192.0.2.100", 20000 + i)
+            packet = origin_indication(*mapping_of(src)) + ipv6.bubble(src, raw(b.address))
+            self.net.inject(SERVER, bMapping, packet + nonceTrailer(i.to_bytes(4, "big")))
+        self.net.flush()
+        sent = [d for d in self.net.capture[before:] if d.src == bMapping]
+        self.assertEqual(len(sent), 4)
+        self.assertEqual((b.counters["bubbles-answered"], b.counters["bubbles-indirect"]), (2, 2))
+        self.assertEqual(b.status()["peers"]["probes-suppressed"]["global-budget"], 18)
+        self.assertEqual(len(b.tunnel.peers), 2)
