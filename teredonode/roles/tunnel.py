@@ -86,8 +86,8 @@ at most L{ICMP_ERRORS_PER_SECOND} a second.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict
-from hmac import compare_digest
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
@@ -1264,8 +1264,8 @@ class TeredoTunnel:
         """
         X-SNS-08, X-SNS-10: a direct bubble from C{addr}, not the mapping the peer's address
         embeds, proved our last nonce: C{addr} is the peer's mapping from now on (its NAT
-        gives it one per destination).  The nonce is spent, so a copy of that bubble replayed from
-        elsewhere cannot move the mapping again; only a later indirect bubble's nonce can.
+        gives it one per destination).  The nonce is spent, so a copy of that bubble replayed
+        from elsewhere cannot move the mapping again; only a later indirect bubble's nonce can.
         """
         peer.nonce_sent = None
         self._logChange(

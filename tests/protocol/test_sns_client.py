@@ -64,7 +64,8 @@ class SNSTestCase(ClientTestCase):
     def bubbles(self, since: int, a: TeredoClient, b: TeredoClient) -> list[tuple[str, str, str, bytes | None]]:
         """
         The bubbles on the Internet since capture index C{since}, as (from, to, kind, nonce):
-        from/to are "A", "B", "A's server path" ... named by who sent or gets them.
+        from and to are "A" (A's public address, any port), "B" (B's embedded mapping) or
+        "S" (the server); kind is "indirect" for a bubble to or from the server.
         """
         aPublic = mapping_of(raw(a.address))[0]
         bMapping = mapping_of(raw(b.address))
