@@ -1053,8 +1053,9 @@ class TeredoTunnel:
         Answer an indirect bubble (or a packet with an origin indication) with a direct
         bubble to the origin, and, with the Symmetric NAT Support Extension:
 
-          - X-SNS-06: a Teredo peer's nonce is kept as its Nonce Received (cleared by an
-            indirect bubble without one), and X-SNS-04 echoes it in the answer;
+          - X-SNS-04: the answer echoes the bubble's nonce (a relay's too: its bubbles come
+            from a local address, not a Teredo one); X-SNS-06: a Teredo peer's is kept as
+            its Nonce Received (cleared by an indirect bubble without one);
           - RFC 6081 section 6.1 step 10: a peer trusted at a mapping it proved with our
             nonce (not the one its address embeds) is answered there, the one endpoint its
             NAT lets us reach;
@@ -1077,10 +1078,9 @@ class TeredoTunnel:
             return
         nonce = None
         target = origin
-        sns = self.symmetricNat and src[:4] == self._prefix
-        if sns:
+        if self.symmetricNat:
             nonce = self._nonceOf(packet)
-            if peer is not None:
+            if peer is not None and src[:4] == self._prefix:
                 peer.nonce_received = nonce
                 mapping = peer.mapping
                 if (
@@ -1105,7 +1105,11 @@ class TeredoTunnel:
             answer += encode_trailers((NonceTrailer(nonce),))
         self._send(answer, target)
         self.counters["bubbles-answered"] += 1
-        if nonce is not None and (peer is None or not (peer.trusted and peers.is_valid(peer))):
+        if (
+            nonce is not None
+            and src[:4] == self._prefix
+            and (peer is None or not (peer.trusted and peers.is_valid(peer)))
+        ):
             self._indirectAnswer(peer, src, nonce)
 
     def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes) -> None:

@@ -114,6 +114,32 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         self.assertNotEqual(peer.mapping, mapping_of(raw(client.address)))
         self.assertIsNone(peer.nonce_sent)
 
+    def test_ourClientEchoesBothProofs(self) -> None:
+        """
+        Our client's answer to the relay's indirect bubble carries both proofs: the Nonce
+        Trailer (X-SNS-04) and the bubble's source as destination.
+        """
+        client = self.makeSymmetricClient()
+        indirect: list[bytes] = []
+        answers: list[bytes] = []
+
+        def watch(d: Any) -> bool:
+            packet = classify(d.data)
+            if packet.is_bubble and d.src == (PRIMARY, 3544) and packet.origin == (RELAY_IP, 3544):
+                indirect.append(d.data)  # the relay's indirect bubble, forwarded by the server
+            elif packet.is_bubble and d.dst == (RELAY_IP, 3544):
+                answers.append(d.data)
+            return False
+
+        self.net.addDropFilter(watch)
+        self.pingThroughRelay(client, 1)
+        self.assertGreaterEqual(len(indirect), 1)
+        sent = classify(indirect[0])
+        answer = classify(answers[0])
+        self.assertEqual(answer.header.dst, sent.header.src)
+        self.assertEqual(answer.trailers, sent.trailers)
+        self.assertIsInstance(answer.trailers[0], NonceTrailer)
+
     def test_ourSymmetricClientWithoutExtension(self) -> None:
         """
         The same with the client's symmetric-nat-support off: its plain RFC 4380 answer goes
