@@ -74,3 +74,34 @@ class SymmetricNATThroughOurRelayTests(LabAssertions, unittest.TestCase):
         self.lab.start_teredonode("ours-client1", "client1", "client", settings={"allow-symmetric": True})
         address = self.qualify("ours-client1")
         self.assertBothWays("ours-client1", address)
+
+
+class SymmetricToRestrictedClientTests(LabAssertions, unittest.TestCase):
+    """
+    RFC 6081 section 6.1 on real NATs: our client behind the port-symmetric NAT and our
+    client behind the address-restricted one, on our server, reach each other directly
+    (with symmetric-nat-support off on both, 0 of 5: RFC 4380 alone cannot).
+    """
+
+    def setUp(self) -> None:
+        self.lab = use_lab(self, "nat:port-symmetric,address-restricted")
+        self.lab.start_teredonode("our-server", "server", "server")
+        if not self.lab.wait_udp_listening("server", 3544, 15):
+            self.fail(f"our server does not listen: {self.lab.nodes['our-server'].log_tail(10)}")
+
+    def test_clients_reach_each_other(self) -> None:
+        self.lab.start_teredonode("ours-client1", "client1", "client", settings={"allow-symmetric": True})
+        self.lab.start_teredonode("ours-client2", "client2", "client")
+        addresses = {}
+        for host in ("client1", "client2"):
+            text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
+            self.assertIsNotNone(text, f"{host} did not qualify: {self.lab.nodes['ours-' + host].log_tail(10)}")
+            addresses[host] = str(TeredoAddress.parse(text))
+        logs = ("our-server", "ours-client1", "ours-client2")
+        tails = {n: self.lab.nodes[n].log_tail(15) for n in logs}
+        received, output = self.lab.ping6("client1", addresses["client2"], COUNT)
+        if received < COUNT:
+            received, output = self.lab.ping6("client1", addresses["client2"], COUNT)
+        self.assertEqual(received, COUNT, f"client1 -> client2 {received}/{COUNT}\n{output}\n{tails}")
+        received, output = self.lab.ping6("client2", addresses["client1"], COUNT)
+        self.assertEqual(received, COUNT, f"client2 -> client1 {received}/{COUNT}\n{output}\n{tails}")
