@@ -6,7 +6,7 @@ C{teredo lab ...}: the lab's command line.
     teredo lab status [--lab NAME]
     teredo lab exec [--lab NAME] HOST -- CMD ...
     teredo lab demo [--with-miredo ROLE,...] [--scenario NAME | --nat KIND,...]
-    teredo lab matrix [--quick] [--kinds KIND,...] [--with-miredo ROLE,...] [--json] [--write-doc PATH]
+    teredo lab matrix [--quick] [--kinds KIND,...] [--with-miredo ROLE,...] [--json] [--write-doc PATH] [--from-json PATH]
 
 C{--nat KIND,...} builds one client behind each NAT kind given (scenario C{nat:KIND,...}).
 
@@ -73,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     matrix.add_argument("--json", action="store_true", help="the result as JSON on stdout (progress on stderr)")
     matrix.add_argument("--write-doc", metavar="PATH", help="put the measured tables between the matrix markers of PATH")
     matrix.add_argument("--max-seconds", type=float, help="start no measurement after this long (default 150 with --quick, else 1800)")
+    matrix.add_argument("--from-json", metavar="PATH", help="measure nothing: render (and --write-doc) a result saved with --json")
     return parser
 
 
@@ -187,6 +188,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
             as_json=args.json,
             doc=args.write_doc,
             max_seconds=args.max_seconds,
+            from_json=args.from_json,
         )
 
 

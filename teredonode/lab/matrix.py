@@ -310,6 +310,35 @@ class MatrixResult:
             "cells": cells,
         }
 
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "MatrixResult":
+        """
+        A result saved by L{to_json} (C{--json}), to render it again (C{--from-json}).
+        Expectations are recomputed: they follow the client's extensions of today.
+        """
+        try:
+            result = cls(
+                tuple(doc["kinds"]),
+                tuple(doc["impls"]),
+                dict(doc["infra"]),
+                seconds=float(doc["seconds"]),
+                labs=int(doc["labs"]),
+                started=str(doc["started"]),
+                versions=dict(doc["versions"]),
+                budget_exhausted=bool(doc["budget_exhausted"]),
+            )
+            for c in doc["cells"]:
+                result.trials[(c["impl"], c["src"], c["dst"])] = Trial(
+                    c["src"], c["dst"], c["impl"], sent=int(c["sent"]), received=int(c["received"]),
+                    first_reply=c["first_reply"], note=str(c["note"]), measured=c["ok"] is not None,
+                )
+        except (KeyError, TypeError, ValueError) as e:
+            raise LabError(f"not a saved matrix ({type(e).__name__}: {e})") from None
+        for kind in result.kinds:
+            if kind not in KINDS:
+                raise LabError(f"not a saved matrix (unknown kind {kind!r})")
+        return result
+
 
 def ping_trial(lab: Lab, trial: Trial, src_host: str, src_addr: str, dst_addr: str) -> None:
     """
@@ -461,7 +490,12 @@ def run_matrix(
                                 result.budget_exhausted = True
                                 break
                             t1 = clock()
-                            trial = measure(lab, row, column, impl, a_to_b)
+                            try:
+                                trial = measure(lab, row, column, impl, a_to_b)
+                            except LabError as e:
+                                # One NAT or node that would not start spoils one cell, not the run.
+                                src, dst = (row, column) if a_to_b else (column, row)
+                                trial = Trial(src, dst, impl, note=f"lab error: {e}", measured=True)
                             result.trials[(impl, trial.src, trial.dst)] = trial
                             text = verdict(expectation(trial.src, trial.dst, client_extensions(impl)), trial)[0]
                             say(f"  {impl:<10} {trial.src:>26} -> {trial.dst:<26} {text}  [{clock() - t1:.1f}s]")
@@ -537,7 +571,7 @@ def render_summary(result: MatrixResult, impl: str) -> str:
 
 
 LEGEND = (
-    "Each cell: `ok T` (a reply came, T seconds after the first echo request) or `no`, then in "
+    "Each cell: `ok T` (a reply came; T from the first echo request to the first reply) or `no`, then in "
     "brackets RFC 6081 Figure 1's expectation for a client with the extensions it has: `Yes` "
     "(RFC 4380 alone), `needs EXT` (an extension the client lacks; not a failure), `No` (no "
     "connectivity). `FAIL` marks a cell that must work and did not."
@@ -580,16 +614,16 @@ def render_doc_section(result: MatrixResult) -> str:
     """
     What goes between the markers of docs/nat-traversal.md.
     """
+    command = "teredo lab matrix" + (" --with-miredo client" if "miredo" in result.impls else "")
     lines = [
-        f"Measured {result.started} with `teredo lab matrix`"
-        + (" --with-miredo client" if "miredo" in result.impls else "")
-        + f": {', '.join(f'{k} {v}' for k, v in result.versions.items())}; server and relay "
-        f"{result.infra['server']}/{result.infra['relay']}; our clients with `allow-symmetric = true`; "
+        f"Measured {result.started} with `{command}`: "
+        f"{', '.join(f'{k} {v}' for k, v in result.versions.items())}; server {result.infra['server']}, "
+        f"relay {result.infra['relay']}; our clients with `allow-symmetric = true`; "
         f"{PING_COUNT} echo requests per direction, each from fresh clients and NATs; "
         f"{result.labs} labs, {result.seconds:.0f} s in all.",
     ]
     for impl in result.impls:
-        lines += ["", f"**{impl} clients** — {render_summary(result, impl)}.", "", render_table(result, impl)]
+        lines += ["", f"**{render_summary(result, impl)}.**", "", render_table(result, impl)]
     lines += ["", LEGEND]
     return "\n".join(lines)
 
@@ -621,25 +655,33 @@ def run_cli(
     as_json: bool,
     doc: str | None,
     max_seconds: float | None,
+    from_json: str | None = None,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
     """
     C{teredo lab matrix}: exit 0 only when every cell that must work was measured and works.
+    C{from_json}: render a result saved with C{--json} instead of measuring.
     """
     for role in miredo_roles:
         if role not in ("server", "relay", "client"):
             raise LabError(f"--with-miredo: unknown role {role!r} (Miredo can play server, relay, client)")
-    kinds = parse_kinds(kinds_text, quick)
-    impls = ("teredonode", "miredo") if "client" in miredo_roles else ("teredonode",)
-    budget = max_seconds if max_seconds is not None else (QUICK_MAX_SECONDS if quick else DEFAULT_MAX_SECONDS)
-    result = run_matrix(
-        kinds,
-        impls,
-        [r for r in miredo_roles if r != "client"],
-        max_seconds=budget,
-        progress=err if as_json else out,
-    )
+    if from_json is not None:
+        try:
+            result = MatrixResult.from_json(json.loads(Path(from_json).read_text()))
+        except (OSError, ValueError) as e:
+            raise LabError(f"--from-json: {e}") from None
+    else:
+        kinds = parse_kinds(kinds_text, quick)
+        impls = ("teredonode", "miredo") if "client" in miredo_roles else ("teredonode",)
+        budget = max_seconds if max_seconds is not None else (QUICK_MAX_SECONDS if quick else DEFAULT_MAX_SECONDS)
+        result = run_matrix(
+            kinds,
+            impls,
+            [r for r in miredo_roles if r != "client"],
+            max_seconds=budget,
+            progress=err if as_json else out,
+        )
     if as_json:
         json.dump(result.to_json(), out, indent=1)
         out.write("\n")

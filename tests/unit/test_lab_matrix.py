@@ -85,8 +85,10 @@ class Figure1DataTests(unittest.TestCase):
         """
         docs/nat-traversal.md section 4 prints the same figure.
         """
+        text = DOC.read_text()
+        section = text[text.index("## 4. The connectivity matrix"):text.index("## 5.")]
         rows = [
-            line for line in DOC.read_text().splitlines()
+            line for line in section.splitlines()
             if line.startswith("| ") and line.count("|") == 11 and "source" not in line
         ]
         self.assertEqual(len(rows), 9)
@@ -266,3 +268,29 @@ class CommandLineTests(unittest.TestCase):
         code, err = self.run_lab("matrix", "--quick", "--with-miredo", "host-relay")
         self.assertEqual(code, 1)
         self.assertIn("--with-miredo: unknown role 'host-relay'", err)
+
+
+class SavedResultTests(unittest.TestCase):
+    """
+    C{--json} output read back by C{--from-json} renders the same.
+    """
+
+    def test_round_trip(self) -> None:
+        result = RenderTests().full()
+        result.trials[("teredonode", "cone", "cone")] = Trial(
+            "cone", "cone", "teredonode", note="not qualified: B (cone)", measured=True
+        )
+        result.trials[("teredonode", "cone", "port-symmetric")] = Trial(
+            "cone", "port-symmetric", "teredonode", note="not run: time budget"
+        )
+        result.seconds, result.labs, result.versions = 12.5, 3, {"teredonode": "0.1.0"}
+        again = MatrixResult.from_json(json.loads(json.dumps(result.to_json())))
+        self.assertEqual(matrix.render_report(again), matrix.render_report(result))
+        self.assertEqual(again.failures(), result.failures())
+        self.assertEqual(matrix.render_doc_section(again), matrix.render_doc_section(result))
+
+    def test_not_a_result(self) -> None:
+        self.assertRaises(LabError, MatrixResult.from_json, {"kinds": ["cone"]})
+        doc = RenderTests().full().to_json()
+        doc["kinds"] = ["masquerade"]
+        self.assertRaises(LabError, MatrixResult.from_json, doc)
