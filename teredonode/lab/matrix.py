@@ -24,7 +24,7 @@ measures both directions of each pair (X, Y) with Y at or after X, so a full mat
 kinds builds n labs and makes n * n measurements.
 
 Our clients run with C{allow-symmetric = true}: behind a symmetric NAT RFC 4380 gives up at
-qualification (section 5.2.1), RFC 6081 qualifies anyway (X-SNS-11), and the matrix is about
+qualification (section 5.2.1), RFC 6081 qualifies anyway (6081 section 3.1), and the matrix is about
 what happens between two qualified clients.  The server's Router Solicitation budget is
 raised (the matrix restarts the client behind one NAT address dozens of times a minute).
 """
