@@ -23,6 +23,10 @@ and the others in brackets are what C{teredo status} shows):
   state             input            next state                           effects
   ================  ===============  ===================================  ==========================
   Stopped [off]     start            Resolving or SolicitingPrimary       Resolve / SendRS
+  Stopped           start, port-     MappingPort                          RequestPortMapping
+                    mapping
+  MappingPort       port_mapped or   Resolving or SolicitingPrimary       Resolve / SendRS
+  [probing]         timer
   Resolving [prob]  resolved(ip)     SolicitingPrimary                    SendRS
   Resolving         resolve_failed   Offline                              Unconfigure, WentOffline
   *                 start while      Dormant                              Unconfigure, WentDormant
@@ -80,6 +84,9 @@ __all__ = [
     "Backoff",
     "JitteredBackoff",
     "Stopped",
+    "MappingPort",
+    "RequestPortMapping",
+    "PORT_MAPPING_TIMEOUT",
     "Dormant",
     "Resolving",
     "Offline",
@@ -114,6 +121,8 @@ RESTART_DELAYS = (10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 NATIVE_CHECK_INTERVAL = 60.0
 #: CL-M-02: a maintenance check postponed by server traffic waits at least this long.
 MIN_REFRESH_WAIT = 1.0
+#: X-UPNP-05: qualification waits at most this long for the port mapping.
+PORT_MAPPING_TIMEOUT = 10.0
 #: An RA's MTU option outside [1280, 65535] is ignored for this.
 DEFAULT_MTU = 1280
 
@@ -245,6 +254,8 @@ class Policy:
     @ivar refresh: CL-M-06 refresh interval, drawn in [0.75, 1] of it each time.
     @ivar dormant_with_native: G-03 / SEC-20: no Teredo while the host has native IPv6.
     @ivar secret: the secure-qualification key (CL-SQ-*), or C{None}.
+    @ivar port_mapping: ask the NAT for a port mapping before qualifying (RFC 6081 X-UPNP-04,
+        X-HP-03).
     """
 
     server: str
@@ -254,6 +265,7 @@ class Policy:
     refresh: float = 30.0
     dormant_with_native: bool = False
     secret: bytes | None = None
+    port_mapping: bool = False
 
 
 # -- states -----------------------------------------------------------------------------------
@@ -271,6 +283,18 @@ class Dormant:
 
     shown = "dormant"
     timeout = NATIVE_CHECK_INTERVAL
+
+
+@dataclass(frozen=True)
+class MappingPort:
+    """
+    X-UPNP-04 / X-HP-03: a port mapping is being asked of the NAT (PCP, NAT-PMP or UPnP)
+    before the first qualification; whatever the answer, or none within the time-out,
+    qualification follows (X-UPNP-05).
+    """
+
+    shown = "probing"
+    timeout = PORT_MAPPING_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -357,12 +381,17 @@ class Refreshing(_Soliciting):
 
 
 State = Union[
-    Stopped, Dormant, Resolving, Offline, SolicitingPrimary, SolicitingSecondary, Qualified,
+    Stopped, MappingPort, Dormant, Resolving, Offline, SolicitingPrimary, SolicitingSecondary, Qualified,
     Refreshing,
 ]
 
 
 # -- effects ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestPortMapping:
+    """Ask the NAT for a mapping of the service port; answer with L{Qualification.port_mapped}."""
 
 
 @dataclass(frozen=True)
@@ -434,7 +463,7 @@ class Drop:
 
 
 Effect = Union[
-    Resolve, SendSolicitation, Configure, Unconfigure, WentOffline, WentDormant, ServerLost,
+    RequestPortMapping, Resolve, SendSolicitation, Configure, Unconfigure, WentOffline, WentDormant, ServerLost,
     SymmetricNat, SecondarySilent, KeyExpired, Drop,
 ]
 
@@ -480,7 +509,16 @@ class Qualification:
     # -- inputs -----------------------------------------------------------------------------
 
     def start(self) -> list[Effect]:
-        """Begin (or, after a stop, begin again)."""
+        """Begin (or, after a stop, begin again): the port mapping first, when asked for."""
+        if self.policy.port_mapping:
+            self.state = MappingPort()
+            return [RequestPortMapping()]
+        return self._attempt(0)
+
+    def port_mapped(self) -> list[Effect]:
+        """The port mapping was made, or refused (X-UPNP-05: qualify either way)."""
+        if not isinstance(self.state, MappingPort):
+            return []
         return self._attempt(0)
 
     def stop(self) -> list[Effect]:
@@ -507,6 +545,8 @@ class Qualification:
     def timer(self) -> list[Effect]:
         """The current state's time-out expired."""
         state = self.state
+        if isinstance(state, MappingPort):
+            return self._attempt(0)
         if isinstance(state, (Dormant, Offline)):
             return self._attempt(state.failures if isinstance(state, Offline) else 0)
         if isinstance(state, Qualified):
