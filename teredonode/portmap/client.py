@@ -14,6 +14,12 @@ from zope.interface import implementer
 from teredonode.interfaces import IPortMapping
 from teredonode.portmap.base import Mapping, PortMapError, default_gateway
 
+# Imported now, not when the mapping is asked: by then the node runs unprivileged and may not
+# be allowed to read the interpreter's library any more (a root-only pyenv, for one).
+from teredonode.portmap.igd import SSDP_GROUP
+from teredonode.portmap.mappers import makeMapper
+from teredonode.probe import local_address
+
 __all__ = ["GatewayPortMapping", "MAPPING_LIFETIME"]
 
 #: Seconds asked of PCP and NAT-PMP; the client renews at half of what it gets.
@@ -37,16 +43,14 @@ class GatewayPortMapping:
 
     def _gateway(self) -> str | None:
         try:
-            with open(self._routes, encoding="ascii", errors="replace") as table:
-                return default_gateway(table.read(65536))
+            # Bytes, decoded here: a text-mode open would look its codec up, an import an
+            # unprivileged node may no longer be able to make.
+            with open(self._routes, "rb") as table:
+                return default_gateway(table.read(65536).decode("ascii", "replace"))
         except OSError:
             return None
 
     def map(self, localPort: int) -> "Deferred[Mapping]":
-        from teredonode.portmap.igd import SSDP_GROUP
-        from teredonode.portmap.mappers import makeMapper
-        from teredonode.probe import local_address
-
         gateway = self._gateway()
         local = self._bind if self._bind != "0.0.0.0" else local_address(gateway or SSDP_GROUP)
         if local is None:
