@@ -124,6 +124,11 @@ __all__ = [
     "RESTART_DELAYS",
 ]
 
+#: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
+#: cells that need them to working): Symmetric NAT Support.  UPnP (X-UPNP) is in part: the
+#: port mapping runs, not yet its bubble rules (X-UPNP-10..12).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS"})
+
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
 
@@ -165,6 +170,7 @@ _COUNTERS = (
     "relay-rechecks",
     "interval-probes",
     "port-mappings",
+    "sns-learned",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -862,6 +868,7 @@ class TeredoClient(Service):
             server=settings.server,
             secondary=settings.secondary,
             allow_symmetric=settings.allow_symmetric,
+            symmetric_nat_support=settings.symmetric_nat_support,
             strict_secondary=settings.strict_secondary,
             refresh=max(float(settings.refresh), measured or 0.0),
             dormant_with_native=settings.dormant_with_native,

@@ -39,7 +39,8 @@ and the others in brackets are what C{teredo status} shows):
   Secondary         timer, tries=3   Qualified (NAT unknown)              SecondarySilent, Configure
                                      or Offline (strict)                  WentOffline
   Secondary         RA, same map     Qualified (restricted-or-cone)       Configure
-  Secondary         RA, other map    Qualified (symmetric, when allowed)  SymmetricNat, Configure
+  Secondary         RA, other map    Qualified (symmetric, with SNS or    SymmetricNat, Configure
+                                     allow-symmetric, X-SNS-11)
                                      or Offline                           SymmetricNat, WentOffline
   Qualified [qual]  timer            Refreshing, or Qualified again when  SendRS / nothing (CL-M-02)
                                      the server was heard from within the
@@ -249,6 +250,8 @@ class Policy:
     @ivar server: the primary server, an IPv4 address or a name.
     @ivar secondary: the secondary address, or C{None} for primary + 1 (SA-04).
     @ivar allow_symmetric: qualify behind a symmetric NAT anyway.
+    @ivar symmetric_nat_support: RFC 6081 Symmetric NAT Support runs, so a symmetric NAT
+        qualifies too (X-SNS-11).
     @ivar strict_secondary: CL-Q-08 as written: a silent secondary address makes the service
         unusable (offline) instead of qualifying with NAT type "unknown".
     @ivar refresh: CL-M-06 refresh interval, drawn in [0.75, 1] of it each time.
@@ -261,6 +264,7 @@ class Policy:
     server: str
     secondary: str | None = None
     allow_symmetric: bool = False
+    symmetric_nat_support: bool = False
     strict_secondary: bool = False
     refresh: float = 30.0
     dormant_with_native: bool = False
@@ -578,9 +582,12 @@ class Qualification:
             if answer.mapping == primary.mapping:
                 return effects + self._qualified(state.server, state.secondary, primary, "restricted-or-cone", True)
             effects.append(SymmetricNat(primary.mapping, answer.mapping))
-            if not self.policy.allow_symmetric:
+            # X-SNS-11: with Symmetric NAT Support a symmetric result still qualifies.
+            if not (self.policy.allow_symmetric or self.policy.symmetric_nat_support):
                 return effects + self._offline(
-                    "symmetric NAT (set allow-symmetric to go online anyway)", state.failures
+                    "symmetric NAT (symmetric-nat-support off; set allow-symmetric to go online "
+                    "anyway)",
+                    state.failures,
                 )
             return effects + self._qualified(state.server, state.secondary, primary, "symmetric", True)
         return effects + self._qualified(state.server, state.secondary, answer, state.nat, False)

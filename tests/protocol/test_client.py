@@ -193,12 +193,23 @@ class QualificationTests(ClientTestCase):
         self.assertEqual(client.state, "offline")
         self.assertIn("no answer", client.status()["offline-reason"])
 
-    def test_symmetricDetectedStaysOffline(self) -> None:
+    def test_symmetricQualifiesWithSNS(self) -> None:
         """
-        CL-Q-08: the secondary address sees another mapping -> symmetric, offline, no
-        address configured.
+        X-SNS-11: with Symmetric NAT Support (the default) a symmetric result qualifies, with
+        the primary server's mapping, and says so.
         """
         client = self.makeClient("symmetric")
+        self.net.flush()
+        status = client.status()
+        self.assertEqual((status["state"], status["nat"]), ("qualified", "symmetric"))
+        self.assertEqual(status["nat-flags"]["symmetric"], True)
+
+    def test_symmetricDetectedStaysOffline(self) -> None:
+        """
+        CL-Q-08: the secondary address sees another mapping -> symmetric; without RFC 6081
+        Symmetric NAT Support: offline, no address configured.
+        """
+        client = self.makeClient("symmetric", symmetric_nat_support=False)
         self.net.flush()
         status = client.status()
         self.assertEqual((status["state"], status["nat"]), ("offline", "symmetric"))
@@ -234,7 +245,7 @@ class QualificationTests(ClientTestCase):
         self.assertEqual(flags[1], {"symmetric": True, "port-preserving": True})
         self.assertEqual(flags[2]["symmetric"], True)
         self.assertEqual(flags[2]["port-preserving"], random_ports.mapping is not None and random_ports.mapping[1] == 40002)
-        offline = self.makeClient("symmetric")
+        offline = self.makeClient("symmetric", symmetric_nat_support=False)
         self.net.flush()
         self.assertEqual(offline.status()["nat-flags"], {"symmetric": True, "port-preserving": None})
 
