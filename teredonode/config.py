@@ -935,6 +935,16 @@ class ClientSettings(_RoleSettings):
         "peer could reach it; `true` brings it online anyway (native IPv6 hosts through relays "
         "may still work).",
     )
+    port_mapping: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="Ask the NAT for a mapping of the service port (PCP, NAT-PMP, UPnP) before qualifying.",
+        more="RFC 6081's UPnP-enabled Symmetric NAT extension (X-UPNP-04): before qualifying, "
+        "the client asks the router for a UDP mapping of its service port, by PCP, then "
+        "NAT-PMP, then UPnP IGD (see `docs/portmap.md`), waits at most 10 s, renews it at "
+        "half its lifetime and deletes it at shutdown. A router that maps the port usually "
+        "makes the NAT behave like a cone for it. Status shows it under `port-mapping`.",
+    )
     strict_secondary: bool = setting(
         check=_boolean,
         default=False,

@@ -189,3 +189,21 @@ class IPortMapper(Interface):
         """
         Remove the mapping of C{localAddress:localPort}; one already absent is not an error.
         """
+
+
+class IPortMapping(Interface):
+    """
+    The client's one UDP port mapping on the NAT in front of it (RFC 6081 UPnP-enabled
+    Symmetric NAT, X-UPNP-03..07 and -13; Hairpinning, X-HP-03): asked before qualification,
+    renewed while it lasts, deleted at shutdown.
+    """
+
+    def map(localPort: int) -> Any:
+        """
+        Ask for a mapping of C{localPort}; a Deferred firing with a
+        L{teredonode.portmap.base.Mapping}, or failing with
+        L{teredonode.portmap.base.PortMapError} (one line).
+        """
+
+    def unmap() -> Any:
+        """Delete the mapping made last, if any; a Deferred that never fails."""

@@ -229,6 +229,11 @@ class Lab:
         defaults = nodes.role_settings(role, server_ipv4=self.host("server").ipv4[:2])  # type: ignore[arg-type]
         if role == "relay" and self.plan.anycast:
             defaults["health-table"] = bgp.HEALTH_TABLE  # what the host's BIRD announces from
+        if role == "client":
+            # Only the UPnP NAT kinds run a port mapping daemon: elsewhere the client's
+            # search for one (PCP, NAT-PMP, SSDP) would only hold qualification back ~5 s.
+            mode = self.plan.hosts[host].nat_mode or ""
+            defaults["port-mapping"] = mode.startswith("upnp")
         settings = {**defaults, **(settings or {})}
         node_ = nodes.start_teredonode(self.state, node, self.ns(host), role, settings, node_settings, drop=drop)
         self.nodes[node] = node_

@@ -19,6 +19,12 @@ from collections.abc import Callable, Generator, Sequence
 from io import BytesIO
 from typing import Any
 
+from twisted.web.client import Agent
+from twisted.web.client import FileBodyProducer
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
 from twisted.internet.defer import CancelledError, Deferred, fail, inlineCallbacks
 from twisted.internet.error import TimeoutError as TwistedTimeoutError
 from twisted.internet.interfaces import IDelayedCall
@@ -569,8 +575,6 @@ class _BoundedBody(Protocol):
         self._parts.append(data)
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        from twisted.web.client import ResponseDone
-        from twisted.web.http import PotentialDataLoss
 
         if self.done.called:
             return
@@ -588,7 +592,6 @@ class AgentHttp:
     """
 
     def __init__(self, reactor: Any, limit: int = BODY_LIMIT, timeout: float = HTTP_TIMEOUT) -> None:
-        from twisted.web.client import Agent
 
         self._reactor = reactor
         self._limit = limit
@@ -596,8 +599,6 @@ class AgentHttp:
         self._agent = Agent(reactor, connectTimeout=timeout)
 
     def __call__(self, method: bytes, url: str, headers: dict[str, str], body: bytes | None) -> Deferred[tuple[int, bytes]]:
-        from twisted.web.client import FileBodyProducer
-        from twisted.web.http_headers import Headers
 
         fields = Headers({name.encode("ascii"): [value.encode("ascii")] for name, value in headers.items()})
         producer = FileBodyProducer(BytesIO(body)) if body is not None else None
@@ -607,7 +608,6 @@ class AgentHttp:
         return d
 
     def _read(self, response: Any) -> Deferred[tuple[int, bytes]]:
-        from twisted.web.iweb import UNKNOWN_LENGTH
 
         if response.length is not UNKNOWN_LENGTH and response.length > self._limit:
             discarded: Deferred[bytes] = Deferred()

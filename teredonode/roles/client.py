@@ -37,6 +37,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.service import Service
+from twisted.internet.defer import gatherResults
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from zope.interface import implementer
@@ -45,6 +46,7 @@ from teredonode.errors import NetConfigError
 from teredonode.interfaces import (
     Endpoint,
     IDiscoveryHost,
+    IPortMapping,
     INetworkConfigurator,
     ITeredoRole,
     ITunDevice,
@@ -79,6 +81,7 @@ from teredonode.wire.teredo import AuthIndicator, TeredoPacket, classify
 from teredonode.roles import interval
 from teredonode.roles.qualification import (
     Accepted,
+    RequestPortMapping,
     validate_ra,
     DEFAULT_MTU,
     QUALIFICATION_ATTEMPTS,
@@ -121,6 +124,11 @@ __all__ = [
     "RESTART_DELAYS",
 ]
 
+#: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
+#: cells that need them to working): Symmetric NAT Support.  UPnP (X-UPNP) is in part: the
+#: port mapping runs, not yet its bubble rules (X-UPNP-10..12).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS"})
+
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
 
@@ -161,6 +169,8 @@ _COUNTERS = (
     "echo-suppressed",
     "relay-rechecks",
     "interval-probes",
+    "port-mappings",
+    "sns-learned",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -206,6 +216,8 @@ class TeredoClient(Service):
         tests; C{random.SystemRandom} in production).
     @param randbytes: nonces (C{secrets.token_bytes} in production).
     @param backoff: the wait after failed qualifications (L{JitteredBackoff} by default).
+    @param portMapping: asks the NAT for a mapping of the service port before qualifying
+        (C{port-mapping}, X-UPNP); C{None}: never.
     """
 
     roleName = "client"
@@ -221,8 +233,14 @@ class TeredoClient(Service):
         rng: random.Random | None = None,
         randbytes: Callable[[int], bytes] | None = None,
         backoff: Backoff | None = None,
+        portMapping: IPortMapping | None = None,
     ) -> None:
         self.settings = settings
+        self._portMapping = portMapping if settings.port_mapping else None
+        #: The NAT's mapping of our service port (X-UPNP-06/07), or None.
+        self.portMapped: Any = None
+        self._portMapError: str | None = None
+        self._portMapTimer: Any = None
         self._reactor = reactor
         self._tun = tun
         self._netconfig = netconfig
@@ -336,14 +354,21 @@ class TeredoClient(Service):
         Service.stopService(self)
         self._cancel()
         self._feed(self._machine.stop(), self._machine.state)
+        if self._portMapTimer is not None and self._portMapTimer.active():
+            self._portMapTimer.cancel()
+        self._portMapTimer = None
+        unmapped: Any = None
+        if self._portMapping is not None and self.portMapped is not None:
+            self.portMapped = None
+            unmapped = self._portMapping.unmap()  # X-UPNP-13
         self.tunnel.stop()
         self._tun.close()
         port, self._port = self._port, None
         if self.discovery is not None:
             self.discovery.close()
-        if port is not None:
-            return port.stopListening()
-        return None
+        waits = [d for d in (port.stopListening() if port is not None else None, unmapped) if d is not None]
+        # twistd waits for the mapping's deletion (X-UPNP-13) before the reactor stops.
+        return gatherResults(waits) if waits else None
 
     def _intervalStatus(self) -> dict[str, Any]:
         probe = self._interval
@@ -506,6 +531,8 @@ class TeredoClient(Service):
     def _do(self, effect: Effect) -> None:
         if isinstance(effect, SendSolicitation):
             self._solicit(effect.target, effect.nonce)
+        elif isinstance(effect, RequestPortMapping):
+            self._requestPortMapping()
         elif isinstance(effect, Configure):
             self._configure(effect)
         elif isinstance(effect, Drop):
@@ -683,6 +710,62 @@ class TeredoClient(Service):
         if self._interval is not None:
             self._intervalFeed(self._interval.stop())
 
+    # -- port mapping (RFC 6081 X-UPNP-03..07, -13; X-HP-03) --------------------------------------
+
+    def _requestPortMapping(self) -> None:
+        mapper = self._portMapping
+        if mapper is None:
+            self._portMapDone()
+            return
+        d = mapper.map(self._localPort())
+        d.addCallbacks(self._portMappedOk, self._portMapFailed)
+
+    def _portMappedOk(self, mapping: Any) -> None:
+        self.portMapped = mapping
+        self._portMapError = None
+        self.counters["port-mappings"] += 1
+        self.log.info(
+            "Port mapping by {protocol}: {address}:{port} for {lifetime} s",
+            protocol=mapping.protocol, address=mapping.externalAddress, port=mapping.externalPort,
+            lifetime=mapping.lifetime,
+        )
+        if mapping.lifetime and self.running:
+            # PCP and NAT-PMP mappings expire: renew at half their lifetime.
+            self._portMapTimer = self._reactor.callLater(mapping.lifetime / 2, self._renewPortMapping)
+        self._portMapDone()
+
+    def _portMapFailed(self, failure: Any) -> None:
+        self._portMapError = failure.getErrorMessage()
+        self.log.info("No port mapping ({error}); qualifying without", error=self._portMapError)
+        self._portMapDone()
+
+    def _portMapDone(self) -> None:
+        if self.running:
+            before = self._machine.state
+            self._feed(self._machine.port_mapped(), before)
+
+    def _renewPortMapping(self) -> None:
+        self._portMapTimer = None
+        if self._portMapping is not None and self.running:
+            d = self._portMapping.map(self._localPort())
+            d.addCallbacks(self._portMappedOk, self._portMapFailed)
+
+    def _portMappingStatus(self) -> dict[str, Any]:
+        mapping = self.portMapped
+        if self._portMapping is None:
+            return {"state": "off"}
+        if mapping is None:
+            return {"state": "none", "error": self._portMapError}
+        external = (mapping.externalAddress, mapping.externalPort)
+        return {
+            "state": "mapped",
+            "protocol": mapping.protocol,
+            "external": _ep(external),
+            "lifetime": mapping.lifetime,
+            # X-UPNP-09: the server sees this very mapping (a single NAT).
+            "same-as-server": self.mapping == external if self.mapping is not None else None,
+        }
+
     # -- refresh interval determination (RFC 4380 section 5.2.7, CL-I-*) -------------------------
 
     def _startIntervalDetermination(self) -> None:
@@ -785,10 +868,12 @@ class TeredoClient(Service):
             server=settings.server,
             secondary=settings.secondary,
             allow_symmetric=settings.allow_symmetric,
+            symmetric_nat_support=settings.symmetric_nat_support,
             strict_secondary=settings.strict_secondary,
             refresh=max(float(settings.refresh), measured or 0.0),
             dormant_with_native=settings.dormant_with_native,
             secret=self._secret,
+            port_mapping=getattr(self, "_portMapping", None) is not None,
         )
 
     def reconfigure(self, settings: Any) -> None:
@@ -809,6 +894,7 @@ class TeredoClient(Service):
             "state": self.state,
             "offline-reason": self.offlineReason if self.state == "offline" else None,
             "nat": self.nat,
+            "port-mapping": self._portMappingStatus(),
             "refresh-interval": self._machine.policy.refresh,
             "refresh-determination": self._intervalStatus(),
             "nat-flags": {  # RFC 6081 section 5: what qualification learnt of the NAT
@@ -842,9 +928,10 @@ def _ep(endpoint: Endpoint) -> str:
 def makeRole(settings: Any, reactor: Any) -> TeredoClient:
     """
     The production client: a real TUN, C{ip} for configuration, the kernel's routing table
-    for the "other IPv6" check, system randomness.
+    for the "other IPv6" check, system randomness, the router's port mapping protocols.
     """
     from teredonode.netconfig import NetlinkConfigurator
+    from teredonode.portmap.client import GatewayPortMapping
     from teredonode.tun import TunDevice
 
     interface = settings.interface
@@ -854,4 +941,5 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
         TunDevice(interface, reactor=reactor),
         NetlinkConfigurator(),
         hasOtherIPv6=lambda: hostHasOtherIPv6(interface),
+        portMapping=GatewayPortMapping(reactor, bind=settings.bind),
     )

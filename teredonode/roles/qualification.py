@@ -23,6 +23,10 @@ and the others in brackets are what C{teredo status} shows):
   state             input            next state                           effects
   ================  ===============  ===================================  ==========================
   Stopped [off]     start            Resolving or SolicitingPrimary       Resolve / SendRS
+  Stopped           start, port-     MappingPort                          RequestPortMapping
+                    mapping
+  MappingPort       port_mapped or   Resolving or SolicitingPrimary       Resolve / SendRS
+  [probing]         timer
   Resolving [prob]  resolved(ip)     SolicitingPrimary                    SendRS
   Resolving         resolve_failed   Offline                              Unconfigure, WentOffline
   *                 start while      Dormant                              Unconfigure, WentDormant
@@ -35,7 +39,8 @@ and the others in brackets are what C{teredo status} shows):
   Secondary         timer, tries=3   Qualified (NAT unknown)              SecondarySilent, Configure
                                      or Offline (strict)                  WentOffline
   Secondary         RA, same map     Qualified (restricted-or-cone)       Configure
-  Secondary         RA, other map    Qualified (symmetric, when allowed)  SymmetricNat, Configure
+  Secondary         RA, other map    Qualified (symmetric, with SNS or    SymmetricNat, Configure
+                                     allow-symmetric, X-SNS-11)
                                      or Offline                           SymmetricNat, WentOffline
   Qualified [qual]  timer            Refreshing, or Qualified again when  SendRS / nothing (CL-M-02)
                                      the server was heard from within the
@@ -80,6 +85,9 @@ __all__ = [
     "Backoff",
     "JitteredBackoff",
     "Stopped",
+    "MappingPort",
+    "RequestPortMapping",
+    "PORT_MAPPING_TIMEOUT",
     "Dormant",
     "Resolving",
     "Offline",
@@ -114,6 +122,8 @@ RESTART_DELAYS = (10.0, 20.0, 40.0, 80.0, 160.0, 300.0)
 NATIVE_CHECK_INTERVAL = 60.0
 #: CL-M-02: a maintenance check postponed by server traffic waits at least this long.
 MIN_REFRESH_WAIT = 1.0
+#: X-UPNP-05: qualification waits at most this long for the port mapping.
+PORT_MAPPING_TIMEOUT = 10.0
 #: An RA's MTU option outside [1280, 65535] is ignored for this.
 DEFAULT_MTU = 1280
 
@@ -240,20 +250,26 @@ class Policy:
     @ivar server: the primary server, an IPv4 address or a name.
     @ivar secondary: the secondary address, or C{None} for primary + 1 (SA-04).
     @ivar allow_symmetric: qualify behind a symmetric NAT anyway.
+    @ivar symmetric_nat_support: RFC 6081 Symmetric NAT Support runs, so a symmetric NAT
+        qualifies too (X-SNS-11).
     @ivar strict_secondary: CL-Q-08 as written: a silent secondary address makes the service
         unusable (offline) instead of qualifying with NAT type "unknown".
     @ivar refresh: CL-M-06 refresh interval, drawn in [0.75, 1] of it each time.
     @ivar dormant_with_native: G-03 / SEC-20: no Teredo while the host has native IPv6.
     @ivar secret: the secure-qualification key (CL-SQ-*), or C{None}.
+    @ivar port_mapping: ask the NAT for a port mapping before qualifying (RFC 6081 X-UPNP-04,
+        X-HP-03).
     """
 
     server: str
     secondary: str | None = None
     allow_symmetric: bool = False
+    symmetric_nat_support: bool = False
     strict_secondary: bool = False
     refresh: float = 30.0
     dormant_with_native: bool = False
     secret: bytes | None = None
+    port_mapping: bool = False
 
 
 # -- states -----------------------------------------------------------------------------------
@@ -271,6 +287,18 @@ class Dormant:
 
     shown = "dormant"
     timeout = NATIVE_CHECK_INTERVAL
+
+
+@dataclass(frozen=True)
+class MappingPort:
+    """
+    X-UPNP-04 / X-HP-03: a port mapping is being asked of the NAT (PCP, NAT-PMP or UPnP)
+    before the first qualification; whatever the answer, or none within the time-out,
+    qualification follows (X-UPNP-05).
+    """
+
+    shown = "probing"
+    timeout = PORT_MAPPING_TIMEOUT
 
 
 @dataclass(frozen=True)
@@ -357,12 +385,17 @@ class Refreshing(_Soliciting):
 
 
 State = Union[
-    Stopped, Dormant, Resolving, Offline, SolicitingPrimary, SolicitingSecondary, Qualified,
+    Stopped, MappingPort, Dormant, Resolving, Offline, SolicitingPrimary, SolicitingSecondary, Qualified,
     Refreshing,
 ]
 
 
 # -- effects ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestPortMapping:
+    """Ask the NAT for a mapping of the service port; answer with L{Qualification.port_mapped}."""
 
 
 @dataclass(frozen=True)
@@ -434,7 +467,7 @@ class Drop:
 
 
 Effect = Union[
-    Resolve, SendSolicitation, Configure, Unconfigure, WentOffline, WentDormant, ServerLost,
+    RequestPortMapping, Resolve, SendSolicitation, Configure, Unconfigure, WentOffline, WentDormant, ServerLost,
     SymmetricNat, SecondarySilent, KeyExpired, Drop,
 ]
 
@@ -480,7 +513,16 @@ class Qualification:
     # -- inputs -----------------------------------------------------------------------------
 
     def start(self) -> list[Effect]:
-        """Begin (or, after a stop, begin again)."""
+        """Begin (or, after a stop, begin again): the port mapping first, when asked for."""
+        if self.policy.port_mapping:
+            self.state = MappingPort()
+            return [RequestPortMapping()]
+        return self._attempt(0)
+
+    def port_mapped(self) -> list[Effect]:
+        """The port mapping was made, or refused (X-UPNP-05: qualify either way)."""
+        if not isinstance(self.state, MappingPort):
+            return []
         return self._attempt(0)
 
     def stop(self) -> list[Effect]:
@@ -507,6 +549,8 @@ class Qualification:
     def timer(self) -> list[Effect]:
         """The current state's time-out expired."""
         state = self.state
+        if isinstance(state, MappingPort):
+            return self._attempt(0)
         if isinstance(state, (Dormant, Offline)):
             return self._attempt(state.failures if isinstance(state, Offline) else 0)
         if isinstance(state, Qualified):
@@ -538,9 +582,12 @@ class Qualification:
             if answer.mapping == primary.mapping:
                 return effects + self._qualified(state.server, state.secondary, primary, "restricted-or-cone", True)
             effects.append(SymmetricNat(primary.mapping, answer.mapping))
-            if not self.policy.allow_symmetric:
+            # X-SNS-11: with Symmetric NAT Support a symmetric result still qualifies.
+            if not (self.policy.allow_symmetric or self.policy.symmetric_nat_support):
                 return effects + self._offline(
-                    "symmetric NAT (set allow-symmetric to go online anyway)", state.failures
+                    "symmetric NAT (symmetric-nat-support off; set allow-symmetric to go online "
+                    "anyway)",
+                    state.failures,
                 )
             return effects + self._qualified(state.server, state.secondary, primary, "symmetric", True)
         return effects + self._qualified(state.server, state.secondary, answer, state.nat, False)

@@ -12,13 +12,16 @@ import random
 import tempfile
 from typing import Any
 
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from teredonode.config import ClientSettings, ServerSettings
-from teredonode.interfaces import IDiscoveryHost, ILocalPeers, ITeredoRole
+from teredonode.interfaces import IDiscoveryHost, ILocalPeers, IPortMapping, ITeredoRole
+from teredonode.portmap.base import Mapping, PortMapError
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
@@ -86,6 +89,7 @@ class ClientTestCase(SynchronousTestCase):
         start: bool = True,
         natTimeout: float = 120.0,
         host: FakeHost | None = None,
+        portMapping: Any = None,
         **overrides: Any,
     ) -> TeredoClient:
         self._nats += 1
@@ -110,6 +114,7 @@ class ClientTestCase(SynchronousTestCase):
             ),
             rng=rng,
             randbytes=rng.randbytes,
+            portMapping=portMapping,
         )
         self._devices[id(client)] = (tun, netconfig)
         client.host = host  # type: ignore[attr-defined]
@@ -188,12 +193,23 @@ class QualificationTests(ClientTestCase):
         self.assertEqual(client.state, "offline")
         self.assertIn("no answer", client.status()["offline-reason"])
 
-    def test_symmetricDetectedStaysOffline(self) -> None:
+    def test_symmetricQualifiesWithSNS(self) -> None:
         """
-        CL-Q-08: the secondary address sees another mapping -> symmetric, offline, no
-        address configured.
+        X-SNS-11: with Symmetric NAT Support (the default) a symmetric result qualifies, with
+        the primary server's mapping, and says so.
         """
         client = self.makeClient("symmetric")
+        self.net.flush()
+        status = client.status()
+        self.assertEqual((status["state"], status["nat"]), ("qualified", "symmetric"))
+        self.assertEqual(status["nat-flags"]["symmetric"], True)
+
+    def test_symmetricDetectedStaysOffline(self) -> None:
+        """
+        CL-Q-08: the secondary address sees another mapping -> symmetric; without RFC 6081
+        Symmetric NAT Support: offline, no address configured.
+        """
+        client = self.makeClient("symmetric", symmetric_nat_support=False)
         self.net.flush()
         status = client.status()
         self.assertEqual((status["state"], status["nat"]), ("offline", "symmetric"))
@@ -229,7 +245,7 @@ class QualificationTests(ClientTestCase):
         self.assertEqual(flags[1], {"symmetric": True, "port-preserving": True})
         self.assertEqual(flags[2]["symmetric"], True)
         self.assertEqual(flags[2]["port-preserving"], random_ports.mapping is not None and random_ports.mapping[1] == 40002)
-        offline = self.makeClient("symmetric")
+        offline = self.makeClient("symmetric", symmetric_nat_support=False)
         self.net.flush()
         self.assertEqual(offline.status()["nat-flags"], {"symmetric": True, "port-preserving": None})
 
@@ -516,6 +532,78 @@ class MaintenanceTests(ClientTestCase):
         self.assertTrue(all(w >= 4 for w in waits))
         self.assertLessEqual(max(waits), 300 + 4)
         self.assertGreater(waits[4], waits[0])
+
+
+@implementer(IPortMapping)
+class FakePortMapping:
+    """A router's port mapping: answers as told, records every request."""
+
+    def __init__(self, answer: Any = None, error: str | None = None) -> None:
+        self.answer, self.error = answer, error
+        self.requests: list[int] = []
+        self.unmapped = 0
+        self.pending: Deferred[Any] | None = None
+
+    def map(self, localPort: int) -> Deferred[Any]:
+        self.requests.append(localPort)
+        if self.answer is None and self.error is None:
+            self.pending = Deferred()
+            return self.pending
+        if self.error is not None:
+            return fail(PortMapError(self.error))
+        return succeed(self.answer)
+
+    def unmap(self) -> Deferred[None]:
+        self.unmapped += 1
+        return succeed(None)
+
+
+class PortMappingTests(ClientTestCase):
+    def test_mappedBeforeQualifying(self) -> None:
+        """
+        X-UPNP-04..07: the mapping is asked for the service port before the first RS; status
+        shows it, renewed at half its lifetime and deleted at shutdown (X-UPNP-13).
+        """
+        sent: list[Any] = []
+        self.net.addDropFilter(lambda d: sent.append(d) and False)
+        mapper = FakePortMapping(Mapping("198.51.100.1", 40000, 600, "pcp"))
+        client = self.makeClient(port=40000, portMapping=mapper)
+        self.assertEqual(mapper.requests, [40000])
+        self.net.flush()
+        status = client.status()
+        self.assertEqual(status["state"], "qualified")
+        self.assertEqual(status["port-mapping"]["state"], "mapped")
+        self.assertEqual((status["port-mapping"]["protocol"], status["port-mapping"]["external"]), ("pcp", "198.51.100.1:40000"))
+        self.assertEqual(status["counters"]["port-mappings"], 1)
+        self.net.run(301)
+        self.assertEqual(mapper.requests, [40000, 40000])
+        client.stopService()
+        self.assertEqual(mapper.unmapped, 1)
+
+    def test_refusedQualifiesAnyway(self) -> None:
+        """X-UPNP-05: no mapping, one log line, qualification as usual."""
+        client = self.makeClient(portMapping=FakePortMapping(error="pcp: no answer"))
+        self.net.flush()
+        status = client.status()
+        self.assertEqual(status["state"], "qualified")
+        self.assertEqual(status["port-mapping"], {"state": "none", "error": "pcp: no answer"})
+
+    def test_silentRouterDelaysAtMostTenSeconds(self) -> None:
+        """A router that never answers holds qualification back 10 s, no more."""
+        mapper = FakePortMapping()
+        client = self.makeClient(portMapping=mapper)
+        self.net.run(9)
+        self.assertEqual(client.state, "probing")
+        self.assertEqual(client.status()["counters"]["rs-sent"], 0)
+        self.net.run(2)
+        self.assertEqual(client.state, "qualified")
+
+    def test_settingOff(self) -> None:
+        mapper = FakePortMapping(Mapping("198.51.100.1", 40000, 0, "upnp"))
+        client = self.makeClient(portMapping=mapper, port_mapping=False)
+        self.net.flush()
+        self.assertEqual(mapper.requests, [])
+        self.assertEqual(client.status()["port-mapping"], {"state": "off"})
 
 
 class DataPathTests(ClientTestCase):

@@ -144,7 +144,12 @@ class QualificationMixin(LabClientMixin):
 
     def test_nat_modes(self) -> None:
         started = time.monotonic()
-        nodes = {host: self.startOurClient(host) for host in NAT_MODE_CLIENTS}
+        # Behind the symmetric NAT, RFC 4380 alone (no RFC 6081 Symmetric NAT Support) is
+        # what keeps the client offline; with it the client qualifies (test_symmetric_sns).
+        nodes = {
+            host: self.startOurClient(host, **({"symmetric-nat-support": False} if mode == "symmetric" else {}))
+            for host, mode in NAT_MODE_CLIENTS.items()
+        }
         server = self.lab.host("server").ipv4[0]
         for host, mode in NAT_MODE_CLIENTS.items():
             if mode == "symmetric":
@@ -178,11 +183,24 @@ class QualificationMixin(LabClientMixin):
         link = self.lab.exec("client5", ["ip", "-o", "link", "show", "dev", "teredo"], timeout=10).stdout
         self.assertIn("UP", link)
 
+    def test_symmetric_sns(self) -> None:
+        """
+        X-SNS-11: with Symmetric NAT Support (the default) the client qualifies behind a
+        symmetric NAT, saying so.
+        """
+        node = self.startOurClient("client5")
+        address = self.waitQualified(node, "client5")
+        status = self.clientStatus(node)
+        self.assertEqual(status["nat"], "symmetric", status)
+        self.assertEqual(status["nat-flags"]["symmetric"], True, status)
+        self.assertEqual(address.client, self.lab.public_ipv4("client5"))
+
     def test_symmetric_allowed(self) -> None:
         """
-        allow-symmetric: the client goes online anyway, saying the NAT is symmetric.
+        allow-symmetric: without Symmetric NAT Support the client goes online anyway, saying
+        the NAT is symmetric.
         """
-        node = self.startOurClient("client5", **{"allow-symmetric": True})
+        node = self.startOurClient("client5", **{"allow-symmetric": True, "symmetric-nat-support": False})
         address = self.waitQualified(node, "client5")
         status = self.clientStatus(node)
         self.assertEqual(status["nat"], "symmetric", status)

@@ -20,7 +20,7 @@ from teredonode.lab import nodes
 from teredonode.lab._proc import which
 from teredonode.lab.lab import Lab
 
-from tests.system.lab_fixture import use_lab
+from tests.system.lab_fixture import LabAssertions, use_lab
 
 LOCAL_PORT = 41000
 
@@ -159,3 +159,31 @@ class AgentHttpTests(unittest.TestCase):
         with self.assertRaises(PortMapError) as caught:
             await self.http()(b"GET", f"{self.base}/5000?chunked=1", {}, None)
         self.assertEqual(str(caught.exception), "upnp: HTTP body over 1000 bytes")
+
+
+class ClientPortMappingLabTests(LabAssertions, unittest.TestCase):
+    """
+    RFC 6081 X-UPNP-04..07, -13 for real: our client behind a UPnP-enabled NAT (miniupnpd)
+    maps its service port before qualifying, and deletes the mapping when it stops.
+    """
+
+    def test_client_maps_its_port(self) -> None:
+        if which("miniupnpd") is None:
+            raise unittest.SkipTest("miniupnpd not installed (apt-get install miniupnpd-nftables)")
+        self.lab = use_lab(self, "nat:upnp-port-restricted")
+        self.lab.start_teredonode("our-server", "server", "server")
+        self.assertTrue(self.lab.wait_udp_listening("server", 3544, 10))
+        self.lab.start_teredonode("our-client", "client1", "client", settings={"port": LOCAL_PORT + 7})
+        address = self.lab.wait_teredo_address("client1", 30)
+        self.assertIsNotNone(address, "client did not qualify: " + "\n".join(self.lab.nodes["our-client"].log_tail(30)))
+        status = self.lab.node_status("our-client")["client"]
+        mapping = status["port-mapping"]
+        self.assertEqual(mapping["state"], "mapped", mapping)
+        self.assertEqual(mapping["external"], f"{self.lab.ipv4('nat1')}:{LOCAL_PORT + 7}", mapping)
+        self.assertEqual(status["counters"]["port-mappings"], 1)
+        print(f"\nclient behind upnp-port-restricted: {status['nat']}, port mapping {mapping}")
+        port = str(LOCAL_PORT + 7)
+        self.assertIn(port, self.lab.exec("nat1", ["nft", "list", "ruleset"], timeout=10).stdout)
+        # Stopping the client deletes the mapping (X-UPNP-13) before the process ends.
+        self.lab.stop_node("our-client")
+        self.assertNotIn(port, self.lab.exec("nat1", ["nft", "list", "ruleset"], timeout=10).stdout)

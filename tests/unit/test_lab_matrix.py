@@ -171,7 +171,14 @@ class VerdictTests(unittest.TestCase):
 
 
 class RenderTests(unittest.TestCase):
+    """
+    Rendering, for a client with no RFC 6081 extension (whatever ours declares today).
+    """
+
     kinds = ("cone", "port-restricted", "port-symmetric")
+
+    def setUp(self) -> None:
+        self.patch(matrix, "client_extensions", lambda impl: frozenset())
 
     def full(self) -> MatrixResult:
         trials = []

@@ -22,6 +22,9 @@ from teredonode.roles.qualification import (
     Drop,
     JitteredBackoff,
     KeyExpired,
+    MappingPort,
+    PORT_MAPPING_TIMEOUT,
+    RequestPortMapping,
     Offline,
     Policy,
     Qualification,
@@ -177,6 +180,29 @@ class StartTests(MachineTestCase):
         m = self.qualified()
         self.assertEqual(m.stop(), [Unconfigure()])
         self.assertIsInstance(m.state, Stopped)
+
+
+class PortMappingTests(MachineTestCase):
+    def test_startAsksForMapping(self) -> None:
+        """Stopped --start, port-mapping--> MappingPort (X-UPNP-04): nothing sent yet."""
+        m = self.machine(port_mapping=True)
+        self.assertEqual(m.start(), [RequestPortMapping()])
+        self.assertIsInstance(m.state, MappingPort)
+        self.assertEqual((m.state.shown, m.state.timeout), ("probing", PORT_MAPPING_TIMEOUT))
+
+    def test_mappedQualifies(self) -> None:
+        """MappingPort --port_mapped--> SolicitingPrimary (made or refused: X-UPNP-05)."""
+        m = self.machine(port_mapping=True)
+        m.start()
+        self.assertEqual(m.port_mapped(), [SendSolicitation(SERVER, (1).to_bytes(8, "big"))])
+        self.assertIsInstance(m.state, SolicitingPrimary)
+        self.assertEqual(m.port_mapped(), [])
+
+    def test_noAnswerQualifiesAnyway(self) -> None:
+        """MappingPort --timer--> SolicitingPrimary: a silent router delays by at most 10 s."""
+        m = self.machine(port_mapping=True)
+        m.start()
+        self.assertIsInstance(m.timer()[0], SendSolicitation)
 
 
 class SolicitingTests(MachineTestCase):
