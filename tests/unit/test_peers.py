@@ -5,14 +5,30 @@ bubble limits of section 5.2.6, validity and expiry per section 5.2.4 and defect
 
 from __future__ import annotations
 
+import struct
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.peers import Peer, PeerList, Queued
+from teredonode import peers as peers_module
+from teredonode.peers import NO_ITEMS, Peer, PeerList, Queued
+from teredonode.roles.relay import RELAY_POLICY
+from teredonode.roles.tunnel import EXPIRY_INTERVAL, TeredoTunnel
+from teredonode.wire.ipv6 import NH_NONE, bubble, build_ipv6
+from teredonode.wire.teredo import classify
 
 
 def addr(n: int) -> bytes:
     return b"\x20\x01" + b"\x00" * 12 + n.to_bytes(2, "big")
+
+
+def fields(peer: Peer) -> dict[str, object]:
+    """
+    Every field of an entry, with the types of its values.
+    """
+    return {name: (getattr(peer, name), type(getattr(peer, name))) for name in Peer.__slots__}
 
 
 class PeerListTests(SynchronousTestCase):
@@ -175,3 +191,273 @@ class PeerListTests(SynchronousTestCase):
 
     def test_badBounds(self) -> None:
         self.assertRaises(ValueError, PeerList, self.clock.seconds, max_peers=0)
+
+
+class IdleMemoryTests(SynchronousTestCase):
+    """
+    What keeps an idle entry small: no list of its own while it has nothing to hold, and
+    the sweep's packing of entries untouched for a sweep interval -- each without any
+    change of behaviour.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.removed: list[Peer] = []
+        self.peers = PeerList(
+            self.clock.seconds, max_peers=3, queue_packets=2, queue_bytes=100,
+            on_remove=self.removed.append,
+        )
+
+    def trusted(self, n: int) -> Peer:
+        peer = self.peers.create(addr(n))
+        peer.trust((f"192.0.2.{n}", 40000 + n), self.clock.seconds())
+        return peer
+
+    def sweepTwice(self) -> None:
+        """
+        Two sweeps a sweep interval apart: what was untouched since the first is packed.
+        """
+        self.peers.expire()
+        self.clock.advance(EXPIRY_INTERVAL)
+        self.peers.expire()
+
+    def test_newEntryHoldsNoLists(self) -> None:
+        """
+        A new or just trusted entry shares NO_ITEMS for its queue and bubbles.
+        """
+        peer = self.trusted(1)
+        self.assertIs(peer.queue, NO_ITEMS)
+        self.assertIs(peer.bubbles, NO_ITEMS)
+        self.assertEqual(peer.bubbles, [])
+
+    def test_listsComeAndGo(self) -> None:
+        """
+        A queue or a bubble record exists while it holds something; draining the queue and
+        hearing from the peer give NO_ITEMS back; no entry ever fills another's.
+        """
+        one, two = self.peers.create(addr(1)), self.peers.create(addr(2))
+        self.assertTrue(self.peers.enqueue(one, b"x" * 10))
+        self.assertEqual(one.queue, [Queued(b"x" * 10)])
+        self.assertIs(two.queue, NO_ITEMS)
+        self.assertEqual(self.peers.drain(one), [Queued(b"x" * 10)])
+        self.assertIs(one.queue, NO_ITEMS)
+        drained = self.peers.drain(two)
+        self.assertEqual(drained, [])
+        self.assertIsNot(drained, NO_ITEMS)
+        one.bubble_sent(self.clock.seconds())
+        self.assertEqual(one.bubbles, [1000.0])
+        self.assertIs(two.bubbles, NO_ITEMS)
+        one.heard(self.clock.seconds())
+        self.assertIs(one.bubbles, NO_ITEMS)
+
+    def test_removalLeavesNoQueue(self) -> None:
+        peer = self.peers.create(addr(1))
+        self.peers.enqueue(peer, b"x")
+        self.peers.remove(addr(1))
+        self.assertEqual([len(p.queue) for p in self.removed], [0])
+        self.assertIs(peer.queue, NO_ITEMS)
+
+    def test_noItemsRefusesToGrow(self) -> None:
+        for grow in (
+            lambda: NO_ITEMS.append(1),
+            lambda: NO_ITEMS.extend([1]),
+            lambda: NO_ITEMS.insert(0, 1),
+            lambda: NO_ITEMS.__setitem__(slice(None), [1]),
+            lambda: NO_ITEMS.__iadd__([1]),
+        ):
+            self.assertRaises(TypeError, grow)
+        self.assertEqual(NO_ITEMS, [])
+
+    def test_sweepPacksIdleEntries(self) -> None:
+        """
+        An idle entry untouched since the previous sweep is packed; get() gives back a
+        Peer equal field for field (values and their types), listed again as an object.
+        """
+        peer = self.trusted(1)
+        self.clock.advance(1.5)
+        peer.last_tx = self.clock.seconds()
+        before = fields(peer)
+        self.peers.expire()
+        self.assertEqual(self.peers.packed, 0, "touched since the list was made")
+        self.clock.advance(EXPIRY_INTERVAL)
+        self.peers.expire()
+        self.assertEqual(self.peers.packed, 1)
+        again = self.peers.get(addr(1))
+        assert again is not None
+        self.assertEqual(fields(again), before)
+        self.assertEqual(self.peers.packed, 0)
+        self.assertIs(self.peers.get(addr(1)), again)
+
+    def test_untrustedUnmappedEntryPacked(self) -> None:
+        """
+        An entry with no mapping yet, sent to (so not expired at once), packs too.
+        """
+        peer = self.peers.create(addr(1))
+        peer.last_tx = self.clock.seconds()
+        before = fields(peer)
+        self.sweepTwice()
+        self.assertEqual(self.peers.packed, 1)
+        again = self.peers.get(addr(1))
+        assert again is not None
+        self.assertEqual(fields(again), before)
+
+    def test_busyEntriesNotPacked(self) -> None:
+        """
+        Anything a record cannot hold keeps the entry an object: queued packets, a timer,
+        a pending test, bubbles, local discovery, a retry count, a mapping that is not a
+        dotted-quad IPv4 endpoint.
+        """
+        busy = [
+            lambda p: self.peers.enqueue(p, b"x"),
+            lambda p: setattr(p, "timer", object()),
+            lambda p: setattr(p, "nonce", b"12345678"),
+            lambda p: p.bubble_sent(p.last_tx),
+            lambda p: setattr(p, "local", True),
+            lambda p: setattr(p, "attempts", 1),
+            lambda p: setattr(p, "mapping", ("2001:db8::1", 3544)),
+            lambda p: setattr(p, "mapping", ("192.0.2.01", 3544)),
+            lambda p: setattr(p, "mapping", ("192.0.2.1", 70000)),
+        ]
+        peers = PeerList(self.clock.seconds, max_peers=len(busy))
+        made = []
+        for n, makeBusy in enumerate(busy):
+            peer = peers.create(addr(n))
+            peer.trust(("192.0.2.1", 3544), self.clock.seconds())
+            makeBusy(peer)
+            made.append(peer)
+        peers.expire()
+        self.clock.advance(EXPIRY_INTERVAL)
+        peers.expire()
+        self.assertEqual(peers.packed, 0)
+        self.assertEqual([peers.get(addr(n)) for n in range(len(busy))], made)
+
+    def test_packedEntryExpiresOnTime(self) -> None:
+        """
+        Packed or not, an entry goes once neither heard from nor sent to within 30 s, and
+        the owner hears of it with an equal Peer.
+        """
+        peer = self.trusted(1)
+        before = fields(peer)
+        self.sweepTwice()
+        self.assertEqual(self.peers.packed, 1)
+        self.clock.advance(30 - EXPIRY_INTERVAL - 0.5)
+        self.assertEqual(self.peers.expire(), 0)
+        self.clock.advance(0.5)
+        self.assertEqual(self.peers.expire(), 1)
+        self.assertEqual([fields(p) for p in self.removed], [before])
+        self.assertEqual(self.peers.expired, 1)
+
+    def test_packedEntryLaterSentTo(self) -> None:
+        """
+        The later of the two times decides, whichever it is.
+        """
+        peer = self.trusted(1)
+        self.clock.advance(5)
+        peer.last_tx = self.clock.seconds()
+        self.clock.advance(0.5)
+        self.sweepTwice()
+        self.assertEqual(self.peers.packed, 1)
+        self.clock.advance(30 - EXPIRY_INTERVAL - 1)
+        self.assertEqual(self.peers.expire(), 0)
+        self.clock.advance(0.5)
+        self.assertEqual(self.peers.expire(), 1)
+
+    def test_negativeTimes(self) -> None:
+        """
+        A clock starting at zero gives new entries negative times (30 s in the past);
+        packing keeps them and their order.
+        """
+        clock = Clock()
+        peers = PeerList(clock.seconds)
+        peer = peers.create(addr(1))
+        peer.last_tx = -10.0
+        before = fields(peer)
+        peers.expire()
+        clock.advance(EXPIRY_INTERVAL)
+        peers.expire()
+        self.assertEqual(peers.packed, 1)
+        self.assertEqual(fields(peers.get(addr(1))), before)  # type: ignore[arg-type]
+        peers.expire()
+        clock.advance(9.5)
+        self.assertEqual((peers.expire(), len(peers), peers.packed), (0, 1, 1))
+        clock.advance(0.5)
+        self.assertEqual(peers.expire(), 1)
+
+    def test_lruAcrossPackedEntries(self) -> None:
+        """
+        Packing changes neither the LRU order nor what eviction and remove() report.
+        """
+        for n in (1, 2, 3):
+            self.trusted(n)
+        expected = {n: fields(self.peers.get(addr(n))) for n in (1, 2, 3)}  # type: ignore[arg-type]
+        self.sweepTwice()
+        self.assertEqual(self.peers.packed, 3)
+        self.peers.get(addr(1))
+        self.peers.create(addr(4))
+        self.assertEqual([fields(p) for p in self.removed], [expected[2]])
+        self.assertEqual(self.peers.evicted, 1)
+        removed = self.peers.remove(addr(3))
+        assert removed is not None
+        self.assertEqual(fields(removed), expected[3])
+        self.assertEqual(sorted(p.address for p in self.peers), [addr(1), addr(4)])
+
+    def test_iterationLeavesEntriesPacked(self) -> None:
+        for n in (1, 2):
+            self.trusted(n)
+        self.sweepTwice()
+        self.assertEqual(
+            [(p.address, p.trusted, p.mapping) for p in self.peers],
+            [(addr(1), True, ("192.0.2.1", 40001)), (addr(2), True, ("192.0.2.2", 40002))],
+        )
+        self.assertEqual(self.peers.packed, 2)
+
+    @given(st.lists(st.floats(allow_nan=False), min_size=2, max_size=2))
+    def test_recordKeysSortLikeTimes(self, times: list[float]) -> None:
+        """
+        The sweep compares records as bytes: their keys must order as the times do, and
+        give the times back.
+        """
+        a, b = times
+        key = peers_module._sortable
+        self.assertEqual(peers_module._unsortable(key(a)), a)
+        self.assertEqual(a <= b, struct.pack("!Q", key(a)) <= struct.pack("!Q", key(b)))
+
+
+class RelaySweepTests(SynchronousTestCase):
+    """
+    A relay's entry through the tunnel's own sweep (task.Clock): packed while idle, used
+    again as it was, expired as before.
+    """
+
+    def test_relayEntryPackedAndUsed(self) -> None:
+        clock = Clock()
+        clock.advance(1000)
+        sent: list[tuple[bytes, tuple[str, int]]] = []
+        peers = PeerList(clock.seconds, max_peers=8)
+        tunnel = TeredoTunnel(
+            clock, RELAY_POLICY, peers, lambda data, to: sent.append((data, to)),
+            lambda packet: None, lambda n: b"\x01" * n, serves=lambda address: True,
+        )
+        host = bytes.fromhex("20010db8000000000000000000000001")
+        tunnel.setUnnumbered(host)
+        tunnel.start()
+        # 2001:0:1e00:1:0:63bf:d7ff:fefe: server 30.0.0.1, mapping 40.0.0.1:40000.
+        peer = bytes.fromhex("200100001e000001000063bfd7fffffe")
+        mapping = ("40.0.0.1", 40000)
+        tunnel.fromHost(build_ipv6(host, peer, NH_NONE, b""))
+        tunnel.fromPeer(classify(bubble(peer, host)), mapping)
+        self.assertEqual(sent[-1][1], mapping)
+        clock.advance(EXPIRY_INTERVAL)
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual(peers.packed, 1)
+        del sent[:]
+        tunnel.fromHost(build_ipv6(host, peer, NH_NONE, b"data"))
+        self.assertEqual(sent, [(build_ipv6(host, peer, NH_NONE, b"data"), mapping)])
+        self.assertEqual(peers.packed, 0)
+        clock.advance(EXPIRY_INTERVAL)
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual((peers.packed, tunnel.status()["trusted-peers"]), (1, 1))
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual((len(peers), peers.expired), (0, 1))
+        tunnel.stop()
