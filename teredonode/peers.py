@@ -42,6 +42,7 @@ __all__ = [
     "Peer",
     "PeerList",
     "Queued",
+    "Tally",
     "NO_ITEMS",
     "BUBBLE_MIN_INTERVAL",
     "BUBBLE_WINDOW",
@@ -106,6 +107,19 @@ class _NoItems(list[Any]):
 
 #: The shared empty L{Peer.queue} and L{Peer.bubbles} (equal to C{[]}, never filled).
 NO_ITEMS: list[Any] = _NoItems()
+
+
+class Tally(NamedTuple):
+    """
+    L{PeerList.tally}: entries, trusted ones, packed ones (idle, see L{PeerList.expire}),
+    packets queued and their bytes.
+    """
+
+    entries: int
+    trusted: int
+    packed: int
+    queued_packets: int
+    queued_bytes: int
 
 
 class Peer:
@@ -331,6 +345,65 @@ def _unpack(address: bytes, record: bytes) -> Peer:
     return peer
 
 
+class _PackedView(Peer):
+    """
+    A packed entry as iteration yields it: read-only, its fields decoded from the record
+    as they are read, so that a pass over a million entries (status) unpacks none.  The
+    fields a packed entry cannot have set are class constants here; assigning any field
+    raises L{AttributeError} instead of changing a copy that is not listed.
+    """
+
+    __slots__ = ("_record",)
+    _record: bytes
+
+    nonce = None
+    bubbles = NO_ITEMS
+    attempts = 0
+    local = False
+    local_endpoint = None
+    queue = NO_ITEMS
+    queued_bytes = 0
+    timer = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{name}: a packed entry seen by iteration is read-only")
+
+    @property
+    def mapping(self) -> Endpoint | None:  # type: ignore[override]
+        return _unpack(self.address, self._record).mapping
+
+    @property
+    def last_rx(self) -> float:  # type: ignore[override]
+        return _unpack(self.address, self._record).last_rx
+
+    @property
+    def last_tx(self) -> float:  # type: ignore[override]
+        return _unpack(self.address, self._record).last_tx
+
+
+class _TrustedView(_PackedView):
+    __slots__ = ()
+    trusted = True
+
+
+class _UntrustedView(_PackedView):
+    __slots__ = ()
+    trusted = False
+
+
+# Slot setters that bypass _PackedView's refusal: building a view costs no Python call.
+_newView = _PackedView.__new__
+_setAddress = Peer.__dict__["address"].__set__
+_setRecord = _PackedView.__dict__["_record"].__set__
+
+
+def _view(address: bytes, record: bytes) -> Peer:
+    view = _newView(_TrustedView if record[-1] & _TRUSTED else _UntrustedView)
+    _setAddress(view, address)
+    _setRecord(view, record)
+    return view
+
+
 class PeerList:
     """
     The bounded, expiring peer list.
@@ -339,8 +412,8 @@ class PeerList:
     until L{get} asks for it: a L{Peer} object of its own costs about 450 bytes, the record
     about 60.  So a L{Peer} obtained before a sweep and kept across it may no longer be the
     listed one; only a probe's timer holds one that long, and an entry with a timer is
-    never packed.  Iteration yields packed entries as fresh L{Peer} objects without
-    unpacking them in the list: fit to be read, not to be changed.
+    never packed.  Iteration yields packed entries as read-only views (still L{Peer}s),
+    leaving them packed.
 
     @param clock: returns the current time in seconds (a reactor's C{seconds}).
     @param max_peers: entries kept; the least recently used one is evicted beyond.
@@ -379,18 +452,29 @@ class PeerList:
         return len(self._peers)
 
     def __iter__(self) -> Iterator[Peer]:
-        for address, peer in list(self._peers.items()):
-            yield _unpack(address, peer) if type(peer) is bytes else peer  # type: ignore[misc]
+        view = _view
+        return iter(
+            [view(a, p) if type(p) is bytes else p for a, p in self._peers.items()]  # type: ignore[misc]
+        )
 
     def __contains__(self, address: bytes) -> bool:
         return address in self._peers
 
-    @property
-    def packed(self) -> int:
+    def tally(self) -> Tally:
         """
-        How many entries are packed (idle since the previous sweep), for status.
+        The counts status reports, in one pass that unpacks nothing (a relay's million
+        entries cost about 0.3 s to iterate, packed ones three times that).
         """
-        return sum(1 for peer in self._peers.values() if type(peer) is bytes)
+        trusted = packed = packets = size = 0
+        for peer in self._peers.values():
+            if type(peer) is bytes:
+                packed += 1
+                trusted += peer[-1] & _TRUSTED
+            else:
+                trusted += peer.trusted  # type: ignore[union-attr]
+                packets += len(peer.queue)  # type: ignore[union-attr]
+                size += peer.queued_bytes  # type: ignore[union-attr]
+        return Tally(len(self._peers), trusted, packed, packets, size)
 
     def get(self, address: bytes) -> Peer | None:
         """

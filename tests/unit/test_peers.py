@@ -279,14 +279,14 @@ class IdleMemoryTests(SynchronousTestCase):
         peer.last_tx = self.clock.seconds()
         before = fields(peer)
         self.peers.expire()
-        self.assertEqual(self.peers.packed, 0, "touched since the list was made")
+        self.assertEqual(self.peers.tally().packed, 0, "touched since the list was made")
         self.clock.advance(EXPIRY_INTERVAL)
         self.peers.expire()
-        self.assertEqual(self.peers.packed, 1)
+        self.assertEqual(self.peers.tally().packed, 1)
         again = self.peers.get(addr(1))
         assert again is not None
         self.assertEqual(fields(again), before)
-        self.assertEqual(self.peers.packed, 0)
+        self.assertEqual(self.peers.tally().packed, 0)
         self.assertIs(self.peers.get(addr(1)), again)
 
     def test_untrustedUnmappedEntryPacked(self) -> None:
@@ -297,7 +297,7 @@ class IdleMemoryTests(SynchronousTestCase):
         peer.last_tx = self.clock.seconds()
         before = fields(peer)
         self.sweepTwice()
-        self.assertEqual(self.peers.packed, 1)
+        self.assertEqual(self.peers.tally().packed, 1)
         again = self.peers.get(addr(1))
         assert again is not None
         self.assertEqual(fields(again), before)
@@ -329,7 +329,7 @@ class IdleMemoryTests(SynchronousTestCase):
         peers.expire()
         self.clock.advance(EXPIRY_INTERVAL)
         peers.expire()
-        self.assertEqual(peers.packed, 0)
+        self.assertEqual(peers.tally().packed, 0)
         self.assertEqual([peers.get(addr(n)) for n in range(len(busy))], made)
 
     def test_packedEntryExpiresOnTime(self) -> None:
@@ -340,7 +340,7 @@ class IdleMemoryTests(SynchronousTestCase):
         peer = self.trusted(1)
         before = fields(peer)
         self.sweepTwice()
-        self.assertEqual(self.peers.packed, 1)
+        self.assertEqual(self.peers.tally().packed, 1)
         self.clock.advance(30 - EXPIRY_INTERVAL - 0.5)
         self.assertEqual(self.peers.expire(), 0)
         self.clock.advance(0.5)
@@ -357,7 +357,7 @@ class IdleMemoryTests(SynchronousTestCase):
         peer.last_tx = self.clock.seconds()
         self.clock.advance(0.5)
         self.sweepTwice()
-        self.assertEqual(self.peers.packed, 1)
+        self.assertEqual(self.peers.tally().packed, 1)
         self.clock.advance(30 - EXPIRY_INTERVAL - 1)
         self.assertEqual(self.peers.expire(), 0)
         self.clock.advance(0.5)
@@ -376,11 +376,11 @@ class IdleMemoryTests(SynchronousTestCase):
         peers.expire()
         clock.advance(EXPIRY_INTERVAL)
         peers.expire()
-        self.assertEqual(peers.packed, 1)
+        self.assertEqual(peers.tally().packed, 1)
         self.assertEqual(fields(peers.get(addr(1))), before)  # type: ignore[arg-type]
         peers.expire()
         clock.advance(9.5)
-        self.assertEqual((peers.expire(), len(peers), peers.packed), (0, 1, 1))
+        self.assertEqual((peers.expire(), len(peers), peers.tally().packed), (0, 1, 1))
         clock.advance(0.5)
         self.assertEqual(peers.expire(), 1)
 
@@ -392,7 +392,7 @@ class IdleMemoryTests(SynchronousTestCase):
             self.trusted(n)
         expected = {n: fields(self.peers.get(addr(n))) for n in (1, 2, 3)}  # type: ignore[arg-type]
         self.sweepTwice()
-        self.assertEqual(self.peers.packed, 3)
+        self.assertEqual(self.peers.tally().packed, 3)
         self.peers.get(addr(1))
         self.peers.create(addr(4))
         self.assertEqual([fields(p) for p in self.removed], [expected[2]])
@@ -410,7 +410,39 @@ class IdleMemoryTests(SynchronousTestCase):
             [(p.address, p.trusted, p.mapping) for p in self.peers],
             [(addr(1), True, ("192.0.2.1", 40001)), (addr(2), True, ("192.0.2.2", 40002))],
         )
-        self.assertEqual(self.peers.packed, 2)
+        self.assertEqual(self.peers.tally().packed, 2)
+
+    def test_iteratedPackedEntryReadOnly(self) -> None:
+        """
+        What iteration yields for a packed entry reads as the entry and refuses changes,
+        which could not reach the list.
+        """
+        peer = self.trusted(1)
+        before = fields(peer)
+        self.sweepTwice()
+        (view,) = list(self.peers)
+        self.assertIsInstance(view, Peer)
+        self.assertEqual(fields(view), before)
+        self.assertTrue(view.may_bubble(self.clock.seconds()))
+        for name in Peer.__slots__:
+            self.assertRaises(AttributeError, setattr, view, name, None)
+        self.assertEqual(self.peers.tally().packed, 1)
+
+    def test_tally(self) -> None:
+        """
+        Entries, trusted, packed, queued packets and bytes, packed entries included.
+        """
+        for n in (1, 2):
+            self.trusted(n)
+        untrusted = self.peers.create(addr(3))
+        untrusted.last_tx = self.clock.seconds()
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally(), (3, 2, 3, 0, 0))
+        peer = self.peers.get(addr(1))
+        assert peer is not None
+        self.peers.enqueue(peer, b"x" * 7)
+        self.peers.enqueue(peer, b"y" * 5)
+        self.assertEqual(self.peers.tally(), (3, 2, 2, 2, 12))
 
     @given(st.lists(st.floats(allow_nan=False), min_size=2, max_size=2))
     def test_recordKeysSortLikeTimes(self, times: list[float]) -> None:
@@ -450,14 +482,14 @@ class RelaySweepTests(SynchronousTestCase):
         self.assertEqual(sent[-1][1], mapping)
         clock.advance(EXPIRY_INTERVAL)
         clock.advance(EXPIRY_INTERVAL)
-        self.assertEqual(peers.packed, 1)
+        self.assertEqual(peers.tally().packed, 1)
         del sent[:]
         tunnel.fromHost(build_ipv6(host, peer, NH_NONE, b"data"))
         self.assertEqual(sent, [(build_ipv6(host, peer, NH_NONE, b"data"), mapping)])
-        self.assertEqual(peers.packed, 0)
+        self.assertEqual(peers.tally().packed, 0)
         clock.advance(EXPIRY_INTERVAL)
         clock.advance(EXPIRY_INTERVAL)
-        self.assertEqual((peers.packed, tunnel.status()["trusted-peers"]), (1, 1))
+        self.assertEqual((peers.tally().packed, tunnel.status()["trusted-peers"]), (1, 1))
         clock.advance(EXPIRY_INTERVAL)
         self.assertEqual((len(peers), peers.expired), (0, 1))
         tunnel.stop()
