@@ -236,71 +236,57 @@ class Peer:
 
 # -- idle entries, packed --------------------------------------------------------------------
 #
-# A record is 23 bytes: the later of the two times as an unsigned integer that sorts like
-# the time (so that the sweep compares whole records against one cut-off, without unpacking
-# them), the other time as it is, the mapping's IPv4 address and port, and flags.
+# A record is 23 bytes: the later of the two times, the other one, the mapping's IPv4
+# address and port, and flags.  Only times not below zero are packed (the daemon's are
+# seconds since 1970), whose big-endian IEEE 754 encodings sort as the times do: so the
+# sweep compares whole records against one cut-off, without unpacking them.
 
-_RECORD = struct.Struct("!Qd4sHB")
-_DOUBLE = struct.Struct("!d")
-_U64 = struct.Struct("!Q")
-_SIGN = 1 << 63
-_ALL = (1 << 64) - 1
+_RECORD = struct.Struct("!dd4sHB")
 _TRUSTED = 1
 _MAPPED = 2
 _TX_LATER = 4
 #: Padding after a cut-off's 8 bytes: a record is at or below it when its time is.
 _TAIL = b"\xff" * (_RECORD.size - 8)
-
-
-def _sortable(time: float) -> int:
-    """
-    C{time} as an unsigned 64-bit integer that orders as the time does (IEEE 754: positive
-    numbers gain the sign bit, negative ones are inverted); -0.0 counts as 0.0.
-    """
-    bits: int = _U64.unpack(_DOUBLE.pack(time + 0.0))[0]
-    return bits ^ _ALL if bits & _SIGN else bits | _SIGN
-
-
-def _unsortable(bits: int) -> float:
-    """
-    The inverse of L{_sortable}.
-    """
-    time: float = _DOUBLE.unpack(_U64.pack(bits & ~_SIGN if bits & _SIGN else bits ^ _ALL))[0]
-    return time
+_TIME = struct.Struct("!d")
 
 
 def _cutoff(time: float) -> bytes:
     """
     The greatest record whose later time is C{time}: records at or below it are older.
+    Below zero, none is (b"").
     """
-    return _U64.pack(_sortable(time)) + _TAIL
+    return _TIME.pack(time + 0.0) + _TAIL if time >= 0 else b""
 
 
 def _pack(peer: Peer) -> bytes | None:
     """
     The record of an idle entry, or L{None} if it holds more than a record can: anything
-    queued, a test or retry in progress, bubbles, local discovery, or values of other types
-    than the daemon stores (so that unpacking gives back equal values of the same types).
+    queued, a test or retry in progress, bubbles, local discovery, a time below zero, or
+    values of other types than the daemon stores (so that unpacking gives back equal
+    values of the same types).
     """
+    rx, tx = peer.last_rx, peer.last_tx
     if (
-        peer.queue
+        peer.timer is not None
+        or peer.queue
         or peer.bubbles
-        or peer.timer is not None
         or peer.nonce is not None
         or peer.local is not False
         or peer.local_endpoint is not None
         or peer.attempts != 0
         or peer.queued_bytes != 0
-        or type(peer.trusted) is not bool
-        or type(peer.last_rx) is not float
-        or type(peer.last_tx) is not float
         or type(peer.attempts) is not int
+        or type(peer.trusted) is not bool
+        or type(rx) is not float
+        or type(tx) is not float
+        or not (rx >= 0.0 and tx >= 0.0)
     ):
         return None
     flags = _TRUSTED if peer.trusted else 0
     mapping = peer.mapping
-    ip, port = b"\0\0\0\0", 0
-    if mapping is not None:
+    if mapping is None:
+        ip, port = b"\0\0\0\0", 0
+    else:
         if type(mapping) is not tuple or len(mapping) != 2:
             return None
         host, port = mapping
@@ -313,12 +299,10 @@ def _pack(peer: Peer) -> bytes | None:
         if socket.inet_ntoa(ip) != host:
             return None
         flags |= _MAPPED
-    rx, tx = peer.last_rx, peer.last_tx
+    # + 0.0: -0.0 (equal to 0.0) has the sign bit set, so would sort above every time.
     if tx > rx:
-        return _RECORD.pack(_sortable(tx), rx, ip, port, flags | _TX_LATER)
-    if rx != rx or tx != tx:
-        return None
-    return _RECORD.pack(_sortable(rx), tx, ip, port, flags)
+        return _RECORD.pack(tx + 0.0, rx, ip, port, flags | _TX_LATER)
+    return _RECORD.pack(rx + 0.0, tx, ip, port, flags)
 
 
 def _unpack(address: bytes, record: bytes) -> Peer:
@@ -332,9 +316,9 @@ def _unpack(address: bytes, record: bytes) -> Peer:
     peer.trusted = bool(flags & _TRUSTED)
     peer.nonce = None
     if flags & _TX_LATER:
-        peer.last_rx, peer.last_tx = other, _unsortable(later)
+        peer.last_rx, peer.last_tx = other, later
     else:
-        peer.last_rx, peer.last_tx = _unsortable(later), other
+        peer.last_rx, peer.last_tx = later, other
     peer.bubbles = NO_ITEMS
     peer.attempts = 0
     peer.local = False

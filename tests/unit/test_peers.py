@@ -5,8 +5,6 @@ bubble limits of section 5.2.6, validity and expiry per section 5.2.4 and defect
 
 from __future__ import annotations
 
-import struct
-
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
@@ -363,26 +361,32 @@ class IdleMemoryTests(SynchronousTestCase):
         self.clock.advance(0.5)
         self.assertEqual(self.peers.expire(), 1)
 
-    def test_negativeTimes(self) -> None:
+    def test_negativeTimesNotPacked(self) -> None:
         """
-        A clock starting at zero gives new entries negative times (30 s in the past);
-        packing keeps them and their order.
+        A clock starting at zero gives new entries negative times (30 s in the past):
+        such an entry stays an object, and expires as ever; from zero on it packs.
         """
         clock = Clock()
         peers = PeerList(clock.seconds)
         peer = peers.create(addr(1))
         peer.last_tx = -10.0
-        before = fields(peer)
         peers.expire()
         clock.advance(EXPIRY_INTERVAL)
         peers.expire()
-        self.assertEqual(peers.tally().packed, 1)
-        self.assertEqual(fields(peers.get(addr(1))), before)  # type: ignore[arg-type]
-        peers.expire()
+        self.assertEqual(peers.tally().packed, 0)
+        self.assertIs(peers.get(addr(1)), peer)
         clock.advance(9.5)
-        self.assertEqual((peers.expire(), len(peers), peers.tally().packed), (0, 1, 1))
+        self.assertEqual((peers.expire(), len(peers)), (0, 1))
         clock.advance(0.5)
         self.assertEqual(peers.expire(), 1)
+        zero = PeerList(Clock().seconds).create(addr(2))
+        self.assertIsNone(peers_module._pack(zero))
+        zero.last_rx = zero.last_tx = -0.0
+        record = peers_module._pack(zero)
+        assert record is not None
+        self.assertEqual(fields(peers_module._unpack(addr(2), record)), fields(zero))
+        self.assertLessEqual(record, peers_module._cutoff(0.0))
+        self.assertGreater(record, peers_module._cutoff(-1e-300))
 
     def test_lruAcrossPackedEntries(self) -> None:
         """
@@ -444,16 +448,25 @@ class IdleMemoryTests(SynchronousTestCase):
         self.peers.enqueue(peer, b"y" * 5)
         self.assertEqual(self.peers.tally(), (3, 2, 2, 2, 12))
 
-    @given(st.lists(st.floats(allow_nan=False), min_size=2, max_size=2))
-    def test_recordKeysSortLikeTimes(self, times: list[float]) -> None:
+    @given(
+        st.floats(min_value=0.0, allow_infinity=False),
+        st.floats(min_value=0.0, allow_infinity=False),
+        st.floats(allow_nan=False),
+        st.booleans(),
+    )
+    def test_recordAgainstCutoff(self, rx: float, tx: float, cutoff: float, trusted: bool) -> None:
         """
-        The sweep compares records as bytes: their keys must order as the times do, and
-        give the times back.
+        The sweep compares records as bytes: a record is at or below the cut-off exactly
+        when both its times are, and unpacks to its fields.
         """
-        a, b = times
-        key = peers_module._sortable
-        self.assertEqual(peers_module._unsortable(key(a)), a)
-        self.assertEqual(a <= b, struct.pack("!Q", key(a)) <= struct.pack("!Q", key(b)))
+        peer = Peer(addr(1), 0.0, ("192.0.2.1", 3544) if trusted else None)
+        peer.trusted, peer.last_rx, peer.last_tx = trusted, rx, tx
+        record = peers_module._pack(peer)
+        assert record is not None
+        self.assertEqual(fields(peers_module._unpack(addr(1), record)), fields(peer))
+        self.assertEqual(
+            record <= peers_module._cutoff(cutoff), rx <= cutoff and tx <= cutoff
+        )
 
 
 class RelaySweepTests(SynchronousTestCase):
