@@ -19,10 +19,15 @@ Why it is built this way (docs/performance.md, section "Memory per idle peer", h
     in the daemon: the address from parsing the packet, the endpoint C{(str, int)} as a
     socket read returns it, the times from a clock that returns a new float per call.
     Distinct mapped IPv4 addresses and ports, so nothing is shared by accident.
+  - Two phases: "fresh", right after the last entry is trusted, and "idle", where the table
+    is swept (L{teredonode.peers.PeerList.expire}, which the tunnel runs every 10 s) after
+    every twentieth of the entries and twice at the end, so that every entry has been idle
+    through a whole sweep interval (and none expired).
   - Two measurements, each in a fresh process: C{tracemalloc} (bytes the Python allocators
     were asked for, exact but blind to allocator rounding and fragmentation) and the growth
     of the resident set (C{/proc/self/statm}; what the machine pays, pages included).  Both
-    are divided by the number of entries, after a C{gc.collect()}.
+    are divided by the number of entries, after a C{gc.collect()}; the tracemalloc peak
+    too.  The time of one sweep over the full table is printed for the idle phase.
   - The baseline is the least any Python table can hold per peer: a C{dict} from the
     16-byte address to the C{(host, port)} endpoint, built from the same fresh objects.
   - C{--compare REV} measures the C{teredonode/peers.py} of commit REV too, in the same run

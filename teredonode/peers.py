@@ -78,8 +78,8 @@ class Queued(NamedTuple):
 class _NoItems(list[Any]):
     """
     The one empty list that every entry without queued packets or unanswered bubbles
-    shares: an empty list costs 56 bytes, two of them per entry a relay's million entries.
-    It refuses to grow, so that no caller fills every entry's queue at once: the owner
+    shares: an empty list costs 56 bytes, and a relay has up to a million entries with two
+    each.  It refuses to grow, so that no caller fills every entry's queue at once: the owner
     replaces it with a list of its own instead.
     """
 
@@ -393,11 +393,12 @@ class PeerList:
     The bounded, expiring peer list.
 
     An entry untouched since the previous L{expire} and idle (see L{_pack}) is kept packed
-    until L{get} asks for it: a L{Peer} object of its own costs about 450 bytes, the record
-    about 60.  So a L{Peer} obtained before a sweep and kept across it may no longer be the
-    listed one; only a probe's timer holds one that long, and an entry with a timer is
-    never packed.  Iteration yields packed entries as read-only views (still L{Peer}s),
-    leaving them packed.
+    until L{get} asks for it: a L{Peer} with its times and mapping costs about 330 bytes,
+    the record 56 (the list's own slot and the address, about 140, stay either way).  So a
+    L{Peer} obtained before a sweep and kept across it may no longer be the listed one;
+    only a probe's timer holds one that long, and an entry with a timer is never packed.
+    Iteration yields packed entries as read-only views (still L{Peer}s), leaving them
+    packed.
 
     @param clock: returns the current time in seconds (a reactor's C{seconds}).
     @param max_peers: entries kept; the least recently used one is evicted beyond.
