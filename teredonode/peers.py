@@ -20,12 +20,21 @@ Validity (section 5.2.4 and defect D6): a non-local entry is valid while its las
 reception is less than C{valid_for} (30 s) old, a local one (local discovery) while less
 than C{local_valid_for} (600 s) old.  Expiry removes entries that are neither valid nor
 busy: see L{PeerList.expire}.
+
+Memory (a relay keeps up to 1 048 576 entries): an entry holds no per-peer container while
+it has nothing to hold (L{NO_ITEMS} stands for an empty queue and an empty bubble record),
+and the periodic sweep packs every entry that has been left untouched since the previous
+sweep, and has nothing but its mapping, trust and times to remember, into one 23-byte
+record; L{PeerList.get} unpacks it again, equal field for field.  docs/performance.md
+("Memory per idle peer") has the method and the figures.
 """
 
 from __future__ import annotations
 
+import socket
+import struct
 from collections import OrderedDict
-from typing import Any, Callable, Iterator, NamedTuple
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, SupportsIndex
 
 from teredonode.interfaces import Endpoint
 
@@ -33,6 +42,8 @@ __all__ = [
     "Peer",
     "PeerList",
     "Queued",
+    "Tally",
+    "NO_ITEMS",
     "BUBBLE_MIN_INTERVAL",
     "BUBBLE_WINDOW",
     "BUBBLE_MAX_UNANSWERED",
@@ -64,6 +75,53 @@ class Queued(NamedTuple):
     source: Endpoint | None = None
 
 
+class _NoItems(list[Any]):
+    """
+    The one empty list that every entry without queued packets or unanswered bubbles
+    shares: an empty list costs 56 bytes, and a relay has up to a million entries with two
+    each.  It refuses to grow, so that no caller fills every entry's queue at once: the owner
+    replaces it with a list of its own instead.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self) -> None:
+        raise TypeError("NO_ITEMS is shared by every peer: replace it, do not fill it")
+
+    def append(self, item: Any) -> None:
+        self._refuse()
+
+    def extend(self, items: Iterable[Any]) -> None:
+        self._refuse()
+
+    def insert(self, index: SupportsIndex, item: Any) -> None:
+        self._refuse()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        self._refuse()
+
+    def __iadd__(self, items: Iterable[Any]) -> _NoItems:  # type: ignore[misc]
+        self._refuse()
+        return self
+
+
+#: The shared empty L{Peer.queue} and L{Peer.bubbles} (equal to C{[]}, never filled).
+NO_ITEMS: list[Any] = _NoItems()
+
+
+class Tally(NamedTuple):
+    """
+    L{PeerList.tally}: entries, trusted ones, packed ones (idle, see L{PeerList.expire}),
+    packets queued and their bytes.
+    """
+
+    entries: int
+    trusted: int
+    packed: int
+    queued_packets: int
+    queued_bytes: int
+
+
 class Peer:
     """
     One entry of the peer list (section 5.2's "list of recent peers").
@@ -74,11 +132,14 @@ class Peer:
     @ivar nonce: the nonce of a pending direct IPv6 connectivity test, or L{None}.
     @ivar last_rx: when the peer was last heard from directly.
     @ivar last_tx: when something (data or bubble) was last sent to it.
-    @ivar bubbles: when each of the (at most four) most recent unanswered bubbles was sent.
+    @ivar bubbles: when each of the (at most four) most recent unanswered bubbles was sent
+        (L{NO_ITEMS} when none).
     @ivar attempts: retries of the current bubble or echo exchange (the owner's counter).
     @ivar local: learned by local discovery (section 5.2.8); C{local_endpoint} is then the
         LAN endpoint.
-    @ivar queue: packets waiting, oldest first; C{queued_bytes} their total size.
+    @ivar queue: packets waiting, oldest first (L{NO_ITEMS} when none); C{queued_bytes}
+        their total size.  Read them, never fill them: L{PeerList.enqueue} and
+        L{bubble_sent} do.
     @ivar timer: the owner's pending retry (an C{IDelayedCall}), cancelled on removal.
     @ivar nonce_sent: RFC 6081 section 5.2.1 (X-SNS-03): the 4-byte nonce of the last
         indirect bubble sent to the peer, until a direct bubble proves it (then L{None}).
@@ -113,13 +174,13 @@ class Peer:
         # is invalid (nothing heard) and a first bubble may go at once.
         self.last_rx = now - VALID_FOR
         self.last_tx = now - VALID_FOR
-        # Plain lists, not deques: an empty deque costs about 600 bytes, and a relay keeps up
-        # to a million entries, nearly all with both of these empty or short.
-        self.bubbles: list[float] = []
+        # Lists only once there is something to hold (an empty deque costs about 600 bytes,
+        # an empty list 56), and a relay keeps up to a million entries, nearly all idle.
+        self.bubbles: list[float] = NO_ITEMS
         self.attempts = 0
         self.local = False
         self.local_endpoint: Endpoint | None = None
-        self.queue: list[Queued] = []
+        self.queue: list[Queued] = NO_ITEMS
         self.queued_bytes = 0
         self.timer: Any = None
         self.nonce_sent: bytes | None = None
@@ -154,6 +215,9 @@ class Peer:
         """
         self.last_tx = now
         bubbles = self.bubbles
+        if bubbles is NO_ITEMS:
+            self.bubbles = [now]
+            return
         if len(bubbles) >= BUBBLE_MAX_UNANSWERED:
             del bubbles[0]
         bubbles.append(now)
@@ -163,7 +227,8 @@ class Peer:
         A direct packet from the peer: it is alive, so its bubble count starts again.
         """
         self.last_rx = now
-        self.bubbles.clear()
+        if self.bubbles:
+            self.bubbles = NO_ITEMS
 
     def trust(self, mapping: Endpoint, now: float) -> None:
         """
@@ -177,9 +242,178 @@ class Peer:
         self.heard(now)
 
 
+# -- idle entries, packed --------------------------------------------------------------------
+#
+# A record is 23 bytes: the later of the two times, the other one, the mapping's IPv4
+# address and port, and flags.  Only times not below zero are packed (the daemon's are
+# seconds since 1970), whose big-endian IEEE 754 encodings sort as the times do: so the
+# sweep compares whole records against one cut-off, without unpacking them.
+
+_RECORD = struct.Struct("!dd4sHB")
+_TRUSTED = 1
+_MAPPED = 2
+_TX_LATER = 4
+#: Padding after a cut-off's 8 bytes: a record is at or below it when its time is.
+_TAIL = b"\xff" * (_RECORD.size - 8)
+_TIME = struct.Struct("!d")
+
+
+def _cutoff(time: float) -> bytes:
+    """
+    The greatest record whose later time is C{time}: records at or below it are older.
+    Below zero, none is (b"").
+    """
+    return _TIME.pack(time + 0.0) + _TAIL if time >= 0 else b""
+
+
+def _pack(peer: Peer) -> bytes | None:
+    """
+    The record of an idle entry, or L{None} if it holds more than a record can: anything
+    queued, a test or retry in progress, bubbles, RFC 6081 nonces, local discovery, a time
+    below zero, or
+    values of other types than the daemon stores (so that unpacking gives back equal
+    values of the same types).
+    """
+    rx, tx = peer.last_rx, peer.last_tx
+    if (
+        peer.timer is not None
+        or peer.queue
+        or peer.bubbles
+        or peer.nonce is not None
+        or peer.nonce_sent is not None
+        or peer.nonce_received is not None
+        or peer.local is not False
+        or peer.local_endpoint is not None
+        or peer.attempts != 0
+        or peer.queued_bytes != 0
+        or type(peer.attempts) is not int
+        or type(peer.trusted) is not bool
+        or type(rx) is not float
+        or type(tx) is not float
+        or not (rx >= 0.0 and tx >= 0.0)
+    ):
+        return None
+    flags = _TRUSTED if peer.trusted else 0
+    mapping = peer.mapping
+    if mapping is None:
+        ip, port = b"\0\0\0\0", 0
+    else:
+        if type(mapping) is not tuple or len(mapping) != 2:
+            return None
+        host, port = mapping
+        if type(host) is not str or type(port) is not int or not 0 <= port <= 0xFFFF:
+            return None
+        try:
+            ip = socket.inet_aton(host)
+        except OSError:
+            return None
+        if socket.inet_ntoa(ip) != host:
+            return None
+        flags |= _MAPPED
+    # + 0.0: -0.0 (equal to 0.0) has the sign bit set, so would sort above every time.
+    if tx > rx:
+        return _RECORD.pack(tx + 0.0, rx, ip, port, flags | _TX_LATER)
+    return _RECORD.pack(rx + 0.0, tx, ip, port, flags)
+
+
+def _unpack(address: bytes, record: bytes) -> Peer:
+    """
+    The entry a record stands for, equal field for field to the one it was packed from.
+    """
+    later, other, ip, port, flags = _RECORD.unpack(record)
+    peer = Peer.__new__(Peer)
+    peer.address = address
+    peer.mapping = (socket.inet_ntoa(ip), port) if flags & _MAPPED else None
+    peer.trusted = bool(flags & _TRUSTED)
+    peer.nonce = None
+    if flags & _TX_LATER:
+        peer.last_rx, peer.last_tx = other, later
+    else:
+        peer.last_rx, peer.last_tx = later, other
+    peer.bubbles = NO_ITEMS
+    peer.attempts = 0
+    peer.local = False
+    peer.local_endpoint = None
+    peer.queue = NO_ITEMS
+    peer.queued_bytes = 0
+    peer.timer = None
+    peer.nonce_sent = None
+    peer.nonce_received = None
+    return peer
+
+
+class _PackedView(Peer):
+    """
+    A packed entry as iteration yields it: read-only, its fields decoded from the record
+    as they are read, so that a pass over a million entries (status) unpacks none.  The
+    fields a packed entry cannot have set are class constants here; assigning any field
+    raises L{AttributeError} instead of changing a copy that is not listed.
+    """
+
+    __slots__ = ("_record",)
+    _record: bytes
+
+    nonce = None
+    bubbles = NO_ITEMS
+    attempts = 0
+    local = False
+    local_endpoint = None
+    queue = NO_ITEMS
+    queued_bytes = 0
+    timer = None
+    nonce_sent = None
+    nonce_received = None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{name}: a packed entry seen by iteration is read-only")
+
+    @property
+    def mapping(self) -> Endpoint | None:  # type: ignore[override]
+        return _unpack(self.address, self._record).mapping
+
+    @property
+    def last_rx(self) -> float:  # type: ignore[override]
+        return _unpack(self.address, self._record).last_rx
+
+    @property
+    def last_tx(self) -> float:  # type: ignore[override]
+        return _unpack(self.address, self._record).last_tx
+
+
+class _TrustedView(_PackedView):
+    __slots__ = ()
+    trusted = True
+
+
+class _UntrustedView(_PackedView):
+    __slots__ = ()
+    trusted = False
+
+
+# Slot setters that bypass _PackedView's refusal: building a view costs no Python call.
+_newView = _PackedView.__new__
+_setAddress = Peer.__dict__["address"].__set__
+_setRecord = _PackedView.__dict__["_record"].__set__
+
+
+def _view(address: bytes, record: bytes) -> Peer:
+    view = _newView(_TrustedView if record[-1] & _TRUSTED else _UntrustedView)
+    _setAddress(view, address)
+    _setRecord(view, record)
+    return view
+
+
 class PeerList:
     """
     The bounded, expiring peer list.
+
+    An entry untouched since the previous L{expire} and idle (see L{_pack}) is kept packed
+    until L{get} asks for it: a L{Peer} with its times and mapping costs about 330 bytes,
+    the record 56 (the list's own slot and the address, about 140, stay either way).  So a
+    L{Peer} obtained before a sweep and kept across it may no longer be the listed one;
+    only a probe's timer holds one that long, and an entry with a timer is never packed.
+    Iteration yields packed entries as read-only views (still L{Peer}s), leaving them
+    packed.
 
     @param clock: returns the current time in seconds (a reactor's C{seconds}).
     @param max_peers: entries kept; the least recently used one is evicted beyond.
@@ -210,7 +444,9 @@ class PeerList:
         self.local_valid_for = local_valid_for
         self._on_remove: Callable[[Peer], None] | None = None
         self.on_remove = on_remove
-        self._peers: OrderedDict[bytes, Peer] = OrderedDict()
+        # Each value is a Peer, or the record of an idle one (bytes).
+        self._peers: OrderedDict[bytes, Peer | bytes] = OrderedDict()
+        self._swept = clock()
         self.evicted = 0
         self.expired = 0
 
@@ -233,19 +469,42 @@ class PeerList:
         return len(self._peers)
 
     def __iter__(self) -> Iterator[Peer]:
-        return iter(list(self._peers.values()))
+        view = _view
+        return iter(
+            [view(a, p) if type(p) is bytes else p for a, p in self._peers.items()]  # type: ignore[misc]
+        )
 
     def __contains__(self, address: bytes) -> bool:
         return address in self._peers
+
+    def tally(self) -> Tally:
+        """
+        The counts status reports, in one pass that unpacks nothing (a relay's million
+        entries cost about 0.3 s to iterate, packed ones three times that).
+        """
+        trusted = packed = packets = size = 0
+        for peer in self._peers.values():
+            if type(peer) is bytes:
+                packed += 1
+                trusted += peer[-1] & _TRUSTED
+            else:
+                trusted += peer.trusted  # type: ignore[union-attr]
+                packets += len(peer.queue)  # type: ignore[union-attr]
+                size += peer.queued_bytes  # type: ignore[union-attr]
+        return Tally(len(self._peers), trusted, packed, packets, size)
 
     def get(self, address: bytes) -> Peer | None:
         """
         The entry for C{address}, marked as most recently used; L{None} if absent.
         """
-        peer = self._peers.get(address)
-        if peer is not None:
-            self._peers.move_to_end(address)
-        return peer
+        peers = self._peers
+        peer = peers.get(address)
+        if peer is None:
+            return None
+        peers.move_to_end(address)
+        if type(peer) is bytes:
+            peer = peers[address] = _unpack(address, peer)
+        return peer  # type: ignore[return-value]
 
     def create(self, address: bytes, mapping: Endpoint | None = None) -> Peer:
         """
@@ -256,9 +515,9 @@ class PeerList:
         if address in peers:
             raise KeyError("peer already listed")
         while len(peers) >= self.max_peers:
-            _, old = peers.popitem(last=False)
+            old = peers.popitem(last=False)
             self.evicted += 1
-            self._removed(old)
+            self._dropped(*old)
         peer = Peer(address, self._clock(), mapping)
         peers[address] = peer
         return peer
@@ -275,14 +534,26 @@ class PeerList:
         Drop the entry for C{address}, if any (its queue goes with it).
         """
         peer = self._peers.pop(address, None)
-        if peer is not None:
-            self._removed(peer)
-        return peer
+        if peer is None:
+            return None
+        if type(peer) is bytes:
+            peer = _unpack(address, peer)
+        self._removed(peer)  # type: ignore[arg-type]
+        return peer  # type: ignore[return-value]
+
+    def _dropped(self, address: bytes, peer: Peer | bytes) -> None:
+        """
+        An entry left the list: tell the owner (a packed one has nothing to clear).
+        """
+        if type(peer) is not bytes:
+            self._removed(peer)  # type: ignore[arg-type]
+        elif self._on_remove is not None:
+            self._on_remove(_unpack(address, peer))
 
     def _removed(self, peer: Peer) -> None:
         if self._on_remove is not None:
             self._on_remove(peer)
-        peer.queue.clear()
+        peer.queue = NO_ITEMS
         peer.queued_bytes = 0
 
     def is_valid(self, peer: Peer) -> bool:
@@ -301,9 +572,13 @@ class PeerList:
         exchange that will release the queue, and TCP retransmits what is lost.
         """
         size = len(packet)
-        if len(peer.queue) >= self.queue_packets or peer.queued_bytes + size > self.queue_bytes:
+        queue = peer.queue
+        if len(queue) >= self.queue_packets or peer.queued_bytes + size > self.queue_bytes:
             return False
-        peer.queue.append(Queued(packet, source))
+        if queue is NO_ITEMS:
+            peer.queue = [Queued(packet, source)]
+        else:
+            queue.append(Queued(packet, source))
         peer.queued_bytes += size
         return True
 
@@ -311,16 +586,17 @@ class PeerList:
         """
         Take every packet queued for C{peer}, oldest first.
         """
-        out = list(peer.queue)
-        peer.queue.clear()
+        out = peer.queue
+        peer.queue = NO_ITEMS
         peer.queued_bytes = 0
-        return out
+        return [] if out is NO_ITEMS else out
 
     # -- expiry ----------------------------------------------------------------------------
 
     def expire(self) -> int:
         """
-        Remove the entries that are no use any more, and return how many went.
+        Remove the entries that are no use any more, and return how many went; pack the
+        idle ones untouched since the previous call.
 
         An entry stays while it is valid (heard within its window), while something was
         sent to it within the same window (a bubble or echo exchange may still be
@@ -329,19 +605,36 @@ class PeerList:
         """
         now = self._clock()
         # One pass over what may be a million entries (a relay's): comparisons against
-        # precomputed cut-offs, the bubble check only where bubbles were sent, removal after.
+        # precomputed cut-offs, the bubble check only where bubbles were sent, removal and
+        # packing after.  A packed entry is neither local nor bubbled: one comparison of
+        # its record with the record-shaped cut-off decides.
         cutoff = now - self.valid_for
         localCutoff = now - self.local_valid_for
+        recordCutoff = _cutoff(cutoff)
+        swept = self._swept
         doomed = []
+        idle = []
         for address, peer in self._peers.items():
-            limit = localCutoff if peer.local else cutoff
-            if peer.last_rx > limit or peer.last_tx > limit:
+            if type(peer) is bytes:
+                if peer <= recordCutoff:
+                    doomed.append(address)
                 continue
-            if peer.bubbles and peer.probe_limited(now):
+            limit = localCutoff if peer.local else cutoff  # type: ignore[union-attr]
+            rx, tx = peer.last_rx, peer.last_tx  # type: ignore[union-attr]
+            if rx > limit or tx > limit:
+                if rx <= swept and tx <= swept:
+                    idle.append(address)
+                continue
+            if peer.bubbles and peer.probe_limited(now):  # type: ignore[union-attr]
                 continue
             doomed.append(address)
         peers = self._peers
         for address in doomed:
-            self._removed(peers.pop(address))
+            self._dropped(address, peers.pop(address))
+        for address in idle:
+            record = _pack(peers[address])  # type: ignore[arg-type]
+            if record is not None:
+                peers[address] = record
+        self._swept = now
         self.expired += len(doomed)
         return len(doomed)

@@ -5,14 +5,28 @@ bubble limits of section 5.2.6, validity and expiry per section 5.2.4 and defect
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from teredonode.peers import Peer, PeerList, Queued
+from teredonode import peers as peers_module
+from teredonode.peers import NO_ITEMS, Peer, PeerList, Queued
+from teredonode.roles.relay import RELAY_POLICY
+from teredonode.roles.tunnel import EXPIRY_INTERVAL, TeredoTunnel
+from teredonode.wire.ipv6 import NH_NONE, bubble, build_ipv6
+from teredonode.wire.teredo import classify
 
 
 def addr(n: int) -> bytes:
     return b"\x20\x01" + b"\x00" * 12 + n.to_bytes(2, "big")
+
+
+def fields(peer: Peer) -> dict[str, object]:
+    """
+    Every field of an entry, with the types of its values.
+    """
+    return {name: (getattr(peer, name), type(getattr(peer, name))) for name in Peer.__slots__}
 
 
 class PeerListTests(SynchronousTestCase):
@@ -190,3 +204,334 @@ class PeerListTests(SynchronousTestCase):
 
     def test_badBounds(self) -> None:
         self.assertRaises(ValueError, PeerList, self.clock.seconds, max_peers=0)
+
+
+class IdleMemoryTests(SynchronousTestCase):
+    """
+    What keeps an idle entry small: no list of its own while it has nothing to hold, and
+    the sweep's packing of entries untouched for a sweep interval -- each without any
+    change of behaviour.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.removed: list[Peer] = []
+        self.peers = PeerList(
+            self.clock.seconds, max_peers=3, queue_packets=2, queue_bytes=100,
+            on_remove=self.removed.append,
+        )
+
+    def trusted(self, n: int) -> Peer:
+        peer = self.peers.create(addr(n))
+        peer.trust((f"192.0.2.{n}", 40000 + n), self.clock.seconds())
+        return peer
+
+    def sweepTwice(self) -> None:
+        """
+        Two sweeps a sweep interval apart: what was untouched since the first is packed.
+        """
+        self.peers.expire()
+        self.clock.advance(EXPIRY_INTERVAL)
+        self.peers.expire()
+
+    def test_nonceHoldersStayUnpacked(self) -> None:
+        """
+        An entry holding an RFC 6081 nonce (sent or received) is never packed: a record has
+        no room for it, and losing it would break the peer's symmetric-NAT exchange.
+        """
+        sent, received = self.trusted(1), self.trusted(2)
+        sent.nonce_sent = b"\x01\x02\x03\x04"
+        received.nonce_received = b"\x05\x06\x07\x08"
+        self.sweepTwice()
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 0)
+        self.assertEqual(self.peers.get(addr(1)).nonce_sent, b"\x01\x02\x03\x04")
+        self.assertEqual(self.peers.get(addr(2)).nonce_received, b"\x05\x06\x07\x08")
+
+    def test_newEntryHoldsNoLists(self) -> None:
+        """
+        A new or just trusted entry shares NO_ITEMS for its queue and bubbles.
+        """
+        peer = self.trusted(1)
+        self.assertIs(peer.queue, NO_ITEMS)
+        self.assertIs(peer.bubbles, NO_ITEMS)
+        self.assertEqual(peer.bubbles, [])
+
+    def test_listsComeAndGo(self) -> None:
+        """
+        A queue or a bubble record exists while it holds something; draining the queue and
+        hearing from the peer give NO_ITEMS back; no entry ever fills another's.
+        """
+        one, two = self.peers.create(addr(1)), self.peers.create(addr(2))
+        self.assertTrue(self.peers.enqueue(one, b"x" * 10))
+        self.assertEqual(one.queue, [Queued(b"x" * 10)])
+        self.assertIs(two.queue, NO_ITEMS)
+        self.assertEqual(self.peers.drain(one), [Queued(b"x" * 10)])
+        self.assertIs(one.queue, NO_ITEMS)
+        drained = self.peers.drain(two)
+        self.assertEqual(drained, [])
+        self.assertIsNot(drained, NO_ITEMS)
+        one.bubble_sent(self.clock.seconds())
+        self.assertEqual(one.bubbles, [1000.0])
+        self.assertIs(two.bubbles, NO_ITEMS)
+        one.heard(self.clock.seconds())
+        self.assertIs(one.bubbles, NO_ITEMS)
+
+    def test_removalLeavesNoQueue(self) -> None:
+        peer = self.peers.create(addr(1))
+        self.peers.enqueue(peer, b"x")
+        self.peers.remove(addr(1))
+        self.assertEqual([len(p.queue) for p in self.removed], [0])
+        self.assertIs(peer.queue, NO_ITEMS)
+
+    def test_noItemsRefusesToGrow(self) -> None:
+        for grow in (
+            lambda: NO_ITEMS.append(1),
+            lambda: NO_ITEMS.extend([1]),
+            lambda: NO_ITEMS.insert(0, 1),
+            lambda: NO_ITEMS.__setitem__(slice(None), [1]),
+            lambda: NO_ITEMS.__iadd__([1]),
+        ):
+            self.assertRaises(TypeError, grow)
+        self.assertEqual(NO_ITEMS, [])
+
+    def test_sweepPacksIdleEntries(self) -> None:
+        """
+        An idle entry untouched since the previous sweep is packed; get() gives back a
+        Peer equal field for field (values and their types), listed again as an object.
+        """
+        peer = self.trusted(1)
+        self.clock.advance(1.5)
+        peer.last_tx = self.clock.seconds()
+        before = fields(peer)
+        self.peers.expire()
+        self.assertEqual(self.peers.tally().packed, 0, "touched since the list was made")
+        self.clock.advance(EXPIRY_INTERVAL)
+        self.peers.expire()
+        self.assertEqual(self.peers.tally().packed, 1)
+        again = self.peers.get(addr(1))
+        assert again is not None
+        self.assertEqual(fields(again), before)
+        self.assertEqual(self.peers.tally().packed, 0)
+        self.assertIs(self.peers.get(addr(1)), again)
+
+    def test_untrustedUnmappedEntryPacked(self) -> None:
+        """
+        An entry with no mapping yet, sent to (so not expired at once), packs too.
+        """
+        peer = self.peers.create(addr(1))
+        peer.last_tx = self.clock.seconds()
+        before = fields(peer)
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 1)
+        again = self.peers.get(addr(1))
+        assert again is not None
+        self.assertEqual(fields(again), before)
+
+    def test_busyEntriesNotPacked(self) -> None:
+        """
+        Anything a record cannot hold keeps the entry an object: queued packets, a timer,
+        a pending test, bubbles, local discovery, a retry count, a mapping that is not a
+        dotted-quad IPv4 endpoint.
+        """
+        busy = [
+            lambda p: self.peers.enqueue(p, b"x"),
+            lambda p: setattr(p, "timer", object()),
+            lambda p: setattr(p, "nonce", b"12345678"),
+            lambda p: p.bubble_sent(p.last_tx),
+            lambda p: setattr(p, "local", True),
+            lambda p: setattr(p, "attempts", 1),
+            lambda p: setattr(p, "mapping", ("2001:db8::1", 3544)),
+            lambda p: setattr(p, "mapping", ("192.0.2.01", 3544)),
+            lambda p: setattr(p, "mapping", ("192.0.2.1", 70000)),
+        ]
+        peers = PeerList(self.clock.seconds, max_peers=len(busy))
+        made = []
+        for n, makeBusy in enumerate(busy):
+            peer = peers.create(addr(n))
+            peer.trust(("192.0.2.1", 3544), self.clock.seconds())
+            makeBusy(peer)
+            made.append(peer)
+        peers.expire()
+        self.clock.advance(EXPIRY_INTERVAL)
+        peers.expire()
+        self.assertEqual(peers.tally().packed, 0)
+        self.assertEqual([peers.get(addr(n)) for n in range(len(busy))], made)
+
+    def test_packedEntryExpiresOnTime(self) -> None:
+        """
+        Packed or not, an entry goes once neither heard from nor sent to within 30 s, and
+        the owner hears of it with an equal Peer.
+        """
+        peer = self.trusted(1)
+        before = fields(peer)
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 1)
+        self.clock.advance(30 - EXPIRY_INTERVAL - 0.5)
+        self.assertEqual(self.peers.expire(), 0)
+        self.clock.advance(0.5)
+        self.assertEqual(self.peers.expire(), 1)
+        self.assertEqual([fields(p) for p in self.removed], [before])
+        self.assertEqual(self.peers.expired, 1)
+
+    def test_packedEntryLaterSentTo(self) -> None:
+        """
+        The later of the two times decides, whichever it is.
+        """
+        peer = self.trusted(1)
+        self.clock.advance(5)
+        peer.last_tx = self.clock.seconds()
+        self.clock.advance(0.5)
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 1)
+        self.clock.advance(30 - EXPIRY_INTERVAL - 1)
+        self.assertEqual(self.peers.expire(), 0)
+        self.clock.advance(0.5)
+        self.assertEqual(self.peers.expire(), 1)
+
+    def test_negativeTimesNotPacked(self) -> None:
+        """
+        A clock starting at zero gives new entries negative times (30 s in the past):
+        such an entry stays an object, and expires as ever; from zero on it packs.
+        """
+        clock = Clock()
+        peers = PeerList(clock.seconds)
+        peer = peers.create(addr(1))
+        peer.last_tx = -10.0
+        peers.expire()
+        clock.advance(EXPIRY_INTERVAL)
+        peers.expire()
+        self.assertEqual(peers.tally().packed, 0)
+        self.assertIs(peers.get(addr(1)), peer)
+        clock.advance(9.5)
+        self.assertEqual((peers.expire(), len(peers)), (0, 1))
+        clock.advance(0.5)
+        self.assertEqual(peers.expire(), 1)
+        zero = PeerList(Clock().seconds).create(addr(2))
+        self.assertIsNone(peers_module._pack(zero))
+        zero.last_rx = zero.last_tx = -0.0
+        record = peers_module._pack(zero)
+        assert record is not None
+        self.assertEqual(fields(peers_module._unpack(addr(2), record)), fields(zero))
+        self.assertLessEqual(record, peers_module._cutoff(0.0))
+        self.assertGreater(record, peers_module._cutoff(-1e-300))
+
+    def test_lruAcrossPackedEntries(self) -> None:
+        """
+        Packing changes neither the LRU order nor what eviction and remove() report.
+        """
+        for n in (1, 2, 3):
+            self.trusted(n)
+        expected = {n: fields(self.peers.get(addr(n))) for n in (1, 2, 3)}  # type: ignore[arg-type]
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 3)
+        self.peers.get(addr(1))
+        self.peers.create(addr(4))
+        self.assertEqual([fields(p) for p in self.removed], [expected[2]])
+        self.assertEqual(self.peers.evicted, 1)
+        removed = self.peers.remove(addr(3))
+        assert removed is not None
+        self.assertEqual(fields(removed), expected[3])
+        self.assertEqual(sorted(p.address for p in self.peers), [addr(1), addr(4)])
+
+    def test_iterationLeavesEntriesPacked(self) -> None:
+        for n in (1, 2):
+            self.trusted(n)
+        self.sweepTwice()
+        self.assertEqual(
+            [(p.address, p.trusted, p.mapping) for p in self.peers],
+            [(addr(1), True, ("192.0.2.1", 40001)), (addr(2), True, ("192.0.2.2", 40002))],
+        )
+        self.assertEqual(self.peers.tally().packed, 2)
+
+    def test_iteratedPackedEntryReadOnly(self) -> None:
+        """
+        What iteration yields for a packed entry reads as the entry and refuses changes,
+        which could not reach the list.
+        """
+        peer = self.trusted(1)
+        before = fields(peer)
+        self.sweepTwice()
+        (view,) = list(self.peers)
+        self.assertIsInstance(view, Peer)
+        self.assertEqual(fields(view), before)
+        self.assertTrue(view.may_bubble(self.clock.seconds()))
+        for name in Peer.__slots__:
+            self.assertRaises(AttributeError, setattr, view, name, None)
+        self.assertEqual(self.peers.tally().packed, 1)
+
+    def test_tally(self) -> None:
+        """
+        Entries, trusted, packed, queued packets and bytes, packed entries included.
+        """
+        for n in (1, 2):
+            self.trusted(n)
+        untrusted = self.peers.create(addr(3))
+        untrusted.last_tx = self.clock.seconds()
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally(), (3, 2, 3, 0, 0))
+        peer = self.peers.get(addr(1))
+        assert peer is not None
+        self.peers.enqueue(peer, b"x" * 7)
+        self.peers.enqueue(peer, b"y" * 5)
+        self.assertEqual(self.peers.tally(), (3, 2, 2, 2, 12))
+
+    @given(
+        st.floats(min_value=0.0, allow_infinity=False),
+        st.floats(min_value=0.0, allow_infinity=False),
+        st.floats(allow_nan=False),
+        st.booleans(),
+    )
+    def test_recordAgainstCutoff(self, rx: float, tx: float, cutoff: float, trusted: bool) -> None:
+        """
+        The sweep compares records as bytes: a record is at or below the cut-off exactly
+        when both its times are, and unpacks to its fields.
+        """
+        peer = Peer(addr(1), 0.0, ("192.0.2.1", 3544) if trusted else None)
+        peer.trusted, peer.last_rx, peer.last_tx = trusted, rx, tx
+        record = peers_module._pack(peer)
+        assert record is not None
+        self.assertEqual(fields(peers_module._unpack(addr(1), record)), fields(peer))
+        self.assertEqual(
+            record <= peers_module._cutoff(cutoff), rx <= cutoff and tx <= cutoff
+        )
+
+
+class RelaySweepTests(SynchronousTestCase):
+    """
+    A relay's entry through the tunnel's own sweep (task.Clock): packed while idle, used
+    again as it was, expired as before.
+    """
+
+    def test_relayEntryPackedAndUsed(self) -> None:
+        clock = Clock()
+        clock.advance(1000)
+        sent: list[tuple[bytes, tuple[str, int]]] = []
+        peers = PeerList(clock.seconds, max_peers=8)
+        tunnel = TeredoTunnel(
+            clock, RELAY_POLICY, peers, lambda data, to: sent.append((data, to)),
+            lambda packet: None, lambda n: b"\x01" * n, serves=lambda address: True,
+        )
+        host = bytes.fromhex("20010db8000000000000000000000001")
+        tunnel.setUnnumbered(host)
+        tunnel.start()
+        # 2001:0:1e00:1:0:63bf:d7ff:fefe: server 30.0.0.1, mapping 40.0.0.1:40000.
+        peer = bytes.fromhex("200100001e000001000063bfd7fffffe")
+        mapping = ("40.0.0.1", 40000)
+        tunnel.fromHost(build_ipv6(host, peer, NH_NONE, b""))
+        tunnel.fromPeer(classify(bubble(peer, host)), mapping)
+        self.assertEqual(sent[-1][1], mapping)
+        clock.advance(EXPIRY_INTERVAL)
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual(peers.tally().packed, 1)
+        del sent[:]
+        tunnel.fromHost(build_ipv6(host, peer, NH_NONE, b"data"))
+        self.assertEqual(sent, [(build_ipv6(host, peer, NH_NONE, b"data"), mapping)])
+        self.assertEqual(peers.tally().packed, 0)
+        clock.advance(EXPIRY_INTERVAL)
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual((peers.tally().packed, tunnel.status()["trusted-peers"]), (1, 1))
+        clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual((len(peers), peers.expired), (0, 1))
+        tunnel.stop()
