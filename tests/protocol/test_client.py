@@ -12,6 +12,7 @@ import random
 import tempfile
 from typing import Any
 
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,7 +23,7 @@ from teredonode.interfaces import IDiscoveryHost, ILocalPeers, ITeredoRole
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeHost, FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import Datagram, FakeHost, FakeInternet, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_RESTRICTED,
@@ -51,6 +52,8 @@ class Endpoint(DatagramProtocol):
     """
     A bare UDP endpoint (a relay, an attacker) recording what it receives.
     """
+
+    transport: IUDPTransport  # set by listenUDP before any use
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
@@ -233,7 +236,12 @@ class QualificationTests(ClientTestCase):
         address goes.
         """
         sent: list[Any] = []
-        self.net.addDropFilter(lambda d: sent.append(d) and False)
+
+        def record(d: Datagram) -> bool:
+            sent.append(d)
+            return False
+
+        self.net.addDropFilter(record)
         native = [True]
         client = self.makeClient(hasOtherIPv6=native)
         self.net.run(120)
@@ -517,11 +525,14 @@ class DataPathTests(ClientTestCase):
         self.net.flush()
         silent = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 4000, "192.0.2.99").to_bytes()
         times: list[float] = []
-        self.net.addDropFilter(
-            lambda d: d.dst == ("192.0.2.99", 4000)
-            and d.src[0] != PRIMARY
-            and not times.append(self.clock.seconds())
-        )
+
+        def record(d: Datagram) -> bool:
+            if d.dst == ("192.0.2.99", 4000) and d.src[0] != PRIMARY:
+                times.append(self.clock.seconds())
+                return True
+            return False
+
+        self.net.addDropFilter(record)
         aaddr = raw(a.address)
         self.tunOf(a).inject(echo(aaddr, silent))
         self.net.run(1)
@@ -532,7 +543,7 @@ class DataPathTests(ClientTestCase):
         errors = [p for p in self.tunOf(a).written if p[40] == 1]
         self.assertEqual(len(errors), 2)
         error = ipv6.decode_icmpv6(errors[0][40:], errors[0][8:24], errors[0][24:40])
-        self.assertIsInstance(error, ipv6.DestinationUnreachable)
+        assert isinstance(error, ipv6.DestinationUnreachable)
         self.assertEqual(error.code, 3)
         # Within 300 s of the first bubble: refused at once, no bubble.
         self.tunOf(a).inject(echo(aaddr, silent, b"third"))
@@ -685,6 +696,7 @@ class EchoTestTests(ClientTestCase):
         # The relay's indirect bubble through our server (native source: SV-IN-6 allows it
         # toward one of the server's own clients).
         relayHost = self.net._owners[RELAY[0]]
+        assert isinstance(relayHost, FakeHost)
         relayHost._ports[RELAY].write(ipv6.bubble(V6HOST, self.aaddr), (PRIMARY, 3544))
         self.net.flush()
         [(answer, _)] = relay.received
@@ -703,7 +715,9 @@ class EchoTestTests(ClientTestCase):
         self.serverTun.written.clear()
         aaddr = raw(a.address)
         relay = self.publicEndpoint(*RELAY)
-        relayPort = self.net._owners[RELAY[0]]._ports[RELAY]
+        relayHost = self.net._owners[RELAY[0]]
+        assert isinstance(relayHost, FakeHost)
+        relayPort = relayHost._ports[RELAY]
         hello = echo(V6HOST, aaddr, b"unsolicited")
         relayPort.write(hello, a.mapping)
         self.net.flush()
@@ -862,7 +876,12 @@ class LocalDiscoveryTests(ClientTestCase):
         listener = self.listener()
         times: list[float] = []
         original = listener.datagramReceived
-        listener.datagramReceived = lambda d, a: (times.append(self.clock.seconds()), original(d, a))  # type: ignore[method-assign]
+
+        def record(data: bytes, addr: tuple[str, int]) -> None:
+            times.append(self.clock.seconds())
+            original(data, addr)
+
+        listener.datagramReceived = record  # type: ignore[method-assign]
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.run(5000)
         gaps = [round(later - earlier, 6) for earlier, later in zip(times, times[1:])]
@@ -1091,17 +1110,22 @@ class RoleTests(ClientTestCase):
 
         base = '[client]\nenabled = true\nserver = "203.0.113.10"\n'
         settings = parse_config(base, "x.toml", None, None).roles["client"]
+        assert isinstance(settings, ClientSettings)
         self.assertEqual(
             (settings.default_route, settings.allow_symmetric, settings.peer_queue_bytes),
             ("auto", False, 10240),
         )
         self.assertEqual((settings.local_discovery, settings.local_discovery_address), (True, ""))
         lan = parse_config(base + 'local-discovery-address = "192.168.1.10/24"\n', "x.toml", None, None)
-        self.assertEqual(lan.roles["client"].local_discovery_address, "192.168.1.10/24")
+        lanClient = lan.roles["client"]
+        assert isinstance(lanClient, ClientSettings)
+        self.assertEqual(lanClient.local_discovery_address, "192.168.1.10/24")
         for bad in ('"10.0.0.2/40"', '"224.0.0.1"', "5", '"eth0"', "true"):
             self.assertRaises(
                 ConfigError, parse_config, base + f"local-discovery-address = {bad}\n", "x.toml", None, None
             )
         forced = parse_config(base + "default-route = true\n", "x.toml", None, None)
-        self.assertIs(forced.roles["client"].default_route, True)
+        forcedClient = forced.roles["client"]
+        assert isinstance(forcedClient, ClientSettings)
+        self.assertIs(forcedClient.default_route, True)
         self.assertRaises(ConfigError, parse_config, base + 'default-route = "yes"\n', "x.toml", None, None)

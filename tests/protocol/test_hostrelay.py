@@ -124,6 +124,7 @@ class HostRelayTestCase(SynchronousTestCase):
         address = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 40000, "192.0.2.50").to_bytes()
         self.tun.inject(echo(DUAL6, address, b"first"))
         self.settle()
+        assert self.hr.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
         self.settle()
         self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
@@ -223,7 +224,9 @@ class PathTests(HostRelayTestCase):
         self.tun.inject(request)
         self.settle()
         self.assertIn(request, client._tun.written)  # type: ignore[attr-defined]
-        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        known = client.tunnel.peers.get(DUAL6)
+        assert known is not None
+        self.assertEqual(known.mapping, self.endpoint)
         reply = echo(caddr, DUAL6, b"hi from dualhost", reply=True)
         client._tun.inject(reply)  # type: ignore[attr-defined]
         self.settle()
@@ -248,7 +251,9 @@ class PathTests(HostRelayTestCase):
         caddr = raw(client.address)
         client._tun.inject(echo(caddr, DUAL6, b"ping"))  # type: ignore[attr-defined]
         self.settle()
-        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        known = client.tunnel.peers.get(DUAL6)
+        assert known is not None
+        self.assertEqual(known.mapping, self.endpoint)
         requests = [p for p in self.stack.received if p[40] == ipv6.ICMP_ECHO_REQUEST and p[48:] == b"ping"]
         self.assertEqual(len(requests), 1)
         replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]

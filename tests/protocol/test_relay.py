@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,7 +22,7 @@ from teredonode.roles import relay as relay_module
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import DROP_REASONS, TeredoRelay, servedBy
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import Datagram, FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
@@ -75,6 +75,16 @@ class RelayTestCase(SynchronousTestCase):
         self.tun: FakeTunDevice = self.relay._tun  # type: ignore[assignment]
         self.side = IPv6Side(self.tun, self.serverTun)
         self._nats = 0
+
+    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
+        relay = TeredoRelay(
+            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
+            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
+        )
+        relay.privilegedStartService()
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
 
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
         settings = RelaySettings(**overrides)
@@ -137,6 +147,7 @@ class RelayTestCase(SynchronousTestCase):
         first = echo(V6HOST, address, b"first")
         self.tun.inject(first)
         self.settle()
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertIn((first, (RELAY_IP, 3544)), endpoint.received)
@@ -147,7 +158,8 @@ class RelayTestCase(SynchronousTestCase):
         return {k: v for k, v in self.relay.status()["drops"].items() if v}
 
     def counters(self) -> dict[str, int]:
-        return self.relay.status()["counters"]
+        counters: dict[str, int] = self.relay.status()["counters"]
+        return counters
 
 
 class ServiceTests(RelayTestCase):
@@ -178,6 +190,7 @@ class ServiceTests(RelayTestCase):
         """
         config = parse_config("[relay]\nenabled = true\n", "x.toml", None, None)
         settings = config.roles["relay"]
+        assert isinstance(settings, RelaySettings)
         self.assertEqual((settings.max_peers, settings.peer_queue_bytes, settings.icmp_rate, settings.serve),
                          (1_048_576, 1280, 10.0, ("2000::/3",)))
         role = relay_module.makeRole(settings, None, Clock())
@@ -202,6 +215,7 @@ class EndToEndTests(RelayTestCase):
         replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
         self.assertEqual([r[48:] for r in replies], [b"hello"])
         peer = client.tunnel.peers.get(V6HOST)
+        assert peer is not None
         self.assertEqual(peer.mapping, (RELAY_IP, 3544))
         counters = self.counters()
         self.assertGreaterEqual(counters["bubbles-indirect"], 1)
@@ -220,16 +234,16 @@ class EndToEndTests(RelayTestCase):
         The hot path never logs: thousands of forwarded, dropped and bubbled packets
         produce no log event from the relay or the tunnel core.
         """
-        from twisted.logger import globalLogPublisher
+        from twisted.logger import ILogObserver, globalLogPublisher
 
-        events: list[dict] = []
+        events: list[dict[str, Any]] = []
 
-        def observer(event: dict) -> None:
+        def observer(event: dict[str, Any]) -> None:
             if str(event.get("log_namespace", "")).startswith("teredonode.roles"):
                 events.append(event)
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        globalLogPublisher.addObserver(cast(ILogObserver, observer))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, observer))
         endpoint, udp, address = self.trustedFakeClient()
         for i in range(1000):
             self.tun.inject(echo(V6HOST, address, b"%d" % i))
@@ -252,7 +266,9 @@ class EndToEndTests(RelayTestCase):
         self.tun.inject(hello)
         self.advance(1)
         self.assertIn(hello, client._tun.written)  # type: ignore[attr-defined]
-        self.assertEqual(self.relay.tunnel.peers.get(caddr).mapping, client.mapping)
+        known = self.relay.tunnel.peers.get(caddr)
+        assert known is not None
+        self.assertEqual(known.mapping, client.mapping)
 
     def test_echoRepliesOfDirectTestsFlowBack(self) -> None:
         """
@@ -312,14 +328,18 @@ class TransmissionTests(RelayTestCase):
         self.relay.tunnel.policy = replace(self.relay.tunnel.policy, direct_bubbles=True)
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         times: dict[tuple[str, int], list[float]] = {}
-        self.net.addDropFilter(
-            lambda d: d.src == (RELAY_IP, 3544)
-            and d.dst in (("192.0.2.99", 4000), (PRIMARY, 3544))
-            and not times.setdefault(d.dst, []).append(self.clock.seconds())
-        )
+
+        def record(d: Datagram) -> bool:
+            if d.src == (RELAY_IP, 3544) and d.dst in (("192.0.2.99", 4000), (PRIMARY, 3544)):
+                times.setdefault(d.dst, []).append(self.clock.seconds())
+                return True
+            return False
+
+        self.net.addDropFilter(record)
         self.tun.inject(echo(V6HOST, silent, b"1"))
         self.tun.inject(echo(V6HOST, silent, b"2"))
         peer = self.relay.tunnel.peers.get(silent)
+        assert peer is not None
         self.assertFalse(peer.trusted)
         self.assertEqual(len(peer.queue), 2)
         self.advance(7.5, step=0.25)
@@ -376,7 +396,9 @@ class TransmissionTests(RelayTestCase):
         self.tun.inject(data)
         self.settle()
         self.assertTrue(all(classify(d).is_bubble for d, _ in endpoint.received))
-        self.assertFalse(self.relay.tunnel.peers.get(cone).trusted)
+        known = self.relay.tunnel.peers.get(cone)
+        assert known is not None
+        self.assertFalse(known.trusted)
 
     def test_trustedPeerSentAtOnceUntilInvalid(self) -> None:
         """
@@ -393,6 +415,7 @@ class TransmissionTests(RelayTestCase):
         self.tun.inject(data)
         self.settle()
         self.assertTrue(all(classify(d).is_bubble for d, _ in endpoint.received))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(endpoint.received[-1], (data, (RELAY_IP, 3544)))
@@ -410,18 +433,9 @@ class TransmissionTests(RelayTestCase):
         for i in range(5):
             small._tun.inject(echo(V6HOST, silent, b"x" * 40))  # type: ignore[attr-defined]
         peer = small.tunnel.peers.get(silent)
+        assert peer is not None
         self.assertLessEqual(peer.queued_bytes, 200)
         self.assertEqual(small.drops["queue-full"], 5 - len(peer.queue))
-
-    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
-        relay = TeredoRelay(
-            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
-        )
-        relay.privilegedStartService()
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
 
     def test_peerBoundLRU(self) -> None:
         """
@@ -496,7 +510,9 @@ class ReceptionTests(RelayTestCase):
             self.drops(), {"mapping-mismatch": 1, "native-source": 1, "link-local-source": 1}
         )
         self.assertEqual(self.side.received, [])
-        self.assertEqual(self.relay.tunnel.peers.get(address).mapping, FAKE_CLIENT)
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None
+        self.assertEqual(known.mapping, FAKE_CLIENT)
 
     def test_unsolicitedCreatesNoState(self) -> None:
         """
@@ -507,6 +523,7 @@ class ReceptionTests(RelayTestCase):
         self.side.answer = False  # a reply would make the relay create an entry itself
         endpoint, udp, address = self.fakeClient()
         udp.write(echo(address, V6HOST), (RELAY_IP, 3544))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(self.drops(), {"unknown-peer": 1})
@@ -546,10 +563,13 @@ class ReceptionTests(RelayTestCase):
         endpoint, udp, address = self.trustedFakeClient()
         written = len(self.tun.written)
         self.clock.advance(20)
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(len(self.tun.written), written)
-        self.assertEqual(self.relay.tunnel.peers.get(address).last_rx, self.clock.seconds())
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None
+        self.assertEqual(known.last_rx, self.clock.seconds())
         self.assertGreaterEqual(self.counters()["bubbles-received"], 2)
 
     def test_originIndicationStripped(self) -> None:

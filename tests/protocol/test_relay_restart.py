@@ -16,6 +16,7 @@ ECMP set shrank to the survivors).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -181,6 +182,7 @@ class StatelessForwardingTests(RestartTestCase):
         udp.write(echo(other, V6HOST), (RELAY_A, 3544))
         udp.write(echo(mine, bytes.fromhex("fd00" + "00" * 13 + "01")), (RELAY_A, 3544))
         udp.write(echo(mine, teredo(PRIMARY, "192.0.2.9", 9)), (RELAY_A, 3544))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(mine, self.relay.tunnel.bubbleSource), (RELAY_A, 3544))
         for n in range(20):
             host = self.net.host(f"192.0.2.{100 + n}")
@@ -263,7 +265,9 @@ class FailoverTests(RestartTestCase):
         self.startRelay(RELAY_B, seed=9)
         self.client, self.caddr = self.makeClient()
         self.pingUntilAnswered(self.client, self.caddr, 2)
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_A, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_A, 3544))
 
     def test_clientOnlyTrafficMovesAfterSilence(self) -> None:
         """
@@ -276,7 +280,9 @@ class FailoverTests(RestartTestCase):
         waited = self.pingUntilAnswered(self.client, self.caddr, RELAY_SILENCE + PROBE_INTERVAL + 1)
         self.assertGreaterEqual(waited, RELAY_SILENCE - 0.5)
         self.assertLessEqual(waited, RELAY_SILENCE + 1.0)
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_B, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_B, 3544))
         self.assertEqual(self.client.status()["counters"]["relay-rechecks"], 1)
         # From now on every ping is answered at once.
         before = len(self.repliesTo(self.client))
@@ -298,7 +304,9 @@ class FailoverTests(RestartTestCase):
             self.advance(0.2)
         self.advance(PROBE_INTERVAL)
         self.assertEqual(self.requestsTo(self.client)[-5:], [b"down%d" % n for n in range(5)])
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_B, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_B, 3544))
         self.assertEqual(self.pingUntilAnswered(self.client, self.caddr, 1), 0.0)
 
 
@@ -375,6 +383,7 @@ class RecheckTests(RestartTestCase):
         self.assertEqual(counters["relay-rechecks"], 1)
         self.assertEqual(len(self.repliesTo(self.client)), replies)
         peer = self.client.tunnel.peers.get(V6HOST)
+        assert peer is not None
         self.assertEqual(peer.mapping, (RELAY_A, 3544))
         self.assertIsNone(peer.nonce)
         self.assertEqual(peer.bubbles, [])
@@ -410,7 +419,7 @@ class FakeHealthRoute:
         self.calls.append("withdraw")
         self.present = False
 
-    def lookup(self) -> dict | None:
+    def lookup(self) -> dict[str, Any] | None:
         return {"expires": 3.0} if self.present else None
 
     def close(self) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -46,7 +47,7 @@ class AnycastLabCase(LabAssertions, unittest.TestCase):
         if not self.lab.wait_udp_listening("server", 3544, 15):
             self.fail(f"our-server does not listen: {self.lab.nodes['our-server'].log_tail(10)}")
 
-    def startRelay(self, node: str, host: str, settings: dict | None = None) -> float:
+    def startRelay(self, node: str, host: str, settings: dict[str, Any] | None = None) -> float:
         """
         Start our relay C{node} on C{host}; the wall clock time it reported "relaying".
         """
@@ -58,7 +59,7 @@ class AnycastLabCase(LabAssertions, unittest.TestCase):
         node = f"ours-{host}"
         self.lab.start_teredonode(node, host, "client")
         text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}")
+        assert text is not None, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}"
         return str(TeredoAddress.parse(text))
 
     def bothWays(self, host: str, address: str, seconds: float) -> tuple[Pinger, Pinger]:

@@ -7,6 +7,7 @@ built (teredonode/lab/nat.py).  No interface is configured: the probe is a UDP s
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -35,7 +36,7 @@ class ProbeLabTests(LabAssertions, unittest.TestCase):
         if not self.lab.wait_udp_listening("server", 3544, 15):
             self.fail(f"server does not listen: {self.lab.nodes['server-node'].log_tail(10)}")
 
-    def probe(self, host: str) -> dict:
+    def probe(self, host: str) -> dict[str, Any]:
         primary, secondary = self.lab.host("server").ipv4[:2]
         out = self.lab.exec(
             host,
@@ -44,7 +45,8 @@ class ProbeLabTests(LabAssertions, unittest.TestCase):
             timeout=60,
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        return json.loads(out.stdout)
+        result: dict[str, Any] = json.loads(out.stdout)
+        return result
 
     def test_every_nat_mode(self) -> None:
         primary = self.lab.host("server").ipv4[0]

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -45,7 +46,7 @@ def rootSkipReason(needTun: bool = False) -> str | None:
     return None
 
 
-def runIsolated(script: str, timeout: float = 60) -> dict:
+def runIsolated(script: str, timeout: float = 60) -> dict[str, Any]:
     """
     Run C{script} with this interpreter in a new, empty network namespace and return the
     JSON object it prints last.  The namespace has no name and dies with the process, so
