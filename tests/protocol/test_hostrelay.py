@@ -34,6 +34,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from tests.protocol.test_client import Endpoint, echo, raw
+from tests.protocol.test_relay import fakeTun
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 DUAL_IP = "203.0.113.40"
@@ -162,7 +163,7 @@ class ServiceTests(HostRelayTestCase):
         with self.assertRaises(NoNativeIPv6) as caught:
             hr.privilegedStartService()
         self.assertNotIn("\n", str(caught.exception))
-        self.assertFalse(hr._tun.opened)  # type: ignore[attr-defined]
+        self.assertFalse(fakeTun(hr).opened)
 
     def test_makeRoleRefusesOneLine(self) -> None:
         """
@@ -223,12 +224,12 @@ class PathTests(HostRelayTestCase):
         request = echo(DUAL6, caddr, b"hi from dualhost")
         self.tun.inject(request)
         self.settle()
-        self.assertIn(request, client._tun.written)  # type: ignore[attr-defined]
+        self.assertIn(request, fakeTun(client).written)
         known = client.tunnel.peers.get(DUAL6)
         assert known is not None
         self.assertEqual(known.mapping, self.endpoint)
         reply = echo(caddr, DUAL6, b"hi from dualhost", reply=True)
-        client._tun.inject(reply)  # type: ignore[attr-defined]
+        fakeTun(client).inject(reply)
         self.settle()
         self.assertIn(reply, self.stack.received)
         self.assertEqual(self.stack.elsewhere, [])
@@ -249,17 +250,17 @@ class PathTests(HostRelayTestCase):
         """
         client = self.makeClient()
         caddr = raw(client.address)
-        client._tun.inject(echo(caddr, DUAL6, b"ping"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, DUAL6, b"ping"))
         self.settle()
         known = client.tunnel.peers.get(DUAL6)
         assert known is not None
         self.assertEqual(known.mapping, self.endpoint)
         requests = [p for p in self.stack.received if p[40] == ipv6.ICMP_ECHO_REQUEST and p[48:] == b"ping"]
         self.assertEqual(len(requests), 1)
-        replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
+        replies = [p for p in fakeTun(client).written if p[40] == ipv6.ICMP_ECHO_REPLY]
         self.assertEqual([r[48:] for r in replies], [b"ping"])
         forwarded = self.server.status()["counters"]
-        client._tun.inject(echo(caddr, DUAL6, b"again"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, DUAL6, b"again"))
         self.settle()
         self.assertEqual(self.stack.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"], forwarded)

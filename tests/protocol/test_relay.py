@@ -38,6 +38,15 @@ def teredo(server: str, ip: str, port: int, flags: int = 0) -> bytes:
     return TeredoAddress(GLOBAL_PREFIX, server, flags, port, ip).to_bytes()
 
 
+def fakeTun(role: Any) -> FakeTunDevice:
+    """
+    The fake TUN a role of this test bed was given (roles hold it as an L{ITunDevice}).
+    """
+    tun = role._tun
+    assert isinstance(tun, FakeTunDevice), tun
+    return tun
+
+
 class IPv6Side(FakeIPv6Network):
     """
     The native IPv6 network between our server's TUN, the relay's TUN and v6host:
@@ -72,7 +81,7 @@ class RelayTestCase(SynchronousTestCase):
         self.server.startService()
         self.addCleanup(self.server.stopService)
         self.relay = self.makeRelay()
-        self.tun: FakeTunDevice = self.relay._tun  # type: ignore[assignment]
+        self.tun = fakeTun(self.relay)
         self.side = IPv6Side(self.tun, self.serverTun)
         self._nats = 0
 
@@ -209,10 +218,10 @@ class EndToEndTests(RelayTestCase):
         client = self.makeClient()
         caddr = raw(client.address)
         ping = echo(caddr, V6HOST, b"hello")
-        client._tun.inject(ping)  # type: ignore[attr-defined]
+        fakeTun(client).inject(ping)
         self.advance(1)
         self.assertIn(ping, self.side.received)
-        replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
+        replies = [p for p in fakeTun(client).written if p[40] == ipv6.ICMP_ECHO_REPLY]
         self.assertEqual([r[48:] for r in replies], [b"hello"])
         peer = client.tunnel.peers.get(V6HOST)
         assert peer is not None
@@ -224,7 +233,7 @@ class EndToEndTests(RelayTestCase):
         self.assertEqual(self.drops(), {})
         # From now on, straight through the relay, nothing through the server.
         forwarded = self.server.status()["counters"]["forwarded"]
-        client._tun.inject(echo(caddr, V6HOST, b"again"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, b"again"))
         self.settle()
         self.assertEqual(self.side.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
@@ -265,7 +274,7 @@ class EndToEndTests(RelayTestCase):
         hello = echo(V6HOST, caddr, b"from v6host")
         self.tun.inject(hello)
         self.advance(1)
-        self.assertIn(hello, client._tun.written)  # type: ignore[attr-defined]
+        self.assertIn(hello, fakeTun(client).written)
         known = self.relay.tunnel.peers.get(caddr)
         assert known is not None
         self.assertEqual(known.mapping, client.mapping)
@@ -427,11 +436,11 @@ class TransmissionTests(RelayTestCase):
         relay = self.makeRelayOn("203.0.113.21", peer_queue=3, peer_queue_bytes=100000)
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         for i in range(5):
-            relay._tun.inject(echo(V6HOST, silent, b"%d" % i))  # type: ignore[attr-defined]
+            fakeTun(relay).inject(echo(V6HOST, silent, b"%d" % i))
         self.assertEqual(relay.drops["queue-full"], 2)
         small = self.makeRelayOn("203.0.113.22", peer_queue=100, peer_queue_bytes=200)
         for i in range(5):
-            small._tun.inject(echo(V6HOST, silent, b"x" * 40))  # type: ignore[attr-defined]
+            fakeTun(small).inject(echo(V6HOST, silent, b"x" * 40))
         peer = small.tunnel.peers.get(silent)
         assert peer is not None
         self.assertLessEqual(peer.queued_bytes, 200)
@@ -443,10 +452,10 @@ class TransmissionTests(RelayTestCase):
         with its queue.
         """
         relay = self.makeRelayOn("203.0.113.21", max_peers=2)
-        tun = relay._tun
+        tun = fakeTun(relay)
         addresses = [teredo(PRIMARY, "192.0.2.99", 4000 + i) for i in range(3)]
         for address in addresses:
-            tun.inject(echo(V6HOST, address))  # type: ignore[attr-defined]
+            tun.inject(echo(V6HOST, address))
         self.assertEqual(len(relay.tunnel.peers), 2)
         self.assertNotIn(addresses[0], relay.tunnel.peers)
         self.assertEqual(relay.status()["peers"]["evicted-peers"], 1)
@@ -457,14 +466,14 @@ class TransmissionTests(RelayTestCase):
         ICMPv6 errors toward the IPv6 side are rate limited (icmp-rate per second).
         """
         relay = self.makeRelayOn("203.0.113.21", icmp_rate=2.0)
-        tun = relay._tun
+        tun = fakeTun(relay)
         for i in range(10):
-            tun.inject(echo(V6HOST, ipaddress.IPv6Address(f"2001:db8:1::{i + 1}").packed))  # type: ignore[attr-defined]
-        self.assertEqual(len(tun.written), 2)  # type: ignore[attr-defined]
+            tun.inject(echo(V6HOST, ipaddress.IPv6Address(f"2001:db8:1::{i + 1}").packed))
+        self.assertEqual(len(tun.written), 2)
         self.assertEqual(relay.counters["icmp-errors-limited"], 8)
         self.clock.advance(1)
-        tun.inject(echo(V6HOST, ipaddress.IPv6Address("2001:db8:1::99").packed))  # type: ignore[attr-defined]
-        self.assertEqual(len(tun.written), 3)  # type: ignore[attr-defined]
+        tun.inject(echo(V6HOST, ipaddress.IPv6Address("2001:db8:1::99").packed))
+        self.assertEqual(len(tun.written), 3)
 
     def test_hostSourcesMustBeServed(self) -> None:
         """

@@ -30,7 +30,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, fakeTun, teredo
 
 RELAY_A, RELAY_B = "203.0.113.20", "203.0.113.21"
 
@@ -116,15 +116,15 @@ class RestartTestCase(SynchronousTestCase):
             self.settle()
 
     def clientPing(self, client: TeredoClient, caddr: bytes, data: bytes) -> None:
-        client._tun.inject(echo(caddr, V6HOST, data))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, data))
         self.settle()
 
     def repliesTo(self, client: TeredoClient) -> list[bytes]:
-        written = client._tun.written  # type: ignore[attr-defined]
+        written = fakeTun(client).written
         return [p[48:] for p in written if p[6] == ipv6.NH_ICMPV6 and p[40] == ipv6.ICMP_ECHO_REPLY]
 
     def requestsTo(self, client: TeredoClient) -> list[bytes]:
-        written = client._tun.written  # type: ignore[attr-defined]
+        written = fakeTun(client).written
         return [p[48:] for p in written if p[6] == ipv6.NH_ICMPV6 and p[40] == ipv6.ICMP_ECHO_REQUEST]
 
     def pingUntilAnswered(self, client: TeredoClient, caddr: bytes, limit: float, step: float = 0.2) -> float:
@@ -324,9 +324,11 @@ class FailoverTests(RestartTestCase):
             self.clientPing(self.client, self.caddr, b"up%d" % n)
             self.side.live[0].inject(echo(V6HOST, self.caddr, b"down%d" % n))
             self.settle()
-            requests = [p for p in self.client._tun.written if p[40] == ipv6.ICMP_ECHO_REQUEST]  # type: ignore[attr-defined]
+            requests = [p for p in fakeTun(self.client).written if p[40] == ipv6.ICMP_ECHO_REQUEST]
             for request in requests[answered:]:
-                self.client._tun.inject(self.side.echoReply(request))  # type: ignore[attr-defined]
+                reply = self.side.echoReply(request)
+                assert reply is not None
+                fakeTun(self.client).inject(reply)
             answered = len(requests)
             self.advance(tick)
 
@@ -369,7 +371,7 @@ class RecheckTests(RestartTestCase):
         for _ in range(round(seconds / 0.2)):
             packet = bytearray(echo(self.caddr, V6HOST, b"x"))
             packet[40] = 1  # not an echo request: v6host answers nothing
-            self.client._tun.inject(bytes(packet))  # type: ignore[attr-defined]
+            fakeTun(self.client).inject(bytes(packet))
             self.advance(0.2)
 
     def test_liveRelayAnswersRecheck(self) -> None:

@@ -28,7 +28,7 @@ from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.teredo import OriginIndication, classify, encode_payload
 from tests.protocol.test_client import Endpoint, echo
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, fakeTun, teredo
 
 VICTIM = "192.0.2.99"
 #: Servers an attacker may write into the destinations (any global IPv4 will do).
@@ -203,7 +203,7 @@ class DirectBubbleTests(BudgetTestCase):
         With direct-bubbles (RL-TX-07/08), each round also bubbles the mapping.
         """
         relay = self.makeRelayOn("203.0.113.21", direct_bubbles=True)
-        relay._tun.inject(echo(V6HOST, teredo(PRIMARY, VICTIM, 4000)))  # type: ignore[attr-defined]
+        fakeTun(relay).inject(echo(V6HOST, teredo(PRIMARY, VICTIM, 4000)))
         self.settle()
         direct = [d for d in self.net.capture if d.src[0] == "203.0.113.21" and d.dst == (VICTIM, 4000)]
         self.assertEqual(len(direct), 1)
@@ -218,7 +218,7 @@ class DirectBubbleTests(BudgetTestCase):
         packet = echo(V6HOST, client.address.to_bytes(), b"hello")
         self.tun.inject(packet)
         self.advance(1)
-        self.assertIn(packet, client._tun.written)  # type: ignore[attr-defined]
+        self.assertIn(packet, fakeTun(client).written)
         self.assertEqual(self.counters()["bubbles-direct"], 0)
 
 
@@ -237,7 +237,7 @@ class HostRelayBudgetTests(BudgetTestCase):
         hr.startService()
         self.addCleanup(hr.stopService)
         for dst in victimAddresses(20):
-            hr._tun.inject(echo(own, dst))  # type: ignore[attr-defined]
+            fakeTun(hr).inject(echo(own, dst))
         self.settle()
         self.assertEqual(len(hr.tunnel.peers), 3)
         self.assertEqual(hr.status()["drops"]["budget-ipv4"], 17)

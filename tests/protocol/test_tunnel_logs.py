@@ -12,7 +12,7 @@ from twisted.logger import ILogObserver, Logger, formatEvent
 
 from teredonode.roles.tunnel import LOG_BURST
 from tests.protocol.test_client import echo, raw
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, fakeTun, teredo
 
 
 class TunnelLogTests(RelayTestCase):
@@ -29,10 +29,10 @@ class TunnelLogTests(RelayTestCase):
         client = self.makeClient()
         events = self.capture(client.tunnel)
         caddr = raw(client.address)
-        client._tun.inject(echo(caddr, V6HOST, b"hello"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, b"hello"))
         self.advance(1)
         for i in range(20):
-            client._tun.inject(echo(caddr, V6HOST, bytes([i])))  # type: ignore[attr-defined]
+            fakeTun(client).inject(echo(caddr, V6HOST, bytes([i])))
         self.advance(1)
         lines = [formatEvent(e) for e in events]
         self.assertEqual(lines, [f"relay for 2001:db8::30: {RELAY_IP}:3544"])

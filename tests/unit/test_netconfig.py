@@ -65,7 +65,8 @@ def runIsolated(script: str, timeout: float = 60) -> dict[str, Any]:
         raise AssertionError(
             f"isolated script failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    document: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return document
 
 
 class KernelRefusal(Exception):
@@ -85,7 +86,7 @@ class Recorder:
     """
 
     def __init__(self) -> None:
-        self.log: list[tuple] = []
+        self.log: list[tuple[Any, ...]] = []
         self.refusals: list[int] = []
         self.links = {"teredo": 7}
 
