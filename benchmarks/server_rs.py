@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """
-Router Solicitation -> Router Advertisement throughput: our Teredo server against
-miredo-server, in one run, on this machine.
+Router Solicitation -> Router Advertisement throughput: our Teredo server (Python path, and
+with its XDP fast path) against miredo-server, in one run, on this machine.
 
-    sudo python3 benchmarks/server_rs.py            # two rounds, about 2 minutes (bounded at 4)
+    sudo python3 benchmarks/server_rs.py            # two rounds, 2-6 minutes (bounded at 6)
     sudo python3 benchmarks/server_rs.py --quick    # about 1 minute
 
 Why it is built this way (docs/performance.md has the method and the figures):
@@ -23,6 +23,15 @@ Why it is built this way (docs/performance.md has the method and the figures):
     several source ports, and receives the RAs concurrently, matching them by nonce.  If it
     cannot reach the offered rate it says so ("generator-limited"): the server's figure is
     then a lower bound, not its capacity.
+  - Three servers take turns: C{ours} (C{fast-path = "off"}: every RS in Python), C{fast}
+    (C{fast-path = "on"}: the XDP program answers the RSs, docs/performance.md) and Miredo.
+  - Kernel receive work is counted as the server's: both veths use NAPI (GRO on), in
+    threaded mode; the server veth's NAPI threads are pinned to the server CPU and added to
+    the server's CPU figure (there the RSs go through IP and UDP, or, for the fast path,
+    which runs generic XDP on a veth, through the program and its transmit), the load
+    veth's to the generator's CPU.  The load veth computes UDP checksums in software (tx
+    checksum offload off), as frames from a wire carry them: the fast path verifies them
+    and leaves a datagram with a merely partial checksum to the stack.
   - Our server rate-limits RSs per source address and globally.  The benchmark measures the
     data path, not the limiter's refusals, so it configures C{rs-rate}, C{rs-burst},
     C{rs-initial}, C{ra-rate} and C{ra-burst} to 1 000 000; the limiter still runs its
@@ -32,6 +41,8 @@ Why it is built this way (docs/performance.md has the method and the figures):
 from __future__ import annotations
 
 import argparse
+import ctypes
+import fcntl
 import json
 import os
 import secrets
@@ -39,6 +50,7 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -67,6 +79,22 @@ GRACE_SECONDS = 0.5
 #: past the receive buffers, big enough that the epoll call is amortised.
 SEND_BATCH = 32
 RCVBUF = 4 << 20
+SERVERS = ("ours", "fast", "miredo")
+
+
+def _fast_path_missing() -> str | None:
+    """
+    Why the fast path cannot run here (no clang or libbpf), or C{None}.
+    """
+    try:
+        from teredonode.fastpath.libbpf import load_libbpf
+        from teredonode.fastpath.program import object_path
+
+        load_libbpf()
+        object_path()
+    except Exception as exc:  # FastPathUnavailable, BPFError, ImportError
+        return str(exc)
+    return None
 
 
 # ============================================================================ load generator
@@ -310,6 +338,45 @@ class Namespaces:
             _run([ip, "-n", ns, "link", "set", "lo", "up"])
             _run([ip, "-n", ns, "link", "set", dev, "up"])
             _run([ip, "-n", ns, "route", "add", other, "dev", dev])
+        for ns, dev, tx_checksum in ((self.server, vs, 1), (self.load, vl, 0)):
+            _run([ip, "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()),
+                  "--ethtool", dev, str(tx_checksum)])
+            _run([ip, "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
+
+    def _veth_stats(self, which: str) -> dict[str, Any]:
+        ns = self.server if which == "server" else self.load
+        out = _run([_tool("ip"), "-n", ns, "-s", "-j", "link", "show", "dev", self.veth(which)]).stdout
+        return json.loads(out)[0]["stats64"]  # type: ignore[no-any-return]
+
+    def rx_dropped(self, which: str) -> int:
+        """
+        Datagrams lost on their way into the server's or the load's veth: refused by its
+        full receive ring (counted as the peer's tx drops) or dropped on receive.  A ring
+        fills when its NAPI thread does not run soon enough (the server veth's thread is on
+        the server CPU, the load veth's shares the generator's).
+        """
+        peer = "load" if which == "server" else "server"
+        return int(self._veth_stats(which)["rx"]["dropped"]) + int(self._veth_stats(peer)["tx"]["dropped"])
+
+    def veth(self, which: str) -> str:
+        return self._veth[0 if which == "server" else 1]
+
+    def napi_threads(self, which: str) -> list[int]:
+        """
+        The NAPI kernel threads of the server's (C{"server"}) or the load's veth.
+        """
+        dev = self.veth(which)
+        prefix = f"napi/{dev}"[:15]
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/comm") as f:
+                        if f.read().strip().startswith(prefix):
+                            found.append(int(entry))
+                except OSError:
+                    continue
+        return found
 
     def close(self) -> None:
         ip = shutil.which("ip") or "/usr/sbin/ip"
@@ -322,6 +389,19 @@ class Namespaces:
                     pass
             subprocess.run([ip, "netns", "del", ns], capture_output=True)
         self._created.clear()
+
+
+def _ethtool(dev: str, tx_checksum: int) -> None:
+    """
+    GRO on (the veth then receives through NAPI) and tx checksum offload as given, with the
+    legacy SIOCETHTOOL commands (no ethtool binary needed); run inside the namespace.
+    """
+    siocethtool, set_tx_checksum, set_gro = 0x8946, 0x17, 0x2C
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for cmd, value in ((set_gro, 1), (set_tx_checksum, tx_checksum)):
+            buf = ctypes.create_string_buffer(struct.pack("II", cmd, value))
+            ifr = struct.pack("16sP", dev.encode(), ctypes.addressof(buf)) + bytes(16)
+            fcntl.ioctl(sock, siocethtool, ifr)
 
 
 def _stop(popen: subprocess.Popen[Any], timeout: float = 5.0) -> None:
@@ -425,6 +505,8 @@ class Step:
     backlog_drops: int = 0
     other: float = 0.0
     steal: float = 0.0
+    veth_drops: int = 0
+    server_veth_drops: int = 0
 
     @property
     def loss(self) -> float:
@@ -441,10 +523,11 @@ class Step:
     @property
     def generator_lost(self) -> bool:
         """
-        Most of the loss was RAs overflowing the generator's own receive buffers: the
-        generator, not the server, could not keep up.
+        Most of the loss was RAs overflowing the generator's own receive buffers, or the
+        load veth's receive ring (its NAPI thread shares the generator's CPU): the
+        generator side, not the server, could not keep up.
         """
-        return self.generator_drops > (self.sent - self.answered) / 2
+        return self.generator_drops + self.veth_drops > (self.sent - self.answered) / 2
 
     @property
     def passed(self) -> bool:
@@ -485,6 +568,7 @@ class Bench:
         if len(cpus) < 2:
             raise BenchError("needs at least two CPUs (generator and server on different ones)")
         self.gen_cpu, self.server_cpu = cpus[0], cpus[1]
+        self.servers: tuple[str, ...] = SERVERS
 
     # -- processes ---------------------------------------------------------------------
 
@@ -518,12 +602,12 @@ class Bench:
         log = self.tmp / f"{which}.log"
         pin = ["taskset", "-c", str(self.server_cpu), _tool("ip"), "netns", "exec", self.ns.server]
         env = dict(os.environ)
-        if which == "ours":
-            conf = self.tmp / "ours.toml"
+        if which in ("ours", "fast"):
+            conf = self.tmp / f"{which}.toml"
             conf.write_text(
                 "# generated by benchmarks/server_rs.py\n"
                 "[node]\n"
-                f'status-socket = "{self.tmp}/ours.status"\n'
+                f'status-socket = "{self.tmp}/{which}.status"\n'
                 f'state-dir = "{self.tmp}/state"\n'
                 "[server]\n"
                 "enabled = true\n"
@@ -536,9 +620,10 @@ class Bench:
                 "rs-initial = 1000000\n"
                 "ra-rate = 1000000\n"
                 "ra-burst = 1000000\n"
+                f'fast-path = "{"on" if which == "fast" else "off"}"\n'
             )
             env["PYTHONPATH"] = str(REPO_ROOT)
-            argv = [_tool("twistd"), "-n", f"--pidfile={self.tmp}/ours.pid", "teredo",
+            argv = [_tool("twistd"), "-n", f"--pidfile={self.tmp}/{which}.pid", "teredo",
                     "--config", str(conf)]
         else:
             conf = self.tmp / "miredo-server.conf"
@@ -566,7 +651,21 @@ class Bench:
             if not probe["ok"]:
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 raise BenchError(f"{which} server not serving: {probe['problem']}; log: {tail}")
-            pids = _tree(popen.pid)
+            if which == "fast":
+                # Python's sockets are bound (and answer the probe) before the program is
+                # attached: wait for the server's line saying which path serves RSs.
+                for _ in range(100):
+                    text = log.read_text(errors="replace")
+                    if "Router Solicitations:" in text:
+                        break
+                    time.sleep(0.1)
+                if "XDP fast path on" not in text:
+                    tail = [line for line in text.splitlines() if "Router Solicitations" in line][-1:]
+                    raise BenchError(f"the fast path did not start: {tail or text.splitlines()[-3:]}")
+            napi = self.ns.napi_threads("server")
+            if not napi:
+                raise BenchError("no NAPI thread on the server veth (threaded NAPI unavailable?)")
+            pids = _tree(popen.pid) + napi
             if self.args.verbose:
                 print(f"  {which} processes: {pids}", flush=True)
             retried = False
@@ -578,7 +677,7 @@ class Bench:
                     break
                 assert self.gen is not None
                 drops = (_udp_rcvbuf_errors(popen.pid), _udp_rcvbuf_errors(self.gen.pid),
-                         _backlog_drops())
+                         _backlog_drops(), self.ns.rx_dropped("load"), self.ns.rx_dropped("server"))
                 line = _cpu_line(self.server_cpu)
                 before = _cpu_seconds(pids)
                 r = self._ask(cmd="step", rate=rate, seconds=self.args.step_seconds)
@@ -591,14 +690,17 @@ class Bench:
                     _udp_rcvbuf_errors(self.gen.pid) - drops[1],
                     _backlog_drops() - drops[2],
                 )
+                ring = self.ns.rx_dropped("load") - drops[3]
+                server_ring = self.ns.rx_dropped("server") - drops[4]
                 step = Step(rate, r["sent"], r["answered"], r["elapsed"], cpu, r["problem"],
-                            srv, gen, backlog, other, steal)
+                            srv, gen, backlog, other, steal, ring, server_ring)
                 result.steps.append(step)
                 print(f"  {which:>6} r{round_} offered {rate:>9,.0f}/s  sent {step.sent:>8,}"
                       f" ({step.achieved:>9,.0f}/s)  answered {step.answered:>8,}"
                       f"  loss {step.loss * 100:6.2f} %  server CPU {cpu:5.2f} s"
                       f"  {step.us_per_rs:6.1f} us/RS"
                       + (f"  dropped at server {srv:,} / generator {gen:,} / backlog {backlog:,}"
+                         f" / server veth {server_ring:,} / load veth {ring:,}"
                          f"; server CPU also ran other work {max(other, 0):.2f} s, stolen {steal:.2f} s"
                          if step.answered < step.sent else "")
                       + (f"  PROBLEM: {step.problem}" if step.problem else ""),
@@ -685,14 +787,18 @@ def _cpu_per_rs(run_results: list[RunResult], rate: float | None = None) -> floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="about one minute instead of three")
+    parser.add_argument("--quick", action="store_true", help="one to two minutes instead of up to six")
     parser.add_argument("--verbose", action="store_true", help="show the server's process ids")
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--server-ip", default=SERVER_PRIMARY, help=argparse.SUPPRESS)
     parser.add_argument("--source-ip", default=LOAD_ADDRESS, help=argparse.SUPPRESS)
     parser.add_argument("--ports", type=int, default=SOURCE_PORTS, help=argparse.SUPPRESS)
+    parser.add_argument("--ethtool", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
+    if args.ethtool:
+        _ethtool(args.ethtool[0], int(args.ethtool[1]))
+        return 0
     if args.generator:
         Generator(args.server_ip, args.source_ip, args.ports).serve(sys.stdin, sys.stdout)
         return 0
@@ -702,9 +808,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     if args.quick:
-        args.step_seconds, factor, budget, back = 1.0, 1.6, 65.0, 1
+        args.step_seconds, factor, budget, back = 1.0, 1.6, 100.0, 1
     else:
-        args.step_seconds, factor, budget, back = 3.0, 1.35, 225.0, 2
+        args.step_seconds, factor, budget, back = 3.0, 1.35, 340.0, 2
     rates = _grid(4000, factor, 1_000_000)
     rounds = 2
 
@@ -716,14 +822,23 @@ def main(argv: list[str] | None = None) -> int:
         for tool in ("ip", "taskset", "twistd", "miredo-server"):
             _tool(tool)
         bench = Bench(args)
+        missing = _fast_path_missing()
+        if missing:
+            print(f"server_rs: no fast path run ({missing})", flush=True)
+            bench.servers = tuple(w for w in SERVERS if w != "fast")
+        servers = bench.servers
         bench.ns.open()
+        for which, cpu in (("server", bench.server_cpu), ("load", bench.gen_cpu)):
+            for pid in bench.ns.napi_threads(which):
+                os.sched_setaffinity(pid, {cpu})
         bench.start_generator()
         print(f"server_rs: server on CPU {bench.server_cpu}, generator on CPU {bench.gen_cpu}; "
               f"{args.step_seconds:g} s per step, {SOURCE_PORTS} source ports, loss limit "
               f"{LOSS_LIMIT:.0%}; our server runs with rs- and ra- rates and bursts "
-              f"= 1000000 (limiters not refusing)", flush=True)
-        results: dict[str, list[RunResult]] = {"ours": [], "miredo": []}
-        order = [(r, w) for r in range(1, rounds + 1) for w in ("ours", "miredo")]
+              f"= 1000000 (limiters not refusing); server CPU includes the server veth's "
+              f"NAPI thread (kernel receive, and the XDP program for the fast path)", flush=True)
+        results: dict[str, list[RunResult]] = {w: [] for w in servers}
+        order = [(r, w) for r in range(1, rounds + 1) for w in servers]
         for i, (round_, which) in enumerate(order):
             grid = rates
             last = results[which][-1].best if results[which] else None
@@ -737,11 +852,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print("result (highest offered rate with < 1 % loss; CPU per RS at that step):")
-        ours_rate, ours_bound, ours_txt = _fmt_rate(results["ours"])
-        mir_rate, mir_bound, mir_txt = _fmt_rate(results["miredo"])
-        common = min(ours_rate, mir_rate)
-        ours_cpu, mir_cpu = _cpu_per_rs(results["ours"], common), _cpu_per_rs(results["miredo"], common)
-        ours_own, mir_own = _cpu_per_rs(results["ours"]), _cpu_per_rs(results["miredo"])
+        sustained = {w: _fmt_rate(results[w]) for w in servers}
+        common = min(rate for rate, _, _ in sustained.values())
+        at_common = {w: _cpu_per_rs(results[w], common) for w in servers}
+        own = {w: _cpu_per_rs(results[w]) for w in servers}
         for name, runs in results.items():
             per_round = ", ".join(
                 f"r{rr.round}: {rr.best.rate:,.0f} RS/s at {rr.best.us_per_rs:.1f} us/RS"
@@ -749,13 +863,18 @@ def main(argv: list[str] | None = None) -> int:
                 for rr in runs
             )
             print(f"  {name:>6}: {per_round}")
-        print(f"  sustained RS/s   ours {ours_txt:>18}   miredo {mir_txt:>18}   ours/miredo "
-              + (("≤ " if mir_bound and not ours_bound else "") + f"{ours_rate / mir_rate:.2f}"
-                 if mir_rate else "n/a"))
-        print(f"  server CPU/RS    ours {ours_cpu:>14.1f} us   miredo {mir_cpu:>14.1f} us   ours/miredo "
-              f"{ours_cpu / mir_cpu:.2f}   (both at {common:,.0f} RS/s)")
-        print(f"  (each at its own highest sustained rate: ours {ours_own:.1f} us, miredo "
-              f"{mir_own:.1f} us per RS)")
+        print("  sustained RS/s   " + "   ".join(f"{w} {sustained[w][2]:>16}" for w in servers))
+        print("  server CPU/RS    " + "   ".join(f"{w} {at_common[w]:>10.2f} us" for w in servers)
+              + f"   (all at {common:,.0f} RS/s)")
+        print("  (each at its own highest sustained rate: "
+              + ", ".join(f"{w} {own[w]:.2f} us" for w in servers) + " per RS)")
+        for a, b in (("ours", "miredo"), ("fast", "miredo"), ("fast", "ours")):
+            if a not in servers:
+                continue
+            ra, rb = sustained[a][0], sustained[b][0]
+            bound = "≤ " if sustained[b][1] and not sustained[a][1] else ("≥ " if sustained[a][1] and not sustained[b][1] else "")
+            print(f"  {a}/{b}: RS/s " + (f"{bound}{ra / rb:.2f}" if rb else "n/a")
+                  + f", CPU per RS {at_common[a] / at_common[b]:.2f} (at {common:,.0f} RS/s)")
         print(f"  (elapsed {time.monotonic() - started:.0f} s; absolute figures drift on a shared "
               f"machine, compare only ratios from one run)")
         return 0

@@ -258,7 +258,7 @@ def _probe_targets(args: argparse.Namespace) -> list[tuple[str, str]]:
     return targets
 
 
-def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int) -> dict[str, Any]:
+def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int, upnp: bool) -> dict[str, Any]:
     """
     Run the probe on the global reactor (the command is a short-lived process).
     """
@@ -267,7 +267,7 @@ def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int) ->
     from teredonode.probe import probe
 
     outcome: list[Any] = []
-    d = probe(reactor, targets, timeout, attempts)
+    d = probe(reactor, targets, timeout, attempts, upnp)
     d.addBoth(outcome.append)
     d.addBoth(lambda _: reactor.stop())
     if not outcome:
@@ -286,7 +286,7 @@ def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = Non
         return _fail(err, "probe: --timeout must be > 0 and --attempts 1..10", 2)
     targets = _probe_targets(args)
     try:
-        report = (runner or _run_probe)(targets, args.timeout, args.attempts)
+        report = (runner or _run_probe)(targets, args.timeout, args.attempts, not args.no_upnp)
     except OSError as e:
         return _fail(err, f"probe: {e.strerror or e}", 1)
     if args.json:
@@ -357,6 +357,7 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--config", default="/etc/teredonode/teredo.toml", help="for the default server")
     probe.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each answer (default 2)")
     probe.add_argument("--attempts", type=int, default=2, help="solicitations per step (default 2)")
+    probe.add_argument("--no-upnp", action="store_true", help="do not send the SSDP search for an UPnP gateway on the LAN")
     probe.add_argument("--json", action="store_true", help="print JSON")
 
     commands.add_parser("lab", help="build and drive the network lab (teredo lab --help)", add_help=False)

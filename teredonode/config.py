@@ -365,6 +365,16 @@ def _lan_address(value: Any) -> str:
     return f"{text}/{int(length)}"
 
 
+@_checks('`"auto"`, `"on"` or `"off"`')
+def _fast_path(value: Any) -> str:
+    """
+    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
+    """
+    if value in ("auto", "on", "off"):
+        return str(value)
+    raise _Invalid(f"{_show(value)} is not \"auto\", \"on\" or \"off\"")
+
+
 @_checks('`"auto"`, `true` or `false`')
 def _default_route(value: Any) -> str | bool:
     """
@@ -807,6 +817,16 @@ class ServerSettings(_RoleSettings):
         more="That is 100.64.0.0/10, 192.0.0.0/24, 198.18.0.0/15 and 240.0.0.0/4 as client "
         "mappings; see `teredonode.wire.ipv4`.",
     )
+    fast_path: str = setting(
+        check=_fast_path,
+        default="auto",
+        doc="Answer plain RSs in the kernel (XDP): auto, on, off.",
+        more="Plain (non-secure) Router Solicitations are answered by an XDP program on the "
+        "interfaces holding `primary`/`secondary`; everything else still reaches the Python "
+        "server. `auto`: when the program builds (clang), loads and attaches, else the Python "
+        "path; `on`: refuse to start without it; `off`: never. One log line at start says which "
+        "path and why. See [performance.md](performance.md#kernel-fast-path-xdp).",
+    )
 
     @property
     def prefix_bytes(self) -> bytes:
@@ -912,6 +932,17 @@ class ClientSettings(_RoleSettings):
         "answer (CL-Q-08). By default the client qualifies anyway and reports `nat: unknown`, "
         "because a silent secondary address is far more often a firewall than a symmetric NAT; "
         "`true` keeps the RFC's reading and stays offline.",
+    )
+    refresh_determination: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Measure the NAT's mapping lifetime and stretch the refresh, up to 120 s (RFC 4380 5.2.7).",
+        more="After qualifying, the client qualifies a second UDP port, leaves it idle for a "
+        "candidate interval and has the server send a bubble to it: if it arrives, the NAT "
+        "keeps idle mappings at least that long. A binary search between `refresh` and 120 s "
+        "ends when the interval is within 75 % of the first failing one; the Router "
+        "Solicitations to the server then come that much less often. Status shows the "
+        "search under `refresh-determination`.",
     )
     dormant_with_native: bool = setting(
         check=_boolean,

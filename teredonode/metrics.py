@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.application.service import Service
+from twisted.internet.interfaces import IListeningPort
+
+from teredonode.listening import ListeningService
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -202,7 +204,7 @@ class MetricsResource(Resource):
         return generate_latest(self._registry)
 
 
-class MetricsService(Service):
+class MetricsService(ListeningService):
     """
     Listens on C{address} (C{"host:port"}, C{"[v6]:port"}) while running.  Bound in
     C{privilegedStartService} like the status socket, so a port below 1024 works too.
@@ -216,33 +218,20 @@ class MetricsService(Service):
         self.portNumber = int(port)
         self.source = source
         self._reactor = reactor
-        self.port: Any = None
 
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        self._listen()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self._listen()
-
-    def _listen(self) -> None:
-        if self.port is not None:
-            return
+    def listen(self) -> IListeningPort:
         site = Site(MetricsResource(self.source))
         site.noisy = False
-        self.port = self._reactor.listenTCP(self.portNumber, site, interface=self.host)
-        self.log.info("metrics on http://{address}/metrics", address=self.address)
+        port: Any = self._reactor.listenTCP(self.portNumber, site, interface=self.host)
+        self.log.info("metrics on http://{address}/metrics", address=self._text(port.getHost().port))
+        return cast(IListeningPort, port)
 
     @property
     def address(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        port = self.port.getHost().port if self.port is not None else self.portNumber
-        return f"{host}:{port}"
+        """Where it listens (the port the kernel chose, once bound)."""
+        port: Any = self.port
+        return self._text(port.getHost().port if port is not None else self.portNumber)
 
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+    def _text(self, port: int) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{port}"

@@ -22,6 +22,7 @@ from typing import Any
 
 from teredonode.errors import TeredoError
 from teredonode.udp import _reason
+from teredonode.wire.ipv6 import ipv6_text
 
 __all__ = ["RawIPv6Sender", "RawSocketError"]
 
@@ -30,10 +31,6 @@ class RawSocketError(TeredoError):
     """
     The raw IPv6 socket could not be opened (one line, for the operator).
     """
-
-
-def _ipv6_text(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6, raw)
 
 
 class RawIPv6Sender:
@@ -75,7 +72,7 @@ class RawIPv6Sender:
             self.drops["not-open" if sock is None else "short"] += 1
             return
         try:
-            sock.sendto(packet, (_ipv6_text(packet[24:40]), 0))
+            sock.sendto(packet, (ipv6_text(packet[24:40]), 0))
         except OSError as e:
             self.drops[_reason(e)] += 1
             return

@@ -126,7 +126,7 @@ class TeredoNode(MultiService):
         self.roles: dict[str, Any] = {}
         for name, settings in config.roles.items():
             module = loadRoleModule(name, registry)
-            role = module.makeRole(settings, config.node, reactor)
+            role = module.makeRole(settings, reactor)
             service = IService(role)
             service.setName(name)
             service.setServiceParent(self)

@@ -24,7 +24,7 @@ import socket
 import stat
 from typing import Any
 
-from twisted.application.service import Service
+from teredonode.listening import ListeningService
 from twisted.internet.interfaces import IListeningPort, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol
 from teredonode.logs import Logger
@@ -133,7 +133,7 @@ def prepare_socket_path(path: str) -> None:
         pass
 
 
-class StatusService(Service):
+class StatusService(ListeningService):
     """
     Listens on the status socket while running.
 
@@ -150,31 +150,14 @@ class StatusService(Service):
         self.source = source
         self.mode = mode
         self._reactor = reactor
-        self.port: IListeningPort | None = None
 
-    def privilegedStartService(self) -> None:
-        Service.privilegedStartService(self)
-        self._listen()
-
-    def startService(self) -> None:
-        Service.startService(self)
-        self._listen()
-
-    def _listen(self) -> None:
-        if self.port is not None:
-            return
+    def listen(self) -> IListeningPort:
         prepare_socket_path(self.path)
-        self.port = self._reactor.listenUNIX(self.path, StatusFactory(self.source), mode=self.mode)
+        port: IListeningPort = self._reactor.listenUNIX(self.path, StatusFactory(self.source), mode=self.mode)
         # listenUNIX applies the mode after bind(); make sure, since umask can only narrow it.
         os.chmod(self.path, self.mode)
         self.log.info("status on {path}", path=self.path)
-
-    def stopService(self) -> Any:
-        Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
+        return port
 
 
 @implementer(IStatusSource)

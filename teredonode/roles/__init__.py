@@ -1,7 +1,7 @@
 """
 The Teredo roles.  Each lives in its own module, C{teredonode.roles.<module>}, exposing
 
-    makeRole(settings, node, reactor) -> a provider of ITeredoRole and IService
+    makeRole(settings, reactor) -> a provider of ITeredoRole and IService
 
 where C{settings} is the role's validated table from L{teredonode.config} and C{node} the
 C{[node]} table.  L{ROLE_MODULES} maps role names (as in config and C{--role}) to modules.

@@ -66,6 +66,7 @@ from teredonode.wire.address import (
 from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import (
     ALL_NODES,
+    bubble,
     ALL_ROUTERS,
     ICMP_RA,
     NH_ICMPV6,
@@ -75,7 +76,10 @@ from teredonode.wire.ipv6 import (
     is_link_local,
 )
 from teredonode.wire.teredo import AuthIndicator, TeredoPacket, classify
+from teredonode.roles import interval
 from teredonode.roles.qualification import (
+    Accepted,
+    validate_ra,
     DEFAULT_MTU,
     QUALIFICATION_ATTEMPTS,
     QUALIFICATION_TIMEOUT,
@@ -156,6 +160,7 @@ _COUNTERS = (
     "echo-tests-ok",
     "echo-suppressed",
     "relay-rechecks",
+    "interval-probes",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -253,12 +258,21 @@ class TeredoClient(Service):
             backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
             now=reactor.seconds,
             native_ipv6=hasOtherIPv6,
+            local_port=self._localPort,
         )
         self._timer: Any = None
         self._started = False
         self._lastServer: str = settings.server
         self._lastSecondary: str | None = settings.secondary
         self._lastNat = "unknown"
+        #: X-PP-06: the NAT kept our local port in the mapping.
+        self.portPreserving = False
+        #: RFC 4380 section 5.2.7 (refresh-determination): the procedure, its port, timer.
+        self._interval: interval.IntervalProbe | None = None
+        self._intervalSocket = ServicePort(self._secondaryReceived)
+        self._intervalPort: Any = None
+        self._intervalTimer: Any = None
+        self._measuredRefresh: float | None = None
         self.keyExpired = False
         self.mapping: Endpoint | None = None
         self.address: TeredoAddress | None = None
@@ -329,6 +343,25 @@ class TeredoClient(Service):
         if port is not None:
             return port.stopListening()
         return None
+
+    def _intervalStatus(self) -> dict[str, Any]:
+        probe = self._interval
+        if probe is None:
+            return {"state": "off" if not self.settings.refresh_determination else "waiting"}
+        state = probe.state
+        if isinstance(state, interval.Done):
+            return {"state": "done", "reason": state.reason, "refresh": state.refresh}
+        search = state.search
+        return {
+            "state": type(state).__name__.lower(),
+            "refresh": search.refresh,
+            "candidate": search.candidate,
+            "maximum": search.maximum,
+        }
+
+    def _localPort(self) -> int:
+        port = self._port
+        return int(port.getHost().port) if port is not None else 0
 
     # -- IDiscoveryHost ----------------------------------------------------------------------
 
@@ -463,7 +496,11 @@ class TeredoClient(Service):
 
     def _routerAdvertisement(self, packet: TeredoPacket) -> None:
         before = self._machine.state
-        self._feed(self._machine.router_advertisement(packet), before)
+        effects = self._machine.router_advertisement(packet)
+        if not any(isinstance(effect, Drop) for effect in effects):
+            self.counters["ra-accepted"] += 1
+            observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
+        self._feed(effects, before)
 
     def _do(self, effect: Effect) -> None:
         if isinstance(effect, SendSolicitation):
@@ -530,14 +567,17 @@ class TeredoClient(Service):
         state = self._machine.state
         if isinstance(state, _SERVED):
             self._lastServer, self._lastSecondary = state.server, state.secondary
+        self._socket.sendto(self._routerSolicitation(nonce), (target, TEREDO_PORT))
+        self.counters["rs-sent"] += 1
+        self._rsSentAt = self._reactor.seconds()
+
+    def _routerSolicitation(self, nonce: bytes) -> bytes:
+        """The RS with its authentication indicator (nonce; HMAC for secure qualification)."""
         rs = icmpv6_packet(CLIENT_LINK_LOCAL_RESTRICTED, ALL_ROUTERS, RouterSolicitation(), 255)
         value = b""
         if self._secret is not None:
             value = teredo_auth_value(self._secret, nonce, 0, b"", rs)
-        auth = AuthIndicator(nonce, self._clientId, value).to_bytes()
-        self._socket.sendto(auth + rs, (target, TEREDO_PORT))
-        self.counters["rs-sent"] += 1
-        self._rsSentAt = self._reactor.seconds()
+        return AuthIndicator(nonce, self._clientId, value).to_bytes() + rs
 
     def _configure(self, effect: Configure) -> None:
         """
@@ -546,9 +586,8 @@ class TeredoClient(Service):
         """
         answer = effect.answer
         mapping, prefix, mtu = answer.mapping, answer.prefix, answer.mtu
-        self.counters["ra-accepted"] += 1
-        observe("rs-ra", self._reactor.seconds() - self._rsSentAt)
         self._lastNat = effect.nat
+        self.portPreserving = effect.port_preserving
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:
@@ -584,6 +623,8 @@ class TeredoClient(Service):
             if self.discovery is not None:
                 self.discovery.start()
         self._updateDefaultRoute()
+        if effect.first and self.settings.refresh_determination and self._interval is None:
+            self._startIntervalDetermination()
 
     def _prefix64(self) -> bytes | None:
         if self.address is None:
@@ -638,6 +679,92 @@ class TeredoClient(Service):
         self.tunnel.setIdentity(None, None)
         if self.discovery is not None:
             self.discovery.stop()
+        if self._interval is not None:
+            self._intervalFeed(self._interval.stop())
+
+    # -- refresh interval determination (RFC 4380 section 5.2.7, CL-I-*) -------------------------
+
+    def _startIntervalDetermination(self) -> None:
+        """
+        CL-I-02: right after the service port qualified, a secondary port (used for nothing
+        else, CL-I-05) qualifies and the search begins.
+        """
+        self._interval = interval.IntervalProbe(float(self.settings.refresh), lambda: self._randbytes(8))
+        try:
+            self._intervalPort = self._reactor.listenUDP(
+                0, self._intervalSocket, interface=self.settings.bind
+            )
+        except OSError as e:
+            self.log.warn("Refresh interval determination off: {error}", error=str(e))
+            self._interval = None
+            return
+        self._intervalFeed(self._interval.start())
+
+    def _intervalFeed(self, effects: list[interval.Effect]) -> None:
+        probe = self._interval
+        assert probe is not None
+        for effect in effects:
+            if isinstance(effect, interval.SolicitSecondary):
+                self._intervalSocket.sendto(self._routerSolicitation(effect.nonce), (self.server, TEREDO_PORT))
+                self.counters["interval-probes"] += 1
+            elif isinstance(effect, interval.SendBubble):
+                self._intervalBubble(effect.prefix, effect.mapping)
+                self.counters["interval-probes"] += 1
+            elif isinstance(effect, interval.UseRefresh):
+                self._useRefresh(effect.refresh)
+            elif isinstance(effect, interval.Conclude):
+                self._useRefresh(effect.refresh)
+                self.log.info(
+                    "Refresh interval {refresh:.0f} s (determination {reason})",
+                    refresh=effect.refresh, reason=effect.reason,
+                )
+                port, self._intervalPort = self._intervalPort, None
+                if port is not None:
+                    port.stopListening()
+        if self._intervalTimer is not None and self._intervalTimer.active():
+            self._intervalTimer.cancel()
+        self._intervalTimer = None
+        timeout = probe.state.timeout
+        if timeout is not None and self.running:
+            self._intervalTimer = self._reactor.callLater(timeout, self._intervalTimerFired)
+
+    def _intervalTimerFired(self) -> None:
+        self._intervalTimer = None
+        if self._interval is not None:
+            self._intervalFeed(self._interval.timer())
+
+    def _useRefresh(self, refresh: float) -> None:
+        if refresh > self.settings.refresh:
+            self._measuredRefresh = refresh
+            self._machine.policy = self._policy(self.settings)
+
+    def _intervalBubble(self, prefix: bytes, mapping: Endpoint) -> None:
+        """CL-I-04 (2): an indirect bubble, through the server, to the secondary address."""
+        if self.address is None:
+            return
+        target = TeredoAddress(prefix[:4], ipv4.unpack(prefix[4:8]), 0, mapping[1], mapping[0])
+        self._socket.sendto(bubble(self.address.to_bytes(), target.to_bytes()), (self.server, TEREDO_PORT))
+
+    def _secondaryReceived(self, data: bytes, addr: Endpoint) -> None:
+        """
+        The secondary port hears only the server: its RA, or the bubble it relayed to us.
+        """
+        probe = self._interval
+        if probe is None or addr != (self.server, TEREDO_PORT):
+            return
+        try:
+            packet = classify(data)
+        except ParseError:
+            return
+        state = probe.state
+        if isinstance(state, interval.Qualifying):
+            verdict = validate_ra(packet, state.nonce, self.server, self._secret)
+            if isinstance(verdict, Accepted):
+                answer = verdict.answer
+                self._intervalFeed(probe.answer(state.nonce, answer.mapping, answer.prefix))
+        elif isinstance(state, interval.Listening) and packet.is_bubble:
+            if self.address is not None and packet.header.src == self.address.to_bytes():
+                self._intervalFeed(probe.bubble())
 
     # -- reload ------------------------------------------------------------------------------
 
@@ -652,12 +779,13 @@ class TeredoClient(Service):
     )
 
     def _policy(self, settings: Any) -> Policy:
+        measured = getattr(self, "_measuredRefresh", None)
         return Policy(
             server=settings.server,
             secondary=settings.secondary,
             allow_symmetric=settings.allow_symmetric,
             strict_secondary=settings.strict_secondary,
-            refresh=float(settings.refresh),
+            refresh=max(float(settings.refresh), measured or 0.0),
             dormant_with_native=settings.dormant_with_native,
             secret=self._secret,
         )
@@ -680,6 +808,12 @@ class TeredoClient(Service):
             "state": self.state,
             "offline-reason": self.offlineReason if self.state == "offline" else None,
             "nat": self.nat,
+            "refresh-interval": self._machine.policy.refresh,
+            "refresh-determination": self._intervalStatus(),
+            "nat-flags": {  # RFC 6081 section 5: what qualification learnt of the NAT
+                "symmetric": {"symmetric": True, "restricted-or-cone": False}.get(self.nat),
+                "port-preserving": self.portPreserving if self.state == "qualified" else None,
+            },
             "server": self.server,
             "secondary": self.secondary,
             "mapping": _ep(self.mapping) if self.mapping else None,
@@ -704,7 +838,7 @@ def _ep(endpoint: Endpoint) -> str:
     return f"{endpoint[0]}:{endpoint[1]}"
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoClient:
+def makeRole(settings: Any, reactor: Any) -> TeredoClient:
     """
     The production client: a real TUN, C{ip} for configuration, the kernel's routing table
     for the "other IPv6" check, system randomness.

@@ -170,7 +170,7 @@ class HostSpecificRelay(TeredoRelay):
         return {"addresses": sorted(ipv6_text(a) for a in self.own)}
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> HostSpecificRelay:
+def makeRole(settings: Any, reactor: Any) -> HostSpecificRelay:
     """
     The production host-specific relay: a real TUN, C{ip}, the kernel's address table.
     On a host without native IPv6 it stops twistd with one line (a C{SystemExit} carrying

@@ -378,12 +378,17 @@ class SendSolicitation:
 
 @dataclass(frozen=True)
 class Configure:
-    """Qualified or refreshed: use this mapping (CL-Q-09, CL-M-05); C{first} after probing."""
+    """
+    Qualified or refreshed: use this mapping (CL-Q-09, CL-M-05); C{first} after probing.
+    C{port_preserving}: the mapped port is our local port (X-PP-06, CL-Q-11), which RFC 6081
+    section 5.4 uses behind a symmetric NAT.
+    """
 
     server: str
     answer: Answer
     nat: str
     first: bool
+    port_preserving: bool = False
 
 
 @dataclass(frozen=True)
@@ -449,6 +454,7 @@ class Qualification:
     @param backoff: the wait after failures.
     @param now: the clock, for CL-M-02 ("heard from the server recently").
     @param native_ipv6: does the host have IPv6 by other means (G-03)?
+    @param local_port: the service port's local number (X-PP-06), known once it is bound.
     """
 
     def __init__(
@@ -459,6 +465,7 @@ class Qualification:
         backoff: Backoff | None = None,
         now: Callable[[], float] = lambda: 0.0,
         native_ipv6: Callable[[], bool] = lambda: False,
+        local_port: Callable[[], int] = lambda: 0,
     ) -> None:
         self.policy = policy
         self._nonce = nonce
@@ -466,6 +473,7 @@ class Qualification:
         self._backoff: Backoff = backoff if backoff is not None else JitteredBackoff(uniform)
         self._now = now
         self._native = native_ipv6
+        self._localPort = local_port
         self._heard: float | None = None
         self.state: State = Stopped()
 
@@ -607,7 +615,8 @@ class Qualification:
     def _qualified(self, server: str, secondary: str, answer: Answer, nat: str, first: bool) -> list[Effect]:
         interval = self._refreshInterval()
         self.state = Qualified(server, secondary, answer, nat, interval, interval)
-        return [Configure(server, answer, nat, first)]
+        preserving = answer.mapping[1] == self._localPort()
+        return [Configure(server, answer, nat, first, preserving)]
 
     def _offline(self, reason: str, failures: int) -> list[Effect]:
         delay = self._backoff.delay(failures + 1)

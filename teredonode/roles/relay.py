@@ -421,7 +421,7 @@ class TeredoRelay(Service):
         return {"serve": list(self.settings.serve), "health": health}
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoRelay:
+def makeRole(settings: Any, reactor: Any) -> TeredoRelay:
     """
     The production relay: a real TUN, C{ip} and sysctls for configuration.  A host with no
     IPv6 route toward native hosts (other than the relay's own TUN) would drop every packet

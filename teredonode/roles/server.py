@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from functools import partial
-from typing import Any
+from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.task import LoopingCall
@@ -116,6 +116,9 @@ class TeredoServer(Service):
     @param netconfig: configures C{tun} (address-less; a route for the server's /64).
     @param native: where echo tests to native hosts are sent (a L{RawIPv6Sender}, so the
         host need not forward IPv6); C{tun} when C{None}.
+    @param fastpath: starts the kernel fast path for plain Router Solicitations once the
+        sockets are bound (L{teredonode.fastpath.start}: settings and the RA this server
+        sends in, a running fast path or C{None} out); C{None}: the Python path only.
     """
 
     roleName = "server"
@@ -128,6 +131,7 @@ class TeredoServer(Service):
         tun: ITunDevice | None = None,
         netconfig: INetworkConfigurator | None = None,
         native: Any = None,
+        fastpath: Callable[[Any, bytes], Any] | None = None,
     ) -> None:
         self.settings = settings
         self._reactor = reactor
@@ -159,6 +163,8 @@ class TeredoServer(Service):
         self._rateLoop = LoopingCall(self._sampleRates)
         self._rateLoop.clock = reactor
         self._started: float | None = None
+        self._fastPathStarter = fastpath
+        self._fastPath: Any = None
 
     # -- service ---------------------------------------------------------------------------
 
@@ -177,6 +183,13 @@ class TeredoServer(Service):
             self._tun.startReading(self.ipv6Received)
         if self._native is not None and self._native is not self._tun:
             self._native.open()
+        if self._fastPathStarter is not None:
+            from teredonode.fastpath import FastPathUnavailable
+
+            try:
+                self._fastPath = self._fastPathStarter(self.settings, self._raFor(bytes(16)))
+            except FastPathUnavailable as e:
+                raise SystemExit(f"teredo: fast-path = \"on\" but {e}") from None
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -194,6 +207,9 @@ class TeredoServer(Service):
         Service.stopService(self)
         if self._rateLoop.running:
             self._rateLoop.stop()
+        if self._fastPath is not None:
+            self._fastPath.close()
+            self._fastPath = None
         if self._tun is not None:
             self._tun.close()
         if self._native is not None and self._native is not self._tun:
@@ -472,15 +488,36 @@ class TeredoServer(Service):
         self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
         self._max_payload = settings.max_payload
         self._hardened = settings.hardened
+        if self._fastPath is not None:
+            self._fastPath.configure(settings, self._raFor(bytes(16)))
 
     # -- status ----------------------------------------------------------------------------
 
+    def _merged(self) -> tuple[Counter[str], Counter[str], dict[str, int]]:
+        """
+        Counters and drops of both paths (the fast path's per-CPU counters added under the
+        same names), and the fast path's own counts.
+        """
+        if self._fastPath is None:
+            return self.counters, self.drops, {}
+        from teredonode.fastpath import DROPS
+
+        fast = self._fastPath.counts()
+        counters, drops = Counter(self.counters), Counter(self.drops)
+        for name, value in fast.items():
+            if name in DROPS:
+                drops[name] += value
+            elif name in ("received", "rs", "ra"):
+                counters[name] += value
+        return counters, drops, fast
+
     def _sampleRates(self) -> None:
+        counters, drops, _ = self._merged()
         for key in ("received", "rs", "ra", "forwarded", "forwarded-ipv6"):
-            value = self.counters[key]
+            value = counters[key]
             self._rates[key] = float(value - self._last.get(key, 0))
             self._last[key] = value
-        dropped = sum(self.drops.values())
+        dropped = sum(drops.values())
         self._rates["dropped"] = float(dropped - self._last.get("dropped", 0))
         self._last["dropped"] = dropped
 
@@ -491,6 +528,7 @@ class TeredoServer(Service):
                 send_drops.update(getattr(sock.sender, "drops", {}))
         if self._native is not None and self._native is not self._tun:
             send_drops.update(getattr(self._native, "drops", {}))
+        counters, drops, fast = self._merged()
         return {
             "state": "serving" if self.running else "stopped",
             "primary": self.primary,
@@ -498,10 +536,14 @@ class TeredoServer(Service):
             "prefix": ipv6_text(self._advertised) + "/64",
             "ipv6-side": self._tun.name if self._tun is not None else None,
             "counters": {
-                k: self.counters[k]
-                for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
+                k: counters[k] for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
             },
-            "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "drops": {reason: drops[reason] for reason in DROP_REASONS},
+            "fast-path": (
+                {"interfaces": self._fastPath.interfaces, "passed-to-python": fast["passed"]}
+                if self._fastPath is not None
+                else None
+            ),
             "trailers-stripped": {reason: self.stripped[reason] for reason in STRIP_REASONS},
             "send-errors": dict(send_drops),
             "rates-per-second": dict(self._rates),
@@ -543,7 +585,7 @@ def _limiters(settings: Any, clock: Any) -> tuple[RateLimiter, RateLimiter]:
     return rs, forward
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
+def makeRole(settings: Any, reactor: Any) -> TeredoServer:
     """
     The production server: real sockets, and an IPv6 side when the C{[server] interface}
     setting names one: echo tests leave through a raw IPv6 socket (no IPv6 forwarding needed
@@ -565,4 +607,6 @@ def makeRole(settings: Any, node: Any, reactor: Any) -> TeredoServer:
         except TeredoError as e:
             raise SystemExit(f"teredo: {e}") from None
         native.close()
-    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig, native=native)
+    from teredonode.fastpath import start
+
+    return TeredoServer(settings, reactor, tun=tun, netconfig=netconfig, native=native, fastpath=start)

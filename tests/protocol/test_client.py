@@ -161,6 +161,7 @@ class QualificationTests(ClientTestCase):
             self.assertIn((status["address"], 32), conf.addresses["teredo"])
             self.assertIn((status["link-local"], 64), conf.addresses["teredo"])
             self.assertIn(("teredo", "::/0", 2048), conf.routes)
+            self.assertEqual(status["counters"]["ra-accepted"], 2, kind)  # primary, secondary
 
     def test_routerSolicitationFormat(self) -> None:
         """
@@ -216,6 +217,24 @@ class QualificationTests(ClientTestCase):
         client = self.makeClient()
         self.net.run(12)
         self.assertEqual((client.state, client.nat), ("qualified", "unknown"))
+
+    def test_natFlags(self) -> None:
+        """
+        X-PP-06 / CL-Q-11 and the secondary check: status says whether the NAT is symmetric
+        and whether it kept our local port.
+        """
+        cone = self.makeClient("port-restricted", port=40000)
+        preserving = self.makeClient("symmetric-port-preserving", allow_symmetric=True, port=40001)
+        random_ports = self.makeClient("symmetric", allow_symmetric=True, port=40002)
+        self.net.flush()
+        flags = [c.status()["nat-flags"] for c in (cone, preserving, random_ports)]
+        self.assertEqual(flags[0]["symmetric"], False)
+        self.assertEqual(flags[1], {"symmetric": True, "port-preserving": True})
+        self.assertEqual(flags[2]["symmetric"], True)
+        self.assertEqual(flags[2]["port-preserving"], random_ports.mapping is not None and random_ports.mapping[1] == 40002)
+        offline = self.makeClient("symmetric")
+        self.net.flush()
+        self.assertEqual(offline.status()["nat-flags"], {"symmetric": True, "port-preserving": None})
 
     def test_silentSecondaryStrict(self) -> None:
         """
@@ -409,6 +428,30 @@ class MaintenanceTests(ClientTestCase):
         self.assertEqual(len(times), qualified)
         self.net.run(31)
         self.assertEqual(len(times), qualified + 1)
+
+    def test_refreshDetermination(self) -> None:
+        """
+        RFC 4380 section 5.2.7 behind a NAT that keeps idle mappings 80 s: the secondary port
+        finds a working interval of 75 s, the client refreshes that much less often and stays
+        qualified with the same address, and the secondary port is closed (CL-I-05).
+        """
+        times = self.rsTimes()
+        client = self.makeClient(natTimeout=80, refresh_determination=True)
+        self.net.run(1400)
+        status = client.status()
+        self.assertEqual(status["refresh-determination"], {"state": "done", "reason": "concluded", "refresh": 75.0})
+        self.assertEqual(status["refresh-interval"], 75.0)
+        self.assertEqual(status["state"], "qualified")
+        self.assertEqual(status["counters"]["address-changes"], 0)
+        late = [t for t in times if t > 900]
+        gaps = [b - a for a, b in zip(late, late[1:])]
+        self.assertTrue(gaps and all(56.25 - 4 <= gap <= 75.0 + 4 for gap in gaps), gaps)
+
+    def test_refreshDeterminationOffByDefault(self) -> None:
+        client = self.makeClient()
+        self.net.run(300)
+        self.assertEqual(client.status()["refresh-determination"], {"state": "off"})
+        self.assertEqual(client.status()["counters"]["interval-probes"], 0)
 
     def test_mappingChangeSwapsAddress(self) -> None:
         """
@@ -1076,7 +1119,7 @@ class RoleTests(ClientTestCase):
 
     def test_makeRole(self) -> None:
         settings = ClientSettings(server=PRIMARY, secondary=SECONDARY)
-        role = client_module.makeRole(settings, None, Clock())
+        role = client_module.makeRole(settings, Clock())
         self.assertTrue(verifyObject(ITeredoRole, role))
         self.assertEqual(role.roleName, "client")
 

@@ -171,11 +171,11 @@ class ServiceTests(HostRelayTestCase):
         """
         self.patch(hostrelay_module, "nativeAddresses", lambda *a, **k: frozenset())
         with self.assertRaises(SystemExit) as caught:
-            hostrelay_module.makeRole(HostRelaySettings(), None, Clock())
+            hostrelay_module.makeRole(HostRelaySettings(), Clock())
         self.assertIn("no native IPv6", str(caught.exception.code))
         self.assertNotIn("\n", str(caught.exception.code))
         self.patch(hostrelay_module, "nativeAddresses", lambda *a, **k: frozenset({DUAL6}))
-        role = hostrelay_module.makeRole(HostRelaySettings(), None, Clock())
+        role = hostrelay_module.makeRole(HostRelaySettings(), Clock())
         self.assertTrue(verifyObject(ITeredoRole, role))
 
     def test_nativeAddresses(self) -> None:

@@ -202,7 +202,7 @@ class ServiceTests(RelayTestCase):
         assert isinstance(settings, RelaySettings)
         self.assertEqual((settings.max_peers, settings.peer_queue_bytes, settings.icmp_rate, settings.serve),
                          (1_048_576, 1280, 10.0, ("2000::/3",)))
-        role = relay_module.makeRole(settings, None, Clock())
+        role = relay_module.makeRole(settings, Clock())
         self.assertTrue(verifyObject(ITeredoRole, role))
         self.assertEqual(role.roleName, "relay")
 

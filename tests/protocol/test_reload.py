@@ -50,7 +50,7 @@ rs-initial = {{initial}}
 """
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> Any:
+def makeRole(settings: Any, reactor: Any) -> Any:
     """
     The role module the node loads in these tests: each role on the in-memory network (the
     node's "reactor" is a fake host), with fake TUNs and network configuration.

@@ -47,10 +47,11 @@ class WheelTests(SynchronousTestCase):
 
 
 class EditableInstallTests(SynchronousTestCase):
-    def test_editable_compat_finds_plugin(self) -> None:
+    def test_editable_finds_plugin(self) -> None:
         """
-        The contributor set-up of CONTRIBUTING.md: an editable install (compat mode) in a
-        fresh virtual environment gives a twistd that knows the teredo plugin.
+        The contributor set-up of CONTRIBUTING.md: a plain editable install (what every
+        contributor types) in a fresh virtual environment gives a twistd that knows the teredo
+        plugin.
         """
         import os
         import venv
@@ -62,8 +63,7 @@ class EditableInstallTests(SynchronousTestCase):
         venv.EnvBuilder(with_pip=True, system_site_packages=False).create(work / "ve")
         python = work / "ve" / "bin" / "python"
         install = subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT),
-             "--config-settings", "editable_mode=compat"],
+            [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)],
             capture_output=True, text=True, timeout=300, cwd=work,
         )
         if install.returncode != 0 and ("Could not find" in install.stderr or "NewConnectionError" in install.stderr):

@@ -28,7 +28,7 @@ from zope.interface.verify import verifyObject
 import teredonode
 import teredonode.roles
 from teredonode import tap
-from teredonode.config import NodeSettings, RelaySettings, ServerSettings, parse_config
+from teredonode.config import RelaySettings, ServerSettings, parse_config
 from teredonode.errors import ConfigError
 from teredonode.interfaces import IStatusSource, ITeredoRole
 from teredonode.service import TeredoNode, checkRoles, loadRoleModule, makeNode
@@ -46,15 +46,15 @@ class FakeRole(Service):
 
     roleName = "server"
 
-    def __init__(self, settings: Any, node: Any, reactor: Any) -> None:
-        self.settings, self.node, self.reactor = settings, node, reactor
+    def __init__(self, settings: Any, reactor: Any) -> None:
+        self.settings, self.reactor = settings, reactor
 
     def status(self) -> dict[str, Any]:
         return {"state": "serving", "primary": self.settings.primary, "drops": {"rate limited": 2}}
 
 
-def makeRole(settings: Any, node: Any, reactor: Any) -> FakeRole:
-    return FakeRole(settings, node, reactor)
+def makeRole(settings: Any, reactor: Any) -> FakeRole:
+    return FakeRole(settings, reactor)
 
 
 def tempdir(case: SynchronousTestCase) -> str:
@@ -185,12 +185,11 @@ class NodeTests(TestCase):
         self.socketPath = os.path.join(self.dir, "run", "status.sock")
         self.config = parse_config(SERVER, "x.toml", overrides={"status-socket": self.socketPath})
 
-    def test_rolesGetSettingsNodeAndReactor(self) -> None:
+    def test_rolesGetSettingsAndReactor(self) -> None:
         clock = Clock()
         node = makeNode(self.config, clock, {"server": __name__})
         role = node.roles["server"]
         self.assertIsInstance(role.settings, ServerSettings)
-        self.assertIsInstance(role.node, NodeSettings)
         self.assertIs(role.reactor, clock)
         self.assertTrue(verifyObject(IStatusSource, node))
         self.assertIs(IService(role).parent, node)

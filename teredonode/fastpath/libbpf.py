@@ -1,0 +1,234 @@
+"""
+The few libbpf (libbpf.so.1) calls the fast path needs, through ctypes.
+
+Why ctypes and not bpftool or a compiled extension: the package stays pure Python (it
+installs and runs without a compiler), the library is the distribution's own, and every map
+read or write is one bpf() system call on a file descriptor we hold, never a process per
+update.  Only the stable libbpf 1.x API is used: open/load an object, find its programs and
+maps, attach XDP through a BPF link (detached by the kernel when our descriptor closes, so a
+crashed server never leaves a stale fast path behind), element lookup/update, and
+C{bpf_prog_test_run_opts} for the differential test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Any
+
+__all__ = ["LibBPF", "BPFError", "load_libbpf", "BpfObject", "XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX"]
+
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
+
+_BPF_ANY = 0
+_BPF_XDP = 37  # enum bpf_attach_type
+_XDP_FLAGS_SKB_MODE = 1 << 1
+
+
+class BPFError(OSError):
+    """
+    A libbpf call failed; C{errno} and C{strerror} say why.
+    """
+
+
+class _TestRunOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("data_in", ctypes.c_void_p),
+        ("data_out", ctypes.c_void_p),
+        ("data_size_in", ctypes.c_uint32),
+        ("data_size_out", ctypes.c_uint32),
+        ("ctx_in", ctypes.c_void_p),
+        ("ctx_out", ctypes.c_void_p),
+        ("ctx_size_in", ctypes.c_uint32),
+        ("ctx_size_out", ctypes.c_uint32),
+        ("retval", ctypes.c_uint32),
+        ("repeat", ctypes.c_int),
+        ("duration", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+        ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _LinkCreateOpts(ctypes.Structure):
+    # The leading fields of struct bpf_link_create_opts; libbpf reads the rest as zero.
+    _fields_ = [("sz", ctypes.c_size_t), ("flags", ctypes.c_uint32)]
+
+
+class LibBPF:
+    """
+    libbpf.so.1 with argument and result types declared.
+    """
+
+    def __init__(self, path: str) -> None:
+        lib = ctypes.CDLL(path, use_errno=True)
+        vp, ci, cu, cs = ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32, ctypes.c_char_p
+        for name, res, args in (
+            ("bpf_object__open_file", vp, [cs, vp]),
+            ("bpf_object__load", ci, [vp]),
+            ("bpf_object__close", None, [vp]),
+            ("bpf_object__find_program_by_name", vp, [vp, cs]),
+            ("bpf_object__find_map_by_name", vp, [vp, cs]),
+            ("bpf_program__fd", ci, [vp]),
+            ("bpf_program__attach_xdp", vp, [vp, ci]),
+            ("bpf_link__destroy", ci, [vp]),
+            ("bpf_link_create", ci, [ci, ci, ci, ctypes.POINTER(_LinkCreateOpts)]),
+            ("bpf_map__fd", ci, [vp]),
+            ("bpf_map__set_max_entries", ci, [vp, cu]),
+            ("bpf_map__value_size", cu, [vp]),
+            ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
+            ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
+            ("bpf_prog_test_run_opts", ci, [ci, ctypes.POINTER(_TestRunOpts)]),
+            ("libbpf_num_possible_cpus", ci, []),
+            ("libbpf_set_print", vp, [vp]),
+        ):
+            fn = getattr(lib, name)
+            fn.restype = res
+            fn.argtypes = args
+        self.lib = lib
+        # libbpf's own messages would go to stderr, once per failed probe: the caller turns
+        # a failure into one log line instead.
+        lib.libbpf_set_print(None)
+
+    def check(self, result: int, what: str) -> int:
+        """
+        libbpf 1.x returns a negative errno (and sets errno) on failure.
+        """
+        if result < 0:
+            err = -result if result != -1 else ctypes.get_errno()
+            raise BPFError(err, f"{what}: {os.strerror(err)}")
+        return result
+
+    def pointer(self, result: int | None, what: str) -> int:
+        if not result:
+            err = ctypes.get_errno() or 22
+            raise BPFError(err, f"{what}: {os.strerror(err)}")
+        return result
+
+
+def load_libbpf() -> LibBPF:
+    """
+    The system's libbpf 1.x, or L{BPFError} (ENOENT) when it is not installed.
+    """
+    candidates = ["libbpf.so.1"]
+    found = ctypes.util.find_library("bpf")
+    if found:
+        candidates.append(found)
+    for name in candidates:
+        try:
+            return LibBPF(name)
+        except (OSError, AttributeError):
+            continue
+    raise BPFError(2, "libbpf.so.1 not found (install libbpf1)")
+
+
+class BpfObject:
+    """
+    One loaded BPF object file: its programs and maps by name, element access on the maps.
+    """
+
+    def __init__(self, libbpf: LibBPF, path: str, max_entries: dict[str, int] | None = None) -> None:
+        self._b = libbpf
+        lib = libbpf.lib
+        self._obj = libbpf.pointer(lib.bpf_object__open_file(path.encode(), None), f"opening {path}")
+        self._links: list[int] = []
+        self._link_fds: list[int] = []
+        try:
+            for name, entries in (max_entries or {}).items():
+                libbpf.check(lib.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
+            libbpf.check(lib.bpf_object__load(self._obj), f"loading {os.path.basename(path)}")
+        except BaseException:
+            lib.bpf_object__close(self._obj)
+            raise
+
+    def _map(self, name: str) -> int:
+        return self._b.pointer(self._b.lib.bpf_object__find_map_by_name(self._obj, name.encode()), f"map {name}")
+
+    def _program(self, name: str) -> int:
+        return self._b.pointer(
+            self._b.lib.bpf_object__find_program_by_name(self._obj, name.encode()), f"program {name}"
+        )
+
+    def program_fd(self, name: str) -> int:
+        return self._b.check(self._b.lib.bpf_program__fd(self._program(name)), f"program {name}")
+
+    def map_fd(self, name: str) -> int:
+        return self._b.check(self._b.lib.bpf_map__fd(self._map(name)), f"map {name}")
+
+    def value_size(self, name: str) -> int:
+        return int(self._b.lib.bpf_map__value_size(self._map(name)))
+
+    def attach_xdp(self, program: str, ifindex: int, generic: bool = False) -> None:
+        """
+        Attach through a BPF link: native XDP where the driver has it (generic otherwise),
+        or generic XDP when asked; the kernel detaches it when the link's descriptor
+        closes, whatever ends the process.
+        """
+        what = f"attaching XDP to ifindex {ifindex}"
+        if generic:
+            opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=_XDP_FLAGS_SKB_MODE)
+            fd = self._b.check(
+                self._b.lib.bpf_link_create(self.program_fd(program), ifindex, _BPF_XDP, ctypes.byref(opts)), what
+            )
+            self._link_fds.append(fd)
+            return
+        link = self._b.pointer(self._b.lib.bpf_program__attach_xdp(self._program(program), ifindex), what)
+        self._links.append(link)
+
+    def update(self, fd: int, key: bytes, value: bytes) -> None:
+        k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
+        self._b.check(self._b.lib.bpf_map_update_elem(fd, k, v, _BPF_ANY), "map update")
+
+    def lookup(self, fd: int, key: bytes, size: int) -> bytes | None:
+        """
+        The value under C{key} (C{size} bytes), or C{None} when absent.
+        """
+        k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(size)
+        result = self._b.lib.bpf_map_lookup_elem(fd, k, v)
+        if result < 0:
+            return None
+        return v.raw
+
+    def possible_cpus(self) -> int:
+        return self._b.check(self._b.lib.libbpf_num_possible_cpus(), "counting CPUs")
+
+    def test_run(self, program: str, frame: bytes) -> tuple[int, bytes]:
+        """
+        Run C{program} once on C{frame} (BPF_PROG_TEST_RUN): its verdict and the frame it
+        leaves.
+        """
+        data_in = ctypes.create_string_buffer(frame, len(frame))
+        data_out = ctypes.create_string_buffer(4096)
+        opts = _TestRunOpts(
+            sz=ctypes.sizeof(_TestRunOpts),
+            data_in=ctypes.cast(data_in, ctypes.c_void_p),
+            data_out=ctypes.cast(data_out, ctypes.c_void_p),
+            data_size_in=len(frame),
+            data_size_out=len(data_out),
+            repeat=1,
+        )
+        self._b.check(self._b.lib.bpf_prog_test_run_opts(self.program_fd(program), ctypes.byref(opts)), "test run")
+        return int(opts.retval), data_out.raw[: opts.data_size_out]
+
+    def close(self) -> None:
+        """
+        Detach every link and free the object (maps and programs go with their last
+        reference).
+        """
+        links, self._links = self._links, []
+        for link in links:
+            self._b.lib.bpf_link__destroy(link)
+        fds, self._link_fds = self._link_fds, []
+        for fd in fds:
+            os.close(fd)
+        if self._obj:
+            self._b.lib.bpf_object__close(self._obj)
+            self._obj = 0
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
