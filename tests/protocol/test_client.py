@@ -185,7 +185,7 @@ class QualificationTests(ClientTestCase):
             assert packet.auth is not None
             self.assertEqual(len(packet.auth.nonce), 8)
             self.assertEqual(packet.auth.client_id, b"")
-        self.assertEqual(len({p.auth.nonce for p in sent}), 3)  # type: ignore[union-attr]
+        self.assertEqual(len({p.auth.nonce for p in sent if p.auth is not None}), 3)
         self.assertEqual(client.state, "probing")
         self.net.run(0.2)
         self.assertEqual(client.state, "offline")
@@ -315,9 +315,11 @@ class QualificationTests(ClientTestCase):
         self.net.flush()
         unplug()
         [rs] = [d for d in self.net.capture if d.dst[0] == PRIMARY]
-        nonce = classify(rs.data).auth.nonce  # type: ignore[union-attr]
+        auth = classify(rs.data).auth
+        assert auth is not None
+        nonce = auth.nonce
         good = self.forgedRA(nonce, OriginIndication(*rs.src))
-        noOrigin = self.forgedRA(nonce, None)  # type: ignore[arg-type]
+        noOrigin = self.forgedRA(nonce, None)  # type: ignore[arg-type]  # deliberately no origin indication
         twoPrefixes = self.forgedRA(nonce, OriginIndication(*rs.src), prefixes=2)
         badSum = bytearray(good)
         badSum[-1] ^= 1
@@ -813,7 +815,8 @@ class LocalDiscoveryTests(ClientTestCase):
         b = self.lanClient("10.0.0.3", seed=2)
         self.net.flush()
         self.assertEqual((a.state, b.state), ("qualified", "qualified"))
-        self.assertEqual(a.mapping[0], b.mapping[0])  # type: ignore[index]
+        assert a.mapping is not None and b.mapping is not None
+        self.assertEqual(a.mapping[0], b.mapping[0])
         self.assertEqual(a.status()["local-discovery"]["local-peers"], 1)
         self.assertEqual(b.status()["local-discovery"]["local-peers"], 1)
         start, forwarded = len(self.net.capture), self.server.status()["counters"]["forwarded"]
@@ -951,7 +954,9 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.run(1000)
         self.assertIn(baddr, a.tunnel.peers)
         b.stopService()
-        heard = a.tunnel.peers.get(baddr).last_rx  # type: ignore[union-attr]
+        known = a.tunnel.peers.get(baddr)
+        assert known is not None
+        heard = known.last_rx
         self.net.run(heard + 599 - self.clock.seconds())
         self.assertIn(baddr, a.tunnel.peers)
         self.net.run(12)
@@ -988,7 +993,8 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
         self.net.flush()
-        mapped = a.mapping[0]  # type: ignore[index]
+        assert a.mapping is not None
+        mapped = a.mapping[0]
         ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, mapped).to_bytes()
         foreign = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "192.0.2.50").to_bytes()
         private = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "10.0.0.3").to_bytes()
@@ -1031,7 +1037,8 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.flush()
-        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
         odd = Endpoint()
         self.nat.host("192.0.2.77").listenUDP(4000, odd)
         odd.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
@@ -1045,9 +1052,10 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.flush()
-        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
         peer = a.tunnel.peers.create(ours)
-        peer.trust((a.mapping[0], 1234), self.clock.seconds())  # type: ignore[index]
+        peer.trust((a.mapping[0], 1234), self.clock.seconds())
         lan = Endpoint()
         self.nat.host("10.0.0.4").listenUDP(4000, lan)
         lan.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)

@@ -77,7 +77,7 @@ class HostRelayTestCase(SynchronousTestCase):
         self.addCleanup(self.server.stopService)
         self.addresses = {DUAL6}
         self.hr = self.makeHostRelay()
-        self.tun: FakeTunDevice = self.hr._tun  # type: ignore[assignment]
+        self.tun = fakeTun(self.hr)
         self.stack = DualHostStack(self.tun, self.serverTun)
 
     def makeHostRelay(self, start: bool = True, ip: str = DUAL_IP, **overrides: Any) -> HostSpecificRelay:
@@ -113,8 +113,9 @@ class HostRelayTestCase(SynchronousTestCase):
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        local = self.hr._socket.sender.local  # type: ignore[union-attr]
-        return (DUAL_IP, local[1])
+        sender = self.hr._socket.sender
+        assert sender is not None
+        return (DUAL_IP, sender.local[1])
 
     def drops(self) -> dict[str, int]:
         return {k: v for k, v in self.hr.status()["drops"].items() if v}
@@ -138,7 +139,8 @@ class ServiceTests(HostRelayTestCase):
         HR-01/02: an unnumbered TUN with 2001::/32 routed to it, forwarding left off, no
         Teredo address; the status lists the host's addresses and every drop reason.
         """
-        conf: FakeNetworkConfigurator = self.hr._netconfig  # type: ignore[assignment]
+        conf = self.hr._netconfig
+        assert isinstance(conf, FakeNetworkConfigurator)
         self.assertIn(("teredo-hr", "2001::/32", 1024), conf.routes)
         self.assertEqual(conf.addresses["teredo-hr"], set())
         self.assertFalse(conf.forwarding)

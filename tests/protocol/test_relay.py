@@ -177,7 +177,8 @@ class ServiceTests(RelayTestCase):
         RL-01, RL-03: the TUN is up with MTU 1280 and the prefix's route, forwarding is on,
         UDP 3544 is bound; stopping removes the route and cancels every timer.
         """
-        conf: FakeNetworkConfigurator = self.relay._netconfig  # type: ignore[assignment]
+        conf = self.relay._netconfig
+        assert isinstance(conf, FakeNetworkConfigurator)
         self.assertEqual(conf.links["teredo-relay"].mtu, 1280)
         self.assertIn(("teredo-relay", "2001::/32", 1024), conf.routes)
         self.assertTrue(conf.forwarding)

@@ -93,7 +93,7 @@ class RestartTestCase(SynchronousTestCase):
 
     def stopRelay(self, ip: str) -> None:
         relay = self.relays.pop(ip)
-        self.side.live.remove(relay._tun)  # type: ignore[arg-type]
+        self.side.live.remove(fakeTun(relay))
         relay.stopService()
 
     def makeClient(self) -> tuple[TeredoClient, bytes]:

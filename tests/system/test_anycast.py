@@ -96,8 +96,8 @@ class RestartTests(AnycastLabCase):
             serving = self.startRelay("our-relay", "relay")
             for name, run in (("client->v6host", up.result()), ("v6host->client", down.result())):
                 first = run.first_after(serving)
-                self.assertIsNotNone(first, f"{name}: no reply after the restart")
-                recovered[name].append(first - serving)  # type: ignore[operator]
+                assert first is not None, f"{name}: no reply after the restart"
+                recovered[name].append(first - serving)
                 self.assertLessEqual(recovered[name][-1], RECOVERY_BOUND, (name, recovered))
                 self.assertEqual(run.lost_after(serving), [], name)
             status = self.lab.node_status("our-relay")["relay"]
@@ -125,12 +125,12 @@ class RestartTests(AnycastLabCase):
         serving = self.startRelay("our-relay", "relay")
         run = up.result()
         first = run.first_after(serving)
-        self.assertIsNotNone(first, "no reply after the restart")
-        self.assertLessEqual(first - serving, RECOVERY_BOUND)  # type: ignore[operator]
+        assert first is not None, "no reply after the restart"
+        self.assertLessEqual(first - serving, RECOVERY_BOUND)
         self.assertEqual(run.lost_after(serving), [])
         status = self.lab.node_status("our-relay")["relay"]
         self.assertGreater(status["counters"]["delivered-stateless"], 0, status)
-        print(f"\nrelay restart, client-only traffic: first reply {(first - serving) * 1000:.0f} ms after serving")  # type: ignore[operator]
+        print(f"\nrelay restart, client-only traffic: first reply {(first - serving) * 1000:.0f} ms after serving")
 
 
 #: Kill -9 to traffic answered again through the other relay, both ways.  The route is

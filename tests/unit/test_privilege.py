@@ -288,7 +288,7 @@ class NodeOrderTests(SynchronousTestCase):
             '[server]\nenabled = true\nprimary = "192.0.2.1"\n', "x.toml",
             overrides={"status-socket": path},
         )
-        node = TeredoNode(config, Clock(), {"server": "tests.unit.test_tap"}, privileges=RecordingPlan(log))  # type: ignore[arg-type]
+        node = TeredoNode(config, Clock(), {"server": "tests.unit.test_tap"}, privileges=RecordingPlan(log))  # type: ignore[arg-type]  # records the calls, duck-typed
         node.removeService(node.statusService)
         Recording(log).setServiceParent(node)
         node.privilegedStartService()
