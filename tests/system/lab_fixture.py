@@ -92,6 +92,7 @@ def _destroy_leftovers() -> None:
     _alive.clear()
 
 
+# The type checker sees the TestCase this mixin is always combined with.
 if TYPE_CHECKING:
     _TestCase = TestCase
 else:

@@ -54,6 +54,7 @@ def role(config: NodeConfig, name: str, kind: type[_R]) -> _R:
     return settings
 
 
+# The type checker sees the TestCase this mixin is always combined with.
 if TYPE_CHECKING:
     _AssertionsBase = SynchronousTestCase
 else:
