@@ -5,6 +5,7 @@ The C{teredo} command: operator tools that do not run a node.
     teredo status [--socket PATH] [--json]   what a running node reports
     teredo decode ADDR [--prefix P] [--json]  what a Teredo address holds
     teredo probe [SERVER ...] [--json]        the NAT kind, mapping and servers' answers
+    teredo portmap [--protocol P] [--port N]  ask the router for a port mapping (or --delete)
     teredo lab ...                            the network lab (teredonode.lab.cli)
 
 Every failure is one line on stderr and a non-zero exit status, never a traceback: the
@@ -296,6 +297,90 @@ def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = Non
     return 0 if report["best"] is not None else 1
 
 
+# --- portmap ------------------------------------------------------------------------------
+
+
+def _run_portmap(args: argparse.Namespace) -> Any:
+    """
+    Ask (or delete) the mapping on the global reactor: a Mapping (None after a deletion) and
+    the PCP nonce it was made with, in hexadecimal, when PCP made it.
+    """
+    from twisted.internet import reactor
+
+    from teredonode.portmap.base import default_gateway
+    from teredonode.portmap.igd import SSDP_GROUP
+    from teredonode.portmap.mappers import AutoMapper, PcpMapper, makeMapper
+    from teredonode.probe import local_address
+
+    gateway = args.gateway
+    if gateway is None:
+        try:
+            with open("/proc/net/route", encoding="ascii", errors="replace") as table:
+                gateway = default_gateway(table.read(65536))
+        except OSError:
+            gateway = None
+    local = args.local or local_address(gateway or SSDP_GROUP)
+    if local is None:
+        raise TeredoError("portmap: no local IPv4 address (no route); give --local")
+    mapper = makeMapper(reactor, args.protocol, gateway, bindAddress=local)
+    pcps = [m for m in (mapper.mappers if isinstance(mapper, AutoMapper) else [mapper]) if isinstance(m, PcpMapper)]
+    if args.delete:
+        if args.nonce is not None:
+            try:
+                nonce = bytes.fromhex(args.nonce)
+            except ValueError:
+                raise TeredoError("portmap: --nonce is 24 hexadecimal digits") from None
+            for pcp in pcps:
+                pcp.setNonce(local, args.port, nonce)
+        d = mapper.deleteMapping(local, args.port)
+    else:
+        d = mapper.addMapping(local, args.port, args.lifetime)
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    d.addBoth(lambda _: reactor.stop())
+    if not outcome:
+        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
+    result = outcome[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    nonces = [n for n in (pcp.nonceFor(local, args.port) for pcp in pcps) if n is not None]
+    return result, (nonces[0].hex() if nonces else None)
+
+
+def _portmap(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
+    """
+    C{teredo portmap}: what the router grants, for an operator checking it before enabling
+    RFC 6081's UPnP extension (docs/portmap.md).
+    """
+    from teredonode.portmap.base import PortMapError
+
+    if not 0 < args.port <= 65535 or not 0 <= args.lifetime <= 0xFFFFFFFF:
+        return _fail(err, "portmap: --port must be 1..65535 and --lifetime 0..4294967295", 2)
+    try:
+        mapping, nonce = (runner or _run_portmap)(args)
+    except PortMapError as e:
+        return _fail(err, f"portmap: {e}", 1)
+    except OSError as e:
+        return _fail(err, f"portmap: {e.strerror or e}", 1)
+    if args.delete:
+        fields = {"deleted": True, "port": args.port, "protocol": args.protocol}
+        text = f"deleted the mapping of port {args.port} ({args.protocol})"
+    else:
+        fields = {
+            "protocol": mapping.protocol,
+            "external-address": mapping.externalAddress,
+            "external-port": mapping.externalPort,
+            "lifetime": mapping.lifetime,
+        }
+        life = f"{mapping.lifetime} s" if mapping.lifetime else "until deleted"
+        text = f"{mapping.protocol}: {mapping.externalAddress}:{mapping.externalPort} -> port {args.port} ({life})"
+        if nonce is not None:  # PCP deletes only with the mapping's nonce (RFC 6887 section 15)
+            fields["pcp-nonce"] = nonce
+            text += f"; delete with --delete --nonce {nonce}"
+    out.write((json.dumps(fields, indent=2) if args.json else text) + "\n")
+    return 0
+
+
 # --- lab ----------------------------------------------------------------------------------
 
 
@@ -360,6 +445,19 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("--no-upnp", action="store_true", help="do not send the SSDP search for an UPnP gateway on the LAN")
     probe.add_argument("--json", action="store_true", help="print JSON")
 
+    portmap = commands.add_parser("portmap", help="ask the router for a UDP port mapping (PCP, NAT-PMP, UPnP)")
+    portmap.add_argument(
+        "--protocol", choices=("auto", "pcp", "natpmp", "upnp"), default="auto",
+        help="which protocol (default auto: PCP, then NAT-PMP, then UPnP)",
+    )
+    portmap.add_argument("--port", type=int, default=3544, help="the local UDP port to map (default 3544)")
+    portmap.add_argument("--lifetime", type=int, default=3600, help="seconds asked of PCP/NAT-PMP (default 3600)")
+    portmap.add_argument("--delete", action="store_true", help="delete the mapping instead")
+    portmap.add_argument("--nonce", help="with --delete: the PCP nonce the mapping was made with (printed then)")
+    portmap.add_argument("--gateway", help="the router (default: the default route's gateway)")
+    portmap.add_argument("--local", help="the local IPv4 address to map (default: the one toward the router)")
+    portmap.add_argument("--json", action="store_true", help="print JSON")
+
     commands.add_parser("lab", help="build and drive the network lab (teredo lab --help)", add_help=False)
     return parser
 
@@ -384,6 +482,8 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
             return _status(args, out, err)
         if args.command == "probe":
             return _probe(args, out, err)
+        if args.command == "portmap":
+            return _portmap(args, out, err)
         return _decode(args, out, err)
     except TeredoError as e:
         return _fail(err, str(e), 1)

@@ -817,6 +817,17 @@ class ServerSettings(_RoleSettings):
         more="That is 100.64.0.0/10, 192.0.0.0/24, 198.18.0.0/15 and 240.0.0.0/4 as client "
         "mappings; see `teredonode.wire.ipv4`.",
     )
+    relax_bubble_source: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Relay RFC 6081 indirect bubbles whose Teredo source is not the sender's mapping.",
+        more="RFC 6081's Symmetric NAT Support has a client behind a symmetric NAT send its "
+        "indirect bubble through the peer's server, which sees another port than the one the "
+        "client's address embeds, and RFC 4380 section 5.3.1 (rules 5 and 7) discards it. "
+        "`true` relays such a packet when it is a bubble carrying a Nonce trailer and going "
+        "to one of this server's own clients (counted as `relaxed-bubbles`). Off by default, "
+        "as RFC 4380 says (digest D11): it lets a sender name any Teredo source on a bubble.",
+    )
     fast_path: str = setting(
         check=_fast_path,
         default="auto",

@@ -16,9 +16,14 @@ Conventions used across every interface:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from teredonode.portmap.base import Mapping
 
 Endpoint = tuple[str, int]
 
@@ -157,3 +162,30 @@ class ILocalPeers(Interface):
 
     def fromLocalPeer(src: bytes, addr: Endpoint) -> None:
         """A discovery bubble from C{src}, a Teredo client on our LAN at C{addr}, passed."""
+
+
+class IPortMapper(Interface):
+    """
+    Asks the NAT in front of this host for a UDP port mapping, by one protocol (PCP, NAT-PMP,
+    UPnP IGD) or by trying several (L{teredonode.portmap.mappers.AutoMapper}).
+
+    RFC 6081's UPnP-enabled Symmetric NAT and Hairpinning extensions need one mapping of the
+    client's local port before qualification and its removal at shutdown (X-UPNP-04, -13,
+    X-HP-03); the client is handed a provider of this interface so the protocol, and in tests
+    a fake, stay out of the role.  Every failure is a
+    L{teredonode.portmap.base.PortMapError} with a one-line message; every wait is bounded
+    on the injected reactor's clock.
+    """
+
+    name = Attribute("The protocol's name: C{pcp}, C{natpmp}, C{upnp}, or C{auto}.")
+
+    def addMapping(localAddress: str, localPort: int, lifetime: int) -> Deferred[Mapping]:
+        """
+        Map C{localAddress:localPort} (UDP) on the NAT's external address for C{lifetime}
+        seconds (UPnP always asks lease 0, until deleted, as X-UPNP-04 requires).
+        """
+
+    def deleteMapping(localAddress: str, localPort: int) -> Deferred[None]:
+        """
+        Remove the mapping of C{localAddress:localPort}; one already absent is not an error.
+        """

@@ -62,7 +62,14 @@ from teredonode.wire.ipv6 import (
     is_link_local,
     parse_ipv6,
 )
-from teredonode.wire.teredo import AuthIndicator, classify, forwardable_trailers, origin_indication
+from teredonode.wire.teredo import (
+    AuthIndicator,
+    NonceTrailer,
+    TeredoPacket,
+    classify,
+    forwardable_trailers,
+    origin_indication,
+)
 
 __all__ = ["TeredoServer", "makeRole", "DROP_REASONS", "STRIP_REASONS"]
 
@@ -144,6 +151,8 @@ class TeredoServer(Service):
         self._server_raw = ipv4.pack(self.primary)
         self._own = {(self.primary, TEREDO_PORT), (self.secondary, TEREDO_PORT)}
         self._hardened: bool = settings.hardened
+        #: D11: relay RFC 6081 indirect bubbles from a mapping other than their source's.
+        self._relaxBubbles: bool = settings.relax_bubble_source
         self._max_payload: int = settings.max_payload
         self._link_local = server_link_local(self.primary)
         self._advertised = self._prefix + self._server_raw + b"\x00" * 8
@@ -257,8 +266,10 @@ class TeredoServer(Service):
         # SV-IN-5: a Teredo source must carry the sender's own mapping.
         if src[:4] == self._prefix:
             if src[10:16] != obfuscated_mapping(src_ip, src_port):
-                drops["source-mismatch"] += 1
-                return
+                if not (self._relaxBubbles and bubble and self._snsIndirect(packet, dst)):
+                    drops["source-mismatch"] += 1
+                    return
+                self.counters["relaxed-bubbles"] += 1
         # SV-IN-6: a native source may only reach one of our own clients.
         elif not (dst[:4] == self._prefix and dst[4:8] == self._server_raw):
             drops["source-mismatch"] += 1
@@ -424,6 +435,18 @@ class TeredoServer(Service):
             cache[destination] = packet
         return packet
 
+    def _snsIndirect(self, packet: TeredoPacket, dst: bytes) -> bool:
+        """
+        D11: is this what RFC 6081 section 5.2.4.1 has a client behind a symmetric NAT send
+        (an indirect bubble with a Nonce trailer) to one of our own clients?  Only then does
+        C{relax-bubble-source} let a source that is not the sender's through.
+        """
+        return (
+            dst[:4] == self._prefix
+            and dst[4:8] == self._server_raw
+            and any(isinstance(t, NonceTrailer) for t in packet.trailers)
+        )
+
     def _localEcho(self, packet: Any, addr: tuple[str, int], index: int) -> None:
         """
         SV-FW-1: an echo request to the server's own link-local address is answered, but
@@ -465,6 +488,7 @@ class TeredoServer(Service):
             "forward_rate",
             "forward_burst",
             "max_sources",
+            "relax_bubble_source",
             "secure",
             "clients",
             "accept_unknown_clients",
@@ -488,6 +512,7 @@ class TeredoServer(Service):
         self._secrets = {cid.encode(): (secret.encode(), expires) for cid, secret, expires in settings.clients}
         self._max_payload = settings.max_payload
         self._hardened = settings.hardened
+        self._relaxBubbles = settings.relax_bubble_source
         if self._fastPath is not None:
             self._fastPath.configure(settings, self._raFor(bytes(16)))
 
@@ -536,7 +561,8 @@ class TeredoServer(Service):
             "prefix": ipv6_text(self._advertised) + "/64",
             "ipv6-side": self._tun.name if self._tun is not None else None,
             "counters": {
-                k: counters[k] for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies")
+                k: counters[k]
+                for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies", "relaxed-bubbles")
             },
             "drops": {reason: drops[reason] for reason in DROP_REASONS},
             "fast-path": (

@@ -466,6 +466,38 @@ class ForwardingTests(ServerTestCase):
         self.assertEqual(packet.trailer_bytes, trailers)
         self.assertEqual(self.server.status()["counters"]["forwarded"], 1)
 
+    def test_sns_bubble_from_other_mapping(self) -> None:
+        """
+        D11: an RFC 6081 indirect bubble whose Teredo source embeds another port than the one
+        the server sees (the client is behind a symmetric NAT) is dropped by default (RFC 4380
+        section 5.3.1 rule 5) and relayed with relax-bubble-source -- only a bubble, only
+        with a Nonce trailer, only to one of this server's clients.
+        """
+        alice, bob = self.peer("192.0.2.45", 40001), self.peer("198.51.100.20", 6000)
+        nonce = encode_trailers([NonceTrailer(b"\x01\x02\x03\x04")])
+        bubble = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)))
+        alice.send(bubble + nonce)
+        self.net.flush()
+        self.assertDropped("source-mismatch")
+        self.assertEqual(bob.received, [])
+
+        self.remakeServer(relax_bubble_source=True)
+        alice.send(bubble + nonce)
+        alice.send(bubble)  # no nonce
+        foreign = ipv6.bubble(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000), OTHER_SERVER))
+        alice.send(foreign + nonce)  # not our client
+        data = ipv6.icmpv6_packet(teredo(("192.0.2.45", 40000)), teredo(("198.51.100.20", 6000)), ipv6.EchoRequest(1, 1, b"x"), 64)
+        alice.send(data + nonce)  # not a bubble
+        self.net.flush()
+        [(received, source)] = bob.received
+        self.assertEqual(source, (PRIMARY, 3544))
+        packet = classify(received)
+        self.assertEqual(packet.ipv6, bubble)
+        self.assertEqual(packet.origin, OriginIndication("192.0.2.45", 40001))
+        self.assertEqual(packet.trailer_bytes, nonce)
+        self.assertEqual(self.server.status()["counters"]["relaxed-bubbles"], 1)
+        self.assertDropped("source-mismatch", 3)
+
     def test_junk_after_bubble_is_stripped(self) -> None:
         """
         SV-FW-7 (D12 corrected): bytes after a bubble that are not entirely known trailers
