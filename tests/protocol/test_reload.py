@@ -214,7 +214,7 @@ class ReloadTests(SynchronousTestCase):
         def broken(settings: Any) -> None:
             raise RuntimeError("bug")
 
-        self.server.reconfigure = broken  # type: ignore[method-assign]
+        self.server.reconfigure = broken  # type: ignore[method-assign]  # a failing reconfigure on purpose
         self.file = text(rate=0.01, level="debug")
         applied, restart = self.node.reload()
         self.assertEqual((applied, restart), (["[node] log-level"], ["[server] rs-rate"]))

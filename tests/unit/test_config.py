@@ -129,7 +129,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, config.roles["server"], "primary", "x")
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, config, "source", "x")
         with self.assertRaises(TypeError):
-            config.roles["relay"] = None  # type: ignore[index]
+            config.roles["relay"] = None  # type: ignore[index]  # read-only is the point
 
     def test_startOrderIsCanonical(self) -> None:
         """
@@ -489,9 +489,9 @@ class DeclarationTests(SynchronousTestCase):
 
     def test_requiredAndDerivedHaveNoDefault(self) -> None:
         with self.assertRaises(TypeError):
-            ServerSettings(secondary="192.0.2.2")  # type: ignore[call-arg]
+            ServerSettings(secondary="192.0.2.2")  # type: ignore[call-arg]  # primary missing on purpose
         with self.assertRaises(TypeError):
-            ServerSettings(primary="192.0.2.1")  # type: ignore[call-arg]
+            ServerSettings(primary="192.0.2.1")  # type: ignore[call-arg]  # secondary missing on purpose
         self.assertIsNone(ClientSettings(server="192.0.2.9").secondary)
 
     def test_settingsAreKeywordOnly(self) -> None:

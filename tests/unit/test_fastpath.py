@@ -100,7 +100,9 @@ class ProgramInterfaceTests(SynchronousTestCase):
 class SettingTests(SynchronousTestCase):
     def test_default(self) -> None:
         config = parse_config('[server]\nenabled = true\nprimary = "192.0.2.1"\n', "x.toml")
-        self.assertEqual(config.roles["server"].fast_path, "auto")  # type: ignore[union-attr]
+        server = config.roles["server"]
+        assert isinstance(server, ServerSettings)
+        self.assertEqual(server.fast_path, "auto")
 
     def test_refused(self) -> None:
         with self.assertRaises(ConfigError) as caught:

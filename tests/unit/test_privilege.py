@@ -203,7 +203,7 @@ class PlanTests(SynchronousTestCase):
 
     def test_capsetNotTakenRefused(self) -> None:
         system = FakeSystem()
-        system.setCapabilities = lambda effective, permitted, inheritable: None  # type: ignore[method-assign]
+        system.setCapabilities = lambda effective, permitted, inheritable: None  # type: ignore[method-assign]  # capset "succeeds" without effect
         plan = Privileges(NOBODY, frozenset(), system=system)
         plan.afterOpen()
         exc = self.assertRaises(TeredoError, plan.complete)
