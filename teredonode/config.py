@@ -965,6 +965,16 @@ class ClientSettings(_RoleSettings):
         "route goes away. `false` runs Teredo beside native IPv6 (then `default-route = "
         "\"auto\"` adds no default route).",
     )
+    symmetric_nat_support: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Symmetric NAT Support: nonces in bubbles.",
+        more="Indirect bubbles carry a random nonce, direct bubbles echo the peer's, and a "
+        "peer's direct bubble from a mapping its address does not embed (a symmetric NAT gives "
+        "one per destination) is accepted only with our last nonce, its source becoming the "
+        "peer's mapping (RFC 6081 §5.2). `false`: plain RFC 4380 bubbles. See "
+        "[nat-traversal.md](nat-traversal.md).",
+    )
     local_discovery: bool = setting(
         check=_boolean,
         default=True,

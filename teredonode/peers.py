@@ -80,6 +80,10 @@ class Peer:
         LAN endpoint.
     @ivar queue: packets waiting, oldest first; C{queued_bytes} their total size.
     @ivar timer: the owner's pending retry (an C{IDelayedCall}), cancelled on removal.
+    @ivar nonce_sent: RFC 6081 section 5.2.1 (X-SNS-03): the 4-byte nonce of the last
+        indirect bubble sent to the peer, until a direct bubble proves it (then L{None}).
+    @ivar nonce_received: RFC 6081 section 5.2.1 (X-SNS-06): the nonce of the last indirect
+        bubble received from the peer, echoed in our direct bubbles (X-SNS-04).
     """
 
     __slots__ = (
@@ -96,6 +100,8 @@ class Peer:
         "queue",
         "queued_bytes",
         "timer",
+        "nonce_sent",
+        "nonce_received",
     )
 
     def __init__(self, address: bytes, now: float, mapping: Endpoint | None = None) -> None:
@@ -116,6 +122,8 @@ class Peer:
         self.queue: list[Queued] = []
         self.queued_bytes = 0
         self.timer: Any = None
+        self.nonce_sent: bytes | None = None
+        self.nonce_received: bytes | None = None
 
     def __repr__(self) -> str:
         state = "trusted" if self.trusted else "untrusted"

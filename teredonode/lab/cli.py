@@ -6,6 +6,7 @@ C{teredo lab ...}: the lab's command line.
     teredo lab status [--lab NAME]
     teredo lab exec [--lab NAME] HOST -- CMD ...
     teredo lab demo [--with-miredo ROLE,...] [--scenario NAME | --nat KIND,...]
+    teredo lab matrix [--quick] [--kinds KIND,...] [--with-miredo ROLE,...] [--json] [--write-doc PATH] [--from-json PATH]
 
 C{--nat KIND,...} builds one client behind each NAT kind given (scenario C{nat:KIND,...}).
 
@@ -65,6 +66,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--scenario", default="default")
     demo.add_argument("--nat", metavar="KIND,...", help=_NAT_HELP)
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
+    matrix = sub.add_parser("matrix", help="RFC 6081 Figure 1 measured: every source NAT kind x destination kind")
+    matrix.add_argument("--quick", action="store_true", help="only cone, port-restricted, port-symmetric (CI)")
+    matrix.add_argument("--kinds", metavar="KIND,...", help="the Figure 1 kinds to measure (default: all nine)")
+    matrix.add_argument("--with-miredo", default="", metavar="ROLE,...", help="client: measure Miredo clients too; server, relay: Miredo plays them")
+    matrix.add_argument("--json", action="store_true", help="the result as JSON on stdout (progress on stderr)")
+    matrix.add_argument("--write-doc", metavar="PATH", help="put the measured tables between the matrix markers of PATH")
+    matrix.add_argument("--max-seconds", type=float, help="start no measurement after this long (default 150 with --quick, else 1800)")
+    matrix.add_argument("--from-json", metavar="PATH", help="measure nothing: render (and --write-doc) a result saved with --json")
     return parser
 
 
@@ -167,7 +176,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return run_demo(scenario=_scenario(args), miredo_roles=roles, keep=args.keep)
 
 
-COMMANDS = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "exec": _cmd_exec, "demo": _cmd_demo}
+def _cmd_matrix(args: argparse.Namespace) -> int:
+    from teredonode.lab.matrix import run_cli
+
+    roles = [r.strip() for r in args.with_miredo.split(",") if r.strip()]
+    with _sigterm_as_interrupt():
+        return run_cli(
+            quick=args.quick,
+            kinds_text=args.kinds,
+            miredo_roles=roles,
+            as_json=args.json,
+            doc=args.write_doc,
+            max_seconds=args.max_seconds,
+            from_json=args.from_json,
+        )
+
+
+COMMANDS = {
+    "up": _cmd_up, "down": _cmd_down, "status": _cmd_status, "exec": _cmd_exec, "demo": _cmd_demo, "matrix": _cmd_matrix,
+}
 
 
 def main(argv: list[str]) -> int:

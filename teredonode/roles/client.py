@@ -249,6 +249,7 @@ class TeredoClient(Service):
             inboundBudget=self._inboundBudget,
             counters=self.counters,
             drops=self.drops,
+            symmetricNat=settings.symmetric_nat_support,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(

@@ -87,6 +87,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any, Callable
 
 from twisted.internet.task import LoopingCall
@@ -116,7 +117,7 @@ from teredonode.wire.ipv6 import (
     is_multicast,
     parse_ipv6,
 )
-from teredonode.wire.teredo import TeredoPacket
+from teredonode.wire.teredo import NonceTrailer, TeredoPacket, encode_trailers
 
 __all__ = [
     "TunnelPolicy",
@@ -130,6 +131,7 @@ __all__ = [
     "PROBE_INTERVAL",
     "PROBE_REPEATS",
     "ECHO_NONCE_BYTES",
+    "SNS_NONCE_BYTES",
     "ICMP_ERRORS_PER_SECOND",
     "ProbeBudget",
     "PeerStateError",
@@ -150,6 +152,8 @@ PROBE_INTERVAL = 2.0
 PROBE_REPEATS = 3
 #: Section 5.2.9 recommends "a random number at least 64 bits long".
 ECHO_NONCE_BYTES = 8
+#: RFC 6081 section 4.2: the Nonce Trailer of a bubble carries 4 bytes.
+SNS_NONCE_BYTES = 4
 #: ICMPv6 errors toward the host (Miredo: 10 a second).
 ICMP_ERRORS_PER_SECOND = 10.0
 #: A trusted native peer sent to but silent this long has its relay re-proven by an echo
@@ -184,6 +188,7 @@ DROP_REASONS = (
     "link-local-source",  # never let link-local packets from outside reach the host
     "wrong-destination",  # CL-RX-02: not addressed to us
     "mapping-mismatch",  # Teredo source whose embedded mapping is not the sender's
+    "nonce-mismatch",  # X-SNS-09: a bubble from another mapping without our last nonce
     "echo-nonce-mismatch",  # an echo reply for a pending test with the wrong nonce
     "unverified-source",  # queued inbound packet whose sender was not the proven mapping
     "native-source",  # policy: no native sources
@@ -217,6 +222,7 @@ COUNTERS = (
     "bubbles-received",
     "bubbles-suppressed",  # not sent, by reason in probes-suppressed
     "probes-failed",  # exchanges whose retries ran out
+    "sns-learned",  # X-SNS-08, X-SNS-10: a mapping proven by a bubble echoing our nonce
     "icmp-errors",  # destination unreachable to the host
     "icmp-errors-limited",
     "log-suppressed",  # peer state changes not logged (LOG_RATE)
@@ -444,6 +450,13 @@ class TeredoTunnel:
         its own, so that its status shows one table.  A fresh C{Counter} by default.
     @param drops: where it counts drops, by reason (L{DROP_REASONS}, and
         L{UNNUMBERED_DROP_REASONS} for relays); the owning role's, like C{counters}.
+    @param symmetricNat: RFC 6081 section 5.2, the Symmetric NAT Support Extension: nonces
+        in indirect bubbles (X-SNS-03), echoed in direct ones (X-SNS-04), and a direct
+        bubble from a mapping other than the one its source embeds accepted only when it
+        proves our last nonce, its sender then becoming the peer's mapping (X-SNS-08,
+        X-SNS-09, X-SNS-10).
+        On an unnumbered interface (relays) the proof may also be the nonce-bearing local
+        source of our indirect bubble, which a plain RFC 4380 client (Miredo) answers to.
     """
 
     log = Logger()
@@ -463,8 +476,10 @@ class TeredoTunnel:
         inboundBudget: ProbeBudget | None = None,
         counters: Counter[str] | None = None,
         drops: Counter[str] | None = None,
+        symmetricNat: bool = True,
     ) -> None:
         self._clock = clock
+        self.symmetricNat = symmetricNat
         self.policy = policy
         self.peers = peers
         peers.on_remove = self._peerRemoved
@@ -757,6 +772,8 @@ class TeredoTunnel:
             peer.local_endpoint = lanEndpoint
         if mapping is not None:
             peer.trust(mapping, now)
+            # Proven: an outstanding nonce (X-SNS-03) may no longer move the mapping.
+            peer.nonce_sent = None
         elif new != TRUSTED and new != REMOVED:
             peer.trusted = False
         if timer is not _KEEP:
@@ -862,14 +879,66 @@ class TeredoTunnel:
         if source is None or not peer.may_bubble(now):
             return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
         dst = peer.address
-        data = bubble(source, dst)
         if self.policy.direct_bubbles:
-            self._send(data, mapping_of(dst))
+            direct = bubble(source, dst)
+            if peer.nonce_received is not None and self.symmetricNat:
+                direct += encode_trailers((NonceTrailer(peer.nonce_received),))  # X-SNS-04
+            self._send(direct, mapping_of(dst))
             self.counters["bubbles-direct"] += 1
-        self._send(data, (server_of(dst), TEREDO_PORT))
-        self.counters["bubbles-indirect"] += 1
+        self._sendIndirect(peer, source)
         peer.bubble_sent(now)
         return True
+
+    def _sendIndirect(self, peer: Peer, source: bytes) -> None:
+        """
+        An indirect bubble to the peer's server.  With the Symmetric NAT Support Extension
+        it carries a fresh random nonce in a Nonce Trailer, kept as the peer's Nonce Sent
+        (X-SNS-03): only who received this bubble can prove a mapping the peer's address
+        does not embed.  An unnumbered interface also writes the nonce into the bubble's
+        local source (L{_nonceSource}), for the clients that answer with a plain bubble
+        to that source and know nothing of trailers.
+        """
+        dst = peer.address
+        if self.symmetricNat:
+            nonce = self._randbytes(SNS_NONCE_BYTES)
+            peer.nonce_sent = nonce
+            if self._serves is not None:
+                source = self._nonceSource(source, nonce)
+            data = bubble(source, dst) + encode_trailers((NonceTrailer(nonce),))
+        else:
+            data = bubble(source, dst)
+        self._send(data, (server_of(dst), TEREDO_PORT))
+        self.counters["bubbles-indirect"] += 1
+
+    @staticmethod
+    def _nonceSource(source: bytes, nonce: bytes) -> bytes:
+        """
+        The local source of an unnumbered interface's indirect bubble: its bubble source
+        with the nonce as the last 4 bytes of the interface identifier.  A client answers
+        an indirect bubble with a direct one to the bubble's source (RFC 4380 section
+        5.2.3, defect D9; Miredo does so), so that answer's destination proves receipt as
+        the Nonce Trailer does.
+        """
+        return source[:12] + nonce
+
+    def _provesNonce(self, peer: Peer, packet: TeredoPacket) -> bool:
+        """
+        X-SNS-08: does the bubble C{packet} prove that its sender received our last indirect
+        bubble to C{peer}?  Its Nonce Trailer equals the peer's Nonce Sent, or (unnumbered
+        interfaces) its destination is the source that bubble came from.
+        """
+        sent = peer.nonce_sent
+        if sent is None or not self.symmetricNat:
+            return False
+        for trailer in packet.trailers:
+            if isinstance(trailer, NonceTrailer) and compare_digest(trailer.nonce, sent):
+                return True
+        source = self.bubbleSource
+        return (
+            self._serves is not None
+            and source is not None
+            and compare_digest(packet.header.dst, self._nonceSource(source, sent))
+        )
 
     def _localBubble(self, peer: Peer) -> bool:
         """
@@ -984,22 +1053,56 @@ class TeredoTunnel:
         """
         origin = packet.origin
         if origin is not None:
-            self._answerIndirect(packet.header.src, (origin.ip, origin.port))
+            self._answerIndirect(packet, (origin.ip, origin.port))
         if packet.is_bubble:
             self.counters["bubbles-received"] += 1
             return
         self.fromPeer(packet, addr)
 
-    def _answerIndirect(self, src: bytes, origin: Endpoint) -> None:
-        if self.address is None:
+    def _answerIndirect(self, packet: TeredoPacket, origin: Endpoint) -> None:
+        """
+        Answer an indirect bubble (or a packet with an origin indication) with a direct
+        bubble to the origin, and, with the Symmetric NAT Support Extension:
+
+          - X-SNS-04: the answer echoes the bubble's nonce (a relay's too: its bubbles come
+            from a local address, not a Teredo one); X-SNS-06: a Teredo peer's is kept as
+            its Nonce Received (cleared by an indirect bubble without one);
+          - RFC 6081 section 6.1 step 10: a peer trusted at a mapping it proved with our
+            nonce (not the one its address embeds) is answered there, the one endpoint its
+            NAT lets us reach;
+          - section 6.1 packet 4: a peer whose bubble carried a nonce and that we cannot
+            reach yet also gets an indirect bubble with our own nonce, so that its next
+            direct bubble, which may come from a mapping its address does not embed
+            (a symmetric NAT), can prove itself (X-SNS-08).
+        """
+        address = self.address
+        if address is None:
             return
+        src = packet.header.src
         if not ipv4.is_global_unicast(origin[0], self._hardened):
             self.drops["non-global-origin"] += 1
             return
-        if not self.policy.learn_unsolicited and src not in self.peers:
+        peers = self.peers
+        peer = peers.get(src)
+        if not self.policy.learn_unsolicited and peer is None:
             self.drops["unknown-peer"] += 1
             return
-        if not self._answerLimit.allow(origin):
+        nonce = None
+        target = origin
+        if self.symmetricNat:
+            nonce = self._nonceOf(packet)
+            if peer is not None and src[:4] == self._prefix:
+                peer.nonce_received = nonce
+                mapping = peer.mapping
+                if (
+                    peer.trusted
+                    and not peer.local
+                    and mapping is not None
+                    and mapping != mapping_of(src)
+                    and peers.is_valid(peer)
+                ):
+                    target = mapping
+        if not self._answerLimit.allow(target):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
         budget = self._inboundBudget
@@ -1008,8 +1111,53 @@ class TeredoTunnel:
             if reason is not None:
                 self._suppress(reason, "bubbles-suppressed")
                 return
-        self._send(bubble(self.address, src), origin)
+        answer = bubble(address, src)
+        if nonce is not None:
+            answer += encode_trailers((NonceTrailer(nonce),))
+        self._send(answer, target)
         self.counters["bubbles-answered"] += 1
+        if (
+            nonce is not None
+            and src[:4] == self._prefix
+            and (peer is None or not (peer.trusted and peers.is_valid(peer)))
+        ):
+            self._indirectAnswer(peer, src, nonce)
+
+    def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes) -> None:
+        """
+        RFC 6081 section 6.1 packet 4: an indirect bubble with our own nonce to a peer that
+        spoke to us through our server with its nonce, paid like the answer (one more token
+        of the inbound budget) and within section 5.2.6's per-peer limits; an entry is
+        created for it (the nonce needs one) only when it may go.
+        """
+        if not is_global_teredo(src, self._prefix, self._hardened):
+            return
+        now = self._clock.seconds()
+        if peer is not None and not peer.may_bubble(now):
+            self._suppress("peer-rate", "bubbles-suppressed")
+            return
+        budget = self._inboundBudget
+        if budget is not None:
+            reason = budget.charge(b"")
+            if reason is not None:
+                self._suppress(reason, "bubbles-suppressed")
+                return
+        if peer is None:
+            peer = self.peers.create(src)
+        peer.nonce_received = nonce
+        assert self.address is not None
+        self._sendIndirect(peer, self.address)
+        peer.bubble_sent(now)
+
+    @staticmethod
+    def _nonceOf(packet: TeredoPacket) -> bytes | None:
+        """
+        The nonce of the packet's first Nonce Trailer, if any.
+        """
+        for trailer in packet.trailers:
+            if isinstance(trailer, NonceTrailer):
+                return trailer.nonce
+        return None
 
     def fromPeer(self, packet: TeredoPacket, addr: Endpoint) -> None:
         """
@@ -1076,6 +1224,13 @@ class TeredoTunnel:
                     self._release(peer)
                     self._accept(packet, isBubble)
                     return
+                if isBubble and peer is not None and peer.nonce_sent is not None and self.symmetricNat:
+                    if self._provesNonce(peer, packet):
+                        self._learn(peer, addr, now)
+                        return
+                    # X-SNS-09: no nonce, a wrong one, or that of an earlier bubble.
+                    self.drops["nonce-mismatch"] += 1
+                    return
                 self.drops["mapping-mismatch"] += 1
                 return
             if peer is None:
@@ -1119,6 +1274,24 @@ class TeredoTunnel:
             self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho, self._echo)
             return
         self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho)
+
+    def _learn(self, peer: Peer, addr: Endpoint, now: float) -> None:
+        """
+        X-SNS-08, X-SNS-10: a direct bubble from C{addr}, not the mapping the peer's address
+        embeds, proved our last nonce: C{addr} is the peer's mapping from now on (its NAT
+        gives it one per destination).  The nonce is spent, so a copy of that bubble replayed
+        from elsewhere cannot move the mapping again; only a later indirect bubble's nonce can.
+        """
+        peer.nonce_sent = None
+        self._logChange(
+            "peer {peer} reached at {mapping}: not its embedded mapping, proven by our nonce",
+            peer=ipv6_text(peer.address),
+            mapping=f"{addr[0]}:{addr[1]}",
+        )
+        self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
+        self.counters["sns-learned"] += 1
+        self._release(peer)
+        self.counters["bubbles-received"] += 1
 
     def fromLocalPeer(self, src: bytes, addr: Endpoint) -> None:
         """
