@@ -391,6 +391,7 @@ class TransmissionTests(RelayTestCase):
         for packet in direct + indirect:
             self.assertTrue(packet.is_bubble)
             # The indirect one carries its RFC 6081 nonce in the last 4 bytes (test_sns_relay).
+            assert self.relay.tunnel.bubbleSource is not None
             self.assertEqual(packet.header.src[:12], self.relay.tunnel.bubbleSource[:12])
             self.assertEqual(packet.header.dst, address)
             self.assertTrue(ipv6.is_link_local(packet.header.src))
