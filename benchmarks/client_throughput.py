@@ -36,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -46,6 +48,9 @@ IPERF_PORT = 5201
 UDP_PAYLOAD = 64
 QUALIFY_TIMEOUT = 20.0
 TESTS = (("tcp", "up"), ("tcp", "down"), ("udp", "up"), ("udp", "down"))
+
+if TYPE_CHECKING:
+    from teredonode.lab.lab import Lab
 
 
 def log(msg: str) -> None:
@@ -88,7 +93,7 @@ def tree_cpu(pid: int) -> float:
 # ------------------------------------------------------------------------ measurements
 
 
-def iperf(lab, v6host: str, proto: str, direction: str, seconds: float, udp_rate: int) -> dict:
+def iperf(lab: Lab, v6host: str, proto: str, direction: str, seconds: float, udp_rate: int) -> dict[str, Any]:
     """
     One iperf3 run from client1 to v6host; returns the receiver's figures.
     """
@@ -122,12 +127,12 @@ def iperf(lab, v6host: str, proto: str, direction: str, seconds: float, udp_rate
     }
 
 
-def ping_ok(lab, src: str, dst: str) -> bool:
+def ping_ok(lab: Lab, src: str, dst: str) -> bool:
     r = lab.exec(src, ["ping", "-6", "-n", "-c", "3", "-i", "0.3", "-W", "2", dst], timeout=20)
     return r.returncode == 0
 
 
-def run_turn(lab, impl: str, turn: int, args, v6host: str) -> dict:
+def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: str) -> dict[str, Any]:
     """
     Start C{impl}'s client on client1, measure, stop it.
     """
@@ -159,7 +164,7 @@ def run_turn(lab, impl: str, turn: int, args, v6host: str) -> dict:
             time.sleep(0.1)
 
 
-def fmt(proto: str, f: dict) -> str:
+def fmt(proto: str, f: dict[str, Any]) -> str:
     if "error" in f:
         return f"error: {f['error']}"
     if proto == "tcp":
@@ -167,12 +172,12 @@ def fmt(proto: str, f: dict) -> str:
     return f"{f['pps']:8.0f} pkt/s received ({f['sent-pps']:.0f} sent, {f['loss']:.1f} % lost)"
 
 
-def best(turns: list[dict], key: str, metric: str) -> dict | None:
+def best(turns: list[dict[str, Any]], key: str, metric: str) -> dict[str, Any] | None:
     ok = [t[key] for t in turns if key in t and metric in t[key]]
     return max(ok, key=lambda f: f[metric]) if ok else None
 
 
-def report(results: dict[str, list[dict]], args) -> str:
+def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
     lines = [
         f"Client throughput to v6host via a Miredo relay (miredo-server; client behind a "
         f"port-restricted NAT; {args.seconds:g} s per measurement, best of {args.rounds} round(s))",
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     from teredonode.errors import LabError
     from teredonode.lab.lab import Lab
 
-    def on_term(signum, frame):
+    def on_term(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
@@ -245,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         if not _tcp_listening(lab, "v6host", IPERF_PORT, 10):
             raise LabError("iperf3 server on v6host did not start")
         v6host = lab.ipv6("v6host")
-        results: dict[str, list[dict]] = {"ours": [], "miredo": []}
+        results: dict[str, list[dict[str, Any]]] = {"ours": [], "miredo": []}
         turn = 0
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}/{args.rounds}")
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _tcp_listening(lab, host: str, port: int, timeout: float) -> bool:
+def _tcp_listening(lab: Lab, host: str, port: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if lab.exec(host, ["ss", "-Hnlt", "sport", "=", f":{port}"], timeout=10).stdout.strip():

@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -55,7 +56,7 @@ TESTS = (
 )
 
 
-def _wait(predicate, timeout: float, what: str) -> None:
+def _wait(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -126,7 +127,7 @@ def _iperf(lab: Lab, target: str, kind: str, direction: str, seconds: int) -> fl
     if kind == "tcp":
         return float(end["sum_received"]["bits_per_second"]) / 1e6
     total = end["sum"]
-    received = total["packets"] - total["lost_packets"]
+    received = int(total["packets"]) - int(total["lost_packets"])
     return received / float(total["seconds"])
 
 

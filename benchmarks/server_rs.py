@@ -595,7 +595,8 @@ class Bench:
         line = self.gen.stdout.readline()
         if not line:
             raise BenchError(f"generator exited (status {self.gen.wait()})")
-        return json.loads(line)
+        answer: dict[str, Any] = json.loads(line)
+        return answer
 
     def start_server(self, which: str) -> tuple[subprocess.Popen[Any], Path]:
         log = self.tmp / f"{which}.log"
@@ -840,9 +841,10 @@ def main(argv: list[str] | None = None) -> int:
         order = [(r, w) for r in range(1, rounds + 1) for w in servers]
         for i, (round_, which) in enumerate(order):
             grid = rates
-            if round_ > 1 and results[which] and results[which][-1].best is not None:
+            last = results[which][-1].best if results[which] else None
+            if round_ > 1 and last is not None:
                 # Round 2 climbs the same grid but skips what round 1 showed to be easy.
-                k = rates.index(results[which][-1].best.rate)
+                k = rates.index(last.rate)
                 grid = rates[max(0, k - back):]
             share = (started + budget - time.monotonic()) / (len(order) - i)
             results[which].append(bench.run_server(which, round_, grid, time.monotonic() + share))

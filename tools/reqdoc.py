@@ -84,13 +84,13 @@ def rules_from_digest(text: str) -> dict[str, Rule]:
         if not ID.fullmatch(rid) or rid in rules:
             continue
         source = next((row[k] for k in ("rfc §", "source", "5991 §", "basis", "where") if k in row), "")
-        level = row.get("level", "")
+        rowLevel = row.get("level", "")
         text_ = next(
             (row[k] for k in ("testable statement", "rule", "change", "recommended handling") if k in row), ""
         )
         if "problem" in row:
             text_ = f"{row['problem']} Handling: {text_}"
-        rules[rid] = Rule(rid, source, level, text_)
+        rules[rid] = Rule(rid, source, rowLevel, text_)
     # Table rows are the compact form; a rule stated only in the prose is taken from there.
     for rid, rule in bullets.items():
         rules.setdefault(rid, rule)

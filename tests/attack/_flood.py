@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from typing import Any
 
 from teredonode.lab.lab import Lab
 
@@ -55,7 +56,7 @@ def send_raw6(lab: Lab, host: str, packets: list[bytes], timeout: float = 60.0) 
     _run(lab, host, _RAW_SENDER, "\n".join(p.hex() for p in packets), timeout)
 
 
-def count_lines(proc: subprocess.Popen, timeout: float) -> int:
+def count_lines(proc: subprocess.Popen[Any], timeout: float) -> int:
     """
     Packets a L{Lab.capture} saw, once it ended (its own C{seconds} bound it).
     """

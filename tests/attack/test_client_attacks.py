@@ -44,7 +44,7 @@ class ClientEchoTestAbuseTests(LabAssertions, unittest.TestCase):
         """
         self.lab.start_teredonode("ours-client1", "client1", "client")
         text = self.lab.wait_teredo_address("client1", QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"client did not qualify: {self.lab.nodes['ours-client1'].log_tail(10)}")
+        assert text is not None, f"client did not qualify: {self.lab.nodes['ours-client1'].log_tail(10)}"
         address = str(TeredoAddress.parse(text))
         # A legitimate exchange first: the relay and the client now trust each other.
         self.assertPings("v6host", address, count=3, logs=("our-relay", "ours-client1"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any
 
 from twisted.trial import unittest
 from twisted.trial.unittest import SynchronousTestCase
@@ -88,7 +89,7 @@ class CheckTests(SynchronousTestCase):
     The checks themselves can fail (no root needed).
     """
 
-    def status(self, received: int) -> dict:
+    def status(self, received: int) -> dict[str, Any]:
         return {
             "relay": {
                 "counters": {"received": received, "delivered": 2, "sent": 1, "bubbles-received": 1},

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -133,7 +134,7 @@ def teredo(mapping: tuple[str, int], server: str) -> bytes:
     return TeredoAddress(b"\x20\x01\x00\x00", server, 0, mapping[1], mapping[0]).to_bytes()
 
 
-def udp_lengths(capture: subprocess.Popen) -> list[int]:
+def udp_lengths(capture: subprocess.Popen[Any]) -> list[int]:
     """
     Stop a L{Lab.capture} and return the UDP payload length of every packet it printed.
     """
@@ -175,8 +176,9 @@ class ServerAttackTestCase(LabAssertions, unittest.TestCase):
         out = self.python(ATTACKER, RAW_SENDER, self.server_ip, "3544", payload.hex(), spec)
         self.assertEqual(int(out), len(sources))
 
-    def serverStatus(self) -> dict:
-        return self.lab.node_status("our-server")["server"]
+    def serverStatus(self) -> dict[str, Any]:
+        server: dict[str, Any] = self.lab.node_status("our-server")["server"]
+        return server
 
 
 class OpenRelayTests(ServerAttackTestCase):
@@ -192,7 +194,8 @@ class OpenRelayTests(ServerAttackTestCase):
             stdout=subprocess.PIPE,
             text=True,
         )
-        self.addCleanup(lambda: listener.poll() is None and listener.kill())
+        self.addCleanup(lambda: listener.kill() if listener.poll() is None else None)
+        assert listener.stdout is not None
         self.assertEqual(listener.stdout.readline().strip(), "ready")
         self.python(ATTACKER, UDP_PEER, self.lab.ipv4(ATTACKER), "40000", self.server_ip, "0.2",
                     *(p.hex() for p in payload_for))

@@ -142,7 +142,7 @@ class RouterSolicitationFloodTests(LabAssertions, unittest.TestCase):
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.addCleanup(lambda: generator.poll() is None and generator.kill())
+        self.addCleanup(lambda: generator.kill() if generator.poll() is None else None)
         time.sleep(2.0)  # the flood is in full swing, every source already seen
         self.lab.start_teredonode("our-client", "client1", "client", settings={"refresh": 10})
         started = time.monotonic()

@@ -13,6 +13,7 @@ import tempfile
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -25,7 +26,7 @@ from teredonode.portmap.base import Mapping, PortMapError
 from teredonode.roles import client as client_module
 from teredonode.roles.client import DROP_REASONS, TeredoClient, hostHasOtherIPv6
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeHost, FakeInternet, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import Datagram, FakeHost, FakeInternet, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import (
     CLIENT_LINK_LOCAL_RESTRICTED,
@@ -54,6 +55,8 @@ class Endpoint(DatagramProtocol):
     """
     A bare UDP endpoint (a relay, an attacker) recording what it receives.
     """
+
+    transport: IUDPTransport  # set by listenUDP before any use
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
@@ -187,7 +190,7 @@ class QualificationTests(ClientTestCase):
             assert packet.auth is not None
             self.assertEqual(len(packet.auth.nonce), 8)
             self.assertEqual(packet.auth.client_id, b"")
-        self.assertEqual(len({p.auth.nonce for p in sent}), 3)  # type: ignore[union-attr]
+        self.assertEqual(len({p.auth.nonce for p in sent if p.auth is not None}), 3)
         self.assertEqual(client.state, "probing")
         self.net.run(0.2)
         self.assertEqual(client.state, "offline")
@@ -268,7 +271,12 @@ class QualificationTests(ClientTestCase):
         address goes.
         """
         sent: list[Any] = []
-        self.net.addDropFilter(lambda d: sent.append(d) and False)
+
+        def record(d: Datagram) -> bool:
+            sent.append(d)
+            return False
+
+        self.net.addDropFilter(record)
         native = [True]
         client = self.makeClient(hasOtherIPv6=native)
         self.net.run(120)
@@ -323,9 +331,11 @@ class QualificationTests(ClientTestCase):
         self.net.flush()
         unplug()
         [rs] = [d for d in self.net.capture if d.dst[0] == PRIMARY]
-        nonce = classify(rs.data).auth.nonce  # type: ignore[union-attr]
+        auth = classify(rs.data).auth
+        assert auth is not None
+        nonce = auth.nonce
         good = self.forgedRA(nonce, OriginIndication(*rs.src))
-        noOrigin = self.forgedRA(nonce, None)  # type: ignore[arg-type]
+        noOrigin = self.forgedRA(nonce, None)  # type: ignore[arg-type]  # deliberately no origin indication
         twoPrefixes = self.forgedRA(nonce, OriginIndication(*rs.src), prefixes=2)
         badSum = bytearray(good)
         badSum[-1] ^= 1
@@ -648,11 +658,14 @@ class DataPathTests(ClientTestCase):
         self.net.flush()
         silent = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 4000, "192.0.2.99").to_bytes()
         times: list[float] = []
-        self.net.addDropFilter(
-            lambda d: d.dst == ("192.0.2.99", 4000)
-            and d.src[0] != PRIMARY
-            and not times.append(self.clock.seconds())
-        )
+
+        def record(d: Datagram) -> bool:
+            if d.dst == ("192.0.2.99", 4000) and d.src[0] != PRIMARY:
+                times.append(self.clock.seconds())
+                return True
+            return False
+
+        self.net.addDropFilter(record)
         aaddr = raw(a.address)
         self.tunOf(a).inject(echo(aaddr, silent))
         self.net.run(1)
@@ -663,7 +676,7 @@ class DataPathTests(ClientTestCase):
         errors = [p for p in self.tunOf(a).written if p[40] == 1]
         self.assertEqual(len(errors), 2)
         error = ipv6.decode_icmpv6(errors[0][40:], errors[0][8:24], errors[0][24:40])
-        self.assertIsInstance(error, ipv6.DestinationUnreachable)
+        assert isinstance(error, ipv6.DestinationUnreachable)
         self.assertEqual(error.code, 3)
         # Within 300 s of the first bubble: refused at once, no bubble.
         self.tunOf(a).inject(echo(aaddr, silent, b"third"))
@@ -816,6 +829,7 @@ class EchoTestTests(ClientTestCase):
         # The relay's indirect bubble through our server (native source: SV-IN-6 allows it
         # toward one of the server's own clients).
         relayHost = self.net._owners[RELAY[0]]
+        assert isinstance(relayHost, FakeHost)
         relayHost._ports[RELAY].write(ipv6.bubble(V6HOST, self.aaddr), (PRIMARY, 3544))
         self.net.flush()
         [(answer, _)] = relay.received
@@ -834,7 +848,9 @@ class EchoTestTests(ClientTestCase):
         self.serverTun.written.clear()
         aaddr = raw(a.address)
         relay = self.publicEndpoint(*RELAY)
-        relayPort = self.net._owners[RELAY[0]]._ports[RELAY]
+        relayHost = self.net._owners[RELAY[0]]
+        assert isinstance(relayHost, FakeHost)
+        relayPort = relayHost._ports[RELAY]
         hello = echo(V6HOST, aaddr, b"unsolicited")
         relayPort.write(hello, a.mapping)
         self.net.flush()
@@ -887,7 +903,8 @@ class LocalDiscoveryTests(ClientTestCase):
         b = self.lanClient("10.0.0.3", seed=2)
         self.net.flush()
         self.assertEqual((a.state, b.state), ("qualified", "qualified"))
-        self.assertEqual(a.mapping[0], b.mapping[0])  # type: ignore[index]
+        assert a.mapping is not None and b.mapping is not None
+        self.assertEqual(a.mapping[0], b.mapping[0])
         self.assertEqual(a.status()["local-discovery"]["local-peers"], 1)
         self.assertEqual(b.status()["local-discovery"]["local-peers"], 1)
         start, forwarded = len(self.net.capture), self.server.status()["counters"]["forwarded"]
@@ -993,7 +1010,12 @@ class LocalDiscoveryTests(ClientTestCase):
         listener = self.listener()
         times: list[float] = []
         original = listener.datagramReceived
-        listener.datagramReceived = lambda d, a: (times.append(self.clock.seconds()), original(d, a))  # type: ignore[method-assign]
+
+        def record(data: bytes, addr: tuple[str, int]) -> None:
+            times.append(self.clock.seconds())
+            original(data, addr)
+
+        listener.datagramReceived = record  # type: ignore[method-assign]  # spies on each arrival
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.run(5000)
         gaps = [round(later - earlier, 6) for earlier, later in zip(times, times[1:])]
@@ -1020,7 +1042,9 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.run(1000)
         self.assertIn(baddr, a.tunnel.peers)
         b.stopService()
-        heard = a.tunnel.peers.get(baddr).last_rx  # type: ignore[union-attr]
+        known = a.tunnel.peers.get(baddr)
+        assert known is not None
+        heard = known.last_rx
         self.net.run(heard + 599 - self.clock.seconds())
         self.assertIn(baddr, a.tunnel.peers)
         self.net.run(12)
@@ -1057,7 +1081,8 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
         self.net.flush()
-        mapped = a.mapping[0]  # type: ignore[index]
+        assert a.mapping is not None
+        mapped = a.mapping[0]
         ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, mapped).to_bytes()
         foreign = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "192.0.2.50").to_bytes()
         private = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, "10.0.0.3").to_bytes()
@@ -1100,7 +1125,8 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.flush()
-        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
         odd = Endpoint()
         self.nat.host("192.0.2.77").listenUDP(4000, odd)
         odd.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
@@ -1114,9 +1140,10 @@ class LocalDiscoveryTests(ClientTestCase):
         """
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.flush()
-        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()  # type: ignore[index]
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
         peer = a.tunnel.peers.create(ours)
-        peer.trust((a.mapping[0], 1234), self.clock.seconds())  # type: ignore[index]
+        peer.trust((a.mapping[0], 1234), self.clock.seconds())
         lan = Endpoint()
         self.nat.host("10.0.0.4").listenUDP(4000, lan)
         lan.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
@@ -1222,17 +1249,22 @@ class RoleTests(ClientTestCase):
 
         base = '[client]\nenabled = true\nserver = "203.0.113.10"\n'
         settings = parse_config(base, "x.toml", None, None).roles["client"]
+        assert isinstance(settings, ClientSettings)
         self.assertEqual(
             (settings.default_route, settings.allow_symmetric, settings.peer_queue_bytes),
             ("auto", False, 10240),
         )
         self.assertEqual((settings.local_discovery, settings.local_discovery_address), (True, ""))
         lan = parse_config(base + 'local-discovery-address = "192.168.1.10/24"\n', "x.toml", None, None)
-        self.assertEqual(lan.roles["client"].local_discovery_address, "192.168.1.10/24")
+        lanClient = lan.roles["client"]
+        assert isinstance(lanClient, ClientSettings)
+        self.assertEqual(lanClient.local_discovery_address, "192.168.1.10/24")
         for bad in ('"10.0.0.2/40"', '"224.0.0.1"', "5", '"eth0"', "true"):
             self.assertRaises(
                 ConfigError, parse_config, base + f"local-discovery-address = {bad}\n", "x.toml", None, None
             )
         forced = parse_config(base + "default-route = true\n", "x.toml", None, None)
-        self.assertIs(forced.roles["client"].default_route, True)
+        forcedClient = forced.roles["client"]
+        assert isinstance(forcedClient, ClientSettings)
+        self.assertIs(forcedClient.default_route, True)
         self.assertRaises(ConfigError, parse_config, base + 'default-route = "yes"\n', "x.toml", None, None)

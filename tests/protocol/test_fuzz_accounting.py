@@ -9,6 +9,8 @@ applies to real nodes).
 
 from __future__ import annotations
 
+from typing import Callable
+
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -63,9 +65,10 @@ def aimed_datagram(draw):
 datagrams = st.lists(st.tuples(st.sampled_from(SENDERS), aimed_datagram()), min_size=1, max_size=30)
 
 
-def _counting(tun):
+def _counting(tun) -> Callable[[], int]:
     """
-    Count the packets handed to the role through C{tun} (the kernel's C{tx_packets}).
+    Count the packets handed to the role through C{tun} (the kernel's C{tx_packets}); the
+    result reads the count.
     """
     tun.reads = 0
     original = tun.startReading
@@ -80,12 +83,13 @@ def _counting(tun):
     tun.startReading = startReading
     if tun._deliver is not None:
         startReading(tun._deliver)
+    return lambda: tun.reads
 
 
 class ServerAccountingTests(ServerTestCase):
     def setUp(self) -> None:
         super().setUp()
-        _counting(self.tun)
+        self.reads = _counting(self.tun)
 
     @settings(max_examples=100, deadline=None)
     @given(datagrams, st.floats(0, 3))
@@ -97,14 +101,14 @@ class ServerAccountingTests(ServerTestCase):
             self.net.inject(sender, (PRIMARY, 3544), data)
         self.net.flush()
         self.clock.advance(pause)
-        result = account("server", {"server": self.server.status()}, self.tun.reads)
+        result = account("server", {"server": self.server.status()}, self.reads())
         self.assertTrue(result.balanced, result)
 
 
 class RelayAccountingTests(RelayTestCase):
     def setUp(self) -> None:
         super().setUp()
-        _counting(self.tun)
+        self.reads = _counting(self.tun)
         # v6host writes to the public client: the relay creates its entry, queues and
         # bubbles, so the fuzzed answers from that client reach the peer logic.
         self.tun.inject(ipv6.icmpv6_packet(V6HOST, ADDRESSES[0], ipv6.EchoRequest(9, 9, b"hello")))
@@ -121,5 +125,5 @@ class RelayAccountingTests(RelayTestCase):
             self.net.inject(sender, (RELAY_IP, 3544), data)
         self.settle()
         self.advance(pause)
-        result = account("relay", {"relay": self.relay.status()}, self.tun.reads)
+        result = account("relay", {"relay": self.relay.status()}, self.reads())
         self.assertTrue(result.balanced, result)

@@ -34,6 +34,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from tests.protocol.test_client import Endpoint, echo, raw
+from tests.protocol.test_relay import fakeTun
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 DUAL_IP = "203.0.113.40"
@@ -76,7 +77,7 @@ class HostRelayTestCase(SynchronousTestCase):
         self.addCleanup(self.server.stopService)
         self.addresses = {DUAL6}
         self.hr = self.makeHostRelay()
-        self.tun: FakeTunDevice = self.hr._tun  # type: ignore[assignment]
+        self.tun = fakeTun(self.hr)
         self.stack = DualHostStack(self.tun, self.serverTun)
 
     def makeHostRelay(self, start: bool = True, ip: str = DUAL_IP, **overrides: Any) -> HostSpecificRelay:
@@ -112,8 +113,9 @@ class HostRelayTestCase(SynchronousTestCase):
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        local = self.hr._socket.sender.local  # type: ignore[union-attr]
-        return (DUAL_IP, local[1])
+        sender = self.hr._socket.sender
+        assert sender is not None
+        return (DUAL_IP, sender.local[1])
 
     def drops(self) -> dict[str, int]:
         return {k: v for k, v in self.hr.status()["drops"].items() if v}
@@ -124,6 +126,7 @@ class HostRelayTestCase(SynchronousTestCase):
         address = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 40000, "192.0.2.50").to_bytes()
         self.tun.inject(echo(DUAL6, address, b"first"))
         self.settle()
+        assert self.hr.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
         self.settle()
         self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
@@ -136,7 +139,8 @@ class ServiceTests(HostRelayTestCase):
         HR-01/02: an unnumbered TUN with 2001::/32 routed to it, forwarding left off, no
         Teredo address; the status lists the host's addresses and every drop reason.
         """
-        conf: FakeNetworkConfigurator = self.hr._netconfig  # type: ignore[assignment]
+        conf = self.hr._netconfig
+        assert isinstance(conf, FakeNetworkConfigurator)
         self.assertIn(("teredo-hr", "2001::/32", 1024), conf.routes)
         self.assertEqual(conf.addresses["teredo-hr"], set())
         self.assertFalse(conf.forwarding)
@@ -161,7 +165,7 @@ class ServiceTests(HostRelayTestCase):
         with self.assertRaises(NoNativeIPv6) as caught:
             hr.privilegedStartService()
         self.assertNotIn("\n", str(caught.exception))
-        self.assertFalse(hr._tun.opened)  # type: ignore[attr-defined]
+        self.assertFalse(fakeTun(hr).opened)
 
     def test_makeRoleRefusesOneLine(self) -> None:
         """
@@ -222,10 +226,12 @@ class PathTests(HostRelayTestCase):
         request = echo(DUAL6, caddr, b"hi from dualhost")
         self.tun.inject(request)
         self.settle()
-        self.assertIn(request, client._tun.written)  # type: ignore[attr-defined]
-        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        self.assertIn(request, fakeTun(client).written)
+        known = client.tunnel.peers.get(DUAL6)
+        assert known is not None
+        self.assertEqual(known.mapping, self.endpoint)
         reply = echo(caddr, DUAL6, b"hi from dualhost", reply=True)
-        client._tun.inject(reply)  # type: ignore[attr-defined]
+        fakeTun(client).inject(reply)
         self.settle()
         self.assertIn(reply, self.stack.received)
         self.assertEqual(self.stack.elsewhere, [])
@@ -246,15 +252,17 @@ class PathTests(HostRelayTestCase):
         """
         client = self.makeClient()
         caddr = raw(client.address)
-        client._tun.inject(echo(caddr, DUAL6, b"ping"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, DUAL6, b"ping"))
         self.settle()
-        self.assertEqual(client.tunnel.peers.get(DUAL6).mapping, self.endpoint)
+        known = client.tunnel.peers.get(DUAL6)
+        assert known is not None
+        self.assertEqual(known.mapping, self.endpoint)
         requests = [p for p in self.stack.received if p[40] == ipv6.ICMP_ECHO_REQUEST and p[48:] == b"ping"]
         self.assertEqual(len(requests), 1)
-        replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
+        replies = [p for p in fakeTun(client).written if p[40] == ipv6.ICMP_ECHO_REPLY]
         self.assertEqual([r[48:] for r in replies], [b"ping"])
         forwarded = self.server.status()["counters"]
-        client._tun.inject(echo(caddr, DUAL6, b"again"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, DUAL6, b"again"))
         self.settle()
         self.assertEqual(self.stack.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"], forwarded)

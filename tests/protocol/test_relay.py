@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -22,7 +22,7 @@ from teredonode.roles import relay as relay_module
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import DROP_REASONS, TeredoRelay, servedBy
 from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import Datagram, FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
@@ -36,6 +36,15 @@ FAKE_CLIENT = ("192.0.2.50", 40000)
 
 def teredo(server: str, ip: str, port: int, flags: int = 0) -> bytes:
     return TeredoAddress(GLOBAL_PREFIX, server, flags, port, ip).to_bytes()
+
+
+def fakeTun(role: Any) -> FakeTunDevice:
+    """
+    The fake TUN a role of this test bed was given (roles hold it as an L{ITunDevice}).
+    """
+    tun = role._tun
+    assert isinstance(tun, FakeTunDevice), tun
+    return tun
 
 
 class IPv6Side(FakeIPv6Network):
@@ -72,9 +81,19 @@ class RelayTestCase(SynchronousTestCase):
         self.server.startService()
         self.addCleanup(self.server.stopService)
         self.relay = self.makeRelay()
-        self.tun: FakeTunDevice = self.relay._tun  # type: ignore[assignment]
+        self.tun = fakeTun(self.relay)
         self.side = IPv6Side(self.tun, self.serverTun)
         self._nats = 0
+
+    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
+        relay = TeredoRelay(
+            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
+            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
+        )
+        relay.privilegedStartService()
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay
 
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
         settings = RelaySettings(**overrides)
@@ -137,6 +156,7 @@ class RelayTestCase(SynchronousTestCase):
         first = echo(V6HOST, address, b"first")
         self.tun.inject(first)
         self.settle()
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertIn((first, (RELAY_IP, 3544)), endpoint.received)
@@ -147,7 +167,8 @@ class RelayTestCase(SynchronousTestCase):
         return {k: v for k, v in self.relay.status()["drops"].items() if v}
 
     def counters(self) -> dict[str, int]:
-        return self.relay.status()["counters"]
+        counters: dict[str, int] = self.relay.status()["counters"]
+        return counters
 
 
 class ServiceTests(RelayTestCase):
@@ -156,7 +177,8 @@ class ServiceTests(RelayTestCase):
         RL-01, RL-03: the TUN is up with MTU 1280 and the prefix's route, forwarding is on,
         UDP 3544 is bound; stopping removes the route and cancels every timer.
         """
-        conf: FakeNetworkConfigurator = self.relay._netconfig  # type: ignore[assignment]
+        conf = self.relay._netconfig
+        assert isinstance(conf, FakeNetworkConfigurator)
         self.assertEqual(conf.links["teredo-relay"].mtu, 1280)
         self.assertIn(("teredo-relay", "2001::/32", 1024), conf.routes)
         self.assertTrue(conf.forwarding)
@@ -178,6 +200,7 @@ class ServiceTests(RelayTestCase):
         """
         config = parse_config("[relay]\nenabled = true\n", "x.toml", None, None)
         settings = config.roles["relay"]
+        assert isinstance(settings, RelaySettings)
         self.assertEqual((settings.max_peers, settings.peer_queue_bytes, settings.icmp_rate, settings.serve),
                          (1_048_576, 1280, 10.0, ("2000::/3",)))
         role = relay_module.makeRole(settings, Clock())
@@ -196,12 +219,13 @@ class EndToEndTests(RelayTestCase):
         client = self.makeClient()
         caddr = raw(client.address)
         ping = echo(caddr, V6HOST, b"hello")
-        client._tun.inject(ping)  # type: ignore[attr-defined]
+        fakeTun(client).inject(ping)
         self.advance(1)
         self.assertIn(ping, self.side.received)
-        replies = [p for p in client._tun.written if p[40] == ipv6.ICMP_ECHO_REPLY]  # type: ignore[attr-defined]
+        replies = [p for p in fakeTun(client).written if p[40] == ipv6.ICMP_ECHO_REPLY]
         self.assertEqual([r[48:] for r in replies], [b"hello"])
         peer = client.tunnel.peers.get(V6HOST)
+        assert peer is not None
         self.assertEqual(peer.mapping, (RELAY_IP, 3544))
         counters = self.counters()
         self.assertGreaterEqual(counters["bubbles-indirect"], 1)
@@ -210,7 +234,7 @@ class EndToEndTests(RelayTestCase):
         self.assertEqual(self.drops(), {})
         # From now on, straight through the relay, nothing through the server.
         forwarded = self.server.status()["counters"]["forwarded"]
-        client._tun.inject(echo(caddr, V6HOST, b"again"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, b"again"))
         self.settle()
         self.assertEqual(self.side.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
@@ -220,16 +244,16 @@ class EndToEndTests(RelayTestCase):
         The hot path never logs: thousands of forwarded, dropped and bubbled packets
         produce no log event from the relay or the tunnel core.
         """
-        from twisted.logger import globalLogPublisher
+        from twisted.logger import ILogObserver, globalLogPublisher
 
-        events: list[dict] = []
+        events: list[dict[str, Any]] = []
 
-        def observer(event: dict) -> None:
+        def observer(event: dict[str, Any]) -> None:
             if str(event.get("log_namespace", "")).startswith("teredonode.roles"):
                 events.append(event)
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        globalLogPublisher.addObserver(cast(ILogObserver, observer))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, observer))
         endpoint, udp, address = self.trustedFakeClient()
         for i in range(1000):
             self.tun.inject(echo(V6HOST, address, b"%d" % i))
@@ -251,8 +275,10 @@ class EndToEndTests(RelayTestCase):
         hello = echo(V6HOST, caddr, b"from v6host")
         self.tun.inject(hello)
         self.advance(1)
-        self.assertIn(hello, client._tun.written)  # type: ignore[attr-defined]
-        self.assertEqual(self.relay.tunnel.peers.get(caddr).mapping, client.mapping)
+        self.assertIn(hello, fakeTun(client).written)
+        known = self.relay.tunnel.peers.get(caddr)
+        assert known is not None
+        self.assertEqual(known.mapping, client.mapping)
 
     def test_echoRepliesOfDirectTestsFlowBack(self) -> None:
         """
@@ -312,14 +338,18 @@ class TransmissionTests(RelayTestCase):
         self.relay.tunnel.policy = replace(self.relay.tunnel.policy, direct_bubbles=True)
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         times: dict[tuple[str, int], list[float]] = {}
-        self.net.addDropFilter(
-            lambda d: d.src == (RELAY_IP, 3544)
-            and d.dst in (("192.0.2.99", 4000), (PRIMARY, 3544))
-            and not times.setdefault(d.dst, []).append(self.clock.seconds())
-        )
+
+        def record(d: Datagram) -> bool:
+            if d.src == (RELAY_IP, 3544) and d.dst in (("192.0.2.99", 4000), (PRIMARY, 3544)):
+                times.setdefault(d.dst, []).append(self.clock.seconds())
+                return True
+            return False
+
+        self.net.addDropFilter(record)
         self.tun.inject(echo(V6HOST, silent, b"1"))
         self.tun.inject(echo(V6HOST, silent, b"2"))
         peer = self.relay.tunnel.peers.get(silent)
+        assert peer is not None
         self.assertFalse(peer.trusted)
         self.assertEqual(len(peer.queue), 2)
         self.advance(7.5, step=0.25)
@@ -361,6 +391,7 @@ class TransmissionTests(RelayTestCase):
         for packet in direct + indirect:
             self.assertTrue(packet.is_bubble)
             # The indirect one carries its RFC 6081 nonce in the last 4 bytes (test_sns_relay).
+            assert self.relay.tunnel.bubbleSource is not None
             self.assertEqual(packet.header.src[:12], self.relay.tunnel.bubbleSource[:12])
             self.assertEqual(packet.header.dst, address)
             self.assertTrue(ipv6.is_link_local(packet.header.src))
@@ -378,7 +409,9 @@ class TransmissionTests(RelayTestCase):
         self.tun.inject(data)
         self.settle()
         self.assertTrue(all(classify(d).is_bubble for d, _ in endpoint.received))
-        self.assertFalse(self.relay.tunnel.peers.get(cone).trusted)
+        known = self.relay.tunnel.peers.get(cone)
+        assert known is not None
+        self.assertFalse(known.trusted)
 
     def test_trustedPeerSentAtOnceUntilInvalid(self) -> None:
         """
@@ -395,6 +428,7 @@ class TransmissionTests(RelayTestCase):
         self.tun.inject(data)
         self.settle()
         self.assertTrue(all(classify(d).is_bubble for d, _ in endpoint.received))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(endpoint.received[-1], (data, (RELAY_IP, 3544)))
@@ -406,24 +440,15 @@ class TransmissionTests(RelayTestCase):
         relay = self.makeRelayOn("203.0.113.21", peer_queue=3, peer_queue_bytes=100000)
         silent = teredo(PRIMARY, "192.0.2.99", 4000)
         for i in range(5):
-            relay._tun.inject(echo(V6HOST, silent, b"%d" % i))  # type: ignore[attr-defined]
+            fakeTun(relay).inject(echo(V6HOST, silent, b"%d" % i))
         self.assertEqual(relay.drops["queue-full"], 2)
         small = self.makeRelayOn("203.0.113.22", peer_queue=100, peer_queue_bytes=200)
         for i in range(5):
-            small._tun.inject(echo(V6HOST, silent, b"x" * 40))  # type: ignore[attr-defined]
+            fakeTun(small).inject(echo(V6HOST, silent, b"x" * 40))
         peer = small.tunnel.peers.get(silent)
+        assert peer is not None
         self.assertLessEqual(peer.queued_bytes, 200)
         self.assertEqual(small.drops["queue-full"], 5 - len(peer.queue))
-
-    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
-        relay = TeredoRelay(
-            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
-        )
-        relay.privilegedStartService()
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
 
     def test_peerBoundLRU(self) -> None:
         """
@@ -431,10 +456,10 @@ class TransmissionTests(RelayTestCase):
         with its queue.
         """
         relay = self.makeRelayOn("203.0.113.21", max_peers=2)
-        tun = relay._tun
+        tun = fakeTun(relay)
         addresses = [teredo(PRIMARY, "192.0.2.99", 4000 + i) for i in range(3)]
         for address in addresses:
-            tun.inject(echo(V6HOST, address))  # type: ignore[attr-defined]
+            tun.inject(echo(V6HOST, address))
         self.assertEqual(len(relay.tunnel.peers), 2)
         self.assertNotIn(addresses[0], relay.tunnel.peers)
         self.assertEqual(relay.status()["peers"]["evicted-peers"], 1)
@@ -445,14 +470,14 @@ class TransmissionTests(RelayTestCase):
         ICMPv6 errors toward the IPv6 side are rate limited (icmp-rate per second).
         """
         relay = self.makeRelayOn("203.0.113.21", icmp_rate=2.0)
-        tun = relay._tun
+        tun = fakeTun(relay)
         for i in range(10):
-            tun.inject(echo(V6HOST, ipaddress.IPv6Address(f"2001:db8:1::{i + 1}").packed))  # type: ignore[attr-defined]
-        self.assertEqual(len(tun.written), 2)  # type: ignore[attr-defined]
+            tun.inject(echo(V6HOST, ipaddress.IPv6Address(f"2001:db8:1::{i + 1}").packed))
+        self.assertEqual(len(tun.written), 2)
         self.assertEqual(relay.counters["icmp-errors-limited"], 8)
         self.clock.advance(1)
-        tun.inject(echo(V6HOST, ipaddress.IPv6Address("2001:db8:1::99").packed))  # type: ignore[attr-defined]
-        self.assertEqual(len(tun.written), 3)  # type: ignore[attr-defined]
+        tun.inject(echo(V6HOST, ipaddress.IPv6Address("2001:db8:1::99").packed))
+        self.assertEqual(len(tun.written), 3)
 
     def test_hostSourcesMustBeServed(self) -> None:
         """
@@ -498,7 +523,9 @@ class ReceptionTests(RelayTestCase):
             self.drops(), {"mapping-mismatch": 1, "native-source": 1, "link-local-source": 1}
         )
         self.assertEqual(self.side.received, [])
-        self.assertEqual(self.relay.tunnel.peers.get(address).mapping, FAKE_CLIENT)
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None
+        self.assertEqual(known.mapping, FAKE_CLIENT)
 
     def test_unsolicitedCreatesNoState(self) -> None:
         """
@@ -509,6 +536,7 @@ class ReceptionTests(RelayTestCase):
         self.side.answer = False  # a reply would make the relay create an entry itself
         endpoint, udp, address = self.fakeClient()
         udp.write(echo(address, V6HOST), (RELAY_IP, 3544))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(self.drops(), {"unknown-peer": 1})
@@ -548,10 +576,13 @@ class ReceptionTests(RelayTestCase):
         endpoint, udp, address = self.trustedFakeClient()
         written = len(self.tun.written)
         self.clock.advance(20)
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(len(self.tun.written), written)
-        self.assertEqual(self.relay.tunnel.peers.get(address).last_rx, self.clock.seconds())
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None
+        self.assertEqual(known.last_rx, self.clock.seconds())
         self.assertGreaterEqual(self.counters()["bubbles-received"], 2)
 
     def test_originIndicationStripped(self) -> None:

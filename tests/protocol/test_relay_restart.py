@@ -16,6 +16,7 @@ ECMP set shrank to the survivors).
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,7 +30,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, fakeTun, teredo
 
 RELAY_A, RELAY_B = "203.0.113.20", "203.0.113.21"
 
@@ -92,7 +93,7 @@ class RestartTestCase(SynchronousTestCase):
 
     def stopRelay(self, ip: str) -> None:
         relay = self.relays.pop(ip)
-        self.side.live.remove(relay._tun)  # type: ignore[arg-type]
+        self.side.live.remove(fakeTun(relay))
         relay.stopService()
 
     def makeClient(self) -> tuple[TeredoClient, bytes]:
@@ -115,15 +116,15 @@ class RestartTestCase(SynchronousTestCase):
             self.settle()
 
     def clientPing(self, client: TeredoClient, caddr: bytes, data: bytes) -> None:
-        client._tun.inject(echo(caddr, V6HOST, data))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, data))
         self.settle()
 
     def repliesTo(self, client: TeredoClient) -> list[bytes]:
-        written = client._tun.written  # type: ignore[attr-defined]
+        written = fakeTun(client).written
         return [p[48:] for p in written if p[6] == ipv6.NH_ICMPV6 and p[40] == ipv6.ICMP_ECHO_REPLY]
 
     def requestsTo(self, client: TeredoClient) -> list[bytes]:
-        written = client._tun.written  # type: ignore[attr-defined]
+        written = fakeTun(client).written
         return [p[48:] for p in written if p[6] == ipv6.NH_ICMPV6 and p[40] == ipv6.ICMP_ECHO_REQUEST]
 
     def pingUntilAnswered(self, client: TeredoClient, caddr: bytes, limit: float, step: float = 0.2) -> float:
@@ -181,6 +182,7 @@ class StatelessForwardingTests(RestartTestCase):
         udp.write(echo(other, V6HOST), (RELAY_A, 3544))
         udp.write(echo(mine, bytes.fromhex("fd00" + "00" * 13 + "01")), (RELAY_A, 3544))
         udp.write(echo(mine, teredo(PRIMARY, "192.0.2.9", 9)), (RELAY_A, 3544))
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(mine, self.relay.tunnel.bubbleSource), (RELAY_A, 3544))
         for n in range(20):
             host = self.net.host(f"192.0.2.{100 + n}")
@@ -263,7 +265,9 @@ class FailoverTests(RestartTestCase):
         self.startRelay(RELAY_B, seed=9)
         self.client, self.caddr = self.makeClient()
         self.pingUntilAnswered(self.client, self.caddr, 2)
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_A, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_A, 3544))
 
     def test_clientOnlyTrafficMovesAfterSilence(self) -> None:
         """
@@ -276,7 +280,9 @@ class FailoverTests(RestartTestCase):
         waited = self.pingUntilAnswered(self.client, self.caddr, RELAY_SILENCE + PROBE_INTERVAL + 1)
         self.assertGreaterEqual(waited, RELAY_SILENCE - 0.5)
         self.assertLessEqual(waited, RELAY_SILENCE + 1.0)
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_B, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_B, 3544))
         self.assertEqual(self.client.status()["counters"]["relay-rechecks"], 1)
         # From now on every ping is answered at once.
         before = len(self.repliesTo(self.client))
@@ -298,7 +304,9 @@ class FailoverTests(RestartTestCase):
             self.advance(0.2)
         self.advance(PROBE_INTERVAL)
         self.assertEqual(self.requestsTo(self.client)[-5:], [b"down%d" % n for n in range(5)])
-        self.assertEqual(self.client.tunnel.peers.get(V6HOST).mapping, (RELAY_B, 3544))
+        known = self.client.tunnel.peers.get(V6HOST)
+        assert known is not None
+        self.assertEqual(known.mapping, (RELAY_B, 3544))
         self.assertEqual(self.pingUntilAnswered(self.client, self.caddr, 1), 0.0)
 
 
@@ -316,9 +324,11 @@ class FailoverTests(RestartTestCase):
             self.clientPing(self.client, self.caddr, b"up%d" % n)
             self.side.live[0].inject(echo(V6HOST, self.caddr, b"down%d" % n))
             self.settle()
-            requests = [p for p in self.client._tun.written if p[40] == ipv6.ICMP_ECHO_REQUEST]  # type: ignore[attr-defined]
+            requests = [p for p in fakeTun(self.client).written if p[40] == ipv6.ICMP_ECHO_REQUEST]
             for request in requests[answered:]:
-                self.client._tun.inject(self.side.echoReply(request))  # type: ignore[attr-defined]
+                reply = self.side.echoReply(request)
+                assert reply is not None
+                fakeTun(self.client).inject(reply)
             answered = len(requests)
             self.advance(tick)
 
@@ -361,7 +371,7 @@ class RecheckTests(RestartTestCase):
         for _ in range(round(seconds / 0.2)):
             packet = bytearray(echo(self.caddr, V6HOST, b"x"))
             packet[40] = 1  # not an echo request: v6host answers nothing
-            self.client._tun.inject(bytes(packet))  # type: ignore[attr-defined]
+            fakeTun(self.client).inject(bytes(packet))
             self.advance(0.2)
 
     def test_liveRelayAnswersRecheck(self) -> None:
@@ -375,6 +385,7 @@ class RecheckTests(RestartTestCase):
         self.assertEqual(counters["relay-rechecks"], 1)
         self.assertEqual(len(self.repliesTo(self.client)), replies)
         peer = self.client.tunnel.peers.get(V6HOST)
+        assert peer is not None
         self.assertEqual(peer.mapping, (RELAY_A, 3544))
         self.assertIsNone(peer.nonce)
         self.assertEqual(peer.bubbles, [])
@@ -410,7 +421,7 @@ class FakeHealthRoute:
         self.calls.append("withdraw")
         self.present = False
 
-    def lookup(self) -> dict | None:
+    def lookup(self) -> dict[str, Any] | None:
         return {"expires": 3.0} if self.present else None
 
     def close(self) -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any
+from typing import Any, cast
 
+from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredonode.config import ClientSettings, HostRelaySettings, RelaySettings, ServerSettings, parse_config
@@ -94,7 +95,7 @@ def roleNode(test: Any, role: str, table: str, reactor: Any) -> TeredoNode:
     return node
 
 
-def reloadLines(events: list[dict]) -> list[str]:
+def reloadLines(events: list[dict[str, Any]]) -> list[str]:
     return [e["log_format"].format(**e) for e in events if e.get("log_format", "").startswith("reload:")]
 
 
@@ -116,9 +117,10 @@ class ReloadTests(SynchronousTestCase):
         self.server.startService()
         self.addCleanup(self.server.stopService)
         self.addCleanup(setLogLevel, "info")
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
 
     def client(self) -> TeredoClient:
         nat = self.net.nat("port-restricted", rng=random.Random(1))
@@ -175,7 +177,9 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(sorted(restart), ["[node] status-socket", "[server] mtu", "[server] prefix"])
         self.assertEqual(self.server.settings.mtu, 1280)  # kept
         self.assertEqual(self.node.config.node.log_level, "debug")
-        self.assertEqual(self.node.config.roles["server"].prefix, "2001::/32")
+        server = self.node.config.roles["server"]
+        assert isinstance(server, ServerSettings)
+        self.assertEqual(server.prefix, "2001::/32")
         self.assertEqual(logFilter.logLevelForNamespace("teredonode.roles.server").name, "debug")
         [line] = self.reloadLines()
         self.assertIn("needs a restart to change: [node] status-socket", line)
@@ -210,11 +214,13 @@ class ReloadTests(SynchronousTestCase):
         def broken(settings: Any) -> None:
             raise RuntimeError("bug")
 
-        self.server.reconfigure = broken  # type: ignore[method-assign]
+        self.server.reconfigure = broken  # type: ignore[method-assign]  # a failing reconfigure on purpose
         self.file = text(rate=0.01, level="debug")
         applied, restart = self.node.reload()
         self.assertEqual((applied, restart), (["[node] log-level"], ["[server] rs-rate"]))
-        self.assertEqual(self.node.config.roles["server"].rs_rate, 1.0)
+        server = self.node.config.roles["server"]
+        assert isinstance(server, ServerSettings)
+        self.assertEqual(server.rs_rate, 1.0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         [line] = self.reloadLines()[-1:]
         self.assertIn("needs a restart to change: [server] rs-rate", line)
@@ -242,6 +248,9 @@ class RelayReloadTests(test_relay.RelayTestCase):
     """
     The relay of L{test_relay}'s test bed, run by a node from a configuration file.
     """
+
+    file: str  # set by roleNode
+    events: list[dict[str, Any]]  # set by roleNode
 
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
         self.node = roleNode(self, "relay", "", self.net.host(RELAY_IP))
@@ -274,7 +283,9 @@ class RelayReloadTests(test_relay.RelayTestCase):
         self.assertEqual(self.relay.tunnel.peers.queue_packets, 2)
         # The trusted client: same entry, packets go at once.
         self.assertEqual(len(self.relay.tunnel.peers), peers)
-        self.assertTrue(self.relay.tunnel.peers.get(address).trusted)
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None
+        self.assertTrue(known.trusted)
         data = echo(V6HOST, address, b"after reload")
         self.tun.inject(data)
         self.settle()
@@ -299,7 +310,9 @@ class RelayReloadTests(test_relay.RelayTestCase):
         self.assertEqual(sorted(restart), ["[relay] icmp-rate", "[relay] port", "[relay] serve"])
         self.assertEqual(self.relay.settings.serve, ("2000::/3",))
         self.assertEqual(self.relay.settings.bubble_rate, 10.0)
-        self.assertEqual(self.node.config.roles["relay"].port, 3544)
+        relay = self.node.config.roles["relay"]
+        assert isinstance(relay, RelaySettings)
+        self.assertEqual(relay.port, 3544)
         [line] = reloadLines(self.events)
         self.assertIn("applied [relay] bubble-rate; needs a restart to change: [relay] ", line)
         self.assertIn("[relay] serve", line)
@@ -309,6 +322,8 @@ class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
     """
     The host-specific relay of L{test_hostrelay}'s test bed, run by a node.
     """
+
+    file: str  # set by roleNode
 
     def makeHostRelay(self, start: bool = True, ip: str = test_hostrelay.DUAL_IP, **overrides: Any) -> HostSpecificRelay:
         self.node = roleNode(self, "host-relay", "", self.net.host(ip))
@@ -333,19 +348,22 @@ class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
             self.tun.inject(echo(test_hostrelay.DUAL6, teredo(test_relay.PRIMARY, ip, 1024)))
         self.settle()
         self.assertEqual(self.drops(), {"budget-global": 1})
-        self.assertTrue(self.hr.tunnel.peers.get(address).trusted)
+        known = self.hr.tunnel.peers.get(address)
+        assert known is not None
+        self.assertTrue(known.trusted)
 
     def test_live_settings_are_settings(self) -> None:
         """
         Every role's live settings are fields of its table (a misspelt one would never be
         applied); the host-specific relay has no drain time.
         """
-        for role, table in [
+        roles: list[tuple[type[TeredoServer | TeredoRelay | HostSpecificRelay | TeredoClient], type[Any]]] = [
             (TeredoServer, ServerSettings),
             (TeredoRelay, RelaySettings),
             (HostSpecificRelay, HostRelaySettings),
             (TeredoClient, ClientSettings),
-        ]:
+        ]
+        for role, table in roles:
             self.assertLessEqual(set(role.liveSettings), {f.name for f in dataclasses.fields(table)}, role)
         self.assertNotIn("drain_time", self.hr.liveSettings)
 
@@ -354,6 +372,8 @@ class ClientReloadTests(test_relay.RelayTestCase):
     """
     A client run by a node, qualified with the test bed's server.
     """
+
+    file: str  # set by roleNode
 
     def test_inbound_budget_changes_client_stays_qualified(self) -> None:
         """
@@ -374,6 +394,7 @@ class ClientReloadTests(test_relay.RelayTestCase):
         self.assertEqual(
             (sorted(applied), restart), (["[client] inbound-probe-burst", "[client] inbound-probe-rate"], [])
         )
+        assert client.address is not None and client.mapping is not None
         me = client.address.to_bytes()
         for i in (1, 2):
             payload = encode_payload(
@@ -388,7 +409,7 @@ class ClientReloadTests(test_relay.RelayTestCase):
         self.assertEqual(client.counters["qualifications"], qualifications)
 
 
-class _Sink:
+class _Sink(DatagramProtocol):
     def makeConnection(self, transport: Any) -> None:
         pass
 

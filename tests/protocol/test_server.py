@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from twisted.internet.interfaces import IUDPTransport
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -50,6 +51,8 @@ class Peer(DatagramProtocol):
     """
     A bare UDP endpoint recording what it receives.
     """
+
+    transport: IUDPTransport  # set by listenUDP before any use
 
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
@@ -129,7 +132,7 @@ class RouterSolicitationTests(ServerTestCase):
         self.assertEqual(header.dst, CLIENT_LINK_LOCAL_RESTRICTED)
         self.assertEqual(header.hop_limit, 255)
         ra = ipv6.decode_icmpv6(packet.ipv6[40:], header.src, header.dst)
-        self.assertIsInstance(ra, ipv6.RouterAdvertisement)
+        assert isinstance(ra, ipv6.RouterAdvertisement)
         self.assertEqual(len(ra.prefixes), 1)
         self.assertEqual(ra.prefixes[0].prefix, ipaddress.IPv6Address("2001:0:cb00:710a::").packed)
         self.assertEqual(ra.prefixes[0].prefix_length, 64)
@@ -162,6 +165,7 @@ class RouterSolicitationTests(ServerTestCase):
         self.assertEqual(source, (SECONDARY, 3544))
         packet = classify(data)
         ra = ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
+        assert isinstance(ra, ipv6.RouterAdvertisement)
         self.assertEqual(ra.prefixes[0].prefix[:8], bytes.fromhex("20010000cb00710a"))
 
     def test_ra_cache_is_bounded_and_correct(self) -> None:
@@ -670,6 +674,7 @@ class SecureQualificationTests(ServerTestCase):
 
         packet = classify(data)
         auth = packet.auth
+        assert auth is not None and packet.origin is not None
         return auth.confirmation, auth_matches(
             secret, auth.auth_value, auth.nonce, auth.confirmation, packet.origin.to_bytes(), packet.ipv6
         )
@@ -680,6 +685,7 @@ class SecureQualificationTests(ServerTestCase):
         self.net.flush()
         [(data, _)] = client.received
         packet = classify(data)
+        assert packet.auth is not None
         self.assertEqual(packet.auth.client_id, b"alice")
         self.assertEqual(packet.auth.nonce, b"SECURE!!")
         self.assertEqual(self.verify(data, b"correct horse"), (0, True))
@@ -717,6 +723,7 @@ class SecureQualificationTests(ServerTestCase):
         self.net.flush()
         [(data, _)] = client.received
         auth = classify(data).auth
+        assert auth is not None
         self.assertNotEqual(auth.confirmation, 0)
         self.assertEqual(auth.auth_value, b"")
 

@@ -19,7 +19,7 @@ from typing import Any
 from teredonode.config import ClientSettings, HostRelaySettings
 from teredonode.roles.client import TeredoClient
 from teredonode.roles.hostrelay import HostSpecificRelay
-from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeHost, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import mapping_of
 from teredonode.wire.teredo import NonceTrailer, classify, encode_trailers
@@ -85,7 +85,9 @@ class SNSRelayTestCase(RelayTestCase):
         """
         endpoint, udp, address = self.fakeClient()
         other = Endpoint()
-        otherUdp = self.net._owners[FAKE_CLIENT[0]].listenUDP(OTHER_PORT, other, interface=FAKE_CLIENT[0])
+        otherHost = self.net._owners[FAKE_CLIENT[0]]
+        assert isinstance(otherHost, FakeHost)
+        otherUdp = otherHost.listenUDP(OTHER_PORT, other, interface=FAKE_CLIENT[0])
         self.tun.inject(echo(V6HOST, address, b"waiting"))
         self.settle()
         indirect = [d for d, s in endpoint.received if s == (PRIMARY, 3544)]
@@ -94,7 +96,8 @@ class SNSRelayTestCase(RelayTestCase):
         return endpoint, udp, address, indirect[0], (other, otherUdp)
 
     def counters(self) -> dict[str, int]:
-        return self.relay.status()["counters"]
+        counters: dict[str, int] = self.relay.status()["counters"]
+        return counters
 
 
 class RelayServesSymmetricNATTests(SNSRelayTestCase):
@@ -212,6 +215,7 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         nonce = classify(indirect).trailers[0].nonce  # type: ignore[union-attr]
+        assert self.relay.tunnel.bubbleSource is not None
         otherUdp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource) + nonceTrailer(nonce), (RELAY_IP, 3544))
         self.settle()
         self.assertEqual(self.counters()["sns-learned"], 1)

@@ -31,6 +31,7 @@ from teredonode.testing import (
     FakeDatagramSender,
     FakeInternet,
     FakeLink,
+    FakeMulticastPort,
     FakeNetworkConfigurator,
     FakeTunDevice,
 )
@@ -45,6 +46,8 @@ class Recorder(DatagramProtocol):
     """
     Records datagrams; optionally answers each one (to test re-entrant sends).
     """
+
+    transport: IUDPTransport  # set by listenUDP before any use
 
     def __init__(self, echo: bool = False) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
@@ -244,7 +247,7 @@ class PublicHostTests(SynchronousTestCase):
         self.b.listenUDP(2, pb)
         pb.transport.connect("192.0.2.1", 99)
         pa.transport.write(b"x", (SERVER, 2))
-        pb.transport.write(b"y")
+        pb.transport.write(b"y")  # type: ignore[call-arg]  # connected: no address, as udp.Port.write allows
         self.net.flush()
         self.assertEqual(pb.received, [])
         self.assertEqual(self.net.capture[-1].dst, ("192.0.2.1", 99))
@@ -256,7 +259,7 @@ class PublicHostTests(SynchronousTestCase):
         self.assertRaises(ValueError, self.net.nat, "cone")
 
     def test_hostIsAClock(self):
-        calls = []
+        calls: list[int] = []
         self.a.callLater(5, calls.append, 1)
         self.assertEqual(len(self.a.getDelayedCalls()), 1)
         self.clock.advance(5)
@@ -645,7 +648,9 @@ class MulticastTests(SynchronousTestCase):
         self.net.flush()
         self.assertEqual([m.received for m in self.members], [[], [], []])
         self.assertEqual((other.received, notJoined.received), ([], []))
-        self.members[1].transport.leaveGroup(GROUP)
+        joined = self.members[1].transport
+        assert isinstance(joined, FakeMulticastPort)
+        joined.leaveGroup(GROUP)
         self.senderPort.write(b"z", (GROUP, 3544))
         self.net.flush()
         self.assertEqual(self.members[1].received, [])
@@ -720,7 +725,7 @@ class FakeTunDeviceTests(SynchronousTestCase):
         self.assertRaises(RuntimeError, tun.inject, b"x")
         tun.open()
         tun.inject(b"queued")
-        got = []
+        got: list[bytes] = []
         tun.startReading(got.append)
         tun.inject(b"live")
         self.assertEqual(got, [b"queued", b"live"])
@@ -783,7 +788,7 @@ class FakeNetworkConfiguratorTests(SynchronousTestCase):
 class FakeDatagramSenderTests(SynchronousTestCase):
     def test_records(self):
         sender = FakeDatagramSender(("203.0.113.5", 3544))
-        sender.sendto(bytearray(b"x"), ("192.0.2.1", 1))
+        sender.sendto(bytearray(b"x"), ("192.0.2.1", 1))  # type: ignore[arg-type]  # recorded as bytes
         self.assertEqual(sender.sent, [(b"x", ("192.0.2.1", 1))])
         self.assertEqual(sender.local, ("203.0.113.5", 3544))
 

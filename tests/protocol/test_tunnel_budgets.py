@@ -28,8 +28,7 @@ from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.teredo import OriginIndication, classify, encode_payload
 from tests.protocol.test_client import Endpoint, echo
-from tests.protocol import test_relay
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, fakeTun, teredo
 
 VICTIM = "192.0.2.99"
 #: Servers an attacker may write into the destinations (any global IPv4 will do).
@@ -56,8 +55,6 @@ class BudgetTestCase(RelayTestCase):
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
         return super().makeRelay(**{**self.relaySettings, **overrides})
 
-    makeRelayOn = test_relay.TransmissionTests.makeRelayOn
-
     def bubblesTo(self, ip: str) -> list[Any]:
         """
         Bubbles the relay put on the Internet toward C{ip} (any port).
@@ -74,7 +71,8 @@ class BudgetTestCase(RelayTestCase):
         )
 
     def suppressed(self) -> dict[str, int]:
-        return self.relay.status()["peers"]["probes-suppressed"]
+        suppressed: dict[str, int] = self.relay.status()["peers"]["probes-suppressed"]
+        return suppressed
 
 
 class PerIPv4BudgetTests(BudgetTestCase):
@@ -117,6 +115,7 @@ class PerIPv4BudgetTests(BudgetTestCase):
         self.settle()
         # The direct bubble and the indirect one our server forwards.
         self.assertEqual(len([r for r in endpoint.received if classify(r[0]).is_bubble]), 2)
+        assert self.relay.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
         self.settle()
         self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
@@ -126,7 +125,9 @@ class PerIPv4BudgetTests(BudgetTestCase):
         A trusted entry is sent to directly (case 1), however spent the budgets are.
         """
         endpoint, udp, address = self.trustedFakeClient()
-        ip = self.relay.tunnel.peers.get(address).mapping[0]
+        known = self.relay.tunnel.peers.get(address)
+        assert known is not None and known.mapping is not None
+        ip = known.mapping[0]
         for dst in victimAddresses(50, victim=ip):
             self.tun.inject(echo(V6HOST, dst))
         self.settle()
@@ -202,7 +203,7 @@ class DirectBubbleTests(BudgetTestCase):
         With direct-bubbles (RL-TX-07/08), each round also bubbles the mapping.
         """
         relay = self.makeRelayOn("203.0.113.21", direct_bubbles=True)
-        relay._tun.inject(echo(V6HOST, teredo(PRIMARY, VICTIM, 4000)))  # type: ignore[attr-defined]
+        fakeTun(relay).inject(echo(V6HOST, teredo(PRIMARY, VICTIM, 4000)))
         self.settle()
         direct = [d for d in self.net.capture if d.src[0] == "203.0.113.21" and d.dst == (VICTIM, 4000)]
         self.assertEqual(len(direct), 1)
@@ -213,10 +214,11 @@ class DirectBubbleTests(BudgetTestCase):
         opens its NAT: v6host's packet reaches it through a default relay.
         """
         client = self.makeClient("port-restricted")
+        assert client.address is not None
         packet = echo(V6HOST, client.address.to_bytes(), b"hello")
         self.tun.inject(packet)
         self.advance(1)
-        self.assertIn(packet, client._tun.written)  # type: ignore[attr-defined]
+        self.assertIn(packet, fakeTun(client).written)
         self.assertEqual(self.counters()["bubbles-direct"], 0)
 
 
@@ -235,7 +237,7 @@ class HostRelayBudgetTests(BudgetTestCase):
         hr.startService()
         self.addCleanup(hr.stopService)
         for dst in victimAddresses(20):
-            hr._tun.inject(echo(own, dst))  # type: ignore[attr-defined]
+            fakeTun(hr).inject(echo(own, dst))
         self.settle()
         self.assertEqual(len(hr.tunnel.peers), 3)
         self.assertEqual(hr.status()["drops"]["budget-ipv4"], 17)
@@ -250,6 +252,7 @@ class ClientEchoBudgetTests(RelayTestCase):
 
     def flood(self, client: TeredoClient, sources: int) -> None:
         attacker = self.net.host("192.0.2.66").listenUDP(5000, Endpoint(), interface="192.0.2.66")
+        assert client.address is not None and client.mapping is not None
         me = client.address.to_bytes()
         for i in range(sources):
             src = ipaddress.IPv6Address(f"2001:db8:bad::{i + 1:x}").packed
@@ -301,6 +304,7 @@ class ClientEchoBudgetTests(RelayTestCase):
         20 direct answers (the burst), the rest suppressed as global-budget.
         """
         client = self.makeClient("full-cone")
+        assert client.address is not None and client.mapping is not None
         me = client.address.to_bytes()
         for i in range(100):
             peer = teredo(PRIMARY, f"192.0.2.{i + 1}", 5000)

@@ -6,20 +6,20 @@ limited so that a flood of doomed destinations cannot flood the log.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from twisted.logger import Logger, formatEvent
+from twisted.logger import ILogObserver, Logger, formatEvent
 
 from teredonode.roles.tunnel import LOG_BURST
 from tests.protocol.test_client import echo, raw
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, teredo
+from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, fakeTun, teredo
 
 
 class TunnelLogTests(RelayTestCase):
-    def capture(self, tunnel: Any) -> list[str]:
+    def capture(self, tunnel: Any) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        tunnel.log = Logger(observer=events.append)
-        return events  # type: ignore[return-value]
+        tunnel.log = Logger(observer=cast(ILogObserver, events.append))
+        return events
 
     def test_relayChosenLoggedOnce(self) -> None:
         """
@@ -29,12 +29,12 @@ class TunnelLogTests(RelayTestCase):
         client = self.makeClient()
         events = self.capture(client.tunnel)
         caddr = raw(client.address)
-        client._tun.inject(echo(caddr, V6HOST, b"hello"))  # type: ignore[attr-defined]
+        fakeTun(client).inject(echo(caddr, V6HOST, b"hello"))
         self.advance(1)
         for i in range(20):
-            client._tun.inject(echo(caddr, V6HOST, bytes([i])))  # type: ignore[attr-defined]
+            fakeTun(client).inject(echo(caddr, V6HOST, bytes([i])))
         self.advance(1)
-        lines = [formatEvent(e) for e in events]  # type: ignore[arg-type]
+        lines = [formatEvent(e) for e in events]
         self.assertEqual(lines, [f"relay for 2001:db8::30: {RELAY_IP}:3544"])
 
     def test_unreachablePeersLoggedWithinLimit(self) -> None:
@@ -47,7 +47,7 @@ class TunnelLogTests(RelayTestCase):
         for i in range(15):
             self.tun.inject(echo(V6HOST, teredo(PRIMARY, f"198.51.100.{i + 1}", 4000), b"x"))
         self.advance(10)
-        lines = [formatEvent(e) for e in events]  # type: ignore[arg-type]
+        lines = [formatEvent(e) for e in events]
         self.assertEqual(len(lines), LOG_BURST)
         self.assertTrue(all(" unreachable: 4 probes unanswered" in line for line in lines), lines)
         self.assertEqual(self.relay.status()["counters"]["log-suppressed"], 15 - LOG_BURST)

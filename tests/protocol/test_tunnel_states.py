@@ -125,7 +125,9 @@ class PeerStateTests(SynchronousTestCase):
         self.assertEqual(self.state(PEER), LOCAL)
         self.tunnel.fromPeer(classify(bubble(PEER, OWN)), lan)
         self.assertEqual(self.state(PEER), TRUSTED)
-        self.assertEqual(self.peers.get(PEER).mapping, lan)  # type: ignore[union-attr]
+        known = self.peers.get(PEER)
+        assert known is not None
+        self.assertEqual(known.mapping, lan)
 
     def test_refused(self) -> None:
         """

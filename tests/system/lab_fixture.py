@@ -20,7 +20,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from unittest import SkipTest
+from typing import TYPE_CHECKING, Any, Callable
+from unittest import SkipTest, TestCase
 
 from teredonode.errors import LabError
 from teredonode.lab._proc import which
@@ -91,7 +92,14 @@ def _destroy_leftovers() -> None:
     _alive.clear()
 
 
-class LabAssertions:
+# The type checker sees the TestCase this mixin is always combined with.
+if TYPE_CHECKING:
+    _TestCase = TestCase
+else:
+    _TestCase = object
+
+
+class LabAssertions(_TestCase):
     """
     Mixin for TestCases holding a lab in C{self.lab}: waiting on our nodes and pinging, with
     failures that carry the nodes' logs.
@@ -99,7 +107,9 @@ class LabAssertions:
 
     lab: Lab
 
-    def waitStatus(self, node: str, predicate, timeout: float, what: str) -> dict:
+    def waitStatus(
+        self, node: str, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         """
         Poll C{node}'s status until C{predicate(status)} holds; fail after C{timeout} s or
         when the node exits.
@@ -108,8 +118,9 @@ class LabAssertions:
         if not ok:
             handle = self.lab.nodes.get(node)
             log = handle.log_tail(15) if handle else []
-            self.fail(f"{node}: not {what} within {timeout} s; status {status}; log {log}")  # type: ignore[attr-defined]
-        return status  # type: ignore[return-value]
+            self.fail(f"{node}: not {what} within {timeout} s; status {status}; log {log}")
+        assert status is not None
+        return status
 
     def assertPings(self, src: str, dst: str, count: int = 5, *, logs: tuple[str, ...] = ()) -> None:
         """
@@ -118,4 +129,4 @@ class LabAssertions:
         received, output = self.lab.ping6(src, dst, count)
         if received < count - 1:
             tails = {n: self.lab.nodes[n].log_tail(15) for n in logs if n in self.lab.nodes}
-            self.fail(f"{src} -> {dst}: {received}/{count}\n{output}\nlogs: {tails}")  # type: ignore[attr-defined]
+            self.fail(f"{src} -> {dst}: {received}/{count}\n{output}\nlogs: {tails}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -46,7 +47,7 @@ class AnycastLabCase(LabAssertions, unittest.TestCase):
         if not self.lab.wait_udp_listening("server", 3544, 15):
             self.fail(f"our-server does not listen: {self.lab.nodes['our-server'].log_tail(10)}")
 
-    def startRelay(self, node: str, host: str, settings: dict | None = None) -> float:
+    def startRelay(self, node: str, host: str, settings: dict[str, Any] | None = None) -> float:
         """
         Start our relay C{node} on C{host}; the wall clock time it reported "relaying".
         """
@@ -58,7 +59,7 @@ class AnycastLabCase(LabAssertions, unittest.TestCase):
         node = f"ours-{host}"
         self.lab.start_teredonode(node, host, "client")
         text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}")
+        assert text is not None, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}"
         return str(TeredoAddress.parse(text))
 
     def bothWays(self, host: str, address: str, seconds: float) -> tuple[Pinger, Pinger]:
@@ -95,8 +96,8 @@ class RestartTests(AnycastLabCase):
             serving = self.startRelay("our-relay", "relay")
             for name, run in (("client->v6host", up.result()), ("v6host->client", down.result())):
                 first = run.first_after(serving)
-                self.assertIsNotNone(first, f"{name}: no reply after the restart")
-                recovered[name].append(first - serving)  # type: ignore[operator]
+                assert first is not None, f"{name}: no reply after the restart"
+                recovered[name].append(first - serving)
                 self.assertLessEqual(recovered[name][-1], RECOVERY_BOUND, (name, recovered))
                 self.assertEqual(run.lost_after(serving), [], name)
             status = self.lab.node_status("our-relay")["relay"]
@@ -124,12 +125,12 @@ class RestartTests(AnycastLabCase):
         serving = self.startRelay("our-relay", "relay")
         run = up.result()
         first = run.first_after(serving)
-        self.assertIsNotNone(first, "no reply after the restart")
-        self.assertLessEqual(first - serving, RECOVERY_BOUND)  # type: ignore[operator]
+        assert first is not None, "no reply after the restart"
+        self.assertLessEqual(first - serving, RECOVERY_BOUND)
         self.assertEqual(run.lost_after(serving), [])
         status = self.lab.node_status("our-relay")["relay"]
         self.assertGreater(status["counters"]["delivered-stateless"], 0, status)
-        print(f"\nrelay restart, client-only traffic: first reply {(first - serving) * 1000:.0f} ms after serving")  # type: ignore[operator]
+        print(f"\nrelay restart, client-only traffic: first reply {(first - serving) * 1000:.0f} ms after serving")
 
 
 #: Kill -9 to traffic answered again through the other relay, both ways.  The route is

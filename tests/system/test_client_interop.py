@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -71,7 +72,6 @@ class LabClientMixin(LabAssertions):
     Starting servers, relays and clients (ours or Miredo's) and reading our nodes' status.
     """
 
-    lab = None
     serverNode = "server-node"
 
     def startServer(self, impl: str) -> None:
@@ -102,11 +102,12 @@ class LabClientMixin(LabAssertions):
         self.lab.start_miredo(node, host, "client")
         return node
 
-    def status(self, node: str) -> dict:
+    def status(self, node: str) -> dict[str, Any]:
         return self.lab.node_status(node)
 
-    def clientStatus(self, node: str) -> dict:
-        return self.status(node)["client"]
+    def clientStatus(self, node: str) -> dict[str, Any]:
+        client: dict[str, Any] = self.status(node)["client"]
+        return client
 
     def waitQualified(self, node: str, host: str, timeout: float = QUALIFY_TIMEOUT) -> TeredoAddress:
         """
@@ -123,7 +124,7 @@ class LabClientMixin(LabAssertions):
 
     def waitMiredoQualified(self, node: str, host: str) -> TeredoAddress:
         text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"Miredo client on {host} did not qualify: {self.lab.nodes[node].log_tail(10)}")
+        assert text is not None, f"Miredo client on {host} did not qualify: {self.lab.nodes[node].log_tail(10)}"
         return TeredoAddress.parse(text)
 
 

@@ -18,12 +18,13 @@ class SharedLanDiscoveryTests(LabAssertions, unittest.TestCase):
         self.lab = lab = use_lab(self, "shared-lan")
         lab.start_teredonode("server", "server", "server")
         self.waitStatus("server", lambda s: s["server"]["state"] == "serving", 15, "serving")
-        addresses = {}
+        addresses: dict[str, str] = {}
         for client in ("client1", "client2"):
             lab.start_teredonode(client, client, "client")
         for client in ("client1", "client2"):
-            addresses[client] = lab.wait_teredo_address(client, 20)
-            self.assertIsNotNone(addresses[client], lab.nodes[client].log_tail(10))
+            address = lab.wait_teredo_address(client, 20)
+            assert address is not None, lab.nodes[client].log_tail(10)
+            addresses[client] = address
         # Both sit behind the same NAT: the same mapped IPv4 in their addresses.
         mapped = {c: TeredoAddress.parse(a).client for c, a in addresses.items()}
         self.assertEqual(mapped["client1"], mapped["client2"])
@@ -32,7 +33,7 @@ class SharedLanDiscoveryTests(LabAssertions, unittest.TestCase):
         capture = lab.capture(
             "client2", ["udp and src host 10.1.0.2 and not dst host 224.0.0.253"], seconds=20, count=3
         )
-        self.addCleanup(lambda: capture.poll() is None and capture.kill())
+        self.addCleanup(lambda: capture.kill() if capture.poll() is None else None)
         self.assertPings("client1", addresses["client2"], count=6, logs=("client1", "client2"))
         out, _ = capture.communicate(timeout=25)
         self.assertGreaterEqual(len([l for l in out.splitlines() if "10.1.0.2." in l]), 3, out)

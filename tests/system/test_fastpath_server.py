@@ -65,7 +65,8 @@ def csum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+    checksum: int = ~total & 0xFFFF
+    return checksum
 
 
 def frame(src: tuple[str, int], dst: tuple[str, int], payload: bytes, udp_checksum: bool = True) -> bytes:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 from unittest import mock
 
@@ -111,7 +112,9 @@ class TopologyTests(unittest.TestCase):
         started = time.monotonic()
         up = lab_cli(["up", "--scenario", "miredo-reference"], env)
         self.assertEqual(up.returncode, 0, up.stderr)
-        prefix = re.search(r"lab (tn[0-9a-f]{5}) is up", up.stdout).group(1)
+        found = re.search(r"lab (tn[0-9a-f]{5}) is up", up.stdout)
+        assert found is not None, up.stdout
+        prefix = found.group(1)
         status = lab_cli(["status"], env)
         self.assertIn(f"{prefix}-client1", status.stdout)
         ran = lab_cli(["exec", "client1", "--", "ping", "-c", "1", "-W", "2", "203.0.113.10"], env)
@@ -133,7 +136,7 @@ class NatModeTests(unittest.TestCase):
     def setUp(self) -> None:
         self.lab = use_lab(self, "nat-modes")
 
-    def observe(self, client: str) -> dict[str, object]:
+    def observe(self, client: str) -> dict[str, Any]:
         """
         From C{client} port 40000: the mapping seen by the relay, whether an unsolicited packet
         from dualhost to that mapping gets in, then the mappings seen by dualhost and server.
@@ -143,7 +146,7 @@ class NatModeTests(unittest.TestCase):
             "dualhost", 6000, 30
         ) as d, lab.agent("server", 5001, 30):
 
-            def seenBy(host: str, port: int) -> object:
+            def seenBy(host: str, port: int) -> tuple[str, int] | None:
                 # Each agent needs a moment to bind (more on a loaded machine): ask again
                 # until it answers, 10 s at most.
                 for _ in range(20):
@@ -248,7 +251,7 @@ class MiredoReferenceTests(unittest.TestCase):
         address = lab.wait_teredo_address("client1", self.QUALIFY_TIMEOUT)
         for node in nodes:
             self.assertIsNone(node.exit_code(), f"{node.record.node} exited: {node.log_tail()}")
-        self.assertIsNotNone(address, f"no qualification within {self.QUALIFY_TIMEOUT:g}s: {nodes[2].log_tail()}")
+        assert address is not None, f"no qualification within {self.QUALIFY_TIMEOUT:g}s: {nodes[2].log_tail()}"
         # One RS/RA exchange; Miredo's retry after a lost RS alone would take 4 s.
         self.assertLess(time.monotonic() - started, 4.0)
         # 2001:0:<server IPv4 in hex>:<flags>:<~port>:<~ip>, server 203.0.113.10 = cb00:710a.

@@ -144,8 +144,8 @@ class LevelLabelTests(unittest.TestCase):
         sent: list[tuple[int, str]] = []
 
         class Observer(SyslogObserver):
-            openlog = staticmethod(lambda *args: None)  # type: ignore[assignment]
-            syslog = staticmethod(lambda priority, text: sent.append((priority, text)))  # type: ignore[assignment]
+            openlog = staticmethod(lambda *args: None)
+            syslog = staticmethod(lambda priority, text: sent.append((priority, text)))
 
         from twisted.python import log
 

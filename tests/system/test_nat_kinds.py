@@ -247,6 +247,7 @@ class NatKindTests(unittest.TestCase):
         self.assertEqual(answer["address"], self.wan)
         self.assertEqual(answer["result"], 0, answer)
         self.assertEqual(answer["internal"], LOCAL_PORT + 5)
+        assert isinstance(answer["external"], int), answer
         mapped = (self.wan, answer["external"])
         other = self.stack.enter_context(self.lab.agent("client1", LOCAL_PORT + 5, 60))
         other.recv(0.1)  # answered: the agent runs, its socket is bound

@@ -110,13 +110,14 @@ class AgentHttpTests(unittest.TestCase):
 
     def setUp(self) -> None:
         from twisted.internet import reactor
+        from twisted.internet.address import IPv4Address
         from twisted.web.resource import Resource
         from twisted.web.server import Site
 
         class Body(Resource):
             isLeaf = True
 
-            def render_GET(self, request):  # type: ignore[no-untyped-def]
+            def render_GET(self, request):
                 size = int(request.path.strip(b"/") or 0)
                 if request.args.get(b"chunked"):
                     for _ in range(size // 1000):
@@ -125,17 +126,19 @@ class AgentHttpTests(unittest.TestCase):
                     return NOT_DONE_YET
                 return b"x" * size
 
-            def render_POST(self, request):  # type: ignore[no-untyped-def]
+            def render_POST(self, request):
                 return request.getHeader(b"soapaction") + b" " + request.content.read()
 
         from twisted.web.server import NOT_DONE_YET
 
         self.reactor = reactor
-        self.port = reactor.listenTCP(0, Site(Body()), interface="127.0.0.1")
+        self.port = reactor.listenTCP(0, Site(Body()), interface="127.0.0.1")  # type: ignore[arg-type]  # Twisted types the factory narrower than Site
         self.addCleanup(self.port.stopListening)
-        self.base = f"http://127.0.0.1:{self.port.getHost().port}"
+        address = self.port.getHost()
+        assert isinstance(address, IPv4Address)
+        self.base = f"http://127.0.0.1:{address.port}"
 
-    def http(self, limit: int = 1000):  # type: ignore[no-untyped-def]
+    def http(self, limit: int = 1000):
         from teredonode.portmap.mappers import AgentHttp
 
         return AgentHttp(self.reactor, limit=limit, timeout=10)  # Agent's default pool: not persistent

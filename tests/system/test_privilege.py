@@ -71,7 +71,8 @@ class LeastPrivilegeTests(LabAssertions, unittest.TestCase):
 
     def waitQualified(self, node: str) -> str:
         status = self.waitStatus(node, lambda s: s["client"]["state"] == "qualified", QUALIFY_TIMEOUT, "qualified")
-        return status["client"]["address"]
+        address: str = status["client"]["address"]
+        return address
 
     def test_every_role_unprivileged_and_serving(self) -> None:
         """

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -104,7 +105,7 @@ class ProbeLabTests(unittest.TestCase):
         if not self.lab.wait_udp_listening("server", 3544, 15):
             self.fail(f"our server does not listen: {self.lab.nodes['server-node'].log_tail(10)}")
 
-    def probe(self, host: str) -> dict:
+    def probe(self, host: str) -> dict[str, Any]:
         out = self.lab.exec(
             host,
             ["env", f"PYTHONPATH={REPO_ROOT}", "python3", "-m", "teredonode.cli", "probe",
@@ -112,7 +113,7 @@ class ProbeLabTests(unittest.TestCase):
             timeout=60,
         )
         self.assertEqual(out.returncode, 0, out.stdout + out.stderr)
-        report: dict = json.loads(out.stdout)
+        report: dict[str, Any] = json.loads(out.stdout)
         return report
 
     def check_kind(self, mode: str) -> list[str]:
@@ -146,7 +147,7 @@ class ProbeLabTests(unittest.TestCase):
         wrong += self.check_mappings(mode, report)
         return wrong
 
-    def check_mappings(self, mode: str, report: dict) -> list[str]:
+    def check_mappings(self, mode: str, report: dict[str, Any]) -> list[str]:
         """
         Every mapping the probe reports is one the NAT made toward that destination; where
         the kernel translates, exactly the one it made for that local port.

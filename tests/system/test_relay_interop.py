@@ -17,6 +17,7 @@ import json
 import subprocess
 import textwrap
 import time
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -42,7 +43,7 @@ class LabRoles(LabAssertions, unittest.TestCase):
         if not self.lab.wait_udp_listening(host, port, 15):
             self.fail(f"{node} does not listen: {self.lab.nodes[node].log_tail(10)}")
 
-    def status(self, node: str) -> dict:
+    def status(self, node: str) -> dict[str, Any]:
         return self.lab.node_status(node)
 
     def startOurRelay(self) -> None:
@@ -60,7 +61,7 @@ class LabRoles(LabAssertions, unittest.TestCase):
             node = f"ours-{host}"
             self.lab.start_teredonode(node, host, "client")
         text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}")
+        assert text is not None, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}"
         return str(TeredoAddress.parse(text))
 
     def iperf(self, server: str, client: str, target: str, reverse: bool = False, seconds: int = 2) -> float:
@@ -88,7 +89,7 @@ class LabRoles(LabAssertions, unittest.TestCase):
         return bps
 
 
-def _reap(proc: subprocess.Popen) -> None:
+def _reap(proc: subprocess.Popen[Any]) -> None:
     if proc.poll() is None:
         proc.kill()
     try:
@@ -212,7 +213,7 @@ class HostRelayInteropTests(LabRoles):
         counters = self.status("our-relay")["relay"]["counters"]
         return counters["sent"], counters["delivered"], counters["queued"]
 
-    def capture(self, seconds: int = 30) -> subprocess.Popen:
+    def capture(self, seconds: int = 30) -> subprocess.Popen[Any]:
         """
         tcpdump on dualhost's only link, bounded in time and packets.
         """

@@ -12,6 +12,7 @@ Our server in the lab, serving Miredo clients (issue: server role).
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 from twisted.trial import unittest
 
@@ -32,12 +33,10 @@ class ServerInteropTests(LabAssertions, unittest.TestCase):
     def qualify(self, client: str) -> TeredoAddress:
         self.lab.start_miredo(f"miredo-{client}", client, "client")
         text = self.lab.wait_teredo_address(client, QUALIFY_TIMEOUT)
-        self.assertIsNotNone(
-            text, f"{client} did not qualify; server log: {self.server.log_tail(10)}"
-        )
+        assert text is not None, f"{client} did not qualify; server log: {self.server.log_tail(10)}"
         return TeredoAddress.parse(text)
 
-    def serverStatus(self) -> dict:
+    def serverStatus(self) -> dict[str, Any]:
         return self.lab.node_status("our-server")
 
     def test_miredo_client_qualifies(self) -> None:

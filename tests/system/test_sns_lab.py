@@ -34,7 +34,7 @@ class SymmetricNATThroughOurRelayTests(LabAssertions, unittest.TestCase):
 
     def qualify(self, node: str) -> str:
         text = self.lab.wait_teredo_address("client1", QUALIFY_TIMEOUT)
-        self.assertIsNotNone(text, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}")
+        assert text is not None, f"{node} did not qualify: {self.lab.nodes[node].log_tail(10)}"
         return str(TeredoAddress.parse(text))
 
     def assertBothWays(self, client: str, address: str) -> None:
@@ -55,7 +55,7 @@ class SymmetricNATThroughOurRelayTests(LabAssertions, unittest.TestCase):
         self.assertGreaterEqual(status["counters"]["sns-learned"], 1, status)
         self.assertGreaterEqual(status["counters"]["delivered"], 2 * COUNT, status)
 
-    def tails(self, logs: tuple[str, ...]) -> dict[str, str]:
+    def tails(self, logs: tuple[str, ...]) -> dict[str, list[str]]:
         return {n: self.lab.nodes[n].log_tail(15) for n in logs if n in self.lab.nodes}
 
     def test_miredo_client_behind_port_symmetric_nat(self) -> None:
@@ -92,10 +92,10 @@ class SymmetricToRestrictedClientTests(LabAssertions, unittest.TestCase):
     def test_clients_reach_each_other(self) -> None:
         self.lab.start_teredonode("ours-client1", "client1", "client", settings={"allow-symmetric": True})
         self.lab.start_teredonode("ours-client2", "client2", "client")
-        addresses = {}
+        addresses: dict[str, str] = {}
         for host in ("client1", "client2"):
             text = self.lab.wait_teredo_address(host, QUALIFY_TIMEOUT)
-            self.assertIsNotNone(text, f"{host} did not qualify: {self.lab.nodes['ours-' + host].log_tail(10)}")
+            assert text is not None, f"{host} did not qualify: {self.lab.nodes['ours-' + host].log_tail(10)}"
             addresses[host] = str(TeredoAddress.parse(text))
         logs = ("our-server", "ours-client1", "ours-client2")
         tails = {n: self.lab.nodes[n].log_tail(15) for n in logs}

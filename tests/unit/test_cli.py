@@ -5,6 +5,7 @@ Tests for the C{teredo} command (L{teredonode.cli}) and the status socket it rea
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -15,10 +16,12 @@ import tempfile
 from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.interfaces import IReactorUNIX
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from teredonode import cli
@@ -188,7 +191,7 @@ class LabTests(SynchronousTestCase):
                 seen.append(argv)
                 return 7
 
-        self.patch(cli.importlib, "import_module", lambda name: FakeLab if name == "teredonode.lab.cli" else None)
+        self.patch(importlib, "import_module", lambda name: FakeLab if name == "teredonode.lab.cli" else None)
         self.assertEqual(run("lab", "up", "--json", "-x")[0], 7)
         self.assertEqual(seen, [["up", "--json", "-x"]])
 
@@ -196,7 +199,7 @@ class LabTests(SynchronousTestCase):
         def missing(name: str) -> None:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 
-        self.patch(cli.importlib, "import_module", missing)
+        self.patch(importlib, "import_module", missing)
         code, out, err = run("lab", "up")
         self.assertEqual(code, 1)
         self.assertEqual(err, "teredo lab: the network lab is not available in this installation\n")
@@ -207,7 +210,7 @@ class LabTests(SynchronousTestCase):
             def main(argv: list[str]) -> int:
                 raise SystemExit(2)
 
-        self.patch(cli.importlib, "import_module", lambda name: FakeLab)
+        self.patch(importlib, "import_module", lambda name: FakeLab)
         self.assertEqual(run("lab", "--bogus")[0], 2)
 
 
@@ -238,17 +241,20 @@ class StatusProtocolTests(SynchronousTestCase):
     def test_writesDocumentAndCloses(self) -> None:
         factory = StatusFactory(StaticStatus(DOCUMENT))
         protocol = factory.buildProtocol(None)
+        assert protocol is not None
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.assertEqual(json.loads(transport.value()), DOCUMENT)
         self.assertTrue(transport.disconnecting)
 
     def test_failingSourceReported(self) -> None:
+        @implementer(IStatusSource)
         class Broken:
             def status(self) -> dict[str, Any]:
                 raise ValueError("no")
 
         protocol = StatusFactory(Broken()).buildProtocol(None)
+        assert protocol is not None
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.assertIn("ValueError: no", json.loads(transport.value())["error"])
@@ -320,7 +326,7 @@ class StatusOverSocketTests(TestCase):
 
     def setUp(self) -> None:
         self.path = os.path.join(tempdir(self), "run", "status.sock")
-        self.service = StatusService(self.path, StaticStatus(DOCUMENT), reactor, mode=0o660)
+        self.service = StatusService(self.path, StaticStatus(DOCUMENT), IReactorUNIX(reactor), mode=0o660)
         self.service.startService()
         self.addCleanup(self.service.stopService)
 

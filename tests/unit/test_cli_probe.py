@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -23,8 +24,8 @@ SERVER = {
 
 
 class ProbeCommandTests(SynchronousTestCase):
-    def run_probe(self, argv: list[str]) -> tuple[int, str, str, list]:
-        calls: list = []
+    def run_probe(self, argv: list[str]) -> tuple[int, str, str, list[Any]]:
+        calls: list[Any] = []
 
         def runner(targets, timeout, attempts, upnp):
             calls.append((targets, timeout, attempts, upnp))

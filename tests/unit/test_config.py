@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,6 +26,7 @@ from teredonode.config import (
     setting,
     ClientSettings,
     HostRelaySettings,
+    NodeConfig,
     NodeSettings,
     RelaySettings,
     ServerSettings,
@@ -40,8 +42,26 @@ DOCS = REPO / "docs" / "config.md"
 
 SERVER = '[server]\nenabled = true\nprimary = "192.0.2.1"\n'
 
+_R = TypeVar("_R", ServerSettings, ClientSettings, RelaySettings, HostRelaySettings)
 
-class ErrorAssertions:
+
+def role(config: NodeConfig, name: str, kind: type[_R]) -> _R:
+    """
+    The settings of role C{name} in C{config}, which must be a C{kind}.
+    """
+    settings = config.roles[name]
+    assert isinstance(settings, kind), settings
+    return settings
+
+
+# The type checker sees the TestCase this mixin is always combined with.
+if TYPE_CHECKING:
+    _AssertionsBase = SynchronousTestCase
+else:
+    _AssertionsBase = object
+
+
+class ErrorAssertions(_AssertionsBase):
     """
     Mixin: assert a config error is one line, starts with the file, names table and key.
     """
@@ -65,8 +85,7 @@ class DefaultsTests(SynchronousTestCase):
         config = parse_config(SERVER, "etc/x.toml")
         self.assertEqual(config.enabled, ("server",))
         self.assertEqual(config.source, "etc/x.toml")
-        server = config.roles["server"]
-        self.assertIsInstance(server, ServerSettings)
+        server = role(config, "server", ServerSettings)
         self.assertEqual(server.primary, "192.0.2.1")
         self.assertEqual(server.secondary, "192.0.2.2")
         self.assertEqual(server.prefix, "2001::/32")
@@ -86,8 +105,7 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_clientDefaults(self) -> None:
         config = parse_config('[client]\nenabled = true\nserver = "teredo.example.net"\n')
-        client = config.roles["client"]
-        self.assertIsInstance(client, ClientSettings)
+        client = role(config, "client", ClientSettings)
         self.assertEqual(client.server, "teredo.example.net")
         self.assertIsNone(client.secondary, "a DNS name's secondary is derived after lookup")
         self.assertEqual((client.interface, client.port, client.refresh), ("teredo", 0, 30))
@@ -96,14 +114,12 @@ class DefaultsTests(SynchronousTestCase):
 
     def test_clientSecondaryDerivedFromAddress(self) -> None:
         config = parse_config('[client]\nenabled = true\nserver = "198.51.100.9"\n')
-        self.assertEqual(config.roles["client"].secondary, "198.51.100.10")
+        self.assertEqual(role(config, "client", ClientSettings).secondary, "198.51.100.10")
 
     def test_relayAndHostRelayDefaults(self) -> None:
         config = parse_config("[relay]\nenabled = true\n[host-relay]\nenabled = true\n")
         self.assertEqual(config.enabled, ("relay", "host-relay"))
-        relay, hr = config.roles["relay"], config.roles["host-relay"]
-        self.assertIsInstance(relay, RelaySettings)
-        self.assertIsInstance(hr, HostRelaySettings)
+        relay, hr = role(config, "relay", RelaySettings), role(config, "host-relay", HostRelaySettings)
         self.assertEqual((relay.interface, relay.port, relay.prefix, relay.bind),
                          ("teredo-relay", 3544, "2001::/32", "0.0.0.0"))
         self.assertEqual((hr.interface, hr.port), ("teredo-hr", 0))
@@ -113,7 +129,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, config.roles["server"], "primary", "x")
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, config, "source", "x")
         with self.assertRaises(TypeError):
-            config.roles["relay"] = None  # type: ignore[index]
+            config.roles["relay"] = None  # type: ignore[index]  # read-only is the point
 
     def test_startOrderIsCanonical(self) -> None:
         """
@@ -133,7 +149,7 @@ class DefaultsTests(SynchronousTestCase):
             '[server]\nenabled = true\nprimary = "192.0.2.1"\nprefix = "3FFE:831F:0::/32"\n'
             '[node]\nlog-level = "DEBUG"\nstatus-mode = "0640"\n'
         )
-        self.assertEqual(config.roles["server"].prefix, "3ffe:831f::/32")
+        self.assertEqual(role(config, "server", ServerSettings).prefix, "3ffe:831f::/32")
         self.assertEqual(config.node.log_level, "debug")
         self.assertEqual(config.node.status_mode, 0o640)
 
@@ -141,10 +157,10 @@ class DefaultsTests(SynchronousTestCase):
         config = parse_config(
             '[client]\nenabled = true\nserver = "192.0.2.9"\nclient-id = "me"\nsecret = "s3cret"\n'
         )
-        self.assertEqual((config.roles["client"].client_id, config.roles["client"].secret), ("me", "s3cret"))
+        self.assertEqual((role(config, "client", ClientSettings).client_id, role(config, "client", ClientSettings).secret), ("me", "s3cret"))
 
 
-class RoleSelectionTests(SynchronousTestCase, ErrorAssertions):
+class RoleSelectionTests(ErrorAssertions, SynchronousTestCase):
     def test_roleListOverridesFile(self) -> None:
         """
         --role replaces the file's "enabled" choice both ways.
@@ -187,21 +203,21 @@ class RoleSelectionTests(SynchronousTestCase, ErrorAssertions):
         self.assertEqual(config.enabled, ("server",))
 
 
-class OverrideTests(SynchronousTestCase, ErrorAssertions):
+class OverrideTests(ErrorAssertions, SynchronousTestCase):
     def test_overridesWinOverFile(self) -> None:
         config = parse_config(
             SERVER,
             overrides={"primary": "198.51.100.7", "status-socket": "/tmp/t/s.sock", "log-level": None},
         )
-        self.assertEqual(config.roles["server"].primary, "198.51.100.7")
-        self.assertEqual(config.roles["server"].secondary, "198.51.100.8")
+        self.assertEqual(role(config, "server", ServerSettings).primary, "198.51.100.7")
+        self.assertEqual(role(config, "server", ServerSettings).secondary, "198.51.100.8")
         self.assertEqual(config.node.status_socket, "/tmp/t/s.sock")
         self.assertEqual(config.node.log_level, "info", "None means 'not given'")
 
     def test_overrideCanSupplyRequiredKey(self) -> None:
         config = parse_config("", roles="client", overrides={"server": "192.0.2.77", "client-port": 4000})
-        self.assertEqual(config.roles["client"].server, "192.0.2.77")
-        self.assertEqual(config.roles["client"].port, 4000)
+        self.assertEqual(role(config, "client", ClientSettings).server, "192.0.2.77")
+        self.assertEqual(role(config, "client", ClientSettings).port, 4000)
 
     def test_badOverrideNamesOption(self) -> None:
         message = self.assertConfigError(SERVER, overrides={"primary": "1.2.3"})
@@ -211,7 +227,7 @@ class OverrideTests(SynchronousTestCase, ErrorAssertions):
 
     def test_interfaceGoesToTheOneTunnelRole(self) -> None:
         config = parse_config(SERVER, roles="server,relay", overrides={"interface": "tr0"})
-        self.assertEqual(config.roles["relay"].interface, "tr0")
+        self.assertEqual(role(config, "relay", RelaySettings).interface, "tr0")
 
     def test_interfaceAmbiguous(self) -> None:
         self.assertConfigError(
@@ -222,7 +238,7 @@ class OverrideTests(SynchronousTestCase, ErrorAssertions):
         self.assertConfigError(SERVER, "--colour", overrides={"colour": "blue"})
 
 
-class ErrorTests(SynchronousTestCase, ErrorAssertions):
+class ErrorTests(ErrorAssertions, SynchronousTestCase):
     """
     One test per kind of mistake; each message is one line with file, table and key.
     """
@@ -291,7 +307,7 @@ class ErrorTests(SynchronousTestCase, ErrorAssertions):
         The RS limiter settings: defaults, the old burst key named with its replacements,
         rs-initial within rs-burst, rs-limit-prefix 32 or 24.
         """
-        server = parse_config(SERVER, "etc/x.toml").roles["server"]
+        server = role(parse_config(SERVER, "etc/x.toml"), "server", ServerSettings)
         self.assertEqual(
             (server.rs_rate, server.rs_burst, server.rs_initial, server.rs_limit_prefix),
             (0.5, 10, 4, 32),
@@ -305,7 +321,7 @@ class ErrorTests(SynchronousTestCase, ErrorAssertions):
         )
         self.assertConfigError(SERVER + "rs-initial = 11\n", "[server] rs-initial:", "more than rs-burst")
         self.assertConfigError(SERVER + "rs-limit-prefix = 28\n", "[server] rs-limit-prefix:", "32", "24")
-        self.assertEqual(parse_config(SERVER + "rs-limit-prefix = 24\n").roles["server"].rs_limit_prefix, 24)
+        self.assertEqual(role(parse_config(SERVER + "rs-limit-prefix = 24\n"), "server", ServerSettings).rs_limit_prefix, 24)
 
     def test_badIPv4(self) -> None:
         self.assertEqual(
@@ -399,14 +415,14 @@ class SampleTests(SynchronousTestCase):
         self.assertEqual(config.source, NO_FILE)
 
 
-class SecureClientsTests(SynchronousTestCase, ErrorAssertions):
+class SecureClientsTests(ErrorAssertions, SynchronousTestCase):
     """
     C{[server] clients}: the secure-qualification table.
     """
 
     def test_parsed(self) -> None:
         text = SERVER + 'secure = true\nclients = { alice = "s1", bob = { secret = "s2", expires = 2027-01-01T00:00:00Z } }\n'
-        server = parse_config(text, "x.toml").roles["server"]
+        server = role(parse_config(text, "x.toml"), "server", ServerSettings)
         self.assertTrue(server.secure)
         self.assertEqual(server.clients, (("alice", "s1", None), ("bob", "s2", 1798761600.0)))
 
@@ -473,14 +489,14 @@ class DeclarationTests(SynchronousTestCase):
 
     def test_requiredAndDerivedHaveNoDefault(self) -> None:
         with self.assertRaises(TypeError):
-            ServerSettings(secondary="192.0.2.2")  # type: ignore[call-arg]
+            ServerSettings(secondary="192.0.2.2")  # type: ignore[call-arg]  # primary missing on purpose
         with self.assertRaises(TypeError):
-            ServerSettings(primary="192.0.2.1")  # type: ignore[call-arg]
+            ServerSettings(primary="192.0.2.1")  # type: ignore[call-arg]  # secondary missing on purpose
         self.assertIsNone(ClientSettings(server="192.0.2.9").secondary)
 
     def test_settingsAreKeywordOnly(self) -> None:
         with self.assertRaises(TypeError):
-            RelaySettings("tr0")  # type: ignore[misc]
+            RelaySettings("tr0")  # type: ignore[arg-type, call-arg]  # deliberately positional: refused at run time
 
     def test_checkMustDescribeItself(self) -> None:
         """

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredonode import fastpath
@@ -100,7 +100,9 @@ class ProgramInterfaceTests(SynchronousTestCase):
 class SettingTests(SynchronousTestCase):
     def test_default(self) -> None:
         config = parse_config('[server]\nenabled = true\nprimary = "192.0.2.1"\n', "x.toml")
-        self.assertEqual(config.roles["server"].fast_path, "auto")  # type: ignore[union-attr]
+        server = config.roles["server"]
+        assert isinstance(server, ServerSettings)
+        self.assertEqual(server.fast_path, "auto")
 
     def test_refused(self) -> None:
         with self.assertRaises(ConfigError) as caught:
@@ -122,8 +124,8 @@ class StartTests(SynchronousTestCase):
 
                 self.lines.append(formatEvent(event))
 
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        globalLogPublisher.addObserver(cast(ILogObserver, observer))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, observer))
 
     def settings(self, mode: str) -> ServerSettings:
         return settings(fast_path=mode)
@@ -155,9 +157,11 @@ class ObjectTests(SynchronousTestCase):
     def test_noClang(self) -> None:
         import tempfile
 
-        from teredonode.fastpath import build, program
+        import shutil
 
-        self.patch(build.shutil, "which", lambda name: None)
+        from teredonode.fastpath import program
+
+        self.patch(shutil, "which", lambda name: None)
         cache = Path(tempfile.mkdtemp(prefix="teredo-fastpath-unit-"))
         self.addCleanup(__import__("shutil").rmtree, cache, True)
         if (Path(program.__file__).parent / program.OBJECT_NAME).is_file():

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from types import ModuleType
+from typing import Any, cast
 
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
 from twisted.logger import Logger as TwistedLogger
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -18,7 +20,7 @@ from teredonode.logs import Logger, logFilter, logObserver, setLogLevel
 from teredonode.roles import ROLE_MODULES
 
 
-def _modules() -> list:
+def _modules() -> list[ModuleType]:
     """
     Every teredonode module except the lab (a test tool with its own output).
     """
@@ -28,9 +30,10 @@ def _modules() -> list:
 
 class LogLevelTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events: list[dict] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events: list[dict[str, Any]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         self.addCleanup(setLogLevel, "info")
 
     def loggers(self) -> dict[str, TwistedLogger]:

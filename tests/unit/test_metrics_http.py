@@ -10,8 +10,10 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 from twisted.internet.threads import deferToThread
+from typing import Any
 
-from teredonode.config import ConfigError, NodeConfig, NodeSettings, parse_config
+from teredonode.config import NodeConfig, NodeSettings, parse_config
+from teredonode.errors import ConfigError
 from teredonode.metrics import MetricsService
 from teredonode.service import TeredoNode
 from teredonode.status import StaticStatus
@@ -34,7 +36,9 @@ def _get(url: str) -> tuple[int, str, bytes]:
 class MetricsHTTPTests(TestCase):
     @inlineCallbacks
     def test_scrape_sees_counters_change(self):
-        document = {"server": {"state": "serving", "counters": {"rs": 1}, "drops": {"malformed": 0}}}
+        document: dict[str, dict[str, Any]] = {
+            "server": {"state": "serving", "counters": {"rs": 1}, "drops": {"malformed": 0}}
+        }
         service = MetricsService("127.0.0.1:0", StaticStatus(document), reactor)
         service.startService()
         self.addCleanup(service.stopService)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -45,7 +46,7 @@ def rootSkipReason(needTun: bool = False) -> str | None:
     return None
 
 
-def runIsolated(script: str, timeout: float = 60) -> dict:
+def runIsolated(script: str, timeout: float = 60) -> dict[str, Any]:
     """
     Run C{script} with this interpreter in a new, empty network namespace and return the
     JSON object it prints last.  The namespace has no name and dies with the process, so
@@ -64,7 +65,8 @@ def runIsolated(script: str, timeout: float = 60) -> dict:
         raise AssertionError(
             f"isolated script failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
         )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    document: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return document
 
 
 class KernelRefusal(Exception):
@@ -84,7 +86,7 @@ class Recorder:
     """
 
     def __init__(self) -> None:
-        self.log: list[tuple] = []
+        self.log: list[tuple[Any, ...]] = []
         self.refusals: list[int] = []
         self.links = {"teredo": 7}
 

@@ -20,7 +20,7 @@ LIMIT = 65536
 LOCATION = "http://192.168.1.1:5000/rootDesc.xml"
 
 
-def reason(function, *args) -> str:  # type: ignore[no-untyped-def]
+def reason(function, *args) -> str:
     try:
         function(*args)
     except ParseError as e:
@@ -231,7 +231,7 @@ class BoundedBodyTests(SynchronousTestCase):
     def test_within(self) -> None:
         done: Deferred[bytes] = Deferred()
         body = _BoundedBody(10, done)
-        body.makeConnection(_Transport())  # type: ignore[arg-type]
+        body.makeConnection(_Transport())
         body.dataReceived(b"12345")
         body.dataReceived(b"67890")
         body.connectionLost(Failure(ResponseDone()))
@@ -241,7 +241,7 @@ class BoundedBodyTests(SynchronousTestCase):
         done: Deferred[bytes] = Deferred()
         transport = _Transport()
         body = _BoundedBody(10, done)
-        body.makeConnection(transport)  # type: ignore[arg-type]
+        body.makeConnection(transport)
         body.dataReceived(b"12345678901")
         self.assertTrue(transport.stopped)
         body.connectionLost(Failure(ResponseDone()))

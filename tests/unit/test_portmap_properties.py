@@ -22,7 +22,7 @@ LIMIT = 65536
 LOCATION = "http://192.168.1.1:5000/rootDesc.xml"
 
 
-def _value_or_parse_error(function, *args):  # type: ignore[no-untyped-def]
+def _value_or_parse_error(function, *args):
     """
     C{function(*args)}, or C{None} when it raised L{ParseError}; any other exception fails
     the test by propagating.

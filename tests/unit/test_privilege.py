@@ -203,7 +203,7 @@ class PlanTests(SynchronousTestCase):
 
     def test_capsetNotTakenRefused(self) -> None:
         system = FakeSystem()
-        system.setCapabilities = lambda e, p, i: None  # type: ignore[method-assign]
+        system.setCapabilities = lambda effective, permitted, inheritable: None  # type: ignore[method-assign]  # capset "succeeds" without effect
         plan = Privileges(NOBODY, frozenset(), system=system)
         plan.afterOpen()
         exc = self.assertRaises(TeredoError, plan.complete)
@@ -288,7 +288,7 @@ class NodeOrderTests(SynchronousTestCase):
             '[server]\nenabled = true\nprimary = "192.0.2.1"\n', "x.toml",
             overrides={"status-socket": path},
         )
-        node = TeredoNode(config, Clock(), {"server": "tests.unit.test_tap"}, privileges=RecordingPlan(log))  # type: ignore[arg-type]
+        node = TeredoNode(config, Clock(), {"server": "tests.unit.test_tap"}, privileges=RecordingPlan(log))  # type: ignore[arg-type]  # records the calls, duck-typed
         node.removeService(node.statusService)
         Recording(log).setServiceParent(node)
         node.privilegedStartService()
@@ -309,6 +309,7 @@ class TapTests(SynchronousTestCase):
 
     def test_nodeUser(self) -> None:
         plan = tap.privilegesFor(self.config('user = "nobody"\n'), {"uid": None, "gid": None})
+        assert plan.account is not None
         self.assertEqual(plan.account.uid, pwd.getpwnam("nobody").pw_uid)
         self.assertFalse(plan.switchedByTwistd)
         self.assertEqual(plan.keep, {CAP_NET_ADMIN})
@@ -316,6 +317,7 @@ class TapTests(SynchronousTestCase):
 
     def test_twistdUidWins(self) -> None:
         plan = tap.privilegesFor(self.config('user = "root"\n'), {"uid": 65534, "gid": 4})
+        assert plan.account is not None
         self.assertEqual((plan.account.uid, plan.account.gid), (65534, 4))
         self.assertTrue(plan.switchedByTwistd)
 

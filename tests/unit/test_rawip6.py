@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -20,7 +21,7 @@ DST = bytes.fromhex("20010db8000000000000000000000099")
 class FakeRawSocket:
     def __init__(self, *args: int, fail: OSError | None = None) -> None:
         self.args = args
-        self.sent: list[tuple[bytes, tuple]] = []
+        self.sent: list[tuple[bytes, tuple[Any, ...]]] = []
         self.fail = fail
         self.closed = False
         self.blocking = True
@@ -28,7 +29,7 @@ class FakeRawSocket:
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
 
-    def sendto(self, data: bytes, addr: tuple) -> int:
+    def sendto(self, data: bytes, addr: tuple[Any, ...]) -> int:
         if self.fail is not None:
             raise self.fail
         self.sent.append((data, addr))
@@ -41,7 +42,12 @@ class FakeRawSocket:
 class RawIPv6SenderTests(SynchronousTestCase):
     def test_sends_to_the_packet_destination(self) -> None:
         socks: list[FakeRawSocket] = []
-        sender = RawIPv6Sender(lambda *a: socks.append(FakeRawSocket(*a)) or socks[-1])
+
+        def make(*a: int) -> FakeRawSocket:
+            socks.append(FakeRawSocket(*a))
+            return socks[-1]
+
+        sender = RawIPv6Sender(make)
         sender.open()
         [sock] = socks
         self.assertEqual(sock.args, (socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_RAW))

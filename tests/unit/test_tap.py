@@ -28,7 +28,7 @@ from zope.interface.verify import verifyObject
 import teredonode
 import teredonode.roles
 from teredonode import tap
-from teredonode.config import ServerSettings, parse_config
+from teredonode.config import RelaySettings, ServerSettings, parse_config
 from teredonode.errors import ConfigError
 from teredonode.interfaces import IStatusSource, ITeredoRole
 from teredonode.service import TeredoNode, checkRoles, loadRoleModule, makeNode
@@ -80,12 +80,14 @@ class OptionsTests(SynchronousTestCase):
     def test_configAndRole(self) -> None:
         options = tap.Options()
         options.parseOptions(["--config", self.configPath, "--role", "relay,server"])
+        assert options.config is not None
         self.assertEqual(options.config.enabled, ("server", "relay"))
         self.assertEqual(options.config.source, self.configPath)
 
     def test_shortOptions(self) -> None:
         options = tap.Options()
         options.parseOptions(["-c", self.configPath, "-r", "server"])
+        assert options.config is not None
         self.assertEqual(options.config.enabled, ("server",))
 
     def test_overrides(self) -> None:
@@ -101,10 +103,13 @@ class OptionsTests(SynchronousTestCase):
                 "--interface", "tr9",
             ]
         )
+        assert options.config is not None
+        server, relay = options.config.roles["server"], options.config.roles["relay"]
+        assert isinstance(server, ServerSettings) and isinstance(relay, RelaySettings)
         self.assertEqual(options.config.node.status_socket, socketPath)
-        self.assertEqual(options.config.roles["server"].primary, "198.51.100.1")
-        self.assertEqual(options.config.roles["relay"].port, 4000)
-        self.assertEqual(options.config.roles["relay"].interface, "tr9")
+        self.assertEqual(server.primary, "198.51.100.1")
+        self.assertEqual(relay.port, 4000)
+        self.assertEqual(relay.interface, "tr9")
 
     def test_badConfigExitsWithOneLine(self) -> None:
         bad = os.path.join(self.dir, "bad.toml")
@@ -237,7 +242,7 @@ class TwistdTests(SynchronousTestCase):
     The real C{twistd} in a subprocess: what an operator sees.
     """
 
-    def twistd(self, *args: str) -> subprocess.CompletedProcess:
+    def twistd(self, *args: str) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         # Find the dropin in this checkout whatever way the package is installed.
         env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])

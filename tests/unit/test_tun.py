@@ -48,11 +48,12 @@ class MemoryTunTests(SynchronousTestCase):
         """
         tunnel = self._open()
         self.assertNotIn(self.tun.port, self.reactor.getReaders())
-        got = []
+        got: list[bytes] = []
         self.tun.startReading(got.append)
         self.assertIn(self.tun.port, self.reactor.getReaders())
         tunnel.readBuffer.append(PACKET)
         tunnel.readBuffer.append(PACKET[:40])
+        assert self.tun.port is not None
         self.tun.port.doRead()
         self.assertEqual(got, [PACKET, PACKET[:40]])
 
@@ -70,6 +71,7 @@ class MemoryTunTests(SynchronousTestCase):
         self.tun.write(PACKET)
         tunnel = self._open()
         self.tun.write(b"\x60" + bytes(Tunnel.SEND_BUFFER_SIZE))
+        assert self.tun.port is not None
         self.system._openFiles.pop(self.tun.port.fileno())
         self.tun.write(PACKET)
         self.system._openFiles[self.tun.port.fileno()] = tunnel
@@ -89,6 +91,7 @@ class MemoryTunTests(SynchronousTestCase):
 
     def test_closeReleasesNow(self):
         tunnel = self._open()
+        assert self.tun.port is not None
         fd = self.tun.port.fileno()
         self.tun.startReading(lambda p: None)
         self.tun.close()
@@ -107,6 +110,7 @@ class MemoryTunTests(SynchronousTestCase):
         self._open()
         self.tun.startReading(lambda p: None)
         port = self.tun.port
+        assert port is not None
         port.connectionLost(None)
         self.tun.write(PACKET)
         self.tun.close()

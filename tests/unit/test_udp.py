@@ -7,7 +7,8 @@ from __future__ import annotations
 import errno
 import socket
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, udp
+from twisted.internet.interfaces import IReactorUDP
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
@@ -18,10 +19,19 @@ from teredonode.testing import FakeInternet
 from teredonode.udp import DatagramSender, ServicePort, raiseBufferSizes
 
 
+def loopbackPort(protocol: DatagramProtocol) -> udp.Port:
+    """
+    Twisted's real C{udp.Port} for C{protocol} on 127.0.0.1, an ephemeral port.
+    """
+    port = IReactorUDP(reactor).listenUDP(0, protocol, interface="127.0.0.1", maxPacketSize=8192)
+    assert isinstance(port, udp.Port)
+    return port
+
+
 class Receiver(DatagramProtocol):
     def __init__(self) -> None:
         self.received: list[tuple[bytes, tuple[str, int]]] = []
-        self.waiting: defer.Deferred | None = None
+        self.waiting: defer.Deferred[None] | None = None
 
     def datagramReceived(self, data, addr):
         self.received.append((data, addr))
@@ -29,7 +39,7 @@ class Receiver(DatagramProtocol):
             d, self.waiting = self.waiting, None
             d.callback(None)
 
-    def next(self) -> defer.Deferred:
+    def next(self) -> defer.Deferred[None]:
         self.waiting = defer.Deferred()
         return self.waiting
 
@@ -41,9 +51,9 @@ class RealSocketTests(TestCase):
 
     def setUp(self):
         self.receiver = Receiver()
-        self.rport = reactor.listenUDP(0, self.receiver, interface="127.0.0.1")
+        self.rport = loopbackPort(self.receiver)
         self.addCleanup(self.rport.stopListening)
-        self.sport = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        self.sport = loopbackPort(DatagramProtocol())
         self.addCleanup(self.sport.stopListening)
         self.sender = DatagramSender(self.sport)
         self.dst = ("127.0.0.1", self.rport.getHost().port)
@@ -61,7 +71,7 @@ class RealSocketTests(TestCase):
         def forbidden(*args):
             raise AssertionError("Port.write used on the hot path")
 
-        self.sport.write = forbidden
+        self.patch(self.sport, "write", forbidden)
         sender = DatagramSender(self.sport)
         arrived = self.receiver.next()
         sender.sendto(b"teredo", self.dst)
@@ -75,7 +85,7 @@ class RealSocketTests(TestCase):
 
     def test_invalidDestinationIsCounted(self):
         self.sender.sendto(b"x", ("127.0.0.1", 70000))
-        self.sender.sendto(b"x", (None, 1))
+        self.sender.sendto(b"x", (None, 1))  # type: ignore[arg-type]  # a bad address is counted, not raised
         self.assertEqual(self.sender.drops, {"invalid": 2})
 
     @defer.inlineCallbacks
@@ -190,6 +200,7 @@ class ServicePortTests(SynchronousTestCase):
         other = ServicePort(lambda data, addr: None)
         other.sendto(b"too early", ("192.0.2.1", 3544))  # not listening: not sent, no error
         net.host("192.0.2.2").listenUDP(4000, other, interface="192.0.2.2")
+        assert other.sender is not None
         other.sender.sendto(b"hello", ("192.0.2.1", 3544))
         other.sendto(b"again", ("192.0.2.1", 3544))
         net.flush()
@@ -204,7 +215,7 @@ class DontFragmentTests(TestCase):
     def test_optionSetOnRealPort(self) -> None:
         from teredonode.udp import IP_MTU_DISCOVER, IP_PMTUDISC_DONT
 
-        port = reactor.listenUDP(0, ServicePort(lambda data, addr: None), interface="127.0.0.1")
+        port = loopbackPort(ServicePort(lambda data, addr: None))
         self.addCleanup(port.stopListening)
         self.assertEqual(port.socket.getsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER), IP_PMTUDISC_DONT)
 
@@ -228,7 +239,7 @@ class DontFragmentTests(TestCase):
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
         self.addCleanup(raw.close)
         raw.settimeout(2)
-        receiver = reactor.listenUDP(0, DatagramProtocol(), interface="127.0.0.1")
+        receiver = loopbackPort(DatagramProtocol())
         self.addCleanup(receiver.stopListening)
         dport = receiver.getHost().port
 
@@ -237,14 +248,15 @@ class DontFragmentTests(TestCase):
                 packet = raw.recv(65535)
                 ihl = (packet[0] & 0x0F) * 4
                 if struct.unpack("!H", packet[ihl + 2:ihl + 4])[0] == dport and packet[ihl + 8:] == payload:
-                    return struct.unpack("!H", packet[6:8])[0]
+                    ident: int = struct.unpack("!H", packet[6:8])[0]
+                    return ident
 
         plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.addCleanup(plain.close)
         plain.sendto(b"plain", ("127.0.0.1", dport))
         self.assertTrue(flagsOf(b"plain") & 0x4000, "the kernel default no longer sets DF")
         service = ServicePort(lambda data, addr: None)
-        port = reactor.listenUDP(0, service, interface="127.0.0.1")
+        port = loopbackPort(service)
         self.addCleanup(port.stopListening)
         service.sendto(b"teredo", ("127.0.0.1", dport))
         self.assertFalse(flagsOf(b"teredo") & 0x4000)

@@ -4,6 +4,7 @@ IPv6 header, ICMPv6 messages and checksums, checked against scapy as an independ
 """
 
 import ipaddress
+from typing import Any
 
 from hypothesis import given, strategies as st
 from scapy.layers.inet6 import (
@@ -70,7 +71,10 @@ class ScapyOracleTests(SynchronousTestCase):
         self.assertEqual(ipv6.decode_icmpv6(ours[40:], header.src, header.dst), msg)
 
     def test_echo(self) -> None:
-        for ours_cls, scapy_cls in [(ipv6.EchoRequest, ICMPv6EchoRequest), (ipv6.EchoReply, ICMPv6EchoReply)]:
+        cases: list[tuple[type[ipv6.EchoRequest | ipv6.EchoReply], Any]] = [
+            (ipv6.EchoRequest, ICMPv6EchoRequest), (ipv6.EchoReply, ICMPv6EchoReply)
+        ]
+        for ours_cls, scapy_cls in cases:
             msg = ours_cls(0x1234, 7, b"\x01\x02\x03\x04\x05\x06\x07\x08")
             ours = ipv6.icmpv6_packet(a(CLIENT), a(PEER), msg, 64)
             theirs = bytes(

@@ -171,7 +171,7 @@ class FuzzCorpusTests(SynchronousTestCase):
         """
         seeds = seed_messages(self.target, random.Random(3))
         kinds: set[str] = set()
-        trailer_types: set[int] = set()
+        trailer_types: set[str] = set()
         for data in seeds:
             p = _value_or_parse_error(classify, data)
             if p is None:
