@@ -246,8 +246,10 @@ class IdleMemoryTests(SynchronousTestCase):
         self.sweepTwice()
         self.sweepTwice()
         self.assertEqual(self.peers.tally().packed, 0)
-        self.assertEqual(self.peers.get(addr(1)).nonce_sent, b"\x01\x02\x03\x04")
-        self.assertEqual(self.peers.get(addr(2)).nonce_received, b"\x05\x06\x07\x08")
+        one, two = self.peers.get(addr(1)), self.peers.get(addr(2))
+        assert one is not None and two is not None
+        self.assertEqual(one.nonce_sent, b"\x01\x02\x03\x04")
+        self.assertEqual(two.nonce_received, b"\x05\x06\x07\x08")
 
     def test_newEntryHoldsNoLists(self) -> None:
         """
