@@ -62,6 +62,12 @@ class Row:
     median: str = "-"
     via: str = "-"
     counts: bool = True
+    #: What carries this path: "RFC 4380", an RFC 6081 extension ("SNS"), or "-" where
+    #: RFC 6081 Figure 1 says there is no connectivity.
+    carried: str = "RFC 4380"
+    #: Counted only when every node it needs is ours (paths through symmetric NATs: what
+    #: Miredo does there is shown, not held against it).
+    ours_only: bool = False
 
 
 @dataclass
@@ -131,6 +137,32 @@ def plan_rows(lab: Lab) -> list[Row]:
         rows.append(Row(f"{b} -> {a} (across both NATs)", b, a, ("server", a, b)))
     if clients:
         rows.append(Row(f"dualhost -> {clients[0]} (host-specific relay)", "dualhost", clients[0], ("server", clients[0], "host-relay")))
+    rows += _symmetric_rows(lab)
+    return rows
+
+
+def _symmetric_rows(lab: Lab) -> list[Row]:
+    """
+    Paths of a client behind a symmetric NAT (RFC 6081 Figure 1): to and from v6host through
+    the relay and to and from a client behind a cone NAT, both carried by Symmetric NAT
+    Support; to and from a port-restricted one, where the RFC says no.
+    """
+    kinds = {c.name: (c.nat_mode or "none") for c in lab.plan.clients()}
+    symmetric = [name for name, kind in kinds.items() if "symmetric" in kind]
+    if not symmetric:
+        return []
+    s = symmetric[0]
+    rows = [
+        Row(f"{s} -> v6host (symmetric NAT)", s, "v6host", ("server", "relay", s), carried="SNS", ours_only=True),
+        Row(f"v6host -> {s} (symmetric NAT)", "v6host", s, ("server", "relay", s), carried="SNS", ours_only=True),
+    ]
+    cone = next((n for n, k in kinds.items() if k in ("cone", "none")), None)
+    if cone is not None:
+        rows.append(Row(f"{s} -> {cone} (symmetric -> {kinds[cone]})", s, cone, ("server", s, cone), carried="SNS", ours_only=True))
+        rows.append(Row(f"{cone} -> {s} ({kinds[cone]} -> symmetric)", cone, s, ("server", s, cone), carried="SNS", ours_only=True))
+    restricted = next((n for n, k in kinds.items() if k == "port-restricted"), None)
+    if restricted is not None:
+        rows.append(Row(f"{s} -> {restricted} (symmetric -> port-restricted)", s, restricted, ("server", s, restricted), carried="-", ours_only=True))
     return rows
 
 
@@ -163,6 +195,10 @@ def run_row(lab: Lab, row: Row, nodes: dict[str, DemoNode], with_miredo: bool) -
             False,
         )
         return
+    if row.carried == "-":
+        row.counts = False  # RFC 6081 Figure 1: no connectivity; shown for what it is
+    elif row.ours_only and any(nodes[n].impl != "teredonode" for n in row.needs if n in nodes):
+        row.counts = False
     missing = [n for n in row.needs if not nodes[n].up]
     if missing:
         reasons = sorted({f"{nodes[n].role}: {nodes[n].status}" for n in missing})
@@ -186,7 +222,10 @@ def run_row(lab: Lab, row: Row, nodes: dict[str, DemoNode], with_miredo: bool) -
         )
     # Teredo may legitimately lose the very first packet (queued behind bubbles); more is failure.
     row.ok = result.received >= PING_COUNT - 1
-    row.result = f"{'ok' if row.ok else 'FAIL'} {result.received}/{PING_COUNT}"
+    verdict = "ok" if row.ok else "no" if row.carried == "-" else "FAIL"
+    # With -w, ping keeps sending until PING_COUNT replies came: say how many it sent.
+    sent = max(PING_COUNT, max(result.rtts, default=0))
+    row.result = f"{verdict} {result.received}/{sent}"
     if result.rtts:
         first_seq = min(result.rtts)
         row.first = _fmt_ms(result.rtts[first_seq]) + ("" if first_seq == 1 else f" (seq {first_seq})")
@@ -232,8 +271,11 @@ def _wait_qualified(lab: Lab, clients: list[DemoNode], since: float) -> None:
 
 
 def print_table(rows: list[Row], out: TextIO) -> None:
-    headers = ("path", "result", "first RTT", "median RTT", "via")
-    cells = [(r.path, r.result, r.first, r.median, r.via) for r in rows]
+    headers = ("path", "result", "first RTT", "median RTT", "via", "carried by")
+    cells = [
+        (r.path, r.result + ("" if r.counts else " (not counted)"), r.first, r.median, r.via, r.carried)
+        for r in rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     print(line, file=out)

@@ -52,8 +52,13 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "default",
-            "two clients behind different NATs (port-restricted, cone); used by the demo",
-            (ClientSpec("client1", "port-restricted"), ClientSpec("client2", "cone")),
+            "three clients behind different NATs (port-restricted, cone, port-symmetric); used "
+            "by the demo",
+            (
+                ClientSpec("client1", "port-restricted"),
+                ClientSpec("client2", "cone"),
+                ClientSpec("client3", "port-symmetric"),
+            ),
         ),
         Scenario(
             "miredo-reference",
