@@ -53,7 +53,9 @@ L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and r
                                                          with our nonce (5.2.3 case 2), a
                                                          packet from the mapping its address
                                                          embeds (case 3) or from its LAN
-                                                         endpoint (case 5)
+                                                         endpoint (case 5); or a trusted
+                                                         entry the sweep forgot is restored,
+                                                         to be solicited (RFC 6081 5.7)
   trusted                             trusted            heard or proven again; an exchange
                                                          starts, retries or ends on a trusted
                                                          entry (its relay checked again, for
