@@ -139,6 +139,8 @@ class RefreshTests(SLRTestCase):
         """
         a, b, aAddr, bAddr = self.pair(natTimeout=20, refresh=10)
         forwarded = self.server.status()["counters"]["forwarded"]
+        bNat = b.host.nat  # type: ignore[attr-defined]
+        filtered = bNat.dropped["filtered"]
         start = len(self.net.capture)
         self.tunOf(a).inject(echo(aAddr, bAddr, b"again"))
         self.net.flush()
@@ -150,8 +152,10 @@ class RefreshTests(SLRTestCase):
             self.net.run(1.99)
             toB.append(self.countTo(start, aAddr, bAddr))
             self.net.run(0.01)
-        # One bubble toward B's mapping at 0, 2, 4 and 6 s, never two within 2 s.
+        # One bubble toward B's mapping at 0, 2, 4 and 6 s, never two within 2 s; B's NAT
+        # dropped the three solicitations.
         self.assertEqual(toB, [1, 1, 2, 3])
+        self.assertEqual(bNat.dropped["filtered"] - filtered, 3 + 1)  # and the direct bubble
         self.assertEqual(a.counters["slr-solicitations"], 3)
         self.assertEqual(a.counters["slr-fallbacks"], 1)
         self.assertEqual(
