@@ -985,6 +985,16 @@ class ClientSettings(_RoleSettings):
         "peer's mapping (RFC 6081 §5.2). `false`: plain RFC 4380 bubbles. See "
         "[nat-traversal.md](nat-traversal.md).",
     )
+    server_load_reduction: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Server Load Reduction: refresh idle peers directly.",
+        more="A packet for a peer proven before but silent both ways for 30 s is preceded by "
+        "direct bubbles to its known mapping asking for an answer, every 2 s; the peer's "
+        "answer proves the path again without our server. Three unanswered: the indirect "
+        "bubble through the server as RFC 4380 says. Such requests from peers are answered, "
+        "within the bubble limits (RFC 6081 §5.7). `false`: neither, RFC 4380 alone.",
+    )
     local_discovery: bool = setting(
         check=_boolean,
         default=True,

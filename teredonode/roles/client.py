@@ -171,6 +171,9 @@ _COUNTERS = (
     "interval-probes",
     "port-mappings",
     "sns-learned",
+    "slr-solicitations",
+    "slr-advertisements",
+    "slr-fallbacks",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -268,6 +271,7 @@ class TeredoClient(Service):
             counters=self.counters,
             drops=self.drops,
             symmetricNat=settings.symmetric_nat_support,
+            serverLoadReduction=settings.server_load_reduction,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(

@@ -15,6 +15,8 @@ is a handful of yes/no answers collected in a L{TunnelPolicy}:
     only refresh one we created (Miredo's relay rule: no state from unsolicited traffic)?
   - are direct bubbles sent as well as indirect ones (section 5.2.4 case 5)?
   - is an entry whose bubbles went unanswered removed (relays, section 5.4.1 case 3)?
+  - is an idle path refreshed with direct solicitation bubbles (RFC 6081 section 5.7,
+    Server Load Reduction, clients only)?
 
 A relay's interface is unnumbered: it has no Teredo address and stands for a set of native
 addresses instead (the network it serves, or the host's own addresses for a host-specific
@@ -51,16 +53,22 @@ L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and r
                                                          with our nonce (5.2.3 case 2), a
                                                          packet from the mapping its address
                                                          embeds (case 3) or from its LAN
-                                                         endpoint (case 5)
+                                                         endpoint (case 5); or a trusted
+                                                         entry the sweep forgot is restored,
+                                                         to be solicited (RFC 6081 5.7)
   trusted                             trusted            heard or proven again; an exchange
                                                          starts, retries or ends on a trusted
                                                          entry (its relay checked again, for
-                                                         a native peer, 5.2.9)
+                                                         a native peer, 5.2.9; an idle path
+                                                         solicited, RFC 6081 5.7.4.1)
   untrusted, local, trusted           local              a discovery bubble from it (5.2.8,
                                                          5.2.3 case 4); a trusted entry heard
                                                          at another endpoint is trusted no
                                                          more
-  trusted                             probing            the same while an exchange runs
+  trusted                             probing            the same while an exchange runs;
+                                                         or three solicitations went
+                                                         unanswered (RFC 6081 5.7.2): bubbles
+                                                         as for a peer never reached
   untrusted, probing, local, trusted  removed            evicted, expired, forgotten (identity
                                                          lost), or its probes failed (relays)
   ==================================  =================  =====================================
@@ -81,6 +89,24 @@ NOTs of section 5.2.6 (L{teredonode.peers.Peer.may_bubble}); echo requests obey 
 limits, as Miredo's do.  When the repetitions run out the queued packets are dropped and
 the host gets an ICMPv6 destination unreachable (code 3, address unreachable) per packet,
 at most L{ICMP_ERRORS_PER_SECOND} a second.
+
+Server Load Reduction (RFC 6081 section 5.7, X-SLR-01..05; clients): a packet for a trusted
+peer with whom nothing was exchanged for 30 s is queued and, instead of the bubble pair,
+the peer's known mapping gets a direct bubble with a Neighbor Discovery Option trailer
+soliciting an answer (X-SLR-03), again every 2 s; the Count of Solicitations Transmitted
+travels with the retry call.  The third one unanswered for 2 s, the exchange starts over as
+for a peer never reached (X-SLR-04): the entry is no longer trusted and gets the RFC 4380
+bubble pair.  [INFERRED] The fallback waits those 2 s instead of going out with the third
+solicitation because section 5.2.6 forbids two bubbles to a peer within 2 s; the
+solicitations count as bubbles under its limits too, so after three of them one fallback
+round may go within 300 s.  A solicitation received on an accepted direct bubble is
+answered with an advertisement (X-SLR-05), paced like the answers to indirect bubbles and
+paid from the inbound budget.  The advertisement, a direct packet from the mapping, proves
+it (section 5.2.3 case 1) and releases the queue.  The sweep forgets an entry 30 s after its
+last traffic (L{teredonode.peers.PeerList.expire}), so the tunnel remembers the mapping of
+each trusted Teredo peer it forgets for L{SLR_MEMORY} (bounded like the peer list) and, when
+the host sends to that peer again, restores the entry as it was (trusted, last heard then)
+for the solicitations to refresh.
 """
 
 from __future__ import annotations
@@ -117,7 +143,14 @@ from teredonode.wire.ipv6 import (
     is_multicast,
     parse_ipv6,
 )
-from teredonode.wire.teredo import NonceTrailer, TeredoPacket, encode_trailers
+from teredonode.wire.teredo import (
+    DISCOVERY_ADVERTISEMENT,
+    DISCOVERY_SOLICITATION,
+    NeighborDiscoveryTrailer,
+    NonceTrailer,
+    TeredoPacket,
+    encode_trailers,
+)
 
 __all__ = [
     "TunnelPolicy",
@@ -145,6 +178,8 @@ __all__ = [
     "SUPPRESSION_REASONS",
     "RELAY_SILENCE",
     "RELAY_RECHECKS",
+    "SLR_SOLICITATIONS",
+    "SLR_MEMORY",
 ]
 
 #: Sections 5.2.4 and 5.2.9: 2 s time-out, repeated up to 3 times.
@@ -162,6 +197,15 @@ RELAY_SILENCE = 3.0
 #: ... at most this many unanswered re-checks in a row, so that section 5.2.6's 4 probes in
 #: 300 s still leave room for the ordinary test once the entry expires.
 RELAY_RECHECKS = 2
+#: RFC 6081 section 5.7.2 (X-SLR-04): solicitations before falling back to RFC 4380 bubbles.
+SLR_SOLICITATIONS = 3
+#: How long a forgotten trusted peer's mapping stays worth soliciting: RFC 4787 REQ-5 lets a
+#: NAT drop an idle UDP mapping after 2 minutes, not before.  [INFERRED] RFC 6081 sets no
+#: bound; past this one the solicitations would mostly delay the RFC 4380 bubbles by 6 s.
+SLR_MEMORY = 120.0
+#: The Neighbor Discovery Option trailers of Server Load Reduction (RFC 6081 section 4.4).
+_SOLICITATION = encode_trailers((NeighborDiscoveryTrailer(DISCOVERY_SOLICITATION),))
+_ADVERTISEMENT = encode_trailers((NeighborDiscoveryTrailer(DISCOVERY_ADVERTISEMENT),))
 #: Peer state changes logged (relay chosen, peer unreachable): at most this many a second on
 #: average, in bursts of L{LOG_BURST}; the rest are counted in C{log-suppressed}, so that a
 #: flood of doomed destinations cannot flood the log.
@@ -235,6 +279,9 @@ NUMBERED_COUNTERS = (
     "echo-tests-ok",
     "echo-suppressed",
     "relay-rechecks",  # echo tests re-proving a silent native peer's relay
+    "slr-solicitations",  # X-SLR-03/04: direct bubbles soliciting an idle peer's answer
+    "slr-advertisements",  # X-SLR-05: direct bubbles answering a solicitation
+    "slr-fallbacks",  # X-SLR-04: three solicitations unanswered, RFC 4380 bubbles instead
 )
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
@@ -403,6 +450,9 @@ class TunnelPolicy:
         matches its sender is delivered without creating an entry (relays: section 5.4.2
         allows the drop but does not require it; the check already authenticates the
         source, and a restarted or replacement relay then carries traffic at once).
+    @ivar server_load_reduction: RFC 6081 section 5.7 (stated for clients): idle paths to
+        trusted peers are refreshed with direct solicitation bubbles, and solicitations are
+        answered (when the owner's switch allows it too).
     """
 
     name: str
@@ -413,6 +463,7 @@ class TunnelPolicy:
     hardened: bool = True
     forget_unreachable: bool = False
     forward_stateless: bool = False
+    server_load_reduction: bool = False
 
 
 CLIENT_POLICY = TunnelPolicy(
@@ -420,6 +471,7 @@ CLIENT_POLICY = TunnelPolicy(
     native_destinations=True,
     native_sources=True,
     learn_unsolicited=True,
+    server_load_reduction=True,
 )
 
 
@@ -457,6 +509,9 @@ class TeredoTunnel:
         X-SNS-09, X-SNS-10).
         On an unnumbered interface (relays) the proof may also be the nonce-bearing local
         source of our indirect bubble, which a plain RFC 4380 client (Miredo) answers to.
+    @param serverLoadReduction: RFC 6081 section 5.7 (X-SLR-01), where the policy allows
+        it: solicit idle trusted peers with direct bubbles, answer their solicitations.
+        Off: neither, as RFC 4380 alone.
     """
 
     log = Logger()
@@ -477,9 +532,11 @@ class TeredoTunnel:
         counters: Counter[str] | None = None,
         drops: Counter[str] | None = None,
         symmetricNat: bool = True,
+        serverLoadReduction: bool = True,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
+        self.serverLoadReduction = serverLoadReduction and policy.server_load_reduction
         self.policy = policy
         self.peers = peers
         peers.on_remove = self._peerRemoved
@@ -500,6 +557,9 @@ class TeredoTunnel:
         # forget_unreachable: when each removed peer's bubbles began, so that section 5.2.6's
         # "no more than 4 in 300 s" outlives the entry (RL-04); bounded like the peer list.
         self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
+        # Server Load Reduction: trusted Teredo peers the sweep forgot, by address: their
+        # mapping, when last heard, when last in touch either way; bounded like the list.
+        self._forgotten: OrderedDict[bytes, tuple[Endpoint, float, float]] = OrderedDict()
         self.counters: Counter[str] = Counter() if counters is None else counters
         self.drops: Counter[str] = Counter() if drops is None else drops
         #: Bubbles and echo requests not sent, by reason (L{SUPPRESSION_REASONS}).
@@ -571,11 +631,41 @@ class TeredoTunnel:
         for peer in self.peers:
             self.peers.remove(peer.address)
         self._unreachableSince.clear()
+        self._forgotten.clear()
 
     def _peerRemoved(self, peer: Peer) -> None:
         self._setState(peer, REMOVED, timer=None)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
+        mapping = peer.mapping
+        if (
+            self.serverLoadReduction
+            and peer.trusted
+            and not peer.local
+            and mapping is not None
+            and peer.address[:4] == self._prefix
+        ):
+            record = self._forgotten
+            record[peer.address] = (mapping, peer.last_rx, max(peer.last_rx, peer.last_tx))
+            record.move_to_end(peer.address)
+            while len(record) > self.peers.max_peers:
+                record.popitem(last=False)
+
+    def _recall(self, address: bytes) -> Peer | None:
+        """
+        Server Load Reduction: the entry of a trusted peer forgotten less than L{SLR_MEMORY}
+        after its last traffic, listed again as it was (trusted at its mapping, last heard
+        then, so not valid), for L{_idlePath} to solicit; L{None} for any other address.
+        """
+        record = self._forgotten.pop(address, None)
+        if record is None:
+            return None
+        mapping, lastRx, lastTouch = record
+        if self._clock.seconds() - lastTouch >= SLR_MEMORY:
+            return None
+        peer = self.peers.create(address)
+        self._setState(peer, TRUSTED, lastRx, mapping=mapping)
+        return peer
 
     # -- transmission (section 5.2.4) -------------------------------------------------------
 
@@ -600,6 +690,8 @@ class TeredoTunnel:
             packet = packet[:end]
         peers = self.peers
         peer = peers.get(dst)
+        if peer is None and self._forgotten:
+            peer = self._recall(dst)
         # Case 1: a valid, trusted entry.
         if peer is not None and peer.trusted and peers.is_valid(peer):
             self._transmit(peer, packet)
@@ -609,6 +701,9 @@ class TeredoTunnel:
         # Case 3 (CL-TX-03): a local peer heard within 600 s: prove its LAN endpoint.
         if peer is not None and peer.local and peers.is_valid(peer):
             self._queueAndProbe(peer, packet, None, self._localBubble)
+            return
+        if peer is not None and self._idlePath(peer):
+            self._queueAndProbe(peer, packet, None, self._bubble, solicit=True)
             return
         if dst[:4] == self._prefix:
             self._toTeredo(peer, dst, packet)
@@ -640,6 +735,20 @@ class TeredoTunnel:
             return
         self._sendEcho(peer, len(peer.bubbles), now)
         self.counters["relay-rechecks"] += 1
+
+    def _idlePath(self, peer: Peer) -> bool:
+        """
+        X-SLR-03: is C{peer} one whose path Server Load Reduction refreshes?  A Teredo peer
+        trusted at a known mapping (communication was established), not local, with
+        nothing exchanged in either direction for 30 s; or one already being solicited.
+        """
+        if not self.serverLoadReduction or not peer.trusted or peer.local or peer.mapping is None:
+            return False
+        if peer.address[:4] != self._prefix:
+            return False
+        now = self._clock.seconds()
+        idle = self.peers.valid_for
+        return now - peer.last_rx >= idle and now - peer.last_tx >= idle or peer.timer is not None
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
@@ -702,11 +811,12 @@ class TeredoTunnel:
         source: Endpoint | None,
         probe: Callable[[Peer], bool],
         firstProbe: Callable[[Peer], bool] | None = None,
+        solicit: bool = False,
     ) -> None:
         """
         Queue C{packet} and, unless an exchange is already running, start one: the first
         probe with C{firstProbe} (when the caller already paid for it), retries with
-        C{probe}.
+        C{probe}; or, with C{solicit}, Server Load Reduction's solicitations (X-SLR-03).
         """
         running = peer.timer is not None
         if not running and peer.probe_limited(self._clock.seconds()):
@@ -719,7 +829,11 @@ class TeredoTunnel:
             self.drops["queue-full"] += 1
             return
         self.counters["queued"] += 1
-        if not running:
+        if not running and solicit:
+            peer.attempts = 0
+            self._solicit(peer)
+            self._setState(peer, TRUSTED, timer=self._clock.callLater(PROBE_INTERVAL, self._resolicit, peer, 1))
+        elif not running:
             peer.attempts = 0
             (probe if firstProbe is None else firstProbe)(peer)
             self._setState(
@@ -745,6 +859,76 @@ class TeredoTunnel:
         self._setState(
             peer, peerState(peer), timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
         )
+
+    def _solicit(self, peer: Peer) -> bool:
+        """
+        X-SLR-03/04: a direct bubble with a Neighbor Discovery Option trailer of type
+        TeredoDiscoverySolicitation to the peer's known mapping, within section 5.2.6's
+        limits like any bubble.
+        """
+        now = self._clock.seconds()
+        source, mapping = self.address, peer.mapping
+        if source is None or mapping is None or not peer.may_bubble(now):
+            return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
+        self._send(bubble(source, peer.address) + _SOLICITATION, mapping)
+        peer.bubble_sent(now)
+        self.counters["slr-solicitations"] += 1
+        return True
+
+    def _resolicit(self, peer: Peer, count: int) -> None:
+        """
+        X-SLR-04, the retransmission timer: C{count} solicitations went unanswered for 2 s.
+        Below L{SLR_SOLICITATIONS}, solicit again; at it, start over as for a peer never
+        reached: no longer trusted, the RFC 4380 bubble pair (section 5.2.4) and its retries.
+        (An advertisement from the mapping ends the exchange before: L{_release}.)
+        """
+        if peer.address not in self.peers:
+            return
+        if count < SLR_SOLICITATIONS:
+            self._solicit(peer)
+            self._setState(
+                peer, TRUSTED, timer=self._clock.callLater(PROBE_INTERVAL, self._resolicit, peer, count + 1)
+            )
+            return
+        self.counters["slr-fallbacks"] += 1
+        self._logChange("peer {peer} silent to {count} solicitations", peer=ipv6_text(peer.address), count=count)
+        peer.attempts = 0
+        probe = self._bubble if self._bubbleBudget is None else self._budgetedBubble
+        self._setState(peer, PROBING, timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe))
+        probe(peer)
+
+    def _advertise(self, peer: Peer, packet: TeredoPacket, addr: Endpoint) -> None:
+        """
+        X-SLR-05: the direct bubble C{packet}, accepted from C{addr} (the peer's proven
+        mapping), solicits an answer: a direct bubble with a Neighbor Discovery Option
+        trailer of type TeredoDiscoveryAdvertisement.  The sender's IPv4 source may be
+        forged, so the answer is bounded like every probe the network makes us send:
+        section 5.2.6 per peer (not within 2 s of our last transmission to it), one per
+        2 s per destination endpoint whatever Teredo address names it, and the inbound
+        budget (SEC-19).  An answer is never larger than the solicitation.
+        """
+        if not self.serverLoadReduction or not any(
+            isinstance(t, NeighborDiscoveryTrailer) and t.discovery_type == DISCOVERY_SOLICITATION
+            for t in packet.trailers
+        ):
+            return
+        address = self.address
+        now = self._clock.seconds()
+        if address is None:
+            self._suppress("no-source", "bubbles-suppressed")
+            return
+        if not peer.may_bubble(now) or not self._answerLimit.allow(addr):
+            self._suppress("peer-rate", "bubbles-suppressed")
+            return
+        budget = self._inboundBudget
+        if budget is not None:
+            reason = budget.charge(b"")
+            if reason is not None:
+                self._suppress(reason, "bubbles-suppressed")
+                return
+        self._send(bubble(address, peer.address) + _ADVERTISEMENT, addr)
+        peer.bubble_sent(now)
+        self.counters["slr-advertisements"] += 1
 
     def _setState(
         self,
@@ -1192,6 +1376,8 @@ class TeredoTunnel:
                 self.counters["echo-tests-ok"] += 1
                 return
             self._accept(packet, isBubble)
+            if isBubble:
+                self._advertise(peer, packet, addr)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
@@ -1247,6 +1433,8 @@ class TeredoTunnel:
             self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
             self._release(peer)
             self._accept(packet, isBubble)
+            if isBubble:
+                self._advertise(peer, packet, addr)
             return
         # Case 6: a native source.  Accept only once an echo test through our server shows
         # that this sender is the relay our own packets to that source would take.
