@@ -28,13 +28,12 @@ from teredonode.roles.hostrelay import (
     NoNativeIPv6,
     nativeAddresses,
 )
-from teredonode.roles.relay import DROP_REASONS
+from teredonode.roles.relay import TeredoRelay
 from teredonode.roles.server import TeredoServer
 from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import fakeTun
+from tests.protocol._tunnelroles import UnnumberedTunnelBehaviour, fakeTun, teredo
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 DUAL_IP = "203.0.113.40"
@@ -46,7 +45,7 @@ class DualHostStack(FakeIPv6Network):
     """
     dualhost's kernel and the IPv6 network around it: what our server's TUN emits for
     DUAL6 and what the host-relay's TUN delivers to DUAL6 arrive here; echo requests are
-    answered, the answer routed into the host-relay's TUN (2001::/32).
+    answered when C{answer} is set, the answer routed into the host-relay's TUN (2001::/32).
     """
 
     def __init__(self, hrTun: FakeTunDevice, serverTun: FakeTunDevice) -> None:
@@ -54,13 +53,14 @@ class DualHostStack(FakeIPv6Network):
         self.hrTun = hrTun
         self.received: list[bytes] = []
         self.elsewhere: list[bytes] = []
+        self.answer = True
 
     def route(self, packet: bytes) -> None:
         if packet[24:40] != DUAL6:
             self.elsewhere.append(packet)
             return
         self.received.append(packet)
-        reply = self.echoReply(packet)
+        reply = self.echoReply(packet) if self.answer else None
         if reply is not None:
             self.hrTun.inject(reply)
 
@@ -120,41 +120,84 @@ class HostRelayTestCase(SynchronousTestCase):
     def drops(self) -> dict[str, int]:
         return {k: v for k, v in self.hr.status()["drops"].items() if v}
 
-    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        elapsed = 0.0
+        while elapsed < seconds:
+            self.net.run(step)
+            self.settle()
+            elapsed += step
+
+    def fakeClient(self, ip: str = "192.0.2.50", port: int = 40000) -> tuple[Endpoint, Any, bytes]:
+        """
+        A bare public UDP endpoint with the Teredo address that embeds it.
+        """
         endpoint = Endpoint()
-        udp = self.net.host("192.0.2.50").listenUDP(40000, endpoint, interface="192.0.2.50")
-        address = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 40000, "192.0.2.50").to_bytes()
+        udp = self.net.host(ip).listenUDP(port, endpoint, interface=ip)
+        return endpoint, udp, teredo(PRIMARY, ip, port)
+
+    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
+        """
+        A fake client dualhost sent to: the host-relay bubbles it, it answers with a bubble.
+        """
+        endpoint, udp, address = self.fakeClient()
         self.tun.inject(echo(DUAL6, address, b"first"))
         self.settle()
         assert self.hr.tunnel.bubbleSource is not None
         udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
         self.settle()
         self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
+        del endpoint.received[:]
         return endpoint, udp, address
+
+    def counters(self) -> dict[str, int]:
+        counters: dict[str, int] = self.hr.status()["counters"]
+        return counters
+
+    # The hooks of L{UnnumberedTunnelBehaviour}.
+
+    @property
+    def role(self) -> TeredoRelay:
+        return self.hr
+
+    @property
+    def roleEndpoint(self) -> tuple[str, int]:
+        return self.endpoint
+
+    @property
+    def hostAddress(self) -> bytes:
+        return DUAL6
+
+    @property
+    def hostReceived(self) -> list[bytes]:
+        return self.stack.received
+
+    def silenceHost(self) -> None:
+        self.stack.answer = False
+
+    def makeRole(self, ip: str, **overrides: Any) -> TeredoRelay:
+        return self.makeHostRelay(ip=ip, **overrides)
+
+    def unservedNative(self) -> list[bytes]:
+        """
+        HR-04/05: another host's native address, which a relay would serve.
+        """
+        return [V6HOST]
 
 
 class ServiceTests(HostRelayTestCase):
     def test_startConfiguresHost(self) -> None:
         """
-        HR-01/02: an unnumbered TUN with 2001::/32 routed to it, forwarding left off, no
-        Teredo address; the status lists the host's addresses and every drop reason.
+        HR-01/02: forwarding left off; the status lists the host's addresses (the unnumbered
+        TUN, its route, the status's drop reasons and stopping: test_statusAndStop of
+        L{HostRelayTunnelTests}).
         """
         conf = self.hr._netconfig
         assert isinstance(conf, FakeNetworkConfigurator)
-        self.assertIn(("teredo-hr", "2001::/32", 1024), conf.routes)
-        self.assertEqual(conf.addresses["teredo-hr"], set())
         self.assertFalse(conf.forwarding)
         self.assertNotIn("setForwarding", [c[0] for c in conf.calls])
-        status = self.hr.status()
-        self.assertEqual(status["state"], "relaying")
-        self.assertEqual(status["addresses"], ["2001:db8::40"])
-        self.assertEqual(list(status["drops"]), list(DROP_REASONS))
+        self.assertEqual(self.hr.status()["addresses"], ["2001:db8::40"])
         self.assertTrue(verifyObject(ITeredoRole, self.hr))
         self.assertEqual(self.hr.roleName, "host-relay")
-        self.hr.stopService()
-        self.server.stopService()
-        self.assertEqual(conf.routes, set())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_refusesWithoutNativeIPv6(self) -> None:
         """
@@ -267,31 +310,11 @@ class PathTests(HostRelayTestCase):
         self.assertEqual(self.stack.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"], forwarded)
 
-    def test_onlyTheHostsOwnAddresses(self) -> None:
-        """
-        HR-05: from clients, only packets for the host's own addresses are accepted; HR-04:
-        from the host, only packets from its own addresses (forwarded traffic of other
-        hosts never uses this interface).
-        """
-        endpoint, udp, address = self.trustedFakeClient()
-        udp.write(echo(address, V6HOST, b"not ours"), self.endpoint)
-        udp.write(echo(address, DUAL6, b"ours"), self.endpoint)
-        self.settle()
-        self.assertEqual([p[48:] for p in self.stack.received], [b"ours"])
-        self.tun.inject(echo(V6HOST, address, b"forwarded"))
-        self.assertEqual(self.drops(), {"wrong-destination": 1, "host-foreign-source": 1})
 
-    def test_spoofedAndUnsolicitedDropped(self) -> None:
-        """
-        HR-05 with RL-RX-03/04 in full: a client's address from another endpoint, and a
-        client the host never sent to, are dropped without state.
-        """
-        endpoint, udp, address = self.trustedFakeClient()
-        attacker = self.net.host("192.0.2.66").listenUDP(5555, Endpoint(), interface="192.0.2.66")
-        attacker.write(echo(address, DUAL6, b"spoof"), self.endpoint)
-        stranger = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 5555, "192.0.2.66").to_bytes()
-        attacker.write(echo(stranger, DUAL6, b"unsolicited"), self.endpoint)
-        self.settle()
-        self.assertEqual(self.drops(), {"mapping-mismatch": 1, "unknown-peer": 1})
-        self.assertEqual(len(self.hr.tunnel.peers), 1)
-        self.assertEqual([p[48:] for p in self.stack.received], [])
+class HostRelayTunnelTests(UnnumberedTunnelBehaviour, HostRelayTestCase):
+    """
+    What the host-specific relay shares with the relay (L{tests.protocol._tunnelroles}),
+    with HR-05's difference: a packet from a client the host never sent to is dropped.
+    """
+
+    forwardsUnsolicited = False
