@@ -5,36 +5,36 @@ What the relay and the host-specific relay both do, because both are the shared 
 their limits (RL-TX-05..08, RL-04), trust through a bubble (RL-RX-06), queue and peer-list
 bounds (RL-TX-06), ICMPv6 errors and their rate, and the status and stop every role shares.
 
-L{UnnumberedTunnelBehaviour} is a plain class, never collected by itself: each role's test
-module mixes it into a C{SynchronousTestCase} of its own test bed, which supplies the hooks
-listed in the class body, so that every behaviour here runs once per role.
+L{UnnumberedTestBed} is what both roles' test beds share (our server, clients, bare UDP
+endpoints playing clients), without tests of its own.  L{UnnumberedTunnelBehaviour} is a
+plain class, never collected by itself: each role's test module mixes it into a test case
+of its own test bed, which supplies the hooks the class lists, so that every behaviour here
+runs once per role.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from teredonode.config import ClientSettings, ServerSettings
+from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import DROP_REASONS, TeredoRelay
-from teredonode.testing import Datagram, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.roles.server import TeredoServer
+from teredonode.testing import Datagram, FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
 from tests.protocol.test_client import Endpoint, echo
 
-if TYPE_CHECKING:
-    from twisted.internet.task import Clock
-    from twisted.trial.unittest import SynchronousTestCase
-
-    from teredonode.roles.server import TeredoServer
-    from teredonode.testing import FakeInternet
-
-    _Base = SynchronousTestCase
-else:
-    _Base = object
-
-PRIMARY = "203.0.113.10"
+PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
+#: The public endpoint of the bare UDP socket that plays a Teredo client.
+FAKE_CLIENT = ("192.0.2.50", 40000)
 #: A link-local source, which no Teredo client has (RL-RX-03).
 LINK_LOCAL = bytes.fromhex("fe80" + "00" * 13 + "01")
 
@@ -55,10 +55,131 @@ def fakeTun(role: Any) -> FakeTunDevice:
     return tun
 
 
+class UnnumberedTestBed(SynchronousTestCase):
+    """
+    What the relay's and the host-specific relay's test beds share: our server at
+    L{PRIMARY}/L{SECONDARY} with its TUN on the native side, the role under test (started
+    by the subclass's C{setUp}), clients behind NATs and bare UDP endpoints playing clients.
+
+    A subclass provides C{role}, C{roleEndpoint}, C{hostAddress} (a native address the role
+    serves), C{ipv6Network} (the native side, pumped by L{settle}) and C{hostReceived};
+    C{tun} is the role's TUN.  No test here: only its subclasses run.
+    """
+
+    tun: FakeTunDevice
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.serverTun = FakeTunDevice("teredo-srv")
+        host = self.net.host(PRIMARY, SECONDARY)
+        self.server = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), host, tun=self.serverTun)
+        self.server.privilegedStartService()
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        self._nats = 0
+
+    @property
+    def role(self) -> TeredoRelay:
+        raise NotImplementedError()
+
+    @property
+    def roleEndpoint(self) -> tuple[str, int]:
+        raise NotImplementedError()
+
+    @property
+    def hostAddress(self) -> bytes:
+        raise NotImplementedError()
+
+    @property
+    def ipv6Network(self) -> FakeIPv6Network:
+        raise NotImplementedError()
+
+    @property
+    def hostReceived(self) -> list[bytes]:
+        raise NotImplementedError()
+
+    def makeClient(self, kind: str = "port-restricted", seed: int = 1) -> TeredoClient:
+        """
+        Our client, qualified, behind a NAT of C{kind} of its own.
+        """
+        self._nats += 1
+        nat = self.net.nat(kind, public=f"198.51.100.{self._nats}", rng=random.Random(seed))
+        host = nat.host("10.0.0.2")
+        rng = random.Random(seed)
+        client = TeredoClient(
+            ClientSettings(server=PRIMARY, secondary=SECONDARY), host, FakeTunDevice("teredo"),
+            FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
+        )
+        client.privilegedStartService()
+        client.startService()
+        self.addCleanup(client.stopService)
+        self.settle()
+        self.assertEqual(client.state, "qualified")
+        return client
+
+    def settle(self) -> None:
+        """
+        Deliver everything due now, on both the IPv4 and the IPv6 side.
+        """
+        while True:
+            self.net.flush()
+            if not self.ipv6Network.pump():
+                return
+
+    def advance(self, seconds: float, step: float = 0.5) -> None:
+        elapsed = 0.0
+        while elapsed < seconds:
+            self.net.run(step)
+            self.settle()
+            elapsed += step
+
+    def fakeClient(self, ip: str = FAKE_CLIENT[0], port: int = FAKE_CLIENT[1]) -> tuple[Endpoint, Any, bytes]:
+        """
+        A bare public UDP endpoint with the Teredo address that embeds it.
+        """
+        endpoint = Endpoint()
+        udp = self.net.host(ip).listenUDP(port, endpoint, interface=ip)
+        return endpoint, udp, teredo(PRIMARY, ip, port)
+
+    def bubbleSource(self) -> bytes:
+        source = self.role.tunnel.bubbleSource
+        assert source is not None
+        return source
+
+    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
+        """
+        A fake client the role trusts: the host sent to it, so the role bubbled it, and it
+        answered with a bubble, which released the host's packet.
+        """
+        endpoint, udp, address = self.fakeClient()
+        first = echo(self.hostAddress, address, b"first")
+        self.tun.inject(first)
+        self.settle()
+        udp.write(ipv6.bubble(address, self.bubbleSource()), self.roleEndpoint)
+        self.settle()
+        self.assertIn((first, self.roleEndpoint), endpoint.received)
+        del endpoint.received[:]
+        return endpoint, udp, address
+
+    def drops(self) -> dict[str, int]:
+        return {k: v for k, v in self.role.status()["drops"].items() if v}
+
+    def counters(self) -> dict[str, int]:
+        counters: dict[str, int] = self.role.status()["counters"]
+        return counters
+
+
+if TYPE_CHECKING:
+    _Base = UnnumberedTestBed
+else:
+    _Base = object
+
+
 class UnnumberedTunnelBehaviour(_Base):
     """
     The behaviours of the unnumbered tunnel, written against hooks each role's test case
-    provides:
+    provides (most of them L{UnnumberedTestBed}'s):
 
       - C{role}: the started role under test; C{makeRole(ip, **settings)}: another one,
         started, on the public IPv4 address C{ip}, with the role's settings overridden;
@@ -78,38 +199,10 @@ class UnnumberedTunnelBehaviour(_Base):
     forwardsUnsolicited: bool
 
     if TYPE_CHECKING:
-        clock: Clock
-        net: FakeInternet
-        tun: FakeTunDevice
-        server: TeredoServer
-
-        @property
-        def role(self) -> TeredoRelay: ...
-
-        @property
-        def roleEndpoint(self) -> tuple[str, int]: ...
-
-        @property
-        def hostAddress(self) -> bytes: ...
-
-        @property
-        def hostReceived(self) -> list[bytes]: ...
 
         def silenceHost(self) -> None: ...
 
         def makeRole(self, ip: str, **overrides: Any) -> TeredoRelay: ...
-
-        def fakeClient(self, ip: str = ..., port: int = ...) -> tuple[Endpoint, Any, bytes]: ...
-
-        def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]: ...
-
-        def settle(self) -> None: ...
-
-        def advance(self, seconds: float, step: float = 0.5) -> None: ...
-
-        def drops(self) -> dict[str, int]: ...
-
-        def counters(self) -> dict[str, int]: ...
 
     def sendFromHost(self, packet: bytes) -> None:
         """
@@ -122,11 +215,6 @@ class UnnumberedTunnelBehaviour(_Base):
         A client's socket C{udp} sends C{data} to the role's endpoint.
         """
         udp.write(data, self.roleEndpoint)
-
-    def bubbleSource(self) -> bytes:
-        source = self.role.tunnel.bubbleSource
-        assert source is not None
-        return source
 
     # Status and stop.
 

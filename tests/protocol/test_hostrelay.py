@@ -15,13 +15,11 @@ import tempfile
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from teredonode.config import ClientSettings, HostRelaySettings, ServerSettings
+from teredonode.config import HostRelaySettings
 from teredonode.interfaces import ITeredoRole
 from teredonode.roles import hostrelay as hostrelay_module
-from teredonode.roles.client import TeredoClient
 from teredonode.roles.hostrelay import (
     ADDRESS_REFRESH,
     HostSpecificRelay,
@@ -29,13 +27,11 @@ from teredonode.roles.hostrelay import (
     nativeAddresses,
 )
 from teredonode.roles.relay import TeredoRelay
-from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol._tunnelroles import UnnumberedTunnelBehaviour, fakeTun, teredo
+from tests.protocol._tunnelroles import PRIMARY, SECONDARY, UnnumberedTestBed, UnnumberedTunnelBehaviour, fakeTun
+from tests.protocol.test_client import echo, raw
 
-PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 DUAL_IP = "203.0.113.40"
 DUAL6 = ipaddress.IPv6Address("2001:db8::40").packed
 V6HOST = ipaddress.IPv6Address("2001:db8::30").packed
@@ -65,16 +61,9 @@ class DualHostStack(FakeIPv6Network):
             self.hrTun.inject(reply)
 
 
-class HostRelayTestCase(SynchronousTestCase):
+class HostRelayTestCase(UnnumberedTestBed):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.net = FakeInternet(self.clock)
-        self.serverTun = FakeTunDevice("teredo-srv")
-        host = self.net.host(PRIMARY, SECONDARY)
-        self.server = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), host, tun=self.serverTun)
-        self.server.privilegedStartService()
-        self.server.startService()
-        self.addCleanup(self.server.stopService)
+        super().setUp()
         self.addresses = {DUAL6}
         self.hr = self.makeHostRelay()
         self.tun = fakeTun(self.hr)
@@ -91,67 +80,11 @@ class HostRelayTestCase(SynchronousTestCase):
             self.addCleanup(hr.stopService)
         return hr
 
-    def makeClient(self) -> TeredoClient:
-        nat = self.net.nat("port-restricted", public="198.51.100.1", rng=random.Random(1))
-        rng = random.Random(1)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY), nat.host("10.0.0.2"),
-            FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
-        client.privilegedStartService()
-        client.startService()
-        self.addCleanup(client.stopService)
-        self.settle()
-        self.assertEqual(client.state, "qualified")
-        return client
-
-    def settle(self) -> None:
-        while True:
-            self.net.flush()
-            if not self.stack.pump():
-                return
-
     @property
     def endpoint(self) -> tuple[str, int]:
         sender = self.hr._socket.sender
         assert sender is not None
         return (DUAL_IP, sender.local[1])
-
-    def drops(self) -> dict[str, int]:
-        return {k: v for k, v in self.hr.status()["drops"].items() if v}
-
-    def advance(self, seconds: float, step: float = 0.5) -> None:
-        elapsed = 0.0
-        while elapsed < seconds:
-            self.net.run(step)
-            self.settle()
-            elapsed += step
-
-    def fakeClient(self, ip: str = "192.0.2.50", port: int = 40000) -> tuple[Endpoint, Any, bytes]:
-        """
-        A bare public UDP endpoint with the Teredo address that embeds it.
-        """
-        endpoint = Endpoint()
-        udp = self.net.host(ip).listenUDP(port, endpoint, interface=ip)
-        return endpoint, udp, teredo(PRIMARY, ip, port)
-
-    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
-        """
-        A fake client dualhost sent to: the host-relay bubbles it, it answers with a bubble.
-        """
-        endpoint, udp, address = self.fakeClient()
-        self.tun.inject(echo(DUAL6, address, b"first"))
-        self.settle()
-        assert self.hr.tunnel.bubbleSource is not None
-        udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
-        self.settle()
-        self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
-        del endpoint.received[:]
-        return endpoint, udp, address
-
-    def counters(self) -> dict[str, int]:
-        counters: dict[str, int] = self.hr.status()["counters"]
-        return counters
 
     # The hooks of L{UnnumberedTunnelBehaviour}.
 
@@ -166,6 +99,10 @@ class HostRelayTestCase(SynchronousTestCase):
     @property
     def hostAddress(self) -> bytes:
         return DUAL6
+
+    @property
+    def ipv6Network(self) -> DualHostStack:
+        return self.stack
 
     @property
     def hostReceived(self) -> list[bytes]:

@@ -15,25 +15,27 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from teredonode.config import ClientSettings, RelaySettings, ServerSettings, parse_config
+from teredonode.config import RelaySettings, parse_config
 from teredonode.interfaces import ITeredoRole
 from teredonode.roles import relay as relay_module
-from teredonode.roles.client import TeredoClient
 from teredonode.roles.relay import TeredoRelay, servedBy
-from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from teredonode.wire.teredo import OriginIndication, classify
-from tests.protocol._tunnelroles import UnnumberedTunnelBehaviour
+from tests.protocol._tunnelroles import UnnumberedTestBed, UnnumberedTunnelBehaviour
 # Re-exported: the other relay test modules take them from here.
-from tests.protocol._tunnelroles import fakeTun as fakeTun, teredo as teredo
-from tests.protocol.test_client import Endpoint, echo, raw
+from tests.protocol._tunnelroles import (
+    FAKE_CLIENT as FAKE_CLIENT,
+    PRIMARY as PRIMARY,
+    SECONDARY as SECONDARY,
+    fakeTun as fakeTun,
+    teredo as teredo,
+)
+from tests.protocol.test_client import echo, raw
 
-PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 RELAY_IP = "203.0.113.20"
 V6HOST = ipaddress.IPv6Address("2001:db8::30").packed
-FAKE_CLIENT = ("192.0.2.50", 40000)
 
 
 class IPv6Side(FakeIPv6Network):
@@ -59,20 +61,12 @@ class IPv6Side(FakeIPv6Network):
                 self.relayTun.inject(reply)
 
 
-class RelayTestCase(SynchronousTestCase):
+class RelayTestCase(UnnumberedTestBed):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.net = FakeInternet(self.clock)
-        self.serverTun = FakeTunDevice("teredo-srv")
-        host = self.net.host(PRIMARY, SECONDARY)
-        self.server = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), host, tun=self.serverTun)
-        self.server.privilegedStartService()
-        self.server.startService()
-        self.addCleanup(self.server.stopService)
+        super().setUp()
         self.relay = self.makeRelay()
         self.tun = fakeTun(self.relay)
         self.side = IPv6Side(self.tun, self.serverTun)
-        self._nats = 0
 
     def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
         relay = TeredoRelay(
@@ -96,65 +90,6 @@ class RelayTestCase(SynchronousTestCase):
         self.addCleanup(relay.stopService)
         return relay
 
-    def makeClient(self, kind: str = "port-restricted", seed: int = 1) -> TeredoClient:
-        self._nats += 1
-        nat = self.net.nat(kind, public=f"198.51.100.{self._nats}", rng=random.Random(seed))
-        host = nat.host("10.0.0.2")
-        rng = random.Random(seed)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY), host, FakeTunDevice("teredo"),
-            FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
-        client.privilegedStartService()
-        client.startService()
-        self.addCleanup(client.stopService)
-        self.settle()
-        self.assertEqual(client.state, "qualified")
-        return client
-
-    def settle(self) -> None:
-        """
-        Deliver everything due now, on both the IPv4 and the IPv6 side.
-        """
-        while True:
-            self.net.flush()
-            if not self.side.pump():
-                return
-
-    def advance(self, seconds: float, step: float = 0.5) -> None:
-        elapsed = 0.0
-        while elapsed < seconds:
-            self.net.run(step)
-            self.settle()
-            elapsed += step
-
-    def fakeClient(self, ip: str = FAKE_CLIENT[0], port: int = FAKE_CLIENT[1]) -> tuple[Endpoint, Any, bytes]:
-        """
-        A bare public UDP endpoint with the Teredo address that embeds it.
-        """
-        endpoint = Endpoint()
-        host = self.net.host(ip)
-        udp = host.listenUDP(port, endpoint, interface=ip)
-        return endpoint, udp, teredo(PRIMARY, ip, port)
-
-    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
-        """
-        A fake client the relay trusts: the relay bubbles it, it answers with a bubble.
-        """
-        endpoint, udp, address = self.fakeClient()
-        first = echo(V6HOST, address, b"first")
-        self.tun.inject(first)
-        self.settle()
-        assert self.relay.tunnel.bubbleSource is not None
-        udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
-        self.settle()
-        self.assertIn((first, (RELAY_IP, 3544)), endpoint.received)
-        del endpoint.received[:]
-        return endpoint, udp, address
-
-    def drops(self) -> dict[str, int]:
-        return {k: v for k, v in self.relay.status()["drops"].items() if v}
-
     # The hooks of L{UnnumberedTunnelBehaviour}.
 
     @property
@@ -168,6 +103,10 @@ class RelayTestCase(SynchronousTestCase):
     @property
     def hostAddress(self) -> bytes:
         return V6HOST
+
+    @property
+    def ipv6Network(self) -> IPv6Side:
+        return self.side
 
     @property
     def hostReceived(self) -> list[bytes]:
