@@ -68,10 +68,13 @@ class RelayTestCase(UnnumberedTestBed):
         self.tun = fakeTun(self.relay)
         self.side = IPv6Side(self.tun, self.serverTun)
 
-    def makeRelayOn(self, ip: str, **overrides: Any) -> TeredoRelay:
+    def makeRelayOn(self, ip: str, rngSeed: int = 1, **overrides: Any) -> TeredoRelay:
+        """
+        A started relay on the public IPv4 address C{ip}, its settings' defaults overridden.
+        """
         relay = TeredoRelay(
             RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=random.Random(1).randbytes,
+            FakeNetworkConfigurator(), randbytes=random.Random(rngSeed).randbytes,
         )
         relay.privilegedStartService()
         relay.startService()
@@ -79,16 +82,10 @@ class RelayTestCase(UnnumberedTestBed):
         return relay
 
     def makeRelay(self, **overrides: Any) -> TeredoRelay:
-        settings = RelaySettings(**overrides)
-        rng = random.Random(7)
-        relay = TeredoRelay(
-            settings, self.net.host(RELAY_IP), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=rng.randbytes,
-        )
-        relay.privilegedStartService()
-        relay.startService()
-        self.addCleanup(relay.stopService)
-        return relay
+        """
+        The relay under test, at L{RELAY_IP}.
+        """
+        return self.makeRelayOn(RELAY_IP, 7, **overrides)
 
     # The hooks of L{UnnumberedTunnelBehaviour}.
 
@@ -117,10 +114,6 @@ class RelayTestCase(UnnumberedTestBed):
 
     def makeRole(self, ip: str, **overrides: Any) -> TeredoRelay:
         return self.makeRelayOn(ip, **overrides)
-
-    def counters(self) -> dict[str, int]:
-        counters: dict[str, int] = self.relay.status()["counters"]
-        return counters
 
 
 class ServiceTests(RelayTestCase):
