@@ -15,28 +15,23 @@ import tempfile
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from teredonode.config import ClientSettings, HostRelaySettings, ServerSettings
+from teredonode.config import HostRelaySettings
 from teredonode.interfaces import ITeredoRole
 from teredonode.roles import hostrelay as hostrelay_module
-from teredonode.roles.client import TeredoClient
 from teredonode.roles.hostrelay import (
     ADDRESS_REFRESH,
     HostSpecificRelay,
     NoNativeIPv6,
     nativeAddresses,
 )
-from teredonode.roles.relay import DROP_REASONS
-from teredonode.roles.server import TeredoServer
-from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
+from teredonode.roles.relay import TeredoRelay
+from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
-from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import fakeTun
+from tests.protocol._tunnelroles import PRIMARY, SECONDARY, UnnumberedTestBed, UnnumberedTunnelBehaviour, fakeTun
+from tests.protocol.test_client import echo, raw
 
-PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 DUAL_IP = "203.0.113.40"
 DUAL6 = ipaddress.IPv6Address("2001:db8::40").packed
 V6HOST = ipaddress.IPv6Address("2001:db8::30").packed
@@ -46,7 +41,7 @@ class DualHostStack(FakeIPv6Network):
     """
     dualhost's kernel and the IPv6 network around it: what our server's TUN emits for
     DUAL6 and what the host-relay's TUN delivers to DUAL6 arrive here; echo requests are
-    answered, the answer routed into the host-relay's TUN (2001::/32).
+    answered when C{answer} is set, the answer routed into the host-relay's TUN (2001::/32).
     """
 
     def __init__(self, hrTun: FakeTunDevice, serverTun: FakeTunDevice) -> None:
@@ -54,27 +49,21 @@ class DualHostStack(FakeIPv6Network):
         self.hrTun = hrTun
         self.received: list[bytes] = []
         self.elsewhere: list[bytes] = []
+        self.answer = True
 
     def route(self, packet: bytes) -> None:
         if packet[24:40] != DUAL6:
             self.elsewhere.append(packet)
             return
         self.received.append(packet)
-        reply = self.echoReply(packet)
+        reply = self.echoReply(packet) if self.answer else None
         if reply is not None:
             self.hrTun.inject(reply)
 
 
-class HostRelayTestCase(SynchronousTestCase):
+class HostRelayTestCase(UnnumberedTestBed):
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.net = FakeInternet(self.clock)
-        self.serverTun = FakeTunDevice("teredo-srv")
-        host = self.net.host(PRIMARY, SECONDARY)
-        self.server = TeredoServer(ServerSettings(primary=PRIMARY, secondary=SECONDARY), host, tun=self.serverTun)
-        self.server.privilegedStartService()
-        self.server.startService()
-        self.addCleanup(self.server.stopService)
+        super().setUp()
         self.addresses = {DUAL6}
         self.hr = self.makeHostRelay()
         self.tun = fakeTun(self.hr)
@@ -91,70 +80,61 @@ class HostRelayTestCase(SynchronousTestCase):
             self.addCleanup(hr.stopService)
         return hr
 
-    def makeClient(self) -> TeredoClient:
-        nat = self.net.nat("port-restricted", public="198.51.100.1", rng=random.Random(1))
-        rng = random.Random(1)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY), nat.host("10.0.0.2"),
-            FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
-        client.privilegedStartService()
-        client.startService()
-        self.addCleanup(client.stopService)
-        self.settle()
-        self.assertEqual(client.state, "qualified")
-        return client
-
-    def settle(self) -> None:
-        while True:
-            self.net.flush()
-            if not self.stack.pump():
-                return
-
     @property
     def endpoint(self) -> tuple[str, int]:
         sender = self.hr._socket.sender
         assert sender is not None
         return (DUAL_IP, sender.local[1])
 
-    def drops(self) -> dict[str, int]:
-        return {k: v for k, v in self.hr.status()["drops"].items() if v}
+    # The hooks of L{UnnumberedTunnelBehaviour}.
 
-    def trustedFakeClient(self) -> tuple[Endpoint, Any, bytes]:
-        endpoint = Endpoint()
-        udp = self.net.host("192.0.2.50").listenUDP(40000, endpoint, interface="192.0.2.50")
-        address = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 40000, "192.0.2.50").to_bytes()
-        self.tun.inject(echo(DUAL6, address, b"first"))
-        self.settle()
-        assert self.hr.tunnel.bubbleSource is not None
-        udp.write(ipv6.bubble(address, self.hr.tunnel.bubbleSource), self.endpoint)
-        self.settle()
-        self.assertIn((echo(DUAL6, address, b"first"), self.endpoint), endpoint.received)
-        return endpoint, udp, address
+    @property
+    def role(self) -> TeredoRelay:
+        return self.hr
+
+    @property
+    def roleEndpoint(self) -> tuple[str, int]:
+        return self.endpoint
+
+    @property
+    def hostAddress(self) -> bytes:
+        return DUAL6
+
+    @property
+    def ipv6Network(self) -> DualHostStack:
+        return self.stack
+
+    @property
+    def hostReceived(self) -> list[bytes]:
+        return self.stack.received
+
+    def silenceHost(self) -> None:
+        self.stack.answer = False
+
+    def makeRole(self, ip: str, **overrides: Any) -> TeredoRelay:
+        return self.makeHostRelay(ip=ip, **overrides)
+
+    def unservedNative(self) -> list[bytes]:
+        """
+        HR-04/05: another host's native address, which a relay would serve.
+        """
+        return [V6HOST]
 
 
 class ServiceTests(HostRelayTestCase):
     def test_startConfiguresHost(self) -> None:
         """
-        HR-01/02: an unnumbered TUN with 2001::/32 routed to it, forwarding left off, no
-        Teredo address; the status lists the host's addresses and every drop reason.
+        HR-01/02: forwarding left off; the status lists the host's addresses (the unnumbered
+        TUN, its route, the status's drop reasons and stopping: test_statusAndStop of
+        L{HostRelayTunnelTests}).
         """
         conf = self.hr._netconfig
         assert isinstance(conf, FakeNetworkConfigurator)
-        self.assertIn(("teredo-hr", "2001::/32", 1024), conf.routes)
-        self.assertEqual(conf.addresses["teredo-hr"], set())
         self.assertFalse(conf.forwarding)
         self.assertNotIn("setForwarding", [c[0] for c in conf.calls])
-        status = self.hr.status()
-        self.assertEqual(status["state"], "relaying")
-        self.assertEqual(status["addresses"], ["2001:db8::40"])
-        self.assertEqual(list(status["drops"]), list(DROP_REASONS))
+        self.assertEqual(self.hr.status()["addresses"], ["2001:db8::40"])
         self.assertTrue(verifyObject(ITeredoRole, self.hr))
         self.assertEqual(self.hr.roleName, "host-relay")
-        self.hr.stopService()
-        self.server.stopService()
-        self.assertEqual(conf.routes, set())
-        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_refusesWithoutNativeIPv6(self) -> None:
         """
@@ -267,31 +247,11 @@ class PathTests(HostRelayTestCase):
         self.assertEqual(self.stack.received[-1][48:], b"again")
         self.assertEqual(self.server.status()["counters"], forwarded)
 
-    def test_onlyTheHostsOwnAddresses(self) -> None:
-        """
-        HR-05: from clients, only packets for the host's own addresses are accepted; HR-04:
-        from the host, only packets from its own addresses (forwarded traffic of other
-        hosts never uses this interface).
-        """
-        endpoint, udp, address = self.trustedFakeClient()
-        udp.write(echo(address, V6HOST, b"not ours"), self.endpoint)
-        udp.write(echo(address, DUAL6, b"ours"), self.endpoint)
-        self.settle()
-        self.assertEqual([p[48:] for p in self.stack.received], [b"ours"])
-        self.tun.inject(echo(V6HOST, address, b"forwarded"))
-        self.assertEqual(self.drops(), {"wrong-destination": 1, "host-foreign-source": 1})
 
-    def test_spoofedAndUnsolicitedDropped(self) -> None:
-        """
-        HR-05 with RL-RX-03/04 in full: a client's address from another endpoint, and a
-        client the host never sent to, are dropped without state.
-        """
-        endpoint, udp, address = self.trustedFakeClient()
-        attacker = self.net.host("192.0.2.66").listenUDP(5555, Endpoint(), interface="192.0.2.66")
-        attacker.write(echo(address, DUAL6, b"spoof"), self.endpoint)
-        stranger = TeredoAddress(GLOBAL_PREFIX, PRIMARY, 0, 5555, "192.0.2.66").to_bytes()
-        attacker.write(echo(stranger, DUAL6, b"unsolicited"), self.endpoint)
-        self.settle()
-        self.assertEqual(self.drops(), {"mapping-mismatch": 1, "unknown-peer": 1})
-        self.assertEqual(len(self.hr.tunnel.peers), 1)
-        self.assertEqual([p[48:] for p in self.stack.received], [])
+class HostRelayTunnelTests(UnnumberedTunnelBehaviour, HostRelayTestCase):
+    """
+    What the host-specific relay shares with the relay (L{tests.protocol._tunnelroles}),
+    with HR-05's difference: a packet from a client the host never sent to is dropped.
+    """
+
+    forwardsUnsolicited = False

@@ -20,6 +20,7 @@ from teredonode.roles import relay
 from teredonode.roles.tunnel import (
     CLIENT_POLICY,
     COUNTERS,
+    EXPIRY_INTERVAL,
     LOCAL,
     NUMBERED_COUNTERS,
     UNNUMBERED_COUNTERS,
@@ -35,7 +36,8 @@ from teredonode.roles.tunnel import (
     peerState,
 )
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
-from teredonode.wire.ipv6 import bubble, build_ipv6
+from teredonode.peers import VALID_FOR
+from teredonode.wire.ipv6 import EchoReply, bubble, build_ipv6, icmpv6_packet
 from teredonode.wire.teredo import classify
 
 SERVER = ("203.0.113.10", 3544)
@@ -48,9 +50,22 @@ def teredo(client: str, port: int) -> bytes:
 OWN = teredo("198.51.100.1", 5000)
 PEER = teredo("192.0.2.45", 40000)
 PEER_MAPPING = ("192.0.2.45", 40000)
+NATIVE = bytes.fromhex("20010db8" + "00" * 11 + "30")
+RELAY = ("203.0.113.20", 3544)
+#: The nonce of every echo test: the stand-in randbytes gives ones.
+NONCE = b"\x01" * 8
+BUBBLE_SOURCE = bytes.fromhex("fe80" + "00" * 13 + "01")
 
 
-class PeerStateTests(SynchronousTestCase):
+class RecordingTunnelCase(SynchronousTestCase):
+    """
+    The tunnel alone, with recording stand-ins for its owner: a C{send} that records
+    datagrams, a C{deliver} that records what reaches the host, a Clock.  Numbered (a
+    client's policy, our address L{OWN}) unless a subclass sets C{unnumbered}.
+    """
+
+    unnumbered = False
+
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
@@ -59,11 +74,19 @@ class PeerStateTests(SynchronousTestCase):
         self.counters: Counter[str] = Counter()
         self.drops: Counter[str] = Counter()
         self.peers = PeerList(self.clock.seconds)
+        if self.unnumbered:
+            policy, serves = relay.RELAY_POLICY, (lambda a: a == NATIVE)
+        else:
+            policy, serves = CLIENT_POLICY, None
         self.tunnel = TeredoTunnel(
-            self.clock, CLIENT_POLICY, self.peers, lambda d, a: self.sent.append((d, a)),
-            self.delivered.append, lambda n: b"\x01" * n, counters=self.counters, drops=self.drops,
+            self.clock, policy, self.peers, lambda d, a: self.sent.append((d, a)),
+            self.delivered.append, lambda n: b"\x01" * n, serves=serves,
+            counters=self.counters, drops=self.drops,
         )
-        self.tunnel.setIdentity(OWN, SERVER)
+        if self.unnumbered:
+            self.tunnel.setUnnumbered(BUBBLE_SOURCE)
+        else:
+            self.tunnel.setIdentity(OWN, SERVER)
 
     def fromHost(self, dst: bytes) -> None:
         self.tunnel.fromHost(build_ipv6(OWN, dst, 17, b"payload!"))
@@ -72,6 +95,8 @@ class PeerStateTests(SynchronousTestCase):
         peer = self.peers.get(address)
         return REMOVED if peer is None else peerState(peer)
 
+
+class PeerStateTests(RecordingTunnelCase):
     def test_ownersCounters(self) -> None:
         """
         The tunnel counts into the Counters it was given, and owns its peer list's removals.
@@ -169,6 +194,122 @@ class PeerStateTests(SynchronousTestCase):
         for state in (UNTRUSTED, PROBING, LOCAL, TRUSTED):
             self.assertIn((state, REMOVED), PEER_TRANSITIONS)
         self.assertFalse({new for old, new in PEER_TRANSITIONS if old == REMOVED})
+
+
+class NumberedCoreTests(RecordingTunnelCase):
+    """
+    What the roles' tests exercise only through a whole role, on the core alone.
+    """
+
+    def test_queueDrainsInOrder(self) -> None:
+        """
+        Section 5.2.3 "de-queue": the packets queued while a peer was probed leave in the
+        order the host sent them, once its mapping is proven, and are counted as released.
+        """
+        packets = [build_ipv6(OWN, PEER, 17, b"packet-%d" % i) for i in range(3)]
+        for packet in packets:
+            self.tunnel.fromHost(packet)
+        self.assertEqual(self.counters["queued"], 3)
+        self.assertTrue(all(classify(d).is_bubble for d, _ in self.sent))
+        del self.sent[:]
+        self.tunnel.fromPeer(classify(bubble(PEER, OWN)), PEER_MAPPING)
+        self.assertEqual(self.sent, [(p, PEER_MAPPING) for p in packets])
+        self.assertEqual(self.counters["released"], 3)
+        self.assertEqual(self.counters["sent"], 3)
+
+    def test_echoNonceMismatch(self) -> None:
+        """
+        Section 5.2.9 (CL-TX-02): an echo reply from a native peer proves its relay only if
+        it carries the test's nonce; any other is dropped, the test goes on, and nothing
+        reaches that sender or the host until the right reply comes.
+        """
+        self.tunnel.fromHost(build_ipv6(OWN, NATIVE, 17, b"payload!"))
+        [(request, to)] = self.sent
+        self.assertEqual(to, SERVER)
+        self.assertEqual(request[48:], NONCE)
+        self.assertEqual(self.state(NATIVE), PROBING)
+        self.tunnel.fromPeer(classify(icmpv6_packet(NATIVE, OWN, EchoReply(1, 0, b"\x02" * 8), 64)), RELAY)
+        self.assertEqual(self.drops["echo-nonce-mismatch"], 1)
+        self.assertEqual(self.state(NATIVE), PROBING)
+        self.assertEqual([a for _, a in self.sent], [SERVER])
+        self.assertEqual(self.delivered, [])
+        self.assertEqual(self.counters["echo-tests-ok"], 0)
+        self.tunnel.fromPeer(classify(icmpv6_packet(NATIVE, OWN, EchoReply(1, 0, NONCE), 64)), RELAY)
+        self.assertEqual(self.state(NATIVE), TRUSTED)
+        self.assertEqual(self.sent[-1], (build_ipv6(OWN, NATIVE, 17, b"payload!"), RELAY))
+        self.assertEqual(self.counters["echo-tests-ok"], 1)
+        known = self.peers.get(NATIVE)
+        assert known is not None
+        self.assertEqual(known.mapping, RELAY)
+
+    def test_trustedPeerExpires(self) -> None:
+        """
+        Section 5.2.4 (CL-TX-00): a trusted peer not heard from for 30 s is no longer sent to
+        at once: the packet is queued and the peer bubbled again, then released when it
+        answers; and an entry left alone is swept by the tunnel's expiry timer.
+        """
+        self.tunnel.fromPeer(classify(bubble(PEER, OWN)), PEER_MAPPING)
+        packet = build_ipv6(OWN, PEER, 17, b"payload!")
+        self.tunnel.fromHost(packet)
+        self.assertEqual(self.sent, [(packet, PEER_MAPPING)])
+        self.clock.advance(VALID_FOR)
+        del self.sent[:]
+        self.tunnel.fromHost(packet)
+        self.assertEqual(self.counters["queued"], 1)
+        self.assertEqual([(classify(d).is_bubble, a) for d, a in self.sent], [(True, PEER_MAPPING), (True, SERVER)])
+        self.tunnel.fromPeer(classify(bubble(PEER, OWN)), PEER_MAPPING)
+        self.assertEqual(self.sent[-1], (packet, PEER_MAPPING))
+        self.assertEqual(self.state(PEER), TRUSTED)
+        self.tunnel.start()
+        self.addCleanup(self.tunnel.stop)
+        self.assertEqual(self.peers.expire(), 0)
+        for _ in range(int((VALID_FOR + 2 * EXPIRY_INTERVAL) / EXPIRY_INTERVAL)):
+            self.clock.advance(EXPIRY_INTERVAL)
+        self.assertEqual(self.state(PEER), REMOVED)
+
+
+class UnnumberedCoreTests(RecordingTunnelCase):
+    """
+    The unnumbered tunnel (the relays' policy: it serves L{NATIVE}) alone.
+    """
+
+    unnumbered = True
+
+    def test_unreachableAfterRetries(self) -> None:
+        """
+        RL-TX-05/06/07: toward a silent client, a direct and an indirect bubble at once and
+        after each of L{PROBE_REPEATS} intervals; then the entry goes with its queue and the
+        host hears address unreachable (from the client's address) for each queued packet.
+        """
+        for i in range(2):
+            self.tunnel.fromHost(build_ipv6(NATIVE, PEER, 17, b"%d" % i))
+        for _ in range(PROBE_REPEATS):
+            self.clock.advance(PROBE_INTERVAL)
+            self.assertIn(PEER, self.peers)
+        self.clock.advance(PROBE_INTERVAL)
+        self.assertNotIn(PEER, self.peers)
+        destinations = [a for _, a in self.sent]
+        self.assertEqual(destinations.count(PEER_MAPPING), PROBE_REPEATS + 1)
+        self.assertEqual(destinations.count(SERVER), PROBE_REPEATS + 1)
+        self.assertEqual(self.drops["peer-unreachable"], 2)
+        self.assertEqual(len(self.delivered), 2)
+        for error in self.delivered:
+            self.assertEqual((error[8:24], error[24:40], error[40], error[41]), (PEER, NATIVE, 1, 3))
+
+    def test_statelessForwarding(self) -> None:
+        """
+        RL-RX-03/04: from a client never sent to, a packet whose source embeds the sender's
+        endpoint is delivered without an entry; from any other endpoint it is dropped.
+        """
+        packet = build_ipv6(PEER, NATIVE, 17, b"payload!")
+        self.tunnel.fromPeer(classify(packet), PEER_MAPPING)
+        self.assertEqual(self.delivered, [packet])
+        self.assertEqual(self.counters["delivered-stateless"], 1)
+        self.tunnel.fromPeer(classify(packet), ("192.0.2.66", 5555))
+        self.assertEqual(self.drops["mapping-mismatch"], 1)
+        self.assertEqual(self.delivered, [packet])
+        self.assertEqual(len(self.peers), 0)
+        self.assertEqual(self.sent, [])
 
 
 class CounterNamesTests(SynchronousTestCase):
