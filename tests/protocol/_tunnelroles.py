@@ -339,7 +339,7 @@ class UnnumberedTunnelBehaviour(_Base):
         other; no data goes out before the client answers.
         """
         endpoint, udp, address = self.fakeClient()
-        cone = teredo(PRIMARY, "192.0.2.50", 40000, flags=0x8000)
+        cone = teredo(PRIMARY, *FAKE_CLIENT, flags=0x8000)
         data = echo(self.hostAddress, cone, b"data")
         self.sendFromHost(data)
         self.settle()
@@ -473,7 +473,7 @@ class UnnumberedTunnelBehaviour(_Base):
         self.assertEqual(len(self.role.tunnel.peers), 1)
         known = self.role.tunnel.peers.get(address)
         assert known is not None
-        self.assertEqual(known.mapping, ("192.0.2.50", 40000))
+        self.assertEqual(known.mapping, FAKE_CLIENT)
         self.assertEqual(attacker.received, [])
 
     def test_unsolicitedCreatesNoState(self) -> None:
