@@ -246,8 +246,11 @@ class NumberedCoreTests(RecordingTunnelCase):
         """
         Section 5.2.4 (CL-TX-00): a trusted peer not heard from for 30 s is no longer sent to
         at once: the packet is queued and the peer bubbled again, then released when it
-        answers; and an entry left alone is swept by the tunnel's expiry timer.
+        answers; and an entry left alone is swept by the tunnel's expiry timer.  (RFC 4380
+        alone: RFC 6081 Server Load Reduction, which solicits an idle path directly, is
+        tests/protocol/test_slr.py's.)
         """
+        self.tunnel.serverLoadReduction = False
         self.tunnel.fromPeer(classify(bubble(PEER, OWN)), PEER_MAPPING)
         packet = build_ipv6(OWN, PEER, 17, b"payload!")
         self.tunnel.fromHost(packet)
