@@ -160,6 +160,17 @@ def deliver(packet):
                           "dst": socket.inet_ntop(socket.AF_INET6, packet[24:40]),
                           "dport": struct.unpack("!H", packet[42:44])[0]}
 
+sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+polls = [0]
+
+def send():
+    # Again every 0.2 s until both arrive: while the new address is still tentative
+    # (duplicate address detection) the kernel drops what goes to or from it.
+    if not result["read"]:
+        sender.sendto(b"into-tun", ("2001:db8::2", 9))
+    if not result["received"]:
+        tun.write(udp6("2001:db8::2", "2001:db8::1", 7777, rport, b"out-of-tun"))
+
 def poll():
     try:
         data, addr = receiver.recvfrom(2048)
@@ -168,14 +179,15 @@ def poll():
         pass
     if result["read"] and result["received"]:
         reactor.stop()
-    else:
-        reactor.callLater(0.02, poll)
+        return
+    polls[0] += 1
+    if polls[0] % 10 == 0:
+        send()
+    reactor.callLater(0.02, poll)
 
 def start():
     tun.startReading(deliver)
-    sender = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-    sender.sendto(b"into-tun", ("2001:db8::2", 9))
-    tun.write(udp6("2001:db8::2", "2001:db8::1", 7777, rport, b"out-of-tun"))
+    send()
     tun.write(bytes(40))  # version 0: the kernel refuses it with EINVAL
     poll()
 
