@@ -633,6 +633,20 @@ class TeredoTunnel:
         self._unreachableSince.clear()
         self._forgotten.clear()
 
+    def _inboundBubbleAllowed(self) -> bool:
+        """
+        SEC-19: a bubble that incoming traffic makes us send is paid from the inbound budget
+        (clients only); without a token it is counted as suppressed, by reason.
+        """
+        budget = self._inboundBudget
+        if budget is None:
+            return True
+        reason = budget.charge(b"")
+        if reason is None:
+            return True
+        self._suppress(reason, "bubbles-suppressed")
+        return False
+
     def _peerRemoved(self, peer: Peer) -> None:
         self._setState(peer, REMOVED, timer=None)
         if peer.queue:
@@ -920,12 +934,8 @@ class TeredoTunnel:
         if not peer.may_bubble(now) or not self._answerLimit.allow(addr):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        budget = self._inboundBudget
-        if budget is not None:
-            reason = budget.charge(b"")
-            if reason is not None:
-                self._suppress(reason, "bubbles-suppressed")
-                return
+        if not self._inboundBubbleAllowed():
+            return
         self._send(bubble(address, peer.address) + _ADVERTISEMENT, addr)
         peer.bubble_sent(now)
         self.counters["slr-advertisements"] += 1
@@ -1289,12 +1299,8 @@ class TeredoTunnel:
         if not self._answerLimit.allow(target):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        budget = self._inboundBudget
-        if budget is not None:
-            reason = budget.charge(b"")
-            if reason is not None:
-                self._suppress(reason, "bubbles-suppressed")
-                return
+        if not self._inboundBubbleAllowed():
+            return
         answer = bubble(address, src)
         if nonce is not None:
             answer += encode_trailers((NonceTrailer(nonce),))
@@ -1320,12 +1326,8 @@ class TeredoTunnel:
         if peer is not None and not peer.may_bubble(now):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        budget = self._inboundBudget
-        if budget is not None:
-            reason = budget.charge(b"")
-            if reason is not None:
-                self._suppress(reason, "bubbles-suppressed")
-                return
+        if not self._inboundBubbleAllowed():
+            return
         if peer is None:
             peer = self.peers.create(src)
         peer.nonce_received = nonce
