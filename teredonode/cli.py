@@ -267,16 +267,7 @@ def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int, up
 
     from teredonode.probe import probe
 
-    outcome: list[Any] = []
-    d = probe(reactor, targets, timeout, attempts, upnp)
-    d.addBoth(outcome.append)
-    d.addBoth(lambda _: reactor.stop())
-    if not outcome:
-        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
-    report: dict[str, Any] = result
+    report: dict[str, Any] = _runUntilFired(reactor, probe(reactor, targets, timeout, attempts, upnp))
     return report
 
 
@@ -298,6 +289,21 @@ def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = Non
 
 
 # --- portmap ------------------------------------------------------------------------------
+
+
+def _runUntilFired(reactor: Any, d: Any) -> Any:
+    """
+    Run the global reactor until C{d} fires; its result, or its failure raised.
+    """
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    d.addBoth(lambda _: reactor.stop())
+    if not outcome:
+        reactor.run(installSignalHandlers=False)
+    result = outcome[0]
+    if hasattr(result, "raiseException"):
+        result.raiseException()
+    return result
 
 
 def _run_portmap(args: argparse.Namespace) -> Any:
@@ -335,14 +341,7 @@ def _run_portmap(args: argparse.Namespace) -> Any:
         d = mapper.deleteMapping(local, args.port)
     else:
         d = mapper.addMapping(local, args.port, args.lifetime)
-    outcome: list[Any] = []
-    d.addBoth(outcome.append)
-    d.addBoth(lambda _: reactor.stop())
-    if not outcome:
-        reactor.run(installSignalHandlers=False)  # type: ignore[call-arg]
-    result = outcome[0]
-    if hasattr(result, "raiseException"):
-        result.raiseException()
+    result = _runUntilFired(reactor, d)
     nonces = [n for n in (pcp.nonceFor(local, args.port) for pcp in pcps) if n is not None]
     return result, (nonces[0].hex() if nonces else None)
 
