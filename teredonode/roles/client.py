@@ -240,6 +240,8 @@ class TeredoClient(Service):
     ) -> None:
         self.settings = settings
         self._portMapping = portMapping if settings.port_mapping else None
+        #: The refresh interval RFC 4380 section 5.2.7 measured, once it exceeds the setting.
+        self._measuredRefresh: float | None = None
         #: The NAT's mapping of our service port (X-UPNP-06/07), or None.
         self.portMapped: Any = None
         self._portMapError: str | None = None
@@ -295,7 +297,6 @@ class TeredoClient(Service):
         self._intervalSocket = ServicePort(self._secondaryReceived)
         self._intervalPort: Any = None
         self._intervalTimer: Any = None
-        self._measuredRefresh: float | None = None
         self.keyExpired = False
         self.mapping: Endpoint | None = None
         self.address: TeredoAddress | None = None
@@ -867,7 +868,7 @@ class TeredoClient(Service):
     )
 
     def _policy(self, settings: Any) -> Policy:
-        measured = getattr(self, "_measuredRefresh", None)
+        measured = self._measuredRefresh
         return Policy(
             server=settings.server,
             secondary=settings.secondary,
@@ -877,7 +878,7 @@ class TeredoClient(Service):
             refresh=max(float(settings.refresh), measured or 0.0),
             dormant_with_native=settings.dormant_with_native,
             secret=self._secret,
-            port_mapping=getattr(self, "_portMapping", None) is not None,
+            port_mapping=self._portMapping is not None,
         )
 
     def reconfigure(self, settings: Any) -> None:
