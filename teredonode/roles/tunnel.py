@@ -107,6 +107,16 @@ last traffic (L{teredonode.peers.PeerList.expire}), so the tunnel remembers the 
 each trusted Teredo peer it forgets for L{SLR_MEMORY} (bounded like the peer list) and, when
 the host sends to that peer again, restores the entry as it was (trusted, last heard then)
 for the solicitations to refresh.
+
+Hairpinning (RFC 6081 section 5.6, X-HP-05..07; clients): indirect bubbles to a peer not
+reached yet carry our local endpoint (and a UPnP mapping the server did not see) in an
+Alternate Address trailer after the nonce; the addresses a peer behind our own NAT advertises
+get a direct bubble each, echoing its nonce, within the bounds of L{teredonode.roles.hairpin}
+and the inbound budget; the peer's answer from such an address is accepted by the SNS nonce
+rule.  The UPnP extension's bubble rules (section 5.3.4, X-UPNP-10..12): a peer heard from a
+global mapping its address does not embed is a Symmetric Peer, and behind a single
+UPnP-enabled symmetric NAT (L{TeredoTunnel.upnpSymmetric}) bubbles and data go to such a
+peer's embedded mapping.
 """
 
 from __future__ import annotations
