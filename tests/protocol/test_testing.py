@@ -598,7 +598,9 @@ class NestedAndForwardTests(SynchronousTestCase):
         self.server.transport.write(b"back", src)
         self.net.flush()
         self.assertEqual(proto.received, [(b"back", (SERVER, 3544))])
-        self.assertEqual(self.inner.externalFor(("10.0.0.2", 5000))[0], "192.168.1.1")
+        external = self.inner.externalFor(("10.0.0.2", 5000))
+        assert external is not None
+        self.assertEqual(external[0], "192.168.1.1")
 
     def test_innerNATsMeetOnTheOuterLan(self):
         """
