@@ -995,6 +995,17 @@ class ClientSettings(_RoleSettings):
         "bubble through the server as RFC 4380 says. Such requests from peers are answered, "
         "within the bubble limits (RFC 6081 §5.7). `false`: neither, RFC 4380 alone.",
     )
+    hairpinning: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Hairpinning: reach peers behind our own NAT when it does not hairpin.",
+        more="Indirect bubbles to a peer not reached yet carry our local address and port (and "
+        "a UPnP mapping that differs from the server's: nested NATs) in an Alternate Address "
+        "trailer; a peer behind our own public IPv4 address that advertises such addresses "
+        "gets a direct bubble at each (at most 4), with its nonce, and is trusted where its "
+        "answer proves our nonce (RFC 6081 §5.6). Needs `symmetric-nat-support`. `false`: "
+        "no trailer sent, advertised addresses ignored. See [nat-traversal.md](nat-traversal.md).",
+    )
     local_discovery: bool = setting(
         check=_boolean,
         default=True,

@@ -145,6 +145,10 @@ class Peer:
         indirect bubble sent to the peer, until a direct bubble proves it (then L{None}).
     @ivar nonce_received: RFC 6081 section 5.2.1 (X-SNS-06): the nonce of the last indirect
         bubble received from the peer, echoed in our direct bubbles (X-SNS-04).
+    @ivar alternates: RFC 6081 section 5.6.1 (X-HP-06): the Alternate Address/Port list the
+        peer advertised in its last indirect bubble (at most 4 endpoints), C{()} when none.
+    @ivar symmetric_peer: RFC 6081 section 5.3.1 (X-UPNP-10): a direct bubble from the peer
+        came from a mapping its address does not embed (it is behind a symmetric NAT).
     """
 
     __slots__ = (
@@ -163,6 +167,8 @@ class Peer:
         "timer",
         "nonce_sent",
         "nonce_received",
+        "alternates",
+        "symmetric_peer",
     )
 
     def __init__(self, address: bytes, now: float, mapping: Endpoint | None = None) -> None:
@@ -185,6 +191,8 @@ class Peer:
         self.timer: Any = None
         self.nonce_sent: bytes | None = None
         self.nonce_received: bytes | None = None
+        self.alternates: tuple[Endpoint, ...] = ()
+        self.symmetric_peer = False
 
     def __repr__(self) -> str:
         state = "trusted" if self.trusted else "untrusted"
@@ -282,6 +290,8 @@ def _pack(peer: Peer) -> bytes | None:
         or peer.nonce is not None
         or peer.nonce_sent is not None
         or peer.nonce_received is not None
+        or peer.alternates
+        or peer.symmetric_peer is not False
         or peer.local is not False
         or peer.local_endpoint is not None
         or peer.attempts != 0
@@ -339,6 +349,8 @@ def _unpack(address: bytes, record: bytes) -> Peer:
     peer.timer = None
     peer.nonce_sent = None
     peer.nonce_received = None
+    peer.alternates = ()
+    peer.symmetric_peer = False
     return peer
 
 
@@ -363,6 +375,8 @@ class _PackedView(Peer):
     timer = None
     nonce_sent = None
     nonce_received = None
+    alternates: tuple[Endpoint, ...] = ()
+    symmetric_peer = False
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{name}: a packed entry seen by iteration is read-only")

@@ -752,6 +752,8 @@ class FakeNAT:
         hairpinning is off).
     @ivar hairpinned: how many datagrams were hairpinned.
     @ivar expired: how many bindings timed out.
+    @ivar outer: the NAT whose LAN this one's public address is on (L{nat}: nested NATs),
+        or L{None} for a NAT on the Internet.
     """
 
     def __init__(
@@ -788,6 +790,11 @@ class FakeNAT:
         self._lan: dict[str, FakeHost] = {}
         self._byExternalPort: dict[int, Mapping] = {}
         self._byKey: dict[tuple[Endpoint, Endpoint | None], Mapping] = {}
+        #: Static mappings (L{forward}): external port -> (internal endpoint, outbound too).
+        self._forwards: dict[int, tuple[Endpoint, bool]] = {}
+        self.outer: FakeNAT | None = None
+        #: A nested NAT is itself a "host" on its outer NAT's LAN: it owns no sockets.
+        self._ports: dict[tuple[str, int], FakeUDPPort] = {}
 
     def __repr__(self) -> str:
         return f"<FakeNAT {self.kind} {self.public}>"
@@ -808,6 +815,44 @@ class FakeNAT:
         for address in addresses:
             self._lan[address] = host
         return host
+
+    def nat(self, kind: str, public: str, **options: Any) -> FakeNAT:
+        """
+        Add a NAT box of C{kind} whose public side is on this NAT's LAN at the (private)
+        address C{public}: nested NATs, as behind a carrier-grade NAT or a home router
+        behind another (RFC 6081 section 6.5).  C{options} as for L{FakeInternet.nat}.
+        Datagrams it sends to addresses outside its own LAN go through this NAT.
+        """
+        if self.public is None:
+            return self.net.nat(kind, public, **options)
+        _checkIPv4(public)
+        if public in self._lan:
+            raise ValueError(f"{public} is already on the LAN of {self!r}")
+        if kind not in NAT_KINDS or kind == "none":
+            raise ValueError(f"unknown NAT kind {kind!r}")
+        inner = FakeNAT(
+            self.net,
+            kind,
+            public,
+            options.get("timeout", 120.0),
+            options.get("hairpin", False),
+            options.get("rng"),
+            options.get("firstPort", 20000),
+            options.get("portAllocation"),
+        )
+        inner.outer = self
+        self._lan[public] = inner  # type: ignore[assignment]
+        return inner
+
+    def forward(self, externalPort: int, internal: Endpoint, outbound: bool = True) -> None:
+        """
+        A static mapping, as UPnP IGD, NAT-PMP or PCP make one: datagrams to C{externalPort}
+        reach C{internal} whatever their source.  C{outbound}: datagrams from C{internal}
+        leave from C{externalPort} too (most NATs); otherwise they are mapped as the NAT's
+        kind says, though a port-preserving one may still pick C{externalPort} for them (RFC
+        6081 section 3.2's "UPnP-enabled symmetric NAT").
+        """
+        self._forwards[externalPort] = (internal, outbound)
 
     def mappings(self) -> list[Mapping]:
         """
@@ -847,10 +892,24 @@ class FakeNAT:
             self.hairpinned += 1
             self.net._later(self._inbound, binding.external, dst, data)
             return
+        if self.outer is not None:
+            self.outer._outbound(binding.external, dst, data)
+            return
         self.net._transmit(binding.external, dst, data)
+
+    def _deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        A datagram for this NAT's public address arriving from its outer NAT's LAN.
+        """
+        self._inbound(src, dst, data)
 
     def _inbound(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         self._expire()
+        forward = self._forwards.get(dst[1])
+        if forward is not None:
+            internal = forward[0]
+            self._lan[internal[0]]._deliver(src, internal, data)
+            return
         binding = self._byExternalPort.get(dst[1])
         if binding is None:
             self.dropped["no-mapping"] += 1
@@ -873,27 +932,34 @@ class FakeNAT:
         binding = self._byKey.get(key)
         if binding is None:
             assert self.public is not None
-            port = self._allocate(internal[1])
+            static = next((p for p, (e, out) in self._forwards.items() if e == internal and out), None)
+            port = static if static is not None else self._allocate(internal[1], internal)
             binding = Mapping(internal, (self.public, port), key[1], now)
             self._byKey[key] = binding
-            self._byExternalPort[port] = binding
+            if port not in self._byExternalPort:
+                self._byExternalPort[port] = binding
         return binding
 
-    def _allocate(self, internalPort: int) -> int:
+    def _allocate(self, internalPort: int, internal: Endpoint | None = None) -> int:
         inUse = self._byExternalPort
+        forwards = self._forwards
         if len(inUse) >= 65536 - 1024:
             raise RuntimeError(f"{self!r} ran out of external ports")
-        if self.portAllocation == "preserve" and internalPort not in inUse:
+        if (
+            self.portAllocation == "preserve"
+            and internalPort not in inUse
+            and (internalPort not in forwards or forwards[internalPort][0] == internal)
+        ):
             return internalPort
         if self.portAllocation == "sequential":
             port = self._nextPort
-            while port in inUse:
+            while port in inUse or port in forwards:
                 port = port + 1 if port < 65535 else 1024
             self._nextPort = port + 1 if port < 65535 else 1024
             return port
         while True:
             port = self.rng.randint(1024, 65535)
-            if port not in inUse:
+            if port not in inUse and port not in forwards:
                 return port
 
     def _expire(self) -> None:
@@ -901,7 +967,8 @@ class FakeNAT:
         for key, binding in list(self._byKey.items()):
             if now - binding.lastOutbound >= self.timeout:
                 del self._byKey[key]
-                del self._byExternalPort[binding.external[1]]
+                if self._byExternalPort.get(binding.external[1]) is binding:
+                    del self._byExternalPort[binding.external[1]]
                 self.expired += 1
                 continue
             for peer, when in list(binding.permits.items()):

@@ -62,8 +62,8 @@ class Row:
     median: str = "-"
     via: str = "-"
     counts: bool = True
-    #: What carries this path: "RFC 4380", an RFC 6081 extension ("SNS"), or "-" where
-    #: RFC 6081 Figure 1 says there is no connectivity.
+    #: What carries this path: "RFC 4380", an RFC 6081 extension ("SNS", "HP"), or "-"
+    #: where RFC 6081 Figure 1 says there is no connectivity.
     carried: str = "RFC 4380"
     #: Counted only when every node it needs is ours (paths through symmetric NATs: what
     #: Miredo does there is shown, not held against it).
@@ -138,7 +138,29 @@ def plan_rows(lab: Lab) -> list[Row]:
     if clients:
         rows.append(Row(f"dualhost -> {clients[0]} (host-specific relay)", "dualhost", clients[0], ("server", clients[0], "host-relay")))
     rows += _symmetric_rows(lab)
+    rows += _hairpin_rows(lab)
     return rows
+
+
+def _hairpin_rows(lab: Lab) -> list[Row]:
+    """
+    Two clients behind one NAT that does not hairpin, on two subnets (local discovery does
+    not cross): carried by RFC 6081 Hairpinning, which only our client runs.
+    """
+    hosts = lab.plan.clients()
+    for inner in hosts:
+        if inner.gateway is None:
+            continue
+        first = next((h for h in hosts if h.behind == inner.behind and h.gateway is None), None)
+        if first is None:
+            continue
+        a, b = first.name, inner.name
+        what = "two clients behind one non-hairpinning NAT"
+        return [
+            Row(f"{a} -> {b} ({what})", a, b, ("server", a, b), carried="HP", ours_only=True),
+            Row(f"{b} -> {a} ({what})", b, a, ("server", a, b), carried="HP", ours_only=True),
+        ]
+    return []
 
 
 def _symmetric_rows(lab: Lab) -> list[Row]:

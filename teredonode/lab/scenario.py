@@ -21,12 +21,17 @@ class ClientSpec:
     """
     One client host and the NAT in front of it (C{nat="none"}: the client is public).
     C{lan_of} names an earlier client whose NAT and LAN this one shares (then C{nat} must
-    match it): two Teredo clients on one LAN, for local discovery.
+    match it): two Teredo clients on one LAN, for local discovery.  With C{own_subnet} too,
+    the client shares that client's NAT but sits on a subnet of its own behind it (the
+    router forwards between them, untranslated): local discovery's multicast does not
+    cross, and the NAT, which does not hairpin, is the only way between the two Teredo
+    addresses unless RFC 6081 Hairpinning finds the local ones.
     """
 
     name: str
     nat: str
     lan_of: str | None = None
+    own_subnet: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,12 +57,21 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario(
             "default",
-            "three clients behind different NATs (port-restricted, cone, port-symmetric); used "
-            "by the demo",
+            "three clients behind different NATs (port-restricted, cone, port-symmetric), and a "
+            "fourth behind client1's NAT on another subnet (hairpinning); used by the demo",
             (
                 ClientSpec("client1", "port-restricted"),
                 ClientSpec("client2", "cone"),
                 ClientSpec("client3", "port-symmetric"),
+                ClientSpec("client4", "port-restricted", lan_of="client1", own_subnet=True),
+            ),
+        ),
+        Scenario(
+            "hairpin",
+            "two clients behind one port-restricted NAT that does not hairpin, on two subnets",
+            (
+                ClientSpec("client1", "port-restricted"),
+                ClientSpec("client2", "port-restricted", lan_of="client1", own_subnet=True),
             ),
         ),
         Scenario(
@@ -136,5 +150,7 @@ def get_scenario(name: str) -> Scenario:
             other = seen.get(client.lan_of)
             if other is None or other.nat != client.nat or client.nat == "none":
                 raise LabError(f"scenario {name}: {client.name} cannot share the LAN of {client.lan_of!r}")
+        elif client.own_subnet:
+            raise LabError(f"scenario {name}: {client.name} has a subnet of its own behind no one's NAT")
         seen[client.name] = client
     return scenario

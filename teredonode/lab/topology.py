@@ -57,6 +57,7 @@ class Host:
     nat_mode: str | None = None
     behind: str | None = None  # a client's NAT router
     lan_ipv4: str | None = None  # a NAT router's LAN address
+    gateway: str | None = None  # a client on a subnet of its own: the router's address there
     ipv4_forwarding: bool = False
     ipv6_forwarding: bool = False
     sysctls: tuple[str, ...] = ()  # more, set with the base ones
@@ -90,6 +91,8 @@ def make_plan(scenario: Scenario) -> Plan:
     and 2001:db8::10; relay 203.0.113.20, 2001:db8::20; v6host 2001:db8::30 only; dualhost
     203.0.113.40, 2001:db8::40.  Client N behind NAT natN: NAT WAN 198.51.100.(10+N), LAN
     10.N.0.1, client 10.N.0.2; a client with NAT mode "none" is public at 198.51.100.(100+N).
+    A client sharing natN on a subnet of its own (C{own_subnet}) is 10.N.K.2 behind the
+    router's 10.N.K.1, K = 1, 2, ...
     An address-symmetric NAT has more WAN addresses after the first (L{nat.address_pool}).
     """
     plan = Plan(relays=scenario.relays)
@@ -128,9 +131,19 @@ def make_plan(scenario: Scenario) -> Plan:
         if spec.lan_of is not None:
             router = plan.hosts[spec.lan_of].behind
             assert router is not None
-            taken = sum(1 for h in plan.clients() if h.behind == router)
             lan = plan.hosts[router].lan_ipv4
             assert lan is not None
+            if spec.own_subnet:
+                k = 1 + sum(1 for h in plan.clients() if h.behind == router and h.gateway is not None)
+                base = lan.rsplit(".", 2)[0]
+                plan.add(
+                    Host(
+                        spec.name, "client", (f"{base}.{k}.2",), nat_mode=spec.nat, behind=router,
+                        gateway=f"{base}.{k}.1",
+                    )
+                )
+                continue
+            taken = sum(1 for h in plan.clients() if h.behind == router and h.gateway is None)
             address = lan.rsplit(".", 1)[0] + f".{2 + taken}"
             plan.add(Host(spec.name, "client", (address,), nat_mode=spec.nat, behind=router))
             continue
@@ -237,9 +250,10 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
         _batch(ns, cmds)
 
     lans: dict[str, list[str]] = {}
+    subnets: dict[str, list[str]] = {}  # clients on subnets of their own, by router
     for name, host in plan.hosts.items():
         if host.behind is not None:
-            lans.setdefault(host.behind, []).append(name)
+            (lans if host.gateway is None else subnets).setdefault(host.behind, []).append(name)
     for router_name, members in lans.items():
         router = plan.hosts[router_name]
         rns = names[router_name]
@@ -271,6 +285,26 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
                     f"addr add {host.ipv4[0]}/24 dev eth0",
                     "link set eth0 up",
                     f"route add default via {router.lan_ipv4} dev eth0",
+                ],
+            )
+        for k, member in enumerate(subnets.get(router_name, ()), start=1):
+            host = plan.hosts[member]
+            # One more LAN segment, routed (not translated: the NAT's rules match the WAN
+            # interface only) to the first one by the router.
+            _batch(
+                rns,
+                [
+                    f"link add sub{k} type veth peer name eth0 netns {names[member]}",
+                    f"addr add {host.gateway}/24 dev sub{k}",
+                    f"link set sub{k} up",
+                ],
+            )
+            _batch(
+                names[member],
+                [
+                    f"addr add {host.ipv4[0]}/24 dev eth0",
+                    "link set eth0 up",
+                    f"route add default via {host.gateway} dev eth0",
                 ],
             )
         first = plan.hosts[members[0]]

@@ -125,9 +125,11 @@ __all__ = [
 ]
 
 #: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
-#: cells that need them to working): Symmetric NAT Support.  UPnP (X-UPNP) is in part: the
-#: port mapping runs, not yet its bubble rules (X-UPNP-10..12).
-RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS"})
+#: cells that need them to working): Symmetric NAT Support, and Hairpinning ("HP", not in
+#: Figure 1: it is about two clients behind one NAT).  UPnP (X-UPNP) runs its port mapping
+#: and its bubble rules (X-UPNP-10..12); it is not listed while the lab's UPnP port-symmetric
+#: NAT does not show the server the reserved mapping (docs/nat-traversal.md section 3.2).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "HP"})
 
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
@@ -174,6 +176,12 @@ _COUNTERS = (
     "slr-solicitations",
     "slr-advertisements",
     "slr-fallbacks",
+    "hp-advertised",
+    "hp-bubbles",
+    "hp-learned",
+    "hp-refused",
+    "upnp-symmetric-peers",
+    "upnp-embedded",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -221,6 +229,10 @@ class TeredoClient(Service):
     @param backoff: the wait after failed qualifications (L{JitteredBackoff} by default).
     @param portMapping: asks the NAT for a mapping of the service port before qualifying
         (C{port-mapping}, X-UPNP); C{None}: never.
+    @param localAddress: C{server -> the local IPv4 address toward it} (the kernel's choice,
+        L{teredonode.probe.local_address}, in production), for the Alternate Address trailer
+        of Hairpinning (X-HP-05b) when the service port is bound to every address; L{None}:
+        only a C{bind} address is advertised.
     """
 
     roleName = "client"
@@ -237,8 +249,10 @@ class TeredoClient(Service):
         randbytes: Callable[[int], bytes] | None = None,
         backoff: Backoff | None = None,
         portMapping: IPortMapping | None = None,
+        localAddress: Callable[[str], str | None] | None = None,
     ) -> None:
         self.settings = settings
+        self._localAddress = localAddress
         self._portMapping = portMapping if settings.port_mapping else None
         #: The refresh interval RFC 4380 section 5.2.7 measured, once it exceeds the setting.
         self._measuredRefresh: float | None = None
@@ -274,6 +288,7 @@ class TeredoClient(Service):
             drops=self.drops,
             symmetricNat=settings.symmetric_nat_support,
             serverLoadReduction=settings.server_load_reduction,
+            hairpinning=settings.hairpinning,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
@@ -656,6 +671,7 @@ class TeredoClient(Service):
             if self.discovery is not None:
                 self.discovery.start()
         self._updateDefaultRoute()
+        self._updateNatFacts()
         if effect.first and self.settings.refresh_determination and self._interval is None:
             self._startIntervalDetermination()
 
@@ -710,6 +726,7 @@ class TeredoClient(Service):
         self._removeAddresses()
         self.mapping = None
         self.tunnel.setIdentity(None, None)
+        self._updateNatFacts()
         if self.discovery is not None:
             self.discovery.stop()
         if self._interval is not None:
@@ -729,6 +746,7 @@ class TeredoClient(Service):
         self.portMapped = mapping
         self._portMapError = None
         self.counters["port-mappings"] += 1
+        self._updateNatFacts()
         self.log.info(
             "Port mapping by {protocol}: {address}:{port} for {lifetime} s",
             protocol=mapping.protocol, address=mapping.externalAddress, port=mapping.externalPort,
@@ -754,6 +772,56 @@ class TeredoClient(Service):
         if self._portMapping is not None and self.running:
             d = self._portMapping.map(self._localPort())
             d.addCallbacks(self._portMappedOk, self._portMapFailed)
+
+    # -- RFC 6081 Hairpinning (X-HP-03..05) and UPnP bubble rules (X-UPNP-09, -11, -12) --------
+
+    def _upnpMapping(self) -> Endpoint | None:
+        """
+        The UPnP-Mapped Address/Port as RFC 6081 keeps it: the router's mapping, zeroed
+        (L{None}) once qualification saw that very mapping, i.e. behind a single NAT
+        (X-UPNP-09, X-HP-04).
+        """
+        mapping = self.portMapped
+        if mapping is None:
+            return None
+        external = (mapping.externalAddress, mapping.externalPort)
+        return None if self.mapping is not None and external == self.mapping else external
+
+    def _localEndpoint(self) -> Endpoint | None:
+        """
+        X-HP-05b: our local address and port: the bind address, else the kernel's source
+        address toward the server.
+        """
+        port = self._localPort()
+        address: str | None = self.settings.bind
+        if address in ("", "0.0.0.0"):
+            address = self._localAddress(self.server) if self._localAddress is not None else None
+        return (address, port) if address and port else None
+
+    def _updateNatFacts(self) -> None:
+        """
+        After qualification (and when the router's mapping changes), tell the tunnel what
+        RFC 6081 needs of the NAT: the alternate addresses our indirect bubbles advertise
+        (X-HP-05), and whether we sit behind a single UPnP-enabled symmetric NAT (Symmetric
+        NAT flag, UPnP-Enabled NAT flag, zeroed UPnP mapping: X-UPNP-11, X-UPNP-12).
+        """
+        tunnel = self.tunnel
+        if self.mapping is None:
+            tunnel.setAlternates(None, None)
+            tunnel.upnpSymmetric = False
+            return
+        upnp = self._upnpMapping()
+        if tunnel.hairpinning:
+            tunnel.setAlternates(self._localEndpoint(), upnp)
+        tunnel.upnpSymmetric = self.nat == "symmetric" and self.portMapped is not None and upnp is None
+
+    def _hairpinningStatus(self) -> dict[str, Any]:
+        tunnel = self.tunnel
+        return {
+            "state": "on" if tunnel.hairpinning else "off",
+            "alternates": [_ep(e) for e in tunnel.ownAlternates],
+            "upnp-symmetric": tunnel.upnpSymmetric,
+        }
 
     def _portMappingStatus(self) -> dict[str, Any]:
         mapping = self.portMapped
@@ -900,6 +968,7 @@ class TeredoClient(Service):
             "offline-reason": self.offlineReason if self.state == "offline" else None,
             "nat": self.nat,
             "port-mapping": self._portMappingStatus(),
+            "hairpinning": self._hairpinningStatus(),
             "refresh-interval": self._machine.policy.refresh,
             "refresh-determination": self._intervalStatus(),
             "nat-flags": {  # RFC 6081 section 5: what qualification learnt of the NAT
@@ -937,6 +1006,7 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
     """
     from teredonode.netconfig import NetlinkConfigurator
     from teredonode.portmap.client import GatewayPortMapping
+    from teredonode.probe import local_address
     from teredonode.tun import TunDevice
 
     interface = settings.interface
@@ -947,4 +1017,5 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
         NetlinkConfigurator(),
         hasOtherIPv6=lambda: hostHasOtherIPv6(interface),
         portMapping=GatewayPortMapping(reactor, bind=settings.bind),
+        localAddress=local_address,
     )

@@ -107,6 +107,16 @@ last traffic (L{teredonode.peers.PeerList.expire}), so the tunnel remembers the 
 each trusted Teredo peer it forgets for L{SLR_MEMORY} (bounded like the peer list) and, when
 the host sends to that peer again, restores the entry as it was (trusted, last heard then)
 for the solicitations to refresh.
+
+Hairpinning (RFC 6081 section 5.6, X-HP-05..07; clients): indirect bubbles to a peer not
+reached yet carry our local endpoint (and a UPnP mapping the server did not see) in an
+Alternate Address trailer after the nonce; the addresses a peer behind our own NAT advertises
+get a direct bubble each, echoing its nonce, within the bounds of L{teredonode.roles.hairpin}
+and the inbound budget; the peer's answer from such an address is accepted by the SNS nonce
+rule.  The UPnP extension's bubble rules (section 5.3.4, X-UPNP-10..12): a peer heard from a
+global mapping its address does not embed is a Symmetric Peer, and behind a single
+UPnP-enabled symmetric NAT (L{TeredoTunnel.upnpSymmetric}) bubbles and data go to such a
+peer's embedded mapping.
 """
 
 from __future__ import annotations
@@ -124,6 +134,7 @@ from teredonode.interfaces import Endpoint, ILocalPeers
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
+from teredonode.roles import hairpin
 from teredonode.security import RateLimiter
 from teredonode.wire import ipv4
 from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT, is_global_teredo, mapping_of, server_of
@@ -241,6 +252,7 @@ DROP_REASONS = (
     "budget-ipv4",  # a new exchange refused: the bubble budget of the embedded IPv4 is spent
     "budget-global",  # a new exchange refused: the interface's global probe budget is spent
     "budget-server",  # a new exchange refused: the budget of the embedded server IPv4 is spent
+    "alternate-malformed",  # X-HP-06a: an indirect bubble whose Alternate Address trailer is not well formed
 )
 #: Why a bubble or echo request was not sent (status C{probes-suppressed}).
 SUPPRESSION_REASONS = (
@@ -282,6 +294,12 @@ NUMBERED_COUNTERS = (
     "slr-solicitations",  # X-SLR-03/04: direct bubbles soliciting an idle peer's answer
     "slr-advertisements",  # X-SLR-05: direct bubbles answering a solicitation
     "slr-fallbacks",  # X-SLR-04: three solicitations unanswered, RFC 4380 bubbles instead
+    "hp-advertised",  # X-HP-05: indirect bubbles carrying our Alternate Address trailer
+    "hp-bubbles",  # X-HP-06: direct bubbles to the alternate addresses a peer advertised
+    "hp-learned",  # X-HP-07: peers proven at a LAN endpoint or an address they advertised
+    "hp-refused",  # alternate addresses not bubbled (own, repeated, beyond 4, foreign peer, paced)
+    "upnp-symmetric-peers",  # X-UPNP-10: peers seen sending from a mapping not embedded
+    "upnp-embedded",  # X-UPNP-11/12: bubbles and data sent to a symmetric peer's embedded mapping
 )
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
@@ -512,6 +530,11 @@ class TeredoTunnel:
     @param serverLoadReduction: RFC 6081 section 5.7 (X-SLR-01), where the policy allows
         it: solicit idle trusted peers with direct bubbles, answer their solicitations.
         Off: neither, as RFC 4380 alone.
+    @param hairpinning: RFC 6081 section 5.6 (X-HP-01), on a numbered interface (a client)
+        with C{symmetricNat}, whose nonces it needs (X-HP-05d; X-HP-07 is the SNS rule):
+        indirect bubbles carry our alternate addresses (L{setAlternates}), and those a peer
+        behind our own NAT advertises get a direct bubble each (L{hairpin}).  Relays never
+        send the trailer.
     """
 
     log = Logger()
@@ -533,6 +556,7 @@ class TeredoTunnel:
         drops: Counter[str] | None = None,
         symmetricNat: bool = True,
         serverLoadReduction: bool = True,
+        hairpinning: bool = False,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -577,6 +601,13 @@ class TeredoTunnel:
         self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
+        self.hairpinning = hairpinning and symmetricNat and serves is None
+        #: X-HP-05: our alternate endpoints (local, then a non-zero UPnP mapping), encoded.
+        self.ownAlternates: tuple[Endpoint, ...] = ()
+        self._alternateTrailer = b""
+        #: X-UPNP-11/12: Symmetric NAT, UPnP-Enabled NAT and a zeroed UPnP mapping (a single
+        #: UPnP-enabled symmetric NAT); set by the client after qualification.
+        self.upnpSymmetric = False
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -767,7 +798,7 @@ class TeredoTunnel:
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
         peer.last_tx = self._clock.seconds()
-        self._send(packet, peer.mapping)
+        self._send(packet, self._upnpTarget(peer, peer.mapping))  # X-UPNP-12
         self.counters["sent"] += 1
 
     def _toTeredo(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
@@ -884,7 +915,7 @@ class TeredoTunnel:
         source, mapping = self.address, peer.mapping
         if source is None or mapping is None or not peer.may_bubble(now):
             return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
-        self._send(bubble(source, peer.address) + _SOLICITATION, mapping)
+        self._send(bubble(source, peer.address) + _SOLICITATION, self._upnpTarget(peer, mapping))
         peer.bubble_sent(now)
         self.counters["slr-solicitations"] += 1
         return True
@@ -1098,7 +1129,7 @@ class TeredoTunnel:
             peer.nonce_sent = nonce
             if self._serves is not None:
                 source = self._nonceSource(source, nonce)
-            data = bubble(source, dst) + encode_trailers((NonceTrailer(nonce),))
+            data = bubble(source, dst) + encode_trailers((NonceTrailer(nonce),)) + self._hairpinTrailer(peer)
         else:
             data = bubble(source, dst)
         self._send(data, (server_of(dst), TEREDO_PORT))
@@ -1273,6 +1304,10 @@ class TeredoTunnel:
         if address is None:
             return
         src = packet.header.src
+        alternates = self._alternatesOf(packet, src)
+        if alternates is not None and alternates.malformed:
+            self.drops["alternate-malformed"] += 1  # X-HP-06a
+            return
         if not ipv4.is_global_unicast(origin[0], self._hardened):
             self.drops["non-global-origin"] += 1
             return
@@ -1295,7 +1330,7 @@ class TeredoTunnel:
                     and mapping != mapping_of(src)
                     and peers.is_valid(peer)
                 ):
-                    target = mapping
+                    target = self._upnpTarget(peer, mapping)  # X-UPNP-11: maybe the embedded one
         if not self._answerLimit.allow(target):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
@@ -1306,12 +1341,16 @@ class TeredoTunnel:
             answer += encode_trailers((NonceTrailer(nonce),))
         self._send(answer, target)
         self.counters["bubbles-answered"] += 1
+        if alternates is not None:
+            self._bubbleAlternates(peer, src, origin, nonce, alternates.entries)
         if (
             nonce is not None
             and src[:4] == self._prefix
             and (peer is None or not (peer.trusted and peers.is_valid(peer)))
         ):
             self._indirectAnswer(peer, src, nonce)
+        if alternates is not None:
+            self._keepAlternates(src, alternates.entries)
 
     def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes) -> None:
         """
@@ -1368,6 +1407,8 @@ class TeredoTunnel:
         now = self._clock.seconds()
         peers = self.peers
         peer = peers.get(src)
+        if isBubble and peer is not None:
+            self._noteSymmetricPeer(peer, addr)  # X-UPNP-10
         # Case 1: a trusted entry whose mapping is the sender.
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)
@@ -1480,6 +1521,7 @@ class TeredoTunnel:
         )
         self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
         self.counters["sns-learned"] += 1
+        self._countHairpinLearned(peer, addr)
         self._release(peer)
         self.counters["bubbles-received"] += 1
 
@@ -1535,6 +1577,129 @@ class TeredoTunnel:
         except ParseError:
             return False
         return isinstance(msg, EchoReply) and msg.data == peer.nonce
+
+    # -- RFC 6081 Hairpinning (section 5.6) and the UPnP bubble rules (section 5.3.4) -----------
+
+    def setAlternates(self, local: Endpoint | None, upnp: Endpoint | None) -> None:
+        """
+        X-HP-05b/c, X-HP-04: the endpoints our indirect bubbles advertise: the local address
+        and port, and the UPnP mapping when it is not zero (the client zeroes it when the
+        server saw that very mapping).  L{None} for what is unknown.
+        """
+        trailer = hairpin.advertised(local, upnp)
+        self.ownAlternates = () if trailer is None else trailer.addresses
+        self._alternateTrailer = b"" if trailer is None else encode_trailers((trailer,))
+
+    def _hairpinTrailer(self, peer: Peer) -> bytes:
+        """
+        X-HP-05a: the Alternate Address trailer for an indirect bubble to C{peer}, while
+        communication with it is not established (no valid trusted entry); the caller puts
+        the Nonce Trailer first (X-HP-05d).  X-TRL-06: only a client's indirect bubbles.
+        """
+        trailer = self._alternateTrailer
+        if not self.hairpinning or not trailer or (peer.trusted and self.peers.is_valid(peer)):
+            return b""
+        self.counters["hp-advertised"] += 1
+        return trailer
+
+    def _alternatesOf(self, packet: TeredoPacket, src: bytes) -> hairpin.Alternates | None:
+        """
+        The alternate addresses an indirect bubble from a Teredo peer advertises (L{None}
+        when hairpinning is off or it carries no trailer at all).
+        """
+        if not self.hairpinning or not packet.trailer_bytes or src[:4] != self._prefix:
+            return None
+        alternates = hairpin.read_alternates(packet.trailer_bytes)
+        if not alternates.entries and not alternates.malformed:
+            return None
+        return alternates
+
+    def _bubbleAlternates(
+        self, peer: Peer | None, src: bytes, origin: Endpoint, nonce: bytes | None, entries: tuple[Endpoint, ...]
+    ) -> None:
+        """
+        X-HP-06c/d: besides the answer to the origin, a direct bubble echoing the peer's
+        nonce to each address it advertised, so that a peer behind our own NAT, which does
+        not hairpin, is reached on the inside.  Not for a peer already reached (RFC 6081
+        section 6.5 step 11: one bubble, to the proven mapping).  What a forged or hostile
+        trailer can make us send is bounded (L{hairpin}): only from a peer whose address
+        embeds our own public IPv4, only with a nonce (the bubble is useless without one),
+        at most 4 endpoints, never our own, each endpoint at most once per 2 s (the pace of
+        the answers to indirect bubbles), each bubble paid from the inbound budget (SEC-19).
+        Everything not sent is counted in C{hp-refused}.
+        """
+        address = self.address
+        if address is None or (peer is not None and peer.trusted and self.peers.is_valid(peer)):
+            return
+        embedded = mapping_of(src)
+        if nonce is None or embedded[0] != mapping_of(address)[0]:
+            self.counters["hp-refused"] += len(entries)
+            return
+        own = (*self.ownAlternates, mapping_of(address), origin)
+        chosen, refused = hairpin.choose_alternates(entries, own, embedded)
+        self.counters["hp-refused"] += refused
+        data = bubble(address, src) + encode_trailers((NonceTrailer(nonce),))
+        for endpoint in chosen:
+            if not self._answerLimit.allow(endpoint):
+                self._suppress("peer-rate", "hp-refused")
+                continue
+            if not self._inboundBubbleAllowed():
+                self.counters["hp-refused"] += 1
+                continue
+            self._send(data, endpoint)
+            self.counters["hp-bubbles"] += 1
+
+    def _keepAlternates(self, src: bytes, entries: tuple[Endpoint, ...]) -> None:
+        """
+        X-HP-06b: the peer entry keeps the list it advertised last (at most 4 entries).
+        """
+        peer = self.peers.get(src)
+        if peer is not None:
+            peer.alternates = entries[: hairpin.MAX_ALTERNATES]
+
+    def _countHairpinLearned(self, peer: Peer, addr: Endpoint) -> None:
+        """
+        X-HP-07: a mapping proven by our nonce (the SNS rule) that is an address the peer
+        advertised, or any LAN endpoint: what only hairpinning reaches.
+        """
+        if self.hairpinning and (addr in peer.alternates or not ipv4.is_global_unicast(addr[0], self._hardened)):
+            self.counters["hp-learned"] += 1
+
+    def _noteSymmetricPeer(self, peer: Peer, addr: Endpoint) -> None:
+        """
+        X-UPNP-10: a direct bubble from a mapping the peer's address does not embed marks it
+        as behind a symmetric NAT (set even if the bubble is then dropped: RFC 6081 section
+        6.2 step 2 sets it on a bubble without a nonce; a forged one only makes us use the
+        embedded mapping, which needs no proof).  [INFERRED] Not for a LAN endpoint (a local
+        peer, or one reached by hairpinning): that is not a symmetric NAT's mapping, and the
+        embedded one would need the hairpinning the NAT lacks.  Clients only.
+        """
+        if (
+            peer.symmetric_peer
+            or self._serves is not None
+            or not self.symmetricNat
+            or peer.local
+            or peer.address[:4] != self._prefix
+            or mapping_of(peer.address) == addr
+            or not ipv4.is_global_unicast(addr[0], self._hardened)
+        ):
+            return
+        peer.symmetric_peer = True
+        self.counters["upnp-symmetric-peers"] += 1
+
+    def _upnpTarget(self, peer: Peer, learned: Endpoint) -> Endpoint:
+        """
+        X-UPNP-11 (direct bubbles), X-UPNP-12 (data): behind a single UPnP-enabled symmetric
+        NAT (L{upnpSymmetric}), a symmetric peer is sent to at the mapping its address
+        embeds, betting that its NAT reserved that one too (RFC 6081 section 5.3.4.2);
+        otherwise to C{learned}.
+        """
+        if not (self.upnpSymmetric and peer.symmetric_peer):
+            return learned
+        embedded = mapping_of(peer.address)
+        if embedded != learned:
+            self.counters["upnp-embedded"] += 1
+        return embedded
 
     # -- status ---------------------------------------------------------------------------------
 

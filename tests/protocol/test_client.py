@@ -93,6 +93,7 @@ class ClientTestCase(SynchronousTestCase):
         natTimeout: float = 120.0,
         host: FakeHost | None = None,
         portMapping: Any = None,
+        localAddress: Any = None,
         **overrides: Any,
     ) -> TeredoClient:
         self._nats += 1
@@ -118,6 +119,7 @@ class ClientTestCase(SynchronousTestCase):
             rng=rng,
             randbytes=rng.randbytes,
             portMapping=portMapping,
+            localAddress=localAddress,
         )
         self._devices[id(client)] = (tun, netconfig)
         client.host = host  # type: ignore[attr-defined]

@@ -570,6 +570,92 @@ class HairpinAndLanTests(SynchronousTestCase):
         self.assertRaises(ValueError, n1.host, "10.0.0.2")
 
 
+class NestedAndForwardTests(SynchronousTestCase):
+    """
+    L{FakeNAT.nat} (a NAT on another NAT's LAN) and L{FakeNAT.forward} (a static mapping, as
+    UPnP IGD, NAT-PMP or PCP make one), which the RFC 6081 section 6.5 tests build on.
+    """
+
+    def setUp(self):
+        self.clock = Clock()
+        self.net = FakeInternet(self.clock)
+        self.server = Recorder()
+        self.net.host(SERVER).listenUDP(3544, self.server)
+        self.outer = self.net.nat("port-restricted", public=NAT_IP)
+        self.inner = self.outer.nat("port-restricted", "192.168.1.1")
+
+    def test_nestedGoesOutThroughBoth(self):
+        """
+        A host behind the inner NAT reaches the Internet from the outer NAT's address; the
+        answer comes back in through both.
+        """
+        proto = Recorder(echo=False)
+        self.inner.host("10.0.0.2").listenUDP(5000, proto)
+        proto.transport.write(b"out", (SERVER, 3544))
+        self.net.flush()
+        [(data, src)] = self.server.received
+        self.assertEqual(src[0], NAT_IP)
+        self.server.transport.write(b"back", src)
+        self.net.flush()
+        self.assertEqual(proto.received, [(b"back", (SERVER, 3544))])
+        external = self.inner.externalFor(("10.0.0.2", 5000))
+        assert external is not None
+        self.assertEqual(external[0], "192.168.1.1")
+
+    def test_innerNATsMeetOnTheOuterLan(self):
+        """
+        Two inner NATs on one outer LAN reach each other's public (LAN) endpoints without
+        the outer NAT, which does not hairpin, ever seeing its own address.
+        """
+        other = self.outer.nat("full-cone", "192.168.1.2")
+        a, b = Recorder(), Recorder()
+        self.inner.host("10.0.1.2").listenUDP(5000, a)
+        other.host("10.0.2.2").listenUDP(6000, b)
+        b.transport.write(b"open", (SERVER, 3544))
+        self.net.flush()
+        bOuter = other.externalFor(("10.0.2.2", 6000))
+        a.transport.write(b"hi", bOuter)
+        self.net.flush()
+        self.assertEqual([d for d, _ in b.received], [b"hi"])
+        self.assertEqual(b.received[0][1][0], "192.168.1.1")
+        self.assertEqual(self.outer.dropped["hairpin"], 0)
+        self.assertRaises(ValueError, self.outer.nat, "full-cone", "192.168.1.2")
+
+    def test_forwardFromAnyone(self):
+        """
+        A forwarded port lets any source in (no filtering), and by default the forwarded
+        endpoint's own datagrams leave from it.
+        """
+        proto = Recorder()
+        self.outer.host("10.0.0.2").listenUDP(4000, proto)
+        self.outer.forward(4500, ("10.0.0.2", 4000))
+        self.net.inject((OTHER, 9), (NAT_IP, 4500), b"in")
+        self.net.flush()
+        self.assertEqual(proto.received, [(b"in", (OTHER, 9))])
+        proto.transport.write(b"out", (SERVER, 3544))
+        self.net.flush()
+        self.assertEqual(self.server.received[-1], (b"out", (NAT_IP, 4500)))
+
+    def test_forwardInboundOnly(self):
+        """
+        C{outbound=False}: a port-preserving symmetric NAT still maps per destination, the
+        first destination keeping the (forwarded) port; other hosts never get that port.
+        """
+        nat = self.net.nat("symmetric-port-preserving", public="198.51.100.9")
+        nat.forward(4000, ("10.0.0.2", 4000), outbound=False)
+        proto, other = Recorder(), Recorder()
+        nat.host("10.0.0.2").listenUDP(4000, proto)
+        nat.host("10.0.0.3").listenUDP(4000, other)
+        other.transport.write(b"x", (SERVER, 3544))
+        proto.transport.write(b"first", (SERVER, 3544))
+        proto.transport.write(b"second", (OTHER, 9))
+        self.net.flush()
+        sources = {data: src for data, src in self.server.received}
+        self.assertEqual(sources[b"first"], ("198.51.100.9", 4000))
+        self.assertNotEqual(sources[b"x"], ("198.51.100.9", 4000))
+        self.assertNotEqual(nat.externalFor(("10.0.0.2", 4000), (OTHER, 9)), ("198.51.100.9", 4000))
+
+
 GROUP = "224.0.0.253"
 
 
