@@ -23,7 +23,7 @@ import ipaddress
 import json
 import os
 import sys
-from typing import Any, Sequence, TextIO
+from typing import Any, Callable, Sequence, TextIO
 
 import teredonode
 from teredonode.config import DEFAULT_STATUS_SOCKET, ClientSettings
@@ -104,6 +104,13 @@ def _aligned(rows: Sequence[tuple[str, str]], indent: str = "") -> str:
     return "\n".join(f"{indent}{key:<{width}} : {value}" for key, value in rows)
 
 
+def _emit(out: TextIO, args: argparse.Namespace, document: dict[str, Any], text: Callable[[dict[str, Any]], str]) -> None:
+    """
+    A subcommand's result: C{document} as indented JSON with C{--json}, else C{text(document)}.
+    """
+    out.write((json.dumps(document, indent=2) if args.json else text(document)) + "\n")
+
+
 def _decode(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         prefix = prefix_from_text(args.prefix) if args.prefix else GLOBAL_PREFIX
@@ -117,10 +124,7 @@ def _decode(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             return _fail(err, f"decode: {args.address} is not a Teredo address (not in {shown})", 2)
         return _fail(err, f"decode: {args.address!r} is not an IPv6 address", 2)
     fields = decode_fields(address)
-    if args.json:
-        out.write(json.dumps(fields, indent=2) + "\n")
-    else:
-        out.write(format_decode(fields) + "\n")
+    _emit(out, args, fields, format_decode)
     return 0
 
 
@@ -215,10 +219,7 @@ def _status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         document = read_status(args.socket, timeout=args.timeout)
     except StatusUnavailable as e:
         return _fail(err, f"status: {e}", 1)
-    if args.json:
-        out.write(json.dumps(document, indent=2) + "\n")
-    else:
-        out.write(format_status(document) + "\n")
+    _emit(out, args, document, format_status)
     return 0
 
 
@@ -281,10 +282,7 @@ def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = Non
         report = (runner or _run_probe)(targets, args.timeout, args.attempts, not args.no_upnp)
     except OSError as e:
         return _fail(err, f"probe: {e.strerror or e}", 1)
-    if args.json:
-        out.write(json.dumps(report, indent=2) + "\n")
-    else:
-        out.write(format_probe(report) + "\n")
+    _emit(out, args, report, format_probe)
     return 0 if report["best"] is not None else 1
 
 
@@ -376,7 +374,7 @@ def _portmap(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = N
         if nonce is not None:  # PCP deletes only with the mapping's nonce (RFC 6887 section 15)
             fields["pcp-nonce"] = nonce
             text += f"; delete with --delete --nonce {nonce}"
-    out.write((json.dumps(fields, indent=2) if args.json else text) + "\n")
+    _emit(out, args, fields, lambda _: text)
     return 0
 
 

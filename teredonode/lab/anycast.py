@@ -135,6 +135,17 @@ def ping_both_ways(lab: Lab, addresses: dict[str, str], seconds: float) -> dict[
     return pingers
 
 
+def disruption_under_pings(lab: Lab, addresses: dict[str, str], seconds: float) -> tuple[dict[str, Pinger], str]:
+    """
+    Pings both ways for C{seconds} (L{ping_both_ways}) and the relay to disrupt, the one
+    carrying the most of them (L{busiest_relay}), once they have flowed for a second more.
+    """
+    pingers = ping_both_ways(lab, addresses, seconds)
+    victim = busiest_relay(lab)
+    time.sleep(1)
+    return pingers, victim
+
+
 def start_relay(lab: Lab, relay: str, timeout: float = 15.0) -> bool:
     """
     Start our relay on host C{relay} (node of the same name); True once it relays.
@@ -181,9 +192,7 @@ def run_anycast_demo(lab: Lab, out: TextIO) -> bool:
             say(f"  ping {src} -> {'v6host' if src == client else client}: {received}/5")
 
     say("\nkill -9 of the busiest relay under pings both ways (10/s each):")
-    pingers = ping_both_ways(lab, addresses, 10)
-    victim = busiest_relay(lab)
-    time.sleep(1)
+    pingers, victim = disruption_under_pings(lab, addresses, 10)
     killed = time.time()
     lab.kill_node(victim)
     hops, _ = lab.wait_bgp_route(lambda h: len(h) == len(lab.plan.relays) - 1, 10)
@@ -202,9 +211,7 @@ def run_anycast_demo(lab: Lab, out: TextIO) -> bool:
         say(f"  {name:<20} longest silence {run.largest_gap():.2f}s, lost after recovery: {len(lost)}")
 
     say("\ngraceful stop (SIGTERM: withdraw, drain for 2 s, exit) of the busiest relay:")
-    pingers = ping_both_ways(lab, addresses, 8)
-    victim = busiest_relay(lab)
-    time.sleep(1)
+    pingers, victim = disruption_under_pings(lab, addresses, 8)
     stopped = time.time()
     lab.stop_node(victim)
     say(f"  {victim} exited {time.time() - stopped:.2f}s after SIGTERM")

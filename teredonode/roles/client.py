@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import random
 import secrets
-from collections import Counter
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -42,6 +41,7 @@ from teredonode.logs import Logger
 from teredonode.metrics import observe
 from zope.interface import implementer
 
+from teredonode.counters import CounterSet
 from teredonode.errors import NetConfigError
 from teredonode.interfaces import (
     Endpoint,
@@ -52,8 +52,15 @@ from teredonode.interfaces import (
     ITunDevice,
 )
 from teredonode.peers import PeerList
-from teredonode.roles.discovery import DISCOVERY_DROPS, LocalDiscovery
-from teredonode.roles.tunnel import CLIENT_POLICY, DROP_REASONS as TUNNEL_DROPS, ProbeBudget, TeredoTunnel
+from teredonode.roles.discovery import DISCOVERY_COUNTERS, DISCOVERY_DROPS, LocalDiscovery
+from teredonode.roles.tunnel import (
+    CLIENT_POLICY,
+    COUNTERS as TUNNEL_COUNTERS,
+    DROP_REASONS as TUNNEL_DROPS,
+    NUMBERED_COUNTERS,
+    ProbeBudget,
+    TeredoTunnel,
+)
 from teredonode.security import auth_matches, teredo_auth_value
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
@@ -118,6 +125,7 @@ __all__ = [
     "TeredoClient",
     "makeRole",
     "hostHasOtherIPv6",
+    "COUNTERS",
     "DROP_REASONS",
     "QUALIFICATION_TIMEOUT",
     "QUALIFICATION_ATTEMPTS",
@@ -145,48 +153,19 @@ CLIENT_DROPS = (
 ) + RA_DROPS
 DROP_REASONS = CLIENT_DROPS + TUNNEL_DROPS + DISCOVERY_DROPS
 
-_COUNTERS = (
-    "received",
-    "rs-sent",
-    "ra-accepted",
-    "qualifications",
-    "address-changes",
-    "server-lost",
-    "netconfig-errors",
-    "sent",
-    "delivered",
-    "queued",
-    "released",
-    "bubbles-direct",
-    "bubbles-indirect",
-    "bubbles-answered",
-    "bubbles-received",
-    "bubbles-suppressed",
-    "bubbles-local",
-    "discovery-sent",
-    "discovery-suppressed",
-    "discovery-received",
-    "echo-tests",
-    "echo-tests-ok",
-    "echo-suppressed",
-    "relay-rechecks",
-    "interval-probes",
-    "port-mappings",
-    "sns-learned",
-    "slr-solicitations",
-    "slr-advertisements",
-    "slr-fallbacks",
-    "hp-advertised",
-    "hp-bubbles",
-    "hp-learned",
-    "hp-refused",
-    "upnp-symmetric-peers",
-    "upnp-embedded",
-    "probes-failed",
-    "icmp-errors",
-    "icmp-errors-limited",
-    "log-suppressed",
+#: The client's own counters; the tunnel's and local discovery's follow in the status.
+CLIENT_COUNTERS = (
+    "received",  # datagrams on the client's port
+    "rs-sent",  # Router Solicitations, qualification and maintenance
+    "ra-accepted",  # Router Advertisements that passed every check
+    "qualifications",  # times the client became qualified
+    "address-changes",  # a maintenance RA showed another mapping
+    "server-lost",  # maintenance RSs unanswered: qualification starts over
+    "netconfig-errors",  # the address or routes could not be set
+    "interval-probes",  # probes of the refresh-interval measurement
+    "port-mappings",  # mappings obtained from the NAT (UPnP, NAT-PMP, PCP)
 )
+COUNTERS = CLIENT_COUNTERS + TUNNEL_COUNTERS + NUMBERED_COUNTERS + DISCOVERY_COUNTERS
 
 
 def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool:
@@ -270,8 +249,8 @@ class TeredoClient(Service):
         self._clientId = settings.client_id.encode() if settings.client_id else b""
         self._socket = ServicePort(self.datagramReceived)
         self._port: Any = None
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        self.counters = CounterSet(COUNTERS)
+        self.drops = CounterSet(DROP_REASONS)
         peers = PeerList(
             reactor.seconds,
             max_peers=settings.max_peers,
@@ -990,8 +969,8 @@ class TeredoClient(Service):
             "local-discovery": (
                 self.discovery.status() if self.discovery is not None else {"state": "off"}
             ),
-            "counters": {k: self.counters[k] for k in _COUNTERS},
-            "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "counters": self.counters.snapshot(),
+            "drops": self.drops.snapshot(),
         }
 
 

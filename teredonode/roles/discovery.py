@@ -32,7 +32,6 @@ Nothing logs per packet.
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 from typing import Any, Callable
 
 from twisted.internet.error import CannotListenError
@@ -50,6 +49,7 @@ __all__ = [
     "LocalDiscovery",
     "DISCOVERY_GROUP",
     "DISCOVERY_PERIOD",
+    "DISCOVERY_COUNTERS",
     "DISCOVERY_DROPS",
     "discovery_bubble",
 ]
@@ -63,7 +63,14 @@ DISCOVERY_PERIOD = (200.0, 300.0)
 #: whatever the number of local peers being probed: a multicast reaches every LAN host.
 ANNOUNCE_MIN_INTERVAL = 2.0
 
-#: The drop reasons of discovery bubbles (the client lists them in its status).
+#: What local discovery counts (in the client's counters).
+DISCOVERY_COUNTERS = (
+    "discovery-sent",  # announcements to 224.0.0.253
+    "discovery-suppressed",  # on-demand announcements held back (ANNOUNCE_MIN_INTERVAL)
+    "discovery-received",  # valid discovery bubbles from a local peer
+)
+
+#: The drop reasons of discovery bubbles (in the client's drops).
 DISCOVERY_DROPS = (
     "discovery-unicast",  # CL-LD-03: a discovery bubble that came over unicast
     "discovery-invalid",  # on the group socket, but not a bubble to ff02::1
@@ -109,8 +116,8 @@ class LocalDiscovery:
         host: IDiscoveryHost,
         tunnel: ILocalPeers,
         uniform: Callable[[float, float], float],
-        counters: Counter[str],
-        drops: Counter[str],
+        counters: dict[str, int],
+        drops: dict[str, int],
         address: str = "",
         bind: str = "0.0.0.0",
         prefix: bytes = GLOBAL_PREFIX,

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections import Counter
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
@@ -43,6 +42,7 @@ from twisted.application.service import Service
 from twisted.internet.task import deferLater
 from zope.interface import implementer
 
+from teredonode.counters import CounterSet
 from teredonode.healthroute import HealthAnnouncer, HealthRoute
 from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
@@ -66,6 +66,7 @@ __all__ = [
     "TeredoRelay",
     "servedBy",
     "makeRole",
+    "COUNTERS",
     "DROP_REASONS",
     "RELAY_MTU",
     "ROUTE_METRIC",
@@ -91,13 +92,13 @@ ROUTE_METRIC = 1024
 #: Socket buffers asked for (the kernel caps them at net.core.[rw]mem_max).
 SOCKET_BUFFER = 4 * 1024 * 1024
 
-#: The relay's own drop reasons, then the shared core's.
+#: The relay's own drop reasons, then the shared core's (status order).
 RELAY_DROPS = ("malformed",)  # RL-RX-02: not a Teredo payload (valid IPv6, maybe origin/auth)
 DROP_REASONS = RELAY_DROPS + TUNNEL_DROPS + UNNUMBERED_DROP_REASONS
 
-#: The relay's own counter, then the shared core's.
+#: The relay's own counter, then the shared core's (status order).
 RELAY_COUNTERS = ("received",)  # datagrams on the relay's port
-_COUNTERS = RELAY_COUNTERS + TUNNEL_COUNTERS + UNNUMBERED_COUNTERS
+COUNTERS = RELAY_COUNTERS + TUNNEL_COUNTERS + UNNUMBERED_COUNTERS
 
 
 def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
@@ -192,8 +193,8 @@ class TeredoRelay(Service):
         self._port: Any = None
         self._routed = False
         self.state = "stopped"
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
+        self.counters = CounterSet(COUNTERS)
+        self.drops = CounterSet(DROP_REASONS)
         #: Does the relay stand for this IPv6 address (16 bytes)?
         self.serves = self._makeServes()
         #: RL-RX-07, SEC-19: what traffic from the IPv6 side may make the relay bubble.
@@ -410,8 +411,8 @@ class TeredoRelay(Service):
             "bubble-source": ipv6_text(self.tunnel.bubbleSource or bytes(16)),
             **self._statusExtra(),
             "peers": self.tunnel.status(),
-            "counters": {k: self.counters[k] for k in _COUNTERS},
-            "drops": {reason: self.drops[reason] for reason in DROP_REASONS},
+            "counters": self.counters.snapshot(),
+            "drops": self.drops.snapshot(),
             "send-drops": dict(sender.drops) if sender is not None else {},
             "tun-drops": dict(getattr(self._tun, "drops", {})),
         }

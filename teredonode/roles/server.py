@@ -23,6 +23,7 @@ from twisted.internet.task import LoopingCall
 from teredonode.logs import Logger
 from zope.interface import implementer
 
+from teredonode.counters import CounterSet
 from teredonode.interfaces import INetworkConfigurator, ITeredoRole, ITunDevice
 from teredonode.security import (
     OVER_GLOBAL,
@@ -71,7 +72,18 @@ from teredonode.wire.teredo import (
     origin_indication,
 )
 
-__all__ = ["TeredoServer", "makeRole", "DROP_REASONS", "STRIP_REASONS"]
+__all__ = ["TeredoServer", "makeRole", "COUNTERS", "DROP_REASONS", "STRIP_REASONS"]
+
+#: What the server counts (status C{counters}, in this order).
+COUNTERS = (
+    "received",  # datagrams on either address
+    "rs",  # valid Router Solicitations accepted for an answer
+    "ra",  # Router Advertisements sent
+    "forwarded",  # packets forwarded to a Teredo client of ours
+    "forwarded-ipv6",  # packets forwarded to a native IPv6 host
+    "echo-replies",  # echo requests to the server's link-local address answered
+    "relaxed-bubbles",  # D11: indirect bubbles relayed from another mapping (RFC 6081)
+)
 
 #: Every reason a datagram can be dropped for, so the status always lists them all (an
 #: operator reads a zero as "checked and never happened", not "not counted").
@@ -164,9 +176,9 @@ class TeredoServer(Service):
         self._raCache: dict[bytes, bytes] = {}
         self._sockets = [ServicePort(partial(self.datagramReceived, index=i)) for i in (0, 1)]
         self._ports: list[Any] = []
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
-        self.stripped: Counter[str] = Counter()
+        self.counters = CounterSet(COUNTERS)
+        self.drops = CounterSet(DROP_REASONS)
+        self.stripped = CounterSet(STRIP_REASONS)
         self._rates: dict[str, float] = {}
         self._last: dict[str, int] = {}
         self._rateLoop = LoopingCall(self._sampleRates)
@@ -518,7 +530,7 @@ class TeredoServer(Service):
 
     # -- status ----------------------------------------------------------------------------
 
-    def _merged(self) -> tuple[Counter[str], Counter[str], dict[str, int]]:
+    def _merged(self) -> tuple[CounterSet, CounterSet, dict[str, int]]:
         """
         Counters and drops of both paths (the fast path's per-CPU counters added under the
         same names), and the fast path's own counts.
@@ -528,7 +540,7 @@ class TeredoServer(Service):
         from teredonode.fastpath import DROPS
 
         fast = self._fastPath.counts()
-        counters, drops = Counter(self.counters), Counter(self.drops)
+        counters, drops = self.counters.copy(), self.drops.copy()
         for name, value in fast.items():
             if name in DROPS:
                 drops[name] += value
@@ -560,17 +572,14 @@ class TeredoServer(Service):
             "secondary": self.secondary,
             "prefix": ipv6_text(self._advertised) + "/64",
             "ipv6-side": self._tun.name if self._tun is not None else None,
-            "counters": {
-                k: counters[k]
-                for k in ("received", "rs", "ra", "forwarded", "forwarded-ipv6", "echo-replies", "relaxed-bubbles")
-            },
-            "drops": {reason: drops[reason] for reason in DROP_REASONS},
+            "counters": counters.snapshot(),
+            "drops": drops.snapshot(),
             "fast-path": (
                 {"interfaces": self._fastPath.interfaces, "passed-to-python": fast["passed"]}
                 if self._fastPath is not None
                 else None
             ),
-            "trailers-stripped": {reason: self.stripped[reason] for reason in STRIP_REASONS},
+            "trailers-stripped": self.stripped.snapshot(),
             "send-errors": dict(send_drops),
             "rates-per-second": dict(self._rates),
             "rate-limited-sources": len(self._rs_limit) + len(self._fw_limit),

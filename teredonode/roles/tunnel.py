@@ -121,7 +121,7 @@ peer's embedded mapping.
 
 from __future__ import annotations
 
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass
 from hmac import compare_digest
 from typing import Any, Callable
@@ -130,6 +130,7 @@ from twisted.internet.task import LoopingCall
 
 from zope.interface import implementer
 
+from teredonode.counters import CounterSet
 from teredonode.interfaces import Endpoint, ILocalPeers
 from teredonode.logs import Logger
 from teredonode.metrics import observe
@@ -517,7 +518,8 @@ class TeredoTunnel:
         send: echo tests toward native sources (section 5.2.3 case 6, SEC-19) and answers
         to indirect bubbles (clients).
     @param counters: where the tunnel counts what it does, by name; the owning role passes
-        its own, so that its status shows one table.  A fresh C{Counter} by default.
+        its own L{CounterSet} of the names it declares, so that its status shows one
+        table and an undeclared name fails.  By default, every name the tunnel declares.
     @param drops: where it counts drops, by reason (L{DROP_REASONS}, and
         L{UNNUMBERED_DROP_REASONS} for relays); the owning role's, like C{counters}.
     @param symmetricNat: RFC 6081 section 5.2, the Symmetric NAT Support Extension: nonces
@@ -552,8 +554,8 @@ class TeredoTunnel:
         icmpRate: float = ICMP_ERRORS_PER_SECOND,
         bubbleBudget: ProbeBudget | None = None,
         inboundBudget: ProbeBudget | None = None,
-        counters: Counter[str] | None = None,
-        drops: Counter[str] | None = None,
+        counters: dict[str, int] | None = None,
+        drops: dict[str, int] | None = None,
         symmetricNat: bool = True,
         serverLoadReduction: bool = True,
         hairpinning: bool = False,
@@ -584,10 +586,12 @@ class TeredoTunnel:
         # Server Load Reduction: trusted Teredo peers the sweep forgot, by address: their
         # mapping, when last heard, when last in touch either way; bounded like the list.
         self._forgotten: OrderedDict[bytes, tuple[Endpoint, float, float]] = OrderedDict()
-        self.counters: Counter[str] = Counter() if counters is None else counters
-        self.drops: Counter[str] = Counter() if drops is None else drops
+        self.counters: dict[str, int] = (
+            CounterSet(COUNTERS, NUMBERED_COUNTERS, UNNUMBERED_COUNTERS) if counters is None else counters
+        )
+        self.drops: dict[str, int] = CounterSet(DROP_REASONS, UNNUMBERED_DROP_REASONS) if drops is None else drops
         #: Bubbles and echo requests not sent, by reason (L{SUPPRESSION_REASONS}).
-        self.suppressed: Counter[str] = Counter()
+        self.suppressed = CounterSet(SUPPRESSION_REASONS)
         #: Our own Teredo address (16 bytes), None while we have none.
         self.address: bytes | None = None
         #: Our server's endpoint, through which echo tests go.
@@ -1717,5 +1721,5 @@ class TeredoTunnel:
             "queued-bytes": queued,
             "evicted-peers": self.peers.evicted,
             "expired-peers": self.peers.expired,
-            "probes-suppressed": {r: self.suppressed[r] for r in SUPPRESSION_REASONS},
+            "probes-suppressed": self.suppressed.snapshot(),
         }

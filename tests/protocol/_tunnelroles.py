@@ -63,10 +63,12 @@ class UnnumberedTestBed(SynchronousTestCase):
 
     A subclass provides C{role}, C{roleEndpoint}, C{hostAddress} (a native address the role
     serves), C{ipv6Network} (the native side, pumped by L{settle}) and C{hostReceived};
-    C{tun} is the role's TUN.  No test here: only its subclasses run.
+    C{tun} is the role's TUN; C{roleSettings}, the settings the role under test is started
+    with (its table's defaults otherwise).  No test here: only its subclasses run.
     """
 
     tun: FakeTunDevice
+    roleSettings: dict[str, Any] = {}
 
     def setUp(self) -> None:
         self.clock = Clock()

@@ -65,7 +65,7 @@ class HostRelayTestCase(UnnumberedTestBed):
     def setUp(self) -> None:
         super().setUp()
         self.addresses = {DUAL6}
-        self.hr = self.makeHostRelay()
+        self.hr = self.makeHostRelay(**self.roleSettings)
         self.tun = fakeTun(self.hr)
         self.stack = DualHostStack(self.tun, self.serverTun)
 

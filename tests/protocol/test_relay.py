@@ -64,7 +64,7 @@ class IPv6Side(FakeIPv6Network):
 class RelayTestCase(UnnumberedTestBed):
     def setUp(self) -> None:
         super().setUp()
-        self.relay = self.makeRelay()
+        self.relay = self.makeRelay(**self.roleSettings)
         self.tun = fakeTun(self.relay)
         self.side = IPv6Side(self.tun, self.serverTun)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
@@ -32,8 +32,9 @@ from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED
 from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_payload
 from tests.protocol import test_hostrelay, test_relay
+from tests.protocol._tunnelroles import UnnumberedTestBed
 from tests.protocol.test_client import echo
-from tests.protocol.test_relay import RELAY_IP, V6HOST, teredo
+from tests.protocol.test_relay import RELAY_IP, teredo
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 BASE = f"""
@@ -244,91 +245,70 @@ class ProbeBudgetTests(SynchronousTestCase):
         self.assertEqual([budget.charge(b"k"), budget.charge(b"k")], [None, "ipv4-budget"])
 
 
-class RelayReloadTests(test_relay.RelayTestCase):
+if TYPE_CHECKING:
+    _Base = UnnumberedTestBed
+else:
+    _Base = object
+
+
+class UnnumberedReloadBehaviour(_Base):
     """
-    The relay of L{test_relay}'s test bed, run by a node from a configuration file.
+    Reload of an unnumbered role (relay, host-specific relay), mixed into its test bed
+    whose role under test a node runs from a configuration file (L{roleNode}).
+
+    C{restartOnly}: a key of the role's table that only a restart changes, and a new value
+    in TOML.
     """
 
     file: str  # set by roleNode
     events: list[dict[str, Any]]  # set by roleNode
+    node: TeredoNode
+    restartOnly: tuple[str, str]
 
-    def makeRelay(self, **overrides: Any) -> TeredoRelay:
-        self.node = roleNode(self, "relay", "", self.net.host(RELAY_IP))
-        relay: TeredoRelay = self.node.roles["relay"]
-        return relay
+    def keys(self, *names: str) -> list[str]:
+        """
+        C{names} as the reload reports them, C{[role] key}.
+        """
+        return [f"[{self.role.roleName}] {name}" for name in names]
 
     def test_budgets_change_trusted_peer_stays(self) -> None:
         """
         RL-RX-07: after a reload lowering the per-IPv4 bubble burst to 1 and turning direct
-        bubbles on, a second new exchange toward one IPv4 is refused (the old burst of 8
-        would let it go) and the first sends a direct bubble; a client trusted before is
-        still trusted and sent to at once.
+        bubbles over (on for the relay, off for the host-specific relay: each one's
+        default changed), a second new exchange toward one IPv4 is refused (the old burst
+        of 8 would let it go) and the first sends a direct bubble only if they are now on;
+        a client trusted before is still trusted and sent to at once.
         """
         endpoint, udp, address = self.trustedFakeClient()
-        peers = len(self.relay.tunnel.peers)
-        self.file = "bubble-rate-per-ipv4 = 0.01\nbubble-burst-per-ipv4 = 1\ndirect-bubbles = true\npeer-queue = 2\n"
+        peers = len(self.role.tunnel.peers)
+        direct = not self.role.settings.direct_bubbles
+        self.file = (
+            "bubble-rate-per-ipv4 = 0.01\nbubble-burst-per-ipv4 = 1\n"
+            f"direct-bubbles = {str(direct).lower()}\npeer-queue = 2\n"
+        )
         applied, restart = self.node.reload()
         self.assertEqual(
             (sorted(applied), restart),
-            (
-                [
-                    "[relay] bubble-burst-per-ipv4",
-                    "[relay] bubble-rate-per-ipv4",
-                    "[relay] direct-bubbles",
-                    "[relay] peer-queue",
-                ],
-                [],
-            ),
+            (self.keys("bubble-burst-per-ipv4", "bubble-rate-per-ipv4", "direct-bubbles", "peer-queue"), []),
         )
-        self.assertEqual(self.relay.tunnel.peers.queue_packets, 2)
+        self.assertEqual(self.role.tunnel.peers.queue_packets, 2)
         # The trusted client: same entry, packets go at once.
-        self.assertEqual(len(self.relay.tunnel.peers), peers)
-        known = self.relay.tunnel.peers.get(address)
+        self.assertEqual(len(self.role.tunnel.peers), peers)
+        known = self.role.tunnel.peers.get(address)
         assert known is not None
         self.assertTrue(known.trusted)
-        data = echo(V6HOST, address, b"after reload")
+        data = echo(self.hostAddress, address, b"after reload")
         self.tun.inject(data)
         self.settle()
-        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+        self.assertIn((data, self.roleEndpoint), endpoint.received)
         # The new budget: one IPv4 behind two Teredo addresses, one new exchange only.
-        direct = self.counters()["bubbles-direct"]
+        before = self.counters()["bubbles-direct"]
         for port in (1024, 1025):
-            self.tun.inject(echo(V6HOST, teredo(test_relay.PRIMARY, "192.0.2.99", port)))
+            self.tun.inject(echo(self.hostAddress, teredo(test_relay.PRIMARY, "192.0.2.99", port)))
         self.settle()
         self.assertEqual(self.drops(), {"budget-ipv4": 1})
-        self.assertEqual(self.counters()["bubbles-direct"], direct + 1)
+        self.assertEqual(self.counters()["bubbles-direct"], before + int(direct))
         self.assertEqual(len(reloadLines(self.events)), 1)
-
-    def test_what_needs_a_restart_is_named(self) -> None:
-        """
-        Settings the relay cannot change while running keep their value and are named in
-        the reload's one line, next to those applied.
-        """
-        self.file = 'icmp-rate = 1.0\nserve = ["2001:db8::/32"]\nport = 4000\nbubble-rate = 10.0\n'
-        applied, restart = self.node.reload()
-        self.assertEqual(applied, ["[relay] bubble-rate"])
-        self.assertEqual(sorted(restart), ["[relay] icmp-rate", "[relay] port", "[relay] serve"])
-        self.assertEqual(self.relay.settings.serve, ("2000::/3",))
-        self.assertEqual(self.relay.settings.bubble_rate, 10.0)
-        relay = self.node.config.roles["relay"]
-        assert isinstance(relay, RelaySettings)
-        self.assertEqual(relay.port, 3544)
-        [line] = reloadLines(self.events)
-        self.assertIn("applied [relay] bubble-rate; needs a restart to change: [relay] ", line)
-        self.assertIn("[relay] serve", line)
-
-
-class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
-    """
-    The host-specific relay of L{test_hostrelay}'s test bed, run by a node.
-    """
-
-    file: str  # set by roleNode
-
-    def makeHostRelay(self, start: bool = True, ip: str = test_hostrelay.DUAL_IP, **overrides: Any) -> HostSpecificRelay:
-        self.node = roleNode(self, "host-relay", "", self.net.host(ip))
-        hr: HostSpecificRelay = self.node.roles["host-relay"]
-        return hr
 
     def test_global_budget_changes_trusted_peer_stays(self) -> None:
         """
@@ -339,18 +319,66 @@ class HostRelayReloadTests(test_hostrelay.HostRelayTestCase):
         endpoint, udp, address = self.trustedFakeClient()
         self.file = "bubble-rate = 0.01\nbubble-burst = 1\n"
         applied, restart = self.node.reload()
-        self.assertEqual((sorted(applied), restart), (["[host-relay] bubble-burst", "[host-relay] bubble-rate"], []))
-        data = echo(test_hostrelay.DUAL6, address, b"after reload")
+        self.assertEqual((sorted(applied), restart), (self.keys("bubble-burst", "bubble-rate"), []))
+        data = echo(self.hostAddress, address, b"after reload")
         self.tun.inject(data)
         self.settle()
-        self.assertIn((data, self.endpoint), endpoint.received)
+        self.assertIn((data, self.roleEndpoint), endpoint.received)
         for ip in ("192.0.2.98", "192.0.2.99"):
-            self.tun.inject(echo(test_hostrelay.DUAL6, teredo(test_relay.PRIMARY, ip, 1024)))
+            self.tun.inject(echo(self.hostAddress, teredo(test_relay.PRIMARY, ip, 1024)))
         self.settle()
         self.assertEqual(self.drops(), {"budget-global": 1})
-        known = self.hr.tunnel.peers.get(address)
+        known = self.role.tunnel.peers.get(address)
         assert known is not None
         self.assertTrue(known.trusted)
+
+    def test_what_needs_a_restart_is_named(self) -> None:
+        """
+        Settings the role cannot change while running keep their value and are named in
+        the reload's one line, next to those applied.
+        """
+        key, value = self.restartOnly
+        attribute = key.replace("-", "_")
+        kept = getattr(self.role.settings, attribute)
+        table = self.node.config.roles[self.role.roleName]
+        port = getattr(table, "port")
+        self.file = f"icmp-rate = 1.0\n{key} = {value}\nport = 4000\nbubble-rate = 10.0\n"
+        applied, restart = self.node.reload()
+        self.assertEqual(applied, self.keys("bubble-rate"))
+        self.assertEqual(sorted(restart), sorted(self.keys("icmp-rate", "port", key)))
+        self.assertEqual(getattr(self.role.settings, attribute), kept)
+        self.assertEqual(self.role.settings.bubble_rate, 10.0)
+        self.assertEqual(getattr(self.node.config.roles[self.role.roleName], "port"), port)
+        [line] = reloadLines(self.events)
+        name = self.role.roleName
+        self.assertIn(f"applied [{name}] bubble-rate; needs a restart to change: [{name}] ", line)
+        self.assertIn(f"[{name}] {key}", line)
+
+
+class RelayReloadTests(UnnumberedReloadBehaviour, test_relay.RelayTestCase):
+    """
+    The relay of L{test_relay}'s test bed, run by a node from a configuration file.
+    """
+
+    restartOnly = ("serve", '["2001:db8::/32"]')
+
+    def makeRelay(self, **overrides: Any) -> TeredoRelay:
+        self.node = roleNode(self, "relay", "", self.net.host(RELAY_IP))
+        relay: TeredoRelay = self.node.roles["relay"]
+        return relay
+
+
+class HostRelayReloadTests(UnnumberedReloadBehaviour, test_hostrelay.HostRelayTestCase):
+    """
+    The host-specific relay of L{test_hostrelay}'s test bed, run by a node.
+    """
+
+    restartOnly = ("interface", '"teredo-other"')
+
+    def makeHostRelay(self, start: bool = True, ip: str = test_hostrelay.DUAL_IP, **overrides: Any) -> HostSpecificRelay:
+        self.node = roleNode(self, "host-relay", "", self.net.host(ip))
+        hr: HostSpecificRelay = self.node.roles["host-relay"]
+        return hr
 
     def test_live_settings_are_settings(self) -> None:
         """

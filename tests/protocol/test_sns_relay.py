@@ -9,30 +9,26 @@ echoes the bubble's nonce (an RFC 6081 client), or the answer's destination is t
 bubble's source, whose last 4 bytes are that nonce (a plain RFC 4380 client such as
 Miredo's answers there).  Everything else from a mapping a source does not embed is
 dropped, creates nothing and reaches nobody.
+
+Every test here is a mixin run twice: on the relay's test bed (v6host behind it) and on the
+host-specific relay's (the host itself), which share the rule through the tunnel core.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from teredonode.config import ClientSettings, HostRelaySettings
+from teredonode.config import ClientSettings
 from teredonode.roles.client import TeredoClient
-from teredonode.roles.hostrelay import HostSpecificRelay
 from teredonode.testing import FakeHost, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import mapping_of
 from teredonode.wire.teredo import NonceTrailer, classify, encode_trailers
+from tests.protocol._tunnelroles import UnnumberedTestBed
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import (
-    FAKE_CLIENT,
-    PRIMARY,
-    RELAY_IP,
-    SECONDARY,
-    V6HOST,
-    IPv6Side,
-    RelayTestCase,
-)
+from tests.protocol.test_hostrelay import HostRelayTestCase
+from tests.protocol.test_relay import FAKE_CLIENT, PRIMARY, SECONDARY, RelayTestCase
 
 OTHER_PORT = 41000
 
@@ -41,7 +37,18 @@ def nonceTrailer(nonce: bytes) -> bytes:
     return encode_trailers((NonceTrailer(nonce),))
 
 
-class SNSRelayTestCase(RelayTestCase):
+if TYPE_CHECKING:
+    _Base = UnnumberedTestBed
+else:
+    _Base = object
+
+
+class SymmetricNATBehaviour(_Base):
+    """
+    Mixed into an unnumbered role's test bed (L{UnnumberedTestBed}): helpers for its
+    symmetric-NAT tests, whose C{hostAddress} plays v6host.
+    """
+
     def makeSymmetricClient(self, seed: int = 1, **overrides: Any) -> TeredoClient:
         """
         Our client behind a (port-)symmetric NAT: a new external port per destination.
@@ -71,9 +78,9 @@ class SNSRelayTestCase(RelayTestCase):
         replies = 0
         for i in range(count):
             before = len(tun.written)
-            tun.inject(echo(caddr, V6HOST, b"ping %d" % i))
+            tun.inject(echo(caddr, self.hostAddress, b"ping %d" % i))
             self.advance(1)
-            replies += sum(1 for p in tun.written[before:] if p[8:24] == V6HOST and p[40] == ipv6.ICMP_ECHO_REPLY)
+            replies += sum(1 for p in tun.written[before:] if p[8:24] == self.hostAddress and p[40] == ipv6.ICMP_ECHO_REPLY)
         return replies
 
     def bubbledFakeClient(self) -> tuple[Endpoint, Any, bytes, bytes, Any]:
@@ -88,7 +95,7 @@ class SNSRelayTestCase(RelayTestCase):
         otherHost = self.net._owners[FAKE_CLIENT[0]]
         assert isinstance(otherHost, FakeHost)
         otherUdp = otherHost.listenUDP(OTHER_PORT, other, interface=FAKE_CLIENT[0])
-        self.tun.inject(echo(V6HOST, address, b"waiting"))
+        self.tun.inject(echo(self.hostAddress, address, b"waiting"))
         self.settle()
         indirect = [d for d, s in endpoint.received if s == (PRIMARY, 3544)]
         self.assertEqual(len(indirect), 1)
@@ -96,11 +103,11 @@ class SNSRelayTestCase(RelayTestCase):
         return endpoint, udp, address, indirect[0], (other, otherUdp)
 
     def counters(self) -> dict[str, int]:
-        counters: dict[str, int] = self.relay.status()["counters"]
+        counters: dict[str, int] = self.role.status()["counters"]
         return counters
 
 
-class RelayServesSymmetricNATTests(SNSRelayTestCase):
+class ServesSymmetricNATBehaviour(SymmetricNATBehaviour):
     def test_ourSymmetricClientReachesV6Host(self) -> None:
         """
         Our client behind a symmetric NAT pings v6host through the relay, both ways, 5/5:
@@ -109,9 +116,9 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         """
         client = self.makeSymmetricClient()
         self.assertEqual(self.pingThroughRelay(client), 5)
-        self.assertEqual(len([p for p in self.side.received if p[48:52] == b"ping"]), 5)
+        self.assertEqual(len([p for p in self.hostReceived if p[48:52] == b"ping"]), 5)
         self.assertEqual(self.counters()["sns-learned"], 1)
-        peer = self.relay.tunnel.peers.get(raw(client.address))
+        peer = self.role.tunnel.peers.get(raw(client.address))
         assert peer is not None and peer.mapping is not None
         self.assertTrue(peer.trusted)
         self.assertNotEqual(peer.mapping, mapping_of(raw(client.address)))
@@ -128,9 +135,9 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
 
         def watch(d: Any) -> bool:
             packet = classify(d.data)
-            if packet.is_bubble and d.src == (PRIMARY, 3544) and packet.origin == (RELAY_IP, 3544):
+            if packet.is_bubble and d.src == (PRIMARY, 3544) and packet.origin == self.roleEndpoint:
                 indirect.append(d.data)  # the relay's indirect bubble, forwarded by the server
-            elif packet.is_bubble and d.dst == (RELAY_IP, 3544):
+            elif packet.is_bubble and d.dst == self.roleEndpoint:
                 answers.append(d.data)
             return False
 
@@ -159,10 +166,10 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         symmetric client's answers come from a mapping its address does not embed and are
         dropped as spoofed; not one ping gets through.
         """
-        self.relay.tunnel.symmetricNat = False
+        self.role.tunnel.symmetricNat = False
         client = self.makeSymmetricClient()
         self.assertEqual(self.pingThroughRelay(client), 0)
-        self.assertGreater(self.relay.status()["drops"]["mapping-mismatch"], 0)
+        self.assertGreater(self.role.status()["drops"]["mapping-mismatch"], 0)
         self.assertEqual(self.counters()["sns-learned"], 0)
 
     def test_indirectBubbleCarriesNonce(self) -> None:
@@ -172,15 +179,15 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         direct bubble has none (X-SNS-05) and comes from the plain bubble source.
         """
         endpoint, udp, address = self.fakeClient()
-        self.tun.inject(echo(V6HOST, address, b"x"))
+        self.tun.inject(echo(self.hostAddress, address, b"x"))
         self.settle()
         self.advance(2)
         indirect = [classify(d) for d, s in endpoint.received if s == (PRIMARY, 3544)]
-        direct = [classify(d) for d, s in endpoint.received if s == (RELAY_IP, 3544)]
+        direct = [classify(d) for d, s in endpoint.received if s == self.roleEndpoint]
         self.assertEqual(len(indirect), 2)
         nonces = [p.trailers[0].nonce for p in indirect]  # type: ignore[union-attr]
         self.assertNotEqual(nonces[0], nonces[1])
-        peer = self.relay.tunnel.peers.get(address)
+        peer = self.role.tunnel.peers.get(address)
         assert peer is not None
         self.assertEqual(peer.nonce_sent, nonces[1])
         for packet, nonce in zip(indirect, nonces):
@@ -188,7 +195,7 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
             self.assertTrue(ipv6.is_link_local(packet.header.src))
         for packet in direct:
             self.assertEqual(packet.trailers, ())
-            self.assertEqual(packet.header.src, self.relay.tunnel.bubbleSource)
+            self.assertEqual(packet.header.src, self.role.tunnel.bubbleSource)
 
     def test_plainClientAnswerToBubbleSource(self) -> None:
         """
@@ -199,14 +206,14 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         source = classify(indirect).header.src
-        otherUdp.write(ipv6.bubble(address, source), (RELAY_IP, 3544))
+        otherUdp.write(ipv6.bubble(address, source), self.roleEndpoint)
         self.settle()
         self.assertEqual(self.counters()["sns-learned"], 1)
         self.assertEqual([classify(d).ipv6[48:] for d, s in other.received], [b"waiting"])
-        data = echo(address, V6HOST, b"up")
-        otherUdp.write(data, (RELAY_IP, 3544))
+        data = echo(address, self.hostAddress, b"up")
+        otherUdp.write(data, self.roleEndpoint)
         self.settle()
-        self.assertIn(data, self.side.received)
+        self.assertIn(data, self.hostReceived)
 
     def test_nonceTrailerAnswer(self) -> None:
         """
@@ -215,26 +222,26 @@ class RelayServesSymmetricNATTests(SNSRelayTestCase):
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         nonce = classify(indirect).trailers[0].nonce  # type: ignore[union-attr]
-        assert self.relay.tunnel.bubbleSource is not None
-        otherUdp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource) + nonceTrailer(nonce), (RELAY_IP, 3544))
+        assert self.role.tunnel.bubbleSource is not None
+        otherUdp.write(ipv6.bubble(address, self.role.tunnel.bubbleSource) + nonceTrailer(nonce), self.roleEndpoint)
         self.settle()
         self.assertEqual(self.counters()["sns-learned"], 1)
         self.assertEqual(len(other.received), 1)
 
 
-class DropRuleTests(SNSRelayTestCase):
+class DropRuleBehaviour(SymmetricNATBehaviour):
     """
     X-SNS-09 on a relay: a bubble from a mapping its source does not embed that does not
     prove the relay's last nonce is dropped (C{nonce-mismatch}), and changes nothing.
     """
 
     def assertDropped(self, answer: bytes, sender: Any, address: bytes) -> None:
-        peer = self.relay.tunnel.peers.get(address)
+        peer = self.role.tunnel.peers.get(address)
         assert peer is not None
         before = (peer.trusted, peer.mapping, peer.nonce_sent)
-        sender.write(answer, (RELAY_IP, 3544))
+        sender.write(answer, self.roleEndpoint)
         self.settle()
-        self.assertEqual(self.relay.status()["drops"]["nonce-mismatch"], 1)
+        self.assertEqual(self.role.status()["drops"]["nonce-mismatch"], 1)
         self.assertEqual((peer.trusted, peer.mapping, peer.nonce_sent), before)
         self.assertEqual(self.counters()["sns-learned"], 0)
         self.assertEqual(self.counters()["sent"], 0)
@@ -243,7 +250,7 @@ class DropRuleTests(SNSRelayTestCase):
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         nonce = classify(indirect).trailers[0].nonce  # type: ignore[union-attr]
         wrong = bytes(b ^ 1 for b in nonce)
-        source = self.relay.tunnel.bubbleSource
+        source = self.role.tunnel.bubbleSource
         assert source is not None
         self.assertDropped(ipv6.bubble(address, source) + nonceTrailer(wrong), otherUdp, address)
         self.assertEqual(other.received, [])
@@ -260,7 +267,7 @@ class DropRuleTests(SNSRelayTestCase):
         would give) proves nothing.
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
-        source = self.relay.tunnel.bubbleSource
+        source = self.role.tunnel.bubbleSource
         assert source is not None
         self.assertDropped(ipv6.bubble(address, source), otherUdp, address)
 
@@ -279,7 +286,7 @@ class DropRuleTests(SNSRelayTestCase):
             otherUdp, address,
         )
         current = classify(second[0])
-        otherUdp.write(ipv6.bubble(address, current.header.src), (RELAY_IP, 3544))
+        otherUdp.write(ipv6.bubble(address, current.header.src), self.roleEndpoint)
         self.settle()
         self.assertEqual(self.counters()["sns-learned"], 1)
 
@@ -290,12 +297,12 @@ class DropRuleTests(SNSRelayTestCase):
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         nonce = classify(indirect).trailers[0].nonce  # type: ignore[union-attr]
-        data = echo(address, V6HOST, b"spoof")
-        otherUdp.write(data + nonceTrailer(nonce), (RELAY_IP, 3544))
+        data = echo(address, self.hostAddress, b"spoof")
+        otherUdp.write(data + nonceTrailer(nonce), self.roleEndpoint)
         self.settle()
-        self.assertEqual(self.relay.status()["drops"]["mapping-mismatch"], 1)
-        self.assertNotIn(data, self.side.received)
-        peer = self.relay.tunnel.peers.get(address)
+        self.assertEqual(self.role.status()["drops"]["mapping-mismatch"], 1)
+        self.assertNotIn(data, self.hostReceived)
+        peer = self.role.tunnel.peers.get(address)
         assert peer is not None
         self.assertFalse(peer.trusted)
 
@@ -306,14 +313,14 @@ class DropRuleTests(SNSRelayTestCase):
         """
         endpoint, udp, address, indirect, (other, otherUdp) = self.bubbledFakeClient()
         answer = ipv6.bubble(address, classify(indirect).header.src)
-        otherUdp.write(answer, (RELAY_IP, 3544))
+        otherUdp.write(answer, self.roleEndpoint)
         self.settle()
-        self.net.inject((FAKE_CLIENT[0], 42000), (RELAY_IP, 3544), answer)
+        self.net.inject((FAKE_CLIENT[0], 42000), self.roleEndpoint, answer)
         self.settle()
-        peer = self.relay.tunnel.peers.get(address)
+        peer = self.role.tunnel.peers.get(address)
         assert peer is not None
         self.assertEqual(peer.mapping, (FAKE_CLIENT[0], OTHER_PORT))
-        self.assertEqual(self.relay.status()["drops"]["mapping-mismatch"], 1)
+        self.assertEqual(self.role.status()["drops"]["mapping-mismatch"], 1)
 
     def test_trustedPeerNotRedirected(self) -> None:
         """
@@ -321,62 +328,65 @@ class DropRuleTests(SNSRelayTestCase):
         (no indirect bubble is outstanding) cannot move its traffic.
         """
         endpoint, udp, address = self.trustedFakeClient()
-        source = self.relay.tunnel.bubbleSource
+        source = self.role.tunnel.bubbleSource
         assert source is not None
         for guess in (b"\x00\x00\x00\x00", b"\x01\x02\x03\x04"):
             self.net.inject(
-                ("192.0.2.66", 5000), (RELAY_IP, 3544),
+                ("192.0.2.66", 5000), self.roleEndpoint,
                 ipv6.bubble(address, source[:12] + guess) + nonceTrailer(guess),
             )
         self.settle()
-        peer = self.relay.tunnel.peers.get(address)
+        peer = self.role.tunnel.peers.get(address)
         assert peer is not None
         self.assertEqual(peer.mapping, FAKE_CLIENT)
-        self.assertEqual(self.relay.status()["drops"]["mapping-mismatch"], 2)
-        self.tun.inject(echo(V6HOST, address, b"still here"))
+        self.assertEqual(self.role.status()["drops"]["mapping-mismatch"], 2)
+        self.tun.inject(echo(self.hostAddress, address, b"still here"))
         self.settle()
         self.assertEqual(len(endpoint.received), 1)
 
 
-class UnsolicitedTests(SNSRelayTestCase):
+class UnsolicitedBehaviour(SymmetricNATBehaviour):
     def test_unknownMappingCreatesNothing(self) -> None:
         """
         RL-RX-04 still holds: bubbles and data with any nonce from a mapping the source does
         not embed, for a client the relay never bubbled, create no entry and reach nobody.
         """
         address = self.fakeClient()[2]
-        source = self.relay.tunnel.bubbleSource
+        source = self.role.tunnel.bubbleSource
         assert source is not None
         for i in range(20):
             nonce = i.to_bytes(4, "big")
             spoof = ("192.0.2.66", 6000 + i)
-            self.net.inject(spoof, (RELAY_IP, 3544), ipv6.bubble(address, source[:12] + nonce) + nonceTrailer(nonce))
-            self.net.inject(spoof, (RELAY_IP, 3544), echo(address, V6HOST, b"data") + nonceTrailer(nonce))
+            self.net.inject(spoof, self.roleEndpoint, ipv6.bubble(address, source[:12] + nonce) + nonceTrailer(nonce))
+            self.net.inject(spoof, self.roleEndpoint, echo(address, self.hostAddress, b"data") + nonceTrailer(nonce))
         self.settle()
-        self.assertEqual(len(self.relay.tunnel.peers), 0)
-        self.assertEqual(self.side.received, [])
-        self.assertEqual(self.relay.status()["drops"]["mapping-mismatch"], 40)
+        self.assertEqual(len(self.role.tunnel.peers), 0)
+        self.assertEqual(self.hostReceived, [])
+        self.assertEqual(self.role.status()["drops"]["mapping-mismatch"], 40)
         self.assertEqual(self.counters()["sent"] + self.counters()["bubbles-indirect"], 0)
 
 
-class HostRelayTests(SNSRelayTestCase):
+class RelayServesSymmetricNATTests(ServesSymmetricNATBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayServesSymmetricNATTests(ServesSymmetricNATBehaviour, HostRelayTestCase):
     """
     The host-specific relay shares the rule: a symmetric-NAT client reaches the host.
     """
 
-    def test_symmetricClientReachesHost(self) -> None:
-        host = self.net.host("203.0.113.30")
-        tun = FakeTunDevice("teredo-hr")
-        rng = random.Random(3)
-        hr = HostSpecificRelay(
-            HostRelaySettings(), host, tun, FakeNetworkConfigurator(), lambda: {V6HOST},
-            randbytes=rng.randbytes,
-        )
-        hr.privilegedStartService()
-        hr.startService()
-        self.addCleanup(hr.stopService)
-        # v6host is now the dual-stack host itself: its replies go into the host relay's TUN.
-        self.side = IPv6Side(tun, self.serverTun)
-        client = self.makeSymmetricClient()
-        self.assertEqual(self.pingThroughRelay(client), 5)
-        self.assertEqual(hr.status()["counters"]["sns-learned"], 1)
+
+class RelayDropRuleTests(DropRuleBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayDropRuleTests(DropRuleBehaviour, HostRelayTestCase):
+    pass
+
+
+class RelayUnsolicitedTests(UnsolicitedBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayUnsolicitedTests(UnsolicitedBehaviour, HostRelayTestCase):
+    pass

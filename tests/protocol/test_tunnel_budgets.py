@@ -11,24 +11,25 @@ in-memory network with a Clock.
   - client: echo tests that packets from native sources start, and answers to indirect
     bubbles, are paid from one global budget, while a few sources at a time are not
     throttled.
+
+The relay's budget tests are mixins (L{BudgetBehaviour} and its subclasses) run once on the
+relay's test bed and once on the host-specific relay's, both started with the same budgets
+(L{BUDGETS}), so that each budget is proven for each unnumbered role.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from teredonode.config import HostRelaySettings
 from teredonode.roles.client import TeredoClient
-from teredonode.roles.hostrelay import HostSpecificRelay
-from teredonode.roles.relay import TeredoRelay
 from teredonode.roles.tunnel import SUPPRESSION_REASONS
-from teredonode.testing import FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.teredo import OriginIndication, classify, encode_payload
+from tests.protocol._tunnelroles import UnnumberedTestBed
 from tests.protocol.test_client import Endpoint, echo
-from tests.protocol.test_relay import PRIMARY, RELAY_IP, V6HOST, RelayTestCase, fakeTun, teredo
+from tests.protocol.test_hostrelay import HostRelayTestCase
+from tests.protocol.test_relay import PRIMARY, V6HOST, RelayTestCase, fakeTun, teredo
 
 VICTIM = "192.0.2.99"
 #: Servers an attacker may write into the destinations (any global IPv4 will do).
@@ -45,38 +46,54 @@ def victimAddresses(count: int, victim: str = VICTIM) -> list[bytes]:
     ]
 
 
-class BudgetTestCase(RelayTestCase):
+#: The relay's default budgets, given to both roles (the host-specific relay's defaults are
+#: smaller) so that the same numbers hold for each.
+BUDGETS: dict[str, Any] = {
+    "bubble_rate_per_ipv4": 2.0,
+    "bubble_burst_per_ipv4": 8,
+    "bubble_rate_per_server": 50.0,
+    "bubble_burst_per_server": 100,
+    "bubble_rate": 1000.0,
+    "bubble_burst": 2000,
+    "direct_bubbles": False,
+}
+
+if TYPE_CHECKING:
+    _Base = UnnumberedTestBed
+else:
+    _Base = object
+
+
+class BudgetBehaviour(_Base):
     """
-    The relay test bed, with the relay's settings chosen per test case.
+    Mixed into an unnumbered role's test bed (L{UnnumberedTestBed}): the role under test
+    started with L{BUDGETS}, or the subclass's C{roleSettings}.
     """
 
-    relaySettings: dict[str, Any] = {}
-
-    def makeRelay(self, **overrides: Any) -> TeredoRelay:
-        return super().makeRelay(**{**self.relaySettings, **overrides})
+    roleSettings: dict[str, Any] = BUDGETS
 
     def bubblesTo(self, ip: str) -> list[Any]:
         """
-        Bubbles the relay put on the Internet toward C{ip} (any port).
+        Bubbles the role put on the Internet toward C{ip} (any port).
         """
         return [
             d for d in self.net.capture
-            if d.src == (RELAY_IP, 3544) and d.dst[0] == ip and classify(d.data).is_bubble
+            if d.src == self.roleEndpoint and d.dst[0] == ip and classify(d.data).is_bubble
         ]
 
-    def relayBubbles(self) -> int:
+    def roleBubbles(self) -> int:
         return sum(
             1 for d in self.net.capture
-            if d.src == (RELAY_IP, 3544) and classify(d.data).is_bubble
+            if d.src == self.roleEndpoint and classify(d.data).is_bubble
         )
 
     def suppressed(self) -> dict[str, int]:
-        suppressed: dict[str, int] = self.relay.status()["peers"]["probes-suppressed"]
+        suppressed: dict[str, int] = self.role.status()["peers"]["probes-suppressed"]
         return suppressed
 
 
-class PerIPv4BudgetTests(BudgetTestCase):
-    relaySettings = {"direct_bubbles": True}
+class PerIPv4BudgetBehaviour(BudgetBehaviour):
+    roleSettings = {**BUDGETS, "direct_bubbles": True}
 
     def test_oneVictimManyAddresses(self) -> None:
         """
@@ -86,16 +103,16 @@ class PerIPv4BudgetTests(BudgetTestCase):
         next 10 s the retries stay within 2 rounds a second.
         """
         for dst in victimAddresses(500):
-            self.tun.inject(echo(V6HOST, dst))
+            self.tun.inject(echo(self.hostAddress, dst))
         self.settle()
-        self.assertEqual(len(self.relay.tunnel.peers), 8)
+        self.assertEqual(len(self.role.tunnel.peers), 8)
         self.assertEqual(len(self.bubblesTo(VICTIM)), 8)
         self.assertEqual(self.drops(), {"budget-ipv4": 492})
         self.assertEqual(self.suppressed()["ipv4-budget"], 492)
         self.advance(10, step=0.5)
         # 8 at once, then at most 2 rounds a second: each round one direct bubble.
         self.assertLessEqual(len(self.bubblesTo(VICTIM)), 8 + 2 * 10)
-        status = self.relay.status()
+        status = self.role.status()
         self.assertEqual(
             status["counters"]["bubbles-suppressed"], sum(self.suppressed().values())
         )
@@ -107,37 +124,37 @@ class PerIPv4BudgetTests(BudgetTestCase):
         answers and gets its packet at once.
         """
         for dst in victimAddresses(50):
-            self.tun.inject(echo(V6HOST, dst))
+            self.tun.inject(echo(self.hostAddress, dst))
         self.settle()
         endpoint, udp, address = self.fakeClient()
-        data = echo(V6HOST, address, b"legit")
+        data = echo(self.hostAddress, address, b"legit")
         self.tun.inject(data)
         self.settle()
         # The direct bubble and the indirect one our server forwards.
         self.assertEqual(len([r for r in endpoint.received if classify(r[0]).is_bubble]), 2)
-        assert self.relay.tunnel.bubbleSource is not None
-        udp.write(ipv6.bubble(address, self.relay.tunnel.bubbleSource), (RELAY_IP, 3544))
+        assert self.role.tunnel.bubbleSource is not None
+        udp.write(ipv6.bubble(address, self.role.tunnel.bubbleSource), self.roleEndpoint)
         self.settle()
-        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+        self.assertIn((data, self.roleEndpoint), endpoint.received)
 
     def test_trustedPeersNeedNoBudget(self) -> None:
         """
         A trusted entry is sent to directly (case 1), however spent the budgets are.
         """
         endpoint, udp, address = self.trustedFakeClient()
-        known = self.relay.tunnel.peers.get(address)
+        known = self.role.tunnel.peers.get(address)
         assert known is not None and known.mapping is not None
         ip = known.mapping[0]
         for dst in victimAddresses(50, victim=ip):
-            self.tun.inject(echo(V6HOST, dst))
+            self.tun.inject(echo(self.hostAddress, dst))
         self.settle()
-        data = echo(V6HOST, address, b"after")
+        data = echo(self.hostAddress, address, b"after")
         self.tun.inject(data)
         self.settle()
-        self.assertIn((data, (RELAY_IP, 3544)), endpoint.received)
+        self.assertIn((data, self.roleEndpoint), endpoint.received)
 
 
-class PerServerBudgetTests(BudgetTestCase):
+class PerServerBudgetBehaviour(BudgetBehaviour):
     def test_victimNamedAsServer(self) -> None:
         """
         The indirect bubble goes to the destination's server field, which the sender also
@@ -147,7 +164,7 @@ class PerServerBudgetTests(BudgetTestCase):
         """
         for i in range(500):
             client = str(ipaddress.IPv4Address(0x0B000000 + i))  # 11.0.0.0/8: global
-            self.tun.inject(echo(V6HOST, teredo(VICTIM, client, 4000)))
+            self.tun.inject(echo(self.hostAddress, teredo(VICTIM, client, 4000)))
         self.settle()
         self.assertEqual(len(self.bubblesTo(VICTIM)), 100)
         self.assertEqual(self.drops(), {"budget-server": 400})
@@ -156,8 +173,8 @@ class PerServerBudgetTests(BudgetTestCase):
         self.assertLessEqual(len(self.bubblesTo(VICTIM)), 100 + 50 * 6)
 
 
-class GlobalBudgetTests(BudgetTestCase):
-    relaySettings = {"bubble_rate": 1.0, "bubble_burst": 5}
+class GlobalBudgetBehaviour(BudgetBehaviour):
+    roleSettings = {**BUDGETS, "bubble_rate": 1.0, "bubble_burst": 5}
 
     def test_globalBudget(self) -> None:
         """
@@ -165,26 +182,56 @@ class GlobalBudgetTests(BudgetTestCase):
         entries, 45 drops as budget-global; then one round a second at most.
         """
         for i in range(50):
-            self.tun.inject(echo(V6HOST, teredo(PRIMARY, f"192.0.2.{i + 1}", 4000)))
+            self.tun.inject(echo(self.hostAddress, teredo(PRIMARY, f"192.0.2.{i + 1}", 4000)))
         self.settle()
-        self.assertEqual(len(self.relay.tunnel.peers), 5)
-        self.assertEqual(self.relayBubbles(), 5)
+        self.assertEqual(len(self.role.tunnel.peers), 5)
+        self.assertEqual(self.roleBubbles(), 5)
         self.assertEqual(self.drops(), {"budget-global": 45})
         self.assertEqual(self.suppressed()["global-budget"], 45)
         self.advance(10, step=0.5)
-        self.assertLessEqual(self.relayBubbles(), 5 + 10)
+        self.assertLessEqual(self.roleBubbles(), 5 + 10)
 
     def test_statusListsReasons(self) -> None:
         """
         Status shows every suppression reason (zeros included) and both budget drops.
         """
-        status = self.relay.status()
+        status = self.role.status()
         self.assertEqual(tuple(status["peers"]["probes-suppressed"]), SUPPRESSION_REASONS)
         self.assertIn("budget-ipv4", status["drops"])
         self.assertIn("budget-global", status["drops"])
 
 
-class DirectBubbleTests(BudgetTestCase):
+class RelayPerIPv4BudgetTests(PerIPv4BudgetBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayPerIPv4BudgetTests(PerIPv4BudgetBehaviour, HostRelayTestCase):
+    pass
+
+
+class RelayPerServerBudgetTests(PerServerBudgetBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayPerServerBudgetTests(PerServerBudgetBehaviour, HostRelayTestCase):
+    pass
+
+
+class RelayGlobalBudgetTests(GlobalBudgetBehaviour, RelayTestCase):
+    pass
+
+
+class HostRelayGlobalBudgetTests(GlobalBudgetBehaviour, HostRelayTestCase):
+    pass
+
+
+class DirectBubbleTests(BudgetBehaviour, RelayTestCase):
+    """
+    The relay's own default (the host-specific relay's is the opposite): no direct bubbles.
+    """
+
+    roleSettings: dict[str, Any] = {}
+
     def test_noDirectBubbleByDefault(self) -> None:
         """
         RFC 4380 section 5.4.1 case 3: the bubble goes to the client's server; a direct one
@@ -220,28 +267,6 @@ class DirectBubbleTests(BudgetTestCase):
         self.advance(1)
         self.assertIn(packet, fakeTun(client).written)
         self.assertEqual(self.counters()["bubbles-direct"], 0)
-
-
-class HostRelayBudgetTests(BudgetTestCase):
-    def test_hostRelayBudget(self) -> None:
-        """
-        The host-specific relay pays its bubbles from the same budgets.
-        """
-        own = ipaddress.IPv6Address("2001:db8::40").packed
-        hr = HostSpecificRelay(
-            HostRelaySettings(bubble_burst_per_ipv4=3), self.net.host("203.0.113.40"),
-            FakeTunDevice("teredo-hr"), FakeNetworkConfigurator(), lambda: {own},
-            randbytes=random.Random(3).randbytes,
-        )
-        hr.privilegedStartService()
-        hr.startService()
-        self.addCleanup(hr.stopService)
-        for dst in victimAddresses(20):
-            fakeTun(hr).inject(echo(own, dst))
-        self.settle()
-        self.assertEqual(len(hr.tunnel.peers), 3)
-        self.assertEqual(hr.status()["drops"]["budget-ipv4"], 17)
-        self.assertEqual(hr.status()["peers"]["probes-suppressed"]["ipv4-budget"], 17)
 
 
 class ClientEchoBudgetTests(RelayTestCase):

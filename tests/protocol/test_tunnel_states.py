@@ -7,7 +7,6 @@ tunnel fills are the ones its owner hands it.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 import teredonode.roles.tunnel
+from teredonode.counters import CounterSet
 from teredonode.peers import PeerList
-from teredonode.roles import relay
+from teredonode.roles import client, relay
 from teredonode.roles.tunnel import (
     CLIENT_POLICY,
     COUNTERS,
@@ -24,6 +24,7 @@ from teredonode.roles.tunnel import (
     LOCAL,
     NUMBERED_COUNTERS,
     UNNUMBERED_COUNTERS,
+    UNNUMBERED_DROP_REASONS,
     PEER_TRANSITIONS,
     PROBE_INTERVAL,
     PROBE_REPEATS,
@@ -31,6 +32,7 @@ from teredonode.roles.tunnel import (
     REMOVED,
     TRUSTED,
     UNTRUSTED,
+    DROP_REASONS,
     PeerStateError,
     TeredoTunnel,
     peerState,
@@ -61,7 +63,8 @@ class RecordingTunnelCase(SynchronousTestCase):
     """
     The tunnel alone, with recording stand-ins for its owner: a C{send} that records
     datagrams, a C{deliver} that records what reaches the host, a Clock.  Numbered (a
-    client's policy, our address L{OWN}) unless a subclass sets C{unnumbered}.
+    client's policy, our address L{OWN}) unless a subclass sets C{unnumbered}.  It counts
+    into the names its role declares, so that a name the role's status lacks fails here.
     """
 
     unnumbered = False
@@ -71,13 +74,13 @@ class RecordingTunnelCase(SynchronousTestCase):
         self.clock.advance(1000)
         self.sent: list[tuple[bytes, Any]] = []
         self.delivered: list[bytes] = []
-        self.counters: Counter[str] = Counter()
-        self.drops: Counter[str] = Counter()
         self.peers = PeerList(self.clock.seconds)
         if self.unnumbered:
             policy, serves = relay.RELAY_POLICY, (lambda a: a == NATIVE)
+            self.counters, self.drops = CounterSet(relay.COUNTERS), CounterSet(relay.DROP_REASONS)
         else:
             policy, serves = CLIENT_POLICY, None
+            self.counters, self.drops = CounterSet(client.COUNTERS), CounterSet(client.DROP_REASONS)
         self.tunnel = TeredoTunnel(
             self.clock, policy, self.peers, lambda d, a: self.sent.append((d, a)),
             self.delivered.append, lambda n: b"\x01" * n, serves=serves,
@@ -99,7 +102,8 @@ class RecordingTunnelCase(SynchronousTestCase):
 class PeerStateTests(RecordingTunnelCase):
     def test_ownersCounters(self) -> None:
         """
-        The tunnel counts into the Counters it was given, and owns its peer list's removals.
+        The tunnel counts into the counters it was given, and owns its peer list's removals.
+        Without any, it counts under every name it declares, from zero, and refuses others.
         """
         self.assertIs(self.tunnel.counters, self.counters)
         self.assertIs(self.tunnel.drops, self.drops)
@@ -107,7 +111,10 @@ class PeerStateTests(RecordingTunnelCase):
         self.fromHost(PEER)
         self.assertEqual(self.counters["bubbles-direct"], 1)
         plain = TeredoTunnel(self.clock, CLIENT_POLICY, PeerList(self.clock.seconds), print, print, bytes)
-        self.assertEqual((plain.counters, plain.drops), (Counter(), Counter()))
+        self.assertEqual(plain.counters, dict.fromkeys(COUNTERS + NUMBERED_COUNTERS + UNNUMBERED_COUNTERS, 0))
+        self.assertEqual(plain.drops, dict.fromkeys(DROP_REASONS + UNNUMBERED_DROP_REASONS, 0))
+        with self.assertRaises(KeyError):
+            plain.counters["undeclared"] += 1
 
     def test_probingThenTrusted(self) -> None:
         """
@@ -327,4 +334,4 @@ class CounterNamesTests(SynchronousTestCase):
         declared = COUNTERS + NUMBERED_COUNTERS + UNNUMBERED_COUNTERS
         self.assertEqual(len(declared), len(set(declared)))
         self.assertEqual(incremented, set(declared))
-        self.assertEqual(relay._COUNTERS, relay.RELAY_COUNTERS + COUNTERS + UNNUMBERED_COUNTERS)
+        self.assertEqual(relay.COUNTERS, relay.RELAY_COUNTERS + COUNTERS + UNNUMBERED_COUNTERS)

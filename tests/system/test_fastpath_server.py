@@ -43,6 +43,8 @@ from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_paylo
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 MAC_SERVER, MAC_PEER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
+#: The repository holding this test (not the working directory: trial runs in _trial_temp).
+SOURCE = Path(__file__).resolve().parents[2]
 
 
 def _why_not() -> str | None:
@@ -375,7 +377,7 @@ class FastPathServiceTests(unittest.TestCase):
         # Frames from a local socket on a veth carry only a partial UDP checksum, which the
         # program leaves to the stack; a wire's frames carry a full one.
         self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable,
-                    str(Path(__file__).resolve().parents[2] / "benchmarks" / "server_rs.py"), "--ethtool", "fpc", "0")
+                    str(SOURCE / "benchmarks" / "server_rs.py"), "--ethtool", "fpc", "0")
 
     def run_ok(self, *argv: str) -> str:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -383,7 +385,9 @@ class FastPathServiceTests(unittest.TestCase):
         return result.stdout
 
     def status(self) -> dict[str, Any]:
-        out = self.run_ok(sys.executable, "-m", "teredonode.cli", "status", "--json", "--socket", str(self.tmp / "status.sock"))
+        # The tree under test, whatever the runner's working directory (trial's is _trial_temp).
+        code = f"import sys; sys.path.insert(0, {str(SOURCE)!r}); from teredonode.cli import main; sys.exit(main())"
+        out = self.run_ok(sys.executable, "-c", code, "status", "--json", "--socket", str(self.tmp / "status.sock"))
         return json.loads(out)["server"]  # type: ignore[no-any-return]
 
     def test_answersInTheKernel(self) -> None:
@@ -397,7 +401,7 @@ class FastPathServiceTests(unittest.TestCase):
         )
         log = open(self.tmp / "server.log", "wb")
         self.addCleanup(log.close)
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+        env = dict(os.environ, PYTHONPATH=str(SOURCE))
         server = subprocess.Popen(
             ["ip", "netns", "exec", self.server_ns, shutil.which("twistd") or "twistd", "-n", "--pidfile=",
              "teredo", "--config", str(conf)],
