@@ -35,7 +35,7 @@ clients that both ask for it, with its own rate and caps.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 from teredonode.interfaces import Endpoint
@@ -196,28 +196,16 @@ class _Pacing:
         return max(self.start + last / self.limits.rate - now, 1.0 / self.limits.rate)
 
 
-@dataclass
-class Opener:
+class _Search:
     """
-    S's side: open L{GuessLimits.sockets} sockets, send one bubble from each to the peer's
-    fixed mapping, then wait for a bubble from that mapping on any of them.
-
-    Only a packet from exactly C{peer} counts as a hit (whoever else may know one of the
-    sockets' ports, the NAT lets only C{peer} in, and the tunnel still applies its own
-    checks to what the socket receives).
+    What both sides share: the pacing of their packets from a start time, the deadline, and
+    being done once (a hit or giving up).
     """
 
-    peer: Endpoint
-    limits: GuessLimits = field(default_factory=GuessLimits)
-    _pacing: _Pacing | None = None
-    _done: bool = False
-
-    def start(self, now: float) -> list[Effect]:
-        """Open the sockets and send the first batch."""
-        if self._pacing is not None:
-            return []
-        self._pacing = _Pacing(self.limits, now, self.limits.sockets)
-        return [OpenSockets(self.limits.sockets)] + self.tick(now)
+    def __init__(self, limits: GuessLimits) -> None:
+        self.limits = limits
+        self._pacing: _Pacing | None = None
+        self._done = False
 
     @property
     def active(self) -> bool:
@@ -234,13 +222,55 @@ class Opener:
             return []
         if now >= pacing.start + self.limits.deadline:
             self._done = True
-            return [CloseSockets(None), GaveUp(pacing.sent, now - pacing.start)]
+            return self._closing() + [GaveUp(pacing.sent, now - pacing.start)]
+        if now < pacing.start:
+            return [SetTimer(pacing.start - now)]
         effects: list[Effect] = []
         for _ in range(pacing.due(now)):
-            effects.append(SendBubble(self.peer, pacing.sent))
+            effects.append(self._packet(pacing.sent))
             pacing.sent += 1
         effects.append(SetTimer(pacing.nextTick(now)))
         return effects
+
+    def _packet(self, index: int) -> SendBubble:
+        """The C{index}-th packet of the search."""
+        raise NotImplementedError
+
+    def _closing(self) -> list[Effect]:
+        """What giving up undoes besides stopping."""
+        return []
+
+    def _hit(self, effects: list[Effect]) -> list[Effect]:
+        self._done = True
+        return effects
+
+
+class Opener(_Search):
+    """
+    S's side: open L{GuessLimits.sockets} sockets, send one bubble from each to the peer's
+    fixed mapping, then wait for a bubble from that mapping on any of them.
+
+    Only a packet from exactly C{peer} counts as a hit (whoever else may know one of the
+    sockets' ports, the NAT lets only C{peer} in, and the tunnel still applies its own
+    checks to what the socket receives).
+    """
+
+    def __init__(self, peer: Endpoint, limits: GuessLimits | None = None) -> None:
+        super().__init__(limits or GuessLimits())
+        self.peer = peer
+
+    def start(self, now: float) -> list[Effect]:
+        """Open the sockets and send the first batch."""
+        if self._pacing is not None:
+            return []
+        self._pacing = _Pacing(self.limits, now, self.limits.sockets)
+        return [OpenSockets(self.limits.sockets)] + self.tick(now)
+
+    def _packet(self, index: int) -> SendBubble:
+        return SendBubble(self.peer, index)
+
+    def _closing(self) -> list[Effect]:
+        return [CloseSockets(None)]
 
     def received(self, socket: int, source: Endpoint, now: float) -> list[Effect]:
         """
@@ -251,16 +281,16 @@ class Opener:
         pacing = self._pacing
         if pacing is None or self._done or source != self.peer or not 0 <= socket < pacing.sent:
             return []
-        self._done = True
-        return [
-            SendBubble(self.peer, socket),
-            CloseSockets(socket),
-            Found(source, socket, pacing.sent + 1, now - pacing.start),
-        ]
+        return self._hit(
+            [
+                SendBubble(self.peer, socket),
+                CloseSockets(socket),
+                Found(source, socket, pacing.sent + 1, now - pacing.start),
+            ]
+        )
 
 
-@dataclass
-class Prober:
+class Prober(_Search):
     """
     R's side: once the opener is ready, send L{GuessLimits.probes} bubbles from the client's
     own socket to distinct random ports of the peer's public address.
@@ -269,16 +299,24 @@ class Prober:
     address, a port never probed) is not, so a third party cannot end or steer the search.
     The tunnel accepts the peer at that mapping only with the nonce proof of RFC 6081's
     Symmetric NAT Support, as for any mapping its address does not embed.
+
+    @param exclude: the port the peer's Teredo address embeds (its mapping toward its
+        server), never probed.
     """
 
-    address: str
-    exclude: int  # the port the peer's Teredo address embeds (its mapping toward its server)
-    limits: GuessLimits = field(default_factory=GuessLimits)
-    rng: random.Random = field(default_factory=random.SystemRandom)
-    _ports: list[int] = field(default_factory=list)
-    _probed: set[int] = field(default_factory=set)
-    _pacing: _Pacing | None = None
-    _done: bool = False
+    def __init__(
+        self,
+        address: str,
+        exclude: int,
+        limits: GuessLimits | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(limits or GuessLimits())
+        self.address = address
+        self.exclude = exclude
+        self._rng = rng or random.SystemRandom()
+        self._ports: list[int] = []
+        self._probed: set[int] = set()
 
     def start(self, now: float, readyIn: float = 0.0) -> list[Effect]:
         """
@@ -289,40 +327,15 @@ class Prober:
             return []
         space = range(LOWEST_PORT, 65536)
         count = min(self.limits.probes, len(space) - 1)
-        ports = [p for p in self.rng.sample(space, count + 1) if p != self.exclude][:count]
-        self._ports = ports
+        self._ports = [p for p in self._rng.sample(space, count + 1) if p != self.exclude][:count]
         wait = min(max(readyIn, 0.0), self.limits.deadline)
-        self._pacing = _Pacing(self.limits, now + wait, len(ports))
-        if wait > 0:
-            return [SetTimer(wait)]
+        self._pacing = _Pacing(self.limits, now + wait, len(self._ports))
         return self.tick(now)
 
-    @property
-    def active(self) -> bool:
-        return self._pacing is not None and not self._done
-
-    @property
-    def sent(self) -> int:
-        return 0 if self._pacing is None else self._pacing.sent
-
-    def tick(self, now: float) -> list[Effect]:
-        """The timer fired: send the probes that are due, or give up at the deadline."""
-        pacing = self._pacing
-        if pacing is None or self._done:
-            return []
-        if now >= pacing.start + self.limits.deadline:
-            self._done = True
-            return [GaveUp(pacing.sent, now - pacing.start)]
-        if now < pacing.start:
-            return [SetTimer(pacing.start - now)]
-        effects: list[Effect] = []
-        for _ in range(pacing.due(now)):
-            port = self._ports[pacing.sent]
-            self._probed.add(port)
-            effects.append(SendBubble((self.address, port)))
-            pacing.sent += 1
-        effects.append(SetTimer(pacing.nextTick(now)))
-        return effects
+    def _packet(self, index: int) -> SendBubble:
+        port = self._ports[index]
+        self._probed.add(port)
+        return SendBubble((self.address, port))
 
     def received(self, source: Endpoint, now: float) -> list[Effect]:
         """A bubble from C{source}: a hit when it comes from a probed port of the peer."""
@@ -332,5 +345,4 @@ class Prober:
         ip, port = source
         if ip != self.address or port not in self._probed:
             return []
-        self._done = True
-        return [Found(source, None, pacing.sent, now - pacing.start)]
+        return self._hit([Found(source, None, pacing.sent, now - pacing.start)])
