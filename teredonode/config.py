@@ -235,6 +235,13 @@ def _integer(low: int, high: int, what: str = "") -> Check[int]:
 _port = _integer(0, 65535, "port")
 
 
+@_checks("2 or 5")
+def _random_port_type(value: Any) -> int:
+    if isinstance(value, bool) or value not in (2, 5):
+        raise _Invalid(f"{_show(value)} is not 2 or 5")
+    return int(value)
+
+
 @_checks("positive number (per second)")
 def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -994,6 +1001,33 @@ class ClientSettings(_RoleSettings):
         "answer proves the path again without our server. Three unanswered: the indirect "
         "bubble through the server as RFC 4380 says. Such requests from peers are answered, "
         "within the bubble limits (RFC 6081 §5.7). `false`: neither, RFC 4380 alone.",
+    )
+    port_preserving: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Port-Preserving Symmetric NAT: a random port per peer.",
+        more="Behind a symmetric NAT that keeps local port numbers (qualification reports "
+        "`port-preserving`), the client opens a random local port for a peer it cannot reach, "
+        "advertises it in its indirect bubbles (Random Port trailer) and sends a second direct "
+        "bubble to the peer's random port, so that two such NATs, or one and a port-restricted "
+        "NAT, open toward each other (RFC 6081 §5.4). Needs `symmetric-nat-support`. `false`: "
+        "neither, and advertised ports are ignored. See [nat-traversal.md](nat-traversal.md).",
+    )
+    random_ports: int = setting(
+        check=_integer(1, 256, "ports"),
+        default=8,
+        doc="Random ports (port-preserving) open at once, at most.",
+        more="One UDP socket per peer being reached through a port-preserving symmetric NAT, "
+        "closed when the peer is reached on the service port, changes its port, or leaves the "
+        "peer list. Past the limit a new peer gets none (`pp-ports-refused`) and is tried with "
+        "Symmetric NAT Support alone.",
+    )
+    random_port_type: int = setting(
+        check=_random_port_type,
+        default=2,
+        doc="Random Port trailer type sent: 2 (IANA) or 5 (RFC 6081 §4.5).",
+        more="RFC 6081 prints 0x05 in §4.5 and registers 0x02 in §9 (requirements defect D1); "
+        "both are accepted on receipt. A peer that knows only the other value skips ours.",
     )
     local_discovery: bool = setting(
         check=_boolean,

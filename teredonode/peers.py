@@ -145,6 +145,18 @@ class Peer:
         indirect bubble sent to the peer, until a direct bubble proves it (then L{None}).
     @ivar nonce_received: RFC 6081 section 5.2.1 (X-SNS-06): the nonce of the last indirect
         bubble received from the peer, echoed in our direct bubbles (X-SNS-04).
+    @ivar random_port: RFC 6081 section 5.4.1 (X-PP-08): the local port we opened for this
+        peer, which a port-preserving NAT maps to the same external port; 0 when none.
+    @ivar peer_random_port: the random port the peer advertised in its indirect bubble's
+        Random Port trailer (X-PP-11); 0 when none.
+    @ivar direct_rx_primary: a direct bubble from the peer was accepted on our service port
+        (X-PP-12, X-PP-14).
+    @ivar direct_rx_random: one was accepted on our random port (X-PP-15): packets to the
+        peer then go from that port.
+    @ivar refresh_count: the Connection Refresh Count (X-PP-03): direct bubbles sent by the
+        Peer Refresh Timer since data was last sent.
+    @ivar last_data_tx: the Last Data Packet Sent Timestamp (X-PP-07), kept for peers with
+        a random port (the only ones the Peer Refresh Timer reads it for); L{None} before.
     """
 
     __slots__ = (
@@ -163,6 +175,12 @@ class Peer:
         "timer",
         "nonce_sent",
         "nonce_received",
+        "random_port",
+        "peer_random_port",
+        "direct_rx_primary",
+        "direct_rx_random",
+        "refresh_count",
+        "last_data_tx",
     )
 
     def __init__(self, address: bytes, now: float, mapping: Endpoint | None = None) -> None:
@@ -185,6 +203,12 @@ class Peer:
         self.timer: Any = None
         self.nonce_sent: bytes | None = None
         self.nonce_received: bytes | None = None
+        self.random_port = 0
+        self.peer_random_port = 0
+        self.direct_rx_primary = False
+        self.direct_rx_random = False
+        self.refresh_count = 0
+        self.last_data_tx: float | None = None
 
     def __repr__(self) -> str:
         state = "trusted" if self.trusted else "untrusted"
@@ -282,6 +306,12 @@ def _pack(peer: Peer) -> bytes | None:
         or peer.nonce is not None
         or peer.nonce_sent is not None
         or peer.nonce_received is not None
+        or peer.random_port != 0
+        or peer.peer_random_port != 0
+        or peer.direct_rx_primary is not False
+        or peer.direct_rx_random is not False
+        or peer.refresh_count != 0
+        or peer.last_data_tx is not None
         or peer.local is not False
         or peer.local_endpoint is not None
         or peer.attempts != 0
@@ -339,6 +369,12 @@ def _unpack(address: bytes, record: bytes) -> Peer:
     peer.timer = None
     peer.nonce_sent = None
     peer.nonce_received = None
+    peer.random_port = 0
+    peer.peer_random_port = 0
+    peer.direct_rx_primary = False
+    peer.direct_rx_random = False
+    peer.refresh_count = 0
+    peer.last_data_tx = None
     return peer
 
 
@@ -363,6 +399,12 @@ class _PackedView(Peer):
     timer = None
     nonce_sent = None
     nonce_received = None
+    random_port = 0
+    peer_random_port = 0
+    direct_rx_primary = False
+    direct_rx_random = False
+    refresh_count = 0
+    last_data_tx = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{name}: a packed entry seen by iteration is read-only")

@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import gatherResults
+from twisted.internet.error import CannotListenError
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from zope.interface import implementer
@@ -48,6 +49,8 @@ from teredonode.interfaces import (
     IDiscoveryHost,
     IPortMapping,
     INetworkConfigurator,
+    IRandomPort,
+    IRandomPorts,
     ITeredoRole,
     ITunDevice,
 )
@@ -125,9 +128,10 @@ __all__ = [
 ]
 
 #: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
-#: cells that need them to working): Symmetric NAT Support.  UPnP (X-UPNP) is in part: the
-#: port mapping runs, not yet its bubble rules (X-UPNP-10..12).
-RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS"})
+#: cells that need them to working): Symmetric NAT Support and Port-Preserving Symmetric NAT
+#: (both on by default: ``symmetric-nat-support``, ``port-preserving``).  UPnP (X-UPNP) is
+#: in part: the port mapping runs, not yet its bubble rules (X-UPNP-10..12).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "PP"})
 
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
@@ -174,6 +178,14 @@ _COUNTERS = (
     "slr-solicitations",
     "slr-advertisements",
     "slr-fallbacks",
+    "pp-ports-opened",
+    "pp-ports-closed",
+    "pp-ports-refused",
+    "pp-bubbles",
+    "pp-learned",
+    "pp-moved",
+    "pp-resets",
+    "pp-refreshes",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -203,7 +215,28 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
     return False
 
 
-@implementer(ITeredoRole, IDiscoveryHost)
+@implementer(IRandomPort)
+class _RandomPort:
+    """
+    One random port the client opened for the tunnel (RFC 6081 section 5.4).
+    """
+
+    def __init__(self, port: int, listening: Any, protocol: ServicePort) -> None:
+        self.port = port
+        self._listening: Any = listening
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        if self._listening is not None:
+            self._protocol.sendto(data, addr)
+
+    def close(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.stopListening()
+
+
+@implementer(ITeredoRole, IDiscoveryHost, IRandomPorts)
 class TeredoClient(Service):
     """
     A Teredo client.
@@ -274,6 +307,9 @@ class TeredoClient(Service):
             drops=self.drops,
             symmetricNat=settings.symmetric_nat_support,
             serverLoadReduction=settings.server_load_reduction,
+            randomPorts=self if settings.port_preserving else None,
+            maxRandomPorts=settings.random_ports,
+            randomPortType=settings.random_port_type,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
@@ -404,6 +440,32 @@ class TeredoClient(Service):
 
     def sendDatagram(self, data: bytes, endpoint: Endpoint) -> None:
         self._socket.sendto(data, endpoint)
+
+    # -- IRandomPorts (RFC 6081 section 5.4) ---------------------------------------------------
+
+    def openRandomPort(self, port: int, receive: Callable[[Any, Endpoint], None]) -> IRandomPort | None:
+        """
+        X-PP-08: listen on UDP C{port} of the service port's address for the tunnel; what
+        arrives passes the service port's checks (a Teredo payload, qualified) first.
+        """
+        protocol = ServicePort(lambda data, addr: self._randomPortReceived(data, addr, receive))
+        try:
+            listening = self._reactor.listenUDP(port, protocol, interface=self.settings.bind)
+        except (OSError, CannotListenError):
+            return None
+        return _RandomPort(port, listening, protocol)
+
+    def _randomPortReceived(self, data: bytes, addr: Endpoint, receive: Callable[[Any, Endpoint], None]) -> None:
+        self.counters["received"] += 1
+        try:
+            packet = classify(data)
+        except ParseError:
+            self.drops["malformed"] += 1
+            return
+        if self.state != "qualified":
+            self.drops["not-qualified"] += 1
+            return
+        receive(packet, addr)
 
     # -- I/O glue ----------------------------------------------------------------------------
 
@@ -621,6 +683,9 @@ class TeredoClient(Service):
         mapping, prefix, mtu = answer.mapping, answer.prefix, answer.mtu
         self._lastNat = effect.nat
         self.portPreserving = effect.port_preserving
+        if self.tunnel.portPreserving is not None:
+            # X-PP-06 and the secondary server's verdict: the flags section 5.4 reads.
+            self.tunnel.portPreserving.setNat(effect.nat == "symmetric", effect.port_preserving)
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:

@@ -68,7 +68,10 @@ L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and r
   trusted                             probing            the same while an exchange runs;
                                                          or three solicitations went
                                                          unanswered (RFC 6081 5.7.2): bubbles
-                                                         as for a peer never reached
+                                                         as for a peer never reached; or a
+                                                         random-port peer (RFC 6081 5.4.4.5)
+                                                         turned up at another mapping after
+                                                         30 s of silence
   untrusted, probing, local, trusted  removed            evicted, expired, forgotten (identity
                                                          lost), or its probes failed (relays)
   ==================================  =================  =====================================
@@ -120,7 +123,7 @@ from twisted.internet.task import LoopingCall
 
 from zope.interface import implementer
 
-from teredonode.interfaces import Endpoint, ILocalPeers
+from teredonode.interfaces import Endpoint, ILocalPeers, IRandomPorts
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
@@ -146,11 +149,15 @@ from teredonode.wire.ipv6 import (
 from teredonode.wire.teredo import (
     DISCOVERY_ADVERTISEMENT,
     DISCOVERY_SOLICITATION,
+    RANDOM_PORT_SEND_TYPE,
     NeighborDiscoveryTrailer,
     NonceTrailer,
     TeredoPacket,
+    Trailer,
     encode_trailers,
 )
+from teredonode.roles import randomport
+from teredonode.roles.randomport import PortPreserving
 
 __all__ = [
     "TunnelPolicy",
@@ -241,7 +248,7 @@ DROP_REASONS = (
     "budget-ipv4",  # a new exchange refused: the bubble budget of the embedded IPv4 is spent
     "budget-global",  # a new exchange refused: the interface's global probe budget is spent
     "budget-server",  # a new exchange refused: the budget of the embedded server IPv4 is spent
-)
+) + randomport.DROP_REASONS
 #: Why a bubble or echo request was not sent (status C{probes-suppressed}).
 SUPPRESSION_REASONS = (
     "peer-rate",  # section 5.2.6 per peer: < 2 s since the last, or 4 unanswered in 300 s
@@ -282,7 +289,7 @@ NUMBERED_COUNTERS = (
     "slr-solicitations",  # X-SLR-03/04: direct bubbles soliciting an idle peer's answer
     "slr-advertisements",  # X-SLR-05: direct bubbles answering a solicitation
     "slr-fallbacks",  # X-SLR-04: three solicitations unanswered, RFC 4380 bubbles instead
-)
+) + randomport.COUNTERS
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
     "delivered-stateless",  # from a client with no entry, its mapping checked (relays)
@@ -512,6 +519,10 @@ class TeredoTunnel:
     @param serverLoadReduction: RFC 6081 section 5.7 (X-SLR-01), where the policy allows
         it: solicit idle trusted peers with direct bubbles, answer their solicitations.
         Off: neither, as RFC 4380 alone.
+    @param randomPorts: RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension
+        (X-PP-01; with Symmetric NAT Support only): who opens the random ports (the client),
+        L{None} for off; C{maxRandomPorts} of them open at once at most, their trailer of
+        type C{randomPortType} (D1).  See L{teredonode.roles.randomport}.
     """
 
     log = Logger()
@@ -533,6 +544,9 @@ class TeredoTunnel:
         drops: Counter[str] | None = None,
         symmetricNat: bool = True,
         serverLoadReduction: bool = True,
+        randomPorts: IRandomPorts | None = None,
+        maxRandomPorts: int = 8,
+        randomPortType: int = RANDOM_PORT_SEND_TYPE,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -577,6 +591,12 @@ class TeredoTunnel:
         self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
+        #: RFC 6081 section 5.4 (X-PP-01: it needs Symmetric NAT Support), or None when off.
+        self.portPreserving: PortPreserving | None = (
+            PortPreserving(self, randomPorts, clock, maxRandomPorts, randomPortType)
+            if randomPorts is not None and symmetricNat
+            else None
+        )
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -586,11 +606,15 @@ class TeredoTunnel:
         """
         if not self._expiry.running:
             self._expiry.start(EXPIRY_INTERVAL, now=False)
+        if self.portPreserving is not None:
+            self.portPreserving.start()
 
     def stop(self) -> None:
         if self._expiry.running:
             self._expiry.stop()
         self.reset()
+        if self.portPreserving is not None:
+            self.portPreserving.stop()
 
     def setIdentity(
         self, address: bytes | None, server: Endpoint | None, errorSource: bytes | None = None
@@ -649,6 +673,8 @@ class TeredoTunnel:
 
     def _peerRemoved(self, peer: Peer) -> None:
         self._setState(peer, REMOVED, timer=None)
+        if self.portPreserving is not None:
+            self.portPreserving.peerRemoved(peer)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
         mapping = peer.mapping
@@ -766,9 +792,21 @@ class TeredoTunnel:
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
-        peer.last_tx = self._clock.seconds()
-        self._send(packet, peer.mapping)
+        peer.last_tx = now = self._clock.seconds()
+        self._sendPeer(peer, packet, peer.mapping)
+        if self.portPreserving is not None:
+            self.portPreserving.dataSent(peer, now)  # X-PP-07
         self.counters["sent"] += 1
+
+    def _sendPeer(self, peer: Peer | None, data: bytes, endpoint: Endpoint) -> None:
+        """
+        Send to a peer's C{endpoint}: from the random port the peer was proven on, if any
+        (RFC 6081 section 5.4: its NAT lets that port's packets in only), otherwise from
+        the service port.
+        """
+        pp = self.portPreserving
+        if pp is None or peer is None or not pp.sendFor(peer, data, endpoint):
+            self._send(data, endpoint)
 
     def _toTeredo(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
         """
@@ -884,7 +922,7 @@ class TeredoTunnel:
         source, mapping = self.address, peer.mapping
         if source is None or mapping is None or not peer.may_bubble(now):
             return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
-        self._send(bubble(source, peer.address) + _SOLICITATION, mapping)
+        self._sendPeer(peer, bubble(source, peer.address) + _SOLICITATION, mapping)
         peer.bubble_sent(now)
         self.counters["slr-solicitations"] += 1
         return True
@@ -936,7 +974,7 @@ class TeredoTunnel:
             return
         if not self._inboundBubbleAllowed():
             return
-        self._send(bubble(address, peer.address) + _ADVERTISEMENT, addr)
+        self._sendPeer(peer, bubble(address, peer.address) + _ADVERTISEMENT, addr)
         peer.bubble_sent(now)
         self.counters["slr-advertisements"] += 1
 
@@ -1080,6 +1118,8 @@ class TeredoTunnel:
             self._send(direct, mapping_of(dst))
             self.counters["bubbles-direct"] += 1
         self._sendIndirect(peer, source)
+        if self.portPreserving is not None:
+            self.portPreserving.secondBubble(peer, inbound=False)  # X-PP-10
         peer.bubble_sent(now)
         return True
 
@@ -1098,7 +1138,10 @@ class TeredoTunnel:
             peer.nonce_sent = nonce
             if self._serves is not None:
                 source = self._nonceSource(source, nonce)
-            data = bubble(source, dst) + encode_trailers((NonceTrailer(nonce),))
+            trailers: tuple[Trailer, ...] = (NonceTrailer(nonce),)
+            if self.portPreserving is not None:
+                trailers += self.portPreserving.indirectTrailers(peer)  # X-PP-08, X-PP-09
+            data = bubble(source, dst) + encode_trailers(trailers)
         else:
             data = bubble(source, dst)
         self._send(data, (server_of(dst), TEREDO_PORT))
@@ -1287,6 +1330,8 @@ class TeredoTunnel:
             nonce = self._nonceOf(packet)
             if peer is not None and src[:4] == self._prefix:
                 peer.nonce_received = nonce
+                if self.portPreserving is not None:
+                    self.portPreserving.indirectReceived(peer, packet)  # X-PP-11
                 mapping = peer.mapping
                 if (
                     peer.trusted
@@ -1304,16 +1349,18 @@ class TeredoTunnel:
         answer = bubble(address, src)
         if nonce is not None:
             answer += encode_trailers((NonceTrailer(nonce),))
-        self._send(answer, target)
+        self._sendPeer(peer, answer, target)
         self.counters["bubbles-answered"] += 1
+        if peer is not None and self.portPreserving is not None:
+            self.portPreserving.secondBubble(peer, inbound=True)  # X-PP-10
         if (
             nonce is not None
             and src[:4] == self._prefix
             and (peer is None or not (peer.trusted and peers.is_valid(peer)))
         ):
-            self._indirectAnswer(peer, src, nonce)
+            self._indirectAnswer(peer, src, nonce, packet)
 
-    def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes) -> None:
+    def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes, packet: TeredoPacket) -> None:
         """
         RFC 6081 section 6.1 packet 4: an indirect bubble with our own nonce to a peer that
         spoke to us through our server with its nonce, paid like the answer (one more token
@@ -1330,6 +1377,11 @@ class TeredoTunnel:
             return
         if peer is None:
             peer = self.peers.create(src)
+            peer.nonce_received = nonce
+            if self.portPreserving is not None:
+                # X-PP-11, X-PP-10: the new entry's random port, our bubble to it (6.3 packet 4).
+                self.portPreserving.indirectReceived(peer, packet)
+                self.portPreserving.secondBubble(peer, inbound=True)
         peer.nonce_received = nonce
         assert self.address is not None
         self._sendIndirect(peer, self.address)
@@ -1379,6 +1431,8 @@ class TeredoTunnel:
                 return
             self._accept(packet, isBubble)
             if isBubble:
+                if self.portPreserving is not None:
+                    self.portPreserving.primaryAccepted(peer)  # X-PP-14
                 self._advertise(peer, packet, addr)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
@@ -1419,6 +1473,9 @@ class TeredoTunnel:
                     # X-SNS-09: no nonce, a wrong one, or that of an earlier bubble.
                     self.drops["nonce-mismatch"] += 1
                     return
+                if isBubble and peer is not None and self.portPreserving is not None:
+                    if self.portPreserving.primaryMismatch(peer, addr):  # X-PP-13
+                        return
                 self.drops["mapping-mismatch"] += 1
                 return
             if peer is None:
@@ -1436,6 +1493,8 @@ class TeredoTunnel:
             self._release(peer)
             self._accept(packet, isBubble)
             if isBubble:
+                if self.portPreserving is not None:
+                    self.portPreserving.primaryAccepted(peer)  # X-PP-12
                 self._advertise(peer, packet, addr)
             return
         # Case 6: a native source.  Accept only once an echo test through our server shows
@@ -1480,6 +1539,8 @@ class TeredoTunnel:
         )
         self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
         self.counters["sns-learned"] += 1
+        if self.portPreserving is not None:
+            self.portPreserving.primaryAccepted(peer)  # X-PP-12
         self._release(peer)
         self.counters["bubbles-received"] += 1
 
