@@ -491,6 +491,10 @@ class PeerList:
         self._swept = clock()
         self.evicted = 0
         self.expired = 0
+        #: The owner's say on an entry the sweep would remove: C{True} keeps it listed (a
+        #: client's random-port peer, kept alive by the Peer Refresh Timer of RFC 6081
+        #: section 5.4.2); L{None}: no say.  Asked only about entries about to go.
+        self.keep: Callable[[Peer], bool] | None = None
 
     @property
     def on_remove(self) -> Callable[[Peer], None] | None:
@@ -668,6 +672,8 @@ class PeerList:
                     idle.append(address)
                 continue
             if peer.bubbles and peer.probe_limited(now):  # type: ignore[union-attr]
+                continue
+            if self.keep is not None and self.keep(peer):  # type: ignore[arg-type]
                 continue
             doomed.append(address)
         peers = self._peers

@@ -411,6 +411,13 @@ class TeredoClient(Service):
         # twistd waits for the mapping's deletion (X-UPNP-13) before the reactor stops.
         return gatherResults(waits) if waits else None
 
+    def _randomPortsStatus(self) -> dict[str, Any]:
+        """RFC 6081 section 5.4: the random ports open now, and the limit."""
+        pp = self.tunnel.portPreserving
+        if pp is None:
+            return {"state": "off"}
+        return {"state": "on", "open": pp.openPorts(), "max": pp.maxPorts}
+
     def _intervalStatus(self) -> dict[str, Any]:
         probe = self._interval
         if probe is None:
@@ -983,6 +990,7 @@ class TeredoClient(Service):
             "key-expired": self.keyExpired,
             "last-server-contact": None if self._lastServerRx is None else round(now - self._lastServerRx, 3),
             "peers": self.tunnel.status(),
+            "random-ports": self._randomPortsStatus(),
             "local-discovery": (
                 self.discovery.status() if self.discovery is not None else {"state": "off"}
             ),

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.protocol.test_pp_client -*-
 """
 RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension (requirements digest
-X-PP-01..16), for a client's L{teredonode.roles.tunnel.TeredoTunnel}.
+X-PP-01a .. X-PP-16b), for a client's L{teredonode.roles.tunnel.TeredoTunnel}.
 
 Behind a symmetric NAT every destination gets its own external port, so a peer cannot send
 to the mapping our address embeds.  A NAT that keeps the local port number in a fresh
@@ -163,6 +163,20 @@ class PortPreserving:
         """
         self.symmetric = symmetric
         self.preserving = preserving
+
+    def keeps(self, peer: Peer) -> bool:
+        """
+        Does the peer list keep C{peer} past its 30 s?  A peer we reach through our random
+        port while the Peer Refresh Timer still refreshes it (X-PP-03: 20 times, 10 min):
+        the timer's 30 s period would otherwise find it gone; its data after a silence then
+        goes through Server Load Reduction's solicitations, from the random port.
+        """
+        return (
+            peer.trusted
+            and peer.direct_rx_random
+            and peer.refresh_count < MAX_REFRESHES
+            and peer.address in self._open
+        )
 
     def closeAll(self) -> None:
         for address in list(self._open):
@@ -429,14 +443,23 @@ class PortPreserving:
         """
         Every 30 s, each peer we reach through our random port: data sent in the last 30 s
         resets its Connection Refresh Count; otherwise, below 20, a direct bubble keeps the
-        NATs' mappings alive (and the entry listed), and the count goes up.
+        NATs' mappings alive (and the entry listed), and the count goes up.  The pass also
+        gives back the ports of untrusted peers with no exchange running.
         """
         tunnel = self._tunnel
         source = tunnel.address
         now = self._clock.seconds()
         for address, handle in list(self._open.items()):
             peer = tunnel.peers.get(address)
-            if peer is None or source is None or not (peer.trusted and peer.direct_rx_random):
+            if peer is None:
+                continue
+            if not peer.trusted and peer.timer is None:
+                # [INFERRED] Its exchange ended unanswered: the port goes back (a failed
+                # entry stays listed up to 300 s under section 5.2.6); a new exchange
+                # opens another.
+                self._release(peer)
+                continue
+            if source is None or not (peer.trusted and peer.direct_rx_random):
                 continue
             mapping = peer.mapping
             if mapping is None:
@@ -455,11 +478,6 @@ class PortPreserving:
             peer.refresh_count += 1
             tunnel.counters["pp-refreshes"] += 1
 
-    def status(self) -> dict[str, Any]:
-        return {
-            "random-ports-open": len(self._open),
-            "random-ports-max": self.maxPorts,
-        }
 
 
 def _text(address: bytes) -> str:

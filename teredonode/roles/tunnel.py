@@ -520,7 +520,7 @@ class TeredoTunnel:
         it: solicit idle trusted peers with direct bubbles, answer their solicitations.
         Off: neither, as RFC 4380 alone.
     @param randomPorts: RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension
-        (X-PP-01; with Symmetric NAT Support only): who opens the random ports (the client),
+        (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports (the client),
         L{None} for off; C{maxRandomPorts} of them open at once at most, their trailer of
         type C{randomPortType} (D1).  See L{teredonode.roles.randomport}.
     """
@@ -591,12 +591,14 @@ class TeredoTunnel:
         self.announceLocal: Callable[[], None] | None = None
         self._expiry = LoopingCall(peers.expire)
         self._expiry.clock = clock
-        #: RFC 6081 section 5.4 (X-PP-01: it needs Symmetric NAT Support), or None when off.
+        #: RFC 6081 section 5.4 (X-PP-01b: it needs Symmetric NAT Support), or None when off.
         self.portPreserving: PortPreserving | None = (
             PortPreserving(self, randomPorts, clock, maxRandomPorts, randomPortType)
             if randomPorts is not None and symmetricNat
             else None
         )
+        if self.portPreserving is not None:
+            peers.keep = self.portPreserving.keeps
 
     # -- life cycle --------------------------------------------------------------------------
 
