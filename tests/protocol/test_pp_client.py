@@ -629,9 +629,9 @@ class BoundsTests(PPTestCase):
             if n % 2:
                 data = bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 120)))
             else:
-                data = bytearray(good)
-                data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
-                data = bytes(data[: rng.randint(0, len(data))])
+                flipped = bytearray(good)
+                flipped[rng.randrange(len(flipped))] ^= 1 << rng.randrange(8)
+                data = bytes(flipped[: rng.randint(0, len(flipped))])
             self.onRandomPort(a, bAddr, data, ("192.0.2.7", rng.randint(1, 65535)))
         drops = a.status()["drops"]
         self.assertGreater(drops["malformed"] + drops["random-port-refused"], 0)
