@@ -1013,6 +1013,16 @@ class ClientSettings(_RoleSettings):
         "NAT, open toward each other (RFC 6081 §5.4). Needs `symmetric-nat-support`. `false`: "
         "neither, and advertised ports are ignored. See [nat-traversal.md](nat-traversal.md).",
     )
+    sequential_port: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Sequential Port-Symmetric NAT: the Echo Test predicts our port.",
+        more="Behind a symmetric NAT that does not keep port numbers, the client assumes it hands "
+        "them out in sequence: from a random local port it sends an RS to the server, a bubble "
+        "to the peer and an RS to the server's secondary address, and advertises the port "
+        "midway between the two the server saw (RFC 6081 §5.5). Needs `port-preserving`. "
+        "`false`: such a client is tried with Symmetric NAT Support alone.",
+    )
     random_ports: int = setting(
         check=_integer(1, 256, "ports"),
         default=8,

@@ -239,3 +239,10 @@ class IRandomPorts(Interface):
         Listen on the local UDP C{port} (on the service port's address); the open port, or
         C{None} when it cannot be bound (in use, not allowed).
         """
+
+    def echoSolicitation(nonce: bytes) -> bytes:
+        """
+        The UDP payload of a Router Solicitation carrying C{nonce} in its authentication
+        encapsulation, as the client sends for qualification (RFC 6081 section 5.5.4.1.1,
+        the Echo Test of the Sequential Port-Symmetric NAT Extension).
+        """

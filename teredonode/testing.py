@@ -1156,6 +1156,10 @@ class FakeRandomPorts:
         self.open: dict[int, FakeRandomPort] = {}
         self.opened: list[FakeRandomPort] = []
 
+    def echoSolicitation(self, nonce: bytes) -> bytes:
+        """A recognisable stand-in: the nonce behind a marker (the tunnel never parses it)."""
+        return b"RS" + nonce
+
     def openRandomPort(self, port: int, receive: Callable[[Any, Endpoint], None]) -> FakeRandomPort | None:
         if port in self.busy or port in self.open:
             return None

@@ -128,10 +128,11 @@ __all__ = [
 ]
 
 #: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
-#: cells that need them to working): Symmetric NAT Support and Port-Preserving Symmetric NAT
-#: (both on by default: ``symmetric-nat-support``, ``port-preserving``).  UPnP (X-UPNP) is
+#: cells that need them to working): Symmetric NAT Support, Port-Preserving Symmetric NAT and
+#: Sequential Port-Symmetric NAT ("SS" in the figure), each on by default
+#: (``symmetric-nat-support``, ``port-preserving``, ``sequential-port``).  UPnP (X-UPNP) is
 #: in part: the port mapping runs, not yet its bubble rules (X-UPNP-10..12).
-RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "PP"})
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "PP", "SS"})
 
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
@@ -186,6 +187,9 @@ _COUNTERS = (
     "pp-moved",
     "pp-resets",
     "pp-refreshes",
+    "seq-echo-tests",
+    "seq-predicted",
+    "seq-fallbacks",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -310,6 +314,7 @@ class TeredoClient(Service):
             randomPorts=self if settings.port_preserving else None,
             maxRandomPorts=settings.random_ports,
             randomPortType=settings.random_port_type,
+            sequentialPort=settings.sequential_port,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
@@ -461,6 +466,10 @@ class TeredoClient(Service):
         except (OSError, CannotListenError):
             return None
         return _RandomPort(port, listening, protocol)
+
+    def echoSolicitation(self, nonce: bytes) -> bytes:
+        """X-SEQ-06: the Echo Test's RSs are the qualification's, with their own nonces."""
+        return self._routerSolicitation(nonce)
 
     def _randomPortReceived(self, data: bytes, addr: Endpoint, receive: Callable[[Any, Endpoint], None]) -> None:
         self.counters["received"] += 1
@@ -692,7 +701,12 @@ class TeredoClient(Service):
         self.portPreserving = effect.port_preserving
         if self.tunnel.portPreserving is not None:
             # X-PP-06 and the secondary server's verdict: the flags section 5.4 reads.
-            self.tunnel.portPreserving.setNat(effect.nat == "symmetric", effect.port_preserving)
+            secondary = self.secondary
+            self.tunnel.portPreserving.setNat(
+                effect.nat == "symmetric",
+                effect.port_preserving,
+                (secondary, TEREDO_PORT) if secondary else None,
+            )
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:

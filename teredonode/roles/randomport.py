@@ -50,6 +50,7 @@ second direct bubble only for a client behind a symmetric NAT:
 
 from __future__ import annotations
 
+from hmac import compare_digest
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.task import LoopingCall
@@ -105,6 +106,9 @@ COUNTERS = (
     "pp-moved",  # X-PP-14: a random-port peer reached us on the service port
     "pp-resets",  # X-PP-13/16: a peer's mapping changed after 30 s of silence: bubbles again
     "pp-refreshes",  # X-PP-03: Peer Refresh Timer bubbles to idle random-port peers
+    "seq-echo-tests",  # X-SEQ-06: Echo Tests run (each: two RSs and a bubble)
+    "seq-predicted",  # X-SEQ-09: external ports predicted from both RAs
+    "seq-fallbacks",  # X-SEQ-04: two tests unanswered, the indirect bubble without a port
 )
 #: Drops on a random port.
 DROP_REASONS = (
@@ -131,8 +135,15 @@ class PortPreserving:
         clock: Any,
         maxPorts: int,
         trailerType: int = RANDOM_PORT_SEND_TYPE,
+        sequential: bool = False,
     ) -> None:
         self._tunnel = tunnel
+        #: X-SEQ-01a: the Sequential Port-Symmetric NAT Extension runs too.
+        self.sequential = sequential
+        #: Its Echo Tests, by peer address (each holds a random port: bounded by maxPorts).
+        self._echo: dict[bytes, EchoTest] = {}
+        #: The server's secondary address, the Echo Test's second RS goes to.
+        self._secondary: Endpoint | None = None
         self._host = host
         self._clock = clock
         self.maxPorts = maxPorts
@@ -157,12 +168,27 @@ class PortPreserving:
             self._refresh.stop()
         self.closeAll()
 
-    def setNat(self, symmetric: bool, preserving: bool) -> None:
+    def setNat(self, symmetric: bool, preserving: bool, secondary: Endpoint | None = None) -> None:
         """
-        The Symmetric and Port-Preserving NAT flags qualification found (X-PP-06).
+        The Symmetric and Port-Preserving NAT flags qualification found (X-PP-06), and the
+        server's secondary address (for the Echo Test).
         """
         self.symmetric = symmetric
         self.preserving = preserving
+        self._secondary = secondary
+
+    @property
+    def _sequentialNat(self) -> bool:
+        """
+        X-SEQ-01b, X-SEQ-05: symmetric but not port-preserving: assumed sequential, with the
+        extension on (the client turns it on only with Port-Preserving, X-PP-01b).
+        """
+        return self.sequential and self.symmetric and not self.preserving and self._secondary is not None
+
+    @property
+    def _rules(self) -> bool:
+        """Section 5.4.4.5's receive rules apply (X-SEQ-08: "as if" Port-Preserving)."""
+        return self.preserving or self._sequentialNat
 
     def keeps(self, peer: Peer) -> bool:
         """
@@ -187,12 +213,13 @@ class PortPreserving:
 
     # -- ports -------------------------------------------------------------------------------
 
-    def _allocate(self, peer: Peer) -> bool:
+    def _allocate(self, peer: Peer, predict: bool = True) -> bool:
         """
         X-PP-08: choose a random local port, listen on it, keep it as the peer's Random Port
-        (external == local: the NAT preserves ports).  Within L{maxPorts}.
+        (external == local: the NAT preserves ports; C{predict} false for the Echo Test,
+        which predicts the external port instead, X-SEQ-05).  Within L{maxPorts}.
         """
-        if peer.random_port:
+        if peer.address in self._open:
             return True
         tunnel = self._tunnel
         if len(self._open) >= self.maxPorts:
@@ -205,13 +232,15 @@ class PortPreserving:
             handle = self._host.openRandomPort(port, lambda packet, addr: self._received(address, packet, addr))
             if handle is not None:
                 self._open[address] = handle
-                peer.random_port = port
+                if predict:
+                    peer.random_port = port
                 tunnel.counters["pp-ports-opened"] += 1
                 return True
         tunnel.counters["pp-ports-refused"] += 1
         return False
 
     def _close(self, address: bytes) -> None:
+        self._stopEcho(address)
         handle = self._open.pop(address, None)
         if handle is not None:
             handle.close()
@@ -224,8 +253,7 @@ class PortPreserving:
 
     def peerRemoved(self, peer: Peer) -> None:
         """The entry left the list: its port goes with it (no socket outlives its peer)."""
-        if peer.address in self._open:
-            self._close(peer.address)
+        self._close(peer.address)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -235,10 +263,12 @@ class PortPreserving:
         nonce: with both NAT flags set and the peer not trusted, a random port is opened for
         it first if it has none; then, while it has one, a Random Port trailer.
         """
-        if not self.preserving:
+        if self.preserving:
+            if self.symmetric and not peer.trusted and not peer.random_port:
+                self._allocate(peer)
+        elif not self._sequentialNat:
             return ()
-        if self.symmetric and not peer.trusted and not peer.random_port:
-            self._allocate(peer)
+        # X-SEQ-07: a sequential NAT's Random Port is the predicted external port.
         if peer.random_port:
             return (RandomPortTrailer(peer.random_port, self._trailerType),)
         return ()
@@ -331,7 +361,7 @@ class PortPreserving:
         if port == peer.peer_random_port or now - peer.last_tx < IDLE or now - peer.last_rx < IDLE:
             return
         peer.peer_random_port = port
-        if self.preserving:
+        if self._rules:
             self._release(peer)
 
     def primaryAccepted(self, peer: Peer) -> None:
@@ -341,14 +371,14 @@ class PortPreserving:
         source.  X-PP-12 (it was not trusted) and X-PP-14 (it was, through our random port):
         Direct Receive on Primary, and the random port is given up.
         """
-        if not self.preserving:
+        if not self._rules:
             return
+        self._stopEcho(peer.address)  # X-SEQ-08
         if peer.direct_rx_random:
             self._tunnel.counters["pp-moved"] += 1
         peer.direct_rx_primary = True
         peer.direct_rx_random = False
-        if peer.random_port:
-            self._release(peer)
+        self._release(peer)
 
     def primaryMismatch(self, peer: Peer, addr: Endpoint) -> bool:
         """
@@ -357,7 +387,7 @@ class PortPreserving:
         of silence both ways the peer's NAT has likely changed its mapping, so the peer is
         no longer trusted and gets an indirect bubble.  C{True} when so handled.
         """
-        if not (self.preserving and peer.trusted and peer.direct_rx_primary and addr != peer.mapping):
+        if not (self._rules and peer.trusted and peer.direct_rx_primary and addr != peer.mapping):
             return False
         return self._reestablish(peer)
 
@@ -398,6 +428,9 @@ class PortPreserving:
         from teredonode.roles.tunnel import TRUSTED
 
         tunnel = self._tunnel
+        if addr == tunnel.server or addr == self._secondary:
+            self._echoAnswer(address, packet)
+            return
         header = packet.header
         peer = tunnel.peers.get(address) if address in self._open else None
         if peer is None or header.src != address or header.dst != tunnel.address:
@@ -437,6 +470,109 @@ class PortPreserving:
                 return
         tunnel.drops["random-port-refused"] += 1
 
+    # -- the Echo Test (X-SEQ-04 .. X-SEQ-09) ------------------------------------------------
+
+    def deferIndirect(self, peer: Peer) -> bool:
+        """
+        X-SEQ-05: an indirect bubble is due for C{peer}.  Behind a (presumed) sequential NAT,
+        with the peer untrusted and no Random Port predicted yet, an Echo Test runs first
+        and its end sends the bubble (X-SEQ-09, or X-SEQ-04's fallback): C{True}, the
+        caller sends nothing now.  A test already running holds the bubble the same way.
+        """
+        if not self._sequentialNat or peer.trusted or peer.random_port:
+            return False
+        test = self._echo.get(peer.address)
+        if test is not None:
+            return test.timer is not None  # running; after a fallback, bubbles go plain
+        if not self._allocate(peer, predict=False):
+            return False
+        self._echo[peer.address] = test = EchoTest()
+        self._echoTest(peer, test)
+        return True
+
+    def _echoTest(self, peer: Peer, test: EchoTest) -> None:
+        """
+        X-SEQ-06: from the random port, an RS to the server (nonce 1), a direct bubble to the
+        peer (at its random port when it advertised one, as section 5.4.4.3's second bubble
+        goes), an RS to the server's secondary address (nonce 2); then the Failover Timer,
+        for as many seconds as tests were run.
+        """
+        tunnel = self._tunnel
+        handle = self._open.get(peer.address)
+        source, server, secondary = tunnel.address, tunnel.server, self._secondary
+        if handle is None or source is None or server is None or secondary is None:
+            return
+        draw = tunnel._randbytes
+        test.nonce1, test.nonce2 = draw(8), draw(8)
+        handle.sendto(self._host.echoSolicitation(test.nonce1), server)
+        ip, port = mapping_of(peer.address)
+        data = bubble(source, peer.address)
+        if peer.nonce_received is not None and tunnel.symmetricNat:
+            data += encode_trailers((NonceTrailer(peer.nonce_received),))
+        handle.sendto(data, (ip, peer.peer_random_port or port))
+        handle.sendto(self._host.echoSolicitation(test.nonce2), secondary)
+        test.retries += 1
+        test.timer = self._clock.callLater(test.retries, self._failover, peer.address)
+        tunnel.counters["seq-echo-tests"] += 1
+
+    def _failover(self, address: bytes) -> None:
+        """
+        X-SEQ-04: the Echo Test Failover Timer.  After the first test, another; after the
+        second, the indirect bubble goes as it would have without this extension.
+        """
+        test = self._echo.get(address)
+        tunnel = self._tunnel
+        peer = tunnel.peers.get(address) if test is not None else None
+        if test is None or peer is None:
+            return
+        test.timer = None
+        if test.retries == 1:
+            self._echoTest(peer, test)
+            return
+        tunnel.counters["seq-fallbacks"] += 1
+        if tunnel.address is not None and not peer.trusted:
+            tunnel._sendIndirect(peer, tunnel.address)
+
+    def _echoAnswer(self, address: bytes, packet: TeredoPacket) -> None:
+        """
+        X-SEQ-09: an RA on the random port opened for C{address}, from the server or its
+        secondary address.  Its nonce names the RS it answers; its origin indication, the
+        external port the NAT gave that RS.  Both known: the Random Port is predicted
+        midway (D2: the lower and upper ports' mean, rounded down) and the indirect bubble
+        goes, with it in its Random Port trailer (X-SEQ-07).
+        """
+        tunnel = self._tunnel
+        test = self._echo.get(address)
+        auth, origin = packet.auth, packet.origin
+        if test is None or test.timer is None or auth is None or origin is None or not origin.port:
+            tunnel.drops["random-port-refused"] += 1
+            return
+        if compare_digest(auth.nonce, test.nonce1):
+            if not test.lower:
+                test.lower = origin.port
+        elif compare_digest(auth.nonce, test.nonce2):
+            if not test.upper:
+                test.upper = origin.port
+        else:
+            tunnel.drops["random-port-refused"] += 1
+            return
+        peer = tunnel.peers.get(address)
+        if peer is None or not (test.lower and test.upper):
+            return
+        test.timer.cancel()
+        test.timer = None
+        peer.random_port = (test.lower + test.upper) // 2
+        tunnel.counters["seq-predicted"] += 1
+        if tunnel.address is not None and not peer.trusted:
+            tunnel._sendIndirect(peer, tunnel.address)
+
+    def _stopEcho(self, address: bytes) -> None:
+        """X-SEQ-08 (and the port closed): the test ends, its timer cancelled."""
+        test = self._echo.pop(address, None)
+        if test is not None and test.timer is not None:
+            test.timer.cancel()
+            test.timer = None
+
     # -- the Peer Refresh Timer (X-PP-03, X-PP-04) -------------------------------------------
 
     def _refreshPeers(self) -> None:
@@ -449,6 +585,9 @@ class PortPreserving:
         tunnel = self._tunnel
         source = tunnel.address
         now = self._clock.seconds()
+        for test in self._echo.values():
+            if test.timer is None:  # X-SEQ-03 (a running test keeps its own)
+                test.lower = test.upper = test.retries = 0
         for address, handle in list(self._open.items()):
             peer = tunnel.peers.get(address)
             if peer is None:
@@ -478,6 +617,20 @@ class PortPreserving:
             peer.refresh_count += 1
             tunnel.counters["pp-refreshes"] += 1
 
+
+
+class EchoTest:
+    """
+    One peer's Echo Test (RFC 6081 section 5.5.1): the two RSs' nonces, the external ports
+    the server saw them from (0 until known), the tests run, the Failover Timer.
+    """
+
+    __slots__ = ("nonce1", "nonce2", "lower", "upper", "retries", "timer")
+
+    def __init__(self) -> None:
+        self.nonce1 = self.nonce2 = b""
+        self.lower = self.upper = self.retries = 0
+        self.timer: Any = None
 
 
 def _text(address: bytes) -> str:

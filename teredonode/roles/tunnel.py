@@ -522,7 +522,8 @@ class TeredoTunnel:
     @param randomPorts: RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension
         (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports (the client),
         L{None} for off; C{maxRandomPorts} of them open at once at most, their trailer of
-        type C{randomPortType} (D1).  See L{teredonode.roles.randomport}.
+        type C{randomPortType} (D1); C{sequentialPort}: the Sequential Port-Symmetric NAT
+        Extension too (section 5.5, X-SEQ-01a/b).  See L{teredonode.roles.randomport}.
     """
 
     log = Logger()
@@ -547,6 +548,7 @@ class TeredoTunnel:
         randomPorts: IRandomPorts | None = None,
         maxRandomPorts: int = 8,
         randomPortType: int = RANDOM_PORT_SEND_TYPE,
+        sequentialPort: bool = False,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -593,7 +595,7 @@ class TeredoTunnel:
         self._expiry.clock = clock
         #: RFC 6081 section 5.4 (X-PP-01b: it needs Symmetric NAT Support), or None when off.
         self.portPreserving: PortPreserving | None = (
-            PortPreserving(self, randomPorts, clock, maxRandomPorts, randomPortType)
+            PortPreserving(self, randomPorts, clock, maxRandomPorts, randomPortType, sequentialPort)
             if randomPorts is not None and symmetricNat
             else None
         )
@@ -1135,6 +1137,8 @@ class TeredoTunnel:
         to that source and know nothing of trailers.
         """
         dst = peer.address
+        if self.portPreserving is not None and self.portPreserving.deferIndirect(peer):
+            return  # X-SEQ-05: an Echo Test first; its end sends this bubble
         if self.symmetricNat:
             nonce = self._randbytes(SNS_NONCE_BYTES)
             peer.nonce_sent = nonce
