@@ -1023,6 +1023,15 @@ class ClientSettings(_RoleSettings):
         "midway between the two the server saw (RFC 6081 §5.5). Needs `port-preserving`. "
         "`false`: such a client is tried with Symmetric NAT Support alone.",
     )
+    echo_test_rate: float = setting(
+        check=_rate,
+        default=0.2,
+        doc="Echo Tests (sequential-port) started per second, at most (burst 2).",
+        more="Each Echo Test sends two Router Solicitations to the server from our NAT address, "
+        "which the server counts in the same per-address budget as our maintenance ones "
+        "(`rs-rate`, 0.5/s by default); and peers' indirect bubbles can start tests. Beyond "
+        "this rate the indirect bubble goes without a predicted port (`seq-echo-limited`).",
+    )
     random_ports: int = setting(
         check=_integer(1, 256, "ports"),
         default=8,

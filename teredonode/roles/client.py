@@ -190,6 +190,7 @@ _COUNTERS = (
     "seq-echo-tests",
     "seq-predicted",
     "seq-fallbacks",
+    "seq-echo-limited",
     "probes-failed",
     "icmp-errors",
     "icmp-errors-limited",
@@ -315,6 +316,7 @@ class TeredoClient(Service):
             maxRandomPorts=settings.random_ports,
             randomPortType=settings.random_port_type,
             sequentialPort=settings.sequential_port,
+            echoTestRate=settings.echo_test_rate,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(

@@ -33,6 +33,14 @@ Bounds (every byte from the network is hostile):
     the answer itself, and goes only to the IPv4 address the peer's Teredo address embeds,
     which its server checked against the real sender (RFC 4380 section 5.3.1).
 
+RFC 6081 section 5.5, the Sequential Port-Symmetric NAT Extension (X-SEQ-01a .. X-SEQ-09),
+runs here too: behind a symmetric NAT that does not preserve ports, the indirect bubble to a
+peer waits for an Echo Test from the random port (an RS to the server, a direct bubble to the
+peer, an RS to the server's secondary address), and carries the port midway between the two
+the server saw (defect D2), which a NAT handing out ports in sequence gave the bubble.  Its
+RAs come back on the random port, accepted only from the server's two addresses with one of
+the test's nonces.
+
 Two choices beyond the RFC text, both [INFERRED] from Figure 1, which says port-restricted
 <-> port-preserving symmetric works with this extension although section 5.4.4.3 states the
 second direct bubble only for a client behind a symmetric NAT:
@@ -56,6 +64,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.task import LoopingCall
 
 from teredonode.interfaces import Endpoint, IRandomPort, IRandomPorts
+from teredonode.security import TokenBucket
 from teredonode.wire import ipv4
 from teredonode.wire.address import mapping_of
 from teredonode.wire.ipv6 import bubble
@@ -79,6 +88,7 @@ __all__ = [
     "IDLE",
     "RANDOM_PORT_RANGE",
     "OPEN_ATTEMPTS",
+    "ECHO_TEST_BURST",
     "COUNTERS",
     "DROP_REASONS",
 ]
@@ -95,6 +105,8 @@ IDLE = 30.0
 RANDOM_PORT_RANGE = (1024, 49151)
 #: Ports tried when the one drawn is in use on the host.
 OPEN_ATTEMPTS = 3
+#: Echo Tests that may start at once before `echo-test-rate` paces them.
+ECHO_TEST_BURST = 2
 
 #: What this extension counts (in the tunnel's counters; the client lists them).
 COUNTERS = (
@@ -109,6 +121,7 @@ COUNTERS = (
     "seq-echo-tests",  # X-SEQ-06: Echo Tests run (each: two RSs and a bubble)
     "seq-predicted",  # X-SEQ-09: external ports predicted from both RAs
     "seq-fallbacks",  # X-SEQ-04: two tests unanswered, the indirect bubble without a port
+    "seq-echo-limited",  # no Echo Test: `echo-test-rate` spent; the indirect bubble goes plain
 )
 #: Drops on a random port.
 DROP_REASONS = (
@@ -118,7 +131,8 @@ DROP_REASONS = (
 
 class PortPreserving:
     """
-    The Port-Preserving Symmetric NAT Extension of one client tunnel.
+    The Port-Preserving Symmetric NAT Extension of one client tunnel, and with
+    C{sequential} the Sequential Port-Symmetric NAT Extension built on it.
 
     @param tunnel: the tunnel it extends (its peers, counters, sends, state changes).
     @param host: opens the random ports (the client).
@@ -126,6 +140,9 @@ class PortPreserving:
     @param maxPorts: random ports open at once, at most.
     @param trailerType: the Random Port trailer's type on the wire (defect D1: 0x02, the
         IANA value, by default; 0x05 as section 4.5 prints it).
+    @param sequential: the Sequential Port-Symmetric NAT Extension too.
+    @param echoTestRate: Echo Tests started per second, at most (bursts of
+        L{ECHO_TEST_BURST}).
     """
 
     def __init__(
@@ -136,8 +153,11 @@ class PortPreserving:
         maxPorts: int,
         trailerType: int = RANDOM_PORT_SEND_TYPE,
         sequential: bool = False,
+        echoTestRate: float = 0.2,
     ) -> None:
         self._tunnel = tunnel
+        #: Echo Tests started (each costs two RSs of our address's budget at the server).
+        self._echoLimit = TokenBucket(clock, echoTestRate, ECHO_TEST_BURST)
         #: X-SEQ-01a: the Sequential Port-Symmetric NAT Extension runs too.
         self.sequential = sequential
         #: Its Echo Tests, by peer address (each holds a random port: bounded by maxPorts).
@@ -194,8 +214,9 @@ class PortPreserving:
         """
         Does the peer list keep C{peer} past its 30 s?  A peer we reach through our random
         port while the Peer Refresh Timer still refreshes it (X-PP-03: 20 times, 10 min):
-        the timer's 30 s period would otherwise find it gone; its data after a silence then
-        goes through Server Load Reduction's solicitations, from the random port.
+        the timer's 30 s period would otherwise find it gone.  (The peer's own refreshes
+        keep the entry valid too; without them, data after a silence waits for the RFC 4380
+        bubbles, which the peer answers on the random port.)
         """
         return (
             peer.trusted
@@ -484,6 +505,9 @@ class PortPreserving:
         test = self._echo.get(peer.address)
         if test is not None:
             return test.timer is not None  # running; after a fallback, bubbles go plain
+        if not self._echoLimit.allow():
+            self._tunnel.counters["seq-echo-limited"] += 1
+            return False
         if not self._allocate(peer, predict=False):
             return False
         self._echo[peer.address] = test = EchoTest()

@@ -523,7 +523,8 @@ class TeredoTunnel:
         (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports (the client),
         L{None} for off; C{maxRandomPorts} of them open at once at most, their trailer of
         type C{randomPortType} (D1); C{sequentialPort}: the Sequential Port-Symmetric NAT
-        Extension too (section 5.5, X-SEQ-01a/b).  See L{teredonode.roles.randomport}.
+        Extension too (section 5.5, X-SEQ-01a/b), at most C{echoTestRate} Echo Tests a
+        second.  See L{teredonode.roles.randomport}.
     """
 
     log = Logger()
@@ -549,6 +550,7 @@ class TeredoTunnel:
         maxRandomPorts: int = 8,
         randomPortType: int = RANDOM_PORT_SEND_TYPE,
         sequentialPort: bool = False,
+        echoTestRate: float = 0.2,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -595,7 +597,9 @@ class TeredoTunnel:
         self._expiry.clock = clock
         #: RFC 6081 section 5.4 (X-PP-01b: it needs Symmetric NAT Support), or None when off.
         self.portPreserving: PortPreserving | None = (
-            PortPreserving(self, randomPorts, clock, maxRandomPorts, randomPortType, sequentialPort)
+            PortPreserving(
+                self, randomPorts, clock, maxRandomPorts, randomPortType, sequentialPort, echoTestRate
+            )
             if randomPorts is not None and symmetricNat
             else None
         )

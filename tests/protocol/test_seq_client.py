@@ -284,3 +284,34 @@ class EchoTestRuleTests(SynchronousTestCase):
         self.clock.advance(27)
         self.assertEqual((test.lower, test.upper, test.retries), (0, 0, 0))
         self.tunnel.stop()
+
+
+class EchoTestRateTests(SynchronousTestCase):
+    def test_echoTestRate(self) -> None:
+        """
+        echo-test-rate: Echo Tests (two RSs to our server each) start at most at that rate
+        after a burst of 2, whoever asks; beyond it the indirect bubble goes at once,
+        without a predicted port (seq-echo-limited).
+        """
+        clock = Clock()
+        sent: list[tuple[bytes, Any]] = []
+        opener = FakeRandomPorts()
+        tunnel = TeredoTunnel(
+            clock, CLIENT_POLICY, PeerList(clock.seconds), lambda d, e: sent.append((d, e)),
+            lambda p: None, random.Random(3).randbytes, randomPorts=opener, sequentialPort=True,
+            echoTestRate=0.1,
+        )
+        me = teredo("198.51.100.1", 20000)
+        tunnel.setIdentity(me, SERVER)
+        assert tunnel.portPreserving is not None
+        tunnel.portPreserving.setNat(True, False, SECONDARY_SERVER)
+        for i in range(4):
+            tunnel.fromHost(echo(me, teredo("192.0.2.60", 40000 + i)))
+        self.assertEqual(tunnel.counters["seq-echo-tests"], 2)
+        self.assertEqual(tunnel.counters["seq-echo-limited"], 2)
+        plain = [classify(d) for d, e in sent if e == SERVER]
+        self.assertEqual([trailersOf(p.to_bytes())[1] for p in plain], [None, None])
+        self.assertEqual(len(opener.open), 2)
+        clock.advance(10)
+        tunnel.fromHost(echo(me, teredo("192.0.2.61", 40000)))
+        self.assertEqual(tunnel.counters["seq-echo-tests"], 2 + 2 + 1)  # 2 failovers + 1 new
