@@ -473,7 +473,9 @@ class TeredoClient(Service):
         """X-SEQ-06: the Echo Test's RSs are the qualification's, with their own nonces."""
         return self._routerSolicitation(nonce)
 
-    def _randomPortReceived(self, data: bytes, addr: Endpoint, receive: Callable[[Any, Endpoint], None]) -> None:
+    def _randomPortReceived(
+        self, data: bytes, addr: Endpoint, receive: Callable[[Any, Endpoint], None]
+    ) -> None:
         self.counters["received"] += 1
         try:
             packet = classify(data)

@@ -250,7 +250,9 @@ class PortPreserving:
         address = peer.address
         for _ in range(OPEN_ATTEMPTS):
             port = low + int.from_bytes(tunnel._randbytes(2), "big") % (high - low + 1)
-            handle = self._host.openRandomPort(port, lambda packet, addr: self._received(address, packet, addr))
+            handle = self._host.openRandomPort(
+                port, lambda packet, addr: self._received(address, packet, addr)
+            )
             if handle is not None:
                 self._open[address] = handle
                 if predict:
@@ -434,7 +436,8 @@ class PortPreserving:
         # retries, then the end) as for a peer never reached.
         peer.attempts = 0
         probe = tunnel._bubble
-        tunnel._setState(peer, PROBING, timer=self._clock.callLater(PROBE_INTERVAL, tunnel._retry, peer, probe))
+        retry = self._clock.callLater(PROBE_INTERVAL, tunnel._retry, peer, probe)
+        tunnel._setState(peer, PROBING, timer=retry)
         peer.direct_rx_primary = peer.direct_rx_random = False
         tunnel.counters["pp-resets"] += 1
         tunnel._sendIndirect(peer, source)

@@ -520,11 +520,11 @@ class TeredoTunnel:
         it: solicit idle trusted peers with direct bubbles, answer their solicitations.
         Off: neither, as RFC 4380 alone.
     @param randomPorts: RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension
-        (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports (the client),
-        L{None} for off; C{maxRandomPorts} of them open at once at most, their trailer of
-        type C{randomPortType} (D1); C{sequentialPort}: the Sequential Port-Symmetric NAT
-        Extension too (section 5.5, X-SEQ-01a/b), at most C{echoTestRate} Echo Tests a
-        second.  See L{teredonode.roles.randomport}.
+        (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports
+        (the client), L{None} for off; C{maxRandomPorts} of them open at once at most, their
+        trailer of type C{randomPortType} (D1); C{sequentialPort}: the Sequential
+        Port-Symmetric NAT Extension too (section 5.5, X-SEQ-01a/b), at most
+        C{echoTestRate} Echo Tests a second.  See L{teredonode.roles.randomport}.
     """
 
     log = Logger()
