@@ -235,6 +235,13 @@ def _integer(low: int, high: int, what: str = "") -> Check[int]:
 _port = _integer(0, 65535, "port")
 
 
+@_checks("2 or 5")
+def _random_port_type(value: Any) -> int:
+    if isinstance(value, bool) or value not in (2, 5):
+        raise _Invalid(f"{_show(value)} is not 2 or 5")
+    return int(value)
+
+
 @_checks("positive number (per second)")
 def _rate(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -1005,6 +1012,52 @@ class ClientSettings(_RoleSettings):
         "gets a direct bubble at each (at most 4), with its nonce, and is trusted where its "
         "answer proves our nonce (RFC 6081 §5.6). Needs `symmetric-nat-support`. `false`: "
         "no trailer sent, advertised addresses ignored. See [nat-traversal.md](nat-traversal.md).",
+    )
+    port_preserving: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Port-Preserving Symmetric NAT: a random port per peer.",
+        more="Behind a symmetric NAT that keeps local port numbers (qualification reports "
+        "`port-preserving`), the client opens a random local port for a peer it cannot reach, "
+        "advertises it in its indirect bubbles (Random Port trailer) and sends a second direct "
+        "bubble to the peer's random port, so that two such NATs, or one and a port-restricted "
+        "NAT, open toward each other (RFC 6081 §5.4). Needs `symmetric-nat-support`. `false`: "
+        "neither, and advertised ports are ignored. See [nat-traversal.md](nat-traversal.md).",
+    )
+    sequential_port: bool = setting(
+        check=_boolean,
+        default=True,
+        doc="RFC 6081 Sequential Port-Symmetric NAT: the Echo Test predicts our port.",
+        more="Behind a symmetric NAT that does not keep port numbers, the client assumes it hands "
+        "them out in sequence: from a random local port it sends an RS to the server, a bubble "
+        "to the peer and an RS to the server's secondary address, and advertises the port "
+        "midway between the two the server saw (RFC 6081 §5.5). Needs `port-preserving`. "
+        "`false`: such a client is tried with Symmetric NAT Support alone.",
+    )
+    echo_test_rate: float = setting(
+        check=_rate,
+        default=0.2,
+        doc="Echo Tests (sequential-port) started per second, at most (burst 2).",
+        more="Each Echo Test sends two Router Solicitations to the server from our NAT address, "
+        "which the server counts in the same per-address budget as our maintenance ones "
+        "(`rs-rate`, 0.5/s by default); and peers' indirect bubbles can start tests. Beyond "
+        "this rate the indirect bubble goes without a predicted port (`seq-echo-limited`).",
+    )
+    random_ports: int = setting(
+        check=_integer(1, 256, "ports"),
+        default=8,
+        doc="Random ports (port-preserving) open at once, at most.",
+        more="One UDP socket per peer being reached through a port-preserving symmetric NAT, "
+        "closed when the peer is reached on the service port, changes its port, or leaves the "
+        "peer list. Past the limit a new peer gets none (`pp-ports-refused`) and is tried with "
+        "Symmetric NAT Support alone.",
+    )
+    random_port_type: int = setting(
+        check=_random_port_type,
+        default=2,
+        doc="Random Port trailer type sent: 2 (IANA) or 5 (RFC 6081 §4.5).",
+        more="RFC 6081 prints 0x05 in §4.5 and registers 0x02 in §9 (requirements defect D1); "
+        "both are accepted on receipt. A peer that knows only the other value skips ours.",
     )
     local_discovery: bool = setting(
         check=_boolean,

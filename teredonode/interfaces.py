@@ -207,3 +207,42 @@ class IPortMapping(Interface):
 
     def unmap() -> Any:
         """Delete the mapping made last, if any; a Deferred that never fails."""
+
+
+class IRandomPort(Interface):
+    """
+    One extra UDP port a client opened for one peer (RFC 6081 section 5.4, the "random
+    port" of the Port-Preserving Symmetric NAT Extension).
+    """
+
+    port = Attribute("The local UDP port number it is bound to.")
+
+    def sendto(data: bytes, addr: Endpoint) -> None:
+        """Send C{data} from this port to C{addr}; errors are counted, never raised."""
+
+    def close() -> None:
+        """Stop listening; later sends are dropped.  Closing twice is harmless."""
+
+
+class IRandomPorts(Interface):
+    """
+    What the tunnel core needs to run the Port-Preserving Symmetric NAT Extension: the
+    client opens extra UDP ports for it, so that the core never touches a socket.
+
+    Every datagram a random port receives reaches the C{receive} callable given at its
+    opening as a parsed Teredo packet (the client checks what it checks on its service
+    port: a Teredo payload, a qualified client) with its source endpoint.
+    """
+
+    def openRandomPort(port: int, receive: Callable[[Any, Endpoint], None]) -> IRandomPort | None:
+        """
+        Listen on the local UDP C{port} (on the service port's address); the open port, or
+        C{None} when it cannot be bound (in use, not allowed).
+        """
+
+    def echoSolicitation(nonce: bytes) -> bytes:
+        """
+        The UDP payload of a Router Solicitation carrying C{nonce} in its authentication
+        encapsulation, as the client sends for qualification (RFC 6081 section 5.5.4.1.1,
+        the Echo Test of the Sequential Port-Symmetric NAT Extension).
+        """

@@ -149,6 +149,18 @@ class Peer:
         peer advertised in its last indirect bubble (at most 4 endpoints), C{()} when none.
     @ivar symmetric_peer: RFC 6081 section 5.3.1 (X-UPNP-10): a direct bubble from the peer
         came from a mapping its address does not embed (it is behind a symmetric NAT).
+    @ivar random_port: RFC 6081 section 5.4.1 (X-PP-08): the local port we opened for this
+        peer, which a port-preserving NAT maps to the same external port; 0 when none.
+    @ivar peer_random_port: the random port the peer advertised in its indirect bubble's
+        Random Port trailer (X-PP-11); 0 when none.
+    @ivar direct_rx_primary: a direct bubble from the peer was accepted on our service port
+        (X-PP-12, X-PP-14).
+    @ivar direct_rx_random: one was accepted on our random port (X-PP-15): packets to the
+        peer then go from that port.
+    @ivar refresh_count: the Connection Refresh Count (X-PP-03): direct bubbles sent by the
+        Peer Refresh Timer since data was last sent.
+    @ivar last_data_tx: the Last Data Packet Sent Timestamp (X-PP-07), kept for peers with
+        a random port (the only ones the Peer Refresh Timer reads it for); L{None} before.
     """
 
     __slots__ = (
@@ -169,6 +181,12 @@ class Peer:
         "nonce_received",
         "alternates",
         "symmetric_peer",
+        "random_port",
+        "peer_random_port",
+        "direct_rx_primary",
+        "direct_rx_random",
+        "refresh_count",
+        "last_data_tx",
     )
 
     def __init__(self, address: bytes, now: float, mapping: Endpoint | None = None) -> None:
@@ -193,6 +211,12 @@ class Peer:
         self.nonce_received: bytes | None = None
         self.alternates: tuple[Endpoint, ...] = ()
         self.symmetric_peer = False
+        self.random_port = 0
+        self.peer_random_port = 0
+        self.direct_rx_primary = False
+        self.direct_rx_random = False
+        self.refresh_count = 0
+        self.last_data_tx: float | None = None
 
     def __repr__(self) -> str:
         state = "trusted" if self.trusted else "untrusted"
@@ -292,6 +316,12 @@ def _pack(peer: Peer) -> bytes | None:
         or peer.nonce_received is not None
         or peer.alternates
         or peer.symmetric_peer is not False
+        or peer.random_port != 0
+        or peer.peer_random_port != 0
+        or peer.direct_rx_primary is not False
+        or peer.direct_rx_random is not False
+        or peer.refresh_count != 0
+        or peer.last_data_tx is not None
         or peer.local is not False
         or peer.local_endpoint is not None
         or peer.attempts != 0
@@ -351,6 +381,12 @@ def _unpack(address: bytes, record: bytes) -> Peer:
     peer.nonce_received = None
     peer.alternates = ()
     peer.symmetric_peer = False
+    peer.random_port = 0
+    peer.peer_random_port = 0
+    peer.direct_rx_primary = False
+    peer.direct_rx_random = False
+    peer.refresh_count = 0
+    peer.last_data_tx = None
     return peer
 
 
@@ -377,6 +413,12 @@ class _PackedView(Peer):
     nonce_received = None
     alternates: tuple[Endpoint, ...] = ()
     symmetric_peer = False
+    random_port = 0
+    peer_random_port = 0
+    direct_rx_primary = False
+    direct_rx_random = False
+    refresh_count = 0
+    last_data_tx = None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"{name}: a packed entry seen by iteration is read-only")
@@ -463,6 +505,10 @@ class PeerList:
         self._swept = clock()
         self.evicted = 0
         self.expired = 0
+        #: The owner's say on an entry the sweep would remove: C{True} keeps it listed (a
+        #: client's random-port peer, kept alive by the Peer Refresh Timer of RFC 6081
+        #: section 5.4.2); L{None}: no say.  Asked only about entries about to go.
+        self.keep: Callable[[Peer], bool] | None = None
 
     @property
     def on_remove(self) -> Callable[[Peer], None] | None:
@@ -640,6 +686,8 @@ class PeerList:
                     idle.append(address)
                 continue
             if peer.bubbles and peer.probe_limited(now):  # type: ignore[union-attr]
+                continue
+            if self.keep is not None and self.keep(peer):  # type: ignore[arg-type]
                 continue
             doomed.append(address)
         peers = self._peers

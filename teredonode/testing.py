@@ -67,6 +67,8 @@ from teredonode.interfaces import (
     Endpoint,
     IDatagramSender,
     INetworkConfigurator,
+    IRandomPort,
+    IRandomPorts,
     ITunDevice,
 )
 
@@ -84,6 +86,8 @@ __all__ = [
     "FakeNetworkConfigurator",
     "FakeDatagramSender",
     "FakeIPv6Network",
+    "FakeRandomPorts",
+    "FakeRandomPort",
 ]
 
 #: The largest UDP payload an IPv4 socket accepts; larger writes fail with EMSGSIZE.
@@ -1170,6 +1174,66 @@ class FakeDatagramSender:
 
     def sendto(self, data: bytes, addr: Endpoint) -> None:
         self.sent.append((bytes(data), addr))
+
+
+@implementer(IRandomPort)
+class FakeRandomPort:
+    """
+    One port a L{FakeRandomPorts} opened: records what is sent from it; L{deliver} plays a
+    datagram arriving on it.
+
+    @ivar sent: C{(data, addr)} in order, while open.
+    @ivar closed: whether L{close} was called.
+    """
+
+    def __init__(self, owner: FakeRandomPorts, port: int, receive: Callable[[Any, Endpoint], None]) -> None:
+        self.port = port
+        self._owner = owner
+        self._receive = receive
+        self.sent: list[tuple[bytes, Endpoint]] = []
+        self.closed = False
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        if not self.closed:
+            self.sent.append((bytes(data), addr))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._owner.open.pop(self.port, None)
+
+    def deliver(self, packet: Any, addr: Endpoint) -> None:
+        """A parsed Teredo packet from C{addr} arriving on this port (ignored once closed)."""
+        if not self.closed:
+            self._receive(packet, addr)
+
+
+@implementer(IRandomPorts)
+class FakeRandomPorts:
+    """
+    The fake of the client's random-port opener (RFC 6081 section 5.4) for tests that drive
+    a tunnel without a client: ports in C{busy} cannot be bound.
+
+    @ivar open: the open ports by number.
+    @ivar opened: every port ever opened, in order.
+    """
+
+    def __init__(self, busy: Sequence[int] = ()) -> None:
+        self.busy = set(busy)
+        self.open: dict[int, FakeRandomPort] = {}
+        self.opened: list[FakeRandomPort] = []
+
+    def echoSolicitation(self, nonce: bytes) -> bytes:
+        """A recognisable stand-in: the nonce behind a marker (the tunnel never parses it)."""
+        return b"RS" + nonce
+
+    def openRandomPort(self, port: int, receive: Callable[[Any, Endpoint], None]) -> FakeRandomPort | None:
+        if port in self.busy or port in self.open:
+            return None
+        handle = FakeRandomPort(self, port, receive)
+        self.open[port] = handle
+        self.opened.append(handle)
+        return handle
 
 
 class FakeIPv6Network:

@@ -67,12 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--nat", metavar="KIND,...", help=_NAT_HELP)
     demo.add_argument("--keep", action="store_true", help="leave the lab up afterwards (debugging)")
     matrix = sub.add_parser("matrix", help="RFC 6081 Figure 1 measured: every source NAT kind x destination kind")
-    matrix.add_argument("--quick", action="store_true", help="only cone, port-restricted, port-symmetric (CI)")
+    matrix.add_argument("--quick", action="store_true", help="only cone, port-restricted, port-preserving symmetric, port-symmetric (CI)")
     matrix.add_argument("--kinds", metavar="KIND,...", help="the Figure 1 kinds to measure (default: all nine)")
     matrix.add_argument("--with-miredo", default="", metavar="ROLE,...", help="client: measure Miredo clients too; server, relay: Miredo plays them")
     matrix.add_argument("--json", action="store_true", help="the result as JSON on stdout (progress on stderr)")
     matrix.add_argument("--write-doc", metavar="PATH", help="put the measured tables between the matrix markers of PATH")
-    matrix.add_argument("--max-seconds", type=float, help="start no measurement after this long (default 150 with --quick, else 1800)")
+    matrix.add_argument("--max-seconds", type=float, help="start no measurement after this long (default 240 with --quick, else 1800)")
     matrix.add_argument("--from-json", metavar="PATH", help="measure nothing: render (and --write-doc) a result saved with --json")
     return parser
 

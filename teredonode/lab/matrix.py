@@ -82,8 +82,9 @@ KINDS: tuple[str, ...] = tuple(kind for _, kind in FIGURE1)
 FIGURE1_NAMES: dict[str, str] = {kind: name for name, kind in FIGURE1}
 
 #: What C{--quick} measures: one kind that always works, one RFC 4380 needs both sides to
-#: punch through, one that needs extensions.
-QUICK_KINDS: tuple[str, ...] = ("cone", "port-restricted", "port-symmetric")
+#: punch through, one that needs Symmetric NAT Support, and one that also needs the
+#: Port-Preserving extension (toward port-restricted and toward itself).
+QUICK_KINDS: tuple[str, ...] = ("cone", "port-restricted", "port-preserving-symmetric", "port-symmetric")
 
 #: Extensions the client advertises when its module declares none (C{RFC6081_EXTENSIONS}).
 NO_EXTENSIONS: frozenset[str] = frozenset()
@@ -192,7 +193,7 @@ PING_WAIT = 4
 SERVER_SETTINGS: dict[str, object] = {"rs-rate": 100, "rs-burst": 100, "rs-initial": 100}
 CLIENT_SETTINGS: dict[str, object] = {"allow-symmetric": True}
 DEFAULT_MAX_SECONDS = 1800.0
-QUICK_MAX_SECONDS = 150.0
+QUICK_MAX_SECONDS = 240.0
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import gatherResults
+from twisted.internet.error import CannotListenError
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from zope.interface import implementer
@@ -48,6 +49,8 @@ from teredonode.interfaces import (
     IDiscoveryHost,
     IPortMapping,
     INetworkConfigurator,
+    IRandomPort,
+    IRandomPorts,
     ITeredoRole,
     ITunDevice,
 )
@@ -133,11 +136,14 @@ __all__ = [
 ]
 
 #: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
-#: cells that need them to working): Symmetric NAT Support, and Hairpinning ("HP", not in
-#: Figure 1: it is about two clients behind one NAT).  UPnP (X-UPNP) runs its port mapping
-#: and its bubble rules (X-UPNP-10..12); it is not listed while the lab's UPnP port-symmetric
-#: NAT does not show the server the reserved mapping (docs/nat-traversal.md section 3.2).
-RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "HP"})
+#: cells that need them to working): Symmetric NAT Support, Port-Preserving Symmetric NAT and
+#: Sequential Port-Symmetric NAT ("SS" in the figure), each on by default
+#: (``symmetric-nat-support``, ``port-preserving``, ``sequential-port``), and Hairpinning
+#: ("HP", not in Figure 1: it is about two clients behind one NAT).  UPnP (X-UPNP) runs its
+#: port mapping and its bubble rules (X-UPNP-10..12); it is not listed while the lab's UPnP
+#: port-symmetric NAT does not show the server the reserved mapping (docs/nat-traversal.md
+#: section 3.2).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "PP", "SS", "HP"})
 
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048
@@ -190,7 +196,28 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
     return False
 
 
-@implementer(ITeredoRole, IDiscoveryHost)
+@implementer(IRandomPort)
+class _RandomPort:
+    """
+    One random port the client opened for the tunnel (RFC 6081 section 5.4).
+    """
+
+    def __init__(self, port: int, listening: Any, protocol: ServicePort) -> None:
+        self.port = port
+        self._listening: Any = listening
+        self._protocol = protocol
+
+    def sendto(self, data: bytes, addr: Endpoint) -> None:
+        if self._listening is not None:
+            self._protocol.sendto(data, addr)
+
+    def close(self) -> None:
+        listening, self._listening = self._listening, None
+        if listening is not None:
+            listening.stopListening()
+
+
+@implementer(ITeredoRole, IDiscoveryHost, IRandomPorts)
 class TeredoClient(Service):
     """
     A Teredo client.
@@ -268,6 +295,11 @@ class TeredoClient(Service):
             symmetricNat=settings.symmetric_nat_support,
             serverLoadReduction=settings.server_load_reduction,
             hairpinning=settings.hairpinning,
+            randomPorts=self if settings.port_preserving else None,
+            maxRandomPorts=settings.random_ports,
+            randomPortType=settings.random_port_type,
+            sequentialPort=settings.sequential_port,
+            echoTestRate=settings.echo_test_rate,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
@@ -369,6 +401,13 @@ class TeredoClient(Service):
         # twistd waits for the mapping's deletion (X-UPNP-13) before the reactor stops.
         return gatherResults(waits) if waits else None
 
+    def _randomPortsStatus(self) -> dict[str, Any]:
+        """RFC 6081 section 5.4: the random ports open now, and the limit."""
+        pp = self.tunnel.portPreserving
+        if pp is None:
+            return {"state": "off"}
+        return {"state": "on", "open": pp.openPorts(), "max": pp.maxPorts}
+
     def _intervalStatus(self) -> dict[str, Any]:
         probe = self._interval
         if probe is None:
@@ -398,6 +437,38 @@ class TeredoClient(Service):
 
     def sendDatagram(self, data: bytes, endpoint: Endpoint) -> None:
         self._socket.sendto(data, endpoint)
+
+    # -- IRandomPorts (RFC 6081 section 5.4) ---------------------------------------------------
+
+    def openRandomPort(self, port: int, receive: Callable[[Any, Endpoint], None]) -> IRandomPort | None:
+        """
+        X-PP-08: listen on UDP C{port} of the service port's address for the tunnel; what
+        arrives passes the service port's checks (a Teredo payload, qualified) first.
+        """
+        protocol = ServicePort(lambda data, addr: self._randomPortReceived(data, addr, receive))
+        try:
+            listening = self._reactor.listenUDP(port, protocol, interface=self.settings.bind)
+        except (OSError, CannotListenError):
+            return None
+        return _RandomPort(port, listening, protocol)
+
+    def echoSolicitation(self, nonce: bytes) -> bytes:
+        """X-SEQ-06: the Echo Test's RSs are the qualification's, with their own nonces."""
+        return self._routerSolicitation(nonce)
+
+    def _randomPortReceived(
+        self, data: bytes, addr: Endpoint, receive: Callable[[Any, Endpoint], None]
+    ) -> None:
+        self.counters["received"] += 1
+        try:
+            packet = classify(data)
+        except ParseError:
+            self.drops["malformed"] += 1
+            return
+        if self.state != "qualified":
+            self.drops["not-qualified"] += 1
+            return
+        receive(packet, addr)
 
     # -- I/O glue ----------------------------------------------------------------------------
 
@@ -615,6 +686,14 @@ class TeredoClient(Service):
         mapping, prefix, mtu = answer.mapping, answer.prefix, answer.mtu
         self._lastNat = effect.nat
         self.portPreserving = effect.port_preserving
+        if self.tunnel.portPreserving is not None:
+            # X-PP-06 and the secondary server's verdict: the flags section 5.4 reads.
+            secondary = self.secondary
+            self.tunnel.portPreserving.setNat(
+                effect.nat == "symmetric",
+                effect.port_preserving,
+                (secondary, TEREDO_PORT) if secondary else None,
+            )
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:
@@ -966,6 +1045,7 @@ class TeredoClient(Service):
             "key-expired": self.keyExpired,
             "last-server-contact": None if self._lastServerRx is None else round(now - self._lastServerRx, 3),
             "peers": self.tunnel.status(),
+            "random-ports": self._randomPortsStatus(),
             "local-discovery": (
                 self.discovery.status() if self.discovery is not None else {"state": "off"}
             ),

@@ -68,7 +68,10 @@ L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and r
   trusted                             probing            the same while an exchange runs;
                                                          or three solicitations went
                                                          unanswered (RFC 6081 5.7.2): bubbles
-                                                         as for a peer never reached
+                                                         as for a peer never reached; or a
+                                                         random-port peer (RFC 6081 5.4.4.5)
+                                                         turned up at another mapping after
+                                                         30 s of silence
   untrusted, probing, local, trusted  removed            evicted, expired, forgotten (identity
                                                          lost), or its probes failed (relays)
   ==================================  =================  =====================================
@@ -131,7 +134,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from teredonode.counters import CounterSet
-from teredonode.interfaces import Endpoint, ILocalPeers
+from teredonode.interfaces import Endpoint, ILocalPeers, IRandomPorts
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
@@ -158,11 +161,15 @@ from teredonode.wire.ipv6 import (
 from teredonode.wire.teredo import (
     DISCOVERY_ADVERTISEMENT,
     DISCOVERY_SOLICITATION,
+    RANDOM_PORT_SEND_TYPE,
     NeighborDiscoveryTrailer,
     NonceTrailer,
     TeredoPacket,
+    Trailer,
     encode_trailers,
 )
+from teredonode.roles import randomport
+from teredonode.roles.randomport import PortPreserving
 
 __all__ = [
     "TunnelPolicy",
@@ -254,7 +261,7 @@ DROP_REASONS = (
     "budget-global",  # a new exchange refused: the interface's global probe budget is spent
     "budget-server",  # a new exchange refused: the budget of the embedded server IPv4 is spent
     "alternate-malformed",  # X-HP-06a: an indirect bubble whose Alternate Address trailer is not well formed
-)
+) + randomport.DROP_REASONS
 #: Why a bubble or echo request was not sent (status C{probes-suppressed}).
 SUPPRESSION_REASONS = (
     "peer-rate",  # section 5.2.6 per peer: < 2 s since the last, or 4 unanswered in 300 s
@@ -301,7 +308,7 @@ NUMBERED_COUNTERS = (
     "hp-refused",  # alternate addresses not bubbled (own, repeated, beyond 4, foreign peer, paced)
     "upnp-symmetric-peers",  # X-UPNP-10: peers seen sending from a mapping not embedded
     "upnp-embedded",  # X-UPNP-11/12: bubbles and data sent to a symmetric peer's embedded mapping
-)
+) + randomport.COUNTERS
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
     "delivered-stateless",  # from a client with no entry, its mapping checked (relays)
@@ -537,6 +544,12 @@ class TeredoTunnel:
         indirect bubbles carry our alternate addresses (L{setAlternates}), and those a peer
         behind our own NAT advertises get a direct bubble each (L{hairpin}).  Relays never
         send the trailer.
+    @param randomPorts: RFC 6081 section 5.4, the Port-Preserving Symmetric NAT Extension
+        (X-PP-01a; with Symmetric NAT Support only, X-PP-01b): who opens the random ports
+        (the client), L{None} for off; C{maxRandomPorts} of them open at once at most, their
+        trailer of type C{randomPortType} (D1); C{sequentialPort}: the Sequential
+        Port-Symmetric NAT Extension too (section 5.5, X-SEQ-01a/b), at most
+        C{echoTestRate} Echo Tests a second.  See L{teredonode.roles.randomport}.
     """
 
     log = Logger()
@@ -559,6 +572,11 @@ class TeredoTunnel:
         symmetricNat: bool = True,
         serverLoadReduction: bool = True,
         hairpinning: bool = False,
+        randomPorts: IRandomPorts | None = None,
+        maxRandomPorts: int = 8,
+        randomPortType: int = RANDOM_PORT_SEND_TYPE,
+        sequentialPort: bool = False,
+        echoTestRate: float = 0.2,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -612,6 +630,16 @@ class TeredoTunnel:
         #: X-UPNP-11/12: Symmetric NAT, UPnP-Enabled NAT and a zeroed UPnP mapping (a single
         #: UPnP-enabled symmetric NAT); set by the client after qualification.
         self.upnpSymmetric = False
+        #: RFC 6081 section 5.4 (X-PP-01b: it needs Symmetric NAT Support), or None when off.
+        self.portPreserving: PortPreserving | None = (
+            PortPreserving(
+                self, randomPorts, clock, maxRandomPorts, randomPortType, sequentialPort, echoTestRate
+            )
+            if randomPorts is not None and symmetricNat
+            else None
+        )
+        if self.portPreserving is not None:
+            peers.keep = self.portPreserving.keeps
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -621,11 +649,15 @@ class TeredoTunnel:
         """
         if not self._expiry.running:
             self._expiry.start(EXPIRY_INTERVAL, now=False)
+        if self.portPreserving is not None:
+            self.portPreserving.start()
 
     def stop(self) -> None:
         if self._expiry.running:
             self._expiry.stop()
         self.reset()
+        if self.portPreserving is not None:
+            self.portPreserving.stop()
 
     def setIdentity(
         self, address: bytes | None, server: Endpoint | None, errorSource: bytes | None = None
@@ -684,6 +716,8 @@ class TeredoTunnel:
 
     def _peerRemoved(self, peer: Peer) -> None:
         self._setState(peer, REMOVED, timer=None)
+        if self.portPreserving is not None:
+            self.portPreserving.peerRemoved(peer)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
         mapping = peer.mapping
@@ -801,9 +835,21 @@ class TeredoTunnel:
 
     def _transmit(self, peer: Peer, packet: bytes) -> None:
         assert peer.mapping is not None
-        peer.last_tx = self._clock.seconds()
-        self._send(packet, self._upnpTarget(peer, peer.mapping))  # X-UPNP-12
+        peer.last_tx = now = self._clock.seconds()
+        self._sendPeer(peer, packet, self._upnpTarget(peer, peer.mapping))  # X-UPNP-12
+        if self.portPreserving is not None:
+            self.portPreserving.dataSent(peer, now)  # X-PP-07
         self.counters["sent"] += 1
+
+    def _sendPeer(self, peer: Peer | None, data: bytes, endpoint: Endpoint) -> None:
+        """
+        Send to a peer's C{endpoint}: from the random port the peer was proven on, if any
+        (RFC 6081 section 5.4: its NAT lets that port's packets in only), otherwise from
+        the service port.
+        """
+        pp = self.portPreserving
+        if pp is None or peer is None or not pp.sendFor(peer, data, endpoint):
+            self._send(data, endpoint)
 
     def _toTeredo(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
         """
@@ -919,7 +965,7 @@ class TeredoTunnel:
         source, mapping = self.address, peer.mapping
         if source is None or mapping is None or not peer.may_bubble(now):
             return self._suppress("no-source" if source is None else "peer-rate", "bubbles-suppressed")
-        self._send(bubble(source, peer.address) + _SOLICITATION, self._upnpTarget(peer, mapping))
+        self._sendPeer(peer, bubble(source, peer.address) + _SOLICITATION, self._upnpTarget(peer, mapping))
         peer.bubble_sent(now)
         self.counters["slr-solicitations"] += 1
         return True
@@ -971,7 +1017,7 @@ class TeredoTunnel:
             return
         if not self._inboundBubbleAllowed():
             return
-        self._send(bubble(address, peer.address) + _ADVERTISEMENT, addr)
+        self._sendPeer(peer, bubble(address, peer.address) + _ADVERTISEMENT, addr)
         peer.bubble_sent(now)
         self.counters["slr-advertisements"] += 1
 
@@ -1115,6 +1161,8 @@ class TeredoTunnel:
             self._send(direct, mapping_of(dst))
             self.counters["bubbles-direct"] += 1
         self._sendIndirect(peer, source)
+        if self.portPreserving is not None:
+            self.portPreserving.secondBubble(peer, inbound=False)  # X-PP-10
         peer.bubble_sent(now)
         return True
 
@@ -1128,12 +1176,17 @@ class TeredoTunnel:
         to that source and know nothing of trailers.
         """
         dst = peer.address
+        if self.portPreserving is not None and self.portPreserving.deferIndirect(peer):
+            return  # X-SEQ-05: an Echo Test first; its end sends this bubble
         if self.symmetricNat:
             nonce = self._randbytes(SNS_NONCE_BYTES)
             peer.nonce_sent = nonce
             if self._serves is not None:
                 source = self._nonceSource(source, nonce)
-            data = bubble(source, dst) + encode_trailers((NonceTrailer(nonce),)) + self._hairpinTrailer(peer)
+            trailers: tuple[Trailer, ...] = (NonceTrailer(nonce),)
+            if self.portPreserving is not None:
+                trailers += self.portPreserving.indirectTrailers(peer)  # X-PP-08, X-PP-09
+            data = bubble(source, dst) + encode_trailers(trailers) + self._hairpinTrailer(peer)
         else:
             data = bubble(source, dst)
         self._send(data, (server_of(dst), TEREDO_PORT))
@@ -1326,6 +1379,8 @@ class TeredoTunnel:
             nonce = self._nonceOf(packet)
             if peer is not None and src[:4] == self._prefix:
                 peer.nonce_received = nonce
+                if self.portPreserving is not None:
+                    self.portPreserving.indirectReceived(peer, packet)  # X-PP-11
                 mapping = peer.mapping
                 if (
                     peer.trusted
@@ -1343,20 +1398,22 @@ class TeredoTunnel:
         answer = bubble(address, src)
         if nonce is not None:
             answer += encode_trailers((NonceTrailer(nonce),))
-        self._send(answer, target)
+        self._sendPeer(peer, answer, target)
         self.counters["bubbles-answered"] += 1
         if alternates is not None:
             self._bubbleAlternates(peer, src, origin, nonce, alternates.entries)
+        if peer is not None and self.portPreserving is not None:
+            self.portPreserving.secondBubble(peer, inbound=True)  # X-PP-10
         if (
             nonce is not None
             and src[:4] == self._prefix
             and (peer is None or not (peer.trusted and peers.is_valid(peer)))
         ):
-            self._indirectAnswer(peer, src, nonce)
+            self._indirectAnswer(peer, src, nonce, packet)
         if alternates is not None:
             self._keepAlternates(src, alternates.entries)
 
-    def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes) -> None:
+    def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes, packet: TeredoPacket) -> None:
         """
         RFC 6081 section 6.1 packet 4: an indirect bubble with our own nonce to a peer that
         spoke to us through our server with its nonce, paid like the answer (one more token
@@ -1373,6 +1430,11 @@ class TeredoTunnel:
             return
         if peer is None:
             peer = self.peers.create(src)
+            peer.nonce_received = nonce
+            if self.portPreserving is not None:
+                # X-PP-11, X-PP-10: the new entry's random port, our bubble to it (6.3 packet 4).
+                self.portPreserving.indirectReceived(peer, packet)
+                self.portPreserving.secondBubble(peer, inbound=True)
         peer.nonce_received = nonce
         assert self.address is not None
         self._sendIndirect(peer, self.address)
@@ -1424,6 +1486,8 @@ class TeredoTunnel:
                 return
             self._accept(packet, isBubble)
             if isBubble:
+                if self.portPreserving is not None:
+                    self.portPreserving.primaryAccepted(peer)  # X-PP-14
                 self._advertise(peer, packet, addr)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
@@ -1464,6 +1528,9 @@ class TeredoTunnel:
                     # X-SNS-09: no nonce, a wrong one, or that of an earlier bubble.
                     self.drops["nonce-mismatch"] += 1
                     return
+                if isBubble and peer is not None and self.portPreserving is not None:
+                    if self.portPreserving.primaryMismatch(peer, addr):  # X-PP-13
+                        return
                 self.drops["mapping-mismatch"] += 1
                 return
             if peer is None:
@@ -1481,6 +1548,8 @@ class TeredoTunnel:
             self._release(peer)
             self._accept(packet, isBubble)
             if isBubble:
+                if self.portPreserving is not None:
+                    self.portPreserving.primaryAccepted(peer)  # X-PP-12
                 self._advertise(peer, packet, addr)
             return
         # Case 6: a native source.  Accept only once an echo test through our server shows
@@ -1526,6 +1595,8 @@ class TeredoTunnel:
         self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
         self.counters["sns-learned"] += 1
         self._countHairpinLearned(peer, addr)
+        if self.portPreserving is not None:
+            self.portPreserving.primaryAccepted(peer)  # X-PP-12
         self._release(peer)
         self.counters["bubbles-received"] += 1
 

@@ -38,6 +38,7 @@ MODULE_TABLES = {
     "relay.py": ("relay",),
     "hostrelay.py": ("host-relay",),
     "tunnel.py": ("client", "relay", "host-relay"),
+    "randomport.py": ("client",),
 }
 
 

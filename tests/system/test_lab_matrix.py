@@ -1,6 +1,6 @@
 """
-C{teredo lab matrix --quick} on real labs: every cell RFC 6081 Figure 1 says plain RFC 4380
-serves works between two of our clients, the report has one row and column per kind, and the
+C{teredo lab matrix --quick} on real labs: every cell RFC 6081 Figure 1 says plain RFC 4380,
+or the extensions our client has, serves works between two of our clients, the report has one row and column per kind, and the
 labs it built are gone afterwards.
 """
 
@@ -52,12 +52,19 @@ class QuickMatrixTests(unittest.TestCase):
                     self.assertTrue(trial.ok, f"{src} -> {dst}: {text}\n{progress.getvalue()}")
                     self.assertIsNotNone(trial.first_reply)
                 self.assertFalse(failed, text)
-        # cone and port-restricted, both ways and each with itself: RFC 4380 alone; and with
-        # Symmetric NAT Support, cone <-> port-symmetric both ways.
+        # cone and port-restricted, both ways and each with itself: RFC 4380 alone; with
+        # Symmetric NAT Support, cone <-> port-symmetric and cone <-> port-preserving
+        # symmetric both ways; with Port-Preserving too, port-restricted <-> port-preserving
+        # symmetric both ways and port-preserving symmetric with itself.
+        pps = "port-preserving-symmetric"
         plain = {(a, b) for a in ("cone", "port-restricted") for b in ("cone", "port-restricted")}
-        sns = {("cone", "port-symmetric"), ("port-symmetric", "cone")}
+        sns = {("cone", "port-symmetric"), ("port-symmetric", "cone"), ("cone", pps), (pps, "cone")}
+        pp = {("port-restricted", pps), (pps, "port-restricted"), (pps, pps)}
         ours = matrix.client_extensions("teredonode")
-        self.assertEqual(set(must), plain | (sns if "SNS" in ours else set()))
+        self.assertEqual(
+            set(must),
+            plain | (sns if "SNS" in ours else set()) | (pp if {"SNS", "PP"} <= ours else set()),
+        )
         self.assertEqual(result.failures(), [])
 
         table = matrix.render_table(result, "teredonode").splitlines()
@@ -71,5 +78,6 @@ class QuickMatrixTests(unittest.TestCase):
             for cell in cells[1:]:
                 self.assertRegex(cell, r"^(ok \d+(\.\d)? m?s|no) \(.+\)$")
         report = matrix.render_report(result)
-        self.assertIn("9/9 cells measured on 3 labs", report)
+        n = len(matrix.QUICK_KINDS)
+        self.assertIn(f"{n * n}/{n * n} cells measured on {n} labs", report)
         self.assertIn("every cell that must work works", report)

@@ -251,6 +251,41 @@ class IdleMemoryTests(SynchronousTestCase):
         self.assertEqual(one.nonce_sent, b"\x01\x02\x03\x04")
         self.assertEqual(two.nonce_received, b"\x05\x06\x07\x08")
 
+    def test_randomPortHoldersStayUnpacked(self) -> None:
+        """
+        X-PP-08..15: an entry holding any of the Port-Preserving extension's fields is never
+        packed (a record has no room for them; its random port would be leaked), and an
+        entry without them unpacks with every one at its default.
+        """
+        fields = {
+            "random_port": 41000,
+            "peer_random_port": 52000,
+            "direct_rx_primary": True,
+            "direct_rx_random": True,
+            "refresh_count": 3,
+            "last_data_tx": 1000.0,
+        }
+        for n, (name, value) in enumerate(fields.items(), 1):
+            setattr(self.trusted(n), name, value)
+            self.sweepTwice()
+            self.sweepTwice()
+            self.assertEqual(self.peers.tally().packed, 0, name)
+            peer = self.peers.get(addr(n))
+            assert peer is not None
+            self.assertEqual(getattr(peer, name), value)
+            self.peers.remove(addr(n))
+        plain = self.trusted(9)
+        self.sweepTwice()
+        self.sweepTwice()
+        self.assertEqual(self.peers.tally().packed, 1)
+        view = next(iter(self.peers))
+        back = self.peers.get(addr(9))
+        assert back is not None
+        for name in fields:
+            self.assertEqual(getattr(view, name), getattr(Peer(addr(9), 0.0), name), name)
+            self.assertEqual(getattr(back, name), getattr(Peer(addr(9), 0.0), name), name)
+        self.assertIsNot(back, plain)
+
     def test_newEntryHoldsNoLists(self) -> None:
         """
         A new or just trusted entry shares NO_ITEMS for its queue and bubbles.
