@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from teredonode.errors import LabError
-from teredonode.lab._proc import in_ns
+from teredonode.lab.proc import in_ns
 from teredonode.lab.lab import Lab, destroy, find_lab, preflight
 from teredonode.lab.nat import NAT_MODES
 from teredonode.lab.scenario import CUSTOM_PREFIX, SCENARIOS
