@@ -277,7 +277,7 @@ class TeredoClient(Service):
             backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
             now=reactor.seconds,
             native_ipv6=hasOtherIPv6,
-            local_port=self._localPort,
+            local_port=self.localPort,
         )
         self._timer: Any = None
         self._started = False
@@ -384,7 +384,11 @@ class TeredoClient(Service):
             "maximum": search.maximum,
         }
 
-    def _localPort(self) -> int:
+    def localPort(self) -> int:
+        """
+        The UDP port the client's socket is bound to (0 before it is), which its NAT maps:
+        what hairpinning and local discovery advertise and tests compare mappings with.
+        """
         port = self._port
         return int(port.getHost().port) if port is not None else 0
 
@@ -718,7 +722,7 @@ class TeredoClient(Service):
         if mapper is None:
             self._portMapDone()
             return
-        d = mapper.map(self._localPort())
+        d = mapper.map(self.localPort())
         d.addCallbacks(self._portMappedOk, self._portMapFailed)
 
     def _portMappedOk(self, mapping: Any) -> None:
@@ -749,7 +753,7 @@ class TeredoClient(Service):
     def _renewPortMapping(self) -> None:
         self._portMapTimer = None
         if self._portMapping is not None and self.running:
-            d = self._portMapping.map(self._localPort())
+            d = self._portMapping.map(self.localPort())
             d.addCallbacks(self._portMappedOk, self._portMapFailed)
 
     # -- RFC 6081 Hairpinning (X-HP-03..05) and UPnP bubble rules (X-UPNP-09, -11, -12) --------
@@ -771,7 +775,7 @@ class TeredoClient(Service):
         X-HP-05b: our local address and port: the bind address, else the kernel's source
         address toward the server.
         """
-        port = self._localPort()
+        port = self.localPort()
         address: str | None = self.settings.bind
         if address in ("", "0.0.0.0"):
             address = self._localAddress(self.server) if self._localAddress is not None else None

@@ -32,7 +32,7 @@ from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED
 from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_payload
 from tests.protocol import test_hostrelay, test_relay
-from tests.protocol._tunnelroles import UnnumberedTestBed
+from tests.protocol.tunnelroles import UnnumberedTestBed
 from tests.protocol.test_client import echo
 from tests.protocol.test_relay import RELAY_IP, teredo
 
