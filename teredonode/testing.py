@@ -1019,6 +1019,7 @@ class FakeTunDevice:
     in a queue until L{startReading}, as the kernel queues them on a real device.
 
     @ivar written: every packet written, in order.
+    @ivar delivered: packets handed to the reader (injected, or queued until it reads).
     @ivar opened: L{open} succeeded.
     @ivar closed: L{close} was called.
     @ivar openError: if set, L{open} raises it (e.g. C{OSError(EPERM, ...)}).
@@ -1036,6 +1037,7 @@ class FakeTunDevice:
         self.closed = False
         self.written: list[bytes] = []
         self.drops: Counter[str] = Counter()
+        self.delivered = 0
         self._deliver: Callable[[bytes], None] | None = None
         self._queue: deque[bytes] = deque()
 
@@ -1049,6 +1051,7 @@ class FakeTunDevice:
             raise RuntimeError(f"startReading() on TUN {self.name} that is not open")
         self._deliver = deliver
         while self._queue and self._deliver is not None:
+            self.delivered += 1
             deliver(self._queue.popleft())
 
     def inject(self, packet: bytes) -> None:
@@ -1060,6 +1063,7 @@ class FakeTunDevice:
         if self._deliver is None:
             self._queue.append(bytes(packet))
         else:
+            self.delivered += 1
             self._deliver(bytes(packet))
 
     def write(self, packet: bytes) -> None:

@@ -72,7 +72,7 @@ class ClientTestCase(SynchronousTestCase):
         self.serverTun = FakeTunDevice("teredo-srv")
         self.server = self.makeServer()
         self._nats = 0
-        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator]] = {}
+        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator, FakeHost]] = {}
 
     def makeServer(self, **overrides: Any) -> TeredoServer:
         host = self.net.host(PRIMARY, SECONDARY)
@@ -121,8 +121,7 @@ class ClientTestCase(SynchronousTestCase):
             portMapping=portMapping,
             localAddress=localAddress,
         )
-        self._devices[id(client)] = (tun, netconfig)
-        client.host = host  # type: ignore[attr-defined]
+        self._devices[id(client)] = (tun, netconfig, host)
         if start:
             client.privilegedStartService()
             client.startService()
@@ -134,6 +133,16 @@ class ClientTestCase(SynchronousTestCase):
 
     def confOf(self, client: TeredoClient) -> FakeNetworkConfigurator:
         return self._devices[id(client)][1]
+
+    def hostOf(self, client: TeredoClient) -> FakeHost:
+        return self._devices[id(client)][2]
+
+    def socketOf(self, client: TeredoClient) -> Any:
+        """
+        The fake socket C{client} bound, found on the host it was given.
+        """
+        host = self.hostOf(client)
+        return next(port for (_, number), port in host.ports.items() if number == client.localPort())
 
     def assertDropped(self, client: TeredoClient, reason: str, count: int = 1) -> None:
         drops = client.status()["drops"]
@@ -879,13 +888,6 @@ class LocalDiscoveryTests(ClientTestCase):
     def lanClient(self, ip: str, seed: int, **overrides: Any) -> TeredoClient:
         return self.makeClient(host=self.nat.host(ip), seed=seed, **overrides)
 
-    def socketOf(self, client: TeredoClient, ip: str = "10.0.0.2") -> Any:
-        """
-        The fake socket C{client} (on LAN host C{ip}) bound, found on its host.
-        """
-        host = self.nat.lan[ip]
-        return next(port for (_, number), port in host.ports.items() if number == client.localPort())
-
     def listener(self, ip: str = "10.0.0.9") -> Endpoint:
         """
         A plain LAN member of 224.0.0.253:3544 recording announcements.
@@ -1069,7 +1071,7 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.flush()
         self.assertEqual(listener.received, [])
         self.assertEqual(a.status()["local-discovery"], {"state": "off"})
-        self.assertNotIn(("224.0.0.253", 3544), a.host.ports)  # type: ignore[attr-defined]
+        self.assertNotIn(("224.0.0.253", 3544), self.hostOf(a).ports)
         self.tunOf(a).inject(echo(raw(a.address), raw(b.address)))
         self.net.run(10)
         self.assertEqual(self.tunOf(b).written, [])

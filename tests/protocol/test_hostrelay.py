@@ -82,9 +82,10 @@ class HostRelayTestCase(UnnumberedTestBed):
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        sender = self.hr._socket.sender
-        assert sender is not None
-        return (DUAL_IP, sender.local[1])
+        host = self.net.owner(DUAL_IP)
+        assert host is not None
+        [(_, port)] = host.ports  # the host relay's one socket
+        return (DUAL_IP, port)
 
     # The hooks of L{UnnumberedTunnelBehaviour}.
 
