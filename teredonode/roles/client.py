@@ -32,7 +32,6 @@ protocol tests replay exactly.
 from __future__ import annotations
 
 import random
-import secrets
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -51,7 +50,6 @@ from teredonode.interfaces import (
     ITeredoRole,
     ITunDevice,
 )
-from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_COUNTERS, DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import (
     CLIENT_POLICY,
@@ -62,6 +60,7 @@ from teredonode.roles.tunnel import (
     TeredoTunnel,
 )
 from teredonode.security import auth_matches, teredo_auth_value
+from teredonode.roles.tunnelrole import TunnelRole
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import (
@@ -191,7 +190,7 @@ def hostHasOtherIPv6(exclude: str, routes: str = "/proc/net/ipv6_route") -> bool
 
 
 @implementer(ITeredoRole, IDiscoveryHost)
-class TeredoClient(Service):
+class TeredoClient(TunnelRole):
     """
     A Teredo client.
 
@@ -230,7 +229,7 @@ class TeredoClient(Service):
         portMapping: IPortMapping | None = None,
         localAddress: Callable[[str], str | None] | None = None,
     ) -> None:
-        self.settings = settings
+        TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
         self._localAddress = localAddress
         self._portMapping = portMapping if settings.port_mapping else None
         #: The refresh interval RFC 4380 section 5.2.7 measured, once it exceeds the setting.
@@ -239,24 +238,13 @@ class TeredoClient(Service):
         self.portMapped: Any = None
         self._portMapError: str | None = None
         self._portMapTimer: Any = None
-        self._reactor = reactor
-        self._tun = tun
-        self._netconfig = netconfig
         self._hasOtherIPv6 = hasOtherIPv6
         self._rng = rng if rng is not None else random.SystemRandom()
-        self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
         self._secret = settings.secret.encode() if settings.secret else None
         self._clientId = settings.client_id.encode() if settings.client_id else b""
-        self._socket = ServicePort(self.datagramReceived)
-        self._port: Any = None
         self.counters = CounterSet(COUNTERS)
         self.drops = CounterSet(DROP_REASONS)
-        peers = PeerList(
-            reactor.seconds,
-            max_peers=settings.max_peers,
-            queue_packets=settings.peer_queue,
-            queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
-        )
+        peers = self._peerList()
         self._inboundBudget = ProbeBudget(  # SEC-19
             reactor, settings.inbound_probe_rate, settings.inbound_probe_burst
         )
@@ -342,10 +330,7 @@ class TeredoClient(Service):
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        Service.startService(self)
-        if self._port is None:
-            self.privilegedStartService()
-        self.tunnel.start()
+        TunnelRole.startService(self)
         self._started = True
         self._start()
 
@@ -421,11 +406,8 @@ class TeredoClient(Service):
         """
         One datagram on the service port.
         """
-        self.counters["received"] += 1
-        try:
-            packet = classify(data)
-        except ParseError:
-            self.drops["malformed"] += 1
+        packet = self._classified(data)
+        if packet is None:
             return
         if addr[1] == TEREDO_PORT and (addr[0] == self.server or addr[0] == self.secondary):
             self._lastServerRx = self._reactor.seconds()
