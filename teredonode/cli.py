@@ -272,7 +272,7 @@ def _run_probe(targets: list[tuple[str, str]], timeout: float, attempts: int, up
     return report
 
 
-def _probe(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
+def probe_command(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
     from teredonode.probe import format_probe
 
     if not args.timeout > 0 or not 1 <= args.attempts <= 10:
@@ -344,7 +344,7 @@ def _run_portmap(args: argparse.Namespace) -> Any:
     return result, (nonces[0].hex() if nonces else None)
 
 
-def _portmap(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
+def portmap_command(args: argparse.Namespace, out: TextIO, err: TextIO, runner: Any = None) -> int:
     """
     C{teredo portmap}: what the router grants, for an operator checking it before enabling
     RFC 6081's UPnP extension (docs/portmap.md).
@@ -407,7 +407,7 @@ def _fail(err: TextIO, message: str, code: int) -> int:
     return code
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Teredo (RFC 4380) node tools."
     )
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         if args_list and args_list[0] == "lab":
             # Everything after "lab" is the lab's own command line, options included.
             return _lab(args_list[1:], err)
-        parser = _parser()
+        parser = build_parser()
         try:
             args = parser.parse_args(args_list)
         except SystemExit as e:  # argparse: --help, --version, or a usage error
@@ -478,9 +478,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         if args.command == "status":
             return _status(args, out, err)
         if args.command == "probe":
-            return _probe(args, out, err)
+            return probe_command(args, out, err)
         if args.command == "portmap":
-            return _portmap(args, out, err)
+            return portmap_command(args, out, err)
         return _decode(args, out, err)
     except TeredoError as e:
         return _fail(err, str(e), 1)

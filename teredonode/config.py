@@ -33,7 +33,7 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar, dataclass_transform
 
-from teredonode.errors import ConfigError
+from teredonode.errors import ConfigError, os_error_line
 from teredonode.roles import ROLE_MODULES
 from teredonode.wire import ipv4
 from teredonode.wire.address import prefix_from_text
@@ -1396,6 +1396,13 @@ def parse_roles(text: str | Iterable[str], source: str = "--role") -> tuple[str,
     return tuple(name for name in ROLE_NAMES if name in wanted)
 
 
+#: What a failed read of the configuration file means, by error class.
+_READ_ERRORS: Mapping[type[OSError], str] = {
+    FileNotFoundError: "no such file",
+    IsADirectoryError: "is a directory, not a configuration file",
+}
+
+
 def load_config(
     path: str | None,
     roles: str | Sequence[str] | None = None,
@@ -1415,12 +1422,8 @@ def load_config(
     try:
         with open(path, "rb") as f:
             data = f.read()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a configuration file") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise ConfigError(f"{path}: {os_error_line(e, _READ_ERRORS, 'cannot read: ')}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:

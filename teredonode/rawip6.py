@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from teredonode.errors import TeredoError
-from teredonode.udp import _reason
+from teredonode.udp import errnoReason
 from teredonode.wire.ipv6 import ipv6_text
 
 __all__ = ["RawIPv6Sender", "RawSocketError"]
@@ -74,7 +74,7 @@ class RawIPv6Sender:
         try:
             sock.sendto(packet, (ipv6_text(packet[24:40]), 0))
         except OSError as e:
-            self.drops[_reason(e)] += 1
+            self.drops[errnoReason(e)] += 1
             return
         self.sent += 1
 

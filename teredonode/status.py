@@ -22,6 +22,7 @@ import json
 import os
 import socket
 import stat
+from collections.abc import Mapping
 from typing import Any
 
 from teredonode.listening import ListeningService
@@ -30,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from teredonode.logs import Logger
 from zope.interface import implementer
 
-from teredonode.errors import TeredoError
+from teredonode.errors import TeredoError, os_error_line
 from teredonode.interfaces import IStatusSource
 
 __all__ = [
@@ -173,6 +174,16 @@ class StaticStatus:
         return self.document
 
 
+#: What a failed connect to the status socket means, by error class.
+_CONNECT_ERRORS: Mapping[type[OSError], str] = {
+    FileNotFoundError: "no status socket (is the node running?)",
+    ConnectionRefusedError: "connection refused (stale socket; node not running?)",
+    PermissionError: "permission denied (need to be in the node's group?)",
+}
+#: ... and a failed read of its document.
+_RECEIVE_ERRORS: Mapping[type[OSError], str] = {TimeoutError: "timed out waiting for status"}
+
+
 def read_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
     """
     Connect to the status socket at C{path} and return the document it sends.
@@ -188,21 +199,13 @@ def read_status(path: str, timeout: float = 5.0) -> dict[str, Any]:
     try:
         try:
             client.connect(path)
-        except FileNotFoundError:
-            raise StatusUnavailable(f"{path}: no status socket (is the node running?)") from None
-        except ConnectionRefusedError:
-            raise StatusUnavailable(f"{path}: connection refused (stale socket; node not running?)") from None
-        except PermissionError:
-            raise StatusUnavailable(f"{path}: permission denied (need to be in the node's group?)") from None
         except OSError as e:
-            raise StatusUnavailable(f"{path}: {e.strerror or e}") from None
+            raise StatusUnavailable(f"{path}: {os_error_line(e, _CONNECT_ERRORS)}") from None
         while True:
             try:
                 chunk = client.recv(65536)
-            except TimeoutError:
-                raise StatusUnavailable(f"{path}: timed out waiting for status") from None
             except OSError as e:
-                raise StatusUnavailable(f"{path}: {e.strerror or e}") from None
+                raise StatusUnavailable(f"{path}: {os_error_line(e, _RECEIVE_ERRORS)}") from None
             if not chunk:
                 break
             size += len(chunk)

@@ -43,6 +43,8 @@ import errno
 import ipaddress
 import random
 from collections import Counter, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -248,7 +250,7 @@ class FakeInternet:
         It is captured, filtered and delivered exactly like any other datagram, so it is
         subject to the destination NAT's mapping and filtering.
         """
-        self._transmit((_checkIPv4(src[0]), src[1]), (_checkIPv4(dst[0]), dst[1]), bytes(data))
+        self.transmit((_checkIPv4(src[0]), src[1]), (_checkIPv4(dst[0]), dst[1]), bytes(data))
 
     def addDropFilter(self, predicate: Callable[[Datagram], bool]) -> Callable[[], None]:
         """
@@ -307,10 +309,28 @@ class FakeInternet:
 
     # -- plumbing --------------------------------------------------------------------
 
-    def _deliveryBudget(self) -> _Budget:
-        return _Budget(self)
+    @contextmanager
+    def _deliveryBudget(self) -> Iterator[None]:
+        """
+        Bound the deliveries of one L{flush}/L{run} call (nested calls get their own).
+        """
+        saved, self._budget = self._budget, self._maxDeliveries
+        try:
+            yield
+        finally:
+            self._budget = saved
 
-    def _later(self, function: Callable[..., None], *args: Any) -> None:
+    def owner(self, address: str) -> FakeHost | FakeNAT | None:
+        """
+        The host or NAT owning the public C{address}, or L{None}.
+        """
+        return self._owners.get(address)
+
+    def later(self, function: Callable[..., None], *args: Any) -> None:
+        """
+        Call C{function(*args)} one C{latency} from now, counted against the delivery budget:
+        how the fake hosts and NATs schedule every hop.
+        """
         self.clock.callLater(self.latency, self._perform, function, args)
 
     def _perform(self, function: Callable[..., None], args: tuple[Any, ...]) -> None:
@@ -323,39 +343,27 @@ class FakeInternet:
                 )
         function(*args)
 
-    def _transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+    def transmit(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        Put a datagram on the Internet (captured, filtered, then delivered to the owner of
+        C{dst}): what a public host or a NAT's public side sends.
+        """
         datagram = Datagram(src, dst, data)
         self.capture.append(datagram)
         for predicate in list(self._filters):
             if predicate(datagram):
                 self.dropped.append(datagram)
                 return
-        self._later(self._arrive, datagram)
+        self.later(self._arrive, datagram)
 
     def _arrive(self, datagram: Datagram) -> None:
         owner = self._owners.get(datagram.dst[0])
         if owner is None:
             self.undeliverable["no-route"] += 1
         elif isinstance(owner, FakeNAT):
-            owner._inbound(datagram.src, datagram.dst, datagram.data)
+            owner.inbound(datagram.src, datagram.dst, datagram.data)
         else:
-            owner._deliver(datagram.src, datagram.dst, datagram.data)
-
-
-class _Budget:
-    """
-    Context manager bounding the deliveries of one L{FakeInternet.flush}/C{run} call.
-    """
-
-    def __init__(self, net: FakeInternet) -> None:
-        self._net = net
-
-    def __enter__(self) -> None:
-        self._saved = self._net._budget
-        self._net._budget = self._net._maxDeliveries
-
-    def __exit__(self, *exc: object) -> None:
-        self._net._budget = self._saved
+            owner.deliver(datagram.src, datagram.dst, datagram.data)
 
 
 @implementer(IReactorUDP, IReactorMulticast, IReactorTime)
@@ -369,13 +377,15 @@ class FakeHost:
     @ivar addresses: the host's IPv4 addresses; the first is the source of datagrams sent
         from a socket bound to all addresses (C{interface=""}).
     @ivar nat: the NAT in front of the host, or L{None} for a public host.
+    @ivar ports: the bound sockets by C{(interface, port)} (C{""}: every address); the
+        sockets add and remove themselves, tests may look a socket up here.
     """
 
     def __init__(self, net: FakeInternet, addresses: Sequence[str], nat: FakeNAT | None = None):
         self.net = net
         self.addresses = tuple(addresses)
         self.nat = nat
-        self._ports: dict[tuple[str, int], FakeUDPPort] = {}
+        self.ports: dict[tuple[str, int], FakeUDPPort] = {}
         self._nextEphemeral = EPHEMERAL_FIRST
 
     def __repr__(self) -> str:
@@ -417,7 +427,7 @@ class FakeHost:
             raise error.CannotListenError(interface, port, OverflowError("port out of range"))
         if port == 0:
             return interface, self._ephemeral(interface)
-        taken = (interface, port) in self._ports if group else not self._free(interface, port)
+        taken = (interface, port) in self.ports if group else not self._free(interface, port)
         if taken:
             raise error.CannotListenError(
                 interface, port, OSError(errno.EADDRINUSE, "Address already in use")
@@ -463,9 +473,9 @@ class FakeHost:
 
     def _free(self, interface: str, port: int) -> bool:
         if interface:
-            return (interface, port) not in self._ports and ("", port) not in self._ports
+            return (interface, port) not in self.ports and ("", port) not in self.ports
         return not any(
-            bound == port and not _isMulticast(address) for address, bound in self._ports
+            bound == port and not _isMulticast(address) for address, bound in self.ports
         )
 
     def _ephemeral(self, interface: str) -> int:
@@ -476,44 +486,50 @@ class FakeHost:
                 return port
         raise error.CannotListenError(interface, 0, OSError(errno.EADDRINUSE, "no free port"))
 
-    def _send(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+    def send(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        Route a datagram from one of this host's sockets: to itself, the Internet or its NAT.
+        """
         if dst[0] in self.addresses:
-            self.net._later(self._deliver, src, dst, data)
+            self.net.later(self.deliver, src, dst, data)
         elif self.nat is None:
-            self.net._transmit(src, dst, data)
+            self.net.transmit(src, dst, data)
         else:
-            self.nat._outbound(src, dst, data)
+            self.nat.outbound(src, dst, data)
 
-    def _multicast(self, sender: FakeUDPPort, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+    def sendToGroup(self, sender: FakeUDPPort, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         """
         Deliver a datagram sent to a group: to every socket of the LAN's hosts (this host
         only if the sender's loopback mode is on) bound to the port, on the wildcard or the
         group address, that joined the group.  A TTL of 0 keeps it on this host.  It never
         reaches a NAT's public side or the Internet, so it is never captured.
         """
-        if self.nat is None or self.nat.public is None or sender._ttl < 1:
+        if self.nat is None or self.nat.public is None or sender.getTTL() < 1:
             hosts: list[FakeHost] = [self]
         else:
-            hosts = list(dict.fromkeys(self.nat._lan.values()))
+            hosts = list(dict.fromkeys(self.nat.lan.values()))
         group, port = dst
         for host in hosts:
-            if host is self and not sender._loopback:
+            if host is self and not sender.getLoopbackMode():
                 continue
-            for (address, bound), udpPort in list(host._ports.items()):
+            for (address, bound), udpPort in list(host.ports.items()):
                 if (
                     bound == port
                     and address in ("", group)
                     and group in getattr(udpPort, "groups", ())
                 ):
-                    self.net._later(udpPort._receive, data, src)
+                    self.net.later(udpPort.receive, data, src)
                     self.net.multicasts += 1
 
-    def _deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
-        udpPort = self._ports.get(dst) or self._ports.get(("", dst[1]))
+    def deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        A datagram for one of this host's addresses: to the socket bound to C{dst}.
+        """
+        udpPort = self.ports.get(dst) or self.ports.get(("", dst[1]))
         if udpPort is None:
             self.net.undeliverable["port-unreachable"] += 1
         else:
-            udpPort._receive(data, src)
+            udpPort.receive(data, src)
 
 
 @implementer(IUDPTransport, IListeningPort)
@@ -556,7 +572,7 @@ class FakeUDPPort:
         """
         if self.listening:
             return
-        self.host._ports[(self.interface, self.port)] = self
+        self.host.ports[(self.interface, self.port)] = self
         self.listening = True
         self.protocol.makeConnection(self)
 
@@ -566,7 +582,7 @@ class FakeUDPPort:
         """
         if self.listening:
             self.listening = False
-            del self.host._ports[(self.interface, self.port)]
+            del self.host.ports[(self.interface, self.port)]
             self.protocol.doStop()
         return defer.succeed(None)
 
@@ -611,14 +627,29 @@ class FakeUDPPort:
                 if self.interface and not _isMulticast(self.interface)
                 else self.host.addresses[0]
             )
-            self.host._multicast(self, (local, self.port), (addr[0], addr[1]), bytes(data))
+            self.host.sendToGroup(self, (local, self.port), (addr[0], addr[1]), bytes(data))
             return
         if _isMulticast(self.interface):
             raise error.InvalidAddressError(self.interface, "a group-bound socket cannot send unicast")
         src = (self.interface or self.host.addresses[0], self.port)
-        self.host._send(src, (addr[0], addr[1]), bytes(data))
+        self.host.send(src, (addr[0], addr[1]), bytes(data))
 
-    def _receive(self, data: bytes, src: Endpoint) -> None:
+    def getTTL(self) -> int:
+        """
+        The multicast TTL (Linux's default 1 until a L{FakeMulticastPort} sets it).
+        """
+        return self._ttl
+
+    def getLoopbackMode(self) -> bool:
+        """
+        Whether this host's own member sockets get what this socket sends to a group.
+        """
+        return self._loopback
+
+    def receive(self, data: bytes, src: Endpoint) -> None:
+        """
+        A datagram from C{src} reaching this socket (dropped when connected elsewhere).
+        """
         if self._connected is not None and src != self._connected:
             return
         self.protocol.datagramReceived(data[: self.maxPacketSize], src)
@@ -678,17 +709,11 @@ class FakeMulticastPort(FakeUDPPort):
             return defer.fail()
         return defer.succeed(1)
 
-    def getLoopbackMode(self) -> bool:
-        return self._loopback
-
     def setLoopbackMode(self, mode: int) -> None:
         """
         Whether this host's own member sockets get what this socket sends to a group.
         """
         self._loopback = bool(mode)
-
-    def getTTL(self) -> int:
-        return self._ttl
 
     def setTTL(self, ttl: int) -> None:
         """
@@ -750,6 +775,8 @@ class FakeNAT:
     choice RFC 4787 REQ-6 allows).  Expiry is evaluated lazily on the Clock, so a NAT leaves
     no delayed calls behind.
 
+    @ivar lan: the hosts (and nested NATs) on the LAN, by private address.
+    @ivar ports: always empty: a nested NAT is a "host" on its outer LAN that owns no sockets.
     @ivar dropped: inbound datagrams dropped, by reason: C{"no-mapping"} (no live binding
         for the destination port), C{"filtered"} (binding exists, filter refuses the
         source), C{"hairpin"} (a LAN host addressed the NAT's public address while
@@ -791,14 +818,14 @@ class FakeNAT:
         self.dropped: Counter[str] = Counter()
         self.hairpinned = 0
         self.expired = 0
-        self._lan: dict[str, FakeHost] = {}
+        self.lan: dict[str, FakeHost] = {}
         self._byExternalPort: dict[int, Mapping] = {}
         self._byKey: dict[tuple[Endpoint, Endpoint | None], Mapping] = {}
         #: Static mappings (L{forward}): external port -> (internal endpoint, outbound too).
         self._forwards: dict[int, tuple[Endpoint, bool]] = {}
         self.outer: FakeNAT | None = None
         #: A nested NAT is itself a "host" on its outer NAT's LAN: it owns no sockets.
-        self._ports: dict[tuple[str, int], FakeUDPPort] = {}
+        self.ports: dict[tuple[str, int], FakeUDPPort] = {}
 
     def __repr__(self) -> str:
         return f"<FakeNAT {self.kind} {self.public}>"
@@ -813,11 +840,11 @@ class FakeNAT:
             raise ValueError("a host needs at least one address")
         for address in addresses:
             _checkIPv4(address)
-            if address in self._lan:
+            if address in self.lan:
                 raise ValueError(f"{address} is already on the LAN of {self!r}")
         host = FakeHost(self.net, addresses, self)
         for address in addresses:
-            self._lan[address] = host
+            self.lan[address] = host
         return host
 
     def nat(self, kind: str, public: str, **options: Any) -> FakeNAT:
@@ -830,7 +857,7 @@ class FakeNAT:
         if self.public is None:
             return self.net.nat(kind, public, **options)
         _checkIPv4(public)
-        if public in self._lan:
+        if public in self.lan:
             raise ValueError(f"{public} is already on the LAN of {self!r}")
         if kind not in NAT_KINDS or kind == "none":
             raise ValueError(f"unknown NAT kind {kind!r}")
@@ -845,7 +872,7 @@ class FakeNAT:
             options.get("portAllocation"),
         )
         inner.outer = self
-        self._lan[public] = inner  # type: ignore[assignment]
+        self.lan[public] = inner  # type: ignore[assignment]
         return inner
 
     def forward(self, externalPort: int, internal: Endpoint, outbound: bool = True) -> None:
@@ -879,10 +906,13 @@ class FakeNAT:
 
     # -- traffic -------------------------------------------------------------------
 
-    def _outbound(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
-        lanHost = self._lan.get(dst[0])
+    def outbound(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        A datagram from the LAN side: to another LAN host, or mapped and sent out.
+        """
+        lanHost = self.lan.get(dst[0])
         if lanHost is not None:
-            self.net._later(lanHost._deliver, src, dst, data)
+            self.net.later(lanHost.deliver, src, dst, data)
             return
         now = self.net.clock.seconds()
         self._expire()
@@ -894,25 +924,28 @@ class FakeNAT:
                 self.dropped["hairpin"] += 1
                 return
             self.hairpinned += 1
-            self.net._later(self._inbound, binding.external, dst, data)
+            self.net.later(self.inbound, binding.external, dst, data)
             return
         if self.outer is not None:
-            self.outer._outbound(binding.external, dst, data)
+            self.outer.outbound(binding.external, dst, data)
             return
-        self.net._transmit(binding.external, dst, data)
+        self.net.transmit(binding.external, dst, data)
 
-    def _deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+    def deliver(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
         """
         A datagram for this NAT's public address arriving from its outer NAT's LAN.
         """
-        self._inbound(src, dst, data)
+        self.inbound(src, dst, data)
 
-    def _inbound(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+    def inbound(self, src: Endpoint, dst: Endpoint, data: bytes) -> None:
+        """
+        A datagram reaching the public address: forwarded to the LAN if a mapping lets it.
+        """
         self._expire()
         forward = self._forwards.get(dst[1])
         if forward is not None:
             internal = forward[0]
-            self._lan[internal[0]]._deliver(src, internal, data)
+            self.lan[internal[0]].deliver(src, internal, data)
             return
         binding = self._byExternalPort.get(dst[1])
         if binding is None:
@@ -920,7 +953,7 @@ class FakeNAT:
         elif not self._permitted(binding, src):
             self.dropped["filtered"] += 1
         else:
-            self._lan[binding.internal[0]]._deliver(src, binding.internal, data)
+            self.lan[binding.internal[0]].deliver(src, binding.internal, data)
 
     def _permitted(self, binding: Mapping, src: Endpoint) -> bool:
         if self.filtering == _EIF:
@@ -990,6 +1023,7 @@ class FakeTunDevice:
     in a queue until L{startReading}, as the kernel queues them on a real device.
 
     @ivar written: every packet written, in order.
+    @ivar delivered: packets handed to the reader (injected, or queued until it reads).
     @ivar opened: L{open} succeeded.
     @ivar closed: L{close} was called.
     @ivar openError: if set, L{open} raises it (e.g. C{OSError(EPERM, ...)}).
@@ -1007,6 +1041,7 @@ class FakeTunDevice:
         self.closed = False
         self.written: list[bytes] = []
         self.drops: Counter[str] = Counter()
+        self.delivered = 0
         self._deliver: Callable[[bytes], None] | None = None
         self._queue: deque[bytes] = deque()
 
@@ -1020,6 +1055,7 @@ class FakeTunDevice:
             raise RuntimeError(f"startReading() on TUN {self.name} that is not open")
         self._deliver = deliver
         while self._queue and self._deliver is not None:
+            self.delivered += 1
             deliver(self._queue.popleft())
 
     def inject(self, packet: bytes) -> None:
@@ -1031,6 +1067,7 @@ class FakeTunDevice:
         if self._deliver is None:
             self._queue.append(bytes(packet))
         else:
+            self.delivered += 1
             self._deliver(bytes(packet))
 
     def write(self, packet: bytes) -> None:

@@ -30,7 +30,7 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DONT = 0
 
 
-def _reason(exc: OSError) -> str:
+def errnoReason(exc: OSError) -> str:
     """
     A stable counter name for C{exc}: the lower-case errno name (C{"eagain"}, C{"enobufs"},
     C{"emsgsize"}, ...), or C{"oserror"} when there is no errno.
@@ -74,7 +74,7 @@ class DatagramSender:
         try:
             self._send(data, addr)
         except OSError as exc:
-            self._count(_reason(exc))
+            self._count(errnoReason(exc))
         except MessageLengthError:
             self._count("emsgsize")
         except (OverflowError, TypeError, ValueError):

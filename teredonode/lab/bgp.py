@@ -25,7 +25,7 @@ from typing import Callable
 
 from teredonode.errors import LabError
 from teredonode.lab import nodes
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.state import LabState
 from teredonode.lab.topology import INET_V4, INET_V6, TEREDO_PREFIX, Plan
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from teredonode.errors import LabError
-from teredonode.lab._proc import in_ns
+from teredonode.lab.proc import in_ns
 from teredonode.lab.lab import Lab, destroy, find_lab, preflight
 from teredonode.lab.nat import NAT_MODES
 from teredonode.lab.scenario import CUSTOM_PREFIX, SCENARIOS
@@ -36,7 +36,7 @@ from teredonode.lab.topology import existing_namespaces
 _NAT_HELP = f"one client behind each NAT kind given, instead of a scenario; kinds: {', '.join(NAT_MODES)}"
 
 
-def _scenario(args: argparse.Namespace) -> str:
+def scenario_of(args: argparse.Namespace) -> str:
     """
     The scenario name C{up} and C{demo} build: C{--nat} wins over C{--scenario}.
     """
@@ -45,7 +45,7 @@ def _scenario(args: argparse.Namespace) -> str:
     return str(args.scenario)
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="teredo lab", description="Teredo network lab (root only)")
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="build a lab and leave it running")
@@ -94,8 +94,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     with _sigterm_as_interrupt():
-        lab = Lab.up(_scenario(args))
-    print(f"lab {lab.prefix} is up (scenario {_scenario(args)}); state in {lab.state.path}")
+        lab = Lab.up(scenario_of(args))
+    print(f"lab {lab.prefix} is up (scenario {scenario_of(args)}); state in {lab.state.path}")
     _print_hosts(lab)
     print(f"remove it with: teredo lab down --lab {lab.prefix}")
     return 0
@@ -173,7 +173,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     roles = [r.strip() for r in args.with_miredo.split(",") if r.strip()]
     with _sigterm_as_interrupt():
-        return run_demo(scenario=_scenario(args), miredo_roles=roles, keep=args.keep)
+        return run_demo(scenario=scenario_of(args), miredo_roles=roles, keep=args.keep)
 
 
 def _cmd_matrix(args: argparse.Namespace) -> int:
@@ -201,7 +201,7 @@ def main(argv: list[str]) -> int:
     """
     Run C{teredo lab <argv>}; return the exit status.
     """
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except LabError as e:

@@ -22,7 +22,7 @@ from typing import Any
 
 from teredonode.errors import LabError
 from teredonode.lab import bgp, nat, nodes, probe, topology
-from teredonode.lab._proc import in_ns, run, which
+from teredonode.lab.proc import in_ns, run, which
 from teredonode.lab.scenario import get_scenario
 from teredonode.lab.state import LabState, recorded_labs, state_dir
 
@@ -78,7 +78,7 @@ class Lab:
             topology.build(state.prefix, plan, record)
             for name, host in plan.hosts.items():
                 if host.kind == "nat" and host.nat_mode:
-                    lab._start_nat_daemons(name, host.nat_mode)
+                    lab.start_nat_daemons(name, host.nat_mode)
             if plan.anycast:
                 lab.nodes.update(bgp.start_routing(state, plan, lab.ns))
         except BaseException:
@@ -176,9 +176,9 @@ class Lab:
             for address in wan_ips:
                 self.exec(router, ["ip", "addr", "replace", f"{address}/24", "dev", "wan"], check=True)
         nat.apply(self.ns(router), mode, wan="wan", client_ip=client.ipv4[0], wan_ips=wan_ips)
-        self._start_nat_daemons(router, mode, wan_ips)
+        self.start_nat_daemons(router, mode, wan_ips)
 
-    def _start_nat_daemons(self, router: str, mode: str, wan_ips: tuple[str, ...] | None = None) -> None:
+    def start_nat_daemons(self, router: str, mode: str, wan_ips: tuple[str, ...] | None = None) -> None:
         """
         Start the processes NAT kind C{mode} needs on C{router} (L{nat.start_daemons}).
         """

@@ -44,7 +44,7 @@ from typing import Any, TextIO
 
 import teredonode
 from teredonode.errors import LabError
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.demo import parse_ping
 from teredonode.lab.lab import Lab
 from teredonode.lab.nat import FIGURE1, NAT_MODES

@@ -64,7 +64,7 @@ from collections.abc import Callable
 
 from teredonode.errors import LabError
 from teredonode.lab import nodes
-from teredonode.lab._proc import in_ns, run
+from teredonode.lab.proc import in_ns, run
 from teredonode.lab.state import LabState
 
 NAT_MODES: tuple[str, ...] = (

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import teredonode
 from teredonode.errors import LabError
-from teredonode.lab._proc import in_ns, which
+from teredonode.lab.proc import in_ns, which
 from teredonode.lab.state import LabState, ProcessRecord
 
 # Where the teredonode package (and its twisted/plugins dropin) lives, so twistd finds both

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from teredonode.lab import nat
-from teredonode.lab._proc import in_ns, run
+from teredonode.lab.proc import in_ns, run
 from teredonode.lab.scenario import Scenario
 
 BRIDGE = "br0"

@@ -553,7 +553,7 @@ class AutoMapper:
 # --- HTTP ---------------------------------------------------------------------------------
 
 
-class _BoundedBody(Protocol):
+class BoundedBody(Protocol):
     """
     Collects a response body of at most C{limit} bytes; more aborts the connection.
     """
@@ -612,16 +612,16 @@ class AgentHttp:
         if response.length is not UNKNOWN_LENGTH and response.length > self._limit:
             discarded: Deferred[bytes] = Deferred()
             discarded.addErrback(lambda _: None)  # the refusal below is the error reported
-            response.deliverBody(_BoundedBody(0, discarded))
+            response.deliverBody(BoundedBody(0, discarded))
             raise PortMapError(f"upnp: HTTP body of {response.length} bytes, over {self._limit}")
-        box: list[_BoundedBody] = []
+        box: list[BoundedBody] = []
 
         def cancel(_: Deferred[bytes]) -> None:
             if box and box[0].transport is not None:
                 box[0].transport.stopProducing()  # type: ignore[attr-defined]
 
         done: Deferred[bytes] = Deferred(cancel)
-        box.append(_BoundedBody(self._limit, done))
+        box.append(BoundedBody(self._limit, done))
         response.deliverBody(box[0])
         code: int = response.code
         return done.addCallback(lambda data: (code, data))

@@ -32,7 +32,6 @@ protocol tests replay exactly.
 from __future__ import annotations
 
 import random
-import secrets
 from typing import Any, Callable
 
 from twisted.application.service import Service
@@ -54,7 +53,6 @@ from teredonode.interfaces import (
     ITeredoRole,
     ITunDevice,
 )
-from teredonode.peers import PeerList
 from teredonode.roles.discovery import DISCOVERY_COUNTERS, DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import (
     CLIENT_POLICY,
@@ -65,6 +63,7 @@ from teredonode.roles.tunnel import (
     TeredoTunnel,
 )
 from teredonode.security import auth_matches, teredo_auth_value
+from teredonode.roles.tunnelrole import TunnelRole
 from teredonode.udp import ServicePort
 from teredonode.wire import ipv4
 from teredonode.wire.address import (
@@ -218,7 +217,7 @@ class _RandomPort:
 
 
 @implementer(ITeredoRole, IDiscoveryHost, IRandomPorts)
-class TeredoClient(Service):
+class TeredoClient(TunnelRole):
     """
     A Teredo client.
 
@@ -257,7 +256,7 @@ class TeredoClient(Service):
         portMapping: IPortMapping | None = None,
         localAddress: Callable[[str], str | None] | None = None,
     ) -> None:
-        self.settings = settings
+        TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
         self._localAddress = localAddress
         self._portMapping = portMapping if settings.port_mapping else None
         #: The refresh interval RFC 4380 section 5.2.7 measured, once it exceeds the setting.
@@ -266,24 +265,13 @@ class TeredoClient(Service):
         self.portMapped: Any = None
         self._portMapError: str | None = None
         self._portMapTimer: Any = None
-        self._reactor = reactor
-        self._tun = tun
-        self._netconfig = netconfig
         self._hasOtherIPv6 = hasOtherIPv6
         self._rng = rng if rng is not None else random.SystemRandom()
-        self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
         self._secret = settings.secret.encode() if settings.secret else None
         self._clientId = settings.client_id.encode() if settings.client_id else b""
-        self._socket = ServicePort(self.datagramReceived)
-        self._port: Any = None
         self.counters = CounterSet(COUNTERS)
         self.drops = CounterSet(DROP_REASONS)
-        peers = PeerList(
-            reactor.seconds,
-            max_peers=settings.max_peers,
-            queue_packets=settings.peer_queue,
-            queue_bytes=getattr(settings, "peer_queue_bytes", 10240),
-        )
+        peers = self._peerList()
         self._inboundBudget = ProbeBudget(  # SEC-19
             reactor, settings.inbound_probe_rate, settings.inbound_probe_burst
         )
@@ -309,7 +297,7 @@ class TeredoClient(Service):
             backoff=backoff if backoff is not None else JitteredBackoff(self._rng.uniform),
             now=reactor.seconds,
             native_ipv6=hasOtherIPv6,
-            local_port=self._localPort,
+            local_port=self.localPort,
         )
         self._timer: Any = None
         self._started = False
@@ -374,10 +362,7 @@ class TeredoClient(Service):
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
-        Service.startService(self)
-        if self._port is None:
-            self.privilegedStartService()
-        self.tunnel.start()
+        TunnelRole.startService(self)
         self._started = True
         self._start()
 
@@ -423,7 +408,11 @@ class TeredoClient(Service):
             "maximum": search.maximum,
         }
 
-    def _localPort(self) -> int:
+    def localPort(self) -> int:
+        """
+        The UDP port the client's socket is bound to (0 before it is), which its NAT maps:
+        what hairpinning and local discovery advertise and tests compare mappings with.
+        """
         port = self._port
         return int(port.getHost().port) if port is not None else 0
 
@@ -488,11 +477,8 @@ class TeredoClient(Service):
         """
         One datagram on the service port.
         """
-        self.counters["received"] += 1
-        try:
-            packet = classify(data)
-        except ParseError:
-            self.drops["malformed"] += 1
+        packet = self._classified(data)
+        if packet is None:
             return
         if addr[1] == TEREDO_PORT and (addr[0] == self.server or addr[0] == self.secondary):
             self._lastServerRx = self._reactor.seconds()
@@ -797,7 +783,7 @@ class TeredoClient(Service):
         if mapper is None:
             self._portMapDone()
             return
-        d = mapper.map(self._localPort())
+        d = mapper.map(self.localPort())
         d.addCallbacks(self._portMappedOk, self._portMapFailed)
 
     def _portMappedOk(self, mapping: Any) -> None:
@@ -828,7 +814,7 @@ class TeredoClient(Service):
     def _renewPortMapping(self) -> None:
         self._portMapTimer = None
         if self._portMapping is not None and self.running:
-            d = self._portMapping.map(self._localPort())
+            d = self._portMapping.map(self.localPort())
             d.addCallbacks(self._portMappedOk, self._portMapFailed)
 
     # -- RFC 6081 Hairpinning (X-HP-03..05) and UPnP bubble rules (X-UPNP-09, -11, -12) --------
@@ -850,7 +836,7 @@ class TeredoClient(Service):
         X-HP-05b: our local address and port: the bind address, else the kernel's source
         address toward the server.
         """
-        port = self._localPort()
+        port = self.localPort()
         address: str | None = self.settings.bind
         if address in ("", "0.0.0.0"):
             address = self._localAddress(self.server) if self._localAddress is not None else None

@@ -34,7 +34,6 @@ L{teredonode.udp.DatagramSender}, which skips Twisted's per-call address validat
 from __future__ import annotations
 
 import ipaddress
-import secrets
 from dataclasses import replace
 from typing import Any, Callable, Iterable
 
@@ -46,7 +45,6 @@ from teredonode.counters import CounterSet
 from teredonode.healthroute import HealthAnnouncer, HealthRoute
 from teredonode.logs import Logger
 from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
-from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
     COUNTERS as TUNNEL_COUNTERS,
     DROP_REASONS as TUNNEL_DROPS,
@@ -56,10 +54,9 @@ from teredonode.roles.tunnel import (
     TeredoTunnel,
     TunnelPolicy,
 )
+from teredonode.roles.tunnelrole import TunnelRole
 from teredonode.udp import ServicePort, raiseBufferSizes
-from teredonode.wire.errors import ParseError
 from teredonode.wire.ipv6 import ipv6_text
-from teredonode.wire.teredo import classify
 
 __all__ = [
     "RELAY_POLICY",
@@ -158,7 +155,7 @@ def bubbleSourceFrom(randbytes: Callable[[int], bytes]) -> bytes:
 
 
 @implementer(ITeredoRole)
-class TeredoRelay(Service):
+class TeredoRelay(TunnelRole):
     """
     A Teredo relay.
 
@@ -184,13 +181,7 @@ class TeredoRelay(Service):
         randbytes: Callable[[int], bytes] | None = None,
         healthRoute: Any = None,
     ) -> None:
-        self.settings = settings
-        self._reactor = reactor
-        self._tun = tun
-        self._netconfig = netconfig
-        self._randbytes = randbytes if randbytes is not None else secrets.token_bytes
-        self._socket = ServicePort(self.datagramReceived)
-        self._port: Any = None
+        TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
         self._routed = False
         self.state = "stopped"
         self.counters = CounterSet(COUNTERS)
@@ -207,12 +198,7 @@ class TeredoRelay(Service):
             perServerRate=settings.bubble_rate_per_server,
             perServerBurst=settings.bubble_burst_per_server,
         )
-        peers = PeerList(
-            reactor.seconds,
-            max_peers=settings.max_peers,
-            queue_packets=settings.peer_queue,
-            queue_bytes=settings.peer_queue_bytes,
-        )
+        peers = self._peerList()
         self.tunnel = TeredoTunnel(
             reactor,
             replace(
@@ -285,10 +271,7 @@ class TeredoRelay(Service):
         self._netconfig.setForwarding(True)
 
     def startService(self) -> None:
-        Service.startService(self)
-        if self._port is None:
-            self.privilegedStartService()
-        self.tunnel.start()
+        TunnelRole.startService(self)
         self.state = "relaying"
         if self._health is not None:
             self._health.start()
@@ -350,13 +333,9 @@ class TeredoRelay(Service):
         """
         One datagram on the relay's port: RL-RX-02 here, the rest in the shared core.
         """
-        self.counters["received"] += 1
-        try:
-            packet = classify(data)
-        except ParseError:
-            self.drops["malformed"] += 1
-            return
-        self.tunnel.fromPeer(packet, addr)
+        packet = self._classified(data)
+        if packet is not None:
+            self.tunnel.fromPeer(packet, addr)
 
     # -- reload ----------------------------------------------------------------------------
 

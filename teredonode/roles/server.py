@@ -426,6 +426,13 @@ class TeredoServer(Service):
         self._sockets[out].sendto(prefix + origin + ipv6, addr)
         self.counters["ra"] += 1
 
+    @property
+    def raCached(self) -> int:
+        """
+        How many encoded RAs L{_raFor} holds: bounded (64) whatever sources attackers pick.
+        """
+        return len(self._raCache)
+
     def _raFor(self, destination: bytes) -> bytes:
         """
         The RA packet answering an RS from C{destination}.  It depends on nothing else, and

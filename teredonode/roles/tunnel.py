@@ -1671,10 +1671,20 @@ class TeredoTunnel:
         communication with it is not established (no valid trusted entry); the caller puts
         the Nonce Trailer first (X-HP-05d).  X-TRL-06: only a client's indirect bubbles.
         """
+        trailer = self.alternateTrailerFor(peer)
+        if trailer:
+            self.counters["hp-advertised"] += 1
+        return trailer
+
+    def alternateTrailerFor(self, peer: Peer) -> bytes:
+        """
+        X-HP-05a: the Alternate Address trailer an indirect bubble to C{peer} would carry
+        now (C{b""}: none, as once communication with it is established), without sending or
+        counting anything: the decision on its own, for status and tests.
+        """
         trailer = self._alternateTrailer
         if not self.hairpinning or not trailer or (peer.trusted and self.peers.is_valid(peer)):
             return b""
-        self.counters["hp-advertised"] += 1
         return trailer
 
     def _alternatesOf(self, packet: TeredoPacket, src: bytes) -> hairpin.Alternates | None:

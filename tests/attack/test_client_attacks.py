@@ -18,7 +18,7 @@ from twisted.trial import unittest
 
 from teredonode.wire import ipv6
 from teredonode.wire.address import TeredoAddress
-from tests.attack._flood import count_lines, send_raw6
+from tests.attack.flood import count_lines, send_raw6
 from tests.system.lab_fixture import LabAssertions, use_lab
 
 FLOOD = 2000

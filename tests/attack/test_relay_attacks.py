@@ -15,7 +15,7 @@ import time
 from twisted.trial import unittest
 
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
-from tests.attack._flood import count_lines, send_udp6
+from tests.attack.flood import count_lines, send_udp6
 from tests.system.lab_fixture import LabAssertions, use_lab
 
 VICTIM = "192.0.2.99"

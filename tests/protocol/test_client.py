@@ -72,7 +72,7 @@ class ClientTestCase(SynchronousTestCase):
         self.serverTun = FakeTunDevice("teredo-srv")
         self.server = self.makeServer()
         self._nats = 0
-        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator]] = {}
+        self._devices: dict[int, tuple[FakeTunDevice, FakeNetworkConfigurator, FakeHost]] = {}
 
     def makeServer(self, **overrides: Any) -> TeredoServer:
         host = self.net.host(PRIMARY, SECONDARY)
@@ -121,8 +121,7 @@ class ClientTestCase(SynchronousTestCase):
             portMapping=portMapping,
             localAddress=localAddress,
         )
-        self._devices[id(client)] = (tun, netconfig)
-        client.host = host  # type: ignore[attr-defined]
+        self._devices[id(client)] = (tun, netconfig, host)
         if start:
             client.privilegedStartService()
             client.startService()
@@ -134,6 +133,16 @@ class ClientTestCase(SynchronousTestCase):
 
     def confOf(self, client: TeredoClient) -> FakeNetworkConfigurator:
         return self._devices[id(client)][1]
+
+    def hostOf(self, client: TeredoClient) -> FakeHost:
+        return self._devices[id(client)][2]
+
+    def socketOf(self, client: TeredoClient) -> Any:
+        """
+        The fake socket C{client} bound, found on the host it was given.
+        """
+        host = self.hostOf(client)
+        return next(port for (_, number), port in host.ports.items() if number == client.localPort())
 
     def assertDropped(self, client: TeredoClient, reason: str, count: int = 1) -> None:
         drops = client.status()["drops"]
@@ -828,13 +837,13 @@ class EchoTestTests(ClientTestCase):
         _, msg = self.echoTest()
         # The relay's indirect bubble through our server (native source: SV-IN-6 allows it
         # toward one of the server's own clients).
-        relayHost = self.net._owners[RELAY[0]]
+        relayHost = self.net.owner(RELAY[0])
         assert isinstance(relayHost, FakeHost)
-        relayHost._ports[RELAY].write(ipv6.bubble(V6HOST, self.aaddr), (PRIMARY, 3544))
+        relayHost.ports[RELAY].write(ipv6.bubble(V6HOST, self.aaddr), (PRIMARY, 3544))
         self.net.flush()
         [(answer, _)] = relay.received
         self.assertTrue(classify(answer).is_bubble)
-        relayHost._ports[RELAY].write(echo(V6HOST, self.aaddr, msg.data, reply=True), self.a.mapping)
+        relayHost.ports[RELAY].write(echo(V6HOST, self.aaddr, msg.data, reply=True), self.a.mapping)
         self.net.flush()
         self.assertEqual(relay.received[-1][0], ping)
 
@@ -848,9 +857,9 @@ class EchoTestTests(ClientTestCase):
         self.serverTun.written.clear()
         aaddr = raw(a.address)
         relay = self.publicEndpoint(*RELAY)
-        relayHost = self.net._owners[RELAY[0]]
+        relayHost = self.net.owner(RELAY[0])
         assert isinstance(relayHost, FakeHost)
-        relayPort = relayHost._ports[RELAY]
+        relayPort = relayHost.ports[RELAY]
         hello = echo(V6HOST, aaddr, b"unsolicited")
         relayPort.write(hello, a.mapping)
         self.net.flush()
@@ -922,7 +931,7 @@ class LocalDiscoveryTests(ClientTestCase):
         self.assertEqual(self.server.status()["counters"]["forwarded"], forwarded)
         peer = a.tunnel.peers.get(baddr)
         assert peer is not None
-        self.assertEqual((peer.trusted, peer.local, peer.mapping), (True, True, ("10.0.0.3", b._port.port)))
+        self.assertEqual((peer.trusted, peer.local, peer.mapping), (True, True, ("10.0.0.3", b.localPort())))
         for client in (a, b):
             self.assertEqual(client.status()["counters"]["bubbles-direct"], 0)
             self.assertEqual({k: v for k, v in client.status()["drops"].items() if v}, {})
@@ -978,17 +987,17 @@ class LocalDiscoveryTests(ClientTestCase):
         bare bubble; never on the Internet, and none before qualification.
         """
         listener = self.listener()
-        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        unblock = self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
         a = self.lanClient("10.0.0.2", seed=1)
         self.net.run(20)
         self.assertEqual((a.state, listener.received), ("offline", []))
         self.net.dropped.clear()
-        self.net._filters.clear()
+        unblock()
         self.net.run(20)
         self.assertEqual(a.state, "qualified")
         self.assertEqual(len(listener.received), 1)
         data, src = listener.received[0]
-        self.assertEqual(src, ("10.0.0.2", a._port.port))
+        self.assertEqual(src, ("10.0.0.2", a.localPort()))
         packet = classify(data)
         header = packet.header
         self.assertEqual(header.src, raw(a.address))
@@ -997,7 +1006,7 @@ class LocalDiscoveryTests(ClientTestCase):
             (header.hop_limit, header.next_header, header.payload_length, len(data)), (1, 59, 0, 40)
         )
         self.assertIsNone(packet.origin)
-        self.assertEqual((a._port.getTTL(), a._port.getLoopbackMode()), (1, False))
+        self.assertEqual((self.socketOf(a).getTTL(), self.socketOf(a).getLoopbackMode()), (1, False))
         self.assertEqual([d for d in self.net.capture if d.dst[0] == GROUP[0]], [])
         self.assertDropped(a, "discovery-self", 0)
         self.assertEqual(a.status()["local-discovery"]["state"], "listening")
@@ -1062,7 +1071,7 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.flush()
         self.assertEqual(listener.received, [])
         self.assertEqual(a.status()["local-discovery"], {"state": "off"})
-        self.assertNotIn(("224.0.0.253", 3544), a.host._ports)  # type: ignore[attr-defined]
+        self.assertNotIn(("224.0.0.253", 3544), self.hostOf(a).ports)
         self.tunOf(a).inject(echo(raw(a.address), raw(b.address)))
         self.net.run(10)
         self.assertEqual(self.tunOf(b).written, [])
@@ -1100,7 +1109,7 @@ class LocalDiscoveryTests(ClientTestCase):
         ):
             inside.transport.write(data, GROUP)
         outside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), GROUP)  # off the /29
-        inside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), ("10.0.0.2", a._port.port))
+        inside.transport.write(bubble(ours, ipv6.ALL_NODES, 1), ("10.0.0.2", a.localPort()))
         self.net.flush()
         self.assertDropped(a, "discovery-not-teredo", 2)
         self.assertDropped(a, "discovery-foreign-mapping")
@@ -1151,7 +1160,7 @@ class LocalDiscoveryTests(ClientTestCase):
         self.assertEqual(
             (peer.local, peer.trusted, peer.local_endpoint), (True, False, ("10.0.0.4", 4000))
         )
-        lan.transport.write(ipv6.bubble(ours, raw(a.address)), ("10.0.0.2", a._port.port))
+        lan.transport.write(ipv6.bubble(ours, raw(a.address)), ("10.0.0.2", a.localPort()))
         self.net.flush()
         self.assertEqual((peer.trusted, peer.mapping), (True, ("10.0.0.4", 4000)))
 

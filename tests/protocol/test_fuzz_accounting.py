@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from teredonode.lab.fuzzrun import account
+from teredonode.testing import FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_CONE, server_link_local
 from teredonode.wire.teredo import OriginIndication, encode_payload
@@ -65,25 +66,13 @@ def aimed_datagram(draw):
 datagrams = st.lists(st.tuples(st.sampled_from(SENDERS), aimed_datagram()), min_size=1, max_size=30)
 
 
-def _counting(tun) -> Callable[[], int]:
+def _counting(tun: FakeTunDevice) -> Callable[[], int]:
     """
-    Count the packets handed to the role through C{tun} (the kernel's C{tx_packets}); the
-    result reads the count.
+    Count the packets handed to the role through C{tun} from now on (the kernel's
+    C{tx_packets}); the result reads the count.
     """
-    tun.reads = 0
-    original = tun.startReading
-
-    def startReading(deliver):
-        def counted(packet):
-            tun.reads += 1
-            deliver(packet)
-
-        original(counted)
-
-    tun.startReading = startReading
-    if tun._deliver is not None:
-        startReading(tun._deliver)
-    return lambda: tun.reads
+    start = tun.delivered
+    return lambda: tun.delivered - start
 
 
 class ServerAccountingTests(ServerTestCase):

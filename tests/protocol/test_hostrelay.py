@@ -29,7 +29,7 @@ from teredonode.roles.hostrelay import (
 from teredonode.roles.relay import TeredoRelay
 from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
-from tests.protocol._tunnelroles import PRIMARY, SECONDARY, UnnumberedTestBed, UnnumberedTunnelBehaviour, fakeTun
+from tests.protocol.tunnelroles import PRIMARY, SECONDARY, UnnumberedTestBed, UnnumberedTunnelBehaviour, fakeNetconfig, fakeTun, withFakes
 from tests.protocol.test_client import echo, raw
 
 DUAL_IP = "203.0.113.40"
@@ -70,10 +70,10 @@ class HostRelayTestCase(UnnumberedTestBed):
         self.stack = DualHostStack(self.tun, self.serverTun)
 
     def makeHostRelay(self, start: bool = True, ip: str = DUAL_IP, **overrides: Any) -> HostSpecificRelay:
-        hr = HostSpecificRelay(
-            HostRelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-hr"),
-            FakeNetworkConfigurator(), lambda: set(self.addresses), randbytes=random.Random(3).randbytes,
-        )
+        hr = withFakes("teredo-hr", lambda tun, conf: HostSpecificRelay(
+            HostRelaySettings(**overrides), self.net.host(ip), tun, conf, lambda: set(self.addresses),
+            randbytes=random.Random(3).randbytes,
+        ))
         if start:
             hr.privilegedStartService()
             hr.startService()
@@ -82,9 +82,10 @@ class HostRelayTestCase(UnnumberedTestBed):
 
     @property
     def endpoint(self) -> tuple[str, int]:
-        sender = self.hr._socket.sender
-        assert sender is not None
-        return (DUAL_IP, sender.local[1])
+        host = self.net.owner(DUAL_IP)
+        assert host is not None
+        [(_, port)] = host.ports  # the host relay's one socket
+        return (DUAL_IP, port)
 
     # The hooks of L{UnnumberedTunnelBehaviour}.
 
@@ -128,8 +129,7 @@ class ServiceTests(HostRelayTestCase):
         TUN, its route, the status's drop reasons and stopping: test_statusAndStop of
         L{HostRelayTunnelTests}).
         """
-        conf = self.hr._netconfig
-        assert isinstance(conf, FakeNetworkConfigurator)
+        conf = fakeNetconfig(self.hr)
         self.assertFalse(conf.forwarding)
         self.assertNotIn("setForwarding", [c[0] for c in conf.calls])
         self.assertEqual(self.hr.status()["addresses"], ["2001:db8::40"])
@@ -250,7 +250,7 @@ class PathTests(HostRelayTestCase):
 
 class HostRelayTunnelTests(UnnumberedTunnelBehaviour, HostRelayTestCase):
     """
-    What the host-specific relay shares with the relay (L{tests.protocol._tunnelroles}),
+    What the host-specific relay shares with the relay (L{tests.protocol.tunnelroles}),
     with HR-05's difference: a packet from a client the host never sent to is dropped.
     """
 

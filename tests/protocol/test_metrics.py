@@ -168,7 +168,8 @@ class MetricsTests(AllRoles):
         """
         text = render_metrics(StaticStatus(self.document())).decode()
         for name in LATENCIES.values():
-            self.assertIn(f"# TYPE {name._name} histogram", text)
+            [described] = name.describe()
+            self.assertIn(f"# TYPE {described.name} histogram", text)
         count = re.search(r"(?m)^teredonode_client_rs_ra_seconds_count (\S+)$", text)
         assert count is not None
         self.assertGreaterEqual(float(count.group(1)), 2.0)  # primary and secondary phase

@@ -213,7 +213,7 @@ class NatPmpTests(SynchronousTestCase):
         n.net.run(10)
         self.assertEqual(len(n.gateway.requests), 2)
         self.assertEqual(n.clock.getDelayedCalls(), [])
-        self.assertEqual(n.client._ports, {})
+        self.assertEqual(n.client.ports, {})
 
 
 class PcpTests(SynchronousTestCase):

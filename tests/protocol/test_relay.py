@@ -23,13 +23,15 @@ from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTun
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from teredonode.wire.teredo import OriginIndication, classify
-from tests.protocol._tunnelroles import UnnumberedTestBed, UnnumberedTunnelBehaviour
+from tests.protocol.tunnelroles import UnnumberedTestBed, UnnumberedTunnelBehaviour
 # Re-exported: the other relay test modules take them from here.
-from tests.protocol._tunnelroles import (
+from tests.protocol.tunnelroles import (
     FAKE_CLIENT as FAKE_CLIENT,
     PRIMARY as PRIMARY,
     SECONDARY as SECONDARY,
+    fakeNetconfig as fakeNetconfig,
     fakeTun as fakeTun,
+    withFakes as withFakes,
     teredo as teredo,
 )
 from tests.protocol.test_client import echo, raw
@@ -72,10 +74,10 @@ class RelayTestCase(UnnumberedTestBed):
         """
         A started relay on the public IPv4 address C{ip}, its settings' defaults overridden.
         """
-        relay = TeredoRelay(
-            RelaySettings(**overrides), self.net.host(ip), FakeTunDevice("teredo-relay"),
-            FakeNetworkConfigurator(), randbytes=random.Random(rngSeed).randbytes,
-        )
+        relay = withFakes("teredo-relay", lambda tun, conf: TeredoRelay(
+            RelaySettings(**overrides), self.net.host(ip), tun, conf,
+            randbytes=random.Random(rngSeed).randbytes,
+        ))
         relay.privilegedStartService()
         relay.startService()
         self.addCleanup(relay.stopService)
@@ -123,8 +125,7 @@ class ServiceTests(RelayTestCase):
         route, the status's drop reasons and stopping: test_statusAndStop of
         L{RelayTunnelTests}).
         """
-        conf = self.relay._netconfig
-        assert isinstance(conf, FakeNetworkConfigurator)
+        conf = fakeNetconfig(self.relay)
         self.assertEqual(conf.links["teredo-relay"].mtu, 1280)
         self.assertTrue(conf.forwarding)
         status = self.relay.status()
@@ -216,7 +217,7 @@ class EndToEndTests(RelayTestCase):
 
 class RelayTunnelTests(UnnumberedTunnelBehaviour, RelayTestCase):
     """
-    What the relay shares with the host-specific relay (L{tests.protocol._tunnelroles}).
+    What the relay shares with the host-specific relay (L{tests.protocol.tunnelroles}).
     """
 
     forwardsUnsolicited = True

@@ -30,7 +30,7 @@ from teredonode.testing import FakeInternet, FakeIPv6Network, FakeNetworkConfigu
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
 from tests.protocol.test_client import Endpoint, echo, raw
-from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, fakeTun, teredo
+from tests.protocol.test_relay import PRIMARY, SECONDARY, V6HOST, RelayTestCase, fakeTun, teredo, withFakes
 
 RELAY_A, RELAY_B = "203.0.113.20", "203.0.113.21"
 
@@ -78,11 +78,10 @@ class RestartTestCase(SynchronousTestCase):
         self.relays: dict[str, TeredoRelay] = {}
 
     def startRelay(self, ip: str, seed: int = 7) -> TeredoRelay:
-        tun = FakeTunDevice("teredo-relay")
-        relay = TeredoRelay(
-            RelaySettings(), self.hosts[ip], tun, FakeNetworkConfigurator(),
-            randbytes=random.Random(seed).randbytes,
-        )
+        relay = withFakes("teredo-relay", lambda tun, conf: TeredoRelay(
+            RelaySettings(), self.hosts[ip], tun, conf, randbytes=random.Random(seed).randbytes,
+        ))
+        tun = fakeTun(relay)
         relay.privilegedStartService()
         relay.startService()
         self.addCleanup(lambda: relay.running and relay.stopService())
@@ -446,9 +445,19 @@ class HealthTests(RestartTestCase):
         )
         self.relay.privilegedStartService()
         self.relay.startService()
-        self.addCleanup(lambda: self.relay.state != "stopped" and self.relay._stop())
+        self.addCleanup(self.stopFully)
         self.side.add(tun)
         self.side.live.append(tun)
+
+    def stopFully(self) -> None:
+        """
+        Stop the relay through its public stop, finishing a drain on the clock.
+        """
+        if self.relay.running:
+            self.relay.stopService()
+        if self.relay.state == "draining":
+            self.clock.advance(self.relay.settings.drain_time)
+        self.assertEqual(self.relay.state, "stopped")
 
     def test_refreshedEveryInterval(self) -> None:
         """

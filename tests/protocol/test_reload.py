@@ -32,9 +32,10 @@ from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED
 from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_payload
 from tests.protocol import test_hostrelay, test_relay
-from tests.protocol._tunnelroles import UnnumberedTestBed
-from tests.protocol.test_client import echo
+from tests.protocol.tunnelroles import UnnumberedTestBed, withFakes
+from tests.protocol.test_client import Endpoint, echo
 from tests.protocol.test_relay import RELAY_IP, teredo
+from tests.protocol.test_server import secure_rs
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 BASE = f"""
@@ -60,18 +61,17 @@ def makeRole(settings: Any, reactor: Any) -> Any:
     if isinstance(settings, ServerSettings):
         return TeredoServer(settings, reactor)
     if isinstance(settings, RelaySettings):
-        return TeredoRelay(
-            settings, reactor, FakeTunDevice("teredo-relay"), FakeNetworkConfigurator(), randbytes=rng.randbytes
-        )
+        return withFakes("teredo-relay", lambda tun, conf: TeredoRelay(
+            settings, reactor, tun, conf, randbytes=rng.randbytes
+        ))
     if isinstance(settings, HostRelaySettings):
-        return HostSpecificRelay(
-            settings, reactor, FakeTunDevice("teredo-hr"), FakeNetworkConfigurator(),
-            lambda: {test_hostrelay.DUAL6}, randbytes=rng.randbytes,
-        )
+        return withFakes("teredo-hr", lambda tun, conf: HostSpecificRelay(
+            settings, reactor, tun, conf, lambda: {test_hostrelay.DUAL6}, randbytes=rng.randbytes,
+        ))
     assert isinstance(settings, ClientSettings)
-    return TeredoClient(
-        settings, reactor, FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes
-    )
+    return withFakes("teredo", lambda tun, conf: TeredoClient(
+        settings, reactor, tun, conf, rng=rng, randbytes=rng.randbytes
+    ))
 
 
 def roleNode(test: Any, role: str, table: str, reactor: Any) -> TeredoNode:
@@ -190,7 +190,14 @@ class ReloadTests(SynchronousTestCase):
         self.file = text(extra='secure = true\nclients = { "alice" = "0123456789abcdef" }')
         applied, _ = self.node.reload()
         self.assertEqual(sorted(applied), ["[server] clients", "[server] secure"])
-        self.assertIn(b"alice", self.server._secrets)
+        endpoint = Endpoint()
+        client = self.net.host("192.0.2.45").listenUDP(4000, endpoint)
+        client.write(secure_rs(b"alice", b"wrong secret"), (PRIMARY, 3544))
+        self.net.flush()
+        self.assertEqual(endpoint.received, [])  # secure now: a wrong key gets no RA
+        client.write(secure_rs(b"alice", b"0123456789abcdef"), (PRIMARY, 3544))
+        self.net.flush()
+        self.assertEqual(len(endpoint.received), 1)  # the new key does
 
     def test_broken_file_changes_nothing(self) -> None:
         self.file = "[server\n"
@@ -228,7 +235,7 @@ class ReloadTests(SynchronousTestCase):
 
     def test_without_a_file(self) -> None:
         node = TeredoNode(parse_config(self.file, "(no config file)"), Clock(), registry={"server": __name__})
-        self.assertRaises(ConfigError, node._readAgain)
+        self.assertRaises(ConfigError, node.loader)
 
 
 class ProbeBudgetTests(SynchronousTestCase):

@@ -181,7 +181,7 @@ class RouterSolicitationTests(ServerTestCase):
             packet = classify(client.received[0][0])
             self.assertEqual(packet.header.dst, src)
             ipv6.decode_icmpv6(packet.ipv6[40:], packet.header.src, packet.header.dst)
-        self.assertLessEqual(len(self.server._raCache), 64)
+        self.assertLessEqual(self.server.raCached, 64)
 
     def test_without_auth(self) -> None:
         client = self.peer("192.0.2.45")

@@ -139,7 +139,8 @@ class RefreshTests(SLRTestCase):
         """
         a, b, aAddr, bAddr = self.pair(natTimeout=20, refresh=10)
         forwarded = self.server.status()["counters"]["forwarded"]
-        bNat = b.host.nat  # type: ignore[attr-defined]
+        bNat = self.hostOf(b).nat
+        assert bNat is not None
         filtered = bNat.dropped["filtered"]
         start = len(self.net.capture)
         self.tunOf(a).inject(echo(aAddr, bAddr, b"again"))
@@ -243,7 +244,7 @@ class RefreshTests(SLRTestCase):
         assert aMapping is not None and aMapping.mapping is not None
         self.net.run(3)
         start = len(self.net.capture)
-        a.tunnel._send(
+        self.socketOf(a).write(
             ipv6.bubble(aAddr, bAddr) + encode_trailers((NeighborDiscoveryTrailer(DISCOVERY_SOLICITATION),)),
             mapping_of(bAddr),
         )

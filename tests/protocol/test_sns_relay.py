@@ -25,7 +25,7 @@ from teredonode.testing import FakeHost, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import mapping_of
 from teredonode.wire.teredo import NonceTrailer, classify, encode_trailers
-from tests.protocol._tunnelroles import UnnumberedTestBed
+from tests.protocol.tunnelroles import UnnumberedTestBed, fakeTun, withFakes
 from tests.protocol.test_client import Endpoint, echo, raw
 from tests.protocol.test_hostrelay import HostRelayTestCase
 from tests.protocol.test_relay import FAKE_CLIENT, PRIMARY, SECONDARY, RelayTestCase
@@ -57,10 +57,10 @@ class SymmetricNATBehaviour(_Base):
         nat = self.net.nat("symmetric", public=f"198.51.100.{self._nats}", rng=random.Random(seed))
         host = nat.host("10.0.0.2")
         rng = random.Random(seed)
-        client = TeredoClient(
+        client = withFakes("teredo", lambda tun, conf: TeredoClient(
             ClientSettings(server=PRIMARY, secondary=SECONDARY, allow_symmetric=True, **overrides),
-            host, FakeTunDevice("teredo"), FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
+            host, tun, conf, rng=rng, randbytes=rng.randbytes,
+        ))
         client.privilegedStartService()
         client.startService()
         self.addCleanup(client.stopService)
@@ -73,7 +73,7 @@ class SymmetricNATBehaviour(_Base):
         C{count} echo requests from C{client} to v6host, one a second; how many replies the
         client's host got back.
         """
-        tun: FakeTunDevice = client._tun  # type: ignore[assignment]
+        tun = fakeTun(client)
         caddr = raw(client.address)
         replies = 0
         for i in range(count):
@@ -92,7 +92,7 @@ class SymmetricNATBehaviour(_Base):
         """
         endpoint, udp, address = self.fakeClient()
         other = Endpoint()
-        otherHost = self.net._owners[FAKE_CLIENT[0]]
+        otherHost = self.net.owner(FAKE_CLIENT[0])
         assert isinstance(otherHost, FakeHost)
         otherUdp = otherHost.listenUDP(OTHER_PORT, other, interface=FAKE_CLIENT[0])
         self.tun.inject(echo(self.hostAddress, address, b"waiting"))

@@ -26,7 +26,7 @@ from teredonode.roles.client import TeredoClient
 from teredonode.roles.tunnel import SUPPRESSION_REASONS
 from teredonode.wire import ipv6
 from teredonode.wire.teredo import OriginIndication, classify, encode_payload
-from tests.protocol._tunnelroles import UnnumberedTestBed
+from tests.protocol.tunnelroles import UnnumberedTestBed
 from tests.protocol.test_client import Endpoint, echo
 from tests.protocol.test_hostrelay import HostRelayTestCase
 from tests.protocol.test_relay import PRIMARY, V6HOST, RelayTestCase, fakeTun, teredo

@@ -107,9 +107,15 @@ class PeerStateTests(RecordingTunnelCase):
         """
         self.assertIs(self.tunnel.counters, self.counters)
         self.assertIs(self.tunnel.drops, self.drops)
-        self.assertEqual(self.peers.on_remove, self.tunnel._peerRemoved)
         self.fromHost(PEER)
         self.assertEqual(self.counters["bubbles-direct"], 1)
+        # The tunnel owns the list's removals: removing the probing entry counts its queued
+        # packet and cancels its retry.
+        self.assertEqual(self.state(PEER), PROBING)
+        self.assertEqual(self.drops["evicted"], 0)
+        self.peers.remove(PEER)
+        self.assertEqual(self.drops["evicted"], 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
         plain = TeredoTunnel(self.clock, CLIENT_POLICY, PeerList(self.clock.seconds), print, print, bytes)
         self.assertEqual(plain.counters, dict.fromkeys(COUNTERS + NUMBERED_COUNTERS + UNNUMBERED_COUNTERS, 0))
         self.assertEqual(plain.drops, dict.fromkeys(DROP_REASONS + UNNUMBERED_DROP_REASONS, 0))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from unittest import SkipTest, TestCase
 
 from teredonode.errors import LabError
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.lab import Lab, preflight
 
 _alive: dict[str, Lab] = {}

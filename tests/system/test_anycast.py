@@ -146,7 +146,7 @@ HANG_BOUND = 5.5
 class AnycastTests(AnycastLabCase):
     def setUp(self) -> None:
         from tests.system.lab_fixture import skip_reason
-        from teredonode.lab._proc import which
+        from teredonode.lab.proc import which
 
         if which("bird") is None and skip_reason() is None:
             raise unittest.SkipTest("bird not installed (apt-get install bird2)")
@@ -287,7 +287,7 @@ class AnycastDemoTests(unittest.TestCase):
     def test_demo(self) -> None:
         import io
 
-        from teredonode.lab._proc import which
+        from teredonode.lab.proc import which
         from teredonode.lab.anycast import run_anycast_demo
 
         if which("bird") is None:

@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from twisted.trial import unittest
 
 from teredonode.lab import nat
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.lab import Lab
 from teredonode.lab.probe import Agent
 from teredonode.lab.topology import namespace_pids

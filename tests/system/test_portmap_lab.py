@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from twisted.trial import unittest
 
 from teredonode.lab import nodes
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.lab import Lab
 
 from tests.system.lab_fixture import LabAssertions, use_lab

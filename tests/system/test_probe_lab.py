@@ -21,7 +21,7 @@ from typing import Any
 from twisted.trial import unittest
 
 from teredonode.lab import nat, nodes
-from teredonode.lab._proc import which
+from teredonode.lab.proc import which
 from teredonode.lab.nodes import REPO_ROOT
 from teredonode.probe import FIGURE1
 from tests.system.lab_fixture import use_lab

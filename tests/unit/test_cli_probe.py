@@ -33,9 +33,9 @@ class ProbeCommandTests(SynchronousTestCase):
             report["packets"] = {"sent": 7, "received": 5}
             return report
 
-        args = cli._parser().parse_args(["probe", *argv])
+        args = cli.build_parser().parse_args(["probe", *argv])
         out, err = io.StringIO(), io.StringIO()
-        code = cli._probe(args, out, err, runner)
+        code = cli.probe_command(args, out, err, runner)
         return code, out.getvalue(), err.getvalue(), calls
 
     def test_text_and_targets(self) -> None:

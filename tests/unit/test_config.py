@@ -22,7 +22,6 @@ from teredonode.config import (
     REQUIRED,
     ROLE_NAMES,
     SCHEMA,
-    _integer,
     setting,
     ClientSettings,
     HostRelaySettings,
@@ -503,7 +502,9 @@ class DeclarationTests(SynchronousTestCase):
         A declaration's check is a L{Check}, which names its kind for the docs.
         """
         self.assertRaises(TypeError, setting, check=lambda value: value, default=1, doc="X.")
-        self.assertEqual(_integer(1, 60, "seconds").kind, "integer 1..60 (seconds)")
+        kinds = {key.name: key.check.kind for key in SCHEMA["client"]}
+        self.assertEqual(kinds["refresh"], "integer 10..3600 (seconds)")
+        self.assertEqual(kinds["port"], "integer 0..65535 (port)")
 
 
 class SampleDefaultsTests(SynchronousTestCase):

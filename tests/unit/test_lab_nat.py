@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from teredonode.errors import LabError
 from teredonode.lab import nat, topology, upnp, usernat
-from teredonode.lab.cli import _parser, _scenario
+from teredonode.lab.cli import build_parser, scenario_of
 from teredonode.lab.scenario import SCENARIOS, get_scenario
 
 WAN = "198.51.100.11"
@@ -117,9 +117,9 @@ class PlanTests(unittest.TestCase):
         self.assertRaises(LabError, get_scenario, "nat:")
 
     def test_cli_nat_option_builds_custom_scenario(self) -> None:
-        args = _parser().parse_args(["up", "--nat", "sequential-symmetric,upnp-port-restricted"])
-        self.assertEqual(_scenario(args), "nat:sequential-symmetric,upnp-port-restricted")
-        self.assertEqual(_scenario(_parser().parse_args(["demo", "--scenario", "nat-kinds"])), "nat-kinds")
+        args = build_parser().parse_args(["up", "--nat", "sequential-symmetric,upnp-port-restricted"])
+        self.assertEqual(scenario_of(args), "nat:sequential-symmetric,upnp-port-restricted")
+        self.assertEqual(scenario_of(build_parser().parse_args(["demo", "--scenario", "nat-kinds"])), "nat-kinds")
 
     def test_daemon_names_are_per_router(self) -> None:
         self.assertEqual(nat.daemon_names("nat3"), ("nat3-usernat", "nat3-stun", "nat3-upnpd"))

@@ -17,8 +17,8 @@ from teredonode.portmap import Mapping, PortMapError
 
 def run(argv: list[str], runner: Any) -> tuple[int, str, str, Any]:
     out, err = io.StringIO(), io.StringIO()
-    args = cli._parser().parse_args(["portmap", *argv])
-    code = cli._portmap(args, out, err, runner)
+    args = cli.build_parser().parse_args(["portmap", *argv])
+    code = cli.portmap_command(args, out, err, runner)
     return code, out.getvalue(), err.getvalue(), args
 
 

@@ -13,7 +13,7 @@ from twisted.web.client import ResponseDone
 
 from teredonode.portmap import igd
 from teredonode.portmap.base import PortMapError
-from teredonode.portmap.mappers import _BoundedBody
+from teredonode.portmap.mappers import BoundedBody
 from teredonode.wire.errors import ParseError
 
 LIMIT = 65536
@@ -230,7 +230,7 @@ class BoundedBodyTests(SynchronousTestCase):
 
     def test_within(self) -> None:
         done: Deferred[bytes] = Deferred()
-        body = _BoundedBody(10, done)
+        body = BoundedBody(10, done)
         body.makeConnection(_Transport())
         body.dataReceived(b"12345")
         body.dataReceived(b"67890")
@@ -240,7 +240,7 @@ class BoundedBodyTests(SynchronousTestCase):
     def test_over(self) -> None:
         done: Deferred[bytes] = Deferred()
         transport = _Transport()
-        body = _BoundedBody(10, done)
+        body = BoundedBody(10, done)
         body.makeConnection(transport)
         body.dataReceived(b"12345678901")
         self.assertTrue(transport.stopped)

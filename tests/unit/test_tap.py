@@ -179,6 +179,15 @@ class RoleLoadingTests(SynchronousTestCase):
         checkRoles(config, {"server": __name__})
 
 
+class _ClockListeningOnUnix(Clock):
+    """
+    A Clock for timing whose status socket is a real one (the node listens on it at start).
+    """
+
+    def listenUNIX(self, *args: Any, **kwargs: Any) -> Any:
+        return reactor.listenUNIX(*args, **kwargs)  # type: ignore[attr-defined]
+
+
 class NodeTests(TestCase):
     def setUp(self) -> None:
         self.dir = tempdir(self)
@@ -195,10 +204,11 @@ class NodeTests(TestCase):
         self.assertIs(IService(role).parent, node)
 
     def test_statusDocument(self) -> None:
-        clock = Clock()
+        clock = _ClockListeningOnUnix()
         clock.advance(100)
         node = TeredoNode(self.config, clock, {"server": __name__})
-        node._startedAt = clock.seconds()
+        node.startService()
+        self.addCleanup(node.stopService)
         clock.advance(42.5)
         document = node.status()
         self.assertEqual(list(document), ["node", "server"])

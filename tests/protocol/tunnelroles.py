@@ -17,7 +17,8 @@ from __future__ import annotations
 import ipaddress
 import random
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Callable, TypeVar, cast
+from weakref import WeakKeyDictionary
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -31,6 +32,8 @@ from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX, TeredoAddress
 from teredonode.wire.teredo import OriginIndication, classify
 from tests.protocol.test_client import Endpoint, echo
+
+R = TypeVar("R")
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 #: The public endpoint of the bare UDP socket that plays a Teredo client.
@@ -46,13 +49,34 @@ def teredo(server: str, ip: str, port: int, flags: int = 0) -> bytes:
     return TeredoAddress(GLOBAL_PREFIX, server, flags, port, ip).to_bytes()
 
 
+#: The fakes each role of these test beds was given, kept by the tests that made it (a role
+#: holds them privately, as an L{ITunDevice} and an L{INetworkConfigurator}).
+_injected: WeakKeyDictionary[Any, tuple[FakeTunDevice, FakeNetworkConfigurator]] = WeakKeyDictionary()
+
+
+def withFakes(name: str, make: Callable[[FakeTunDevice, FakeNetworkConfigurator], R]) -> R:
+    """
+    C{make(tun, netconfig)} with a new fake TUN called C{name} and a new fake configurator,
+    remembered for L{fakeTun} and L{fakeNetconfig}.
+    """
+    tun, conf = FakeTunDevice(name), FakeNetworkConfigurator()
+    role = make(tun, conf)
+    _injected[role] = (tun, conf)
+    return role
+
+
 def fakeTun(role: Any) -> FakeTunDevice:
     """
-    The fake TUN a role of these test beds was given (roles hold it as an L{ITunDevice}).
+    The fake TUN a role of these test beds was given (L{withFakes}).
     """
-    tun = role._tun
-    assert isinstance(tun, FakeTunDevice), tun
-    return tun
+    return _injected[role][0]
+
+
+def fakeNetconfig(role: Any) -> FakeNetworkConfigurator:
+    """
+    The fake network configurator a role of these test beds was given (L{withFakes}).
+    """
+    return _injected[role][1]
 
 
 class UnnumberedTestBed(SynchronousTestCase):
@@ -109,10 +133,10 @@ class UnnumberedTestBed(SynchronousTestCase):
         nat = self.net.nat(kind, public=f"198.51.100.{self._nats}", rng=random.Random(seed))
         host = nat.host("10.0.0.2")
         rng = random.Random(seed)
-        client = TeredoClient(
-            ClientSettings(server=PRIMARY, secondary=SECONDARY), host, FakeTunDevice("teredo"),
-            FakeNetworkConfigurator(), rng=rng, randbytes=rng.randbytes,
-        )
+        client = withFakes("teredo", lambda tun, conf: TeredoClient(
+            ClientSettings(server=PRIMARY, secondary=SECONDARY), host, tun, conf, rng=rng,
+            randbytes=rng.randbytes,
+        ))
         client.privilegedStartService()
         client.startService()
         self.addCleanup(client.stopService)
@@ -225,8 +249,7 @@ class UnnumberedTunnelBehaviour(_Base):
         RL-01/HR-02: 2001::/32 is routed to an unnumbered TUN; the status names every drop
         reason; stopping removes the route and cancels every timer.
         """
-        conf = self.role._netconfig
-        assert isinstance(conf, FakeNetworkConfigurator)
+        conf = fakeNetconfig(self.role)
         tunName = self.tun.name
         self.assertIn((tunName, "2001::/32", 1024), conf.routes)
         self.assertEqual(conf.addresses[tunName], set())
