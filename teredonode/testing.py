@@ -1244,6 +1244,13 @@ class FakeRandomPort:
         if not self.closed:
             self._receive(packet, addr)
 
+    def deliverLate(self, packet: Any, addr: Endpoint) -> None:
+        """
+        A packet the kernel had queued before the port closed, handed over anyway (the
+        reactor may still be reading it): the tunnel must ignore it for a peer gone.
+        """
+        self._receive(packet, addr)
+
 
 @implementer(IRandomPorts)
 class FakeRandomPorts:

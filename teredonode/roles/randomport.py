@@ -232,6 +232,19 @@ class PortPreserving:
     def openPorts(self) -> int:
         return len(self._open)
 
+    def portFor(self, address: bytes) -> IRandomPort | None:
+        """The random port open for the peer at C{address}, if any."""
+        return self._open.get(address)
+
+    def echoTestFor(self, address: bytes) -> EchoTest | None:
+        """The Echo Test (X-SEQ-06) of the peer at C{address}, if one ran."""
+        return self._echo.get(address)
+
+    @property
+    def refreshing(self) -> bool:
+        """Is the Peer Refresh Timer (X-PP-04/05) running?"""
+        return self._refresh.running
+
     # -- ports -------------------------------------------------------------------------------
 
     def _allocate(self, peer: Peer, predict: bool = True) -> bool:
@@ -249,7 +262,7 @@ class PortPreserving:
         low, high = RANDOM_PORT_RANGE
         address = peer.address
         for _ in range(OPEN_ATTEMPTS):
-            port = low + int.from_bytes(tunnel._randbytes(2), "big") % (high - low + 1)
+            port = low + int.from_bytes(tunnel.randbytes(2), "big") % (high - low + 1)
             handle = self._host.openRandomPort(
                 port, lambda packet, addr: self._received(address, packet, addr)
             )
@@ -307,7 +320,7 @@ class PortPreserving:
         """
         tunnel = self._tunnel
         source = tunnel.address
-        if source is None or peer.trusted or peer.address[:4] != tunnel._prefix:
+        if source is None or peer.trusted or peer.address[:4] != tunnel.prefix:
             return
         ip, embeddedPort = mapping_of(peer.address)
         if self.symmetric:
@@ -323,10 +336,10 @@ class PortPreserving:
             target = (ip, peer.peer_random_port)
         else:
             return
-        if not ipv4.is_global_unicast(ip, tunnel._hardened):
+        if not ipv4.is_global_unicast(ip, tunnel.hardened):
             return
         # Paced apart from the answer to the same endpoint (it leaves from another port).
-        if inbound and not (tunnel._answerLimit.allow(("pp", target)) and tunnel._inboundBubbleAllowed()):
+        if inbound and not (tunnel.answerLimit.allow(("pp", target)) and tunnel.inboundBubbleAllowed()):
             return
         if self.symmetric and not self._allocate(peer):
             return
@@ -340,7 +353,7 @@ class PortPreserving:
         if handle is not None:
             handle.sendto(data, target)
         else:
-            tunnel._send(data, target)
+            tunnel.send(data, target)
         tunnel.counters["pp-bubbles"] += 1
 
     def sendFor(self, peer: Peer, data: bytes, endpoint: Endpoint) -> bool:
@@ -428,19 +441,19 @@ class PortPreserving:
         if now - peer.last_tx < IDLE or now - peer.last_rx < IDLE or peer.timer is not None:
             return False
         source = tunnel.address
-        if source is None or not peer.may_bubble(now) or not tunnel._inboundBubbleAllowed():
+        if source is None or not peer.may_bubble(now) or not tunnel.inboundBubbleAllowed():
             return False
         if release:
             self._release(peer)
         # Trusted no more: an exchange starts with the indirect bubble, and goes on (its
         # retries, then the end) as for a peer never reached.
         peer.attempts = 0
-        probe = tunnel._bubble
-        retry = self._clock.callLater(PROBE_INTERVAL, tunnel._retry, peer, probe)
-        tunnel._setState(peer, PROBING, timer=retry)
+        probe = tunnel.bubble
+        retry = self._clock.callLater(PROBE_INTERVAL, tunnel.retry, peer, probe)
+        tunnel.setState(peer, PROBING, timer=retry)
         peer.direct_rx_primary = peer.direct_rx_random = False
         tunnel.counters["pp-resets"] += 1
-        tunnel._sendIndirect(peer, source)
+        tunnel.sendIndirect(peer, source)
         peer.bubble_sent(now)
         return True
 
@@ -465,27 +478,27 @@ class PortPreserving:
         if peer.trusted and peer.mapping == addr:
             # X-PP-16, the same mapping: accepted (and a data packet delivered).
             peer.heard(now)
-            tunnel._release(peer)
-            tunnel._accept(packet, isBubble)
+            tunnel.release(peer)
+            tunnel.accept(packet, isBubble)
             if isBubble:
-                tunnel._advertise(peer, packet, addr)
+                tunnel.advertise(peer, packet, addr)
             return
         if not isBubble:
             tunnel.drops["random-port-refused"] += 1
             return
         if not peer.trusted:
             # X-PP-15, with the proof the module docstring explains.
-            if addr != mapping_of(address) and not tunnel._provesNonce(peer, packet):
+            if addr != mapping_of(address) and not tunnel.provesNonce(peer, packet):
                 tunnel.drops["random-port-refused"] += 1
                 return
-            tunnel._setState(peer, TRUSTED, now, mapping=addr, timer=None)
+            tunnel.setState(peer, TRUSTED, now, mapping=addr, timer=None)
             peer.direct_rx_random = True
             tunnel.counters["pp-learned"] += 1
-            tunnel._logChange(
+            tunnel.logChange(
                 "peer {peer} reached through random port {port} at {mapping}",
                 peer=_text(address), port=peer.random_port, mapping=f"{addr[0]}:{addr[1]}",
             )
-            tunnel._release(peer)
+            tunnel.release(peer)
             tunnel.counters["bubbles-received"] += 1
             return
         if not peer.direct_rx_primary:
@@ -529,7 +542,7 @@ class PortPreserving:
         source, server, secondary = tunnel.address, tunnel.server, self._secondary
         if handle is None or source is None or server is None or secondary is None:
             return
-        draw = tunnel._randbytes
+        draw = tunnel.randbytes
         test.nonce1, test.nonce2 = draw(8), draw(8)
         handle.sendto(self._host.echoSolicitation(test.nonce1), server)
         ip, port = mapping_of(peer.address)
@@ -558,7 +571,7 @@ class PortPreserving:
             return
         tunnel.counters["seq-fallbacks"] += 1
         if tunnel.address is not None and not peer.trusted:
-            tunnel._sendIndirect(peer, tunnel.address)
+            tunnel.sendIndirect(peer, tunnel.address)
 
     def _echoAnswer(self, address: bytes, packet: TeredoPacket) -> None:
         """
@@ -591,7 +604,7 @@ class PortPreserving:
         peer.random_port = (test.lower + test.upper) // 2
         tunnel.counters["seq-predicted"] += 1
         if tunnel.address is not None and not peer.trusted:
-            tunnel._sendIndirect(peer, tunnel.address)
+            tunnel.sendIndirect(peer, tunnel.address)
 
     def _stopEcho(self, address: bytes) -> None:
         """X-SEQ-08 (and the port closed): the test ends, its timer cancelled."""

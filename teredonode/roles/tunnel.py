@@ -33,7 +33,7 @@ Nothing here logs per packet: every decision is a counter in C{counters} or a dr
 C{drops} under a reason from L{DROP_REASONS}.
 
 Peer states.  Each entry of the peer list is in one state, read from its fields by
-L{peerState}; L{TeredoTunnel._setState} is the only code that changes one, and refuses
+L{peerState}; L{TeredoTunnel.setState} is the only code that changes one, and refuses
 (L{PeerStateError}) any change that is not a row of this table (L{PEER_TRANSITIONS}):
 
   ==================================  =================  =====================================
@@ -363,7 +363,7 @@ def peerState(peer: Peer) -> str:
     return UNTRUSTED
 
 
-#: L{TeredoTunnel._setState}: leave the exchange (the retry timer) as it is.
+#: L{TeredoTunnel.setState}: leave the exchange (the retry timer) as it is.
 _KEEP: Any = object()
 
 
@@ -584,11 +584,11 @@ class TeredoTunnel:
         self.policy = policy
         self.peers = peers
         peers.on_remove = self._peerRemoved
-        self._send = send
+        self.send = send
         self._deliver = deliver
-        self._randbytes = randbytes
-        self._prefix = prefix
-        self._hardened = policy.hardened
+        self.randbytes = randbytes
+        self.prefix = prefix
+        self.hardened = policy.hardened
         self._serves = serves
         self._bubbleBudget = bubbleBudget
         self._inboundBudget = inboundBudget
@@ -597,7 +597,7 @@ class TeredoTunnel:
         # Answers to indirect bubbles: at most one per 2 s per origin endpoint (section
         # 5.2.6's per-peer pace, keyed by where the answer goes, so that a pending echo
         # test toward the same IPv6 peer cannot hold back the answer that opens our NAT).
-        self._answerLimit = RateLimiter(clock, 1.0 / PROBE_INTERVAL, 1, peers.max_peers)
+        self.answerLimit = RateLimiter(clock, 1.0 / PROBE_INTERVAL, 1, peers.max_peers)
         # forget_unreachable: when each removed peer's bubbles began, so that section 5.2.6's
         # "no more than 4 in 300 s" outlives the entry (RL-04); bounded like the peer list.
         self._unreachableSince: OrderedDict[bytes, float] = OrderedDict()
@@ -700,7 +700,7 @@ class TeredoTunnel:
         self._unreachableSince.clear()
         self._forgotten.clear()
 
-    def _inboundBubbleAllowed(self) -> bool:
+    def inboundBubbleAllowed(self) -> bool:
         """
         SEC-19: a bubble that incoming traffic makes us send is paid from the inbound budget
         (clients only); without a token it is counted as suppressed, by reason.
@@ -715,7 +715,7 @@ class TeredoTunnel:
         return False
 
     def _peerRemoved(self, peer: Peer) -> None:
-        self._setState(peer, REMOVED, timer=None)
+        self.setState(peer, REMOVED, timer=None)
         if self.portPreserving is not None:
             self.portPreserving.peerRemoved(peer)
         if peer.queue:
@@ -726,7 +726,7 @@ class TeredoTunnel:
             and peer.trusted
             and not peer.local
             and mapping is not None
-            and peer.address[:4] == self._prefix
+            and peer.address[:4] == self.prefix
         ):
             record = self._forgotten
             record[peer.address] = (mapping, peer.last_rx, max(peer.last_rx, peer.last_tx))
@@ -747,7 +747,7 @@ class TeredoTunnel:
         if self._clock.seconds() - lastTouch >= SLR_MEMORY:
             return None
         peer = self.peers.create(address)
-        self._setState(peer, TRUSTED, lastRx, mapping=mapping)
+        self.setState(peer, TRUSTED, lastRx, mapping=mapping)
         return peer
 
     # -- transmission (section 5.2.4) -------------------------------------------------------
@@ -778,7 +778,7 @@ class TeredoTunnel:
         # Case 1: a valid, trusted entry.
         if peer is not None and peer.trusted and peers.is_valid(peer):
             self._transmit(peer, packet)
-            if peer.timer is None and self.policy.native_destinations and dst[:4] != self._prefix:
+            if peer.timer is None and self.policy.native_destinations and dst[:4] != self.prefix:
                 self._recheck(peer)
             return
         # Case 3 (CL-TX-03): a local peer heard within 600 s: prove its LAN endpoint.
@@ -786,9 +786,9 @@ class TeredoTunnel:
             self._queueAndProbe(peer, packet, None, self._localBubble)
             return
         if peer is not None and self._idlePath(peer):
-            self._queueAndProbe(peer, packet, None, self._bubble, solicit=True)
+            self._queueAndProbe(peer, packet, None, self.bubble, solicit=True)
             return
-        if dst[:4] == self._prefix:
+        if dst[:4] == self.prefix:
             self._toTeredo(peer, dst, packet)
         elif self.policy.native_destinations:
             self._toNative(peer, dst, packet)
@@ -827,7 +827,7 @@ class TeredoTunnel:
         """
         if not self.serverLoadReduction or not peer.trusted or peer.local or peer.mapping is None:
             return False
-        if peer.address[:4] != self._prefix:
+        if peer.address[:4] != self.prefix:
             return False
         now = self._clock.seconds()
         idle = self.peers.valid_for
@@ -849,14 +849,14 @@ class TeredoTunnel:
         """
         pp = self.portPreserving
         if pp is None or peer is None or not pp.sendFor(peer, data, endpoint):
-            self._send(data, endpoint)
+            self.send(data, endpoint)
 
     def _toTeredo(self, peer: Peer | None, dst: bytes, packet: bytes) -> None:
         """
         Cases 4/5 (the cone bit is ignored, RFC 5991 section 3.2): queue, bubble directly
         and through the peer's server.
         """
-        if not is_global_teredo(dst, self._prefix, self._hardened):
+        if not is_global_teredo(dst, self.prefix, self.hardened):
             self.drops["non-global-destination"] += 1
             return
         if peer is None:
@@ -873,10 +873,10 @@ class TeredoTunnel:
                     self._refuse(reason, "bubbles-suppressed")
                     return
                 peer = self.peers.create(dst)
-                self._queueAndProbe(peer, packet, None, self._budgetedBubble, self._bubble)
+                self._queueAndProbe(peer, packet, None, self._budgetedBubble, self.bubble)
                 return
             peer = self.peers.create(dst)
-        probe = self._bubble if self._bubbleBudget is None else self._budgetedBubble
+        probe = self.bubble if self._bubbleBudget is None else self._budgetedBubble
         self._queueAndProbe(peer, packet, None, probe)
 
     def _stillUnreachable(self, dst: bytes) -> bool:
@@ -927,32 +927,32 @@ class TeredoTunnel:
         if not running and solicit:
             peer.attempts = 0
             self._solicit(peer)
-            self._setState(peer, TRUSTED, timer=self._clock.callLater(PROBE_INTERVAL, self._resolicit, peer, 1))
+            self.setState(peer, TRUSTED, timer=self._clock.callLater(PROBE_INTERVAL, self._resolicit, peer, 1))
         elif not running:
             peer.attempts = 0
             (probe if firstProbe is None else firstProbe)(peer)
-            self._setState(
+            self.setState(
                 peer,
                 TRUSTED if peer.trusted else PROBING,
-                timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe),
+                timer=self._clock.callLater(PROBE_INTERVAL, self.retry, peer, probe),
             )
 
-    def _retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
+    def retry(self, peer: Peer, probe: Callable[[Peer], bool]) -> None:
         # peer.timer is the call that just fired: the exchange runs until this decides.
         if peer.address not in self.peers:
             return
         # A trusted entry may still have packets waiting: a native peer heard through
         # another relay (case 6) until the echo test proves that relay.
         if peer.trusted and self.peers.is_valid(peer) and not peer.queue:
-            self._setState(peer, TRUSTED, timer=None)
+            self.setState(peer, TRUSTED, timer=None)
             return
         peer.attempts += 1
         if peer.attempts > PROBE_REPEATS:
             self._fail(peer)
             return
         probe(peer)
-        self._setState(
-            peer, peerState(peer), timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe)
+        self.setState(
+            peer, peerState(peer), timer=self._clock.callLater(PROBE_INTERVAL, self.retry, peer, probe)
         )
 
     def _solicit(self, peer: Peer) -> bool:
@@ -975,24 +975,24 @@ class TeredoTunnel:
         X-SLR-04, the retransmission timer: C{count} solicitations went unanswered for 2 s.
         Below L{SLR_SOLICITATIONS}, solicit again; at it, start over as for a peer never
         reached: no longer trusted, the RFC 4380 bubble pair (section 5.2.4) and its retries.
-        (An advertisement from the mapping ends the exchange before: L{_release}.)
+        (An advertisement from the mapping ends the exchange before: L{release}.)
         """
         if peer.address not in self.peers:
             return
         if count < SLR_SOLICITATIONS:
             self._solicit(peer)
-            self._setState(
+            self.setState(
                 peer, TRUSTED, timer=self._clock.callLater(PROBE_INTERVAL, self._resolicit, peer, count + 1)
             )
             return
         self.counters["slr-fallbacks"] += 1
-        self._logChange("peer {peer} silent to {count} solicitations", peer=ipv6_text(peer.address), count=count)
+        self.logChange("peer {peer} silent to {count} solicitations", peer=ipv6_text(peer.address), count=count)
         peer.attempts = 0
-        probe = self._bubble if self._bubbleBudget is None else self._budgetedBubble
-        self._setState(peer, PROBING, timer=self._clock.callLater(PROBE_INTERVAL, self._retry, peer, probe))
+        probe = self.bubble if self._bubbleBudget is None else self._budgetedBubble
+        self.setState(peer, PROBING, timer=self._clock.callLater(PROBE_INTERVAL, self.retry, peer, probe))
         probe(peer)
 
-    def _advertise(self, peer: Peer, packet: TeredoPacket, addr: Endpoint) -> None:
+    def advertise(self, peer: Peer, packet: TeredoPacket, addr: Endpoint) -> None:
         """
         X-SLR-05: the direct bubble C{packet}, accepted from C{addr} (the peer's proven
         mapping), solicits an answer: a direct bubble with a Neighbor Discovery Option
@@ -1012,16 +1012,16 @@ class TeredoTunnel:
         if address is None:
             self._suppress("no-source", "bubbles-suppressed")
             return
-        if not peer.may_bubble(now) or not self._answerLimit.allow(addr):
+        if not peer.may_bubble(now) or not self.answerLimit.allow(addr):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        if not self._inboundBubbleAllowed():
+        if not self.inboundBubbleAllowed():
             return
         self._sendPeer(peer, bubble(address, peer.address) + _ADVERTISEMENT, addr)
         peer.bubble_sent(now)
         self.counters["slr-advertisements"] += 1
 
-    def _setState(
+    def setState(
         self,
         peer: Peer,
         new: str,
@@ -1059,7 +1059,7 @@ class TeredoTunnel:
         if new != REMOVED and peerState(peer) != new:
             raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} ended in {peerState(peer)}")
 
-    def _logChange(self, format: str, **fields: object) -> None:
+    def logChange(self, format: str, **fields: object) -> None:
         """
         One line for a peer's state change (an operator's "why can't I reach X?"), within
         L{LOG_RATE}; beyond it only counted.
@@ -1074,11 +1074,11 @@ class TeredoTunnel:
         The retries ran out: drop what waited, telling the host about its own packets.
         """
         self.counters["probes-failed"] += 1
-        self._logChange(
+        self.logChange(
             "peer {peer} unreachable: {probes} probes unanswered", peer=ipv6_text(peer.address),
             probes=len(peer.bubbles),
         )
-        self._setState(peer, TRUSTED if peer.trusted else LOCAL if peer.local else UNTRUSTED, timer=None)
+        self.setState(peer, TRUSTED if peer.trusted else LOCAL if peer.local else UNTRUSTED, timer=None)
         peer.nonce = None
         for queued in self.peers.drain(peer):
             if queued.source is None:
@@ -1130,12 +1130,12 @@ class TeredoTunnel:
 
     def _budgetedBubble(self, peer: Peer) -> bool:
         """
-        L{_bubble}, paid from the bubble budget (relays: every round of every exchange).
+        L{bubble}, paid from the bubble budget (relays: every round of every exchange).
         """
         allowed = peer.may_bubble(self._clock.seconds())
         return self._paid(
             self._bubbleBudget, peer.address[12:16], allowed, "bubbles-suppressed", peer.address[4:8]
-        ) and self._bubble(peer)
+        ) and self.bubble(peer)
 
     def _inboundEcho(self, peer: Peer) -> bool:
         """
@@ -1144,7 +1144,7 @@ class TeredoTunnel:
         allowed = self._mayEcho(peer, self._clock.seconds())
         return self._paid(self._inboundBudget, b"", allowed, "echo-suppressed") and self._echo(peer)
 
-    def _bubble(self, peer: Peer) -> bool:
+    def bubble(self, peer: Peer) -> bool:
         """
         Section 5.2.6: a direct bubble to the mapping embedded in the peer's address and an
         indirect one to its server, unless the rate limits forbid.
@@ -1158,15 +1158,15 @@ class TeredoTunnel:
             direct = bubble(source, dst)
             if peer.nonce_received is not None and self.symmetricNat:
                 direct += encode_trailers((NonceTrailer(peer.nonce_received),))  # X-SNS-04
-            self._send(direct, mapping_of(dst))
+            self.send(direct, mapping_of(dst))
             self.counters["bubbles-direct"] += 1
-        self._sendIndirect(peer, source)
+        self.sendIndirect(peer, source)
         if self.portPreserving is not None:
             self.portPreserving.secondBubble(peer, inbound=False)  # X-PP-10
         peer.bubble_sent(now)
         return True
 
-    def _sendIndirect(self, peer: Peer, source: bytes) -> None:
+    def sendIndirect(self, peer: Peer, source: bytes) -> None:
         """
         An indirect bubble to the peer's server.  With the Symmetric NAT Support Extension
         it carries a fresh random nonce in a Nonce Trailer, kept as the peer's Nonce Sent
@@ -1179,7 +1179,7 @@ class TeredoTunnel:
         if self.portPreserving is not None and self.portPreserving.deferIndirect(peer):
             return  # X-SEQ-05: an Echo Test first; its end sends this bubble
         if self.symmetricNat:
-            nonce = self._randbytes(SNS_NONCE_BYTES)
+            nonce = self.randbytes(SNS_NONCE_BYTES)
             peer.nonce_sent = nonce
             if self._serves is not None:
                 source = self._nonceSource(source, nonce)
@@ -1189,7 +1189,7 @@ class TeredoTunnel:
             data = bubble(source, dst) + encode_trailers(trailers) + self._hairpinTrailer(peer)
         else:
             data = bubble(source, dst)
-        self._send(data, (server_of(dst), TEREDO_PORT))
+        self.send(data, (server_of(dst), TEREDO_PORT))
         self.counters["bubbles-indirect"] += 1
 
     @staticmethod
@@ -1203,7 +1203,7 @@ class TeredoTunnel:
         """
         return source[:12] + nonce
 
-    def _provesNonce(self, peer: Peer, packet: TeredoPacket) -> bool:
+    def provesNonce(self, peer: Peer, packet: TeredoPacket) -> bool:
         """
         X-SNS-08: does the bubble C{packet} prove that its sender received our last indirect
         bubble to C{peer}?  Its Nonce Trailer equals the peer's Nonce Sent, or (unnumbered
@@ -1230,7 +1230,7 @@ class TeredoTunnel:
         now = self._clock.seconds()
         if self.address is None or peer.local_endpoint is None or not peer.may_bubble(now):
             return self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
-        self._send(bubble(self.address, peer.address), peer.local_endpoint)
+        self.send(bubble(self.address, peer.address), peer.local_endpoint)
         self.counters["bubbles-local"] += 1
         if self.announceLocal is not None:
             self.announceLocal()
@@ -1273,18 +1273,18 @@ class TeredoTunnel:
         if address is None or server is None:  # the callers checked already
             return
         if peer.nonce is None:
-            peer.nonce = self._randbytes(ECHO_NONCE_BYTES)
+            peer.nonce = self.randbytes(ECHO_NONCE_BYTES)
         request = EchoRequest(int.from_bytes(peer.nonce[:2], "big"), sequence, peer.nonce)
-        self._send(icmpv6_packet(address, peer.address, request, 64), server)
+        self.send(icmpv6_packet(address, peer.address, request, 64), server)
         peer.bubble_sent(now)
 
-    def _release(self, peer: Peer) -> None:
+    def release(self, peer: Peer) -> None:
         """
         The peer's mapping is proven: send what the host queued for it, deliver what it
         sent us from that very mapping, drop the rest (section 5.2.3, "de-queue").
         """
         if peer.timer is not None:
-            self._setState(peer, TRUSTED, timer=None)
+            self.setState(peer, TRUSTED, timer=None)
         if not peer.queue:
             return
         mapping = peer.mapping
@@ -1365,7 +1365,7 @@ class TeredoTunnel:
         if alternates is not None and alternates.malformed:
             self.drops["alternate-malformed"] += 1  # X-HP-06a
             return
-        if not ipv4.is_global_unicast(origin[0], self._hardened):
+        if not ipv4.is_global_unicast(origin[0], self.hardened):
             self.drops["non-global-origin"] += 1
             return
         peers = self.peers
@@ -1377,7 +1377,7 @@ class TeredoTunnel:
         target = origin
         if self.symmetricNat:
             nonce = self._nonceOf(packet)
-            if peer is not None and src[:4] == self._prefix:
+            if peer is not None and src[:4] == self.prefix:
                 peer.nonce_received = nonce
                 if self.portPreserving is not None:
                     self.portPreserving.indirectReceived(peer, packet)  # X-PP-11
@@ -1390,10 +1390,10 @@ class TeredoTunnel:
                     and peers.is_valid(peer)
                 ):
                     target = self._upnpTarget(peer, mapping)  # X-UPNP-11: maybe the embedded one
-        if not self._answerLimit.allow(target):
+        if not self.answerLimit.allow(target):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        if not self._inboundBubbleAllowed():
+        if not self.inboundBubbleAllowed():
             return
         answer = bubble(address, src)
         if nonce is not None:
@@ -1406,7 +1406,7 @@ class TeredoTunnel:
             self.portPreserving.secondBubble(peer, inbound=True)  # X-PP-10
         if (
             nonce is not None
-            and src[:4] == self._prefix
+            and src[:4] == self.prefix
             and (peer is None or not (peer.trusted and peers.is_valid(peer)))
         ):
             self._indirectAnswer(peer, src, nonce, packet)
@@ -1420,13 +1420,13 @@ class TeredoTunnel:
         of the inbound budget) and within section 5.2.6's per-peer limits; an entry is
         created for it (the nonce needs one) only when it may go.
         """
-        if not is_global_teredo(src, self._prefix, self._hardened):
+        if not is_global_teredo(src, self.prefix, self.hardened):
             return
         now = self._clock.seconds()
         if peer is not None and not peer.may_bubble(now):
             self._suppress("peer-rate", "bubbles-suppressed")
             return
-        if not self._inboundBubbleAllowed():
+        if not self.inboundBubbleAllowed():
             return
         if peer is None:
             peer = self.peers.create(src)
@@ -1437,7 +1437,7 @@ class TeredoTunnel:
                 self.portPreserving.secondBubble(peer, inbound=True)
         peer.nonce_received = nonce
         assert self.address is not None
-        self._sendIndirect(peer, self.address)
+        self.sendIndirect(peer, self.address)
         peer.bubble_sent(now)
 
     @staticmethod
@@ -1478,36 +1478,36 @@ class TeredoTunnel:
         # Case 1: a trusted entry whose mapping is the sender.
         if peer is not None and peer.trusted and peer.mapping == addr:
             peer.heard(now)
-            self._release(peer)
+            self.release(peer)
             if peer.nonce is not None and self._isEchoReply(packet) and self._answersTest(peer, packet):
                 # A re-check (or test) answered through the relay we already use.
                 peer.nonce = None
                 self.counters["echo-tests-ok"] += 1
                 return
-            self._accept(packet, isBubble)
+            self.accept(packet, isBubble)
             if isBubble:
                 if self.portPreserving is not None:
                     self.portPreserving.primaryAccepted(peer)  # X-PP-14
-                self._advertise(peer, packet, addr)
+                self.advertise(peer, packet, addr)
             return
         # Case 2: the answer to our direct IPv6 connectivity test.
         if peer is not None and peer.nonce is not None and self._isEchoReply(packet):
             if self._answersTest(peer, packet):
                 observe("echo-test", now - peer.last_tx)
                 if peer.mapping != addr:
-                    self._logChange(
+                    self.logChange(
                         "relay for {peer}: {relay}", peer=ipv6_text(src), relay=f"{addr[0]}:{addr[1]}"
                     )
-                self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
+                self.setState(peer, TRUSTED, now, mapping=addr, timer=None)
                 self.counters["echo-tests-ok"] += 1
-                self._release(peer)
+                self.release(peer)
                 return
-            if not peer.trusted or src[:4] == self._prefix:
+            if not peer.trusted or src[:4] == self.prefix:
                 self.drops["echo-nonce-mismatch"] += 1
                 return
             # A trusted native peer being proven through another relay: the host's own
             # echo replies arriving that way wait for the proof like any packet (case 6).
-        if src[:4] == self._prefix:
+        if src[:4] == self.prefix:
             # Case 3: a Teredo peer whose address embeds the very mapping it sends from.
             if mapping_of(src) != addr:
                 # Case 5 (CL-RX-08): a local peer speaking from its LAN endpoint.
@@ -1517,12 +1517,12 @@ class TeredoTunnel:
                     and peer.local_endpoint == addr
                     and peers.is_valid(peer)
                 ):
-                    self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
-                    self._release(peer)
-                    self._accept(packet, isBubble)
+                    self.setState(peer, TRUSTED, now, mapping=addr, timer=None)
+                    self.release(peer)
+                    self.accept(packet, isBubble)
                     return
                 if isBubble and peer is not None and peer.nonce_sent is not None and self.symmetricNat:
-                    if self._provesNonce(peer, packet):
+                    if self.provesNonce(peer, packet):
                         self._learn(peer, addr, now)
                         return
                     # X-SNS-09: no nonce, a wrong one, or that of an earlier bubble.
@@ -1544,13 +1544,13 @@ class TeredoTunnel:
                     self.drops["unknown-peer"] += 1
                     return
                 peer = peers.create(src)
-            self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
-            self._release(peer)
-            self._accept(packet, isBubble)
+            self.setState(peer, TRUSTED, now, mapping=addr, timer=None)
+            self.release(peer)
+            self.accept(packet, isBubble)
             if isBubble:
                 if self.portPreserving is not None:
                     self.portPreserving.primaryAccepted(peer)  # X-PP-12
-                self._advertise(peer, packet, addr)
+                self.advertise(peer, packet, addr)
             return
         # Case 6: a native source.  Accept only once an echo test through our server shows
         # that this sender is the relay our own packets to that source would take.
@@ -1587,17 +1587,17 @@ class TeredoTunnel:
         from elsewhere cannot move the mapping again; only a later indirect bubble's nonce can.
         """
         peer.nonce_sent = None
-        self._logChange(
+        self.logChange(
             "peer {peer} reached at {mapping}: not its embedded mapping, proven by our nonce",
             peer=ipv6_text(peer.address),
             mapping=f"{addr[0]}:{addr[1]}",
         )
-        self._setState(peer, TRUSTED, now, mapping=addr, timer=None)
+        self.setState(peer, TRUSTED, now, mapping=addr, timer=None)
         self.counters["sns-learned"] += 1
         self._countHairpinLearned(peer, addr)
         if self.portPreserving is not None:
             self.portPreserving.primaryAccepted(peer)  # X-PP-12
-        self._release(peer)
+        self.release(peer)
         self.counters["bubbles-received"] += 1
 
     def fromLocalPeer(self, src: bytes, addr: Endpoint) -> None:
@@ -1621,15 +1621,15 @@ class TeredoTunnel:
             new = TRUSTED
         else:
             new = PROBING if peer.timer is not None else LOCAL
-        self._setState(peer, new, lanEndpoint=addr)
+        self.setState(peer, new, lanEndpoint=addr)
         peer.heard(now)
-        if self.address is None or not self._answerLimit.allow(addr):
+        if self.address is None or not self.answerLimit.allow(addr):
             self._suppress("peer-rate" if self.address else "no-source", "bubbles-suppressed")
             return
-        self._send(bubble(self.address, src), addr)
+        self.send(bubble(self.address, src), addr)
         self.counters["bubbles-answered"] += 1
 
-    def _accept(self, packet: TeredoPacket, isBubble: bool) -> None:
+    def accept(self, packet: TeredoPacket, isBubble: bool) -> None:
         if isBubble:
             self.counters["bubbles-received"] += 1
         else:
@@ -1692,7 +1692,7 @@ class TeredoTunnel:
         The alternate addresses an indirect bubble from a Teredo peer advertises (L{None}
         when hairpinning is off or it carries no trailer at all).
         """
-        if not self.hairpinning or not packet.trailer_bytes or src[:4] != self._prefix:
+        if not self.hairpinning or not packet.trailer_bytes or src[:4] != self.prefix:
             return None
         alternates = hairpin.read_alternates(packet.trailer_bytes)
         if not alternates.entries and not alternates.malformed:
@@ -1725,13 +1725,13 @@ class TeredoTunnel:
         self.counters["hp-refused"] += refused
         data = bubble(address, src) + encode_trailers((NonceTrailer(nonce),))
         for endpoint in chosen:
-            if not self._answerLimit.allow(endpoint):
+            if not self.answerLimit.allow(endpoint):
                 self._suppress("peer-rate", "hp-refused")
                 continue
-            if not self._inboundBubbleAllowed():
+            if not self.inboundBubbleAllowed():
                 self.counters["hp-refused"] += 1
                 continue
-            self._send(data, endpoint)
+            self.send(data, endpoint)
             self.counters["hp-bubbles"] += 1
 
     def _keepAlternates(self, src: bytes, entries: tuple[Endpoint, ...]) -> None:
@@ -1747,7 +1747,7 @@ class TeredoTunnel:
         X-HP-07: a mapping proven by our nonce (the SNS rule) that is an address the peer
         advertised, or any LAN endpoint: what only hairpinning reaches.
         """
-        if self.hairpinning and (addr in peer.alternates or not ipv4.is_global_unicast(addr[0], self._hardened)):
+        if self.hairpinning and (addr in peer.alternates or not ipv4.is_global_unicast(addr[0], self.hardened)):
             self.counters["hp-learned"] += 1
 
     def _noteSymmetricPeer(self, peer: Peer, addr: Endpoint) -> None:
@@ -1764,9 +1764,9 @@ class TeredoTunnel:
             or self._serves is not None
             or not self.symmetricNat
             or peer.local
-            or peer.address[:4] != self._prefix
+            or peer.address[:4] != self.prefix
             or mapping_of(peer.address) == addr
-            or not ipv4.is_global_unicast(addr[0], self._hardened)
+            or not ipv4.is_global_unicast(addr[0], self.hardened)
         ):
             return
         peer.symmetric_peer = True

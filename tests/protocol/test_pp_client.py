@@ -78,18 +78,20 @@ class PPTestCase(ClientTestCase):
         return peer
 
     def boundPorts(self, client: TeredoClient) -> set[int]:
-        host = client.host  # type: ignore[attr-defined]
-        return {port for (_, port) in host._ports}
+        return {port for (_, port) in self.hostOf(client).ports}
 
     def randomPortHandle(self, client: TeredoClient, peer: bytes) -> Any:
         pp = client.tunnel.portPreserving
         assert pp is not None
-        return pp._open[peer]
+        handle = pp.portFor(peer)
+        assert handle is not None
+        return handle
 
     def onRandomPort(self, client: TeredoClient, peer: bytes, data: bytes, src: Any) -> None:
         """C{data} arriving from C{src} on the random port C{client} opened for C{peer}."""
-        handle = self.randomPortHandle(client, peer)
-        handle._protocol.datagramReceived(data, src)
+        number = self.randomPortHandle(client, peer).port
+        socket = next(p for (_, n), p in self.hostOf(client).ports.items() if n == number)
+        socket.receive(data, src)
         self.net.flush()
 
     def exchange(self, a: TeredoClient, b: TeredoClient, seconds: float = 6) -> tuple[bool, bool]:
@@ -552,9 +554,9 @@ class RefreshTimerTests(PPTestCase):
         client = self.makeClient(PP)
         pp = client.tunnel.portPreserving
         assert pp is not None
-        self.assertTrue(pp._refresh.running)
+        self.assertTrue(pp.refreshing)
         client.stopService()
-        self.assertFalse(pp._refresh.running)
+        self.assertFalse(pp.refreshing)
 
 
 class BoundsTests(PPTestCase):
@@ -683,5 +685,5 @@ class TunnelWithFakeTests(SynchronousTestCase):
         handle = opener.opened[0]
         tunnel.peers.remove(b)
         self.assertTrue(handle.closed)
-        handle._receive(classify(ipv6.bubble(b, a)), ("192.0.2.60", 40001))  # late delivery
+        handle.deliverLate(classify(ipv6.bubble(b, a)), ("192.0.2.60", 40001))  # late delivery
         self.assertEqual(tunnel.drops["random-port-refused"], 1)

@@ -279,7 +279,8 @@ class EchoTestRuleTests(SynchronousTestCase):
         self.clock.advance(3)  # both tests failed over
         pp = self.tunnel.portPreserving
         assert pp is not None
-        test = pp._echo[self.peer]
+        test = pp.echoTestFor(self.peer)
+        assert test is not None
         self.assertEqual(test.retries, 2)
         self.clock.advance(27)
         self.assertEqual((test.lower, test.upper, test.retries), (0, 0, 0))

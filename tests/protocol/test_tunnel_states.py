@@ -177,10 +177,10 @@ class PeerStateTests(RecordingTunnelCase):
         self.assertEqual(self.state(PEER), REMOVED)
         fresh = self.peers.create(PEER)
         self.assertNotIn((UNTRUSTED, UNTRUSTED), PEER_TRANSITIONS)
-        self.assertRaises(PeerStateError, self.tunnel._setState, fresh, UNTRUSTED)
+        self.assertRaises(PeerStateError, self.tunnel.setState, fresh, UNTRUSTED)
         # Allowed by the table, but without a retry timer the entry would not be probing.
         self.assertIn((UNTRUSTED, PROBING), PEER_TRANSITIONS)
-        self.assertRaises(PeerStateError, self.tunnel._setState, fresh, PROBING)
+        self.assertRaises(PeerStateError, self.tunnel.setState, fresh, PROBING)
         self.assertEqual(peerState(fresh), UNTRUSTED)
 
     def test_tableIsTheDocstrings(self) -> None:

@@ -38,7 +38,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # would merge cleanly and break at run time.  Then: TeredoTunnel.setState (the one
     # transition point, whose refusals only a direct call can show) and the record codec
     # pack_record/unpack_record/record_cutoff of teredonode.peers.
-    ("tests/protocol/test_tunnel_states.py", "self.tunnel._setState"): "tunnel.py merge pending",
     ("tests/unit/test_peers.py", "peers_module._pack"): "peers.py merge pending",
     ("tests/unit/test_peers.py", "peers_module._unpack"): "peers.py merge pending",
     ("tests/unit/test_peers.py", "peers_module._cutoff"): "peers.py merge pending",
