@@ -1334,14 +1334,14 @@ class TeredoTunnel:
         the ordinary checks, because our server may also be the relay of a native host.
         """
         origin = packet.origin
-        if origin is not None:
-            self._answerIndirect(packet, (origin.ip, origin.port))
+        if origin is not None and not self._answerIndirect(packet, (origin.ip, origin.port)):
+            return  # dropped whole (X-HP-06a)
         if packet.is_bubble:
             self.counters["bubbles-received"] += 1
             return
         self.fromPeer(packet, addr)
 
-    def _answerIndirect(self, packet: TeredoPacket, origin: Endpoint) -> None:
+    def _answerIndirect(self, packet: TeredoPacket, origin: Endpoint) -> bool:
         """
         Answer an indirect bubble (or a packet with an origin indication) with a direct
         bubble to the origin, and, with the Symmetric NAT Support Extension:
@@ -1356,23 +1356,26 @@ class TeredoTunnel:
             reach yet also gets an indirect bubble with our own nonce, so that its next
             direct bubble, which may come from a mapping its address does not embed
             (a symmetric NAT), can prove itself (X-SNS-08).
+
+        Returns C{False} when the packet is dropped whole (a malformed Alternate Address
+        trailer, X-HP-06a), so that nothing else counts it; C{True} when it goes on.
         """
         address = self.address
         if address is None:
-            return
+            return True
         src = packet.header.src
         alternates = self._alternatesOf(packet, src)
         if alternates is not None and alternates.malformed:
-            self.drops["alternate-malformed"] += 1  # X-HP-06a
-            return
+            self.drops["alternate-malformed"] += 1  # X-HP-06a: the whole packet is dropped
+            return False
         if not ipv4.is_global_unicast(origin[0], self.hardened):
             self.drops["non-global-origin"] += 1
-            return
+            return True
         peers = self.peers
         peer = peers.get(src)
         if not self.policy.learn_unsolicited and peer is None:
             self.drops["unknown-peer"] += 1
-            return
+            return True
         nonce = None
         target = origin
         if self.symmetricNat:
@@ -1392,9 +1395,9 @@ class TeredoTunnel:
                     target = self._upnpTarget(peer, mapping)  # X-UPNP-11: maybe the embedded one
         if not self.answerLimit.allow(target):
             self._suppress("peer-rate", "bubbles-suppressed")
-            return
+            return True
         if not self.inboundBubbleAllowed():
-            return
+            return True
         answer = bubble(address, src)
         if nonce is not None:
             answer += encode_trailers((NonceTrailer(nonce),))
@@ -1412,6 +1415,7 @@ class TeredoTunnel:
             self._indirectAnswer(peer, src, nonce, packet)
         if alternates is not None:
             self._keepAlternates(src, alternates.entries)
+        return True
 
     def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes, packet: TeredoPacket) -> None:
         """

@@ -359,8 +359,10 @@ class HostileAlternatesTests(HairpinTestCase):
         """
         X-HP-06a, SEC-17: a length that is not 8, 14, 20 or 26, a multicast, loopback,
         "this network" or broadcast entry, or port 0: the bubble is dropped, unanswered,
-        and leaves no entry.
+        and leaves no entry; it is counted once, by the drop alone (not also as a bubble
+        received: the fuzz test's accounting balances every datagram).
         """
+        received = self.c.counters["bubbles-received"]
         cases = [
             bytes((3, 9, 0, 0)) + bytes((10, 0, 0, 7, 0x13, 0x88, 0)),  # length 9
             bytes((3, 6, 0, 0, 10, 0, 0, 7)),  # no whole entry
@@ -378,6 +380,7 @@ class HostileAlternatesTests(HairpinTestCase):
             self.assertDropped(self.c, "alternate-malformed", n)
             self.assertIsNone(self.c.tunnel.peers.get(src))
         self.assertEqual(self.c.counters["hp-bubbles"], 0)
+        self.assertEqual(self.c.counters["bubbles-received"], received)
 
     def test_ownEndpointsRefused(self) -> None:
         """
