@@ -375,7 +375,8 @@ def _lan_address(value: Any) -> str:
 @_checks('`"auto"`, `"on"` or `"off"`')
 def _fast_path(value: Any) -> str:
     """
-    The server's XDP fast path (teredonode.fastpath): C{"auto"}, C{"on"} or C{"off"}.
+    A role's kernel fast path (teredonode.fastpath: the server's XDP program, the relay's
+    XDP and TC programs): C{"auto"}, C{"on"} or C{"off"}.
     """
     if value in ("auto", "on", "off"):
         return str(value)
@@ -1227,6 +1228,18 @@ class RelaySettings(_RoleSettings):
     )
     bubble_burst: int = setting(
         check=_integer(1, 10_000_000), default=2000, doc="Token bucket depth of bubble-rate."
+    )
+    fast_path: str = setting(
+        check=_fast_path,
+        default="auto",
+        doc="Carry trusted peers' packets in the kernel (XDP, TC): auto, on, off.",
+        more="Packets from and to peers the relay trusts are decapsulated by an XDP program on "
+        "the interfaces holding the relay's IPv4 address and encapsulated by a TC program on "
+        "`interface`; everything else (bubbles, untrusted peers, queues, ICMPv6 errors, "
+        "anything malformed) still reaches the Python relay, which decides which peers are "
+        "trusted. `auto`: when the programs build (clang), load and attach, else the Python "
+        "path; `on`: refuse to start without them; `off`: never. One log line at start says "
+        "which path and why. See [performance.md](performance.md#relay-kernel-fast-path).",
     )
 
     @property

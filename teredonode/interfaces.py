@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from zope.interface import Attribute, Interface
+from zope.interface import Attribute, Interface, implementer
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -162,6 +162,37 @@ class ILocalPeers(Interface):
 
     def fromLocalPeer(src: bytes, addr: Endpoint) -> None:
         """A discovery bubble from C{src}, a Teredo client on our LAN at C{addr}, passed."""
+
+
+class IPeerObserver(Interface):
+    """
+    Told of every peer state change the tunnel core makes (L{teredonode.roles.tunnel}'s
+    C{_setState}, the one place states change), and of each expiry sweep before it runs.
+
+    Why: a kernel fast path (L{teredonode.fastpath.relay}) carries trusted peers' packets
+    and must learn which peers are trusted exactly when the tunnel decides, from the one
+    place that decides; and its packets never reach Python, so the times it last heard
+    from and sent to each peer are folded back before the sweep judges them.
+    """
+
+    def peerChanged(peer: Any, state: str) -> None:
+        """C{peer} (a L{teredonode.peers.Peer}) is now in C{state} (C{"removed"}: gone)."""
+
+    def sweeping() -> None:
+        """The peer list is about to be swept for expired entries."""
+
+
+@implementer(IPeerObserver)
+class NoPeerObserver:
+    """
+    The observer of a tunnel without a fast path: does nothing.
+    """
+
+    def peerChanged(self, peer: Any, state: str) -> None:
+        pass
+
+    def sweeping(self) -> None:
+        pass
 
 
 class IPortMapper(Interface):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import os
 from typing import Any
 
@@ -23,6 +24,7 @@ XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 
 _BPF_ANY = 0
 _BPF_XDP = 37  # enum bpf_attach_type
+_BPF_TCX_INGRESS, _BPF_TCX_EGRESS = 46, 47  # Linux 6.6; the build host's headers may predate them
 _XDP_FLAGS_SKB_MODE = 1 << 1
 
 
@@ -80,6 +82,8 @@ class LibBPF:
             ("bpf_map__value_size", cu, [vp]),
             ("bpf_map_update_elem", ci, [ci, vp, vp, ctypes.c_uint64]),
             ("bpf_map_lookup_elem", ci, [ci, vp, vp]),
+            ("bpf_map_delete_elem", ci, [ci, vp]),
+            ("bpf_map_lookup_batch", ci, [ci, vp, vp, vp, vp, ctypes.POINTER(cu), vp]),
             ("bpf_prog_test_run_opts", ci, [ci, ctypes.POINTER(_TestRunOpts)]),
             ("libbpf_num_possible_cpus", ci, []),
             ("libbpf_set_print", vp, [vp]),
@@ -177,6 +181,56 @@ class BpfObject:
         link = self._b.pointer(self._b.lib.bpf_program__attach_xdp(self._program(program), ifindex), what)
         self._links.append(link)
 
+    def attach_tcx(self, program: str, ifindex: int, egress: bool) -> None:
+        """
+        Attach a TC program to C{ifindex} (ingress or egress) through a tcx BPF link: no
+        qdisc to create, no netlink, and, as for XDP, the kernel detaches it when the
+        link's descriptor closes.
+        """
+        opts = _LinkCreateOpts(sz=ctypes.sizeof(_LinkCreateOpts), flags=0)
+        kind = _BPF_TCX_EGRESS if egress else _BPF_TCX_INGRESS
+        fd = self._b.check(
+            self._b.lib.bpf_link_create(self.program_fd(program), ifindex, kind, ctypes.byref(opts)),
+            f"attaching TC to ifindex {ifindex}",
+        )
+        self._link_fds.append(fd)
+
+    def delete(self, fd: int, key: bytes) -> bool:
+        """
+        Remove C{key}; whether it was there.
+        """
+        k = ctypes.create_string_buffer(key, len(key))
+        return bool(self._b.lib.bpf_map_delete_elem(fd, k) == 0)
+
+    def items(self, fd: int, key_size: int, value_size: int, batch: int = 4096) -> list[tuple[bytes, bytes]]:
+        """
+        Every (key, value) of a hash map, C{batch} entries per system call
+        (BPF_MAP_LOOKUP_BATCH).
+        """
+        out: list[tuple[bytes, bytes]] = []
+        keys = ctypes.create_string_buffer(key_size * batch)
+        values = ctypes.create_string_buffer(value_size * batch)
+        token_in = ctypes.create_string_buffer(max(8, key_size))
+        token_out = ctypes.create_string_buffer(max(8, key_size))
+        first = True
+        while True:
+            count = ctypes.c_uint32(batch)
+            result = self._b.lib.bpf_map_lookup_batch(
+                fd, None if first else token_in, token_out, keys, values, ctypes.byref(count), None
+            )
+            err = -result if result < 0 else 0  # libbpf 1.x: a negative errno
+            if err and err != errno.ENOENT:
+                raise BPFError(err, f"map batch lookup: {os.strerror(err)}")
+            raw_k, raw_v = keys.raw, values.raw
+            for i in range(count.value):
+                out.append(
+                    (raw_k[i * key_size : (i + 1) * key_size], raw_v[i * value_size : (i + 1) * value_size])
+                )
+            if err == errno.ENOENT or count.value == 0:
+                return out
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
     def update(self, fd: int, key: bytes, value: bytes) -> None:
         k, v = ctypes.create_string_buffer(key, len(key)), ctypes.create_string_buffer(value, len(value))
         self._b.check(self._b.lib.bpf_map_update_elem(fd, k, v, _BPF_ANY), "map update")
@@ -194,7 +248,7 @@ class BpfObject:
     def possible_cpus(self) -> int:
         return self._b.check(self._b.lib.libbpf_num_possible_cpus(), "counting CPUs")
 
-    def test_run(self, program: str, frame: bytes) -> tuple[int, bytes]:
+    def test_run(self, program: str, frame: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:
         """
         Run C{program} once on C{frame} (BPF_PROG_TEST_RUN): its verdict and the frame it
         leaves.
@@ -209,6 +263,10 @@ class BpfObject:
             data_size_out=len(data_out),
             repeat=1,
         )
+        if ctx is not None:
+            ctx_in = ctypes.create_string_buffer(ctx, len(ctx))
+            opts.ctx_in = ctypes.cast(ctx_in, ctypes.c_void_p)
+            opts.ctx_size_in = len(ctx)
         self._b.check(self._b.lib.bpf_prog_test_run_opts(self.program_fd(program), ctypes.byref(opts)), "test run")
         return int(opts.retval), data_out.raw[: opts.data_size_out]
 

@@ -70,12 +70,12 @@ class FastPathUnavailable(Exception):
     """
 
 
-def source_path() -> Path | None:
+def source_path(name: str = SOURCE_NAME) -> Path | None:
     """
-    The C source: beside this module (installed wheel) or in the tree's C{bpf/}.
+    The C source C{name}: beside this module (installed wheel) or in the tree's C{bpf/}.
     """
     here = Path(__file__).resolve().parent
-    for candidate in (here / SOURCE_NAME, here.parents[1] / "bpf" / SOURCE_NAME):
+    for candidate in (here / name, here.parents[1] / "bpf" / name):
         if candidate.is_file():
             return candidate
     return None
@@ -87,18 +87,21 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "teredonode"
 
 
-def object_path(cache_dir: Path | None = None) -> Path:
+def object_path(cache_dir: Path | None = None, source_name: str = SOURCE_NAME) -> Path:
     """
-    The object to load: the prebuilt one, else one compiled now (or earlier) from the source.
+    The object to load (the server's, or the one built from C{source_name}): the prebuilt
+    one, else one compiled now (or earlier) from the source.
     """
-    prebuilt = Path(__file__).resolve().parent / OBJECT_NAME
+    object_name = source_name[: -len(".c")] + ".o"
+    prebuilt = Path(__file__).resolve().parent / object_name
     if prebuilt.is_file():
         return prebuilt
-    source = source_path()
+    source = source_path(source_name)
     if source is None:
-        raise FastPathUnavailable(f"neither {OBJECT_NAME} nor {SOURCE_NAME} is installed")
+        raise FastPathUnavailable(f"neither {object_name} nor {source_name} is installed")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    target = (cache_dir or _cache_dir()) / f"teredo_server-{digest}.bpf.o"
+    stem = source_name[: -len(".bpf.c")]
+    target = (cache_dir or _cache_dir()) / f"{stem}-{digest}.bpf.o"
     if not target.is_file():
         try:
             compile_object(source, target)

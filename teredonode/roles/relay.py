@@ -44,7 +44,8 @@ from zope.interface import implementer
 from teredonode.counters import CounterSet
 from teredonode.healthroute import HealthAnnouncer, HealthRoute
 from teredonode.logs import Logger
-from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice
+from teredonode.interfaces import Endpoint, INetworkConfigurator, ITeredoRole, ITunDevice, NoPeerObserver
+from teredonode.peers import PeerList
 from teredonode.roles.tunnel import (
     COUNTERS as TUNNEL_COUNTERS,
     DROP_REASONS as TUNNEL_DROPS,
@@ -62,6 +63,7 @@ __all__ = [
     "RELAY_POLICY",
     "TeredoRelay",
     "servedBy",
+    "servedTables",
     "makeRole",
     "COUNTERS",
     "DROP_REASONS",
@@ -98,14 +100,11 @@ RELAY_COUNTERS = ("received",)  # datagrams on the relay's port
 COUNTERS = RELAY_COUNTERS + TUNNEL_COUNTERS + UNNUMBERED_COUNTERS
 
 
-def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
+def servedTables(networks: Iterable[str]) -> tuple[tuple[bool, ...], list[tuple[int, int]]]:
     """
-    The predicate "does the relay serve this IPv6 address?" for C{networks}: inside one of
-    them, never in the Teredo prefix (that would loop Teredo traffic through the relay),
-    never multicast or link-local.
-
-    Networks of at most 8 bits (the default 2000::/3) are decided by a 256-entry table on
-    the first byte, the rest by integer masks: this runs once per packet in each direction.
+    RL-RX-05: C{networks} as L{servedBy} and the kernel fast path both decide them: a
+    256-entry table on the first byte for networks of at most 8 bits (never C{fe}, C{ff}),
+    and (mask, network) integer pairs for the longer ones.
     """
     firstByte = [False] * 256
     longer: list[tuple[int, int]] = []
@@ -119,7 +118,19 @@ def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], 
             longer.append((int(net.netmask), int(net.network_address)))
     for b in (0xFE, 0xFF):
         firstByte[b] = False
-    table = tuple(firstByte)
+    return tuple(firstByte), longer
+
+
+def servedBy(networks: Iterable[str], teredoPrefix: bytes) -> Callable[[bytes], bool]:
+    """
+    The predicate "does the relay serve this IPv6 address?" for C{networks}: inside one of
+    them, never in the Teredo prefix (that would loop Teredo traffic through the relay),
+    never multicast or link-local.
+
+    Networks of at most 8 bits (the default 2000::/3) are decided by a 256-entry table on
+    the first byte, the rest by integer masks: this runs once per packet in each direction.
+    """
+    table, longer = servedTables(networks)
     prefix = bytes(teredoPrefix)
 
     if not longer:
@@ -166,6 +177,11 @@ class TeredoRelay(TunnelRole):
     @param netconfig: brings it up, routes the prefix to it, turns forwarding on.
     @param randbytes: the bubble source's interface identifier (C{secrets.token_bytes} in
         production).
+    @param fastpath: loads the kernel fast path for trusted peers before anything is opened
+        (L{teredonode.fastpath.relay.load}: settings, reactor and peer list in, a loaded
+        fast path or C{None} out), which is then started once the socket is bound and the
+        TUN routed (its C{start(settings, tun, port)}, C{False} when it cannot run);
+        C{None}: the Python path only.
     """
 
     roleName = "relay"
@@ -180,8 +196,11 @@ class TeredoRelay(TunnelRole):
         netconfig: INetworkConfigurator,
         randbytes: Callable[[int], bytes] | None = None,
         healthRoute: Any = None,
+        fastpath: Callable[[Any, Any, PeerList], Any] | None = None,
     ) -> None:
         TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
+        self._fastPathStarter = fastpath
+        self._fastPath: Any = None
         self._routed = False
         self.state = "stopped"
         self.counters = CounterSet(COUNTERS)
@@ -245,6 +264,7 @@ class TeredoRelay(TunnelRole):
         let the kernel forward.
         """
         self._checkHost()
+        self._loadFastPath()
         self._port = self._reactor.listenUDP(
             self.settings.port, self._socket, interface=self.settings.bind
         )
@@ -257,7 +277,42 @@ class TeredoRelay(TunnelRole):
         self._routed = True
         self._configureHost()
         self._tun.startReading(self.tunnel.fromHost)
+        self._startFastPath()
         Service.privilegedStartService(self)
+
+    def _loadFastPath(self) -> None:
+        """
+        Load the kernel fast path's programs, as C{fast-path} asks, before the socket and
+        the TUN exist: verifying them takes a while, during which nothing may pile up.
+        """
+        if self._fastPathStarter is None:
+            return
+        from teredonode.fastpath.program import FastPathUnavailable
+
+        try:
+            self._fastPath = self._fastPathStarter(self.settings, self._reactor, self.tunnel.peers)
+        except FastPathUnavailable as e:
+            raise SystemExit(f"teredo: relay: fast-path = \"on\" but {e}") from None
+
+    def _startFastPath(self) -> None:
+        """
+        Attach the loaded fast path: the tunnel then tells it of every peer state change
+        (its L{teredonode.interfaces.IPeerObserver}).
+        """
+        fast = self._fastPath
+        if fast is None:
+            return
+        from teredonode.fastpath.program import FastPathUnavailable
+
+        try:
+            running = fast.start(self.settings, self._tun.name, self._port.getHost().port)
+        except FastPathUnavailable as e:
+            self._fastPath = None
+            raise SystemExit(f"teredo: relay: fast-path = \"on\" but {e}") from None
+        if not running:
+            self._fastPath = None
+            return
+        self.tunnel.peerObserver = fast
 
     def _checkHost(self) -> None:
         """
@@ -314,6 +369,10 @@ class TeredoRelay(TunnelRole):
             self._health.withdraw()
             self._health.close()
         self.state = "stopped"
+        fast, self._fastPath = self._fastPath, None
+        if fast is not None:
+            self.tunnel.peerObserver = NoPeerObserver()
+            fast.close()
         self.tunnel.stop()
         if self._routed:
             self._routed = False
@@ -379,9 +438,30 @@ class TeredoRelay(TunnelRole):
 
     # -- status ----------------------------------------------------------------------------
 
+    def _merged(self) -> tuple[dict[str, int], dict[str, Any] | None]:
+        """
+        The counters of both paths (the fast path's per-CPU counters added under the same
+        names), and the fast path's own status.
+        """
+        counters = self.counters.snapshot()
+        fast = self._fastPath
+        if fast is None:
+            return counters, None
+        from teredonode.fastpath.relay import MERGED
+
+        counts = fast.counts()
+        for name in MERGED:
+            counters[name] += counts[name]
+        return counters, {
+            "interfaces": list(fast.interfaces),
+            "carried": counts["delivered"] + counts["sent"],
+            "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
+        }
+
     def status(self) -> dict[str, Any]:
         sender = self._socket.sender
         local = sender.local if sender is not None else None
+        counters, fast = self._merged()
         return {
             "state": self.state,
             "interface": self._tun.name,
@@ -390,7 +470,8 @@ class TeredoRelay(TunnelRole):
             "bubble-source": ipv6_text(self.tunnel.bubbleSource or bytes(16)),
             **self._statusExtra(),
             "peers": self.tunnel.status(),
-            "counters": self.counters.snapshot(),
+            "counters": counters,
+            "fast-path": fast,
             "drops": self.drops.snapshot(),
             "send-drops": dict(sender.drops) if sender is not None else {},
             "tun-drops": dict(getattr(self._tun, "drops", {})),
@@ -428,7 +509,9 @@ def makeRole(settings: Any, reactor: Any) -> TeredoRelay:
     health = None
     if settings.health_table:
         health = HealthRoute(settings.prefix, settings.health_table, settings.health_lifetime, ROUTE_METRIC)
+    from teredonode.fastpath.relay import load
+
     return TeredoRelay(
         settings, reactor, TunDevice(settings.interface, reactor=reactor), NetlinkConfigurator(),
-        healthRoute=health,
+        healthRoute=health, fastpath=load,
     )

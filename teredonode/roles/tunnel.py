@@ -134,7 +134,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from teredonode.counters import CounterSet
-from teredonode.interfaces import Endpoint, ILocalPeers, IRandomPorts
+from teredonode.interfaces import Endpoint, ILocalPeers, IPeerObserver, IRandomPorts, NoPeerObserver
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
@@ -621,7 +621,10 @@ class TeredoTunnel:
         #: Local discovery (section 5.2.8): sends a discovery bubble now, or None when off.
         #: Local discovery's on-demand announcement (L{setLocalAnnouncer}), for clients.
         self.announceLocal: Callable[[], None] | None = None
-        self._expiry = LoopingCall(peers.expire)
+        #: Told of every state change and sweep (L{IPeerObserver}): a kernel fast path
+        #: installs trusted peers from here; does nothing by default.
+        self.peerObserver: IPeerObserver = NoPeerObserver()
+        self._expiry = LoopingCall(self._sweep)
         self._expiry.clock = clock
         self.hairpinning = hairpinning and symmetricNat and serves is None
         #: X-HP-05: our alternate endpoints (local, then a non-zero UPnP mapping), encoded.
@@ -640,6 +643,10 @@ class TeredoTunnel:
         )
         if self.portPreserving is not None:
             peers.keep = self.portPreserving.keeps
+
+    def _sweep(self) -> None:
+        self.peerObserver.sweeping()
+        self.peers.expire()
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -1058,6 +1065,7 @@ class TeredoTunnel:
             peer.timer = timer
         if new != REMOVED and peerState(peer) != new:
             raise PeerStateError(f"peer {ipv6_text(peer.address)}: {old} -> {new} ended in {peerState(peer)}")
+        self.peerObserver.peerChanged(peer, new)
 
     def logChange(self, format: str, **fields: object) -> None:
         """

@@ -13,10 +13,11 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from teredonode.config import RelaySettings, parse_config
-from teredonode.interfaces import ITeredoRole
+from teredonode.interfaces import IPeerObserver, ITeredoRole
 from teredonode.roles import relay as relay_module
 from teredonode.roles.relay import TeredoRelay, servedBy
 from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
@@ -213,6 +214,105 @@ class EndToEndTests(RelayTestCase):
         [reply] = [d for d, s in endpoint.received if s == (RELAY_IP, 3544) and d[6] == ipv6.NH_ICMPV6]
         self.assertEqual(reply[8:24], V6HOST)
         self.assertEqual(reply[48:], b"nonce-64")
+
+
+@implementer(IPeerObserver)
+class RecordingObserver:
+    """
+    Records what the tunnel tells a fast path: (address, state, has a retry timer).
+    """
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[bytes, str, bool]] = []
+        self.sweeps = 0
+
+    def peerChanged(self, peer: Any, state: str) -> None:
+        self.changes.append((peer.address, state, peer.timer is not None))
+
+    def sweeping(self) -> None:
+        self.sweeps += 1
+
+
+class FakeFastPath(RecordingObserver):
+    """
+    A started fast path as L{teredonode.fastpath.relay.start} returns it.
+    """
+
+    interfaces = ["eth0", "teredo-relay"]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def counts(self) -> dict[str, int]:
+        return {"received": 5, "delivered": 4, "sent": 3, "passed-udp": 2, "passed-tun": 1}
+
+    def start(self, settings: Any, tun: str, port: int) -> bool:
+        self.started = (tun, port)
+        if settings.fast_path == "on":
+            from teredonode.fastpath.program import FastPathUnavailable
+
+            raise FastPathUnavailable("no BPF here")
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FastPathControlTests(RelayTestCase):
+    """
+    The relay as the fast path's control plane: the tunnel tells it every peer state change
+    and sweep; its counters show in the relay's; C{fast-path = "on"} without it refuses.
+    """
+
+    def test_observerSeesTrustAndSweeps(self) -> None:
+        observer = RecordingObserver()
+        self.relay.tunnel.peerObserver = observer
+        client = self.makeClient("address-restricted", seed=2)
+        caddr = raw(client.address)
+        self.tun.inject(echo(V6HOST, caddr, b"from v6host"))
+        self.advance(1)
+        states = [(state, timer) for address, state, timer in observer.changes if address == caddr]
+        self.assertEqual(states[0], ("probing", True))
+        self.assertIn(("trusted", False), states)
+        self.advance(11)
+        self.assertGreaterEqual(observer.sweeps, 1)
+
+    def makeWithFastPath(self, fast: Any, mode: str = "auto") -> tuple[TeredoRelay, list[Any]]:
+        calls: list[Any] = []
+
+        def loader(settings: Any, reactor: Any, peers: Any) -> Any:
+            calls.append((settings, peers))
+            return fast
+
+        relay = TeredoRelay(
+            RelaySettings(fast_path=mode), self.net.host("203.0.113.21"), FakeTunDevice("teredo-fast"),
+            FakeNetworkConfigurator(), randbytes=random.Random(3).randbytes, fastpath=loader,
+        )
+        return relay, calls
+
+    def test_startedAndMerged(self) -> None:
+        fast = FakeFastPath()
+        relay, calls = self.makeWithFastPath(fast)
+        relay.privilegedStartService()
+        relay.startService()
+        self.assertEqual(fast.started, ("teredo-fast", 3544))
+        self.assertIs(calls[0][1], relay.tunnel.peers)
+        self.assertIs(relay.tunnel.peerObserver, fast)
+        status = relay.status()
+        self.assertEqual(status["fast-path"], {"interfaces": ["eth0", "teredo-relay"], "carried": 7, "passed-to-python": 3})
+        self.assertEqual((status["counters"]["received"], status["counters"]["delivered"]), (5, 4))
+        self.assertEqual(status["counters"]["sent"], 3)
+        relay.stopService()
+        self.assertTrue(fast.closed)
+        self.assertIsNone(relay.status()["fast-path"])
+
+    def test_onRefusesToStart(self) -> None:
+        relay, _ = self.makeWithFastPath(FakeFastPath(), "on")
+        with self.assertRaises(SystemExit) as caught:
+            relay.privilegedStartService()
+        self.assertIn("no BPF here", str(caught.exception))
+        relay._stop()
 
 
 class RelayTunnelTests(UnnumberedTunnelBehaviour, RelayTestCase):

@@ -1,0 +1,472 @@
+// SPDX-License-Identifier: MIT
+/*
+ * The Teredo relay's kernel fast path: the per-packet work for *trusted* peers, in two
+ * programs sharing one peer map that the Python relay (teredonode/roles/relay.py, through
+ * teredonode/fastpath/relay.py) fills and empties as its peer states change.
+ *
+ * Where each half sits, and why:
+ *
+ *   - teredo_relay_rx, XDP on the interfaces holding the relay's IPv4 address: a Teredo
+ *     datagram from a trusted peer's proven mapping is decapsulated and forwarded toward
+ *     the native side at the driver (bpf_fib_lookup, then XDP_TX/XDP_REDIRECT), before
+ *     the kernel allocates a socket buffer, queues it on the relay's socket, wakes Python
+ *     and takes the packet back through the TUN.  The forwarding lookup is made as if the
+ *     packet came in on the relay's TUN (that is where the Python path writes it), so the
+ *     route, the forwarding switch, the MTU and the neighbour are the ones the kernel
+ *     would use; anything the lookup does not answer with a complete next hop goes on to
+ *     Python, which writes it to the TUN as before.
+ *
+ *   - teredo_relay_tx, TC (tcx) egress on the relay's TUN: a native IPv6 packet the
+ *     kernel has already forwarded into the TUN (hop limit decremented, MTU checked,
+ *     netfilter's forward chain passed) is encapsulated toward its trusted peer's mapping
+ *     and sent on with bpf_redirect_neigh instead of being read by Python.  Sitting after
+ *     the kernel's forwarding step means the program sees exactly the bytes Python would
+ *     read from the TUN, so the kernel's own rules (Time Exceeded, Packet Too Big, the
+ *     firewall) apply unchanged in this direction.  XDP on the native interface would
+ *     save the forwarding step but would have to redo each of those rules.
+ *
+ * The checks, in the Python path's order (RFC 4380 section 5.4, the relay's RL-RX and
+ * RL-TX rules; roles/relay.py datagramReceived, roles/tunnel.py fromPeer and fromHost):
+ *
+ *   rx: IPv4 without options, not a fragment, valid header checksum, UDP to the relay's
+ *       port on one of its addresses, valid or absent UDP checksum (the kernel drops the
+ *       rest before the socket); a bare IPv6 packet (no authentication or origin
+ *       indication, no RFC 6081 trailers: the UDP payload is exactly the IPv6 packet),
+ *       not a bubble, no hop-by-hop header (the kernel would act on it); a source in the
+ *       Teredo prefix with a map entry whose mapping is the datagram's source address and
+ *       port (RL-RX-02/03/04, case 1 of section 5.2.3); a destination the relay serves
+ *       (RL-RX-05); hop limit above 1 (the kernel answers the others with Time Exceeded).
+ *   tx: version 6, the packet exactly as long as its header says, a source the relay
+ *       serves (host-foreign-source otherwise), a destination in the Teredo prefix with a
+ *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
+ *
+ * Everything else returns XDP_PASS / TC_ACT_OK untouched, and the Python relay counts or
+ * answers it exactly as without these programs: bubbles, unknown and untrusted peers,
+ * queues, mapping mismatches, ICMPv6 errors, trailers, anything malformed.
+ *
+ * The encapsulated datagram is the one the relay's socket sends: from the relay's address
+ * and port, TTL 64, DF clear (G-07), UDP checksum set.  Only the IPv4 identification
+ * differs, as it differs between any two datagrams the kernel sends with DF clear.
+ */
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+#define ETH_HLEN 14
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IP_HLEN 20
+#define UDP_HLEN 8
+#define V6_HLEN 40
+#define ENCAP (IP_HLEN + UDP_HLEN)
+#define MAX_PACKET 1280 /* the TUN's MTU (RELAY_MTU); longer never reaches the TUN */
+#define MAX_LOCALS 8
+#define MAX_LONGER 8
+#define AF_INET6 10
+
+/* Counter indices: teredonode.fastpath.relay.COUNTERS, in this order. */
+enum {
+	C_RECEIVED,  /* "received": datagrams on the relay's port handled here */
+	C_DELIVERED, /* "delivered": decapsulated toward the native side */
+	C_SENT,      /* "sent": encapsulated to a trusted peer */
+	C_PASSED_RX, /* datagrams to the relay's port handed on to Python */
+	C_PASSED_TX, /* TUN packets handed on to Python */
+	C_COUNT,
+};
+
+struct longer {
+	__u64 mask[2];
+	__u64 net[2];
+};
+
+/* Filled by the control plane from RelaySettings and the host; enabled = 0 passes all. */
+struct relay_config {
+	__u32 enabled;
+	__u32 tun_ifindex;
+	__u32 out_ifindex; /* where encapsulated datagrams leave (the IPv4 route's device) */
+	__u32 source;      /* network order: their IPv4 source */
+	__u32 port;        /* network order in the low 16 bits: the relay's UDP port */
+	__u32 prefix;      /* the Teredo prefix, as its 4 bytes lie in memory */
+	__u64 valid_ns;    /* a trusted entry is valid this long after it was heard */
+	__u32 n_locals;
+	__u32 n_longer;
+	__u32 locals[MAX_LOCALS]; /* network order: addresses the relay's socket receives on */
+	__u8 first_byte[256];     /* served networks of at most 8 bits, by first byte */
+	struct longer longer[MAX_LONGER];
+};
+
+struct peer_key {
+	__u8 address[16];
+};
+
+struct peer {
+	__u32 ip;   /* network order */
+	__u16 port; /* network order */
+	__u16 pad;
+	__u64 last_rx; /* bpf_ktime_get_ns */
+	__u64 last_tx;
+	__u64 synced; /* the later of the two when the control plane last read them */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct relay_config);
+} config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, C_COUNT);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+/* Trusted peers; max_entries is set from max-peers before loading. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct peer);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} peers SEC(".maps");
+
+static __always_inline void count(__u32 index)
+{
+	__u64 *value = bpf_map_lookup_elem(&counters, &index);
+
+	if (value)
+		*value += 1;
+}
+
+static __always_inline __u32 fold(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u32)sum;
+}
+
+/*
+ * The ones' complement sum of len bytes at start (len at most MAX_PACKET + UDP_HLEN),
+ * loaded in host order: folded, it is the byte-swapped network-order sum, which is what a
+ * host-order store of its complement writes correctly.  ~0 when the bytes are not all
+ * inside the packet.
+ */
+static __always_inline __u64 sum_bytes(void *start, void *data_end, __u32 len)
+{
+	__u64 s = 0;
+	__u32 off, rem;
+
+	for (__u32 i = 0; i < (MAX_PACKET + UDP_HLEN) / 4; i++) {
+		off = i * 4;
+		if (off + 4 > len)
+			break;
+		if (start + off + 4 > data_end)
+			return ~0ULL;
+		s += *(__u32 *)(start + off);
+	}
+	off = len & ~3U & 0x7ff;
+	rem = len & 3;
+	if (rem >= 2) {
+		if (start + off + 2 > data_end)
+			return ~0ULL;
+		s += *(__u16 *)(start + off);
+		off += 2;
+	}
+	if (rem & 1) {
+		off &= 0x7ff;
+		if (start + off + 1 > data_end)
+			return ~0ULL;
+		s += *(__u8 *)(start + off); /* [b, 0] as a host-order word */
+	}
+	return s;
+}
+
+/* The same sum for n bytes (a multiple of 4, known at compile time) already bounds-checked. */
+#define SUM_FIXED(p, n)                                                          \
+	({                                                                       \
+		__u64 _s = 0;                                                    \
+		_Pragma("unroll") for (int _i = 0; _i < (n); _i += 4)            \
+			_s += *(__u32 *)((const __u8 *)(p) + _i);                \
+		_s;                                                              \
+	})
+
+/* RL-RX-05 (tunnel serves): teredonode.roles.relay.servedBy, the same table and masks. */
+static __always_inline int served(const struct relay_config *cfg, const __u8 *a)
+{
+	__u32 head;
+	__u64 hi, lo;
+
+	__builtin_memcpy(&head, a, 4);
+	if (head == cfg->prefix || a[0] >= 0xfe)
+		return 0;
+	if (cfg->first_byte[a[0]])
+		return 1;
+	__builtin_memcpy(&hi, a, 8);
+	__builtin_memcpy(&lo, a + 8, 8);
+	for (int i = 0; i < MAX_LONGER; i++) {
+		if (i >= cfg->n_longer)
+			break;
+		if ((hi & cfg->longer[i].mask[0]) == cfg->longer[i].net[0] &&
+		    (lo & cfg->longer[i].mask[1]) == cfg->longer[i].net[1])
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline int local_address(const struct relay_config *cfg, __u32 daddr)
+{
+	for (int i = 0; i < MAX_LOCALS; i++) {
+		if (i >= cfg->n_locals)
+			break;
+		if (cfg->locals[i] == daddr)
+			return 1;
+	}
+	return 0;
+}
+
+SEC("xdp")
+int teredo_relay_rx(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *eth = data, *ip, *udp, *v6;
+	struct bpf_fib_lookup fib = {};
+	struct peer_key key;
+	struct peer *peer;
+	const struct relay_config *cfg;
+	__u32 zero = 0, saddr, daddr, udp_len, plen, head;
+	__u16 sport, dport;
+	__u64 now;
+	int rc;
+
+	if ((void *)(eth + ETH_HLEN + IP_HLEN + UDP_HLEN + V6_HLEN) > data_end)
+		return XDP_PASS;
+	if (eth[12] != (ETH_P_IP >> 8) || eth[13] != (ETH_P_IP & 0xff) || (eth[0] & 1))
+		return XDP_PASS;
+	ip = eth + ETH_HLEN;
+	if (ip[0] != 0x45 || ip[9] != 17 || (ip[6] & 0x3f) || ip[7])
+		return XDP_PASS;
+	udp = ip + IP_HLEN;
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->enabled)
+		return XDP_PASS;
+	__builtin_memcpy(&dport, udp + 2, 2);
+	if (dport != (__u16)cfg->port)
+		return XDP_PASS;
+	__builtin_memcpy(&daddr, ip + 16, 4);
+	if (!local_address(cfg, daddr))
+		return XDP_PASS;
+
+	/* To the relay's socket: from here on, handled here or counted as passed on. */
+	udp_len = ((__u32)udp[4] << 8) | udp[5];
+	if (((__u32)ip[2] << 8 | ip[3]) != IP_HLEN + udp_len)
+		goto pass;
+	if (ctx->data_end - ctx->data != ETH_HLEN + IP_HLEN + udp_len)
+		goto pass;
+	if (udp_len > MAX_PACKET + UDP_HLEN)
+		goto pass;
+	v6 = udp + UDP_HLEN;
+	/* A bare IPv6 packet, nothing before (indicators) or after it (trailers). */
+	plen = ((__u32)v6[4] << 8) | v6[5];
+	if ((v6[0] >> 4) != 6 || udp_len != UDP_HLEN + V6_HLEN + plen)
+		goto pass;
+	if (v6[6] == 0 || (plen == 0 && v6[6] == 59)) /* hop-by-hop header; a bubble */
+		goto pass;
+	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
+		goto pass;
+	if (fold(SUM_FIXED(ip, IP_HLEN)) != 0xffff)
+		goto pass;
+	if (udp[6] | udp[7]) {
+		__u64 s = sum_bytes(udp, data_end, udp_len);
+
+		if (s == ~0ULL)
+			goto pass;
+		s += *(__u32 *)(ip + 12) + *(__u32 *)(ip + 16) + bpf_htons(17) + bpf_htons(udp_len);
+		if (fold(s) != 0xffff)
+			goto pass;
+	}
+	/* Section 5.2.3 case 1: a trusted peer, from its proven mapping, to what we serve. */
+	__builtin_memcpy(&head, v6 + 8, 4);
+	if (head != cfg->prefix)
+		goto pass;
+	if (!served(cfg, v6 + 24))
+		goto pass;
+	__builtin_memcpy(key.address, v6 + 8, 16);
+	peer = bpf_map_lookup_elem(&peers, &key);
+	if (!peer)
+		goto pass;
+	__builtin_memcpy(&saddr, ip + 12, 4);
+	__builtin_memcpy(&sport, udp, 2);
+	if (peer->ip != saddr || peer->port != sport)
+		goto pass;
+
+	/* Forward as the kernel would from the TUN. */
+	fib.family = AF_INET6;
+	fib.l4_protocol = v6[6];
+	fib.tot_len = V6_HLEN + plen;
+	fib.ifindex = cfg->tun_ifindex;
+	fib.flowinfo = *(__u32 *)v6 & bpf_htonl(0x0fffffff);
+	__builtin_memcpy(fib.ipv6_src, v6 + 8, 16);
+	__builtin_memcpy(fib.ipv6_dst, v6 + 24, 16);
+	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex)
+		goto pass;
+
+	now = bpf_ktime_get_ns();
+	if (now > peer->last_rx)
+		peer->last_rx = now;
+	v6[7] -= 1;
+	if (bpf_xdp_adjust_head(ctx, ENCAP))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + ETH_HLEN) > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(eth, fib.dmac, 6);
+	__builtin_memcpy(eth + 6, fib.smac, 6);
+	eth[12] = ETH_P_IPV6 >> 8;
+	eth[13] = ETH_P_IPV6 & 0xff;
+	count(C_RECEIVED);
+	count(C_DELIVERED);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+
+pass:
+	count(C_PASSED_RX);
+	return XDP_PASS;
+}
+
+SEC("tc")
+int teredo_relay_tx(struct __sk_buff *skb)
+{
+	void *data, *data_end;
+	__u8 *v6, *ip, *udp;
+	const struct relay_config *cfg;
+	struct peer_key key;
+	struct peer *peer;
+	__u32 zero = 0, len = skb->len, head, csum, plen;
+	__u64 now, s;
+
+	if (skb->protocol != bpf_htons(ETH_P_IPV6))
+		return TC_ACT_OK;
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->enabled)
+		return TC_ACT_OK;
+	if (len < V6_HLEN || len > MAX_PACKET)
+		goto pass;
+	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
+		goto pass;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	v6 = data;
+	if ((void *)(v6 + V6_HLEN) > data_end)
+		goto pass;
+	plen = ((__u32)v6[4] << 8) | v6[5];
+	if ((v6[0] >> 4) != 6 || len != V6_HLEN + plen)
+		goto pass;
+	/* fromHost: a source we serve, then section 5.2.4 case 1. */
+	if (!served(cfg, v6 + 8))
+		goto pass;
+	__builtin_memcpy(&head, v6 + 24, 4);
+	if (head != cfg->prefix)
+		goto pass;
+	__builtin_memcpy(key.address, v6 + 24, 16);
+	peer = bpf_map_lookup_elem(&peers, &key);
+	if (!peer)
+		goto pass;
+	now = bpf_ktime_get_ns();
+	if (now - peer->last_rx >= cfg->valid_ns)
+		goto pass;
+
+	/* The UDP checksum's sum over the IPv6 packet, before the headers move. */
+	s = sum_bytes(v6, data_end, len);
+	if (s == ~0ULL)
+		goto pass;
+	/*
+	 * The inner checksum must be complete.  A packet the relay host sends itself, or one
+	 * that crossed a veth, may still carry a partial one (checksum offload): the kernel
+	 * completes it only after this program, before the TUN hands it to Python.  The sum
+	 * over the whole packet is already here, so checking costs one header's sum; a packet
+	 * that fails (partial, or really corrupt) takes the Python path, which then sends
+	 * exactly what it reads.  Other next headers may hide a partial checksum behind an
+	 * extension header: only fragments and ESP, which carry none, are taken as well.
+	 */
+	{
+		__u8 nh = v6[6];
+		__u64 inner;
+
+		if (nh == 6 || nh == 17 || nh == 58) {
+			inner = s - SUM_FIXED(v6, V6_HLEN); /* the payload's words */
+			inner += SUM_FIXED(v6 + 8, 32) + bpf_htons(nh) + bpf_htonl(plen);
+			if (fold(inner) != 0xffff)
+				goto pass;
+		} else if (nh != 44 && nh != 50) {
+			goto pass;
+		}
+	}
+	{
+		__u32 ulen = UDP_HLEN + len, dst = peer->ip;
+		__u16 dport = peer->port, sport = (__u16)cfg->port;
+
+		s += cfg->source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
+		s += sport + dport + bpf_htons(ulen);                      /* UDP header */
+		csum = ~fold(s) & 0xffff;
+		if (!csum)
+			csum = 0xffff;
+		if (peer->last_tx < now)
+			peer->last_tx = now;
+		/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
+		if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
+			goto pass;
+		if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
+			return TC_ACT_SHOT; /* the room is there but the packet is no longer whole */
+		/*
+		 * bpf_redirect_neigh takes an Ethernet frame (it strips the header and lets the
+		 * neighbour code write the real one), and the TUN's packets have none.
+		 */
+		if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+			return TC_ACT_SHOT;
+		data = (void *)(long)skb->data;
+		data_end = (void *)(long)skb->data_end;
+		if (data + ETH_HLEN + ENCAP > data_end)
+			return TC_ACT_SHOT;
+		((__u8 *)data)[12] = ETH_P_IP >> 8;
+		((__u8 *)data)[13] = ETH_P_IP & 0xff;
+		ip = data + ETH_HLEN;
+		udp = ip + IP_HLEN;
+		ip[0] = 0x45;
+		ip[1] = 0;
+		ip[2] = (IP_HLEN + ulen) >> 8;
+		ip[3] = (IP_HLEN + ulen) & 0xff;
+		*(__u16 *)(ip + 4) = (__u16)bpf_get_prandom_u32();
+		ip[6] = 0; /* G-07: DF clear */
+		ip[7] = 0;
+		ip[8] = 64;
+		ip[9] = 17;
+		ip[10] = 0;
+		ip[11] = 0;
+		*(__u32 *)(ip + 12) = cfg->source;
+		*(__u32 *)(ip + 16) = dst;
+		*(__u16 *)(ip + 10) = ~fold(SUM_FIXED(ip, IP_HLEN)) & 0xffff;
+		*(__u16 *)udp = sport;
+		*(__u16 *)(udp + 2) = dport;
+		*(__u16 *)(udp + 4) = bpf_htons(ulen);
+		*(__u16 *)(udp + 6) = csum;
+	}
+	count(C_SENT);
+	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
+
+pass:
+	count(C_PASSED_TX);
+	return TC_ACT_OK;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,421 @@
+"""
+The Teredo relay's kernel fast path: two BPF programs (C{bpf/teredo_relay.bpf.c}) carry the
+packets of trusted peers, and this module is their control plane.
+
+  - C{teredo_relay_rx} (XDP, on the interfaces holding the relay's IPv4 addresses)
+    decapsulates a trusted peer's datagrams and forwards them toward the native side;
+  - C{teredo_relay_tx} (TC egress, on the relay's TUN) encapsulates what the kernel routes
+    into the TUN for a trusted peer and sends it to the peer's mapping.
+
+The C source's opening comment argues the placement and lists the checks.  The Python
+relay stays the whole relay: it decides every peer state (L{teredonode.roles.tunnel}), sees
+every packet the programs pass on, and is the complete fallback.  This module:
+
+  - loads the object (one loader, L{teredonode.fastpath.libbpf}; one build path,
+    L{teredonode.fastpath.program.object_path}), with the peer map sized by C{max-peers},
+    before the relay opens anything (L{load}), and attaches it once the socket and the TUN
+    exist (L{RelayFastPath.start});
+  - fills the config map from L{teredonode.config.RelaySettings} and the host (the TUN,
+    the relay's addresses and port, the served networks as the Python relay decides them,
+    L{teredonode.roles.relay.servedTables});
+  - is the tunnel's L{IPeerObserver}: an entry that becomes trusted (no exchange running,
+    a proven IPv4 mapping) is written to the peer map once the tunnel has finished with
+    the packet that proved it (so the packets it queued leave first, in order); any other
+    change removes it at once;
+  - before each expiry sweep, folds the times the programs last heard from and sent to each
+    peer back into the peer list, so entries the fast path keeps busy are neither packed
+    nor expired;
+  - reads the per-CPU counters under the relay's own names (L{COUNTERS}).
+
+Setting C{[relay] fast-path}: C{"auto"} uses it when it loads and attaches, else the Python
+path; C{"on"} refuses to start without it; C{"off"} never tries.  Either way the relay logs
+one line saying which.
+
+Limits (docs/performance.md): the programs run before netfilter's input chain (rx) and
+after its forward chain (tx), and the rx half forwards without the forward chain; with a
+wildcard C{bind} and several IPv4 addresses, encapsulated datagrams leave from the address
+of the interface of the default route (set C{bind} on such a host).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from zope.interface import implementer
+
+from teredonode.fastpath import _is_veth
+from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
+from teredonode.fastpath.program import FastPathUnavailable, object_path
+from teredonode.interfaces import IPeerObserver
+from teredonode.logs import Logger
+from teredonode.peers import Peer, PeerList
+
+__all__ = ["COUNTERS", "SOURCE_NAME", "RelayFastPath", "load", "start", "pack_config", "PEER"]
+
+SOURCE_NAME = "teredo_relay.bpf.c"
+RX, TX = "teredo_relay_rx", "teredo_relay_tx"
+
+#: The programs' counter indices (their C enum, in order): the first three are the relay's
+#: own counters; then the datagrams to the relay's port and the TUN packets handed on to
+#: the Python relay.
+COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun")
+#: Which of L{COUNTERS} the relay's C{counters} include.
+MERGED = ("received", "delivered", "sent")
+
+_MAX_LOCALS = 8
+_MAX_LONGER = 8
+#: struct relay_config: enabled, tun_ifindex, out_ifindex, source, port, prefix; valid_ns;
+#: n_locals, n_longer; locals; first_byte; (mask, net) pairs as two 64-bit halves each.
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s Q I I {4 * _MAX_LOCALS}s 256s {32 * _MAX_LONGER}s")
+#: struct peer: ip, port (network order), pad; last_rx, last_tx, synced (ns, CLOCK_MONOTONIC).
+PEER = struct.Struct("=4s2s2xQQQ")
+_KEY_SIZE = 16
+
+log = Logger()
+
+
+def _halves(value: int) -> bytes:
+    """
+    A 128-bit address or mask as the program compares it: the two 64-bit halves as they
+    lie in memory (the packet's byte order).
+    """
+    return value.to_bytes(16, "big")
+
+
+def pack_config(
+    settings: Any,
+    tunIndex: int,
+    outIndex: int,
+    source: str,
+    port: int,
+    locals_: list[str],
+    enabled: bool = True,
+) -> bytes:
+    """
+    The config map's value.  Raises L{FastPathUnavailable} for what the program cannot
+    express (more served networks or local addresses than it has room for).
+    """
+    from teredonode.roles.relay import servedTables
+
+    table, longer = servedTables(settings.serve)
+    if len(longer) > _MAX_LONGER:
+        raise FastPathUnavailable(f"more than {_MAX_LONGER} served networks longer than /8")
+    if len(locals_) > _MAX_LOCALS:
+        raise FastPathUnavailable(f"more than {_MAX_LOCALS} local IPv4 addresses (set bind)")
+    pairs = b"".join(_halves(mask) + _halves(net) for mask, net in longer)
+    return CONFIG.pack(
+        1 if enabled else 0,
+        tunIndex,
+        outIndex,
+        socket.inet_aton(source),
+        port.to_bytes(2, "big"),
+        settings.prefix_bytes,
+        int(30 * 1e9),
+        len(locals_),
+        len(longer),
+        b"".join(socket.inet_aton(a) for a in locals_),
+        bytes(table),
+        pairs,
+    )
+
+
+def _installable(peer: Peer, state: str, queued: bool = False) -> bool:
+    """
+    What the fast path may carry: a trusted entry with no exchange running (nothing
+    queued, unless C{queued}: the tunnel is about to release it; nothing being re-proven),
+    proven at an IPv4 mapping, not a local peer.
+    """
+    mapping = peer.mapping
+    return (
+        state == "trusted"
+        and peer.timer is None
+        and not peer.local
+        and (queued or not peer.queue)
+        and mapping is not None
+        and mapping[0].count(".") == 3
+    )
+
+
+@implementer(IPeerObserver)
+class RelayFastPath:
+    """
+    A loaded (and, once L{attach}ed, running) fast path for one relay, and the observer of
+    its tunnel's peer states.
+
+    @param clock: the relay's reactor (C{seconds()} is the peer list's clock; C{callLater}
+        defers installs to the end of the current packet's handling).
+    @param peers: the tunnel's peer list.
+    """
+
+    def __init__(self, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> None:
+        obj = BpfObject(
+            load_libbpf(), str(path or object_path(source_name=SOURCE_NAME)), {"peers": settings.max_peers}
+        )
+        try:
+            self._config_fd = obj.map_fd("config")
+            self._counters_fd = obj.map_fd("counters")
+            self._peers_fd = obj.map_fd("peers")
+            for name, want in (("config", CONFIG.size), ("peers", PEER.size)):
+                size = obj.value_size(name)
+                if size != want:
+                    raise FastPathUnavailable(
+                        f"the program's {name} value is {size} bytes, this control plane writes {want}"
+                    )
+            self._cpus = obj.possible_cpus()
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self._clock = clock
+        self._peers = peers
+        self._prefix = settings.prefix_bytes
+        self._pending: set[bytes] = set()
+        self._flush: Any = None
+        self.interfaces: list[str] = []
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    #: C{fast-path} as loaded: C{"on"} makes a failure to attach fatal.
+    mode = "auto"
+
+    def start(self, settings: Any, tun: str, port: int, plan: Callable[[str], Any] | None = None) -> bool:
+        """
+        Configure and attach to the host: XDP where the relay's addresses are, TC on C{tun}
+        (open and routed), the relay's socket bound to C{port}.  Logs the one line saying
+        which path carries trusted peers.  C{False} (and closed) when it cannot run under
+        C{"auto"}.
+
+        @raise FastPathUnavailable: it cannot run under C{"on"}.
+        """
+        try:
+            locals_, rx, source, outIndex = (plan or _plan)(settings.bind)
+            tunIndex = socket.if_nametoindex(tun)
+            self.configure(pack_config(settings, tunIndex, outIndex, source, port, locals_))
+            self.attach(rx, (tun, tunIndex))
+        except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
+            self.close()
+            if self.mode == "on":
+                raise FastPathUnavailable(str(e)) from None
+            log.info("Trusted peers: Python path (kernel fast path unavailable: {reason})", reason=str(e))
+            return False
+        log.info(
+            "Trusted peers: kernel fast path (XDP on {rx}, TC on {tun}), the rest on the Python path",
+            rx=", ".join(name for name, _ in rx),
+            tun=tun,
+        )
+        return True
+
+    def configure(self, config: bytes) -> None:
+        self.obj.update(self._config_fd, (0).to_bytes(4, "little"), config)
+
+    def attach(
+        self, rx: list[tuple[str, int]], tun: tuple[str, int], generic: Callable[[int], bool] = _is_veth
+    ) -> None:
+        """
+        XDP on each of C{rx}, TC egress on C{tun}.
+        """
+        for name, index in rx:
+            self.obj.attach_xdp(RX, index, generic(index))
+            self.interfaces.append(name)
+        self.obj.attach_tcx(TX, tun[1], egress=True)
+        self.interfaces.append(tun[0])
+
+    def close(self) -> None:
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        self._pending.clear()
+        self.obj.close()
+        self.interfaces = []
+
+    # -- time ----------------------------------------------------------------------------------
+
+    def _offset(self) -> float:
+        """
+        Peer-list time minus the programs' (C{CLOCK_MONOTONIC}) time, in seconds.
+        """
+        return float(self._clock.seconds()) - time.monotonic()
+
+    # -- IPeerObserver ---------------------------------------------------------------------------
+
+    def peerChanged(self, peer: Peer, state: str) -> None:
+        address = peer.address
+        if address[:4] != self._prefix:
+            return
+        self._pending.discard(address)
+        self._remove(peer, state != "removed")
+        if _installable(peer, state, queued=True):
+            self._pending.add(address)
+            if self._flush is None:
+                self._flush = self._clock.callLater(0, self._install)
+
+    def _remove(self, peer: Peer, fold: bool) -> None:
+        """
+        Take C{peer} out of the map, first folding the times the programs kept into it.
+        """
+        key = peer.address
+        if fold:
+            raw = self.obj.lookup(self._peers_fd, key, PEER.size)
+            if raw is None:
+                return
+            _, _, rx, tx, _ = PEER.unpack(raw)
+            self._fold(peer, rx, tx, self._offset())
+        self.obj.delete(self._peers_fd, key)
+
+    @staticmethod
+    def _fold(peer: Peer, rx: int, tx: int, offset: float) -> None:
+        heard, sent = rx / 1e9 + offset, tx / 1e9 + offset
+        if rx and heard > peer.last_rx:
+            peer.heard(heard)
+        if tx and sent > peer.last_tx:
+            peer.last_tx = sent
+
+    def _install(self) -> None:
+        """
+        Write the entries that became trusted during the reactor turn that just ended.
+        """
+        from teredonode.roles.tunnel import peerState
+
+        self._flush = None
+        pending, self._pending = self._pending, set()
+        offset = self._offset()
+        for address in pending:
+            peer = self._peers.get(address)
+            if peer is None or not _installable(peer, peerState(peer)):
+                continue
+            mapping = peer.mapping
+            assert mapping is not None
+            rx = max(0, int((peer.last_rx - offset) * 1e9))
+            tx = max(0, int((peer.last_tx - offset) * 1e9))
+            value = PEER.pack(socket.inet_aton(mapping[0]), mapping[1].to_bytes(2, "big"), rx, tx, max(rx, tx))
+            try:
+                self.obj.update(self._peers_fd, address, value)
+            except BPFError:
+                pass  # the map is full: this peer stays on the Python path
+
+    def sweeping(self) -> None:
+        """
+        Fold what the programs heard and sent since the last sweep into the peer list (only
+        entries whose times moved are touched); entries the list no longer holds go.
+        """
+        offset = self._offset()
+        peers = self._peers
+        for key, raw in self.obj.items(self._peers_fd, _KEY_SIZE, PEER.size):
+            ip, port, rx, tx, synced = PEER.unpack(raw)
+            latest = max(rx, tx)
+            if latest <= synced:
+                continue
+            peer = peers.get(key)
+            if peer is None:
+                self.obj.delete(self._peers_fd, key)
+                continue
+            self._fold(peer, rx, tx, offset)
+            try:
+                self.obj.update(self._peers_fd, key, PEER.pack(ip, port, rx, tx, latest))
+            except BPFError:
+                pass
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """
+        Each of L{COUNTERS}, summed over CPUs.
+        """
+        out = {}
+        for index, name in enumerate(COUNTERS):
+            raw = self.obj.lookup(self._counters_fd, index.to_bytes(4, "little"), 8 * self._cpus)
+            total = 0
+            if raw is not None:
+                for cpu in range(self._cpus):
+                    total += int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
+            out[name] = total
+        return out
+
+
+def _host_addresses() -> list[tuple[str, int, str]]:
+    """
+    Every IPv4 address of the host but loopback's: (address, ifindex, interface name).
+    """
+    from pyroute2 import IPRoute
+
+    out = []
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=socket.AF_INET):
+            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+            if address and not address.startswith("127."):
+                index = msg["index"]
+                out.append((address, index, socket.if_indextoname(index)))
+    return out
+
+
+def _default_interface() -> int | None:
+    """
+    The interface of the IPv4 default route, if there is one.
+    """
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for route in ipr.get_default_routes(family=socket.AF_INET):
+            index = route.get_attr("RTA_OIF")
+            if index:
+                return int(index)
+    return None
+
+
+def _plan(bind: str) -> tuple[list[str], list[tuple[str, int]], str, int]:
+    """
+    From the host: the addresses the relay's socket receives on, the interfaces holding
+    them (name, index), and the source address and interface of encapsulated datagrams.
+    """
+    held = _host_addresses()
+    if bind not in ("", "0.0.0.0"):
+        held = [h for h in held if h[0] == bind]
+        if not held:
+            raise FastPathUnavailable(f"no interface holds {bind}")
+    if not held:
+        raise FastPathUnavailable("the host has no IPv4 address")
+    locals_ = sorted({h[0] for h in held})
+    rx = sorted({(h[2], h[1]) for h in held})
+    default = _default_interface() if bind in ("", "0.0.0.0") else None
+    source = next((h for h in held if h[1] == default), held[0])
+    return locals_, rx, source[0], source[1]
+
+
+def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
+    """
+    Load the programs as C{settings.fast_path} asks, before the relay opens anything: the
+    object's verification takes a while, and a relay whose TUN is already routed would
+    meanwhile let the host's packets pile up unread (and overflow the peer queues of the
+    first peers it bubbles).  L{RelayFastPath.start} then attaches them, once the TUN and
+    the socket exist.  Logs the one line when the Python path runs (C{"off"}, or C{"auto"}
+    and the programs cannot load).
+
+    @raise FastPathUnavailable: C{fast-path = "on"} and they cannot load.
+    """
+    mode = getattr(settings, "fast_path", "off")
+    if mode == "off":
+        log.info("Trusted peers: Python path (fast-path = \"off\")")
+        return None
+    try:
+        fast = RelayFastPath(settings, clock, peers)
+    except (FastPathUnavailable, BPFError, OSError) as e:
+        if mode == "on":
+            raise FastPathUnavailable(str(e)) from None
+        log.info("Trusted peers: Python path (kernel fast path unavailable: {reason})", reason=str(e))
+        return None
+    fast.mode = mode
+    return fast
+
+
+def start(settings: Any, clock: Any, peers: PeerList, tun: str, port: int) -> RelayFastPath | None:
+    """
+    L{load}, then L{RelayFastPath.start}: the fast path running, or L{None}.
+    """
+    fast = load(settings, clock, peers)
+    if fast is not None and not fast.start(settings, tun, port):
+        return None
+    return fast

@@ -1,0 +1,274 @@
+"""
+The relay fast path's control plane, without the kernel: the programs' counter names and
+config layout, the served-network tables, the C{fast-path} setting's one log line, and the
+peer observer (what it writes to and removes from the peer map, when, and how it folds the
+programs' times back into the peer list).  The programs themselves are tested against the
+Python relay in tests/system/test_fastpath_relay.py.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.task import Clock
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from teredonode.config import RelaySettings
+from teredonode.fastpath import relay as fastrelay
+from teredonode.fastpath.program import FastPathUnavailable
+from teredonode.interfaces import IPeerObserver
+from teredonode.peers import PeerList
+from teredonode.roles.relay import COUNTERS as RELAY_COUNTERS, servedBy, servedTables
+
+SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "teredo_relay.bpf.c"
+CLIENT = bytes.fromhex("20010000cb00710a000063bf39cc9bf4")
+MAPPING = ("198.51.100.11", 40000)
+
+
+class ProgramInterfaceTests(SynchronousTestCase):
+    def test_counterNamesMatchTheProgram(self) -> None:
+        """
+        The C enum's named entries are the first of L{COUNTERS}, in order, and the ones
+        folded into the relay's counters are relay counters.
+        """
+        entries = re.findall(r"^\s*C_[A-Z_]+,\s*/\* \"([a-z-]+)\"", SOURCE.read_text(), re.M)
+        self.assertEqual(tuple(entries), fastrelay.COUNTERS[: len(entries)])
+        self.assertEqual(tuple(entries), fastrelay.MERGED)
+        every = re.findall(r"^\s*(C_[A-Z_]+),", SOURCE.read_text(), re.M)
+        self.assertEqual(len([e for e in every if e != "C_COUNT"]), len(fastrelay.COUNTERS))
+        self.assertTrue(set(fastrelay.MERGED) <= set(RELAY_COUNTERS))
+
+    def test_configLayout(self) -> None:
+        """
+        584 bytes: six words, a quad, two words, 8 addresses, the 256-byte table, 8
+        (mask, network) pairs of 32 bytes; fields where the program reads them.
+        """
+        self.assertEqual(fastrelay.CONFIG.size, 24 + 8 + 8 + 32 + 256 + 256)
+        value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, ["203.0.113.20"])
+        self.assertEqual(len(value), fastrelay.CONFIG.size)
+        self.assertEqual(value[4:8], (7).to_bytes(4, "little"))
+        self.assertEqual(value[12:16], socket.inet_aton("203.0.113.20"))
+        self.assertEqual(value[16:18], (3544).to_bytes(2, "big"))
+        self.assertEqual(value[20:24], bytes.fromhex("20010000"))
+        self.assertEqual(fastrelay.PEER.size, 32)
+
+    def test_tablesDecideAsServedBy(self) -> None:
+        """
+        RL-RX-05: the table and masks the program gets decide as the Python relay does.
+        """
+        networks = ("2000::/3", "fc00::/7", "2a00:1234::/32")
+        serves = servedBy(networks, bytes.fromhex("20010000"))
+        table, longer = servedTables(networks)
+        for text in ("2001:db8::1", "2001:0:1::1", "fd00::1", "fe80::1", "ff02::1", "2a00:1234::5", "4000::1"):
+            address = socket.inet_pton(socket.AF_INET6, text)
+            value = int.from_bytes(address, "big")
+            program = (
+                address[:4] != bytes.fromhex("20010000")
+                and address[0] < 0xFE
+                and (table[address[0]] or any(value & mask == net for mask, net in longer))
+            )
+            self.assertEqual(program, serves(address), text)
+
+    def test_tooManyLongerNetworks(self) -> None:
+        settings = RelaySettings(serve=tuple(f"2a00:{i}::/32" for i in range(9)))
+        with self.assertRaises(FastPathUnavailable):
+            fastrelay.pack_config(settings, 1, 2, "203.0.113.20", 3544, ["203.0.113.20"])
+
+
+class StartTests(SynchronousTestCase):
+    """
+    One log line says which path carries trusted peers' packets, and why: when the programs
+    cannot load, or cannot attach.
+    """
+
+    def setUp(self) -> None:
+        self.lines: list[str] = []
+
+        def observer(event: dict[str, Any]) -> None:
+            if event.get("log_namespace", "").startswith("teredonode.fastpath"):
+                self.lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(cast(ILogObserver, observer))
+        self.addCleanup(globalLogPublisher.removeObserver, cast(ILogObserver, observer))
+
+    def load(self, mode: str, loads: bool = True) -> Any:
+        closed: list[bool] = []
+
+        class Loaded(fastrelay.RelayFastPath):
+            def __init__(self, settings: Any, clock: Any, peers: Any) -> None:
+                if not loads:
+                    raise FastPathUnavailable("clang is not installed")
+                self.interfaces = []
+
+            def close(self) -> None:
+                closed.append(True)
+
+        self.closed = closed
+        self.patch(fastrelay, "RelayFastPath", Loaded)
+        return fastrelay.load(RelaySettings(fast_path=mode), Clock(), PeerList(time.time))
+
+    def noHost(self, bind: str) -> Any:
+        raise FastPathUnavailable("the host has no IPv4 address")
+
+    def test_off(self) -> None:
+        self.assertIsNone(self.load("off"))
+        self.assertEqual(len(self.lines), 1)
+        self.assertIn('Python path (fast-path = "off")', self.lines[0])
+
+    def test_autoWithoutPrograms(self) -> None:
+        self.assertIsNone(self.load("auto", loads=False))
+        self.assertEqual(len(self.lines), 1)
+        self.assertIn("kernel fast path unavailable: clang is not installed", self.lines[0])
+
+    def test_onWithoutPrograms(self) -> None:
+        with self.assertRaises(FastPathUnavailable):
+            self.load("on", loads=False)
+        self.assertEqual(self.lines, [])
+
+    def test_autoCannotAttach(self) -> None:
+        fast = self.load("auto")
+        self.assertEqual(self.lines, [])
+        self.assertFalse(fast.start(RelaySettings(), "tun0", 3544, plan=self.noHost))
+        self.assertEqual(self.closed, [True])
+        self.assertEqual(len(self.lines), 1)
+        self.assertIn("kernel fast path unavailable: the host has no IPv4 address", self.lines[0])
+
+    def test_onCannotAttach(self) -> None:
+        fast = self.load("on")
+        with self.assertRaises(FastPathUnavailable):
+            fast.start(RelaySettings(), "tun0", 3544, plan=self.noHost)
+        self.assertEqual(self.closed, [True])
+        self.assertEqual(self.lines, [])
+
+
+class FakeObject:
+    """
+    The peer map as a dict, behind L{teredonode.fastpath.libbpf.BpfObject}'s calls.
+    """
+
+    def __init__(self) -> None:
+        self.maps: dict[int, dict[bytes, bytes]] = {1: {}}
+
+    def lookup(self, fd: int, key: bytes, size: int) -> bytes | None:
+        return self.maps[fd].get(key)
+
+    def update(self, fd: int, key: bytes, value: bytes) -> None:
+        self.maps[fd][key] = value
+
+    def delete(self, fd: int, key: bytes) -> bool:
+        return self.maps[fd].pop(key, None) is not None
+
+    def items(self, fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+        return list(self.maps[fd].items())
+
+
+class ObserverTests(SynchronousTestCase):
+    """
+    The fast path learns trusted peers from the tunnel's state changes.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.peers = PeerList(self.clock.seconds)
+        fast = fastrelay.RelayFastPath.__new__(fastrelay.RelayFastPath)
+        fast.obj = cast(Any, FakeObject())
+        fast._peers_fd = 1
+        fast._clock = self.clock
+        fast._peers = self.peers
+        fast._prefix = bytes.fromhex("20010000")
+        fast._pending = set()
+        fast._flush = None
+        self.fast = fast
+        self.map = cast(FakeObject, fast.obj).maps[1]
+
+    def trusted(self) -> Any:
+        peer = self.peers.create(CLIENT)
+        peer.trust(MAPPING, self.clock.seconds())
+        peer.last_tx = self.clock.seconds()
+        return peer
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IPeerObserver, self.fast))
+
+    def test_installedOnceTheTurnEnds(self) -> None:
+        """
+        A peer that becomes trusted is written when the tunnel is done with the packet
+        that proved it (its queue released first), with its mapping and times.
+        """
+        peer = self.trusted()
+        self.fast.peerChanged(peer, "trusted")
+        self.assertEqual(self.map, {})
+        self.clock.advance(0)
+        ip, port, rx, tx, synced = fastrelay.PEER.unpack(self.map[CLIENT])
+        self.assertEqual((socket.inet_ntoa(ip), int.from_bytes(port, "big")), MAPPING)
+        offset = self.clock.seconds() - time.monotonic()
+        self.assertLess(abs(rx / 1e9 + offset - (peer.last_rx)), 0.01)
+        self.assertEqual(synced, max(rx, tx))
+
+    def test_notInstalled(self) -> None:
+        """
+        Untrusted, probing, local peers, native peers and queued ones stay on the Python path.
+        """
+        peer = self.peers.create(CLIENT[:15] + b"\x01")
+        self.fast.peerChanged(peer, "untrusted")
+        trusted = self.trusted()
+        trusted.local = True
+        self.fast.peerChanged(trusted, "trusted")
+        native = self.peers.create(socket.inet_pton(socket.AF_INET6, "2001:db8::1"))
+        native.trust(MAPPING, self.clock.seconds())
+        self.fast.peerChanged(native, "trusted")
+        self.clock.advance(0)
+        self.assertEqual(self.map, {})
+
+    def test_removedAtOnce(self) -> None:
+        """
+        Any other change takes the peer out before the tunnel goes on, folding what the
+        program heard into the entry.
+        """
+        peer = self.trusted()
+        self.fast.peerChanged(peer, "trusted")
+        self.clock.advance(0)
+        ip, port, rx, tx, synced = fastrelay.PEER.unpack(self.map[CLIENT])
+        self.map[CLIENT] = fastrelay.PEER.pack(ip, port, rx + 5_000_000_000, tx, synced)
+        before = peer.last_rx
+        peer.trusted = False
+        self.fast.peerChanged(peer, "untrusted")
+        self.assertEqual(self.map, {})
+        self.assertLess(abs(peer.last_rx - (before + 5)), 0.01)
+
+    def test_removedPeerNotInstalledLater(self) -> None:
+        peer = self.trusted()
+        self.fast.peerChanged(peer, "trusted")
+        self.peers.remove(CLIENT)
+        self.fast.peerChanged(peer, "removed")
+        self.clock.advance(0)
+        self.assertEqual(self.map, {})
+
+    def test_sweepFoldsTimes(self) -> None:
+        """
+        Before the sweep, entries whose program times moved are brought up to date in the
+        peer list (so busy fast-path peers do not expire); the others are left alone, and
+        entries the list no longer has are dropped from the map.
+        """
+        peer = self.trusted()
+        self.fast.peerChanged(peer, "trusted")
+        self.clock.advance(0)
+        ip, port, rx, tx, synced = fastrelay.PEER.unpack(self.map[CLIENT])
+        self.map[CLIENT] = fastrelay.PEER.pack(ip, port, rx + 20_000_000_000, tx + 25_000_000_000, synced)
+        self.map[b"\x20\x01\x00\x00" + bytes(12)] = self.map[CLIENT]
+        self.fast.sweeping()
+        self.assertLess(abs(peer.last_rx - (1000 + 20)), 0.01)
+        self.assertLess(abs(peer.last_tx - (1000 + 25)), 0.01)
+        self.assertEqual(list(self.map), [CLIENT])
+        _, _, rx2, tx2, synced2 = fastrelay.PEER.unpack(self.map[CLIENT])
+        self.assertEqual(synced2, max(rx2, tx2))
+        peer.last_rx = 0.0
+        self.fast.sweeping()  # nothing moved since: the entry is not touched
+        self.assertEqual(peer.last_rx, 0.0)
