@@ -75,7 +75,7 @@ def _interfaces(addresses: tuple[str, ...]) -> list[tuple[str, int]]:
     return sorted((name, index) for index, name in found.items())
 
 
-def _is_veth(index: int) -> bool:
+def is_veth(index: int) -> bool:
     """
     Native XDP on a veth hands XDP_TX frames to its peer only when the peer runs an XDP
     program too (otherwise they wait in the peer's ring, unanswered); generic XDP transmits
@@ -128,7 +128,7 @@ class FastPath:
         self.obj.update(self._budget_fd, _ZERO, pack_budget(settings, time.monotonic_ns()))
         self.obj.update(self._config_fd, _ZERO, config)
 
-    def attach(self, interfaces: list[tuple[str, int]], generic: Callable[[int], bool] = _is_veth) -> None:
+    def attach(self, interfaces: list[tuple[str, int]], generic: Callable[[int], bool] = is_veth) -> None:
         for name, index in interfaces:
             self.obj.attach_xdp(PROGRAM, index, generic(index))
             self.interfaces.append(name)

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from zope.interface import implementer
 
-from teredonode.fastpath import _is_veth
+from teredonode.fastpath import is_veth
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
 from teredonode.fastpath.program import FastPathUnavailable, object_path
 from teredonode.interfaces import IPeerObserver
@@ -151,31 +151,41 @@ class RelayFastPath:
     @param peers: the tunnel's peer list.
     """
 
-    def __init__(self, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> None:
+    def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes) -> None:
+        """
+        Take over C{obj}, the loaded programs (a L{BpfObject}, or a stand-in with its map
+        calls in tests; L{load} makes one from the compiled object), with the maps checked
+        against what this control plane writes.
+        """
+        self._config_fd = obj.map_fd("config")
+        self._counters_fd = obj.map_fd("counters")
+        self._peers_fd = obj.map_fd("peers")
+        for name, want in (("config", CONFIG.size), ("peers", PEER.size)):
+            size = obj.value_size(name)
+            if size != want:
+                raise FastPathUnavailable(
+                    f"the program's {name} value is {size} bytes, this control plane writes {want}"
+                )
+        self._cpus = obj.possible_cpus()
+        self.obj = obj
+        self._clock = clock
+        self._peers = peers
+        self._prefix = prefix
+        self._pending: set[bytes] = set()
+        self._flush: Any = None
+        self.interfaces: list[str] = []
+
+    @classmethod
+    def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> RelayFastPath:
+        """The programs loaded from the compiled object (closed again if anything fails)."""
         obj = BpfObject(
             load_libbpf(), str(path or object_path(source_name=SOURCE_NAME)), {"peers": settings.max_peers}
         )
         try:
-            self._config_fd = obj.map_fd("config")
-            self._counters_fd = obj.map_fd("counters")
-            self._peers_fd = obj.map_fd("peers")
-            for name, want in (("config", CONFIG.size), ("peers", PEER.size)):
-                size = obj.value_size(name)
-                if size != want:
-                    raise FastPathUnavailable(
-                        f"the program's {name} value is {size} bytes, this control plane writes {want}"
-                    )
-            self._cpus = obj.possible_cpus()
+            return cls(obj, clock, peers, settings.prefix_bytes)
         except BaseException:
             obj.close()
             raise
-        self.obj = obj
-        self._clock = clock
-        self._peers = peers
-        self._prefix = settings.prefix_bytes
-        self._pending: set[bytes] = set()
-        self._flush: Any = None
-        self.interfaces: list[str] = []
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -213,7 +223,7 @@ class RelayFastPath:
         self.obj.update(self._config_fd, (0).to_bytes(4, "little"), config)
 
     def attach(
-        self, rx: list[tuple[str, int]], tun: tuple[str, int], generic: Callable[[int], bool] = _is_veth
+        self, rx: list[tuple[str, int]], tun: tuple[str, int], generic: Callable[[int], bool] = is_veth
     ) -> None:
         """
         XDP on each of C{rx}, TC egress on C{tun}.
@@ -401,7 +411,7 @@ def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
         log.info("Trusted peers: Python path (fast-path = \"off\")")
         return None
     try:
-        fast = RelayFastPath(settings, clock, peers)
+        fast = RelayFastPath.load(settings, clock, peers)
     except (FastPathUnavailable, BPFError, OSError) as e:
         if mode == "on":
             raise FastPathUnavailable(str(e)) from None

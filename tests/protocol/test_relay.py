@@ -312,7 +312,7 @@ class FastPathControlTests(RelayTestCase):
         with self.assertRaises(SystemExit) as caught:
             relay.privilegedStartService()
         self.assertIn("no BPF here", str(caught.exception))
-        relay._stop()
+        relay.stopService()
 
 
 class RelayTunnelTests(UnnumberedTunnelBehaviour, RelayTestCase):

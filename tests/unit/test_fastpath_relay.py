@@ -101,10 +101,14 @@ class StartTests(SynchronousTestCase):
         closed: list[bool] = []
 
         class Loaded(fastrelay.RelayFastPath):
-            def __init__(self, settings: Any, clock: Any, peers: Any) -> None:
+            def __init__(self) -> None:
+                self.interfaces = []
+
+            @classmethod
+            def load(cls, settings: Any, clock: Any, peers: Any, path: Any = None) -> Any:
                 if not loads:
                     raise FastPathUnavailable("clang is not installed")
-                self.interfaces = []
+                return cls()
 
             def close(self) -> None:
                 closed.append(True)
@@ -152,8 +156,19 @@ class FakeObject:
     The peer map as a dict, behind L{teredonode.fastpath.libbpf.BpfObject}'s calls.
     """
 
+    FDS = {"config": 0, "counters": 1, "peers": 2}
+
     def __init__(self) -> None:
-        self.maps: dict[int, dict[bytes, bytes]] = {1: {}}
+        self.maps: dict[int, dict[bytes, bytes]] = {fd: {} for fd in self.FDS.values()}
+
+    def map_fd(self, name: str) -> int:
+        return self.FDS[name]
+
+    def value_size(self, name: str) -> int:
+        return {"config": fastrelay.CONFIG.size, "peers": fastrelay.PEER.size}[name]
+
+    def possible_cpus(self) -> int:
+        return 1
 
     def lookup(self, fd: int, key: bytes, size: int) -> bytes | None:
         return self.maps[fd].get(key)
@@ -177,16 +192,9 @@ class ObserverTests(SynchronousTestCase):
         self.clock = Clock()
         self.clock.advance(1000)
         self.peers = PeerList(self.clock.seconds)
-        fast = fastrelay.RelayFastPath.__new__(fastrelay.RelayFastPath)
-        fast.obj = cast(Any, FakeObject())
-        fast._peers_fd = 1
-        fast._clock = self.clock
-        fast._peers = self.peers
-        fast._prefix = bytes.fromhex("20010000")
-        fast._pending = set()
-        fast._flush = None
-        self.fast = fast
-        self.map = cast(FakeObject, fast.obj).maps[1]
+        obj = FakeObject()
+        self.fast = fastrelay.RelayFastPath(obj, self.clock, self.peers, bytes.fromhex("20010000"))
+        self.map = obj.maps[obj.map_fd("peers")]
 
     def trusted(self) -> Any:
         peer = self.peers.create(CLIENT)
