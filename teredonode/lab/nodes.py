@@ -12,6 +12,7 @@ Why the details matter:
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -69,6 +70,8 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, int):
         return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return repr(value)  # a TOML float: settings such as rates refuse the string "0.5"
     text = str(value).replace("\\", "\\\\").replace('"', '\\"')
     return f'"{text}"'
 
