@@ -107,6 +107,31 @@ class ReachTests(GuessTestCase):
         self.assertEqual(r.counters["sns-learned"], 1)
         self.assertEqual(s.status()["port-guessing"], {"state": "on", "running": 0, "kept": 1, "max": 1})
 
+    def test_trailerThroughTheServer(self) -> None:
+        """
+        The symmetric client's indirect bubble carries the Port Guess trailer (its sockets,
+        its opening time in 10 ms units) after its nonce, and the server forwards it.
+        """
+        s, r = self.pair(port_guessing=True, **SURE)
+        start = len(self.net.capture)
+        self.ping(s, r, 1)
+        expected = PortGuessTrailer(1024, 512)  # 1024 sockets at 200/s: 5.12 s
+        asked = [d for d in self.net.capture[start:] if guessTrailer(d.data) == expected]
+        toServer = [d for d in asked if d.dst == SERVER]
+        fromServer = [d for d in asked if d.src == SERVER and d.dst == mapping_of(raw(r.address))]
+        self.assertEqual((len(toServer), len(fromServer)), (1, 1))
+        self.assertIsInstance(classify(fromServer[0].data).trailers[0], NonceTrailer)
+
+    def test_sequentialNatLeftToTheExtension(self) -> None:
+        """
+        Behind a sequential NAT the Echo Test sees close ports: the Sequential extension
+        reaches the peer, and no search starts.
+        """
+        s, r = self.pair("symmetric-sequential", RESTRICTED, port_guessing=True)
+        self.assertEqual(self.search(s, r), (True, True))
+        self.assertEqual(s.counters["seq-predicted"], 1)
+        self.assertEqual(s.counters["pg-searches"] + r.counters["pg-searches"], 0)
+
     def test_restrictedToSymmetric(self) -> None:
         """The restricted client starts: the symmetric one's retry asks for the search."""
         s, r = self.pair(port_guessing=True, **SURE)
