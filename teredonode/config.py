@@ -252,6 +252,14 @@ def _rate(value: Any) -> float:
     return number
 
 
+@_checks("number in (0, 1000] (per second)")
+def _guess_rate(value: Any) -> float:
+    number = _rate(value)
+    if number > 1000:
+        raise _Invalid(f"{_show(value)} is above 1000 per second")
+    return number
+
+
 @_checks("IPv4")
 def _ipv4(value: Any) -> str:
     if not isinstance(value, str):
@@ -1052,6 +1060,39 @@ class ClientSettings(_RoleSettings):
         "closed when the peer is reached on the service port, changes its port, or leaves the "
         "peer list. Past the limit a new peer gets none (`pp-ports-refused`) and is tried with "
         "Symmetric NAT Support alone.",
+    )
+    port_guessing: bool = setting(
+        check=_boolean,
+        default=False,
+        doc="Beyond RFC 6081: birthday-paradox port guessing between two clients that both set it.",
+        more="Reaches the cells RFC 6081 Figure 1 marks \"No\" (port-restricted <-> random "
+        "port-symmetric): behind a symmetric NAT that neither preserves nor sequences ports, "
+        "the client opens `port-guessing-sockets` sockets toward an unreached peer's mapping "
+        "and asks it (Port Guess trailer, type 0xFE, skipped by other implementations) to "
+        "probe; behind a NAT that is not symmetric, such a request from a peer (through our "
+        "server, with its nonce) starts `port-guessing-probes` bubbles to random ports of the "
+        "peer's IPv4 address. One search at a time, one started a minute on average, each "
+        "ending within 30 s; the peer found is trusted only by RFC 4380's mapping rule or the "
+        "Symmetric NAT Support nonce. Needs `symmetric-nat-support`. Far beyond RFC 4380's "
+        "bubble rate toward one peer: off by default. See [nat-traversal.md](nat-traversal.md).",
+    )
+    port_guessing_sockets: int = setting(
+        check=_integer(1, 1024, "sockets"),
+        default=256,
+        doc="Sockets a port-guessing search opens (behind a random port-symmetric NAT).",
+        more="Each sends one bubble to the peer's mapping, at `port-guessing-rate`, and lives "
+        "until the search ends (30 s at most). The chance of a hit with n sockets and m probes "
+        "is about 1 - (1 - n/64512)^m: 63 % for 256 and 256.",
+    )
+    port_guessing_probes: int = setting(
+        check=_integer(1, 4096, "bubbles"),
+        default=256,
+        doc="Bubbles a port-guessing search sends to random ports of the peer (not symmetric).",
+    )
+    port_guessing_rate: float = setting(
+        check=_guess_rate,
+        default=50.0,
+        doc="Bubbles per second a port-guessing search sends, at most (either side).",
     )
     random_port_type: int = setting(
         check=_random_port_type,

@@ -277,3 +277,20 @@ class IRandomPorts(Interface):
         encapsulation, as the client sends for qualification (RFC 6081 section 5.5.4.1.1,
         the Echo Test of the Sequential Port-Symmetric NAT Extension).
         """
+
+
+class IGuessSockets(Interface):
+    """
+    What the tunnel core needs to run port guessing's opener (beyond RFC 6081,
+    L{teredonode.roles.portguessing}): a batch of UDP sockets on fresh local ports, which the
+    client opens so that the core never touches a socket.
+
+    Every datagram one of them receives reaches C{receive(index, packet, source)} as a parsed
+    Teredo packet, after the client's service-port checks (a Teredo payload, qualified).
+    """
+
+    def openGuessSockets(count: int, receive: Callable[[int, Any, Endpoint], None]) -> list[IRandomPort | None]:
+        """
+        Open C{count} sockets on ephemeral ports (on the service port's address): a list of
+        C{count}, each an open L{IRandomPort} or C{None} where one could not be bound.
+        """

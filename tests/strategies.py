@@ -41,10 +41,15 @@ random_port_trailer = st.builds(
 # Unknown types that may be skipped: top bits 00, 10 or 11, and not a known code point.
 unknown_trailer = st.builds(
     teredo.UnknownTrailer,
-    st.integers(0, 255).filter(lambda t: t & 0xC0 != 0x40 and t not in (1, 2, 3, 4, 5)),
+    st.integers(0, 255).filter(lambda t: t & 0xC0 != 0x40 and t not in (1, 2, 3, 4, 5, teredo.TRAILER_PORT_GUESS)),
     st.binary(max_size=40),
 )
-trailer = st.one_of(nonce_trailer, alt_trailer, nd_trailer, random_port_trailer, unknown_trailer)
+port_guess_trailer = st.builds(
+    teredo.PortGuessTrailer,
+    st.integers(1, teredo.PORT_GUESS_MAX_SOCKETS),
+    st.integers(0, teredo.PORT_GUESS_MAX_OPENING),
+)
+trailer = st.one_of(nonce_trailer, alt_trailer, nd_trailer, random_port_trailer, port_guess_trailer, unknown_trailer)
 
 ipv6_header = st.builds(
     ipv6.IPv6Header,

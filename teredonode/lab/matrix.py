@@ -367,7 +367,7 @@ def _start_client(lab: Lab, node: str, host: str, impl: str) -> None:
         lab.start_teredonode(node, host, "client", CLIENT_SETTINGS)
 
 
-def _wait_addresses(lab: Lab, hosts: Sequence[str]) -> dict[str, str | None]:
+def wait_addresses(lab: Lab, hosts: Sequence[str]) -> dict[str, str | None]:
     """
     Each client's Teredo address, polled together until all have one, one exits, or
     L{QUALIFY_TIMEOUT} passes.
@@ -397,7 +397,7 @@ def measure(lab: Lab, row: str, column: str, impl: str, a_to_b: bool) -> Trial:
     lab.set_nat_mode("nat2", column)
     for host in ("client1", "client2"):
         _start_client(lab, host, host, impl)
-    addresses = _wait_addresses(lab, ("client1", "client2"))
+    addresses = wait_addresses(lab, ("client1", "client2"))
     unqualified = [h for h, a in addresses.items() if a is None]
     if unqualified:
         names = {"client1": f"A ({row})", "client2": f"B ({column})"}
@@ -483,7 +483,7 @@ def run_matrix(
             result.labs += 1
             try:
                 say(f"lab {lab.prefix} for row {row} up in {clock() - t0:.2f}s")
-                _start_infra(lab, infra)
+                start_infra(lab, infra)
                 for column in columns:
                     for impl in impls:
                         for a_to_b in (True, False) if column != row else (True,):
@@ -512,7 +512,7 @@ def run_matrix(
     return result
 
 
-def _start_infra(lab: Lab, infra: dict[str, str]) -> None:
+def start_infra(lab: Lab, infra: dict[str, str]) -> None:
     """
     The server (with a Router Solicitation budget for the matrix's restarts) and the relay.
     """

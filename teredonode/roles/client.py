@@ -48,11 +48,14 @@ from teredonode.interfaces import (
     IDiscoveryHost,
     IPortMapping,
     INetworkConfigurator,
+    IGuessSockets,
     IRandomPort,
     IRandomPorts,
     ITeredoRole,
     ITunDevice,
 )
+from teredonode.peers import PeerList
+from teredonode.roles.portguess import GuessLimits
 from teredonode.roles.discovery import DISCOVERY_COUNTERS, DISCOVERY_DROPS, LocalDiscovery
 from teredonode.roles.tunnel import (
     CLIENT_POLICY,
@@ -216,7 +219,7 @@ class _RandomPort:
             listening.stopListening()
 
 
-@implementer(ITeredoRole, IDiscoveryHost, IRandomPorts)
+@implementer(ITeredoRole, IDiscoveryHost, IRandomPorts, IGuessSockets)
 class TeredoClient(TunnelRole):
     """
     A Teredo client.
@@ -288,6 +291,13 @@ class TeredoClient(TunnelRole):
             randomPortType=settings.random_port_type,
             sequentialPort=settings.sequential_port,
             echoTestRate=settings.echo_test_rate,
+            guessSockets=self if settings.port_guessing else None,
+            guessLimits=GuessLimits(
+                sockets=settings.port_guessing_sockets,
+                probes=settings.port_guessing_probes,
+                rate=settings.port_guessing_rate,
+            ),
+            guessRng=self._rng,
         )
         # Qualification and maintenance: the machine decides, this role acts.
         self._machine = Qualification(
@@ -440,6 +450,28 @@ class TeredoClient(TunnelRole):
         except (OSError, CannotListenError):
             return None
         return _RandomPort(port, listening, protocol)
+
+    def openGuessSockets(
+        self, count: int, receive: Callable[[int, Any, Endpoint], None]
+    ) -> list[IRandomPort | None]:
+        """
+        Port guessing's opener: C{count} sockets on ephemeral ports of the service port's
+        address; what arrives passes the service port's checks first.
+        """
+        handles: list[IRandomPort | None] = []
+        for index in range(count):
+            protocol = ServicePort(
+                lambda data, addr, i=index: self._randomPortReceived(  # type: ignore[misc]
+                    data, addr, lambda packet, source: receive(i, packet, source)
+                )
+            )
+            try:
+                listening = self._reactor.listenUDP(0, protocol, interface=self.settings.bind)
+            except (OSError, CannotListenError):
+                handles.append(None)
+                continue
+            handles.append(_RandomPort(int(listening.getHost().port), listening, protocol))
+        return handles
 
     def echoSolicitation(self, nonce: bytes) -> bytes:
         """X-SEQ-06: the Echo Test's RSs are the qualification's, with their own nonces."""
@@ -680,6 +712,9 @@ class TeredoClient(TunnelRole):
                 effect.port_preserving,
                 (secondary, TEREDO_PORT) if secondary else None,
             )
+        if self.tunnel.portGuessing is not None:
+            nat = {"symmetric": True, "restricted-or-cone": False}.get(effect.nat)
+            self.tunnel.portGuessing.setNat(nat, effect.port_preserving)
         if effect.first:
             self.counters["qualifications"] += 1
             if self._qualifyingSince is not None:
@@ -1032,6 +1067,9 @@ class TeredoClient(TunnelRole):
             "last-server-contact": None if self._lastServerRx is None else round(now - self._lastServerRx, 3),
             "peers": self.tunnel.status(),
             "random-ports": self._randomPortsStatus(),
+            "port-guessing": (
+                self.tunnel.portGuessing.status() if self.tunnel.portGuessing is not None else {"state": "off"}
+            ),
             "local-discovery": (
                 self.discovery.status() if self.discovery is not None else {"state": "off"}
             ),

@@ -134,7 +134,7 @@ from twisted.internet.task import LoopingCall
 from zope.interface import implementer
 
 from teredonode.counters import CounterSet
-from teredonode.interfaces import Endpoint, ILocalPeers, IPeerObserver, IRandomPorts, NoPeerObserver
+from teredonode.interfaces import Endpoint, IGuessSockets, ILocalPeers, IPeerObserver, IRandomPorts, NoPeerObserver
 from teredonode.logs import Logger
 from teredonode.metrics import observe
 from teredonode.peers import BUBBLE_WINDOW, Peer, PeerList
@@ -168,7 +168,9 @@ from teredonode.wire.teredo import (
     Trailer,
     encode_trailers,
 )
-from teredonode.roles import randomport
+from teredonode.roles import portguessing, randomport
+from teredonode.roles.portguess import GuessLimits
+from teredonode.roles.portguessing import PortGuessing
 from teredonode.roles.randomport import PortPreserving
 
 __all__ = [
@@ -261,7 +263,7 @@ DROP_REASONS = (
     "budget-global",  # a new exchange refused: the interface's global probe budget is spent
     "budget-server",  # a new exchange refused: the budget of the embedded server IPv4 is spent
     "alternate-malformed",  # X-HP-06a: an indirect bubble whose Alternate Address trailer is not well formed
-) + randomport.DROP_REASONS
+) + randomport.DROP_REASONS + portguessing.DROP_REASONS
 #: Why a bubble or echo request was not sent (status C{probes-suppressed}).
 SUPPRESSION_REASONS = (
     "peer-rate",  # section 5.2.6 per peer: < 2 s since the last, or 4 unanswered in 300 s
@@ -308,7 +310,7 @@ NUMBERED_COUNTERS = (
     "hp-refused",  # alternate addresses not bubbled (own, repeated, beyond 4, foreign peer, paced)
     "upnp-symmetric-peers",  # X-UPNP-10: peers seen sending from a mapping not embedded
     "upnp-embedded",  # X-UPNP-11/12: bubbles and data sent to a symmetric peer's embedded mapping
-) + randomport.COUNTERS
+) + randomport.COUNTERS + portguessing.COUNTERS
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
     "delivered-stateless",  # from a client with no entry, its mapping checked (relays)
@@ -550,6 +552,10 @@ class TeredoTunnel:
         trailer of type C{randomPortType} (D1); C{sequentialPort}: the Sequential
         Port-Symmetric NAT Extension too (section 5.5, X-SEQ-01a/b), at most
         C{echoTestRate} Echo Tests a second.  See L{teredonode.roles.randomport}.
+    @param guessSockets: port guessing beyond RFC 6081 (with Symmetric NAT Support, whose
+        nonce proves the prober's hit): who opens the opener's sockets (the client), L{None}
+        for off; C{guessLimits} its bounds, C{guessRng} the ports probed.  See
+        L{teredonode.roles.portguessing}.
     """
 
     log = Logger()
@@ -577,6 +583,9 @@ class TeredoTunnel:
         randomPortType: int = RANDOM_PORT_SEND_TYPE,
         sequentialPort: bool = False,
         echoTestRate: float = 0.2,
+        guessSockets: IGuessSockets | None = None,
+        guessLimits: GuessLimits | None = None,
+        guessRng: Any = None,
     ) -> None:
         self._clock = clock
         self.symmetricNat = symmetricNat
@@ -643,6 +652,12 @@ class TeredoTunnel:
         )
         if self.portPreserving is not None:
             peers.keep = self.portPreserving.keeps
+        #: Port guessing (beyond RFC 6081), or None when off.
+        self.portGuessing: PortGuessing | None = (
+            PortGuessing(self, guessSockets, clock, guessLimits or GuessLimits(), guessRng)
+            if guessSockets is not None and symmetricNat and serves is None
+            else None
+        )
 
     def _sweep(self) -> None:
         self.peerObserver.sweeping()
@@ -665,6 +680,8 @@ class TeredoTunnel:
         self.reset()
         if self.portPreserving is not None:
             self.portPreserving.stop()
+        if self.portGuessing is not None:
+            self.portGuessing.stop()
 
     def setIdentity(
         self, address: bytes | None, server: Endpoint | None, errorSource: bytes | None = None
@@ -725,6 +742,8 @@ class TeredoTunnel:
         self.setState(peer, REMOVED, timer=None)
         if self.portPreserving is not None:
             self.portPreserving.peerRemoved(peer)
+        if self.portGuessing is not None:
+            self.portGuessing.peerRemoved(peer)
         if peer.queue:
             self.drops["evicted"] += len(peer.queue)
         mapping = peer.mapping
@@ -854,7 +873,9 @@ class TeredoTunnel:
         (RFC 6081 section 5.4: its NAT lets that port's packets in only), otherwise from
         the service port.
         """
-        pp = self.portPreserving
+        pp, pg = self.portPreserving, self.portGuessing
+        if peer is not None and pg is not None and pg.sendFor(peer, data, endpoint):
+            return  # a socket of a port-guessing search reached it
         if pp is None or peer is None or not pp.sendFor(peer, data, endpoint):
             self.send(data, endpoint)
 
@@ -1194,6 +1215,8 @@ class TeredoTunnel:
             trailers: tuple[Trailer, ...] = (NonceTrailer(nonce),)
             if self.portPreserving is not None:
                 trailers += self.portPreserving.indirectTrailers(peer)  # X-PP-08, X-PP-09
+            if self.portGuessing is not None:
+                trailers += self.portGuessing.indirectTrailers(peer)  # beyond RFC 6081
             data = bubble(source, dst) + encode_trailers(trailers) + self._hairpinTrailer(peer)
         else:
             data = bubble(source, dst)
@@ -1423,6 +1446,8 @@ class TeredoTunnel:
             self._indirectAnswer(peer, src, nonce, packet)
         if alternates is not None:
             self._keepAlternates(src, alternates.entries)
+        if self.portGuessing is not None:
+            self.portGuessing.indirectReceived(src, packet, nonce)  # beyond RFC 6081
         return True
 
     def _indirectAnswer(self, peer: Peer | None, src: bytes, nonce: bytes, packet: TeredoPacket) -> None:
@@ -1609,6 +1634,8 @@ class TeredoTunnel:
         self._countHairpinLearned(peer, addr)
         if self.portPreserving is not None:
             self.portPreserving.primaryAccepted(peer)  # X-PP-12
+        if self.portGuessing is not None:
+            self.portGuessing.learned(peer, addr)  # a probe's hit ends the search
         self.release(peer)
         self.counters["bubbles-received"] += 1
 

@@ -36,6 +36,7 @@ __all__ = [
     "AlternateAddressTrailer",
     "NeighborDiscoveryTrailer",
     "RandomPortTrailer",
+    "PortGuessTrailer",
     "UnknownTrailer",
     "Trailer",
     "TeredoPacket",
@@ -50,6 +51,9 @@ __all__ = [
     "TRAILER_RANDOM_PORT_RFC",
     "TRAILER_ALTERNATE_ADDRESS",
     "TRAILER_NEIGHBOR_DISCOVERY",
+    "TRAILER_PORT_GUESS",
+    "PORT_GUESS_MAX_SOCKETS",
+    "PORT_GUESS_MAX_OPENING",
     "RANDOM_PORT_SEND_TYPE",
     "DISCOVERY_SOLICITATION",
     "DISCOVERY_ADVERTISEMENT",
@@ -61,6 +65,13 @@ TRAILER_ALTERNATE_ADDRESS = 0x03
 TRAILER_NEIGHBOR_DISCOVERY = 0x04
 TRAILER_RANDOM_PORT_RFC = 0x05  # RFC 6081 section 4.5
 RANDOM_PORT_SEND_TYPE = TRAILER_RANDOM_PORT
+#: Port guessing (beyond RFC 6081, L{teredonode.roles.portguess}): not registered; its top
+#: bits 11 make every other implementation skip it (RFC 6081 section 5.1.2).
+TRAILER_PORT_GUESS = 0xFE
+#: The bounds a Port Guess trailer's value must respect (L{teredonode.roles.portguess}'s
+#: C{GuessLimits}: at most 1024 sockets; an opening time of at most 600 s, in 10 ms units).
+PORT_GUESS_MAX_SOCKETS = 1024
+PORT_GUESS_MAX_OPENING = 60000
 
 DISCOVERY_SOLICITATION = 0x00
 DISCOVERY_ADVERTISEMENT = 0x01
@@ -159,6 +170,27 @@ class RandomPortTrailer(NamedTuple):
     type: int = RANDOM_PORT_SEND_TYPE
 
 
+class PortGuessTrailer(NamedTuple):
+    """
+    Beyond RFC 6081 (type L{TRAILER_PORT_GUESS}, length 4): the sender, behind a random
+    port-symmetric NAT, asks the peer for a birthday-paradox port search
+    (L{teredonode.roles.portguess}).  C{sockets}: how many mappings it opens toward the
+    peer (1..L{PORT_GUESS_MAX_SOCKETS}); C{opening}: how long that takes, in 10 ms units
+    (0..L{PORT_GUESS_MAX_OPENING}), so that the peer's probes find them open.
+    """
+
+    sockets: int
+    opening: int
+
+    @property
+    def openingSeconds(self) -> float:
+        return self.opening / 100.0
+
+
+def _port_guess_valid(sockets: int, opening: int) -> bool:
+    return 1 <= sockets <= PORT_GUESS_MAX_SOCKETS and 0 <= opening <= PORT_GUESS_MAX_OPENING
+
+
 class UnknownTrailer(NamedTuple):
     """
     A trailer of a type we do not know and may skip (top bits not C{01}).
@@ -173,6 +205,7 @@ Trailer = Union[
     AlternateAddressTrailer,
     NeighborDiscoveryTrailer,
     RandomPortTrailer,
+    PortGuessTrailer,
     UnknownTrailer,
 ]
 
@@ -203,6 +236,10 @@ def encode_trailers(trailers: tuple[Trailer, ...] | list[Trailer]) -> bytes:
             if t.type not in (TRAILER_RANDOM_PORT, TRAILER_RANDOM_PORT_RFC):
                 raise ParseError("bad random port trailer type")
             out.append(bytes((t.type, 2)) + t.port.to_bytes(2, "big"))
+        elif isinstance(t, PortGuessTrailer):
+            if not _port_guess_valid(t.sockets, t.opening):
+                raise ParseError("port guess trailer out of range")
+            out.append(bytes((TRAILER_PORT_GUESS, 4)) + struct.pack("!HH", t.sockets, t.opening))
         elif isinstance(t, UnknownTrailer):
             if len(t.value) > 255 or not 0 <= t.type <= 255:
                 raise ParseError("trailer too long")
@@ -253,6 +290,11 @@ def decode_trailers(data: bytes) -> tuple[Trailer, ...]:
         elif ttype == TRAILER_NEIGHBOR_DISCOVERY:
             if tlen == 4 and value[0] in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
                 out.append(NeighborDiscoveryTrailer(value[0]))
+        elif ttype == TRAILER_PORT_GUESS:
+            if tlen == 4:
+                sockets, opening = struct.unpack("!HH", value)
+                if _port_guess_valid(sockets, opening):
+                    out.append(PortGuessTrailer(sockets, opening))
         elif ttype & 0xC0 == 0x40:
             raise ParseError("unknown trailer requires discard")
         else:
@@ -268,11 +310,12 @@ _FORWARD_KINDS = {
     TRAILER_RANDOM_PORT_RFC: ("random-port", 2, 2),
     TRAILER_ALTERNATE_ADDRESS: ("alternate-address", 8, 26),
     TRAILER_NEIGHBOR_DISCOVERY: ("neighbor-discovery", 4, 4),
+    TRAILER_PORT_GUESS: ("port-guess", 4, 4),
 }
 
 #: The most trailer bytes a server ever forwards: one of each kind at its maximum length
-#: (6 + 4 + 28 + 6 = 44).
-MAX_FORWARDED_TRAILERS = 44
+#: (6 + 4 + 28 + 6 + 6 = 50).
+MAX_FORWARDED_TRAILERS = 50
 
 
 def _unicast_entry(raw: bytes) -> bool:
@@ -295,9 +338,10 @@ def forwardable_trailers(raw: bytes) -> bytes | None:
     must parse whole, with no byte left over, as the RFC 6081 types a client uses in
     bubbles: Nonce (0x01, length 4), Random Port (0x02 or 0x05, length 2), Alternate Address
     (0x03, length 8..26 in steps of 6, every entry a unicast IPv4 address and a non-zero
-    port, X-TRL-08/11..13) and Neighbor Discovery Option (0x04, length 4, type 0 or 1,
-    X-TRL-14/15); at most one of each kind, so the result is never longer than
-    L{MAX_FORWARDED_TRAILERS}.  Unknown types, even skippable ones, are refused: the server
+    port, X-TRL-08/11..13), Neighbor Discovery Option (0x04, length 4, type 0 or 1,
+    X-TRL-14/15) and our Port Guess (0xFE, length 4, values in range: a fixed-size request
+    that carries no free bytes, so it relays nothing); at most one of each kind, so the result is never longer than
+    L{MAX_FORWARDED_TRAILERS}.  Other unknown types, even skippable ones, are refused: the server
     cannot know they are harmless.  Empty input gives C{b""}.
 
     @raise ParseError: never (kept as the only exception a caller need expect).
@@ -325,6 +369,9 @@ def forwardable_trailers(raw: bytes) -> bytes | None:
                     return None
         elif ttype == TRAILER_NEIGHBOR_DISCOVERY:
             if value[0] not in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
+                return None
+        elif ttype == TRAILER_PORT_GUESS:
+            if not _port_guess_valid(*struct.unpack("!HH", value)):
                 return None
         seen.add(name)
         off += 2 + tlen

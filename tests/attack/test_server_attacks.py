@@ -31,6 +31,7 @@ from teredonode.lab.topology import BRIDGE
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_RESTRICTED, TeredoAddress
 from teredonode.wire.teredo import (
+    MAX_FORWARDED_TRAILERS,
     AuthIndicator,
     NonceTrailer,
     RandomPortTrailer,
@@ -210,7 +211,7 @@ class OpenRelayTests(ServerAttackTestCase):
         """
         A bubble with 1000 bytes of junk, to a Teredo destination embedding the victim's
         IPv4:port: nothing larger than origin indication + bubble + the longest forwardable
-        trailers (8 + 40 + 44 bytes) reaches the victim, and never the junk.
+        trailers (8 + 40 + MAX_FORWARDED_TRAILERS bytes) reaches the victim, and never the junk.
         """
         bubble = self.bubble_to_victim(7000)
         # Four "unknown, skippable" trailers (type 0x80) of 248 bytes: the decoder accepts
@@ -219,7 +220,7 @@ class OpenRelayTests(ServerAttackTestCase):
         received = self.relay_through([bubble + junk] * 3, 7000)
         self.assertTrue(received, f"the bubble itself should still be forwarded: {self.serverStatus()}")
         for data in received:
-            self.assertLessEqual(len(data), 8 + 40 + 44)
+            self.assertLessEqual(len(data), 8 + 40 + MAX_FORWARDED_TRAILERS)
             self.assertNotIn(b"ATTACKER-DATA", data)
         self.assertGreaterEqual(self.serverStatus()["trailers-stripped"]["invalid"], 1)
 

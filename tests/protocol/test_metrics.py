@@ -39,6 +39,7 @@ MODULE_TABLES = {
     "hostrelay.py": ("host-relay",),
     "tunnel.py": ("client", "relay", "host-relay"),
     "randomport.py": ("client",),
+    "portguessing.py": ("client",),
 }
 
 

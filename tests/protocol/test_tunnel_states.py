@@ -331,12 +331,12 @@ class UnnumberedCoreTests(RecordingTunnelCase):
 class CounterNamesTests(SynchronousTestCase):
     def test_declaredOnce(self) -> None:
         """
-        Every counter the tunnel (or its random-port extension, which counts in the
-        tunnel's counters) increments is in exactly one of its three lists, which the
+        Every counter the tunnel (or its random-port and port-guessing extensions, which
+        count in the tunnel's counters) increments is in exactly one of its three lists, which the
         relay's status is built from (the relay keeps no copy of its own).
         """
         roles = Path(teredonode.roles.tunnel.__file__).parent
-        source = (roles / "tunnel.py").read_text() + (roles / "randomport.py").read_text()
+        source = "".join((roles / name).read_text() for name in ("tunnel.py", "randomport.py", "portguessing.py"))
         incremented = set(re.findall(r'counters\["([a-z0-9-]+)"\]\s*\+=', source))
         incremented |= set(re.findall(r'"([a-z]+-suppressed)"\)', source))  # through _suppress
         declared = COUNTERS + NUMBERED_COUNTERS + UNNUMBERED_COUNTERS

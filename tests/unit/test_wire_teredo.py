@@ -210,6 +210,54 @@ _ALT2 = bytes((teredo.TRAILER_ALTERNATE_ADDRESS, 14, 0, 0)) + bytes((10, 1, 0, 2
     (192, 0, 2, 7, 0x13, 0x89)
 )
 _ND = bytes((teredo.TRAILER_NEIGHBOR_DISCOVERY, 4, 1, 0, 0, 0))
+_GUESS = bytes((teredo.TRAILER_PORT_GUESS, 4, 1, 0, 2, 0))  # 256 sockets, 5.12 s
+
+
+class PortGuessTrailerTests(SynchronousTestCase):
+    """
+    The Port Guess trailer (beyond RFC 6081, L{teredonode.roles.portguess}): type 0xFE,
+    whose top bits 11 make other implementations skip it (RFC 6081 section 5.1.2).
+    """
+
+    def test_round_trip(self) -> None:
+        trailer = teredo.PortGuessTrailer(256, 512)
+        raw = encode_trailers((trailer,))
+        self.assertEqual(raw, _GUESS)
+        self.assertEqual(decode_trailers(raw), (trailer,))
+        self.assertEqual(trailer.openingSeconds, 5.12)
+
+    def test_skippable_by_others(self) -> None:
+        self.assertEqual(teredo.TRAILER_PORT_GUESS & 0xC0, 0xC0)
+
+    def test_invalid_ignored(self) -> None:
+        """A wrong length or values out of range: ignored (W-TRL-4), the rest kept."""
+        for raw in (
+            bytes((0xFE, 3, 1, 0, 0)),
+            bytes((0xFE, 5, 1, 0, 0, 0, 0)),
+            bytes((0xFE, 4, 0, 0, 0, 1)),  # no socket
+            bytes((0xFE, 4, 0x04, 0x01, 0, 1)),  # 1025 sockets
+            bytes((0xFE, 4, 0, 1, 0xEA, 0x61)),  # 600.01 s
+            bytes((0xFE, 4, 0xFF, 0xFF, 0xFF, 0xFF)),
+        ):
+            self.assertEqual(decode_trailers(raw + _NONCE), (teredo.NonceTrailer(b"abcd"),), raw.hex())
+
+    def test_encode_refuses_out_of_range(self) -> None:
+        for sockets, opening in ((0, 1), (1025, 1), (1, 60001), (1, -1)):
+            self.assertRaises(ParseError, encode_trailers, (teredo.PortGuessTrailer(sockets, opening),))
+
+    def test_forwarded(self) -> None:
+        self.assertEqual(teredo.forwardable_trailers(_NONCE + _GUESS), _NONCE + _GUESS)
+
+    def test_forward_refused(self) -> None:
+        for name, raw in {
+            "twice": _GUESS + _GUESS,
+            "wrong length": bytes((0xFE, 5, 1, 0, 0, 0, 0)),
+            "no socket": bytes((0xFE, 4, 0, 0, 0, 1)),
+            "absurd count": bytes((0xFE, 4, 0xFF, 0xFF, 0, 1)),
+            "absurd opening": bytes((0xFE, 4, 0, 1, 0xFF, 0xFF)),
+            "other 11 type": bytes((0xFD, 4, 1, 0, 2, 0)),
+        }.items():
+            self.assertIsNone(teredo.forwardable_trailers(raw), name)
 
 
 class ForwardableTrailersTests(SynchronousTestCase):
@@ -223,7 +271,7 @@ class ForwardableTrailersTests(SynchronousTestCase):
 
     def test_longest_accepted(self) -> None:
         alt4 = bytes((teredo.TRAILER_ALTERNATE_ADDRESS, 26, 0, 0)) + bytes((10, 1, 0, 2, 0x13, 0x88)) * 4
-        raw = _NONCE + _PORT + alt4 + _ND
+        raw = _NONCE + _PORT + alt4 + _ND + _GUESS
         self.assertEqual(len(raw), teredo.MAX_FORWARDED_TRAILERS)
         self.assertEqual(teredo.forwardable_trailers(raw), raw)
 
@@ -270,8 +318,8 @@ class ForwardableTrailersTests(SynchronousTestCase):
         self.assertEqual(len(encode_trailers(decoded)), len(kept))
 
     @given(
-        st.permutations([_NONCE, _PORT, _ALT2, _ND]).flatmap(
-            lambda parts: st.integers(0, 4).map(lambda n: b"".join(parts[:n]))
+        st.permutations([_NONCE, _PORT, _ALT2, _ND, _GUESS]).flatmap(
+            lambda parts: st.integers(0, 5).map(lambda n: b"".join(parts[:n]))
         )
     )
     def test_valid_combinations(self, raw: bytes) -> None:
