@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
+from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf, per_cpu_counts
 from teredonode.fastpath.program import (
     CONFIG,
     PROGRAM,
@@ -137,15 +137,7 @@ class FastPath:
         """
         Each of L{COUNTERS}, summed over CPUs.
         """
-        out = {}
-        for index, name in enumerate(COUNTERS):
-            raw = self.obj.lookup(self._counters_fd, index.to_bytes(4, "little"), 8 * self._cpus)
-            total = 0
-            if raw is not None:
-                for cpu in range(self._cpus):
-                    total += int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
-            out[name] = total
-        return out
+        return per_cpu_counts(self.obj, self._counters_fd, COUNTERS, self._cpus)
 
     def close(self) -> None:
         """

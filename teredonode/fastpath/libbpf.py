@@ -16,7 +16,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
-from typing import Any
+from typing import Any, Sequence
 
 __all__ = ["LibBPF", "BPFError", "load_libbpf", "BpfObject", "XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX"]
 
@@ -290,3 +290,19 @@ class BpfObject:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def per_cpu_counts(obj: Any, fd: int, names: Sequence[str], cpus: int) -> dict[str, int]:
+    """
+    A per-CPU array of u64 counters (one slot per name, in order), each summed over the
+    C{cpus} possible CPUs: what the programs counted, for status.
+    """
+    out = {}
+    for index, name in enumerate(names):
+        raw = obj.lookup(fd, index.to_bytes(4, "little"), 8 * cpus)
+        total = 0
+        if raw is not None:
+            for cpu in range(cpus):
+                total += int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
+        out[name] = total
+    return out

@@ -48,7 +48,7 @@ from typing import Any, Callable
 from zope.interface import implementer
 
 from teredonode.fastpath import is_veth
-from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
+from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf, per_cpu_counts
 from teredonode.fastpath.program import FastPathUnavailable, object_path
 from teredonode.interfaces import IPeerObserver
 from teredonode.logs import Logger
@@ -335,15 +335,7 @@ class RelayFastPath:
         """
         Each of L{COUNTERS}, summed over CPUs.
         """
-        out = {}
-        for index, name in enumerate(COUNTERS):
-            raw = self.obj.lookup(self._counters_fd, index.to_bytes(4, "little"), 8 * self._cpus)
-            total = 0
-            if raw is not None:
-                for cpu in range(self._cpus):
-                    total += int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little")
-            out[name] = total
-        return out
+        return per_cpu_counts(self.obj, self._counters_fd, COUNTERS, self._cpus)
 
 
 def _host_addresses() -> list[tuple[str, int, str]]:
