@@ -290,7 +290,7 @@ _TAIL = b"\xff" * (_RECORD.size - 8)
 _TIME = struct.Struct("!d")
 
 
-def _cutoff(time: float) -> bytes:
+def record_cutoff(time: float) -> bytes:
     """
     The greatest record whose later time is C{time}: records at or below it are older.
     Below zero, none is (b"").
@@ -298,7 +298,7 @@ def _cutoff(time: float) -> bytes:
     return _TIME.pack(time + 0.0) + _TAIL if time >= 0 else b""
 
 
-def _pack(peer: Peer) -> bytes | None:
+def pack_record(peer: Peer) -> bytes | None:
     """
     The record of an idle entry, or L{None} if it holds more than a record can: anything
     queued, a test or retry in progress, bubbles, RFC 6081 nonces, local discovery, a time
@@ -356,7 +356,7 @@ def _pack(peer: Peer) -> bytes | None:
     return _RECORD.pack(rx + 0.0, tx, ip, port, flags)
 
 
-def _unpack(address: bytes, record: bytes) -> Peer:
+def unpack_record(address: bytes, record: bytes) -> Peer:
     """
     The entry a record stands for, equal field for field to the one it was packed from.
     """
@@ -425,15 +425,15 @@ class _PackedView(Peer):
 
     @property
     def mapping(self) -> Endpoint | None:  # type: ignore[override]
-        return _unpack(self.address, self._record).mapping
+        return unpack_record(self.address, self._record).mapping
 
     @property
     def last_rx(self) -> float:  # type: ignore[override]
-        return _unpack(self.address, self._record).last_rx
+        return unpack_record(self.address, self._record).last_rx
 
     @property
     def last_tx(self) -> float:  # type: ignore[override]
-        return _unpack(self.address, self._record).last_tx
+        return unpack_record(self.address, self._record).last_tx
 
 
 class _TrustedView(_PackedView):
@@ -463,7 +463,7 @@ class PeerList:
     """
     The bounded, expiring peer list.
 
-    An entry untouched since the previous L{expire} and idle (see L{_pack}) is kept packed
+    An entry untouched since the previous L{expire} and idle (see L{pack_record}) is kept packed
     until L{get} asks for it: a L{Peer} with its times and mapping costs about 330 bytes,
     the record 56 (the list's own slot and the address, about 140, stay either way).  So a
     L{Peer} obtained before a sweep and kept across it may no longer be the listed one;
@@ -563,7 +563,7 @@ class PeerList:
             return None
         peers.move_to_end(address)
         if type(peer) is bytes:
-            peer = peers[address] = _unpack(address, peer)
+            peer = peers[address] = unpack_record(address, peer)
         return peer  # type: ignore[return-value]
 
     def create(self, address: bytes, mapping: Endpoint | None = None) -> Peer:
@@ -597,7 +597,7 @@ class PeerList:
         if peer is None:
             return None
         if type(peer) is bytes:
-            peer = _unpack(address, peer)
+            peer = unpack_record(address, peer)
         self._removed(peer)  # type: ignore[arg-type]
         return peer  # type: ignore[return-value]
 
@@ -608,7 +608,7 @@ class PeerList:
         if type(peer) is not bytes:
             self._removed(peer)  # type: ignore[arg-type]
         elif self._on_remove is not None:
-            self._on_remove(_unpack(address, peer))
+            self._on_remove(unpack_record(address, peer))
 
     def _removed(self, peer: Peer) -> None:
         if self._on_remove is not None:
@@ -670,7 +670,7 @@ class PeerList:
         # its record with the record-shaped cut-off decides.
         cutoff = now - self.valid_for
         localCutoff = now - self.local_valid_for
-        recordCutoff = _cutoff(cutoff)
+        recordCutoff = record_cutoff(cutoff)
         swept = self._swept
         doomed = []
         idle = []
@@ -694,7 +694,7 @@ class PeerList:
         for address in doomed:
             self._dropped(address, peers.pop(address))
         for address in idle:
-            record = _pack(peers[address])  # type: ignore[arg-type]
+            record = pack_record(peers[address])  # type: ignore[arg-type]
             if record is not None:
                 peers[address] = record
         self._swept = now

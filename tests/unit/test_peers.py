@@ -446,13 +446,13 @@ class IdleMemoryTests(SynchronousTestCase):
         clock.advance(0.5)
         self.assertEqual(peers.expire(), 1)
         zero = PeerList(Clock().seconds).create(addr(2))
-        self.assertIsNone(peers_module._pack(zero))
+        self.assertIsNone(peers_module.pack_record(zero))
         zero.last_rx = zero.last_tx = -0.0
-        record = peers_module._pack(zero)
+        record = peers_module.pack_record(zero)
         assert record is not None
-        self.assertEqual(fields(peers_module._unpack(addr(2), record)), fields(zero))
-        self.assertLessEqual(record, peers_module._cutoff(0.0))
-        self.assertGreater(record, peers_module._cutoff(-1e-300))
+        self.assertEqual(fields(peers_module.unpack_record(addr(2), record)), fields(zero))
+        self.assertLessEqual(record, peers_module.record_cutoff(0.0))
+        self.assertGreater(record, peers_module.record_cutoff(-1e-300))
 
     def test_lruAcrossPackedEntries(self) -> None:
         """
@@ -527,11 +527,11 @@ class IdleMemoryTests(SynchronousTestCase):
         """
         peer = Peer(addr(1), 0.0, ("192.0.2.1", 3544) if trusted else None)
         peer.trusted, peer.last_rx, peer.last_tx = trusted, rx, tx
-        record = peers_module._pack(peer)
+        record = peers_module.pack_record(peer)
         assert record is not None
-        self.assertEqual(fields(peers_module._unpack(addr(1), record)), fields(peer))
+        self.assertEqual(fields(peers_module.unpack_record(addr(1), record)), fields(peer))
         self.assertEqual(
-            record <= peers_module._cutoff(cutoff), rx <= cutoff and tx <= cutoff
+            record <= peers_module.record_cutoff(cutoff), rx <= cutoff and tx <= cutoff
         )
 
 

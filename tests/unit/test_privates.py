@@ -33,14 +33,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     # wrapper need them to simulate the kernel closing or swapping a descriptor.
     ("tests/unit/test_tun.py", "Tunnel._DEVICE_NAME"): "twisted.pair.testing, no public name",
     ("tests/unit/test_tun.py", "self.system._openFiles"): "twisted.pair.testing, no public hook",
-    # Deferred until the parallel branches editing tunnel.py and peers.py are merged: making
-    # these public renames every call site there, and a call they add under the old name
-    # would merge cleanly and break at run time.  Then: TeredoTunnel.setState (the one
-    # transition point, whose refusals only a direct call can show) and the record codec
-    # pack_record/unpack_record/record_cutoff of teredonode.peers.
-    ("tests/unit/test_peers.py", "peers_module._pack"): "peers.py merge pending",
-    ("tests/unit/test_peers.py", "peers_module._unpack"): "peers.py merge pending",
-    ("tests/unit/test_peers.py", "peers_module._cutoff"): "peers.py merge pending",
 }
 
 
