@@ -96,7 +96,8 @@ def account(role: str, status: dict[str, Any], tun_reads: int) -> Accounting:
     Balance C{role}'s table of a node status document: inputs against outcomes.
 
     C{tun_reads} is the role TUN's C{tx_packets} (L{tun_tx_packets}): the kernel counts a
-    packet there when the node reads it, so it is exactly the node's input from its TUN.
+    packet there when the node reads it, so it is exactly the node's input from its TUN,
+    except for what a relay's kernel fast path took from the TUN first (its C{from-tun}).
     """
     table = status[role]
     counters = table["counters"]
@@ -108,7 +109,9 @@ def account(role: str, status: dict[str, Any], tun_reads: int) -> Accounting:
         queued = table["peers"]["queued-packets"]
         if queued:
             outcomes["still-queued"] = queued
-    return Accounting(counters["received"] + tun_reads, sum(outcomes.values()), outcomes)
+    fast = table.get("fast-path") or {}
+    taken = counters["received"] + tun_reads + fast.get("from-tun", 0)
+    return Accounting(taken, sum(outcomes.values()), outcomes)
 
 
 def rss_bytes(pid: int) -> int:

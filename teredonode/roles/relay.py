@@ -455,6 +455,9 @@ class TeredoRelay(TunnelRole):
         return counters, {
             "interfaces": list(fast.interfaces),
             "carried": counts["delivered"] + counts["sent"],
+            # Taken from the TUN by the TC program: input that never reaches the relay's
+            # TUN reads (the fuzz test's accounting adds it to the TUN's tx_packets).
+            "from-tun": counts["sent"],
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
         }
 

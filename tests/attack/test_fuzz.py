@@ -109,6 +109,17 @@ class CheckTests(SynchronousTestCase):
         self.assertEqual((unbalanced.taken_in, unbalanced.accounted), (9, 8))
         self.assertNotIn("drop:unreachable-peer", unbalanced.outcomes)
 
+    def test_accountFastPath(self) -> None:
+        """
+        A relay's kernel fast path sends packets it took from the TUN before the node could
+        read them: its C{from-tun} is input too (the relay's C{sent} counts them).
+        """
+        status = self.status(7)
+        status["relay"]["counters"]["sent"] += 4
+        self.assertFalse(account("relay", status, 1).balanced)
+        status["relay"]["fast-path"] = {"carried": 4, "from-tun": 4, "passed-to-python": 0}
+        self.assertTrue(account("relay", status, 1).balanced)
+
     def test_log_tracebacks(self) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".log", delete=False) as f:
             f.write("2026 [-] fine\n2026 [-] Unhandled Error\nTraceback (most recent call last):\n  boom\n")

@@ -300,7 +300,7 @@ class FastPathControlTests(RelayTestCase):
         self.assertIs(calls[0][1], relay.tunnel.peers)
         self.assertIs(relay.tunnel.peerObserver, fast)
         status = relay.status()
-        self.assertEqual(status["fast-path"], {"interfaces": ["eth0", "teredo-relay"], "carried": 7, "passed-to-python": 3})
+        self.assertEqual(status["fast-path"], {"interfaces": ["eth0", "teredo-relay"], "carried": 7, "from-tun": 3, "passed-to-python": 3})
         self.assertEqual((status["counters"]["received"], status["counters"]["delivered"]), (5, 4))
         self.assertEqual(status["counters"]["sent"], 3)
         relay.stopService()
