@@ -70,7 +70,7 @@ COUNTERS = (
     "pg-searches",  # searches started (opener or prober)
     "pg-found",  # searches that reached the peer
     "pg-gave-up",  # searches ended without a hit: the deadline, or the peer's entry went
-    "pg-refused",  # searches not started: one already running (or the start rate spent)
+    "pg-refused",  # searches not started: one already running, the start rate spent, or a request whose origin is not the address its source embeds
     "pg-probes",  # bubbles sent by searches (the opener's and the prober's)
     "pg-sockets-opened",  # sockets the opener opened
     "pg-sockets-failed",  # sockets the opener asked for and could not open
@@ -285,7 +285,10 @@ class PortGuessing:
         """
         An indirect bubble from C{src} through our server: with a Port Guess trailer and
         its nonce, from an untrusted Teredo peer, and our NAT known not to be symmetric, a
-        search probes the IPv4 address its address embeds.
+        search probes the IPv4 address its address embeds -- only when our server saw the
+        bubble come from that same address (the origin indication), so that a sender whose
+        server relays forged sources (C{relax-bubble-source}) cannot aim a few hundred
+        probes at a third party.
         """
         trailer = next((t for t in packet.trailers if isinstance(t, PortGuessTrailer)), None)
         if trailer is None:
@@ -302,6 +305,10 @@ class PortGuessing:
         ):
             return
         ip, port = mapping_of(src)
+        origin = packet.origin
+        if origin is None or origin.ip != ip:
+            tunnel.counters["pg-refused"] += 1
+            return
         if not ipv4.is_global_unicast(ip, tunnel.hardened) or not self._may(src):
             return
         prober = Prober(ip, port, self.limits, self._rng)

@@ -213,6 +213,19 @@ class HostileTests(GuessTestCase):
         )
         self.assertEqual(r.counters["pg-searches"], 1)
 
+    def test_originElsewhereRefused(self) -> None:
+        """
+        A request whose Teredo source embeds another IPv4 address than the one our server
+        saw it come from (a forged source relayed): no probe leaves for that address.
+        """
+        r = self.makeClient(RESTRICTED, seed=3, port_guessing=True)
+        self.net.flush()
+        ask = encode_trailers((NonceTrailer(b"abcd"), PortGuessTrailer(256, 512)))
+        self.indirect(r, teredo("192.0.2.77", 40000), ("198.51.100.66", 40000), ask)
+        self.assertEqual((r.counters["pg-searches"], r.counters["pg-refused"]), (0, 1))
+        self.net.run(40)
+        self.assertEqual(r.counters["pg-probes"], 0)
+
     def test_absurdCountsIgnored(self) -> None:
         """Counts out of range are not a trailer at all; the opening time is capped."""
         r = self.makeClient(RESTRICTED, seed=3, port_guessing=True, port_guessing_probes=16)
