@@ -32,7 +32,7 @@ from typing import Iterable, NamedTuple
 from teredonode.interfaces import Endpoint
 from teredonode.wire import ipv4
 from teredonode.wire.errors import ParseError
-from teredonode.wire.teredo import TRAILER_ALTERNATE_ADDRESS, AlternateAddressTrailer
+from teredonode.wire.teredo import TRAILER_ALTERNATE_ADDRESS, AlternateAddressTrailer, alternate_entry_ok
 
 __all__ = [
     "MAX_ALTERNATES",
@@ -70,10 +70,9 @@ def is_valid_entry(ip: str, port: int) -> bool:
     if not 0 < port < 65536:
         return False
     try:
-        first = ipv4.pack(ip)[0]
+        return alternate_entry_ok(ipv4.pack(ip) + port.to_bytes(2, "big"))
     except ParseError:
         return False
-    return first not in (0, 127) and first < 224
 
 
 def read_alternates(trailer_bytes: bytes) -> Alternates:
@@ -98,13 +97,11 @@ def read_alternates(trailer_bytes: bytes) -> Alternates:
         if tlen not in _LENGTHS:
             malformed = True
             continue
-        found = [
-            (ipv4.unpack(value[i : i + 4]), int.from_bytes(value[i + 4 : i + 6], "big")) for i in range(2, tlen, 6)
-        ]
-        if not all(is_valid_entry(ip, port) for ip, port in found):
+        raw = [value[i : i + 6] for i in range(2, tlen, 6)]
+        if not all(alternate_entry_ok(entry) for entry in raw):
             malformed = True
             continue
-        entries.extend(found)
+        entries.extend((ipv4.unpack(entry[:4]), int.from_bytes(entry[4:], "big")) for entry in raw)
     return Alternates(tuple(entries), malformed)
 
 

@@ -45,6 +45,7 @@ __all__ = [
     "encode_trailers",
     "decode_trailers",
     "forwardable_trailers",
+    "alternate_entry_ok",
     "MAX_FORWARDED_TRAILERS",
     "TRAILER_NONCE",
     "TRAILER_RANDOM_PORT",
@@ -318,6 +319,15 @@ _FORWARD_KINDS = {
 MAX_FORWARDED_TRAILERS = 50
 
 
+def alternate_entry_ok(entry: bytes) -> bool:
+    """
+    X-TRL-12, X-TRL-13: a 6-byte Alternate Address entry (IPv4 address, port) names a
+    unicast IPv4 address and a port that is not 0.  The one check for the server's
+    forwarding and the client's Hairpinning alike.
+    """
+    return len(entry) == 6 and _unicast_entry(entry[:4]) and entry[4:6] != b"\x00\x00"
+
+
 def _unicast_entry(raw: bytes) -> bool:
     """
     X-TRL-12: an Alternate Address entry is a unicast IPv4 address.  Private addresses are
@@ -365,7 +375,7 @@ def forwardable_trailers(raw: bytes) -> bytes | None:
             if (tlen - 2) % 6:
                 return None
             for i in range(2, tlen, 6):
-                if not _unicast_entry(value[i : i + 4]) or value[i + 4 : i + 6] == b"\x00\x00":
+                if not alternate_entry_ok(value[i : i + 6]):
                     return None
         elif ttype == TRAILER_NEIGHBOR_DISCOVERY:
             if value[0] not in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
