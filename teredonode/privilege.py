@@ -68,6 +68,11 @@ CAP_SETUID = 7
 CAP_NET_BIND_SERVICE = 10
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+#: Loading the kernel fast path's programs at start (with C{CAP_NET_ADMIN} to attach them;
+#: the verifier refuses their packet-pointer arithmetic without C{CAP_PERFMON}).  Neither
+#: is kept: the maps are updated through descriptors opened at start.
+CAP_PERFMON = 38
+CAP_BPF = 39
 
 #: Names of the capabilities this module speaks of, as systemd and C{capsh} spell them.
 CAPABILITY_NAMES: dict[int, str] = {
@@ -76,6 +81,8 @@ CAPABILITY_NAMES: dict[int, str] = {
     CAP_NET_BIND_SERVICE: "CAP_NET_BIND_SERVICE",
     CAP_NET_ADMIN: "CAP_NET_ADMIN",
     CAP_NET_RAW: "CAP_NET_RAW",
+    CAP_PERFMON: "CAP_PERFMON",
+    CAP_BPF: "CAP_BPF",
 }
 
 #: What each role still needs once its sockets and TUN are open.

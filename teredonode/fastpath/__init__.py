@@ -160,7 +160,7 @@ def start(
     @param interfaces: finds the interfaces holding the given addresses (injected in tests).
     @raise FastPathUnavailable: C{fast-path = "on"} and it cannot run.
     """
-    mode = getattr(settings, "fast_path", "auto")
+    mode = settings.fast_path
     if mode == "off":
         log.info("Router Solicitations: Python path (fast-path = \"off\")")
         return None

@@ -81,7 +81,15 @@ def source_path(name: str = SOURCE_NAME) -> Path | None:
     return None
 
 
-def _cache_dir() -> Path:
+def default_cache_dir() -> Path:
+    """
+    Where a compiled object is kept: the directory systemd made for the unit
+    (C{CacheDirectory=} sets C{$CACHE_DIRECTORY}; under C{ProtectSystem=strict} nothing else
+    is writable), else C{/var/cache/teredonode} for root, else the user's cache.
+    """
+    given = os.environ.get("CACHE_DIRECTORY", "").split(":")[0]
+    if given:
+        return Path(given)
     if os.geteuid() == 0:
         return Path("/var/cache/teredonode")
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "teredonode"
@@ -101,7 +109,7 @@ def object_path(cache_dir: Path | None = None, source_name: str = SOURCE_NAME) -
         raise FastPathUnavailable(f"neither {object_name} nor {source_name} is installed")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     stem = source_name[: -len(".bpf.c")]
-    target = (cache_dir or _cache_dir()) / f"{stem}-{digest}.bpf.o"
+    target = (cache_dir or default_cache_dir()) / f"{stem}-{digest}.bpf.o"
     if not target.is_file():
         try:
             compile_object(source, target)

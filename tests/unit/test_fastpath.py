@@ -7,6 +7,7 @@ in tests/system/test_fastpath_server.py.)
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -170,3 +171,30 @@ class ObjectTests(SynchronousTestCase):
             program.object_path(cache)
         self.assertIn("clang is not installed", str(caught.exception))
         self.assertEqual(list(cache.iterdir()), [])
+
+
+class CacheDirectoryTests(SynchronousTestCase):
+    """
+    A compiled object goes where systemd's C{CacheDirectory=} points, since a unit under
+    C{ProtectSystem=strict} can write nowhere else.
+    """
+
+    def test_systemdCacheDirectory(self) -> None:
+        from teredonode.fastpath import program
+
+        self.patch(os, "environ", {"CACHE_DIRECTORY": "/var/cache/teredonode/relay:/elsewhere"})
+        self.assertEqual(program.default_cache_dir(), Path("/var/cache/teredonode/relay"))
+
+    def test_rootWithoutSystemd(self) -> None:
+        from teredonode.fastpath import program
+
+        self.patch(os, "environ", {})
+        self.patch(os, "geteuid", lambda: 0)
+        self.assertEqual(program.default_cache_dir(), Path("/var/cache/teredonode"))
+
+    def test_userWithoutSystemd(self) -> None:
+        from teredonode.fastpath import program
+
+        self.patch(os, "environ", {"XDG_CACHE_HOME": "/home/u/.cache"})
+        self.patch(os, "geteuid", lambda: 1000)
+        self.assertEqual(program.default_cache_dir(), Path("/home/u/.cache/teredonode"))

@@ -421,6 +421,8 @@ class RealDropTests(SynchronousTestCase):
         self.assertEqual(result["tunWrite"], {})
 
 
+#: The roles whose unit grants what loading their kernel fast path needs.
+FAST_PATH_ROLES = ("server", "relay")
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -455,6 +457,10 @@ class DeploymentTests(SynchronousTestCase):
             self.assertEqual(unit["DynamicUser"], ["yes"], role)
             # Opening needs CAP_NET_ADMIN (the server's raw IPv6 socket CAP_NET_RAW too).
             opening = "CAP_NET_ADMIN CAP_NET_RAW" if role == "server" else "CAP_NET_ADMIN"
+            # Loading a kernel fast path needs CAP_BPF and CAP_PERFMON
+            # (tests/system/test_fastpath_capabilities.py).
+            if role in FAST_PATH_ROLES:
+                opening += " CAP_BPF CAP_PERFMON"
             self.assertEqual(unit["AmbientCapabilities"], [opening], role)
             self.assertEqual(unit["CapabilityBoundingSet"], [opening], role)
             for key, value in [
