@@ -41,8 +41,6 @@ Why it is built this way (docs/performance.md has the method and the figures):
 from __future__ import annotations
 
 import argparse
-import ctypes
-import fcntl
 import json
 import os
 import secrets
@@ -393,15 +391,12 @@ class Namespaces:
 
 def _ethtool(dev: str, tx_checksum: int) -> None:
     """
-    GRO on (the veth then receives through NAPI) and tx checksum offload as given, with the
-    legacy SIOCETHTOOL commands (no ethtool binary needed); run inside the namespace.
+    GRO on (the veth then receives through NAPI) and tx checksum offload as given; run
+    inside the namespace (L{teredonode.lab.offload}, no ethtool binary needed).
     """
-    siocethtool, set_tx_checksum, set_gro = 0x8946, 0x17, 0x2C
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        for cmd, value in ((set_gro, 1), (set_tx_checksum, tx_checksum)):
-            buf = ctypes.create_string_buffer(struct.pack("II", cmd, value))
-            ifr = struct.pack("16sP", dev.encode(), ctypes.addressof(buf)) + bytes(16)
-            fcntl.ioctl(sock, siocethtool, ifr)
+    from teredonode.lab.offload import set_offloads
+
+    set_offloads([dev], tx_checksum=bool(tx_checksum), gro=True)
 
 
 def _stop(popen: subprocess.Popen[Any], timeout: float = 5.0) -> None:

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 from teredonode.errors import LabError
 from teredonode.lab.lab import Lab
@@ -372,5 +372,40 @@ def demo_on(lab: Lab, miredo_roles: Sequence[str] = (), out: TextIO = sys.stdout
     counted = [r for r in rows if r.counts]
     ok = bool(counted) and all(r.ok for r in counted)
     print(file=out)
+    for line in fast_path_lines(lab, nodes):
+        print(line, file=out)
     print("every path works" if ok else "some paths do not work (yet)", file=out)
     return ok, rows
+
+
+def fast_path_summary(role: str, block: dict[str, Any] | None) -> str:
+    """
+    One line on which path carried a node's packets, from the C{fast-path} block of its
+    status (C{None}: the Python path alone).
+    """
+    if block is None:
+        return f"{role}: Python path"
+    where = ", ".join(str(i) for i in block.get("interfaces") or []) or "no interface"
+    handled = block.get("answered", block.get("carried", 0))
+    what = "RAs answered" if "answered" in block else "packets carried"
+    return f"{role}: kernel fast path on {where}: {handled} {what} in the kernel, {block.get('passed-to-python', 0)} passed to Python"
+
+
+def fast_path_lines(lab: Lab, nodes: Sequence[DemoNode]) -> list[str]:
+    """
+    Which path our server and relay ran on, read from their status once the rows have run
+    (so an operator sees the demo's traffic in the kernel's counts, or why it was not).
+    """
+    from teredonode.status import StatusUnavailable
+
+    lines = []
+    for n in nodes:
+        if n.impl != "teredonode" or n.role not in ("server", "relay") or not n.up:
+            continue
+        try:
+            block = lab.node_status(n.name).get(n.role, {}).get("fast-path")
+        except StatusUnavailable as e:
+            lines.append(f"{n.role}: status unavailable ({e})")
+            continue
+        lines.append(fast_path_summary(n.role, block))
+    return lines

@@ -19,7 +19,6 @@ host's namespace (C{python -m teredonode.lab.fuzz send ...}).
 from __future__ import annotations
 
 import json
-import os
 import socket
 import sys
 import time
@@ -360,7 +359,7 @@ def fuzz_role(
     """
     import subprocess
 
-    from teredonode.lab.nodes import REPO_ROOT
+    from teredonode.lab.nodes import tree_env
 
     node, host, _ = NODES[role]
     handle = lab.nodes[node]
@@ -369,8 +368,7 @@ def fuzz_role(
     rss_before = rss_bytes(pid)
     received_before = lab.node_status(node)[role]["counters"]["received"]
     rcvbuf_before = udp_rcvbuf_errors(lab, host)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env = tree_env()
     argv = [
         sys.executable, "-m", "teredonode.lab.fuzz", "send",
         "--target", f"{dst[0]}:{dst[1]}",

@@ -152,8 +152,7 @@ class Lab:
         """
         import sys
 
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(nodes.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        env = nodes.tree_env()
         argv = [sys.executable, "-m", "teredonode.lab.probe", "agent", "--port", str(port), "--lifetime", str(lifetime)]
         return probe.Agent(in_ns(self.ns(name), argv), env)
 

@@ -56,7 +56,6 @@ ADM/APDM = address-(and port-)dependent mapping, EIF/ADF/APDF likewise for filte
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import uuid
@@ -284,8 +283,7 @@ def start_daemons(
     only when they serve: the userspace NAT has its packet socket, miniupnpd listens.
     """
     started: dict[str, nodes.Node] = {}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(nodes.REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env = nodes.tree_env()
     python = sys.executable
     if mode in USERSPACE_MODES:
         name = f"{router}-usernat"

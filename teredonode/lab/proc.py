@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from teredonode.errors import LabError
 
@@ -22,6 +22,7 @@ def run(
     timeout: float = DEFAULT_TIMEOUT,
     check: bool = True,
     input: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """
     Run C{argv}, capture its output as text, and raise L{LabError} on failure when C{check}.
@@ -30,6 +31,7 @@ def run(
         result = subprocess.run(
             list(argv),
             input=input,
+            env=env,
             capture_output=True,
             text=True,
             timeout=timeout,

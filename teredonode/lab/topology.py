@@ -310,10 +310,28 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
         first = plan.hosts[members[0]]
         nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0], wan_ips=router.ipv4)
 
+    # Complete checksums toward every public host, as a wire delivers them (see
+    # teredonode.lab.offload: the kernel fast paths hand partial ones to Python).
+    _complete_checksums(inet, [f"to-{name}"[:15] for name, host in plan.hosts.items()
+                               if host.kind != "inet" and host.behind is None])
+
     if not plan.anycast:
         relay = plan.hosts["relay"]
         _batch(inet, [f"route add {TEREDO_PREFIX} via {relay.ipv6[0]} dev {BRIDGE}"])
     # Anycast: the route comes from BGP (teredonode.lab.bgp), started once the links exist.
+
+
+def _complete_checksums(ns: str, devices: list[str]) -> None:
+    """
+    Transmit checksum offload off on C{devices} of C{ns}, in one process.
+    """
+    if not devices:
+        return
+    import sys
+
+    from teredonode.lab.nodes import tree_env
+
+    run(in_ns(ns, [sys.executable, "-m", "teredonode.lab.offload", "--tx", "off", *devices]), env=tree_env())
 
 
 def namespace_pids(ns: str) -> list[int]:

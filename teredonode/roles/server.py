@@ -582,7 +582,7 @@ class TeredoServer(Service):
             "counters": counters.snapshot(),
             "drops": drops.snapshot(),
             "fast-path": (
-                {"interfaces": self._fastPath.interfaces, "passed-to-python": fast["passed"]}
+                {"interfaces": self._fastPath.interfaces, "answered": fast["ra"], "passed-to-python": fast["passed"]}
                 if self._fastPath is not None
                 else None
             ),

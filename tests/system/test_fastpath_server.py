@@ -444,5 +444,6 @@ class FastPathServiceTests(unittest.TestCase):
         status = self.status()
         self.assertEqual(status["fast-path"]["interfaces"], ["fps"])
         self.assertEqual(status["fast-path"]["passed-to-python"], 0, "the Python path answered")
+        self.assertEqual(status["fast-path"]["answered"], 1)
         self.assertGreaterEqual(status["counters"]["ra"], 1)
         self.assertEqual(status["counters"]["rs"], status["counters"]["ra"])

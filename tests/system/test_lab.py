@@ -23,6 +23,7 @@ from teredonode.lab.lab import Lab
 from teredonode.lab.nodes import REPO_ROOT
 
 from tests.system.lab_fixture import lab_fixture, skip_reason, use_lab
+from tests.system.test_fastpath_capabilities import _why_not as fast_path_why_not
 
 OTHER_LAB = re.compile(r"^tn[0-9a-f]{5}-")
 
@@ -306,6 +307,32 @@ class DemoTests(unittest.TestCase):
         if not dual.counts:
             self.assertIn("Miredo has no host-specific relay", dual.result)
         self.assertEqual(ok, all(r.ok for r in rows if r.counts), table)
+
+    def test_demo_ours_on_the_fast_path(self) -> None:
+        """
+        Our roles alone (the README's main job): every path works, and where BPF can be
+        loaded the server and relay carried the demo's traffic in the kernel, as the
+        demo's closing lines say.
+        """
+        import io
+
+        from teredonode.lab.demo import demo_on
+
+        lab = use_lab(self, "default")
+        out = io.StringIO()
+        ok, rows = demo_on(lab, [], out)
+        table = out.getvalue()
+        self.assertTrue(ok, table)
+        self.assertTrue(all(r.ok for r in rows if r.counts), table)
+        lines = {line.split(":")[0]: line for line in table.splitlines() if line.startswith(("server:", "relay:"))}
+        self.assertEqual(sorted(lines), ["relay", "server"], table)
+        if fast_path_why_not() is not None:
+            self.assertEqual(lines["server"], "server: Python path", table)
+            return
+        for role, what in (("server", "RAs answered"), ("relay", "packets carried")):
+            found = re.search(rf"kernel fast path on .+: (\d+) {what} in the kernel", lines[role])
+            assert found is not None, table
+            self.assertGreater(int(found.group(1)), 0, table)
 
     def test_demo_reports_missing_roles_per_row(self) -> None:
         import io
