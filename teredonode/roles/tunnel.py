@@ -1733,7 +1733,7 @@ class TeredoTunnel:
         """
         if not self.hairpinning or not packet.trailer_bytes or src[:4] != self.prefix:
             return None
-        alternates = hairpin.read_alternates(packet.trailer_bytes)
+        alternates = hairpin.read_alternates(packet.trailers, packet.malformed_trailers)
         if not alternates.entries and not alternates.malformed:
             return None
         return alternates

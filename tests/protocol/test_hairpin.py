@@ -43,6 +43,7 @@ from teredonode.wire.teredo import (
     classify,
     encode_trailers,
     origin_indication,
+    scan_trailers,
 )
 from tests.protocol.test_client import PRIMARY, ClientTestCase, Endpoint, FakePortMapping, echo, raw
 
@@ -498,9 +499,24 @@ class PureTests(SynchronousTestCase):
         self.assertIsNone(hairpin.advertised(("0.0.0.0", 4000), None))
         self.assertIsNone(hairpin.advertised(None, None))
 
-    def test_readStopsAtTruncatedFraming(self) -> None:
-        self.assertEqual(hairpin.read_alternates(b"\x01"), hairpin.Alternates())
-        self.assertEqual(hairpin.read_alternates(b"\x01\x04\x00"), hairpin.Alternates())
+    def test_readFromTheCodec(self) -> None:
+        """
+        The alternates come from the codec's scan: entries of well-formed trailers only, a
+        malformed or truncated Alternate Address trailer reported, other truncated framing
+        not.
+        """
+        def read(data: bytes) -> hairpin.Alternates:
+            return hairpin.read_alternates(*scan_trailers(data))
+
+        self.assertEqual(read(b"\x01"), hairpin.Alternates())
+        self.assertEqual(read(b"\x01\x04\x00"), hairpin.Alternates())
+        self.assertEqual(read(bytes((0x80, 9, 0))), hairpin.Alternates())
+        good = encode_trailers((AlternateAddressTrailer((("10.0.0.7", 5000),)),))
+        more = encode_trailers((AlternateAddressTrailer((("10.0.0.8", 5001),)),))
+        self.assertEqual(read(good + more), hairpin.Alternates((("10.0.0.7", 5000), ("10.0.0.8", 5001))))
+        self.assertEqual(read(good + bytes((3, 20, 0, 0))), hairpin.Alternates((("10.0.0.7", 5000),), True))
+        loopback = HostileAlternatesTests.raw([(bytes((127, 0, 0, 1)), 1)])
+        self.assertEqual(read(loopback + good), hairpin.Alternates((("10.0.0.7", 5000),), True))
 
 
 class UPnPSymmetricTests(ClientTestCase):
