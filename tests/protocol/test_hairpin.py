@@ -277,6 +277,11 @@ class Section65Tests(HairpinTestCase):
         # Step 12: B trusts A at A's UPnP mapping.
         self.assertEqual((peerA.trusted, peerA.mapping), (True, ("192.168.1.0", 4095)))
         self.assertEqual((a.counters["hp-learned"], b.counters["hp-learned"]), (1, 1))
+        # A's first packet left once A trusted B (step 9), before packet 7 proved A's UPnP
+        # mapping to B: B held it and delivered it on that proof (not mapping-mismatch).
+        self.assertEqual(self.tunOf(b).written.count(echo(aAddr, bAddr, b"one")), 1)
+        self.assertEqual(b.counters["held-for-proof"], 1)
+        self.assertDropped(b, "mapping-mismatch", 0)
         # From then on both ways, inside E.
         before = len(self.net.capture)
         self.tunOf(a).inject(echo(aAddr, bAddr, b"two"))
@@ -299,12 +304,11 @@ class Section65Tests(HairpinTestCase):
         self.assertEqual(self.a.counters["probes-failed"], 1)
 
 
-class HostileAlternatesTests(HairpinTestCase):
+class ForgedPeerTestCase(HairpinTestCase):
     """
     Forged indirect bubbles through our server's endpoint to C (behind a full-cone NAT so
     that they reach it), from "peers" whose Teredo address embeds C's own public address
-    unless said otherwise.  Only the bubbles C sends are looked at; its answers to such a
-    peer's origin go to its own NAT, which does not hairpin (C{self.nat.dropped}).
+    unless said otherwise.
     """
 
     def setUp(self) -> None:
@@ -333,6 +337,13 @@ class HostileAlternatesTests(HairpinTestCase):
 
     def alternates(self, *entries: tuple[str, int]) -> bytes:
         return encode_trailers((AlternateAddressTrailer(tuple(entries)),))
+
+
+class HostileAlternatesTests(ForgedPeerTestCase):
+    """
+    Only the bubbles C sends are looked at; its answers to such a peer's origin go to its
+    own NAT, which does not hairpin (C{self.nat.dropped}).
+    """
 
     @staticmethod
     def raw(entries: list[tuple[bytes, int]]) -> bytes:
@@ -463,6 +474,94 @@ class HostileAlternatesTests(HairpinTestCase):
         self.assertEqual([d.dst for d in sent if isBubble(d.data)], [])
         self.assertEqual(self.nat.dropped["hairpin"], 1)  # the answer to the origin, only
         self.assertDropped(self.c, "alternate-malformed", 0)
+
+
+class FirstPacketTests(ForgedPeerTestCase):
+    """
+    The first data packet of a Hairpinning exchange (RFC 6081 section 6.5): it leaves the
+    peer as soon as the peer trusts us (step 9), one bubble before the one that proves its
+    endpoint with our nonce (step 12), so it arrives from an endpoint not proven yet.  It is
+    held, and delivered only if our nonce then proves that very endpoint; nothing about it
+    creates an entry, changes trust or mapping, or makes us send anything.  C is the target,
+    as in L{HostileAlternatesTests}; the "peer" advertises two LAN endpoints.
+    """
+
+    ALT1, ALT2 = ("10.0.0.7", 5000), ("10.0.0.8", 5000)
+
+    def pending(self) -> tuple[bytes, bytes]:
+        """A peer bubbled at its alternates, our nonce outstanding: (its address, nonce)."""
+        src = self.peer()
+        self.indirect(src, self.alternates(self.ALT1, self.ALT2))
+        entry = self.c.tunnel.peers.get(src)
+        assert entry is not None and entry.nonce_sent is not None and not entry.trusted
+        return src, entry.nonce_sent
+
+    def data(self, src: bytes, text: bytes, sender: tuple[str, int]) -> bytes:
+        packet = echo(src, raw(self.c.address), text)
+        self.c.datagramReceived(packet, sender)
+        return packet
+
+    def proof(self, src: bytes, nonce: bytes, sender: tuple[str, int]) -> None:
+        self.c.datagramReceived(ipv6.bubble(src, raw(self.c.address)) + encode_trailers((NonceTrailer(nonce),)), sender)
+
+    def test_heldThenDeliveredOnProof(self) -> None:
+        src, nonce = self.pending()
+        entry = self.c.tunnel.peers.get(src)
+        assert entry is not None
+        before = (entry.trusted, entry.mapping, len(self.net.capture))
+        first = self.data(src, b"first", self.ALT1)
+        self.net.flush()
+        self.assertNotIn(first, self.tunOf(self.c).written)
+        self.assertEqual((entry.trusted, entry.mapping, len(self.net.capture)), before, "no state, nothing sent")
+        self.assertDropped(self.c, "mapping-mismatch", 0)
+        self.assertEqual(self.c.counters["held-for-proof"], 1)
+        self.proof(src, nonce, self.ALT1)
+        self.assertEqual((entry.trusted, entry.mapping), (True, self.ALT1))
+        self.assertEqual(self.tunOf(self.c).written.count(first), 1)
+
+    def test_provenElsewhereDropped(self) -> None:
+        """Our nonce proves another endpoint: the held packet is dropped, never delivered."""
+        src, nonce = self.pending()
+        first = self.data(src, b"first", self.ALT1)
+        self.proof(src, nonce, self.ALT2)
+        self.assertNotIn(first, self.tunOf(self.c).written)
+        self.assertDropped(self.c, "unverified-source", 1)
+
+    def test_onlyBubbledEndpointsOneAtATime(self) -> None:
+        """
+        From an endpoint we did not bubble for the peer, or a second packet while one is
+        held: dropped as before (C{mapping-mismatch}).
+        """
+        src, nonce = self.pending()
+        self.data(src, b"elsewhere", ("10.0.0.9", 5000))
+        self.assertDropped(self.c, "mapping-mismatch", 1)
+        first = self.data(src, b"first", self.ALT1)
+        second = self.data(src, b"second", self.ALT2)
+        self.assertDropped(self.c, "mapping-mismatch", 2)
+        self.assertEqual(self.c.counters["held-for-proof"], 1)
+        self.proof(src, nonce, self.ALT1)
+        written = self.tunOf(self.c).written
+        self.assertEqual((first in written, second in written), (True, False))
+
+    def test_nothingWithoutOutstandingNonce(self) -> None:
+        """
+        No entry, or an entry without our nonce outstanding: nothing held, no entry made.
+        """
+        stranger = self.peer()
+        self.data(stranger, b"x", self.ALT1)
+        self.assertIsNone(self.c.tunnel.peers.get(stranger))
+        src, nonce = self.pending()
+        self.proof(src, nonce, self.ALT1)  # proven: the nonce is spent
+        self.data(src, b"y", self.ALT2)
+        self.assertDropped(self.c, "mapping-mismatch", 2)
+        self.assertEqual(self.c.counters["held-for-proof"], 0)
+
+    def test_offNoHold(self) -> None:
+        """Without Symmetric NAT Support there is no proof to wait for: dropped."""
+        src, _ = self.pending()
+        self.c.tunnel.symmetricNat = False
+        self.data(src, b"first", self.ALT1)
+        self.assertDropped(self.c, "mapping-mismatch", 1)
 
 
 class RelayNeverAdvertisesTests(SynchronousTestCase):

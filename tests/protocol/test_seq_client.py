@@ -109,8 +109,12 @@ class Section64Tests(PPTestCase):
         # B's own indirect bubble reaches A, whose answer from 20004 teaches B A's mapping.
         bPeer = self.peerOf(b, a)
         self.assertEqual((bPeer.trusted, bPeer.mapping), (True, (aIP, 20004)))
-        # The first packet arrived before B knew A's mapping (dropped as from another
-        # mapping); the next ones flow both ways.
+        # The first packet left A (step 7's trust) before A's answer to B's indirect bubble
+        # proved 20004 to B: B held it (an endpoint it bubbled, its nonce outstanding) and
+        # delivered it once the nonce proved that endpoint, instead of dropping it.
+        self.assertEqual(self.tunOf(b).written.count(echo(aAddr, bAddr, b"hello")), 1)
+        self.assertEqual(b.counters["held-for-proof"], 1)
+        self.assertDropped(b, "mapping-mismatch", 0)
         self.assertEqual(self.exchange(a, b, 2), (True, True))
 
     def test_extensionsDeclared(self) -> None:
