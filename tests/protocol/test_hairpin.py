@@ -352,7 +352,8 @@ class HostileAlternatesTests(ForgedPeerTestCase):
 
     def test_wellFormed(self) -> None:
         """
-        X-HP-06b/c/d: each advertised address gets a direct bubble with the peer's nonce,
+        X-HP-06b, X-HP-06c, X-HP-06d: each advertised address gets a direct bubble with the
+        peer's nonce,
         besides the answer to the origin; the list is kept in the entry.
         """
         src = self.peer()
@@ -668,6 +669,36 @@ class UPnPSymmetricTests(ClientTestCase):
             self.assertTrue(peer.symmetric_peer)
             self.assertGreaterEqual(client.counters["upnp-symmetric-peers"], 1)
             self.assertGreaterEqual(client.counters["upnp-embedded"], 1)
+
+    def test_X_UPNP_12_dataToTheEmbeddedMapping(self) -> None:
+        """
+        X-UPNP-12: with the Symmetric NAT flag, a UPnP-enabled NAT, a zeroed UPnP mapping and
+        a peer flagged Symmetric Peer, data packets go to the mapping the peer's address
+        embeds, not to the one learned from its bubbles; once the peer is not flagged, to
+        the learned one.
+        """
+        a, b = self.pair()
+        aAddr, bAddr = raw(a.address), raw(b.address)
+        self.tunOf(a).inject(echo(aAddr, bAddr, b"one"))
+        self.net.run(4)
+        peer = a.tunnel.peers.get(bAddr)
+        assert peer is not None and peer.trusted and peer.mapping is not None
+        embedded, learned = mapping_of(bAddr), peer.mapping
+        self.assertNotEqual(learned, embedded)
+        self.assertTrue(peer.symmetric_peer)
+
+        def sentTo(text: bytes) -> list[Any]:
+            start = len(self.net.capture)
+            self.tunOf(a).inject(echo(aAddr, bAddr, text))
+            self.net.flush()
+            return [d.dst for d in self.net.capture[start:] if d.data == echo(aAddr, bAddr, text)]
+
+        before = a.counters["upnp-embedded"]
+        self.assertEqual(sentTo(b"two"), [embedded])
+        self.assertEqual(a.counters["upnp-embedded"], before + 1)
+        self.assertIn(echo(aAddr, bAddr, b"two"), self.tunOf(b).written)
+        peer.symmetric_peer = False
+        self.assertEqual(sentTo(b"three"), [learned])
 
     def test_withoutPortMappingNoWay(self) -> None:
         """

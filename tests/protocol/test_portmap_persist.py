@@ -88,7 +88,7 @@ class PersistedPortTests(SynchronousTestCase):
 
     def test_cleanRestart(self) -> None:
         """
-        X-UPNP-02, -06: the mapped port is persisted once mapped; X-UPNP-13: the clean shutdown
+        X-UPNP-02, X-UPNP-06: the mapped port is persisted once mapped; X-UPNP-13: the clean shutdown
         deletes the mapping and then the file (zero); the next start has nothing to delete
         and maps at once.
         """
@@ -258,6 +258,12 @@ class ClientRestartTests(ClientTestCase):
     """
 
     def test_staleMappingDeletedBeforeQualifying(self) -> None:
+        """
+        X-UPNP-03: the stale mapping is deleted before AddPortMapping and the first RS;
+        X-UPNP-06: the UPnP-Mapped Port, and its persisted copy, is the local port;
+        X-UPNP-07: GetExternalIPAddress is called and its answer is the UPnP-Mapped Address
+        (status C{port-mapping.external}).
+        """
         path = os.path.join(scratch(self), "state.json")
         with open(path, "wb") as f:
             f.write(encode(PersistedMapping("upnp", 4096, 4096)))
@@ -294,6 +300,8 @@ class ClientRestartTests(ClientTestCase):
             "the stale mapping is deleted first, all before the first RS",
         )
         self.assertEqual(client.status()["port-mapping"]["external"], f"{EXTERNAL}:4096")
+        with open(path, "rb") as record:
+            self.assertEqual(decode(record.read()), PersistedMapping("upnp", 4096, 4096))
         self.net.run(0)
         client.stopService()
         self.net.run(5)

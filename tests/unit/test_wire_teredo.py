@@ -123,9 +123,12 @@ class TrailerRuleTests(SynchronousTestCase):
     def test_malformed_known_reported(self) -> None:
         """
         W-TRL-4: a malformed known trailer is ignored by the decoding, and its type is
-        reported (so that X-HP-06a can drop on it without re-walking the bytes); unknown
-        types and what follows are unaffected; a known type cut short at the end counts,
-        a lone byte or an unknown type cut short does not.
+        reported (so that X-HP-06a can drop on it without re-walking the bytes): X-TRL-08
+        (an Alternate Address Length not 8..26 in steps of 6), X-TRL-12 (an entry that is
+        not unicast), X-TRL-13 (an entry with port 0), X-TRL-14 (a Neighbor Discovery Option
+        trailer whose Length is not 4) and X-TRL-15 (its type not 0 or 1) included.  Unknown
+        types and what follows are unaffected; a known type cut short at the end counts, a
+        lone byte or an unknown type cut short does not.
         """
         nonce = encode_trailers([NonceTrailer(b"abcd")])
         cases = {
@@ -149,6 +152,8 @@ class TrailerRuleTests(SynchronousTestCase):
             self.assertEqual(decode_trailers(bytes.fromhex(raw) + nonce), scan.trailers, raw)
         self.assertEqual(teredo.scan_trailers(nonce + bytes.fromhex("0314000000")), ((NonceTrailer(b"abcd"),), (3,)))
         self.assertEqual(teredo.scan_trailers(nonce + b"\x03"), ((NonceTrailer(b"abcd"),), ()))
+        # X-TRL-14: type 0x04 with Length 4 is the one well-formed Neighbor Discovery Option.
+        self.assertEqual(teredo.scan_trailers(bytes.fromhex("040401000000")), ((NeighborDiscoveryTrailer(1),), ()))
         self.assertEqual(teredo.scan_trailers(nonce + bytes.fromhex("800900")), ((NonceTrailer(b"abcd"),), ()))
         self.assertEqual(classify(BUBBLE + nonce).malformed_trailers, ())
         self.assertEqual(classify(BUBBLE).malformed_trailers, ())
