@@ -203,7 +203,7 @@ class ClientPortMappingLabTests(LabAssertions, unittest.TestCase):
         self.lab = use_lab(self, "nat:upnp-port-restricted")
         self.lab.start_teredonode("our-server", "server", "server")
         self.assertTrue(self.lab.wait_udp_listening("server", 3544, 10))
-        settings = {"port": LOCAL_PORT + 8}
+        settings: dict[str, object] = {"port": LOCAL_PORT + 8}
         port = str(LOCAL_PORT + 8)
         record = self.lab.state.path / "state" / "our-client" / "client-port-mapping.json"
 
