@@ -1203,11 +1203,38 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.flush()
         self.assertEqual((a.state, a.status()["local-discovery"]), ("qualified", {"state": "off"}))
 
+    def test_CL_LD_05_entryCreatedThenUpdated(self) -> None:
+        """
+        CL-LD-05b: an accepted discovery bubble from a peer without an entry creates an
+        untrusted local one (last reception now, last transmission 30 s ago, no bubbles);
+        CL-LD-05a: the next one, from another LAN endpoint, updates its local address and
+        port.
+        """
+        a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
+        self.net.flush()
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
+        first, second = Endpoint(), Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, first)
+        self.nat.host("10.0.0.5").listenUDP(4001, second)
+        first.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        peer = a.tunnel.peers.get(ours)
+        assert peer is not None
+        now = self.clock.seconds()
+        self.assertEqual((peer.local, peer.trusted, peer.local_endpoint), (True, False, ("10.0.0.4", 4000)))
+        self.assertEqual((peer.last_rx, peer.last_tx, len(peer.bubbles)), (now, now - 30, 0))
+        self.clock.advance(1)
+        second.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertIs(a.tunnel.peers.get(ours), peer)
+        self.assertEqual((peer.local_endpoint, peer.last_rx), (("10.0.0.5", 4001), now + 1))
+
     def test_badDiscoveryBubblesDropped(self) -> None:
         """
-        CL-LD-03/04: over unicast, not a Teredo source, a Teredo source not behind our NAT
-        (spoofed), an IPv4 source off the subnet, not a bubble: each dropped and counted,
-        no entry, nothing to the host.
+        CL-LD-03, CL-LD-04a (not a Teredo source, an IPv4 source off the subnet), CL-LD-04b
+        (a Teredo source not behind our NAT: spoofed), over unicast, not a bubble: each
+        dropped and counted, no entry, nothing to the host.
         """
         a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
         self.net.flush()
