@@ -362,6 +362,46 @@ class QualificationTests(ClientTestCase):
         self.assertDropped(client, "ra-bad-nonce")
         self.assertEqual(client.mapping, mapping)
 
+    def test_CL_M_04_maintenanceRAValidated(self) -> None:
+        """
+        CL-M-04: a maintenance RA is checked like a qualification RA: with the outstanding
+        nonce but no origin indication, two prefixes or a bad checksum it is dropped and
+        changes nothing; a valid one is taken.  CL-RX-12: either way the RA is consumed,
+        never handed to the host.
+        """
+        client = self.makeClient("full-cone")
+        self.net.flush()
+        mapping, address = client.mapping, client.address
+        assert mapping is not None
+        # Silence the server so that the next maintenance RS stays unanswered, then answer it.
+        unplug = self.net.addDropFilter(lambda d: d.src[0] == PRIMARY)
+        start = len(self.net.capture)
+        self.net.run(31)
+        rs = [d for d in self.net.capture[start:] if d.dst == (PRIMARY, 3544)][-1]
+        auth = classify(rs.data).auth
+        assert auth is not None
+        unplug()
+        good = self.forgedRA(auth.nonce, OriginIndication(*rs.src))
+        badSum = bytearray(good)
+        badSum[-1] ^= 1
+        for data in (
+            self.forgedRA(auth.nonce, None),  # type: ignore[arg-type]  # deliberately no origin indication
+            self.forgedRA(auth.nonce, OriginIndication(*rs.src), prefixes=2),
+            bytes(badSum),
+        ):
+            self.net.inject((PRIMARY, 3544), mapping, data)
+        self.net.flush()
+        self.assertDropped(client, "ra-no-origin")
+        self.assertDropped(client, "ra-prefix")
+        self.assertDropped(client, "ra-invalid")
+        self.assertEqual((client.state, client.mapping, client.address), ("qualified", mapping, address))
+        accepted = client.status()["counters"]["ra-accepted"]
+        self.net.inject((PRIMARY, 3544), mapping, good)
+        self.net.flush()
+        self.assertEqual(client.status()["counters"]["ra-accepted"], accepted + 1)
+        self.assertEqual((client.state, client.mapping), ("qualified", mapping))
+        self.assertEqual(self.tunOf(client).written, [])
+
     def forgedRA(self, nonce: bytes, origin: OriginIndication, prefixes: int = 1) -> bytes:
         prefix = bytes.fromhex("20010000cb00710a") + b"\x00" * 8
         ra = ipv6.RouterAdvertisement(prefixes=(ipv6.PrefixInformation(prefix, 64),) * prefixes, mtu=1280)
@@ -460,7 +500,8 @@ class MaintenanceTests(ClientTestCase):
 
     def test_refreshRandomised(self) -> None:
         """
-        CL-M-06: maintenance RSs every refresh x [0.75, 1].
+        CL-M-01, CL-M-06: maintenance runs for as long as the client is qualified, an RS
+        every refresh x [0.75, 1].
         """
         times = self.rsTimes()
         client = self.makeClient()
@@ -775,8 +816,9 @@ class DataPathTests(ClientTestCase):
 
     def test_linkLocalFromOutsideNeverReachesHost(self) -> None:
         """
-        Forged RA defence: link-local sources from a peer are dropped, as is anything not
-        for our address, or from a Teredo source whose mapping is not the sender's.
+        CL-RX-12, forged RA defence: link-local sources from a peer are dropped (never
+        reach the host), as is anything not for our address, or from a Teredo source whose
+        mapping is not the sender's.
         """
         a = self.makeClient("full-cone")
         self.net.flush()
