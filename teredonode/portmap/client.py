@@ -61,6 +61,8 @@ class GatewayPortMapping:
         self.state = PortMapState(state)
         #: The persisted file is read once, at the first mapping of this process.
         self._stateRead = False
+        #: What this process wrote there last (None: nothing, or it was cleared since).
+        self._persisted: PersistedMapping | None = None
 
     def _gateway(self) -> str | None:
         try:
@@ -97,9 +99,28 @@ class GatewayPortMapping:
             stale = self.state.load()
             if stale is not None:
                 yield self._deleteStale(mapper, local, stale)
+        for candidate in getattr(mapper, "mappers", (mapper,)):
+            if getattr(candidate, "name", None) == "upnp" and hasattr(candidate, "added"):
+                # A lease-0 mapping lives until deleted: on record from AddPortMapping on.
+                candidate.added = self._upnpAdded
         mapping: Mapping = yield mapper.addMapping(local, localPort, MAPPING_LIFETIME)
-        self.state.save(PersistedMapping(mapping.protocol, mapping.externalPort, localPort, _nonce(mapper, local, localPort)))
+        self._persist(PersistedMapping(mapping.protocol, mapping.externalPort, localPort, _nonce(mapper, local, localPort)))
         return mapping
+
+    def _persist(self, record: PersistedMapping) -> None:
+        """Write C{record} unless it is what this process wrote last."""
+        if record != self._persisted:
+            self._persisted = record
+            self.state.save(record)
+
+    def _upnpAdded(self, port: int) -> None:
+        """
+        X-UPNP-06: AddPortMapping succeeded: the Persisted UPnP-Mapped Port is the local
+        port from now on, even if the process dies before GetExternalIPAddress answers.  If
+        that then fails, the mapper deletes the mapping (X-UPNP-07b) and the record stays,
+        to be deleted once more at the next start (harmless: "no such entry" is success).
+        """
+        self._persist(PersistedMapping("upnp", port, port))
 
     @inlineCallbacks
     def _deleteStale(self, mapper: Any, local: str, stale: PersistedMapping) -> Generator[Deferred[Any], Any, None]:
@@ -141,6 +162,7 @@ class GatewayPortMapping:
         d: Deferred[None] = mapper.deleteMapping(*local)
 
         def deleted(_: object) -> None:
+            self._persisted = None
             self.state.clear()
 
         def failed(failure: Any) -> None:

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from typing import Any, cast
 
+from twisted.internet.defer import Deferred
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -132,6 +133,34 @@ class PersistedPortTests(SynchronousTestCase):
 
         router.n.outcome(second.map(LOCAL_PORT))  # a renewal
         self.assertNotIn("DeletePortMapping", router.actions()[crashedAt + 3:])
+
+    def test_persistedBeforeGetExternalIPAddress(self) -> None:
+        """
+        X-UPNP-06's order: the persisted copy is set when AddPortMapping succeeds, before
+        GetExternalIPAddress; a process that dies waiting for that answer still leaves the
+        record, and its successor deletes the mapping first (X-UPNP-03).
+        """
+        router = Router()
+        igdHttp = router.igd
+        hung: list[Deferred[tuple[int, bytes]]] = []
+
+        def http(method: bytes, url: str, headers: dict[str, str], body: bytes | None) -> Deferred[tuple[int, bytes]]:
+            if body is not None and b"GetExternalIPAddress" in body and not hung:
+                hung.append(Deferred())
+                igdHttp.calls.append((method, url, headers, body))
+                return hung[0]
+            return igdHttp(method, url, headers, body)
+
+        dying = GatewayPortMapping(
+            router.n.client, bind=CLIENT, routes="/nonexistent", state=self.path,
+            mappers=lambda reactor, *_, **__: UpnpMapper(reactor, http=http),
+        )
+        dying.map(LOCAL_PORT)
+        router.n.net.run(30)
+        self.assertEqual(router.actions(), ["AddPortMapping", "GetExternalIPAddress"])
+        self.assertEqual(self.persisted(), {"protocol": "upnp", "port": LOCAL_PORT, "local-port": LOCAL_PORT})
+        router.n.outcome(router.process(self.path).map(LOCAL_PORT))
+        self.assertEqual(router.actions()[2:], ["DeletePortMapping", "AddPortMapping", "GetExternalIPAddress"])
 
     def test_crashThenRestartPcpNonce(self) -> None:
         """
