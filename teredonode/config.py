@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from dataclasses import MISSING, dataclass, field, fields, replace
@@ -66,6 +67,8 @@ ROLE_NAMES: tuple[str, ...] = tuple(ROLE_MODULES)
 LOG_LEVELS: tuple[str, ...] = ("debug", "info", "warn", "error", "critical")
 DEFAULT_STATUS_SOCKET = "/run/teredonode/status.sock"
 DEFAULT_STATE_DIR = "/var/lib/teredonode"
+#: The client's persisted port mapping (RFC 6081 X-UPNP-02), a file in C{[node] state-dir}.
+PORT_MAPPING_STATE = "client-port-mapping.json"
 #: Where "no --config" errors say they come from.
 NO_FILE = "(no config file)"
 
@@ -187,6 +190,20 @@ def _account(kind: str) -> Check[str]:
         return text
 
     return Check(f'{kind} name or number; `""`', check)
+
+
+@_checks('absolute path, file name in `[node] state-dir`, or `""`')
+def _state_file(value: Any) -> str:
+    """
+    A file of state kept across restarts: an absolute path, a plain file name (in C{[node]
+    state-dir}, joined by L{_build_role}), or C{""} for "not kept".
+    """
+    if value == "":
+        return ""
+    text = _string(value)
+    if not text.startswith("/") and ("/" in text or text in (".", "..")):
+        raise _Invalid(f"{_show(value)} is neither an absolute path nor a file name")
+    return text
 
 
 @_checks("absolute path, ≤ 107 bytes")
@@ -961,6 +978,18 @@ class ClientSettings(_RoleSettings):
         "half its lifetime and deletes it at shutdown. A router that maps the port usually "
         "makes the NAT behave like a cone for it. Status shows it under `port-mapping`.",
     )
+    port_mapping_state: str | None = setting(
+        check=_state_file,
+        default=None,
+        shown="`client-port-mapping.json` in `[node] state-dir`",
+        doc="File keeping the port mapping across restarts, to delete one a crash left.",
+        more="RFC 6081's Persisted UPnP-Mapped Port (X-UPNP-02): written when the router maps "
+        "the port, removed once the mapping is deleted at shutdown. At start, a mapping it "
+        "still names (the last run crashed) is deleted before mapping again and qualifying "
+        "(X-UPNP-03). A file name is in `[node] state-dir`, which the node creates for the user "
+        "it runs as (the file is written after the privilege drop). An unreadable or corrupt "
+        "file is one log line and ignored. `\"\"`: not kept. Used with `port-mapping`.",
+    )
     strict_secondary: bool = setting(
         check=_boolean,
         default=False,
@@ -1527,7 +1556,7 @@ def parse_config(
     node = NodeSettings(**{k.replace("-", "_"): v for k, v in checked["node"].items()})  # defaults fill the rest
     built: dict[str, RoleSettings] = {}
     for name in running:
-        built[name] = _build_role(source, name, checked[name], origin)
+        built[name] = _build_role(source, name, checked[name], origin, node)
     if not built:
         raise ConfigError(
             f"{source}: no role is enabled (set \"enabled = true\" in a role table, or use --role)"
@@ -1604,9 +1633,11 @@ def _build_role(
     name: str,
     values: Mapping[str, Any],
     origin: Mapping[tuple[str, str], str],
+    node: NodeSettings | None = None,
 ) -> RoleSettings:
     """
-    Fill defaults, insist on required keys and check keys that depend on each other.
+    Fill defaults, insist on required keys and check keys that depend on each other (a file
+    name of a role's state joins C{node}'s C{state-dir}).
     """
     filled: dict[str, Any] = {}
     for key in SCHEMA[name]:
@@ -1656,6 +1687,13 @@ def _build_role(
         if filled["secondary"] is None and _is_dotted_quad(server):
             # Derive now when we can, so status shows it; a DNS name is derived after lookup.
             filled["secondary"] = ipv4.following(server)
+        state = filled["port_mapping_state"]
+        if state is None:
+            state = filled["port_mapping_state"] = PORT_MAPPING_STATE
+        if state and not state.startswith("/"):
+            filled["port_mapping_state"] = os.path.join(
+                node.state_dir if node is not None else DEFAULT_STATE_DIR, state
+            )
         if filled["secondary"] is not None and filled["secondary"] == server:
             raise ConfigError(
                 f"{_where(source, name, 'secondary', origin)}: must differ from server"

@@ -30,9 +30,14 @@ auth = st.builds(
 )
 
 nonce_trailer = st.builds(teredo.NonceTrailer, st.binary(min_size=4, max_size=4))
+#: X-TRL-12: an entry's address is unicast (not 0/8, 127/8 or 224/3), as the decoder insists.
 alt_trailer = st.builds(
     teredo.AlternateAddressTrailer,
-    st.lists(st.tuples(ipv4_text, st.integers(1, 65535)), min_size=1, max_size=4).map(tuple),
+    st.lists(
+        st.tuples(ipv4_text.filter(lambda ip: int(ip.split(".")[0]) not in (0, 127) and int(ip.split(".")[0]) < 224), st.integers(1, 65535)),
+        min_size=1,
+        max_size=4,
+    ).map(tuple),
 )
 nd_trailer = st.builds(teredo.NeighborDiscoveryTrailer, st.sampled_from([0, 1]))
 random_port_trailer = st.builds(

@@ -364,6 +364,10 @@ class UpnpMapper:
     C{lifetime} asked is not used.  The service found is remembered for later calls.
 
     @param http: the HTTP client (L{AgentHttp} by default); tests give a fake IGD.
+    @ivar added: called with the mapped port as soon as AddPortMapping succeeded, before
+        GetExternalIPAddress, which is when RFC 6081 section 5.3.3 sets the Persisted
+        UPnP-Mapped Port (X-UPNP-06): a process that dies in between still leaves a record
+        of the mapping for its successor to delete (X-UPNP-03).  Must not raise.
     """
 
     name = "upnp"
@@ -384,6 +388,7 @@ class UpnpMapper:
         self._bodyLimit = bodyLimit
         self._bindAddress = bindAddress
         self.service: igd.Service | None = None
+        self.added: Callable[[int], None] | None = None
 
     def addMapping(self, localAddress: str, localPort: int, lifetime: int) -> Deferred[Mapping]:
         return self._oneError(self._add(localAddress, localPort))
@@ -395,6 +400,8 @@ class UpnpMapper:
     def _add(self, localAddress: str, localPort: int) -> Generator[Deferred[Any], Any, Mapping]:
         service = yield self._discover()
         yield self._call(service, *igd.add_port_mapping(localAddress, localPort))
+        if self.added is not None:
+            self.added(localPort)  # X-UPNP-06: the persisted copy, before GetExternalIPAddress
         try:
             answer = yield self._call(service, *igd.get_external_ip_address())
             address = igd.ipv4_text(answer.get("NewExternalIPAddress", ""))

@@ -1099,6 +1099,8 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
         TunDevice(interface, reactor=reactor),
         NetlinkConfigurator(),
         hasOtherIPv6=lambda: hostHasOtherIPv6(interface),
-        portMapping=GatewayPortMapping(reactor, bind=settings.bind),
+        portMapping=GatewayPortMapping(
+            reactor, bind=settings.bind, state=settings.port_mapping_state or None  # X-UPNP-02
+        ),
         localAddress=local_address,
     )

@@ -11,9 +11,10 @@ RFC 4380 section 5.2.4 cannot guard them.  Every rule that bounds what a peer ca
 send lives here, free of I/O, so that it can be read and tested in one place:
 
   - a trailer that is not well formed (length not 8, 14, 20 or 26; an entry that is not a
-    unicast address or has port 0) makes the whole bubble dropped (X-HP-06a, SEC-17): it is
-    found in the raw trailer bytes, because the codec skips such a trailer silently
-    (W-TRL-4) and the rule needs to know it was there;
+    unicast address or has port 0) makes the whole bubble dropped (X-HP-06a, SEC-17): the
+    codec ignores such a trailer (W-TRL-4) but reports its type
+    (L{teredonode.wire.teredo.TeredoPacket.malformed_trailers}), which is how the rule
+    knows it was there;
   - at most L{MAX_ALTERNATES} entries are used per bubble, whatever number of trailers it
     carries (the format's own bound, 6081 section 4.3 and section 7);
   - our own endpoints (we would bubble ourselves) and duplicates are refused;
@@ -32,7 +33,7 @@ from typing import Iterable, NamedTuple
 from teredonode.interfaces import Endpoint
 from teredonode.wire import ipv4
 from teredonode.wire.errors import ParseError
-from teredonode.wire.teredo import TRAILER_ALTERNATE_ADDRESS, AlternateAddressTrailer, alternate_entry_ok
+from teredonode.wire.teredo import TRAILER_ALTERNATE_ADDRESS, AlternateAddressTrailer, Trailer, alternate_entry_ok
 
 __all__ = [
     "MAX_ALTERNATES",
@@ -45,8 +46,6 @@ __all__ = [
 
 #: 6081 section 4.3: Length 8..26, six bytes an entry: four entries at most.
 MAX_ALTERNATES = 4
-#: The valid Length values of an Alternate Address trailer (2 reserved bytes + 6 per entry).
-_LENGTHS = frozenset({8, 14, 20, 26})
 
 
 class Alternates(NamedTuple):
@@ -75,34 +74,16 @@ def is_valid_entry(ip: str, port: int) -> bool:
         return False
 
 
-def read_alternates(trailer_bytes: bytes) -> Alternates:
+def read_alternates(trailers: Iterable[Trailer], malformed: Iterable[int] = ()) -> Alternates:
     """
-    The alternate addresses in the raw trailers of a bubble, walking them as the codec does
-    (6081 section 5.1.2: in order, stopping at the first trailer that does not fit), but
-    noticing an Alternate Address trailer that is there and not well formed.
+    The alternate addresses a received bubble advertises, from what the codec made of its
+    trailers (L{teredonode.wire.teredo.scan_trailers}): every entry of every well-formed
+    Alternate Address trailer, in order, and whether one was there but malformed.
     """
-    entries: list[Endpoint] = []
-    malformed = False
-    off, end = 0, len(trailer_bytes)
-    while end - off >= 2:
-        ttype, tlen = trailer_bytes[off], trailer_bytes[off + 1]
-        if end - off - 2 < tlen:
-            if ttype == TRAILER_ALTERNATE_ADDRESS:
-                malformed = True  # truncated
-            break
-        value = trailer_bytes[off + 2 : off + 2 + tlen]
-        off += 2 + tlen
-        if ttype != TRAILER_ALTERNATE_ADDRESS:
-            continue
-        if tlen not in _LENGTHS:
-            malformed = True
-            continue
-        raw = [value[i : i + 6] for i in range(2, tlen, 6)]
-        if not all(alternate_entry_ok(entry) for entry in raw):
-            malformed = True
-            continue
-        entries.extend((ipv4.unpack(entry[:4]), int.from_bytes(entry[4:], "big")) for entry in raw)
-    return Alternates(tuple(entries), malformed)
+    entries = tuple(
+        entry for trailer in trailers if isinstance(trailer, AlternateAddressTrailer) for entry in trailer.addresses
+    )
+    return Alternates(entries, TRAILER_ALTERNATE_ADDRESS in tuple(malformed))
 
 
 def choose_alternates(

@@ -310,6 +310,7 @@ NUMBERED_COUNTERS = (
     "hp-refused",  # alternate addresses not bubbled (own, repeated, beyond 4, foreign peer, paced)
     "upnp-symmetric-peers",  # X-UPNP-10: peers seen sending from a mapping not embedded
     "upnp-embedded",  # X-UPNP-11/12: bubbles and data sent to a symmetric peer's embedded mapping
+    "held-for-proof",  # data from an endpoint we bubbled, held until our nonce proves it
 ) + randomport.COUNTERS + portguessing.COUNTERS
 #: What only an unnumbered interface (a relay) counts.
 UNNUMBERED_COUNTERS = (
@@ -1568,6 +1569,8 @@ class TeredoTunnel:
                 if isBubble and peer is not None and self.portPreserving is not None:
                     if self.portPreserving.primaryMismatch(peer, addr):  # X-PP-13
                         return
+                if not isBubble and peer is not None and self._holdForProof(peer, packet, addr):
+                    return
                 self.drops["mapping-mismatch"] += 1
                 return
             if peer is None:
@@ -1615,6 +1618,49 @@ class TeredoTunnel:
             self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho, self._echo)
             return
         self._queueAndProbe(peer, packet.ipv6, addr, self._inboundEcho)
+
+    def _holdForProof(self, peer: Peer, packet: TeredoPacket, addr: Endpoint) -> bool:
+        """
+        The first data packet after a Hairpinning or Port-Preserving/Sequential exchange,
+        which the RFC's own packet order sends before its proof (6081 section 6.4 step 6C,
+        section 6.5 step 9: the peer trusts us, and sends, one bubble before it answers our
+        indirect bubble with our nonce from that very endpoint): queued with its source, like
+        section 5.2.3 case 6's packets, and delivered by L{release} only if our nonce then
+        proves that source (X-SNS-08); any other outcome drops it (C{unverified-source}).
+
+        What keeps this from being a way in for unproven traffic: it creates no entry and
+        changes neither trust nor mapping (only the nonce-proven bubble does, L{_learn}); it
+        needs an entry we are bubbling with our nonce outstanding; the source must be an
+        endpoint we bubbled for the peer in this exchange (an Alternate Address it
+        advertised, X-HP-06c, or its Random Port at its embedded IPv4, X-PP-10, X-SEQ-07);
+        one packet at a time per entry, within the queue's bounds; nothing is sent back.
+        """
+        if not self.symmetricNat or peer.nonce_sent is None or self.address is None:
+            return False
+        if addr not in self._bubbledEndpoints(peer):
+            return False
+        if any(queued.source is not None for queued in peer.queue):
+            return False
+        if not self.peers.enqueue(peer, packet.ipv6, addr):
+            return False
+        self.counters["queued"] += 1
+        self.counters["held-for-proof"] += 1
+        return True
+
+    def _bubbledEndpoints(self, peer: Peer) -> set[Endpoint]:
+        """
+        The endpoints besides its embedded mapping that we bubble for C{peer}: the Alternate
+        Addresses it advertised when it shares our public address (X-HP-06c's condition, in
+        L{_bubbleAlternates}), and its Random Port at its embedded IPv4 (X-PP-10).
+        """
+        ip = mapping_of(peer.address)[0]
+        endpoints: set[Endpoint] = set()
+        address = self.address
+        if self.hairpinning and address is not None and ip == mapping_of(address)[0]:
+            endpoints.update(peer.alternates)
+        if self.portPreserving is not None and peer.peer_random_port:
+            endpoints.add((ip, peer.peer_random_port))
+        return endpoints
 
     def _learn(self, peer: Peer, addr: Endpoint, now: float) -> None:
         """
@@ -1733,7 +1779,7 @@ class TeredoTunnel:
         """
         if not self.hairpinning or not packet.trailer_bytes or src[:4] != self.prefix:
             return None
-        alternates = hairpin.read_alternates(packet.trailer_bytes)
+        alternates = hairpin.read_alternates(packet.trailers, packet.malformed_trailers)
         if not alternates.entries and not alternates.malformed:
             return None
         return alternates

@@ -44,6 +44,9 @@ __all__ = [
     "encode_payload",
     "encode_trailers",
     "decode_trailers",
+    "scan_trailers",
+    "TrailerScan",
+    "KNOWN_TRAILERS",
     "forwardable_trailers",
     "alternate_entry_ok",
     "MAX_FORWARDED_TRAILERS",
@@ -254,53 +257,104 @@ def _bad_port() -> bytes:
     raise ParseError("alternate address port must not be 0")
 
 
-def decode_trailers(data: bytes) -> tuple[Trailer, ...]:
+#: The trailer types this codec knows (decodes into their own class, or reports malformed).
+KNOWN_TRAILERS = frozenset(
+    {
+        TRAILER_NONCE,
+        TRAILER_RANDOM_PORT,
+        TRAILER_RANDOM_PORT_RFC,
+        TRAILER_ALTERNATE_ADDRESS,
+        TRAILER_NEIGHBOR_DISCOVERY,
+        TRAILER_PORT_GUESS,
+    }
+)
+
+
+class TrailerScan(NamedTuple):
     """
-    Decode RFC 6081 trailers (section 5.1.2), in order:
-      - processing stops at the first malformed trailer (fewer than 2 bytes, or fewer than
-        2 + Length bytes remain); what was decoded before it is kept (W-TRL-3);
+    What a trailer area holds (L{scan_trailers}).
+
+    @ivar trailers: the well-formed trailers, in order (what L{decode_trailers} returns).
+    @ivar malformed: the types of the known trailers that were there but not well formed,
+        in order: ignored by the decoding (W-TRL-4), and reported because some rules act on
+        their mere presence (a malformed Alternate Address trailer drops the bubble,
+        X-HP-06a).  A known trailer cut short by the end of the data is one of them.
+    """
+
+    trailers: tuple[Trailer, ...]
+    malformed: tuple[int, ...]
+
+
+def _decode_known(ttype: int, value: bytes) -> Trailer | None:
+    """
+    The known trailer C{ttype} with C{value}, or C{None} when it is not well formed.
+    """
+    tlen = len(value)
+    if ttype == TRAILER_NONCE:
+        return NonceTrailer(value) if tlen == 4 else None
+    if ttype in (TRAILER_RANDOM_PORT, TRAILER_RANDOM_PORT_RFC):
+        return RandomPortTrailer(int.from_bytes(value, "big"), ttype) if tlen == 2 else None
+    if ttype == TRAILER_ALTERNATE_ADDRESS:
+        # X-TRL-08, -11..13: 8..26 bytes, six per entry, each a unicast address and a port.
+        if not 8 <= tlen <= 26 or (tlen - 2) % 6:
+            return None
+        raw = [value[i : i + 6] for i in range(2, tlen, 6)]
+        if not all(alternate_entry_ok(entry) for entry in raw):
+            return None
+        return AlternateAddressTrailer(
+            tuple((socket.inet_ntoa(entry[:4]), int.from_bytes(entry[4:], "big")) for entry in raw)
+        )
+    if ttype == TRAILER_NEIGHBOR_DISCOVERY:  # X-TRL-14, -15
+        if tlen == 4 and value[0] in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
+            return NeighborDiscoveryTrailer(value[0])
+        return None
+    if ttype == TRAILER_PORT_GUESS and tlen == 4:
+        sockets, opening = struct.unpack("!HH", value)
+        return PortGuessTrailer(sockets, opening) if _port_guess_valid(sockets, opening) else None
+    return None
+
+
+def scan_trailers(data: bytes) -> TrailerScan:
+    """
+    Decode RFC 6081 trailers (section 5.1.2), in order, and say which known ones were
+    malformed:
+      - processing stops at the first trailer that does not fit (fewer than 2 bytes, or
+        fewer than 2 + Length bytes remain); what was decoded before it is kept (W-TRL-3),
+        and if its type is a known one it is reported malformed;
       - an unknown type whose top two bits are C{01} discards the whole packet: raises
         L{ParseError} (W-TRL-2); other unknown types are kept as L{UnknownTrailer};
       - a known type with a wrong length, or an invalid value, is ignored (W-TRL-4,
-        documented in docs/wire.md).
+        documented in docs/wire.md) and reported in C{malformed}.
     """
     out: list[Trailer] = []
+    malformed: list[int] = []
     off, end = 0, len(data)
-    while off < end:
-        if end - off < 2:
-            break
+    while end - off >= 2:
         ttype, tlen = data[off], data[off + 1]
         if end - off - 2 < tlen:
+            if ttype in KNOWN_TRAILERS:
+                malformed.append(ttype)
             break
         value = data[off + 2 : off + 2 + tlen]
         off += 2 + tlen
-        if ttype == TRAILER_NONCE:
-            if tlen == 4:
-                out.append(NonceTrailer(value))
-        elif ttype in (TRAILER_RANDOM_PORT, TRAILER_RANDOM_PORT_RFC):
-            if tlen == 2:
-                out.append(RandomPortTrailer(int.from_bytes(value, "big"), ttype))
-        elif ttype == TRAILER_ALTERNATE_ADDRESS:
-            if 8 <= tlen <= 26 and (tlen - 2) % 6 == 0:
-                entries = tuple(
-                    (socket.inet_ntoa(value[i : i + 4]), int.from_bytes(value[i + 4 : i + 6], "big"))
-                    for i in range(2, tlen, 6)
-                )
-                if all(port != 0 for _, port in entries):
-                    out.append(AlternateAddressTrailer(entries))
-        elif ttype == TRAILER_NEIGHBOR_DISCOVERY:
-            if tlen == 4 and value[0] in (DISCOVERY_SOLICITATION, DISCOVERY_ADVERTISEMENT):
-                out.append(NeighborDiscoveryTrailer(value[0]))
-        elif ttype == TRAILER_PORT_GUESS:
-            if tlen == 4:
-                sockets, opening = struct.unpack("!HH", value)
-                if _port_guess_valid(sockets, opening):
-                    out.append(PortGuessTrailer(sockets, opening))
+        if ttype in KNOWN_TRAILERS:
+            trailer = _decode_known(ttype, value)
+            if trailer is None:
+                malformed.append(ttype)
+            else:
+                out.append(trailer)
         elif ttype & 0xC0 == 0x40:
             raise ParseError("unknown trailer requires discard")
         else:
             out.append(UnknownTrailer(ttype, value))
-    return tuple(out)
+    return TrailerScan(tuple(out), tuple(malformed))
+
+
+def decode_trailers(data: bytes) -> tuple[Trailer, ...]:
+    """
+    The well-formed RFC 6081 trailers in C{data}, by the rules of L{scan_trailers}.
+    """
+    return scan_trailers(data).trailers
 
 
 #: The longest value each known trailer kind may carry when a server forwards it (RFC 6081
@@ -398,7 +452,9 @@ class TeredoPacket(NamedTuple):
     @ivar origin: the origin indication, if any.
     @ivar trailer_bytes: the raw bytes after the IPv6 packet (a server forwards them only
         on bubbles and only as L{forwardable_trailers} allows, requirement SV-FW-7).
-    @ivar trailers: L{trailer_bytes} decoded.
+    @ivar trailers: L{trailer_bytes} decoded: the well-formed trailers.
+    @ivar malformed_trailers: the types of the known trailers in L{trailer_bytes} that were
+        not well formed (L{scan_trailers}), so that no caller re-walks the bytes.
     """
 
     header: IPv6Header
@@ -407,6 +463,7 @@ class TeredoPacket(NamedTuple):
     origin: OriginIndication | None = None
     trailer_bytes: bytes = b""
     trailers: tuple[Trailer, ...] = ()
+    malformed_trailers: tuple[int, ...] = ()
 
     @property
     def is_bubble(self) -> bool:
@@ -493,4 +550,5 @@ def classify(data: bytes) -> TeredoPacket:
     if end == len(data):
         return TeredoPacket(header, data[off:] if off else data, auth, origin)
     tail = data[end:]
-    return TeredoPacket(header, data[off:end], auth, origin, tail, decode_trailers(tail))
+    scan = scan_trailers(tail)
+    return TeredoPacket(header, data[off:end], auth, origin, tail, scan.trailers, scan.malformed)

@@ -207,6 +207,42 @@ class QualificationTests(ClientTestCase):
         self.assertEqual(client.state, "offline")
         self.assertIn("no answer", client.status()["offline-reason"])
 
+    def test_CL_Q_09_addressBits(self) -> None:
+        """
+        CL-Q-09: the address is the RA's /64 (2001:0000 and the server's IPv4), the flags
+        (cone bit 0 as RFC 5991 wants, z 0, the rest random and different per client:
+        U-02..U-04), the mapped port and the mapped IPv4 each with every bit inverted.
+        """
+        flags = set()
+        for seed, kind in ((1, "full-cone"), (2, "port-restricted")):
+            client = self.makeClient(kind, seed=seed)
+            self.net.flush()
+            assert client.mapping is not None
+            ip, port = client.mapping
+            address = raw(client.address)
+            self.assertEqual(address[:8], b"\x20\x01\x00\x00" + ipaddress.IPv4Address(PRIMARY).packed)
+            value = int.from_bytes(address[8:10], "big")
+            self.assertEqual(value & ~RANDOM_MASK, 0, hex(value))
+            flags.add(value)
+            self.assertEqual(int.from_bytes(address[10:12], "big"), port ^ 0xFFFF)
+            self.assertEqual(address[12:], bytes(b ^ 0xFF for b in ipaddress.IPv4Address(ip).packed))
+        self.assertEqual(len(flags), 2)
+
+    def test_D7_threeAttemptsFourSecondsApart(self) -> None:
+        """
+        D7 (RFC 4380 section 5.2.1, "N repetitions" read as N = 3 attempts): an unanswered
+        Router Solicitation is sent again after 4 s, three in all, then the client is offline.
+        """
+        self.net.addDropFilter(lambda d: d.dst[0] in (PRIMARY, SECONDARY))
+        client = self.makeClient()
+        counts = []
+        for until in (0.1, 3.9, 4.1, 7.9, 8.1, 11.9):
+            self.net.run(until - self.clock.seconds())
+            counts.append(len(self.net.capture))
+        self.assertEqual(counts, [1, 1, 2, 2, 3, 3])
+        self.net.run(0.3)
+        self.assertEqual((len(self.net.capture), client.state), (3, "offline"))
+
     def test_symmetricQualifiesWithSNS(self) -> None:
         """
         X-SNS-11: with Symmetric NAT Support (the default) a symmetric result qualifies, with
@@ -326,6 +362,46 @@ class QualificationTests(ClientTestCase):
         self.assertDropped(client, "ra-bad-nonce")
         self.assertEqual(client.mapping, mapping)
 
+    def test_CL_M_04_maintenanceRAValidated(self) -> None:
+        """
+        CL-M-04: a maintenance RA is checked like a qualification RA: with the outstanding
+        nonce but no origin indication, two prefixes or a bad checksum it is dropped and
+        changes nothing; a valid one is taken.  CL-RX-12: either way the RA is consumed,
+        never handed to the host.
+        """
+        client = self.makeClient("full-cone")
+        self.net.flush()
+        mapping, address = client.mapping, client.address
+        assert mapping is not None
+        # Silence the server so that the next maintenance RS stays unanswered, then answer it.
+        unplug = self.net.addDropFilter(lambda d: d.src[0] == PRIMARY)
+        start = len(self.net.capture)
+        self.net.run(31)
+        rs = [d for d in self.net.capture[start:] if d.dst == (PRIMARY, 3544)][-1]
+        auth = classify(rs.data).auth
+        assert auth is not None
+        unplug()
+        good = self.forgedRA(auth.nonce, OriginIndication(*rs.src))
+        badSum = bytearray(good)
+        badSum[-1] ^= 1
+        for data in (
+            self.forgedRA(auth.nonce, None),  # type: ignore[arg-type]  # deliberately no origin indication
+            self.forgedRA(auth.nonce, OriginIndication(*rs.src), prefixes=2),
+            bytes(badSum),
+        ):
+            self.net.inject((PRIMARY, 3544), mapping, data)
+        self.net.flush()
+        self.assertDropped(client, "ra-no-origin")
+        self.assertDropped(client, "ra-prefix")
+        self.assertDropped(client, "ra-invalid")
+        self.assertEqual((client.state, client.mapping, client.address), ("qualified", mapping, address))
+        accepted = client.status()["counters"]["ra-accepted"]
+        self.net.inject((PRIMARY, 3544), mapping, good)
+        self.net.flush()
+        self.assertEqual(client.status()["counters"]["ra-accepted"], accepted + 1)
+        self.assertEqual((client.state, client.mapping), ("qualified", mapping))
+        self.assertEqual(self.tunOf(client).written, [])
+
     def forgedRA(self, nonce: bytes, origin: OriginIndication, prefixes: int = 1) -> bytes:
         prefix = bytes.fromhex("20010000cb00710a") + b"\x00" * 8
         ra = ipv6.RouterAdvertisement(prefixes=(ipv6.PrefixInformation(prefix, 64),) * prefixes, mtu=1280)
@@ -424,7 +500,8 @@ class MaintenanceTests(ClientTestCase):
 
     def test_refreshRandomised(self) -> None:
         """
-        CL-M-06: maintenance RSs every refresh x [0.75, 1].
+        CL-M-01, CL-M-06: maintenance runs for as long as the client is qualified, an RS
+        every refresh x [0.75, 1].
         """
         times = self.rsTimes()
         client = self.makeClient()
@@ -739,8 +816,9 @@ class DataPathTests(ClientTestCase):
 
     def test_linkLocalFromOutsideNeverReachesHost(self) -> None:
         """
-        Forged RA defence: link-local sources from a peer are dropped, as is anything not
-        for our address, or from a Teredo source whose mapping is not the sender's.
+        CL-RX-12, forged RA defence: link-local sources from a peer are dropped (never
+        reach the host), as is anything not for our address, or from a Teredo source whose
+        mapping is not the sender's.
         """
         a = self.makeClient("full-cone")
         self.net.flush()
@@ -764,6 +842,63 @@ class DataPathTests(ClientTestCase):
         self.assertDropped(a, "link-local-source", 2)
         self.assertDropped(a, "wrong-destination")
         self.assertDropped(a, "mapping-mismatch")
+
+
+class ReceiveRuleTests(ClientTestCase):
+    """
+    RFC 4380 section 5.2.3's first checks, each on its own: what is not a Teredo payload
+    (CL-RX-01), and what is one but not for us or not a valid IPv6 packet (CL-RX-02), is
+    dropped, counted, and leaves no entry.
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.a = self.makeClient("full-cone")
+        self.net.flush()
+        assert self.a.mapping is not None
+        self.peer = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 5000, "192.0.2.50").to_bytes()
+
+    def inject(self, data: bytes) -> None:
+        """From the peer's own mapping, the one its address embeds (so case 3 would apply)."""
+        assert self.a.mapping is not None
+        self.net.inject(("192.0.2.50", 5000), self.a.mapping, data)
+        self.net.flush()
+
+    def assertNothing(self) -> None:
+        self.assertEqual(self.tunOf(self.a).written, [])
+        self.assertIsNone(self.a.tunnel.peers.get(self.peer))
+
+    def test_CL_RX_01_notATeredoPayload(self) -> None:
+        """
+        CL-RX-01: an IPv4 packet, garbage after an origin-indication-like start, a lone
+        byte, an authentication indicator cut short: silently discarded (C{malformed}).
+        """
+        good = echo(self.peer, raw(self.a.address))
+        for data in (b"\x45" + bytes(39), b"\x00\x02garbage", b"\x60", b"\x00\x01\x00\x00", b"\x00\x00" + good[:6]):
+            self.inject(data)
+        self.assertDropped(self.a, "malformed", 5)
+        self.assertNothing()
+        self.inject(good)  # the same peer, well formed: accepted (case 3)
+        self.assertEqual(self.tunOf(self.a).written, [good])
+
+    def test_CL_RX_02_notValidOrNotForUs(self) -> None:
+        """
+        CL-RX-02: an IPv6 packet whose version is not 6, one whose payload length runs past
+        the datagram (a length inconsistency), and one for another destination (our prefix,
+        another host): discarded; the first two as C{malformed}, the last as
+        C{wrong-destination}.
+        """
+        ours = raw(self.a.address)
+        good = echo(self.peer, ours, b"data")
+        version4 = bytes([0x40 | (good[0] & 0x0F)]) + good[1:]
+        longer = good[:4] + (int.from_bytes(good[4:6], "big") + 8).to_bytes(2, "big") + good[6:]
+        other = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 6000, "192.0.2.51").to_bytes()
+        for data in (version4, longer):
+            self.inject(data)
+        self.assertDropped(self.a, "malformed", 2)
+        self.inject(echo(self.peer, other, b"data"))
+        self.assertDropped(self.a, "wrong-destination", 1)
+        self.assertNothing()
 
 
 class EchoTestTests(ClientTestCase):
@@ -936,6 +1071,34 @@ class LocalDiscoveryTests(ClientTestCase):
             self.assertEqual(client.status()["counters"]["bubbles-direct"], 0)
             self.assertEqual({k: v for k, v in client.status()["drops"].items() if v}, {})
 
+    def test_CL_RX_08_caseFiveLocalPeer(self) -> None:
+        """
+        CL-RX-08 (case 5): a packet from a local peer's LAN endpoint (not the mapping its
+        address embeds) makes the local entry trusted and is accepted; from another LAN
+        endpoint it is not (C{mapping-mismatch}), and a bubble from the LAN endpoint is
+        consumed, not delivered.
+        """
+        a = self.lanClient("10.0.0.2", seed=1)
+        b = self.lanClient("10.0.0.3", seed=2)
+        self.net.flush()
+        aaddr, baddr = raw(a.address), raw(b.address)
+        peer = a.tunnel.peers.get(baddr)
+        assert peer is not None and peer.local and peer.local_endpoint is not None
+        lan = peer.local_endpoint
+        self.assertNotEqual(lan, b.mapping)
+        peer.trusted = False
+        a.datagramReceived(echo(baddr, aaddr, b"elsewhere"), ("10.0.0.3", lan[1] + 1))
+        self.assertDropped(a, "mapping-mismatch")
+        self.assertFalse(peer.trusted)
+        a.datagramReceived(ipv6.bubble(baddr, aaddr), lan)
+        self.assertEqual(self.tunOf(a).written, [])
+        self.assertTrue(peer.trusted)
+        peer.trusted = False
+        hello = echo(baddr, aaddr, b"from the LAN")
+        a.datagramReceived(hello, lan)
+        self.assertEqual(self.tunOf(a).written, [hello])
+        self.assertEqual((peer.trusted, peer.mapping), (True, lan))
+
     def test_lateJoinerAndOnDemandProbe(self) -> None:
         """
         CL-RX-07 then CL-TX-03: B starts after A announced.  B's announcement makes A
@@ -1082,11 +1245,38 @@ class LocalDiscoveryTests(ClientTestCase):
         self.net.flush()
         self.assertEqual((a.state, a.status()["local-discovery"]), ("qualified", {"state": "off"}))
 
+    def test_CL_LD_05_entryCreatedThenUpdated(self) -> None:
+        """
+        CL-LD-05b: an accepted discovery bubble from a peer without an entry creates an
+        untrusted local one (last reception now, last transmission 30 s ago, no bubbles);
+        CL-LD-05a: the next one, from another LAN endpoint, updates its local address and
+        port.
+        """
+        a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
+        self.net.flush()
+        assert a.mapping is not None
+        ours = TeredoAddress(b"\x20\x01\x00\x00", PRIMARY, 0, 1234, a.mapping[0]).to_bytes()
+        first, second = Endpoint(), Endpoint()
+        self.nat.host("10.0.0.4").listenUDP(4000, first)
+        self.nat.host("10.0.0.5").listenUDP(4001, second)
+        first.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        peer = a.tunnel.peers.get(ours)
+        assert peer is not None
+        now = self.clock.seconds()
+        self.assertEqual((peer.local, peer.trusted, peer.local_endpoint), (True, False, ("10.0.0.4", 4000)))
+        self.assertEqual((peer.last_rx, peer.last_tx, len(peer.bubbles)), (now, now - 30, 0))
+        self.clock.advance(1)
+        second.transport.write(ipv6.bubble(ours, ipv6.ALL_NODES, 1), GROUP)
+        self.net.flush()
+        self.assertIs(a.tunnel.peers.get(ours), peer)
+        self.assertEqual((peer.local_endpoint, peer.last_rx), (("10.0.0.5", 4001), now + 1))
+
     def test_badDiscoveryBubblesDropped(self) -> None:
         """
-        CL-LD-03/04: over unicast, not a Teredo source, a Teredo source not behind our NAT
-        (spoofed), an IPv4 source off the subnet, not a bubble: each dropped and counted,
-        no entry, nothing to the host.
+        CL-LD-03, CL-LD-04a (not a Teredo source, an IPv4 source off the subnet), CL-LD-04b
+        (a Teredo source not behind our NAT: spoofed), over unicast, not a bubble: each
+        dropped and counted, no entry, nothing to the host.
         """
         a = self.lanClient("10.0.0.2", seed=1, local_discovery_address="10.0.0.2/29")
         self.net.flush()

@@ -43,6 +43,7 @@ from teredonode.wire.teredo import (
     classify,
     encode_trailers,
     origin_indication,
+    scan_trailers,
 )
 from tests.protocol.test_client import PRIMARY, ClientTestCase, Endpoint, FakePortMapping, echo, raw
 
@@ -276,6 +277,11 @@ class Section65Tests(HairpinTestCase):
         # Step 12: B trusts A at A's UPnP mapping.
         self.assertEqual((peerA.trusted, peerA.mapping), (True, ("192.168.1.0", 4095)))
         self.assertEqual((a.counters["hp-learned"], b.counters["hp-learned"]), (1, 1))
+        # A's first packet left once A trusted B (step 9), before packet 7 proved A's UPnP
+        # mapping to B: B held it and delivered it on that proof (not mapping-mismatch).
+        self.assertEqual(self.tunOf(b).written.count(echo(aAddr, bAddr, b"one")), 1)
+        self.assertEqual(b.counters["held-for-proof"], 1)
+        self.assertDropped(b, "mapping-mismatch", 0)
         # From then on both ways, inside E.
         before = len(self.net.capture)
         self.tunOf(a).inject(echo(aAddr, bAddr, b"two"))
@@ -298,12 +304,11 @@ class Section65Tests(HairpinTestCase):
         self.assertEqual(self.a.counters["probes-failed"], 1)
 
 
-class HostileAlternatesTests(HairpinTestCase):
+class ForgedPeerTestCase(HairpinTestCase):
     """
     Forged indirect bubbles through our server's endpoint to C (behind a full-cone NAT so
     that they reach it), from "peers" whose Teredo address embeds C's own public address
-    unless said otherwise.  Only the bubbles C sends are looked at; its answers to such a
-    peer's origin go to its own NAT, which does not hairpin (C{self.nat.dropped}).
+    unless said otherwise.
     """
 
     def setUp(self) -> None:
@@ -333,6 +338,13 @@ class HostileAlternatesTests(HairpinTestCase):
     def alternates(self, *entries: tuple[str, int]) -> bytes:
         return encode_trailers((AlternateAddressTrailer(tuple(entries)),))
 
+
+class HostileAlternatesTests(ForgedPeerTestCase):
+    """
+    Only the bubbles C sends are looked at; its answers to such a peer's origin go to its
+    own NAT, which does not hairpin (C{self.nat.dropped}).
+    """
+
     @staticmethod
     def raw(entries: list[tuple[bytes, int]]) -> bytes:
         body = b"".join(ip + port.to_bytes(2, "big") for ip, port in entries)
@@ -340,7 +352,8 @@ class HostileAlternatesTests(HairpinTestCase):
 
     def test_wellFormed(self) -> None:
         """
-        X-HP-06b/c/d: each advertised address gets a direct bubble with the peer's nonce,
+        X-HP-06b, X-HP-06c, X-HP-06d: each advertised address gets a direct bubble with the
+        peer's nonce,
         besides the answer to the origin; the list is kept in the entry.
         """
         src = self.peer()
@@ -464,6 +477,94 @@ class HostileAlternatesTests(HairpinTestCase):
         self.assertDropped(self.c, "alternate-malformed", 0)
 
 
+class FirstPacketTests(ForgedPeerTestCase):
+    """
+    The first data packet of a Hairpinning exchange (RFC 6081 section 6.5): it leaves the
+    peer as soon as the peer trusts us (step 9), one bubble before the one that proves its
+    endpoint with our nonce (step 12), so it arrives from an endpoint not proven yet.  It is
+    held, and delivered only if our nonce then proves that very endpoint; nothing about it
+    creates an entry, changes trust or mapping, or makes us send anything.  C is the target,
+    as in L{HostileAlternatesTests}; the "peer" advertises two LAN endpoints.
+    """
+
+    ALT1, ALT2 = ("10.0.0.7", 5000), ("10.0.0.8", 5000)
+
+    def pending(self) -> tuple[bytes, bytes]:
+        """A peer bubbled at its alternates, our nonce outstanding: (its address, nonce)."""
+        src = self.peer()
+        self.indirect(src, self.alternates(self.ALT1, self.ALT2))
+        entry = self.c.tunnel.peers.get(src)
+        assert entry is not None and entry.nonce_sent is not None and not entry.trusted
+        return src, entry.nonce_sent
+
+    def data(self, src: bytes, text: bytes, sender: tuple[str, int]) -> bytes:
+        packet = echo(src, raw(self.c.address), text)
+        self.c.datagramReceived(packet, sender)
+        return packet
+
+    def proof(self, src: bytes, nonce: bytes, sender: tuple[str, int]) -> None:
+        self.c.datagramReceived(ipv6.bubble(src, raw(self.c.address)) + encode_trailers((NonceTrailer(nonce),)), sender)
+
+    def test_heldThenDeliveredOnProof(self) -> None:
+        src, nonce = self.pending()
+        entry = self.c.tunnel.peers.get(src)
+        assert entry is not None
+        before = (entry.trusted, entry.mapping, len(self.net.capture))
+        first = self.data(src, b"first", self.ALT1)
+        self.net.flush()
+        self.assertNotIn(first, self.tunOf(self.c).written)
+        self.assertEqual((entry.trusted, entry.mapping, len(self.net.capture)), before, "no state, nothing sent")
+        self.assertDropped(self.c, "mapping-mismatch", 0)
+        self.assertEqual(self.c.counters["held-for-proof"], 1)
+        self.proof(src, nonce, self.ALT1)
+        self.assertEqual((entry.trusted, entry.mapping), (True, self.ALT1))
+        self.assertEqual(self.tunOf(self.c).written.count(first), 1)
+
+    def test_provenElsewhereDropped(self) -> None:
+        """Our nonce proves another endpoint: the held packet is dropped, never delivered."""
+        src, nonce = self.pending()
+        first = self.data(src, b"first", self.ALT1)
+        self.proof(src, nonce, self.ALT2)
+        self.assertNotIn(first, self.tunOf(self.c).written)
+        self.assertDropped(self.c, "unverified-source", 1)
+
+    def test_onlyBubbledEndpointsOneAtATime(self) -> None:
+        """
+        From an endpoint we did not bubble for the peer, or a second packet while one is
+        held: dropped as before (C{mapping-mismatch}).
+        """
+        src, nonce = self.pending()
+        self.data(src, b"elsewhere", ("10.0.0.9", 5000))
+        self.assertDropped(self.c, "mapping-mismatch", 1)
+        first = self.data(src, b"first", self.ALT1)
+        second = self.data(src, b"second", self.ALT2)
+        self.assertDropped(self.c, "mapping-mismatch", 2)
+        self.assertEqual(self.c.counters["held-for-proof"], 1)
+        self.proof(src, nonce, self.ALT1)
+        written = self.tunOf(self.c).written
+        self.assertEqual((first in written, second in written), (True, False))
+
+    def test_nothingWithoutOutstandingNonce(self) -> None:
+        """
+        No entry, or an entry without our nonce outstanding: nothing held, no entry made.
+        """
+        stranger = self.peer()
+        self.data(stranger, b"x", self.ALT1)
+        self.assertIsNone(self.c.tunnel.peers.get(stranger))
+        src, nonce = self.pending()
+        self.proof(src, nonce, self.ALT1)  # proven: the nonce is spent
+        self.data(src, b"y", self.ALT2)
+        self.assertDropped(self.c, "mapping-mismatch", 2)
+        self.assertEqual(self.c.counters["held-for-proof"], 0)
+
+    def test_offNoHold(self) -> None:
+        """Without Symmetric NAT Support there is no proof to wait for: dropped."""
+        src, _ = self.pending()
+        self.c.tunnel.symmetricNat = False
+        self.data(src, b"first", self.ALT1)
+        self.assertDropped(self.c, "mapping-mismatch", 1)
+
+
 class RelayNeverAdvertisesTests(SynchronousTestCase):
     def test_unnumberedInterface(self) -> None:
         """
@@ -498,9 +599,24 @@ class PureTests(SynchronousTestCase):
         self.assertIsNone(hairpin.advertised(("0.0.0.0", 4000), None))
         self.assertIsNone(hairpin.advertised(None, None))
 
-    def test_readStopsAtTruncatedFraming(self) -> None:
-        self.assertEqual(hairpin.read_alternates(b"\x01"), hairpin.Alternates())
-        self.assertEqual(hairpin.read_alternates(b"\x01\x04\x00"), hairpin.Alternates())
+    def test_readFromTheCodec(self) -> None:
+        """
+        The alternates come from the codec's scan: entries of well-formed trailers only, a
+        malformed or truncated Alternate Address trailer reported, other truncated framing
+        not.
+        """
+        def read(data: bytes) -> hairpin.Alternates:
+            return hairpin.read_alternates(*scan_trailers(data))
+
+        self.assertEqual(read(b"\x01"), hairpin.Alternates())
+        self.assertEqual(read(b"\x01\x04\x00"), hairpin.Alternates())
+        self.assertEqual(read(bytes((0x80, 9, 0))), hairpin.Alternates())
+        good = encode_trailers((AlternateAddressTrailer((("10.0.0.7", 5000),)),))
+        more = encode_trailers((AlternateAddressTrailer((("10.0.0.8", 5001),)),))
+        self.assertEqual(read(good + more), hairpin.Alternates((("10.0.0.7", 5000), ("10.0.0.8", 5001))))
+        self.assertEqual(read(good + bytes((3, 20, 0, 0))), hairpin.Alternates((("10.0.0.7", 5000),), True))
+        loopback = HostileAlternatesTests.raw([(bytes((127, 0, 0, 1)), 1)])
+        self.assertEqual(read(loopback + good), hairpin.Alternates((("10.0.0.7", 5000),), True))
 
 
 class UPnPSymmetricTests(ClientTestCase):
@@ -553,6 +669,36 @@ class UPnPSymmetricTests(ClientTestCase):
             self.assertTrue(peer.symmetric_peer)
             self.assertGreaterEqual(client.counters["upnp-symmetric-peers"], 1)
             self.assertGreaterEqual(client.counters["upnp-embedded"], 1)
+
+    def test_X_UPNP_12_dataToTheEmbeddedMapping(self) -> None:
+        """
+        X-UPNP-12: with the Symmetric NAT flag, a UPnP-enabled NAT, a zeroed UPnP mapping and
+        a peer flagged Symmetric Peer, data packets go to the mapping the peer's address
+        embeds, not to the one learned from its bubbles; once the peer is not flagged, to
+        the learned one.
+        """
+        a, b = self.pair()
+        aAddr, bAddr = raw(a.address), raw(b.address)
+        self.tunOf(a).inject(echo(aAddr, bAddr, b"one"))
+        self.net.run(4)
+        peer = a.tunnel.peers.get(bAddr)
+        assert peer is not None and peer.trusted and peer.mapping is not None
+        embedded, learned = mapping_of(bAddr), peer.mapping
+        self.assertNotEqual(learned, embedded)
+        self.assertTrue(peer.symmetric_peer)
+
+        def sentTo(text: bytes) -> list[Any]:
+            start = len(self.net.capture)
+            self.tunOf(a).inject(echo(aAddr, bAddr, text))
+            self.net.flush()
+            return [d.dst for d in self.net.capture[start:] if d.data == echo(aAddr, bAddr, text)]
+
+        before = a.counters["upnp-embedded"]
+        self.assertEqual(sentTo(b"two"), [embedded])
+        self.assertEqual(a.counters["upnp-embedded"], before + 1)
+        self.assertIn(echo(aAddr, bAddr, b"two"), self.tunOf(b).written)
+        peer.symmetric_peer = False
+        self.assertEqual(sentTo(b"three"), [learned])
 
     def test_withoutPortMappingNoWay(self) -> None:
         """

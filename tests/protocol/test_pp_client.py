@@ -156,7 +156,7 @@ class Section63Tests(PPTestCase):
         a packet.  Ra, Rb: the random ports.
 
         1: A, service port -> B's embedded mapping, no trailer (X-SNS-05), dropped.  2: the
-        indirect bubble with Nonce nA and Random Port Ra (X-PP-08, -09).  3: B, service
+        indirect bubble with Nonce nA and Random Port Ra (X-PP-08, X-PP-09).  3: B, service
         port -> A's embedded mapping [nA], dropped.  4: B, from Rb (opened now, step 11) ->
         A's IPv4 : Ra [nA][Rb] (X-PP-10), dropped, but B's NAT now lets A:Ra in.  5: B's
         indirect bubble [nB][Rb].  6: A, service port -> B's embedded mapping [nB],
@@ -452,8 +452,9 @@ class ReceiveRuleTests(PPTestCase):
     def test_X_PP_16_changedMappingOnRandomPort(self) -> None:
         """
         X-PP-16: a peer trusted on our random port, heard there from another mapping: within
-        30 s of traffic refused; after 30 s of silence our random port is given up, the
-        peer is trusted no more, and a new indirect bubble advertises a new random port.
+        30 s of traffic refused; after 30 s of silence (X-PP-16b) our random port is given up
+        (closed, Random Port zeroed), the peer is trusted no more, and a new indirect bubble
+        advertises a new random port.
         """
         a, b = self.established()
         peer = self.peerOf(a, b)

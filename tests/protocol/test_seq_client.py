@@ -109,8 +109,12 @@ class Section64Tests(PPTestCase):
         # B's own indirect bubble reaches A, whose answer from 20004 teaches B A's mapping.
         bPeer = self.peerOf(b, a)
         self.assertEqual((bPeer.trusted, bPeer.mapping), (True, (aIP, 20004)))
-        # The first packet arrived before B knew A's mapping (dropped as from another
-        # mapping); the next ones flow both ways.
+        # The first packet left A (step 7's trust) before A's answer to B's indirect bubble
+        # proved 20004 to B: B held it (an endpoint it bubbled, its nonce outstanding) and
+        # delivered it once the nonce proved that endpoint, instead of dropping it.
+        self.assertEqual(self.tunOf(b).written.count(echo(aAddr, bAddr, b"hello")), 1)
+        self.assertEqual(b.counters["held-for-proof"], 1)
+        self.assertDropped(b, "mapping-mismatch", 0)
         self.assertEqual(self.exchange(a, b, 2), (True, True))
 
     def test_extensionsDeclared(self) -> None:
@@ -316,3 +320,35 @@ class EchoTestRateTests(SynchronousTestCase):
         clock.advance(10)
         tunnel.fromHost(echo(me, teredo("192.0.2.61", 40000)))
         self.assertEqual(tunnel.counters["seq-echo-tests"], 2 + 2 + 1)  # 2 failovers + 1 new
+
+
+class ExtensionDependencyTests(PPTestCase):
+    """
+    X-HP-01, X-PP-01a/b, X-SEQ-01a/b: the extensions are implemented and on by default, and
+    each runs only with what it depends on (Symmetric NAT Support for all three; the
+    Sequential one also needs Port-Preserving), whatever the settings ask.
+    """
+
+    def runs(self, **overrides: Any) -> tuple[bool, bool, bool]:
+        """(Port-Preserving, Sequential, Hairpinning) as the tunnel of a new client runs them."""
+        client = self.makeClient("port-restricted", start=False, **overrides)
+        pp = client.tunnel.portPreserving
+        return pp is not None, pp is not None and pp.sequential, client.tunnel.hairpinning
+
+    def test_X_HP_01_X_PP_01a_X_SEQ_01a_onByDefault(self) -> None:
+        """X-HP-01, X-PP-01a, X-SEQ-01a: implemented, and on unless turned off."""
+        self.assertEqual(self.runs(), (True, True, True))
+        self.assertTrue({"SNS", "PP", "SS", "HP"} <= RFC6081_EXTENSIONS)
+
+    def test_X_PP_01b_X_SEQ_01b_X_HP_01_needSymmetricNatSupport(self) -> None:
+        """
+        X-PP-01b, X-SEQ-01b, X-HP-01: without Symmetric NAT Support none of the three runs
+        (their proofs are its nonces).
+        """
+        self.assertEqual(self.runs(symmetric_nat_support=False), (False, False, False))
+
+    def test_X_SEQ_01b_needsPortPreserving(self) -> None:
+        """X-SEQ-01b: the Sequential extension runs only with Port-Preserving; each can be off."""
+        self.assertEqual(self.runs(port_preserving=False), (False, False, True))
+        self.assertEqual(self.runs(sequential_port=False), (True, False, True))
+        self.assertEqual(self.runs(hairpinning=False), (True, True, False))

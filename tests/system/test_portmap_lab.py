@@ -190,3 +190,47 @@ class ClientPortMappingLabTests(LabAssertions, unittest.TestCase):
         # Stopping the client deletes the mapping (X-UPNP-13) before the process ends.
         self.lab.stop_node("our-client")
         self.assertNotIn(port, self.lab.exec("nat1", ["nft", "list", "ruleset"], timeout=10).stdout)
+
+    def test_crash_leftover_deleted_at_restart(self) -> None:
+        """
+        X-UPNP-02, X-UPNP-03 for real: the client, running unprivileged, persists its mapping
+        in its state directory; killed (no deletion), it leaves the mapping on the router and
+        the record behind; started again, it deletes that mapping first, maps anew and
+        qualifies; a clean stop then deletes the mapping and the record.
+        """
+        if which("miniupnpd") is None:
+            raise unittest.SkipTest("miniupnpd not installed (apt-get install miniupnpd-nftables)")
+        self.lab = use_lab(self, "nat:upnp-port-restricted")
+        self.lab.start_teredonode("our-server", "server", "server")
+        self.assertTrue(self.lab.wait_udp_listening("server", 3544, 10))
+        settings: dict[str, object] = {"port": LOCAL_PORT + 8}
+        port = str(LOCAL_PORT + 8)
+        record = self.lab.state.path / "state" / "our-client" / "client-port-mapping.json"
+
+        def ruleset() -> str:
+            return self.lab.exec("nat1", ["nft", "list", "ruleset"], timeout=10).stdout
+
+        def start() -> dict[str, object]:
+            self.lab.start_teredonode("our-client", "client1", "client", settings=settings)
+            address = self.lab.wait_teredo_address("client1", 40)
+            self.assertIsNotNone(address, "client did not qualify: " + "\n".join(self.lab.nodes["our-client"].log_tail(30)))
+            mapping: dict[str, object] = self.lab.node_status("our-client")["client"]["port-mapping"]
+            self.assertEqual(mapping["state"], "mapped", mapping)
+            return mapping
+
+        first = start()
+        persisted = json.loads(record.read_bytes())
+        self.assertEqual((persisted["protocol"], persisted["local-port"]), (first["protocol"], LOCAL_PORT + 8), persisted)
+        self.assertIn(port, ruleset())
+        self.lab.kill_node("our-client")
+        self.assertTrue(record.exists(), "a crash leaves the record")
+        self.assertIn(port, ruleset(), "and the mapping")
+        self.lab.stop_node("our-client")  # forgets the dead process's record
+        second = start()
+        log = "\n".join(self.lab.nodes["our-client"].log_tail(60))
+        self.assertIn(f"Deleted the port mapping left by an earlier run ({persisted['protocol']} port {persisted['port']})", log)
+        print(f"\nafter a crash: first {first}, then {second}")
+        self.assertIn(port, ruleset())
+        self.lab.stop_node("our-client")
+        self.assertNotIn(port, ruleset())
+        self.assertFalse(record.exists(), "a clean stop zeroes the persisted port")

@@ -120,6 +120,46 @@ class TrailerRuleTests(SynchronousTestCase):
         self.assertEqual(decode_trailers(bytes.fromhex("0103aabbcc") + bytes.fromhex("04050100000000")), ())
         self.assertEqual(decode_trailers(bytes.fromhex("03080000c00002010000")), ())  # port 0
 
+    def test_malformed_known_reported(self) -> None:
+        """
+        W-TRL-4: a malformed known trailer is ignored by the decoding, and its type is
+        reported (so that X-HP-06a can drop on it without re-walking the bytes): X-TRL-08
+        (an Alternate Address Length not 8..26 in steps of 6), X-TRL-12 (an entry that is
+        not unicast), X-TRL-13 (an entry with port 0), X-TRL-14 (a Neighbor Discovery Option
+        trailer whose Length is not 4) and X-TRL-15 (its type not 0 or 1) included.  Unknown
+        types and what follows are unaffected; a known type cut short at the end counts, a
+        lone byte or an unknown type cut short does not.
+        """
+        nonce = encode_trailers([NonceTrailer(b"abcd")])
+        cases = {
+            "0103aabbcc": (1,),
+            "04050100000000": (4,),
+            "040407000000": (4,),  # discovery type 7
+            "0203000000": (2,),
+            "0501ff": (5,),
+            "03080000c00002010000": (3,),  # port 0
+            "03087f00000110000000": (3,),  # X-TRL-12: loopback entry
+            "0309" + "00" * 9: (3,),  # X-TRL-08: not 8/14/20/26
+            "fe0400000000": (0xFE,),  # port guess: no socket
+            "0314000000": (3,),  # truncated
+            "800100": (),
+        }
+        for raw, malformed in cases.items():
+            scan = teredo.scan_trailers(bytes.fromhex(raw) + nonce)
+            self.assertEqual(scan.malformed, malformed, raw)
+            packet = classify(BUBBLE + bytes.fromhex(raw) + nonce)
+            self.assertEqual((packet.trailers, packet.malformed_trailers), scan, raw)
+            self.assertEqual(decode_trailers(bytes.fromhex(raw) + nonce), scan.trailers, raw)
+        self.assertEqual(teredo.scan_trailers(nonce + bytes.fromhex("0314000000")), ((NonceTrailer(b"abcd"),), (3,)))
+        self.assertEqual(teredo.scan_trailers(nonce + b"\x03"), ((NonceTrailer(b"abcd"),), ()))
+        # X-TRL-14: type 0x04 with Length 4 is the one well-formed Neighbor Discovery Option.
+        self.assertEqual(teredo.scan_trailers(bytes.fromhex("040401000000")), ((NeighborDiscoveryTrailer(1),), ()))
+        self.assertEqual(teredo.scan_trailers(nonce + bytes.fromhex("800900")), ((NonceTrailer(b"abcd"),), ()))
+        self.assertEqual(classify(BUBBLE + nonce).malformed_trailers, ())
+        self.assertEqual(classify(BUBBLE).malformed_trailers, ())
+        with self.assertRaises(ParseError):
+            teredo.scan_trailers(bytes.fromhex("0103aabbcc") + bytes((0x40, 0)))
+
     def test_encode_errors(self) -> None:
         for bad in [
             [NonceTrailer(b"abc")],
