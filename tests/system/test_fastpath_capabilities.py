@@ -31,7 +31,7 @@ ADDRESS = "203.0.113.10"
 FAST_PATH_OFF = ("CAP_BPF", "CAP_PERFMON")
 
 
-def _why_not() -> str | None:
+def fast_path_skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, setpriv, loading BPF)"
     for tool in ("clang", "setpriv", "twistd", "ip"):
@@ -75,7 +75,7 @@ class UnitTextTests(unittest.SynchronousTestCase):
 
 
 class UnitCapabilityTests(unittest.TestCase):
-    skip = _why_not()
+    skip = fast_path_skip_reason()
 
     def setUp(self) -> None:
         self.ns = f"tncap-{secrets.token_hex(3)}"

@@ -23,7 +23,7 @@ from teredonode.lab.lab import Lab
 from teredonode.lab.nodes import REPO_ROOT
 
 from tests.system.lab_fixture import lab_fixture, skip_reason, use_lab
-from tests.system.test_fastpath_capabilities import _why_not as fast_path_why_not
+from tests.system.test_fastpath_capabilities import fast_path_skip_reason
 
 OTHER_LAB = re.compile(r"^tn[0-9a-f]{5}-")
 
@@ -326,7 +326,7 @@ class DemoTests(unittest.TestCase):
         self.assertTrue(all(r.ok for r in rows if r.counts), table)
         lines = {line.split(":")[0]: line for line in table.splitlines() if line.startswith(("server:", "relay:"))}
         self.assertEqual(sorted(lines), ["relay", "server"], table)
-        if fast_path_why_not() is not None:
+        if fast_path_skip_reason() is not None:
             self.assertEqual(lines["server"], "server: Python path", table)
             return
         for role, what in (("server", "RAs answered"), ("relay", "packets carried")):
