@@ -401,7 +401,7 @@ def _lan_address(value: Any) -> str:
 def _fast_path(value: Any) -> str:
     """
     A role's kernel fast path (teredonode.fastpath: the server's XDP program, the relay's
-    XDP and TC programs): C{"auto"}, C{"on"} or C{"off"}.
+    XDP and TC programs, the client's TC programs): C{"auto"}, C{"on"} or C{"off"}.
     """
     if value in ("auto", "on", "off"):
         return str(value)
@@ -1161,6 +1161,19 @@ class ClientSettings(_RoleSettings):
         default=20,
         doc="Token bucket depth of inbound-probe-rate.",
         more="That many native sources may start a test at once.",
+    )
+    fast_path: str = setting(
+        check=_fast_path,
+        default="auto",
+        doc="Carry trusted peers' packets in the kernel (TC): auto, on, off.",
+        more="Datagrams from peers the client trusts are decapsulated by a TC program on the "
+        "interfaces holding the client's IPv4 address and handed to the TUN's input; packets "
+        "the host sends them are encapsulated by a TC program on `interface`. Everything else "
+        "(qualification, bubbles, untrusted peers, echo tests, queues, ICMPv6 errors, anything "
+        "malformed) still reaches the Python client, which decides which peers are trusted. "
+        "`auto`: when the programs build (clang), load and attach, else the Python path; `on`: "
+        "refuse to start without them; `off`: never. One log line at start says which path and "
+        "why. See [performance.md](performance.md#client-kernel-fast-path).",
     )
 
 

@@ -151,6 +151,9 @@ class RelayFastPath:
     @param peers: the tunnel's peer list.
     """
 
+    #: The config map's value size this control plane writes.
+    configSize = CONFIG.size
+
     def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes) -> None:
         """
         Take over C{obj}, the loaded programs (a L{BpfObject}, or a stand-in with its map
@@ -160,7 +163,7 @@ class RelayFastPath:
         self._config_fd = obj.map_fd("config")
         self._counters_fd = obj.map_fd("counters")
         self._peers_fd = obj.map_fd("peers")
-        for name, want in (("config", CONFIG.size), ("peers", PEER.size)):
+        for name, want in (("config", self.configSize), ("peers", PEER.size)):
             size = obj.value_size(name)
             if size != want:
                 raise FastPathUnavailable(
@@ -252,16 +255,26 @@ class RelayFastPath:
 
     # -- IPeerObserver ---------------------------------------------------------------------------
 
+    #: Only Teredo peers are carried (a relay's native side is the kernel's own routing).
+    teredoOnly = True
+
     def peerChanged(self, peer: Peer, state: str) -> None:
         address = peer.address
-        if address[:4] != self._prefix:
+        if self.teredoOnly and address[:4] != self._prefix:
             return
         self._pending.discard(address)
         self._remove(peer, state != "removed")
-        if _installable(peer, state, queued=True):
+        if self.installable(peer, state, queued=True):
             self._pending.add(address)
             if self._flush is None:
                 self._flush = self._clock.callLater(0, self._install)
+
+    def installable(self, peer: Peer, state: str, queued: bool = False) -> bool:
+        """
+        May the programs carry C{peer}'s packets (C{queued}: the tunnel is about to release
+        its queue)?  A role's fast path adds what its own Python path does differently.
+        """
+        return _installable(peer, state, queued)
 
     def _remove(self, peer: Peer, fold: bool) -> None:
         """
@@ -292,10 +305,11 @@ class RelayFastPath:
 
         self._flush = None
         pending, self._pending = self._pending, set()
+        self.installing()
         offset = self._offset()
         for address in pending:
             peer = self._peers.get(address)
-            if peer is None or not _installable(peer, peerState(peer)):
+            if peer is None or not self.installable(peer, peerState(peer)):
                 continue
             mapping = peer.mapping
             assert mapping is not None
@@ -306,6 +320,12 @@ class RelayFastPath:
                 self.obj.update(self._peers_fd, address, value)
             except BPFError:
                 pass  # the map is full: this peer stays on the Python path
+
+    def installing(self) -> None:
+        """
+        Called before entries are written: a role whose configuration follows its state (a
+        client's address) brings the config map up to date here.
+        """
 
     def sweeping(self) -> None:
         """

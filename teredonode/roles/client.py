@@ -241,6 +241,8 @@ class TeredoClient(TunnelRole):
         L{teredonode.probe.local_address}, in production), for the Alternate Address trailer
         of Hairpinning (X-HP-05b) when the service port is bound to every address; L{None}:
         only a C{bind} address is advertised.
+    @param fastpath: loads the kernel fast path for trusted peers
+        (L{teredonode.fastpath.client.load}); C{None}: the Python path only.
     """
 
     roleName = "client"
@@ -258,8 +260,11 @@ class TeredoClient(TunnelRole):
         backoff: Backoff | None = None,
         portMapping: IPortMapping | None = None,
         localAddress: Callable[[str], str | None] | None = None,
+        fastpath: Callable[[Any, Any, PeerList], Any] | None = None,
     ) -> None:
         TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
+        self._fastPathLoader = fastpath
+        self._fastPath: Any = None
         self._localAddress = localAddress
         self._portMapping = portMapping if settings.port_mapping else None
         #: The refresh interval RFC 4380 section 5.2.7 measured, once it exceeds the setting.
@@ -355,6 +360,9 @@ class TeredoClient(TunnelRole):
         """
         Bind the service port and bring the TUN up (no address yet) while still root.
         """
+        from teredonode.fastpath.client import loadFor, startFor
+
+        fast = loadFor(self, self._fastPathLoader, self._reactor)  # before anything opens
         discovery = self.discovery
         if discovery is None:
             self._port = self._reactor.listenUDP(
@@ -369,6 +377,7 @@ class TeredoClient(TunnelRole):
         self._tun.open()
         self._netconfig.linkUp(self._tun.name, DEFAULT_MTU)
         self._tun.startReading(self.packetFromHost)
+        self._fastPath = startFor(self, fast, self._tun.name)
         Service.privilegedStartService(self)
 
     def startService(self) -> None:
@@ -387,6 +396,9 @@ class TeredoClient(TunnelRole):
         if self._portMapping is not None and self.portMapped is not None:
             self.portMapped = None
             unmapped = self._portMapping.unmap()  # X-UPNP-13
+        fast, self._fastPath = self._fastPath, None
+        if fast is not None:
+            fast.stopFor(self)
         self.tunnel.stop()
         self._tun.close()
         port, self._port = self._port, None
@@ -1041,7 +1053,10 @@ class TeredoClient(TunnelRole):
     # -- status ------------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        from teredonode.fastpath.client import merged
+
         now = self._reactor.seconds()
+        counters, fast = merged(self._fastPath, self.counters.snapshot())
         return {
             "state": self.state,
             "offline-reason": self.offlineReason if self.state == "offline" else None,
@@ -1073,7 +1088,8 @@ class TeredoClient(TunnelRole):
             "local-discovery": (
                 self.discovery.status() if self.discovery is not None else {"state": "off"}
             ),
-            "counters": self.counters.snapshot(),
+            "counters": counters,
+            "fast-path": fast,
             "drops": self.drops.snapshot(),
         }
 
@@ -1087,6 +1103,7 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
     The production client: a real TUN, C{ip} for configuration, the kernel's routing table
     for the "other IPv6" check, system randomness, the router's port mapping protocols.
     """
+    from teredonode.fastpath.client import load
     from teredonode.netconfig import NetlinkConfigurator
     from teredonode.portmap.client import GatewayPortMapping
     from teredonode.probe import local_address
@@ -1103,4 +1120,5 @@ def makeRole(settings: Any, reactor: Any) -> TeredoClient:
             reactor, bind=settings.bind, state=settings.port_mapping_state or None  # X-UPNP-02
         ),
         localAddress=local_address,
+        fastpath=load,
     )
