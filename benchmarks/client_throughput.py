@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """
-Client throughput: our Teredo client against Miredo's, on the same path in the same run.
+Client throughput: our Teredo client (Python path and kernel fast path) against Miredo's,
+on the same path in the same run.
 
-    sudo python3 benchmarks/client_throughput.py           # 2 rounds, about 2 minutes (bound 4)
-    sudo python3 benchmarks/client_throughput.py --quick   # 1 round, about 1 minute
+    sudo python3 benchmarks/client_throughput.py           # 2 rounds, about 3 minutes
+    sudo python3 benchmarks/client_throughput.py --quick   # 1 round, about 1.5 minutes
 
 The path (docs/performance.md has the method and the figures):
 
@@ -12,17 +13,23 @@ The path (docs/performance.md has the method and the figures):
 
   - Everything runs in a teredonode lab (C{teredonode.lab.lab.Lab}, scenario "default"): its
     own network namespaces, documentation addresses, no route out; always torn down.
-  - The two clients take turns on the same host, client1, behind the same NAT: ours, Miredo,
-    ours, Miredo...  Each turn starts the client, waits for its Teredo address, warms the path
+  - The clients take turns on the same host, client1, behind the same NAT: ours on the
+    Python path (C{fast-path = "off"}), ours with the kernel fast path (C{"on"}), Miredo,
+    and again...  Each turn starts the client, waits for its Teredo address, warms the path
     up (pings both ways, so the echo test and the relay's bubbles are done), runs the
     measurements, and stops the client.  Server and relay are Miredo's, so only the client
     differs.
   - Measurements (iperf3 from Debian, server on v6host): TCP for C{--seconds} each way (client
     -> v6host "up", v6host -> client "down"), then UDP with 64-byte payloads offered at
     C{--udp-rate} packets/s each way, counted by the receiver.  The client's CPU time
-    (utime + stime of its process tree, from /proc) is read around each measurement.
+    (utime + stime of its process tree, from /proc) is read around each measurement, plus
+    the run time of the fast path's BPF programs (kernel.bpf_stats_enabled=1): what the
+    client costs wherever it runs.  The machine's softirq time (/proc/stat) is read too and
+    shown per packet beside it, and in an all-in figure (client + programs + softirq): the
+    kernel's share of each packet, which the fast path moves work into, and which also
+    covers the lab's NAT, router, relay and iperf3, the same for every client.
   - Figures are the best over the rounds (a shared machine only ever slows a run down), and
-    the ratio ours / Miredo is of those.
+    the ratios ours / Miredo and ours-fast / Miredo are of those.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import signal
 import sys
 import tempfile
@@ -48,6 +56,9 @@ IPERF_PORT = 5201
 UDP_PAYLOAD = 64
 QUALIFY_TIMEOUT = 20.0
 TESTS = (("tcp", "up"), ("tcp", "down"), ("udp", "up"), ("udp", "down"))
+#: Our client on the Python path, with the kernel fast path, and Miredo's.
+IMPLS = ("ours", "ours-fast", "miredo")
+PROGRAMS = ("teredo_client_rx", "teredo_client_tx")
 
 if TYPE_CHECKING:
     from teredonode.lab.lab import Lab
@@ -88,6 +99,22 @@ def tree_cpu(pid: int) -> float:
         total += int(fields[11]) + int(fields[12])
         todo += _children(p)
     return total / tick
+
+
+def softirq() -> float:
+    """Machine-wide softirq CPU seconds so far (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[7]) / os.sysconf("SC_CLK_TCK")
+
+
+def bpf_seconds() -> float:
+    """Run time of the client's BPF programs so far (kernel.bpf_stats_enabled=1), seconds."""
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True, check=False).stdout
+    try:
+        progs = json.loads(out or "[]")
+    except ValueError:
+        return 0.0
+    return sum(int(p.get("run_time_ns", 0)) for p in progs if p.get("name") in PROGRAMS) / 1e9
 
 
 # ------------------------------------------------------------------------ measurements
@@ -137,8 +164,9 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
     Start C{impl}'s client on client1, measure, stop it.
     """
     node = f"{impl}-client-{turn}"
-    if impl == "ours":
-        handle = lab.start_teredonode(node, HOST, "client")
+    if impl.startswith("ours"):
+        fast = "on" if impl == "ours-fast" else "off"
+        handle = lab.start_teredonode(node, HOST, "client", {"fast-path": fast})
     else:
         handle = lab.start_miredo(node, HOST, "client")
     try:
@@ -150,12 +178,21 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
         pid = handle.record.pid
         results = {}
         for proto, direction in TESTS:
-            cpu0, t0 = tree_cpu(pid), time.monotonic()
+            cpu0, bpf0, soft0, t0 = tree_cpu(pid), bpf_seconds(), softirq(), time.monotonic()
             figures = iperf(lab, v6host, proto, direction, args.seconds, args.udp_rate)
             elapsed = time.monotonic() - t0
-            figures["cpu"] = (tree_cpu(pid) - cpu0) / elapsed  # fraction of one CPU
+            bpf = bpf_seconds() - bpf0
+            figures["cpu"] = (tree_cpu(pid) - cpu0 + bpf) / elapsed  # fraction of one CPU
+            figures["bpf"] = bpf / elapsed
+            figures["softirq"] = (softirq() - soft0) / elapsed
             results[f"{proto}-{direction}"] = figures
-            log(f"  {impl:6} {proto} {direction:4} {fmt(proto, figures)}  client CPU {figures['cpu']:.0%}")
+            log(f"  {impl:9} {proto} {direction:4} {fmt(proto, figures)}  client CPU {figures['cpu']:.0%}"
+                f" (BPF {figures['bpf']:.0%}), softirq {figures['softirq']:.0%}")
+        if impl.startswith("ours"):
+            from teredonode.status import read_status
+
+            status = read_status(str(lab.state.path / "run" / node / "status.sock"), timeout=5)["client"]
+            log(f"  {impl:9} fast-path {status.get('fast-path')}")
         return results
     finally:
         lab.stop_node(node)
@@ -182,26 +219,34 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         f"Client throughput to v6host via a Miredo relay (miredo-server; client behind a "
         f"port-restricted NAT; {args.seconds:g} s per measurement, best of {args.rounds} round(s))",
         "",
-        f"{'measurement':28} {'ours':>16} {'Miredo':>16} {'ours/Miredo':>12}",
+        f"{'measurement':30} {'ours':>14} {'ours-fast':>14} {'Miredo':>14} {'ours/Miredo':>12} {'fast/Miredo':>12}",
     ]
+
+    def row(label: str, values: list[float | None], fmt: str) -> None:
+        cells = [format(v, fmt) if v is not None else "error" for v in values]
+        ratios = [
+            f"{values[i] / values[2]:.2f}" if values[i] is not None and values[2] else "-"  # type: ignore[operator]
+            for i in (0, 1)
+        ]
+        lines.append(f"{label:30} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {ratios[0]:>12} {ratios[1]:>12}")
+
     for proto, direction in TESTS:
         key = f"{proto}-{direction}"
-        metric, unit = ("mbit", "Mbit/s") if proto == "tcp" else ("pps", "pkt/s")
-        label = f"{'TCP' if proto == 'tcp' else 'UDP 64 B'} {'client->v6host' if direction == 'up' else 'v6host->client'}"
-        ours, theirs = best(results["ours"], key, metric), best(results["miredo"], key, metric)
-        a = f"{ours[metric]:.1f} {unit}" if ours and proto == "tcp" else f"{ours[metric]:.0f} {unit}" if ours else "error"
-        b = f"{theirs[metric]:.1f} {unit}" if theirs and proto == "tcp" else f"{theirs[metric]:.0f} {unit}" if theirs else "error"
-        ratio = f"{ours[metric] / theirs[metric]:.2f}" if ours and theirs and theirs[metric] else "-"
-        lines.append(f"{label:28} {a:>16} {b:>16} {ratio:>12}")
-        if ours and theirs:
-            lines.append(f"{'  client CPU (of one CPU)':28} {ours['cpu']:>16.0%} {theirs['cpu']:>16.0%}")
+        metric = "mbit" if proto == "tcp" else "pps"
+        label = f"{'TCP Mbit/s' if proto == 'tcp' else 'UDP 64 B pkt/s'} {'up' if direction == 'up' else 'down'}"
+        bests = [best(results[impl], key, metric) for impl in IMPLS]
+        row(label, [b[metric] if b else None for b in bests], ".1f" if proto == "tcp" else ".0f")
+        row("  client CPU (of one CPU)", [b["cpu"] if b else None for b in bests], ".2f")
+        if proto == "tcp":
             # CPU per unit of traffic: steadier than rates on a shared machine.
-            if proto == "tcp":
-                a, b = (1000 * f["cpu"] / f["mbit"] for f in (ours, theirs))
-                lines.append(f"{'  client CPU s per Gbit':28} {a:>16.2f} {b:>16.2f} {a / b:>12.2f}")
-            else:
-                a, b = (1e6 * f["cpu"] / f["pps"] for f in (ours, theirs))
-                lines.append(f"{'  client CPU us per packet':28} {a:>16.1f} {b:>16.1f} {a / b:>12.2f}")
+            row("  client CPU s per Gbit", [1000 * b["cpu"] / b["mbit"] if b and b["mbit"] else None for b in bests], ".2f")
+        else:
+            row("  client+BPF CPU us/packet",
+                [1e6 * b["cpu"] / b["pps"] if b and b["pps"] else None for b in bests], ".1f")
+            row("  softirq us/packet (machine)",
+                [1e6 * b["softirq"] / b["pps"] if b and b["pps"] else None for b in bests], ".1f")
+            row("  all-in us/packet",
+                [1e6 * (b["cpu"] + b["softirq"]) / b["pps"] if b and b["pps"] else None for b in bests], ".1f")
     return "\n".join(lines)
 
 
@@ -221,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("client_throughput.py: needs root (it builds a network lab); run it with sudo", file=sys.stderr)
         return 2
-    for tool in ("iperf3", "miredo", "miredo-server", "twistd"):
+    for tool in ("iperf3", "miredo", "miredo-server", "twistd", "bpftool"):
         if shutil.which(tool) is None:
             print(f"client_throughput.py: {tool} not found (apt-get install iperf3 miredo miredo-server)", file=sys.stderr)
             return 2
@@ -237,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(base, 0o755)  # Miredo drops privileges and must still read its config
     lab = None
     started = time.monotonic()
+    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
+    statsBefore = stats.read_text().strip()
+    stats.write_text("1")  # BPF run time, counted in the client's CPU
     try:
         lab = Lab.up("default", base=base)
         lab.start_miredo("miredo-server", "server", "server")
@@ -250,11 +298,11 @@ def main(argv: list[str] | None = None) -> int:
         if not _tcp_listening(lab, "v6host", IPERF_PORT, 10):
             raise LabError("iperf3 server on v6host did not start")
         v6host = lab.ipv6("v6host")
-        results: dict[str, list[dict[str, Any]]] = {"ours": [], "miredo": []}
+        results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
         turn = 0
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}/{args.rounds}")
-            for impl in ("ours", "miredo"):
+            for impl in IMPLS:
                 turn += 1
                 results[impl].append(run_turn(lab, impl, turn, args, v6host))
         print(report(results, args))
@@ -269,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         print("client_throughput.py: interrupted", file=sys.stderr)
         return 130
     finally:
+        stats.write_text(statsBefore)
         if lab is not None:
             lab.down()
         shutil.rmtree(base, ignore_errors=True)
