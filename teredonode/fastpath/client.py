@@ -359,7 +359,7 @@ def load(settings: Any, clock: Any, peers: PeerList) -> ClientFastPath | None:
 
     @raise FastPathUnavailable: C{fast-path = "on"} and they cannot load.
     """
-    mode = getattr(settings, "fast_path", "off")
+    mode = settings.fast_path
     if mode == "off":
         log.info("Trusted peers: Python path (fast-path = \"off\")")
         return None

@@ -1,7 +1,7 @@
 """
 The shipped systemd units grant what the kernel fast paths need, and no more than that.
 
-Each unit with a fast path (server: XDP; relay: XDP and TC) lists its capabilities in
+Each unit with a fast path (server: XDP; relay: XDP and TC; client: TC) lists its capabilities in
 C{CapabilityBoundingSet=}.  Here the real node (twistd, in a namespace of its own) starts
 with exactly that bounding set (C{setpriv}, as root without the rest of root's
 capabilities, which is what the kernel checks when a program is loaded and attached) and
@@ -64,7 +64,7 @@ class UnitTextTests(unittest.SynchronousTestCase):
     """
 
     def test_fastPathUnits(self) -> None:
-        for role in ("server", "relay"):
+        for role in ("server", "relay", "client"):
             text = (UNITS / f"teredo-{role}.service").read_text()
             for cap in ("CAP_NET_ADMIN", "CAP_BPF", "CAP_PERFMON"):
                 self.assertIn(cap, unit_capabilities(role), role)
@@ -147,4 +147,11 @@ class UnitCapabilityTests(unittest.TestCase):
         self.check(
             "relay", f'bind = "{ADDRESS}"\ninterface = "tncap-relay"\n',
             "kernel fast path (XDP on cap0", "Python path (kernel fast path unavailable",
+        )
+
+    def test_client(self) -> None:
+        self.check(
+            "client", f'server = "203.0.113.99"\nbind = "{ADDRESS}"\ninterface = "tncap-client"\n'
+            "local-discovery = false\nport-mapping = false\n",
+            "kernel fast path (TC on cap0", "Python path (kernel fast path unavailable",
         )
