@@ -52,9 +52,18 @@
  * The encapsulated datagram is the one the client's socket sends: from its address and
  * port, the host's default TTL, DF clear (G-07), UDP checksum set.  Only the IPv4
  * identification differs, as it differs between any two datagrams the kernel sends with DF
- * clear.  A locally sent TCP or ICMPv6 packet still carries the partial checksum the
- * kernel completes after this program (the TUN does no offload); the UDP checksum is
- * computed over the completed value, which the kernel then writes.
+ * clear.
+ *
+ * Partial checksums.  A TCP segment the host sends still carries the partial checksum (the
+ * pseudo-header's sum) that the kernel completes after this program, when the TUN, which
+ * does no offload, transmits it.  Encapsulated, the packet keeps that state: the kernel
+ * completes the inner checksum only where the datagram leaves through a device without
+ * transmit checksumming, and everything on the way treats the state as the *outer* UDP
+ * checksum's (a NAT on the same host would rewrite a complete one as if it were partial;
+ * over veth nothing completes it at all).  So such a packet is carried only when the
+ * control plane found transmit checksumming off on the outgoing interface (cfg->partial):
+ * the UDP checksum is then computed over the value the kernel is about to write there.
+ * Otherwise it takes the Python path, which reads it completed from the TUN.
  */
 
 #include <linux/bpf.h>
@@ -97,6 +106,7 @@ struct client_config {
 	__u8 address[16];  /* the client's Teredo address */
 	__u32 n_locals;
 	__u32 locals[MAX_LOCALS]; /* network order: addresses the client's socket receives on */
+	__u32 partial;            /* out_ifindex completes partial checksums in software */
 };
 
 struct peer_key {
@@ -375,10 +385,9 @@ int teredo_client_tx(struct __sk_buff *skb)
 	if (s == ~0ULL)
 		goto pass;
 	/*
-	 * The inner checksum, complete or about to be: a packet this host sends carries the
-	 * partial checksum (the pseudo-header's sum) that the kernel completes after this
-	 * program, before the TUN would hand the packet to Python.  The outer UDP checksum is
-	 * then computed over the completed value.  Anything else (really corrupt, or a next
+	 * The inner checksum, complete or about to be (see the opening comment on partial
+	 * checksums): the outer UDP checksum is computed over the completed value.  Anything
+	 * else (really corrupt, or a next
 	 * header that may hide a checksum behind an extension header) takes the Python path,
 	 * which sends exactly what it reads.  Fragments and ESP carry none.
 	 */
@@ -398,7 +407,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 				if ((void *)(v6 + V6_HLEN + at + 2) > data_end)
 					goto pass;
 				field = *(__u16 *)(v6 + V6_HLEN + at);
-				if (field != (__u16)fold(pseudo))
+				if (field != (__u16)fold(pseudo) || !cfg->partial)
 					goto pass;
 				final = ~fold(payload - field + pseudo) & 0xffff;
 				if (!final)

@@ -68,8 +68,8 @@ MERGED = ("received", "delivered", "sent")
 _MAX_LOCALS = 8
 _MAX_MTU = 1500
 #: struct client_config: enabled, tun_ifindex, out_ifindex, source, port, prefix, ttl, mtu;
-#: valid_ns, native_ns; address; n_locals; locals; padding to 8 bytes.
-CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s 4x")
+#: valid_ns, native_ns; address; n_locals; locals; partial.
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s I")
 
 log = Logger()
 
@@ -84,10 +84,12 @@ def pack_config(
     ttl: int = 64,
     prefix: bytes = GLOBAL_PREFIX,
     relaySilence: float | None = None,
+    partial: bool = False,
 ) -> bytes:
     """
-    The config map's value; disabled while the client has no address.  Raises
-    L{FastPathUnavailable} for what the program cannot express.
+    The config map's value; disabled while the client has no address.  C{partial}: the
+    outgoing interface completes partial checksums in software (the C source says why that
+    matters).  Raises L{FastPathUnavailable} for what the program cannot express.
     """
     from teredonode.roles.tunnel import RELAY_SILENCE
 
@@ -108,6 +110,7 @@ def pack_config(
         address or bytes(16),
         len(locals_),
         b"".join(socket.inet_aton(a) for a in locals_).ljust(4 * _MAX_LOCALS, b"\x00"),
+        1 if partial else 0,
     )
 
 
@@ -132,6 +135,8 @@ class ClientFastPath(RelayFastPath):
         self._planned: tuple[Any, ...] = ()
         self._plan: Callable[[str, str | None], tuple[list[str], str, int]] = _plan
         self._ttl = 64
+        #: Reads and sets interface offloads (L{_Offloads}; replaced in tests).
+        self.offloads: Any = _Offloads()
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> ClientFastPath:
@@ -226,10 +231,16 @@ class ClientFastPath(RelayFastPath):
         self._planned = key
         try:
             locals_, source, outIndex = self._plan(client.settings.bind, server if address else None)
+            partial = bool(outIndex) and not self.offloads.checksumming(outIndex)
             config = pack_config(
                 self._tun[1], outIndex, source, client.localPort(), address, locals_, self._ttl,
-                tunnel.prefix,
+                tunnel.prefix, partial=partial,
             )
+            if partial:
+                # The host's TCP then sends segments the program can carry, not 64 kB
+                # super-packets that the TUN would segment only after it (the Python path
+                # reads the same segments either way).
+                self.offloads.noSegmentation(self._tun[0])
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)
             if self._written != config:
@@ -282,6 +293,40 @@ def merged(fast: ClientFastPath | None, counters: dict[str, int]) -> tuple[dict[
     for name in MERGED:
         counters[name] += counts[name]
     return counters, fast.status(counts)
+
+
+class _Offloads:
+    """
+    Interface offloads, through the ethtool ioctl (no process).
+    """
+
+    SIOCETHTOOL = 0x8946
+    GTXCSUM, SGSO = 0x16, 0x24
+
+    def _call(self, name: str, cmd: int, data: int = 0) -> int:
+        import ctypes
+        import fcntl
+
+        value = ctypes.create_string_buffer(struct.pack("=II", cmd, data), 8)
+        request = struct.pack("16sP", name.encode()[:15], ctypes.addressof(value)).ljust(40, b"\x00")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s.fileno(), self.SIOCETHTOOL, request)
+        result: int = struct.unpack("=II", value.raw)[1]
+        return result
+
+    def checksumming(self, index: int) -> bool:
+        """Does interface C{index} offload transmit checksums (or is that unknown)?"""
+        try:
+            return bool(self._call(socket.if_indextoname(index), self.GTXCSUM))
+        except OSError:
+            return True
+
+    def noSegmentation(self, name: str) -> None:
+        """Turn generic segmentation offload off on C{name} (best effort)."""
+        try:
+            self._call(name, self.SGSO, 0)
+        except OSError:
+            pass
 
 
 def _default_ttl() -> int:

@@ -50,7 +50,7 @@ class ProgramInterfaceTests(SynchronousTestCase):
 
     def test_configLayout(self) -> None:
         """
-        104 bytes: eight words, two quads, the address, a word, 8 addresses, padding;
+        104 bytes: eight words, two quads, the address, a word, 8 addresses, a word;
         fields where the program reads them.
         """
         self.assertEqual(fastclient.CONFIG.size, 32 + 16 + 16 + 4 + 32 + 4)
@@ -68,6 +68,9 @@ class ProgramInterfaceTests(SynchronousTestCase):
         self.assertEqual(value[48:64], OWN)
         self.assertEqual(value[64:68], (1).to_bytes(4, "little"))
         self.assertEqual(value[68:72], socket.inet_aton("203.0.113.20"))
+        self.assertEqual(value[100:104], bytes(4))
+        value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, [], partial=True)
+        self.assertEqual(value[100:104], (1).to_bytes(4, "little"))
 
     def test_disabledWithoutAddress(self) -> None:
         value = fastclient.pack_config(7, 9, "0.0.0.0", 40100, None, [])
@@ -125,6 +128,18 @@ class FakeTunnel:
         self.peers = PeerList(time.time)
 
 
+class FakeOffloads:
+    def __init__(self, checksumming: bool) -> None:
+        self.offloading = checksumming
+        self.unsegmented: list[str] = []
+
+    def checksumming(self, index: int) -> bool:
+        return self.offloading
+
+    def noSegmentation(self, name: str) -> None:
+        self.unsegmented.append(name)
+
+
 class FakeClient:
     def __init__(self) -> None:
         self.settings = settings()
@@ -147,6 +162,8 @@ class ObserverTests(SynchronousTestCase):
         self.peers = PeerList(self.clock.seconds)
         self.obj = FakeObject()
         self.fast = fastclient.ClientFastPath(self.obj, self.clock, self.peers)
+        self.offloads = FakeOffloads(True)
+        self.fast.offloads = self.offloads
         self.client = FakeClient()
         self.plans: list[tuple[str, str | None]] = []
 
@@ -198,6 +215,23 @@ class ObserverTests(SynchronousTestCase):
         self.trusted(PEER6[:15] + b"\x09")
         self.clock.advance(0)
         self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][48:64], other)
+
+    def test_partialChecksums(self) -> None:
+        """
+        Packets with partial checksums are carried only when the outgoing interface
+        completes them in software; then the TUN stops segmenting, so that TCP's segments
+        can be carried too.
+        """
+        self.trusted()
+        self.clock.advance(0)
+        self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][100:104], bytes(4))
+        self.assertEqual(self.offloads.unsegmented, [])
+        self.offloads.offloading = False
+        self.client.tunnel.address = bytes.fromhex("20010000cb00710a000063bf39cc9bf5")
+        self.trusted(NATIVE, ("198.51.100.50", 3544))
+        self.clock.advance(0)
+        self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][100:104], (1).to_bytes(4, "little"))
+        self.assertEqual(self.offloads.unsegmented, ["tun0"])
 
     def test_notCarried(self) -> None:
         """
