@@ -35,11 +35,12 @@
  *   rx: IPv4 without options, not a fragment, valid header checksum, UDP to the client's
  *       port on one of its addresses, a UDP checksum that is valid, absent, or the partial
  *       one a local sender leaves to offload (what the kernel's socket accepts); a bare IPv6
- *       packet (no authentication or origin indication, no RFC 6081 trailers), not a
- *       bubble, no hop-by-hop header; a destination that is the client's own Teredo
- *       address (CL-RX-02); a source with a map entry whose mapping is the datagram's
- *       source address and port (section 5.2.3 case 1).  ICMPv6 echo replies from native
- *       peers go to Python: they may answer a pending relay re-check (case 2).
+ *       packet (no authentication or origin indication, no RFC 6081 trailers), no
+ *       hop-by-hop header; a destination that is the client's own Teredo address
+ *       (CL-RX-02); a source with a map entry whose mapping is the datagram's source
+ *       address and port (section 5.2.3 case 1): the entry is then heard, as the Python
+ *       client marks it for anything from there.  Bubbles go on to Python, and so do
+ *       ICMPv6 echo replies from native peers: they may answer a pending relay re-check.
  *   tx: version 6, not segmentation offload, the packet exactly as long as its header says
  *       and at most the map's MTU, a source that is the client's address
  *       (host-foreign-source otherwise), a destination with a map entry heard within the
@@ -280,7 +281,7 @@ int teredo_client_rx(struct __sk_buff *skb)
 	plen = ((__u32)v6[4] << 8) | v6[5];
 	if ((v6[0] >> 4) != 6 || udp_len != UDP_HLEN + V6_HLEN + plen)
 		goto pass;
-	if (v6[6] == 0 || (plen == 0 && v6[6] == 59)) /* hop-by-hop header; a bubble */
+	if (v6[6] == 0) /* a hop-by-hop header */
 		goto pass;
 	if (fold(SUM_FIXED(ip, IP_HLEN)) != 0xffff)
 		goto pass;
@@ -311,6 +312,15 @@ int teredo_client_rx(struct __sk_buff *skb)
 	__builtin_memcpy(&sport, udp, 2);
 	if (peer->ip != saddr || peer->port != sport)
 		goto pass;
+	/*
+	 * Heard: the Python client marks a trusted peer heard for whatever comes from its
+	 * mapping (case 1), so the entry's time moves here even for what goes on to Python.
+	 */
+	now = bpf_ktime_get_ns();
+	if (now > peer->last_rx)
+		peer->last_rx = now;
+	if (plen == 0 && v6[6] == 59) /* a bubble */
+		goto pass;
 	__builtin_memcpy(&head, v6 + 8, 4);
 	if (head != cfg->prefix && v6[6] == 58 && plen > 0) {
 		/* An echo reply from a native peer: maybe the answer to our relay re-check. */
@@ -318,9 +328,6 @@ int teredo_client_rx(struct __sk_buff *skb)
 			goto pass;
 	}
 
-	now = bpf_ktime_get_ns();
-	if (now > peer->last_rx)
-		peer->last_rx = now;
 	/* IPv4 becomes IPv6 (20 bytes more after the Ethernet header), then 48 go. */
 	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IPV6), 0))
 		goto pass;
