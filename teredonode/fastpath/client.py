@@ -239,7 +239,8 @@ class ClientFastPath(RelayFastPath):
             if partial:
                 # The host's TCP then sends segments the program can carry, not 64 kB
                 # super-packets that the TUN would segment only after it (the Python path
-                # reads the same segments either way).
+                # reads the same segments either way); the TUN keeps the limit
+                # until the client removes it.
                 self.offloads.noSegmentation(self._tun[0])
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)
@@ -301,7 +302,7 @@ class _Offloads:
     """
 
     SIOCETHTOOL = 0x8946
-    GTXCSUM, SGSO = 0x16, 0x24
+    GTXCSUM = 0x16
 
     def _call(self, name: str, cmd: int, data: int = 0) -> int:
         import ctypes
@@ -322,10 +323,17 @@ class _Offloads:
             return True
 
     def noSegmentation(self, name: str) -> None:
-        """Turn generic segmentation offload off on C{name} (best effort)."""
+        """
+        One segment per packet on C{name} (C{gso_max_segs 1}; best effort): the host's TCP
+        builds its segments as GSO super-packets whatever the device offers, and caps them
+        only at this.
+        """
         try:
-            self._call(name, self.SGSO, 0)
-        except OSError:
+            from pyroute2 import IPRoute
+
+            with IPRoute() as ipr:
+                ipr.link("set", index=socket.if_nametoindex(name), gso_max_segs=1)
+        except (OSError, ImportError):
             pass
 
 
