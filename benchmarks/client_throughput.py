@@ -188,7 +188,7 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
         pid = handle.record.pid
         results = {}
 
-        def fast() -> dict[str, int]:
+        def fastCounts() -> dict[str, int]:
             if impl != "ours-fast":
                 return {}
             from teredonode.status import read_status
@@ -198,7 +198,7 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
             return {k: int(block.get(k, 0)) for k in ("carried", "passed-to-python")}
 
         for proto, direction in TESTS:
-            fast0 = fast()
+            fast0 = fastCounts()
             cpu0, bpf0, soft0, t0 = tree_cpu(pid), bpf_seconds(), softirq(), time.monotonic()
             figures = iperf(lab, v6host, proto, direction, args.seconds, args.udp_rate)
             elapsed = time.monotonic() - t0
@@ -207,7 +207,7 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
             figures["bpf"] = bpf / elapsed
             figures["softirq"] = (softirq() - soft0) / elapsed
             results[f"{proto}-{direction}"] = figures
-            fast1 = fast()
+            fast1 = fastCounts()
             carried = {k: fast1[k] - fast0[k] for k in fast1}
             log(f"  {impl:9} {proto} {direction:4} {fmt(proto, figures)}  client CPU {figures['cpu']:.0%}"
                 f" (BPF {figures['bpf']:.0%}), softirq {figures['softirq']:.0%}"

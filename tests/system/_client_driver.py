@@ -24,6 +24,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Sequence
 
 from teredonode.wire import ipv6
 from teredonode.wire.address import make_address
@@ -134,7 +135,7 @@ def main() -> None:
                     up.append(data)
                 deadline = max(deadline, min(time.monotonic() + QUIET, start + seconds + 3))
 
-    def step(name: str, *frames: bytes, send: list[tuple[bytes, bytes]] = (), packets: list[bytes] = (),
+    def step(name: str, *frames: bytes, send: Sequence[tuple[bytes, bytes]] = (), packets: Sequence[bytes] = (),
              settle: float = SETTLE) -> tuple[list[bytes], list[bytes]]:
         collect(0.05)
         for f in frames:
@@ -160,10 +161,8 @@ def main() -> None:
     for f in out:
         if socket.inet_ntoa(f[30:34]) == SERVER4 and len(f) > 42 + 41 and f[42 + 6] == 58 and f[42 + 40] == 128:
             request = f[42:]
-            ident_seq_data = request[44:]
-            reply = ipv6.icmpv6_packet(
-                V6HOST, address, ipv6.EchoReply(*struct.unpack("!HH", ident_seq_data[:4]), ident_seq_data[4:]), 64
-            )
+            ident, seq = struct.unpack("!HH", request[44:48])
+            reply = ipv6.icmpv6_packet(V6HOST, address, ipv6.EchoReply(ident, seq, request[48:]), 64)
     if reply is None:
         raise SystemExit(f"no echo test through the server: {[g.hex() for g in out]}")
     step("setup-native-reply", up(reply, source=RELAY), settle=0.8)

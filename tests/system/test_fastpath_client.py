@@ -76,7 +76,8 @@ def _csum(data: bytes) -> int:
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
-    return total
+    folded: int = total
+    return folded
 
 
 def _inner(packet: bytearray, address: bytes) -> None:

@@ -422,7 +422,7 @@ class RealDropTests(SynchronousTestCase):
 
 
 #: The roles whose unit grants what loading their kernel fast path needs.
-FAST_PATH_ROLES = ("server", "relay")
+FAST_PATH_ROLES = ("server", "relay", "client")
 REPO = Path(__file__).resolve().parents[2]
 
 
