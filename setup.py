@@ -1,7 +1,8 @@
 """
 Build step for the XDP fast path (everything else is in pyproject.toml).
 
-A wheel carries C{bpf/*.bpf.c} beside C{teredonode/fastpath/} and, when clang is on the
+A wheel carries C{bpf/*.bpf.c} (and the C{bpf/*.h} they include) beside
+C{teredonode/fastpath/} and, when clang is on the
 building host, the compiled C{*.bpf.o} too, so the server loads it without a compiler.
 Without clang (or if it fails) the build still succeeds: the server compiles the shipped
 source on first use when clang appears later, and otherwise runs the Python path
@@ -28,6 +29,8 @@ class BuildWithBPF(build_py):  # type: ignore[misc]
         build = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(build)
         target = Path(self.build_lib) / "teredonode" / "fastpath"
+        for header in sorted((ROOT / "bpf").glob("*.h")):  # included by the sources, beside them
+            self.copy_file(str(header), str(target / header.name))
         for source in sorted((ROOT / "bpf").glob("*.bpf.c")):
             self.copy_file(str(source), str(target / source.name))
             try:

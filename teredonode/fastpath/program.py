@@ -107,7 +107,12 @@ def object_path(cache_dir: Path | None = None, source_name: str = SOURCE_NAME) -
     source = source_path(source_name)
     if source is None:
         raise FastPathUnavailable(f"neither {object_name} nor {source_name} is installed")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    # The headers beside it (teredo_common.h) are part of what is compiled: a changed one
+    # must not load an object built before it.
+    hashed = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):
+        hashed.update(header.read_bytes())
+    digest = hashed.hexdigest()[:16]
     stem = source_name[: -len(".bpf.c")]
     target = (cache_dir or default_cache_dir()) / f"{stem}-{digest}.bpf.o"
     if not target.is_file():
