@@ -47,8 +47,8 @@
  *       entry's validity (section 5.2.4 case 1): 30 s, or the relay silence after which
  *       the Python client re-checks a native peer's relay.
  *
- * Everything else returns TC_ACT_OK untouched, and the Python client counts or answers it
- * exactly as without these programs.
+ * Everything else goes on untouched (to the next TC program, then the kernel), and the
+ * Python client counts or answers it exactly as without these programs.
  *
  * The encapsulated datagram is the one the client's socket sends: from its address and
  * port, the host's default TTL, DF clear (G-07), UDP checksum set.  Only the IPv4
@@ -75,6 +75,11 @@
 #define MAX_PACKET 1500 /* the largest TUN MTU a Router Advertisement sets */
 #include "teredo_common.h"
 #define MAX_LOCALS 8
+/*
+ * Not ours: on to the next program on the hook, or the kernel (TCX_NEXT), so that a host's
+ * other TC programs (container networking, firewalls) still see the packet.
+ */
+#define NEXT TC_ACT_UNSPEC
 
 /* Counter indices: teredonode.fastpath.client.COUNTERS, in this order. */
 enum {
@@ -183,31 +188,31 @@ int teredo_client_rx(struct __sk_buff *skb)
 	__u64 now;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return NEXT;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
-		return TC_ACT_OK;
+		return NEXT;
 	if (len < ETH_HLEN + ENCAP + V6_HLEN || len > ETH_HLEN + ENCAP + MAX_PACKET)
-		return TC_ACT_OK;
+		return NEXT;
 	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
-		return TC_ACT_OK;
+		return NEXT;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
 	eth = data;
 	if ((void *)(eth + ETH_HLEN + ENCAP + V6_HLEN) > data_end)
-		return TC_ACT_OK;
+		return NEXT;
 	if (eth[12] != (ETH_P_IP >> 8) || eth[13] != (ETH_P_IP & 0xff))
-		return TC_ACT_OK;
+		return NEXT;
 	ip = eth + ETH_HLEN;
 	if (ip[0] != 0x45 || ip[9] != 17 || (ip[6] & 0x3f) || ip[7])
-		return TC_ACT_OK;
+		return NEXT;
 	udp = ip + IP_HLEN;
 	__builtin_memcpy(&dport, udp + 2, 2);
 	if (dport != (__u16)cfg->port)
-		return TC_ACT_OK;
+		return NEXT;
 	__builtin_memcpy(&daddr, ip + 16, 4);
 	if (!local_address(cfg, daddr))
-		return TC_ACT_OK;
+		return NEXT;
 
 	/* To the client's socket: from here on, handled here or counted as passed on. */
 	udp_len = ((__u32)udp[4] << 8) | udp[5];
@@ -284,7 +289,7 @@ int teredo_client_rx(struct __sk_buff *skb)
 
 pass:
 	count(C_PASSED_RX);
-	return TC_ACT_OK;
+	return NEXT;
 }
 
 SEC("tc")
@@ -299,10 +304,10 @@ int teredo_client_tx(struct __sk_buff *skb)
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;
+		return NEXT;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
-		return TC_ACT_OK;
+		return NEXT;
 	if (len < V6_HLEN || len > MAX_PACKET || len > cfg->mtu || skb->gso_size)
 		goto pass;
 	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
@@ -415,7 +420,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 
 pass:
 	count(C_PASSED_TX);
-	return TC_ACT_OK;
+	return NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
