@@ -350,16 +350,19 @@ def _host_addresses() -> list[tuple[str, int, str, bool]]:
     """
     Every IPv4 address of the host but loopback's: (address, ifindex, name, Ethernet?).
     """
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute, NetlinkError
 
     out = []
-    with IPRoute() as ipr:
-        kinds = {link["index"]: link["ifi_type"] for link in ipr.get_links()}
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if address and not address.startswith("127."):
-                index = msg["index"]
-                out.append((address, index, socket.if_indextoname(index), kinds.get(index) == 1))
+    try:
+        with IPRoute() as ipr:
+            kinds = {link["index"]: link["ifi_type"] for link in ipr.get_links()}
+            for msg in ipr.get_addr(family=socket.AF_INET):
+                address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if address and not address.startswith("127."):
+                    index = msg["index"]
+                    out.append((address, index, socket.if_indextoname(index), kinds.get(index) == 1))
+    except NetlinkError as e:
+        raise FastPathUnavailable(f"cannot list the host's addresses: {e}") from None
     return out
 
 
@@ -380,7 +383,7 @@ def _plan(bind: str, server: str | None) -> tuple[list[str], str, int]:
     of its datagrams: those of the route toward the server (the socket's, for a peer
     reached the same way; a host that routes peers elsewhere should set C{bind}).
     """
-    from pyroute2 import IPRoute
+    from pyroute2 import IPRoute, NetlinkError
 
     held = _host_addresses()
     if bind not in ("", "0.0.0.0"):
@@ -390,8 +393,11 @@ def _plan(bind: str, server: str | None) -> tuple[list[str], str, int]:
     locals_ = sorted({h[0] for h in held})
     if server is None:
         return locals_, "0.0.0.0", 0
-    with IPRoute() as ipr:
-        routes = ipr.route("get", dst=server)
+    try:
+        with IPRoute() as ipr:
+            routes = ipr.route("get", dst=server)
+    except NetlinkError as e:
+        raise FastPathUnavailable(f"no route toward the server {server}: {e}") from None
     if not routes:
         raise FastPathUnavailable(f"no route toward the server {server}")
     route = routes[0]

@@ -216,6 +216,22 @@ class ObserverTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][48:64], other)
 
+    def test_noRoute(self) -> None:
+        """
+        No route toward the server: the config stays disabled (every packet to Python), and
+        nothing is raised into the reactor.
+        """
+
+        def plan(bind: str, server: str | None) -> tuple[list[str], str, int]:
+            raise FastPathUnavailable("no route toward the server 203.0.113.10")
+
+        self.fast.close()
+        self.obj.maps[0].clear()
+        self.fast.startClient(self.client, "tun0", plan=plan, rxInterfaces=lambda bind: [("eth0", 5)])
+        self.trusted()
+        self.clock.advance(0)
+        self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")], bytes(fastclient.CONFIG.size))
+
     def test_partialChecksums(self) -> None:
         """
         Packets with partial checksums are carried only when the outgoing interface
