@@ -393,19 +393,19 @@ def fast_path_summary(role: str, block: dict[str, Any] | None) -> str:
 
 def fast_path_lines(lab: Lab, nodes: Sequence[DemoNode]) -> list[str]:
     """
-    Which path our server and relay ran on, read from their status once the rows have run
+    Which path our server, relay and clients ran on, read from their status once the rows have run
     (so an operator sees the demo's traffic in the kernel's counts, or why it was not).
     """
     from teredonode.status import StatusUnavailable
 
     lines = []
     for n in nodes:
-        if n.impl != "teredonode" or n.role not in ("server", "relay") or not n.up:
+        if n.impl != "teredonode" or n.role not in ("server", "relay", "client") or not n.up:
             continue
         try:
             block = lab.node_status(n.name).get(n.role, {}).get("fast-path")
         except StatusUnavailable as e:
             lines.append(f"{n.role}: status unavailable ({e})")
             continue
-        lines.append(fast_path_summary(n.role, block))
+        lines.append(fast_path_summary(n.role if n.role != "client" else n.name, block))
     return lines
