@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(base, 0o755)  # Miredo drops to its own user and must read its config
     lab = None
     best: dict[str, dict[str, float]] = {impl: {} for impl in impls}
-    scaled: dict[str, dict[str, float]] = {}
+    scaled: dict[str, float] = {}
     allCpus = set(range(os.cpu_count() or 1))
     stats = Path("/proc/sys/kernel/bpf_stats_enabled")
     statsBefore = stats.read_text().strip()
