@@ -4,7 +4,8 @@ Relay throughput: our Teredo relay against Miredo's, in one run, on the same lab
 
     sudo python3 benchmarks/relay.py            # 5 s per measurement, about 3 minutes
     sudo python3 benchmarks/relay.py --quick    # 2 s per measurement, about 1.5 minutes
-    sudo python3 benchmarks/relay.py --rounds 0 --scaling ours-fast   # one CPU against both
+    sudo python3 benchmarks/relay.py --impls '' --scaling ours-fast \
+        --udp-rates 0,40000,50000,60000,80000   # the fast path on one CPU against both
 
 Why it is built this way (docs/performance.md, section "Relay", has the figures):
 
