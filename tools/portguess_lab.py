@@ -56,7 +56,6 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=20, help=f"echo requests per trial, {INTERVAL} s apart")
     args = parser.parse_args()
     settings: dict[str, object] = {
-        "allow-symmetric": True,
         "port-guessing": not args.off,
         "port-guessing-sockets": args.sockets,
         "port-guessing-probes": args.probes,
