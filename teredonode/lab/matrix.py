@@ -718,7 +718,9 @@ def guess_text(trial: Trial) -> str:
     if trial.note:
         return trial.note
     if trial.ok:
-        return f"ok {format_seconds(trial.first_reply)}" if trial.first_reply is not None else "ok"
+        text = f"ok {format_seconds(trial.first_reply)}" if trial.first_reply is not None else "ok"
+        # Reached without a search: the longer ping, or luck, not port guessing.
+        return text + (" (no search started)" if trial.searches == 0 else "")
     if trial.searches is not None:
         return "no (searched, missed)" if trial.searches else "no (no search started)"
     return "no"
@@ -736,11 +738,13 @@ def render_guessing(result: MatrixResult, impl: str = "teredonode") -> str:
         return f"Port guessing (beyond RFC 6081): no cell left for it ({impl} clients reached every cell measured, or none was measured)."
     reached = [t for t in trials if t.measured and t.ok]
     missed = [t for t in trials if not (t.measured and t.ok)]
+    searched = [t for t in reached if t.searches]
     head = (
         f"Port guessing (beyond RFC 6081, `port-guessing = true` on both {impl} clients, n = m = 256 at "
         f"50 packets/s; not part of the verdict): of the {len(trials)} cells they did not reach with their "
         f"defaults, measured once more each from fresh clients and NATs ({GUESS_PINGS} echo requests "
         f"{GUESS_INTERVAL:g} s apart), {len(reached)} reached in this run"
+        + (f", {len(searched)} of them after a search" if len(searched) != len(reached) else "")
     )
     lines = [head + (":" if reached else ".")]
     lines += [f"- {_short(t.src)} → {_short(t.dst)}: {guess_text(t)} ({t.received}/{t.sent} replies)" for t in reached]

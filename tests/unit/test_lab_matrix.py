@@ -407,6 +407,15 @@ class PortGuessingTests(unittest.TestCase):
             "Port-symmetric → Port-symmetric no (no search started)",
             text,
         )
+        self.assertNotIn("after a search", text)
+        # Reached, but no search started: said so, not credited to port guessing.
+        result.guess_trials[("teredonode", "port-symmetric", "port-symmetric")] = Trial(
+            "port-symmetric", "port-symmetric", "teredonode", sent=20, received=3, first_reply=2.1, measured=True,
+            searches=0,
+        )
+        text = matrix.render_guessing(result)
+        self.assertIn("2 reached in this run, 1 of them after a search:", text)
+        self.assertIn("- Port-symmetric → Port-symmetric: ok 2.1 s (no search started) (3/20 replies)", text)
         self.assertIn(text, matrix.render_report(result))
         self.assertIn(text, matrix.render_doc_section(result))
         self.assertIn("`teredo lab matrix --port-guessing`", matrix.render_doc_section(result))
