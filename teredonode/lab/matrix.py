@@ -748,10 +748,12 @@ def render_guessing(result: MatrixResult, impl: str = "teredonode") -> str:
     )
     lines = [head + (":" if reached else ".")]
     lines += [f"- {_short(t.src)} → {_short(t.dst)}: {guess_text(t)} ({t.received}/{t.sent} replies)" for t in reached]
-    if missed:
-        lines.append(
-            "- not reached: " + "; ".join(f"{_short(t.src)} → {_short(t.dst)} {guess_text(t)}" for t in missed)
-        )
+    groups: dict[str, list[str]] = {}
+    for t in missed:
+        why = guess_text(t)
+        label = {"no (searched, missed)": "searched, missed", "no (no search started)": "no search started"}.get(why, why)
+        groups.setdefault(label, []).append(f"{_short(t.src)} → {_short(t.dst)}")
+    lines += [f"- not reached, {label}: {'; '.join(cells)}" for label, cells in groups.items()]
     return "\n".join(lines)
 
 
