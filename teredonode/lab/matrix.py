@@ -32,7 +32,7 @@ guessing turned into "yes" in that run: the search is probabilistic, so a miss i
 and a hit no promise, and the RFC verdict above it is the default client's.
 
 Our clients run with their default settings: Symmetric NAT Support is on by default and
-qualifies a client behind a symmetric NAT (6081 section 3.1, X-SNS-11), which RFC 4380 alone
+qualifies a client behind a symmetric NAT (6081 section 3.1), which RFC 4380 alone
 keeps offline (section 5.2.1); C{allow-symmetric}, which forced that before Symmetric NAT
 Support existed, changes nothing while it is on.  The server's Router Solicitation budget is
 raised (the matrix restarts the client behind one NAT address dozens of times a minute).
