@@ -4,8 +4,8 @@ Measure port guessing (beyond RFC 6081, docs/nat-traversal.md) in the lab: our c
 the lab's port-restricted NAT and our client behind its port-symmetric NAT ping each other,
 each way, from fresh clients and NATs per trial, with C{port-guessing} on (or off).
 
-`teredo lab matrix` does not run this cell with port guessing: the setting is off by default
-and the extension is not in RFC 6081 Figure 1.  This prints one JSON line per trial
+`teredo lab matrix --port-guessing` tries every cell once; this repeats one pair many times,
+with the search's sizes and rate as options.  This prints one JSON line per trial
 (received replies, time to the first, the clients' C{pg-*} counters) and a summary.
 
     python3 tools/portguess_lab.py --trials 6 [--off] [--sockets 256 --probes 256 --rate 50]
@@ -56,7 +56,6 @@ def main() -> int:
     parser.add_argument("--pings", type=int, default=20, help=f"echo requests per trial, {INTERVAL} s apart")
     args = parser.parse_args()
     settings: dict[str, object] = {
-        "allow-symmetric": True,
         "port-guessing": not args.off,
         "port-guessing-sockets": args.sockets,
         "port-guessing-probes": args.probes,

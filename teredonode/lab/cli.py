@@ -6,7 +6,7 @@ C{teredo lab ...}: the lab's command line.
     teredo lab status [--lab NAME]
     teredo lab exec [--lab NAME] HOST -- CMD ...
     teredo lab demo [--with-miredo ROLE,...] [--scenario NAME | --nat KIND,...]
-    teredo lab matrix [--quick] [--kinds KIND,...] [--with-miredo ROLE,...] [--json] [--write-doc PATH] [--from-json PATH]
+    teredo lab matrix [--quick] [--kinds KIND,...] [--with-miredo ROLE,...] [--json] [--write-doc PATH] [--from-json PATH] [--port-guessing]
 
 C{--nat KIND,...} builds one client behind each NAT kind given (scenario C{nat:KIND,...}).
 
@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     matrix.add_argument("--write-doc", metavar="PATH", help="put the measured tables between the matrix markers of PATH")
     matrix.add_argument("--max-seconds", type=float, help="start no measurement after this long (default 240 with --quick, else 1800)")
     matrix.add_argument("--from-json", metavar="PATH", help="measure nothing: render (and --write-doc) a result saved with --json")
+    matrix.add_argument(
+        "--port-guessing", action="store_true",
+        help="measure the cells our clients did not reach once more with port-guessing = true (beyond RFC 6081; reported apart, never a failure)",
+    )
     return parser
 
 
@@ -189,6 +193,7 @@ def _cmd_matrix(args: argparse.Namespace) -> int:
             doc=args.write_doc,
             max_seconds=args.max_seconds,
             from_json=args.from_json,
+            port_guessing=args.port_guessing,
         )
 
 

@@ -146,14 +146,17 @@ class Lab:
         """
         return subprocess.Popen(in_ns(self.ns(name), argv), **kwargs)
 
-    def agent(self, name: str, port: int, lifetime: float = 120.0) -> "probe.Agent":
+    def agent(self, name: str, port: int, lifetime: float = 120.0, address: str | None = None) -> "probe.Agent":
         """
-        A UDP probe agent (L{teredonode.lab.probe}) bound to C{port} on host C{name}.
+        A UDP probe agent (L{teredonode.lab.probe}) bound to C{port} on host C{name} (and to
+        C{address}, one of its addresses, when given).
         """
         import sys
 
         env = nodes.tree_env()
         argv = [sys.executable, "-m", "teredonode.lab.probe", "agent", "--port", str(port), "--lifetime", str(lifetime)]
+        if address is not None:
+            argv += ["--address", address]
         return probe.Agent(in_ns(self.ns(name), argv), env)
 
     # ------------------------------------------------------------ NATs
@@ -174,7 +177,10 @@ class Lab:
             wan_ips = nat.address_pool(host.ipv4[0])
             for address in wan_ips:
                 self.exec(router, ["ip", "addr", "replace", f"{address}/24", "dev", "wan"], check=True)
-        nat.apply(self.ns(router), mode, wan="wan", client_ip=client.ipv4[0], wan_ips=wan_ips)
+        nat.apply(
+            self.ns(router), mode, wan="wan", client_ip=client.ipv4[0], wan_ips=wan_ips,
+            server_ip=self.host("server").ipv4[0],
+        )
         self.start_nat_daemons(router, mode, wan_ips)
 
     def start_nat_daemons(self, router: str, mode: str, wan_ips: tuple[str, ...] | None = None) -> None:

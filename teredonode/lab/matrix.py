@@ -23,9 +23,18 @@ row: A's NAT keeps the row's kind, B's NAT is switched from column to column, an
 measures both directions of each pair (X, Y) with Y at or after X, so a full matrix of n
 kinds builds n labs and makes n * n measurements.
 
-Our clients run with C{allow-symmetric = true}: behind a symmetric NAT RFC 4380 gives up at
-qualification (section 5.2.1), RFC 6081 qualifies anyway (6081 section 3.1), and the matrix is about
-what happens between two qualified clients.  The server's Router Solicitation budget is
+C{--port-guessing} adds the project's port guessing (beyond RFC 6081, off by default, see
+docs/nat-traversal.md section 4): every cell our clients did not reach with their defaults and
+that Figure 1 does not hold them to (a "No", or an extension they lack) is measured once more
+from fresh clients and NATs with C{port-guessing = true} on both, with a longer ping (the
+search takes seconds).  Those results are reported apart, as what
+guessing turned into "yes" in that run: the search is probabilistic, so a miss is no failure
+and a hit no promise, and the RFC verdict above it is the default client's.
+
+Our clients run with their default settings: Symmetric NAT Support is on by default and
+qualifies a client behind a symmetric NAT (6081 section 3.1), which RFC 4380 alone
+keeps offline (section 5.2.1); C{allow-symmetric}, which forced that before Symmetric NAT
+Support existed, changes nothing while it is on.  The server's Router Solicitation budget is
 raised (the matrix restarts the client behind one NAT address dozens of times a minute).
 """
 
@@ -191,7 +200,18 @@ PING_INTERVAL = 1.0
 PING_WAIT = 4
 #: Our server's Router Solicitation budget in the matrix's labs (see the module docstring).
 SERVER_SETTINGS: dict[str, object] = {"rs-rate": 100, "rs-burst": 100, "rs-initial": 100}
-CLIENT_SETTINGS: dict[str, object] = {"allow-symmetric": True}
+#: Our clients' settings in the matrix: the defaults (see the module docstring).
+CLIENT_SETTINGS: dict[str, object] = {}
+#: Port guessing (C{--port-guessing}): our clients' extra settings (the search's defaults:
+#: n = m = 256 at 50 packets/s), and the ping of such a trial, as tools/portguess_lab.py's:
+#: L{GUESS_PINGS} echo requests L{GUESS_INTERVAL} s apart, a reply awaited L{GUESS_WAIT} s
+#: after the last (a search opens its n sockets, then probes: 5-9 s to the first reply).
+#: A fixed count, not "until a reply": iputils ping counts the client's ICMPv6 errors (sent
+#: when its bubbles run out) against C{-c}, so it would stop while the search still runs.
+GUESS_SETTINGS: dict[str, object] = {"port-guessing": True}
+GUESS_PINGS = 20
+GUESS_INTERVAL = 0.5
+GUESS_WAIT = 2
 DEFAULT_MAX_SECONDS = 1800.0
 QUICK_MAX_SECONDS = 240.0
 
@@ -210,6 +230,7 @@ class Trial:
     first_reply: float | None = None  # seconds from the first echo request to the first reply
     note: str = ""  # why nothing was measured ("A not qualified", "not run: time budget")
     measured: bool = False
+    searches: int | None = None  # port-guessing trials: searches the two clients started (pg-searches)
 
     @property
     def ok(self) -> bool:
@@ -250,6 +271,8 @@ class MatrixResult:
     impls: tuple[str, ...]
     infra: dict[str, str]  # "server"/"relay" -> implementation
     trials: dict[tuple[str, str, str], Trial] = field(default_factory=dict)  # (impl, src, dst)
+    port_guessing: bool = False  # --port-guessing: L{guess_trials} were measured
+    guess_trials: dict[tuple[str, str, str], Trial] = field(default_factory=dict)  # (impl, src, dst)
     seconds: float = 0.0
     labs: int = 0
     started: str = ""  # UTC date and time
@@ -309,6 +332,15 @@ class MatrixResult:
             "budget_exhausted": self.budget_exhausted,
             "failed": len(self.failures()),
             "cells": cells,
+            "port_guessing": self.port_guessing,
+            "guess_cells": [
+                {
+                    "impl": impl, "src": src, "dst": dst, "ok": trial.ok if trial.measured else None,
+                    "sent": trial.sent, "received": trial.received, "first_reply": trial.first_reply,
+                    "note": trial.note, "searches": trial.searches,
+                }
+                for (impl, src, dst), trial in sorted(self.guess_trials.items())
+            ],
         }
 
     @classmethod
@@ -332,6 +364,14 @@ class MatrixResult:
                 result.trials[(c["impl"], c["src"], c["dst"])] = Trial(
                     c["src"], c["dst"], c["impl"], sent=int(c["sent"]), received=int(c["received"]),
                     first_reply=c["first_reply"], note=str(c["note"]), measured=c["ok"] is not None,
+                )
+            # Saved before --port-guessing existed: no guess cells.
+            result.port_guessing = bool(doc.get("port_guessing", False))
+            for c in doc.get("guess_cells", ()):
+                result.guess_trials[(c["impl"], c["src"], c["dst"])] = Trial(
+                    c["src"], c["dst"], c["impl"], sent=int(c["sent"]), received=int(c["received"]),
+                    first_reply=c["first_reply"], note=str(c["note"]), measured=c["ok"] is not None,
+                    searches=c.get("searches"),
                 )
         except (KeyError, TypeError, ValueError) as e:
             raise LabError(f"not a saved matrix ({type(e).__name__}: {e})") from None
@@ -360,11 +400,33 @@ def ping_trial(lab: Lab, trial: Trial, src_host: str, src_addr: str, dst_addr: s
         trial.first_reply = (seq - 1) * PING_INTERVAL + ping.rtts[seq] / 1000.0
 
 
-def _start_client(lab: Lab, node: str, host: str, impl: str) -> None:
+def guess_ping_trial(lab: Lab, trial: Trial, src_host: str, src_addr: str, dst_addr: str) -> None:
+    """
+    A port-guessing trial's ping (L{GUESS_PINGS} echo requests L{GUESS_INTERVAL} s apart);
+    fill in C{trial}, with what ping says it sent (it stops early once replies and errors
+    reach the count).
+    """
+    result = lab.exec(
+        src_host,
+        [
+            "ping", "-6", "-n", "-c", str(GUESS_PINGS), "-i", f"{GUESS_INTERVAL:g}", "-W", str(GUESS_WAIT),
+            "-I", src_addr, dst_addr,
+        ],
+        timeout=GUESS_PINGS * GUESS_INTERVAL + GUESS_WAIT + 20,
+    )
+    sent = re.search(r"(\d+) packets transmitted", result.stdout)
+    ping = parse_ping(result.stdout, int(sent.group(1)) if sent else GUESS_PINGS)
+    trial.sent, trial.received, trial.measured = ping.sent, ping.received, True
+    if ping.rtts:
+        seq = min(ping.rtts)
+        trial.first_reply = (seq - 1) * GUESS_INTERVAL + ping.rtts[seq] / 1000.0
+
+
+def _start_client(lab: Lab, node: str, host: str, impl: str, guessing: bool = False) -> None:
     if impl == "miredo":
         lab.start_miredo(node, host, "client")
     else:
-        lab.start_teredonode(node, host, "client", CLIENT_SETTINGS)
+        lab.start_teredonode(node, host, "client", {**CLIENT_SETTINGS, **(GUESS_SETTINGS if guessing else {})})
 
 
 def wait_addresses(lab: Lab, hosts: Sequence[str]) -> dict[str, str | None]:
@@ -384,10 +446,11 @@ def wait_addresses(lab: Lab, hosts: Sequence[str]) -> dict[str, str | None]:
         time.sleep(0.1)
 
 
-def measure(lab: Lab, row: str, column: str, impl: str, a_to_b: bool) -> Trial:
+def measure(lab: Lab, row: str, column: str, impl: str, a_to_b: bool, guessing: bool = False) -> Trial:
     """
     From a clean start (NATs reset, both clients started anew), client1 (behind nat1, kind
-    C{row}) pings client2 (behind nat2, kind C{column}), or the reverse.
+    C{row}) pings client2 (behind nat2, kind C{column}), or the reverse.  C{guessing}: our
+    clients with port guessing on, and the port-guessing ping (L{guess_ping_trial}).
     """
     src, dst = ("client1", "client2") if a_to_b else ("client2", "client1")
     trial = Trial(row if a_to_b else column, column if a_to_b else row, impl)
@@ -396,7 +459,7 @@ def measure(lab: Lab, row: str, column: str, impl: str, a_to_b: bool) -> Trial:
     lab.set_nat_mode("nat1", row)
     lab.set_nat_mode("nat2", column)
     for host in ("client1", "client2"):
-        _start_client(lab, host, host, impl)
+        _start_client(lab, host, host, impl, guessing)
     addresses = wait_addresses(lab, ("client1", "client2"))
     unqualified = [h for h, a in addresses.items() if a is None]
     if unqualified:
@@ -406,8 +469,35 @@ def measure(lab: Lab, row: str, column: str, impl: str, a_to_b: bool) -> Trial:
         return trial
     src_addr, dst_addr = addresses[src], addresses[dst]
     assert src_addr is not None and dst_addr is not None
-    ping_trial(lab, trial, src, src_addr, dst_addr)
+    (guess_ping_trial if guessing else ping_trial)(lab, trial, src, src_addr, dst_addr)
+    if guessing:
+        trial.searches = sum(_counter(lab, host, "pg-searches") for host in ("client1", "client2"))
     return trial
+
+
+def _counter(lab: Lab, node: str, name: str) -> int:
+    """
+    Counter C{name} of our client C{node} (0 when its status cannot be read).
+    """
+    from teredonode.status import StatusUnavailable
+
+    try:
+        counters = lab.node_status(node).get("client", {}).get("counters", {})
+    except (StatusUnavailable, OSError, ValueError):
+        return 0
+    value = counters.get(name, 0) if isinstance(counters, dict) else 0
+    return value if isinstance(value, int) else 0
+
+
+def wants_guess(trial: Trial, impl: str) -> bool:
+    """
+    Whether C{--port-guessing} measures this cell again: our clients measured it, reached
+    nothing, and Figure 1 does not hold them to it (a cell that must work and fails is a
+    failure of the RFC's own rules, not a job for guessing).
+    """
+    if impl != "teredonode" or not trial.measured or trial.ok or trial.note:
+        return False
+    return not expectation(trial.src, trial.dst, client_extensions(impl)).must_work
 
 
 def versions(impls: Sequence[str], infra: dict[str, str]) -> dict[str, str]:
@@ -450,13 +540,15 @@ def run_matrix(
     progress: TextIO | None = None,
     base: Path | None = None,
     clock: Callable[[], float] = time.monotonic,
+    port_guessing: bool = False,
 ) -> MatrixResult:
     """
     Measure every ordered pair of C{kinds} with each client implementation of C{impls}.
 
     C{miredo_infra}: "server" and/or "relay" played by Miredo.  Stops starting measurements
     once C{max_seconds} have passed (the rest are "not run: time budget").  Every lab is torn
-    down before this returns, also on errors and Ctrl-C.
+    down before this returns, also on errors and Ctrl-C.  C{port_guessing}: measure the cells
+    L{wants_guess} names once more with port guessing on (L{MatrixResult.guess_trials}).
     """
     infra = {role: ("miredo" if role in miredo_infra else "teredonode") for role in ("server", "relay")}
     started = clock()
@@ -466,6 +558,7 @@ def run_matrix(
         infra,
         started=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         versions=versions(impls, infra),
+        port_guessing=port_guessing,
     )
 
     def say(text: str) -> None:
@@ -500,6 +593,15 @@ def run_matrix(
                             result.trials[(impl, trial.src, trial.dst)] = trial
                             text = verdict(expectation(trial.src, trial.dst, client_extensions(impl)), trial)[0]
                             say(f"  {impl:<10} {trial.src:>26} -> {trial.dst:<26} {text}  [{clock() - t1:.1f}s]")
+                            if port_guessing and wants_guess(trial, impl):
+                                t1 = clock()
+                                try:
+                                    guess = measure(lab, row, column, impl, a_to_b, guessing=True)
+                                except LabError as e:
+                                    guess = Trial(trial.src, trial.dst, impl, note=f"lab error: {e}", measured=True)
+                                result.guess_trials[(impl, guess.src, guess.dst)] = guess
+                                say(f"  {'+guessing':<10} {guess.src:>26} -> {guess.dst:<26} "
+                                    f"{guess_text(guess)}  [{clock() - t1:.1f}s]")
             finally:
                 lab.down()
     finally:
@@ -591,6 +693,8 @@ def render_report(result: MatrixResult) -> str:
     for impl in result.impls:
         parts += ["", f"{impl} clients:", "", render_table(result, impl), "", render_summary(result, impl)]
     parts += ["", LEGEND]
+    if result.port_guessing:
+        parts += ["", render_guessing(result)]
     total = len(result.kinds) ** 2 * len(result.impls)
     measured = sum(1 for t in result.trials.values() if t.measured)
     parts.append(
@@ -607,6 +711,52 @@ def render_report(result: MatrixResult) -> str:
     return "\n".join(parts)
 
 
+def guess_text(trial: Trial) -> str:
+    """
+    A port-guessing trial: C{ok T} (T to the first reply) or C{no}, or why nothing was measured.
+    """
+    if trial.note:
+        return trial.note
+    if trial.ok:
+        text = f"ok {format_seconds(trial.first_reply)}" if trial.first_reply is not None else "ok"
+        # Reached without a search: the longer ping, or luck, not port guessing.
+        return text + (" (no search started)" if trial.searches == 0 else "")
+    if trial.searches is not None:
+        return "no (searched, missed)" if trial.searches else "no (no search started)"
+    return "no"
+
+
+def render_guessing(result: MatrixResult, impl: str = "teredonode") -> str:
+    """
+    What C{--port-guessing} measured, apart from the RFC verdict: the cells it turned into
+    "yes" in this run with their times to the first reply, and those it did not.
+    """
+    trials = [result.guess_trials[key] for key in sorted(result.guess_trials) if key[0] == impl]
+    order = {kind: i for i, kind in enumerate(KINDS)}
+    trials.sort(key=lambda t: (order[t.src], order[t.dst]))
+    if not trials:
+        return f"Port guessing (beyond RFC 6081): no cell left for it ({impl} clients reached every cell measured, or none was measured)."
+    reached = [t for t in trials if t.measured and t.ok]
+    missed = [t for t in trials if not (t.measured and t.ok)]
+    searched = [t for t in reached if t.searches]
+    head = (
+        f"Port guessing (beyond RFC 6081, `port-guessing = true` on both {impl} clients, n = m = 256 at "
+        f"50 packets/s; not part of the verdict): of the {len(trials)} cells they did not reach with their "
+        f"defaults, measured once more each from fresh clients and NATs ({GUESS_PINGS} echo requests "
+        f"{GUESS_INTERVAL:g} s apart), {len(reached)} reached in this run"
+        + (f", {len(searched)} of them after a search" if len(searched) != len(reached) else "")
+    )
+    lines = [head + (":" if reached else ".")]
+    lines += [f"- {_short(t.src)} → {_short(t.dst)}: {guess_text(t)} ({t.received}/{t.sent} replies)" for t in reached]
+    groups: dict[str, list[str]] = {}
+    for t in missed:
+        why = guess_text(t)
+        label = {"no (searched, missed)": "searched, missed", "no (no search started)": "no search started"}.get(why, why)
+        groups.setdefault(label, []).append(f"{_short(t.src)} → {_short(t.dst)}")
+    lines += [f"- not reached, {label}: {'; '.join(cells)}" for label, cells in groups.items()]
+    return "\n".join(lines)
+
+
 MARK_BEGIN = "<!-- matrix:begin -->"
 MARK_END = "<!-- matrix:end -->"
 
@@ -615,17 +765,23 @@ def render_doc_section(result: MatrixResult) -> str:
     """
     What goes between the markers of docs/nat-traversal.md.
     """
-    command = "teredo lab matrix" + (" --with-miredo client" if "miredo" in result.impls else "")
+    command = (
+        "teredo lab matrix"
+        + (" --with-miredo client" if "miredo" in result.impls else "")
+        + (" --port-guessing" if result.port_guessing else "")
+    )
     lines = [
         f"Measured {result.started} with `{command}`: "
         f"{', '.join(f'{k} {v}' for k, v in result.versions.items())}; server {result.infra['server']}, "
-        f"relay {result.infra['relay']}; our clients with `allow-symmetric = true`; "
+        f"relay {result.infra['relay']}; our clients with default settings; "
         f"{PING_COUNT} echo requests per direction, each from fresh clients and NATs; "
         f"{result.labs} labs, {result.seconds:.0f} s in all.",
     ]
     for impl in result.impls:
         lines += ["", f"**{render_summary(result, impl)}.**", "", render_table(result, impl)]
     lines += ["", LEGEND]
+    if result.port_guessing:
+        lines += ["", render_guessing(result)]
     return "\n".join(lines)
 
 
@@ -657,12 +813,14 @@ def run_cli(
     doc: str | None,
     max_seconds: float | None,
     from_json: str | None = None,
+    port_guessing: bool = False,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
 ) -> int:
     """
-    C{teredo lab matrix}: exit 0 only when every cell that must work was measured and works.
-    C{from_json}: render a result saved with C{--json} instead of measuring.
+    C{teredo lab matrix}: exit 0 only when every cell that must work was measured and works
+    (port guessing's cells never change that).  C{from_json}: render a result saved with
+    C{--json} instead of measuring.  C{port_guessing}: C{--port-guessing} (L{run_matrix}).
     """
     for role in miredo_roles:
         if role not in ("server", "relay", "client"):
@@ -682,6 +840,7 @@ def run_cli(
             [r for r in miredo_roles if r != "client"],
             max_seconds=budget,
             progress=err if as_json else out,
+            port_guessing=port_guessing,
         )
     if as_json:
         json.dump(result.to_json(), out, indent=1)

@@ -51,6 +51,21 @@ ADM/APDM = address-(and port-)dependent mapping, EIF/ADF/APDF likewise for filte
     (C{ct status dnat}).  miniupnpd refuses to forward ports when its WAN address is reserved
     (198.51.100.0/24 is), unless STUN says the address is public: a STUN responder on the
     router's own WAN address (L{teredonode.lab.upnp}) tells it so, truthfully.
+  - C{upnp-port-symmetric}, further: RFC 6081 section 3.2 describes a UPnP-enabled symmetric
+    NAT whose server "reflects back the reserved mapped address/port" during qualification,
+    yet which "continues to function as a symmetric NAT" for the local port's other flows.
+    So one outbound flow, the one toward the Teredo server, leaves with the reserved port,
+    and every other flow with a random one.  nftables cannot say "the first flow of a port
+    miniupnpd reserved" (miniupnpd's mappings are rules in its own chain, not a set a rule
+    could look up, and the NAT cannot tell which flow is first in any useful sense), so the
+    kind names the flow: UDP toward the lab server's primary address, port 3544
+    (C{server_ip}), is masqueraded without C{fully-random}, which keeps the source port; the
+    client asks for external port = local port (6081 section 5.3.3), so that port is the
+    reserved one.  Everything else, the server's secondary address included (qualification
+    then still finds a symmetric NAT), gets C{fully-random}.  The price of naming the flow:
+    a client that reserved nothing also sees its local port kept toward the server (RFC
+    6081 section 5.4.3 would then call the NAT port-preserving), and a reservation on another
+    external port than the local one would not be what the server sees.
   - C{none}: no NAT router at all; the topology puts the client on the Internet directly.
 """
 
@@ -114,6 +129,9 @@ SEQUENTIAL_PORTS = range(20000, 21000)
 #: Ports the port-preserving kind gives a second and later destination.
 PP_OTHER_PORTS = (49152, 65535)
 
+#: The Teredo server port toward which C{upnp-port-symmetric} keeps the source port.
+TEREDO_PORT = 3544
+
 #: The STUN port miniupnpd asks (the responder runs on the router's own WAN address).
 STUN_PORT = 3478
 NATPMP_PORT = 5351
@@ -132,18 +150,24 @@ def address_pool(primary: str) -> tuple[str, ...]:
     return (primary, *(f"{prefix}.{160 + 3 * (n - 1) + k}" for k in range(3)))
 
 
-def ruleset(mode: str, *, wan: str, client_ip: str, wan_ips: tuple[str, ...] = ()) -> str:
+def ruleset(
+    mode: str, *, wan: str, client_ip: str, wan_ips: tuple[str, ...] = (), server_ip: str | None = None
+) -> str:
     """
     The nft script that (re)defines table C{ip labnat} (and C{inet labupnp}) for C{mode}.
 
     The script first creates then deletes both tables, so applying it is idempotent and
     switching modes never leaves rules of the previous mode behind.  C{wan_ips}: the router's
     WAN addresses, primary first (needed by the sequential and address-symmetric kinds).
+    C{server_ip}: the Teredo server's primary address (needed by C{upnp-port-symmetric}: the
+    one flow that keeps its port, see the module docstring).
     """
     if mode not in NAT_MODES or mode == "none":
         raise LabError(f"no NAT rule set for mode {mode!r} (NAT modes: {', '.join(NAT_MODES[1:])})")
     if mode in ("sequential-symmetric", "address-symmetric") and not wan_ips:
         raise LabError(f"NAT mode {mode} needs the router's WAN addresses")
+    if mode == "upnp-port-symmetric" and not server_ip:
+        raise LabError(f"NAT mode {mode} needs the Teredo server's address")
     udp_in = f'iifname "{wan}" meta l4proto udp'
     udp_out = f'oifname "{wan}" meta l4proto udp'
     sets: list[str] = []
@@ -154,6 +178,9 @@ def ruleset(mode: str, *, wan: str, client_ip: str, wan_ips: tuple[str, ...] = (
     inbound_priority = INBOUND_FILTER_PRIORITY
     raw: list[str] = []
 
+    if mode == "upnp-port-symmetric":
+        # The qualification flow keeps the (reserved) port; the rest is port-symmetric.
+        postrouting.append(f"{udp_out} ip daddr {server_ip} udp dport {TEREDO_PORT} masquerade")
     if mode in ("symmetric", "port-symmetric", "upnp-port-symmetric"):
         postrouting.append(f'oifname "{wan}" masquerade fully-random')
     elif mode == "port-preserving-symmetric":
@@ -239,13 +266,15 @@ def _chain(name: str, spec: str, rules: list[str]) -> list[str]:
     return [f"  chain {name} {{", f"    {spec}", *(f"    {r}" for r in rules), "  }"]
 
 
-def apply(ns: str, mode: str, *, wan: str, client_ip: str, wan_ips: tuple[str, ...] = ()) -> None:
+def apply(
+    ns: str, mode: str, *, wan: str, client_ip: str, wan_ips: tuple[str, ...] = (), server_ip: str | None = None
+) -> None:
     """
     Make the NAT in namespace C{ns} behave as C{mode}, then flush its conntrack table so that
     mappings made under the previous mode cannot leak into the new one.  (The processes some
     modes need are L{start_daemons}'s.)
     """
-    script = ruleset(mode, wan=wan, client_ip=client_ip, wan_ips=wan_ips)
+    script = ruleset(mode, wan=wan, client_ip=client_ip, wan_ips=wan_ips, server_ip=server_ip)
     run(in_ns(ns, ["nft", "-f", "-"]), input=script)
     flush_conntrack(ns)
 

@@ -27,12 +27,13 @@ from collections import deque
 from teredonode.errors import LabError
 
 
-def agent(port: int, lifetime: float) -> int:
+def agent(port: int, lifetime: float, address: str = "0.0.0.0") -> int:
     """
     Serve commands until stdin closes or C{lifetime} seconds pass (never outlive a test).
+    C{address}: bind to one address of a host that has several (answers then leave from it).
     """
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("0.0.0.0", port))
+    sock.bind((address, port))
     inbox: deque[tuple[tuple[str, int], str]] = deque()
     deadline = time.monotonic() + lifetime
     stdin = sys.stdin.buffer
@@ -162,8 +163,9 @@ def main(argv: list[str]) -> int:
     a = sub.add_parser("agent")
     a.add_argument("--port", type=int, required=True)
     a.add_argument("--lifetime", type=float, default=120.0)
+    a.add_argument("--address", default="0.0.0.0")
     args = parser.parse_args(argv)
-    return agent(args.port, args.lifetime)
+    return agent(args.port, args.lifetime, args.address)
 
 
 if __name__ == "__main__":

@@ -308,7 +308,10 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
                 ],
             )
         first = plan.hosts[members[0]]
-        nat.apply(rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0], wan_ips=router.ipv4)
+        nat.apply(
+            rns, router.nat_mode or "masquerade", wan="wan", client_ip=first.ipv4[0], wan_ips=router.ipv4,
+            server_ip=plan.hosts["server"].ipv4[0],
+        )
 
     # Complete checksums toward every public host, as a wire delivers them (see
     # teredonode.lab.offload: the kernel fast paths hand partial ones to Python).

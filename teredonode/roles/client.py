@@ -138,14 +138,12 @@ __all__ = [
 ]
 
 #: RFC 6081 extensions this client runs, in Figure 1's names (``teredo lab matrix`` holds the
-#: cells that need them to working): Symmetric NAT Support, Port-Preserving Symmetric NAT and
-#: Sequential Port-Symmetric NAT ("SS" in the figure), each on by default
+#: cells that need them to working): Symmetric NAT Support, UPnP-Enabled Symmetric NAT (its
+#: port mapping, ``port-mapping``, and bubble rules X-UPNP-10..12), Port-Preserving Symmetric
+#: NAT and Sequential Port-Symmetric NAT ("SS" in the figure), each on by default
 #: (``symmetric-nat-support``, ``port-preserving``, ``sequential-port``), and Hairpinning
-#: ("HP", not in Figure 1: it is about two clients behind one NAT).  UPnP (X-UPNP) runs its
-#: port mapping and its bubble rules (X-UPNP-10..12); it is not listed while the lab's UPnP
-#: port-symmetric NAT does not show the server the reserved mapping (docs/nat-traversal.md
-#: section 3.2).
-RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "PP", "SS", "HP"})
+#: ("HP", not in Figure 1: it is about two clients behind one NAT).
+RFC6081_EXTENSIONS: frozenset[str] = frozenset({"SNS", "UPnP", "PP", "SS", "HP"})
 
 #: The default route's metric: above every usual one, so any other IPv6 route wins.
 DEFAULT_ROUTE_METRIC = 2048

@@ -221,19 +221,38 @@ class NatKindTests(unittest.TestCase):
 
     def test_upnp_port_symmetric(self) -> None:
         """
-        Outbound mappings are per destination (random ports); a UPnP mapping of the local
-        port makes it reachable from anyone at the WAN address and that port.
+        RFC 6081 section 3.2's UPnP-enabled symmetric NAT: outbound mappings are per
+        destination (random ports), except that the Teredo server (its primary address, port
+        3544) sees the reserved port; a UPnP mapping of the local port makes it reachable
+        from anyone at the WAN address and that port.
         """
         self.build("upnp-port-symmetric", need=("miniupnpd", "upnpc"))
-        first, second = self.seen("relay", 5000), self.seen("dualhost", 6000)
-        self.assertNotEqual(first[1], second[1], "symmetric: one port per destination")
+        primary, secondary = self.lab.host("server").ipv4[:2]
+        for address in (primary, secondary):  # the Teredo server's two addresses, as agents
+            self.stack.enter_context(self.lab.agent("server", nat.TEREDO_PORT, 60, address=address))
         public = (self.wan, LOCAL_PORT)
-        self.assertFalse(self.reaches("dualhost", 6001, public))
+        self.assertFalse(self.reaches("dualhost", 6001, public), "no mapping yet: unsolicited is dropped")
         client = self.lab.ipv4("client1")
+        # RFC 6081 section 5.3.3's AddPortMapping: external port = internal port, lease 0.
         out = self.upnpc("-e", "TEREDO", "-a", client, str(LOCAL_PORT), str(LOCAL_PORT), "UDP", "0")
         self.assertIn(f"external {self.wan}:{LOCAL_PORT} UDP is redirected", out)
+        # The server reflects the reserved port; qualification's second server address and
+        # every other destination see random ports, one per destination.
+        self.assertEqual(self.seen("server", nat.TEREDO_PORT), public, "the server sees the reserved port")
+        others = [
+            self.client.mapping_seen_by(secondary, nat.TEREDO_PORT, timeout=5.0),
+            self.seen("relay", 5000),
+            self.seen("dualhost", 6000),
+            self.seen("server", 5001),
+        ]
+        self.assertNotIn(None, others, "the server's secondary address did not answer")
+        ports = {m[1] for m in others if m is not None}
+        self.assertEqual(len(ports), len(others), f"symmetric: one port per destination: {others}")
+        self.assertNotIn(LOCAL_PORT, ports, f"only the server sees the reserved port: {others}")
+        self.assertEqual(self.seen("server", nat.TEREDO_PORT), public, "the server's mapping is stable")
+        # The reservation is forwarded from anyone, whatever the client sent to them.
         self.assertTrue(self.reaches("dualhost", 6001, public), "the UPnP mapping lets anyone in")
-        self.assertTrue(self.reaches("server", 5001, public))
+        self.assertTrue(self.reaches("relay", 5002, public))
 
     def test_upnp_natpmp_mapping(self) -> None:
         """

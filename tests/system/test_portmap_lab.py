@@ -191,6 +191,44 @@ class ClientPortMappingLabTests(LabAssertions, unittest.TestCase):
         self.lab.stop_node("our-client")
         self.assertNotIn(port, self.lab.exec("nat1", ["nft", "list", "ruleset"], timeout=10).stdout)
 
+    def test_upnp_symmetric_both_ways(self) -> None:
+        """
+        RFC 6081 section 6.2 for real: two of our clients, each behind the lab's UPnP-enabled
+        port-symmetric NAT (the server sees the reserved port, other destinations random
+        ones), qualify as symmetric with a port mapping equal to the server's (single NAT,
+        X-UPNP-09) and reach each other both ways through the embedded mappings
+        (X-UPNP-10..12).
+        """
+        if which("miniupnpd") is None:
+            raise unittest.SkipTest("miniupnpd not installed (apt-get install miniupnpd-nftables)")
+        self.lab = use_lab(self, "nat:upnp-port-symmetric,upnp-port-symmetric")
+        self.lab.start_teredonode("our-server", "server", "server")
+        self.assertTrue(self.lab.wait_udp_listening("server", 3544, 10))
+        addresses: dict[str, str] = {}
+        for n, host in enumerate(("client1", "client2"), start=1):
+            port = LOCAL_PORT + 10 + n
+            self.lab.start_teredonode(f"our-{host}", host, "client", settings={"port": port})
+            address = self.lab.wait_teredo_address(host, 30)
+            if address is None:
+                self.fail(f"{host} did not qualify: {self.lab.nodes[f'our-{host}'].log_tail(30)}")
+            addresses[host] = address
+            status = self.lab.node_status(f"our-{host}")["client"]
+            external = f"{self.lab.ipv4(f'nat{n}')}:{port}"
+            self.assertEqual(status["nat"], "symmetric", status)
+            self.assertEqual(status["port-mapping"]["state"], "mapped", status["port-mapping"])
+            self.assertEqual(status["port-mapping"]["external"], external, status["port-mapping"])
+            self.assertTrue(status["port-mapping"]["same-as-server"], status["port-mapping"])
+            self.assertEqual(status["mapping"], external, "the server reflects the reserved port")
+            self.assertTrue(status["hairpinning"]["upnp-symmetric"], status["hairpinning"])
+        # The first echoes may wait for (or be lost behind) a round of bubbles: most must come back.
+        for src, dst in (("client1", "client2"), ("client2", "client1")):
+            received, output = self.lab.ping6(src, addresses[dst], count=10, interval=0.5)
+            self.assertGreaterEqual(received, 5, f"{src} -> {dst}:\n{output}")
+        for host in ("client1", "client2"):
+            counters = self.lab.node_status(f"our-{host}")["client"]["counters"]
+            self.assertGreaterEqual(counters["upnp-symmetric-peers"], 1, (host, counters))
+            self.assertGreaterEqual(counters["upnp-embedded"], 1, (host, counters))
+
     def test_crash_leftover_deleted_at_restart(self) -> None:
         """
         X-UPNP-02, X-UPNP-03 for real: the client, running unprivileged, persists its mapping

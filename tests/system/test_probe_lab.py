@@ -44,6 +44,13 @@ EXPECTED_KIND = {
     "upnp-port-symmetric": "port-symmetric",
 }
 
+#: Where one server sees another kind than the probe's verdict: (lab kind, server) -> kind.
+#: The lab's UPnP port-symmetric NAT keeps the source port toward our server's primary
+#: address, port 3544 (RFC 6081 section 3.2: the server reflects the reserved port; see
+#: teredonode/lab/nat.py), so our server alone sees every socket's first mapping keep its
+#: port; Miredo's server sees random ports, and the verdict over both is port-symmetric.
+SERVER_KIND = {("upnp-port-symmetric", "ours"): "port-preserving-symmetric"}
+
 _FLOW = re.compile(r"src=(\S+) dst=(\S+) sport=(\d+) dport=(\d+)")
 
 
@@ -139,8 +146,8 @@ class ProbeLabTests(unittest.TestCase):
             s = servers[primary]
             if not (s["answers"] and s["secondary-answers"] and s["rtt-ms"] > 0):
                 wrong.append(f"{mode}/{name}: server answers {s}")
-            elif s["kind"] != kind:
-                wrong.append(f"{mode}/{name}: kind {s['kind']}, expected {kind}: {s}")
+            elif s["kind"] != SERVER_KIND.get((mode, name), kind):
+                wrong.append(f"{mode}/{name}: kind {s['kind']}, expected {SERVER_KIND.get((mode, name), kind)}: {s}")
         packets = report["packets"]
         if not 0 < packets["sent"] <= 2 * (5 * 2 + 1) + 1:  # two servers, --attempts 2, SSDP
             wrong.append(f"{mode}: {packets['sent']} datagrams sent")

@@ -301,3 +301,130 @@ class SavedResultTests(unittest.TestCase):
         doc = RenderTests().full().to_json()
         doc["kinds"] = ["masquerade"]
         self.assertRaises(LabError, MatrixResult.from_json, doc)
+
+
+class _PingOutput:
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+
+
+class _FakeLab:
+    """
+    Just enough of a lab for the port-guessing ping: records the command, answers with
+    canned iputils output.
+    """
+
+    def __init__(self, stdout: str) -> None:
+        self.stdout = stdout
+        self.argv: list[str] = []
+
+    def exec(self, host: str, argv: list[str], timeout: float) -> _PingOutput:
+        self.argv = argv
+        return _PingOutput(self.stdout)
+
+
+GUESS_HIT = """PING 2001:0:cb00:710a::2 from 2001:0:cb00:710a::1 : 56 data bytes
+64 bytes from 2001:0:cb00:710a::2: icmp_seq=8 ttl=64 time=0.512 ms
+64 bytes from 2001:0:cb00:710a::2: icmp_seq=9 ttl=64 time=0.301 ms
+
+--- 2001:0:cb00:710a::2 ping statistics ---
+9 packets transmitted, 2 received, 77.7778% packet loss, time 8012ms
+"""
+
+GUESS_MISS = """PING 2001:0:cb00:710a::2 from 2001:0:cb00:710a::1 : 56 data bytes
+
+--- 2001:0:cb00:710a::2 ping statistics ---
+20 packets transmitted, 0 received, 100% packet loss, time 19030ms
+"""
+
+
+class PortGuessingTests(unittest.TestCase):
+    """
+    C{--port-guessing}: which cells are measured again, the ping that measures them, and how
+    their results are reported, apart from Figure 1's verdict.
+    """
+
+    kinds = ("cone", "port-restricted", "port-symmetric")
+
+    def setUp(self) -> None:
+        self.patch(matrix, "client_extensions", lambda impl: frozenset({"SNS"}))
+
+    def test_which_cells_are_guessed(self) -> None:
+        no = _trial("port-restricted", "port-symmetric", 0)
+        self.assertTrue(matrix.wants_guess(no, "teredonode"))
+        self.assertFalse(matrix.wants_guess(no, "miredo"), "only our clients guess")
+        self.assertFalse(matrix.wants_guess(_trial("port-restricted", "port-symmetric", 2), "teredonode"))
+        # A cell Figure 1 holds the client to is a failure, not a job for guessing.
+        self.assertFalse(matrix.wants_guess(_trial("cone", "port-symmetric", 0), "teredonode"))
+        unqualified = Trial("port-restricted", "port-symmetric", "teredonode", note="not qualified: A", measured=True)
+        self.assertFalse(matrix.wants_guess(unqualified, "teredonode"))
+        self.assertFalse(matrix.wants_guess(Trial("port-restricted", "port-symmetric", "teredonode"), "teredonode"))
+
+    def test_guess_ping(self) -> None:
+        lab = _FakeLab(GUESS_HIT)
+        trial = Trial("port-restricted", "port-symmetric", "teredonode")
+        matrix.guess_ping_trial(lab, trial, "client1", "2001:0:cb00:710a::1", "2001:0:cb00:710a::2")  # type: ignore[arg-type]
+        argv = lab.argv
+        self.assertEqual(argv[argv.index("-c") + 1], str(matrix.GUESS_PINGS))
+        self.assertEqual(argv[argv.index("-i") + 1], f"{matrix.GUESS_INTERVAL:g}")
+        # What ping sent, not what was asked: it stops early once replies and errors add up.
+        self.assertEqual((trial.sent, trial.received, trial.measured), (9, 2, True))
+        assert trial.first_reply is not None
+        self.assertAlmostEqual(trial.first_reply, 7 * matrix.GUESS_INTERVAL + 0.000512)
+
+        trial = Trial("port-restricted", "port-symmetric", "teredonode")
+        matrix.guess_ping_trial(_FakeLab(GUESS_MISS), trial, "client1", "a", "b")  # type: ignore[arg-type]
+        self.assertEqual((trial.sent, trial.received, trial.first_reply, trial.ok), (20, 0, None, False))
+
+    def result(self) -> MatrixResult:
+        trials = [_trial(s, d, 0 if "port-symmetric" in (s, d) and s != "cone" and d != "cone" else 3)
+                  for s in self.kinds for d in self.kinds]
+        result = _result(self.kinds, trials)
+        result.port_guessing = True
+        for (src, dst), received, searches in (
+            (("port-restricted", "port-symmetric"), 2, 2),
+            (("port-symmetric", "port-restricted"), 0, 2),
+            (("port-symmetric", "port-symmetric"), 0, 0),
+        ):
+            result.guess_trials[("teredonode", src, dst)] = Trial(
+                src, dst, "teredonode", sent=9 if received else 20, received=received,
+                first_reply=6.9 if received else None, measured=True, searches=searches,
+            )
+        return result
+
+    def test_reported_apart_from_the_verdict(self) -> None:
+        result = self.result()
+        plain = _result(self.kinds, list(result.trials.values()))
+        self.assertEqual(result.failures(), [])
+        self.assertEqual(matrix.render_table(result, "teredonode"), matrix.render_table(plain, "teredonode"))
+        self.assertIn("| Port restricted | ok 12 ms (Yes) | ok 12 ms (Yes) | no (No) |", matrix.render_table(result, "teredonode"))
+        text = matrix.render_guessing(result)
+        self.assertIn("of the 3 cells they did not reach with their defaults", text)
+        self.assertIn("1 reached in this run:", text)
+        self.assertIn("- Port restricted → Port-symmetric: ok 6.9 s (2/9 replies)", text)
+        self.assertIn("- not reached, searched, missed: Port-symmetric → Port restricted\n", text)
+        self.assertTrue(text.endswith("- not reached, no search started: Port-symmetric → Port-symmetric"), text)
+        self.assertNotIn("after a search", text)
+        # Reached, but no search started: said so, not credited to port guessing.
+        result.guess_trials[("teredonode", "port-symmetric", "port-symmetric")] = Trial(
+            "port-symmetric", "port-symmetric", "teredonode", sent=20, received=3, first_reply=2.1, measured=True,
+            searches=0,
+        )
+        text = matrix.render_guessing(result)
+        self.assertIn("2 reached in this run, 1 of them after a search:", text)
+        self.assertIn("- Port-symmetric → Port-symmetric: ok 2.1 s (no search started) (3/20 replies)", text)
+        self.assertIn(text, matrix.render_report(result))
+        self.assertIn(text, matrix.render_doc_section(result))
+        self.assertIn("`teredo lab matrix --port-guessing`", matrix.render_doc_section(result))
+        self.assertNotIn("Port guessing", matrix.render_report(plain))
+
+    def test_round_trip(self) -> None:
+        result = self.result()
+        again = MatrixResult.from_json(json.loads(json.dumps(result.to_json())))
+        self.assertTrue(again.port_guessing)
+        self.assertEqual(matrix.render_guessing(again), matrix.render_guessing(result))
+        self.assertEqual(matrix.render_doc_section(again), matrix.render_doc_section(result))
+        # A result saved before --port-guessing existed still reads.
+        doc = result.to_json()
+        del doc["port_guessing"], doc["guess_cells"]
+        self.assertFalse(MatrixResult.from_json(doc).port_guessing)

@@ -18,10 +18,11 @@ from teredonode.lab.cli import build_parser, scenario_of
 from teredonode.lab.scenario import SCENARIOS, get_scenario
 
 WAN = "198.51.100.11"
+SERVER = "203.0.113.10"
 
 
 def rules(mode: str) -> str:
-    return nat.ruleset(mode, wan="wan", client_ip="10.1.0.2", wan_ips=nat.address_pool(WAN))
+    return nat.ruleset(mode, wan="wan", client_ip="10.1.0.2", wan_ips=nat.address_pool(WAN), server_ip=SERVER)
 
 
 class RulesetTests(unittest.TestCase):
@@ -88,6 +89,20 @@ class RulesetTests(unittest.TestCase):
                 self.assertIn(f"jump {chain}", script)
         self.assertIn("fully-random", rules("upnp-port-symmetric"))
         self.assertNotIn("fully-random", rules("upnp-port-restricted"))
+
+    def test_upnp_port_symmetric_keeps_the_port_toward_the_server_only(self) -> None:
+        """
+        RFC 6081 section 3.2: the server sees the reserved port, other flows stay symmetric.
+        The port-keeping rule comes first and names the server's primary address only.
+        """
+        script = rules("upnp-port-symmetric")
+        keep = f'oifname "wan" meta l4proto udp ip daddr {SERVER} udp dport 3544 masquerade\n'
+        self.assertIn(keep, script)
+        self.assertLess(script.index(keep), script.index("masquerade fully-random"))
+        self.assertNotIn("203.0.113.11", script)
+        self.assertNotIn(SERVER, rules("upnp-port-restricted"))
+        self.assertNotIn(SERVER, rules("port-symmetric"))
+        self.assertRaises(LabError, nat.ruleset, "upnp-port-symmetric", wan="wan", client_ip="10.1.0.2")
 
 
 class PlanTests(unittest.TestCase):
