@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
 from teredonode.fastpath.program import FastPathUnavailable, object_path
-from teredonode.fastpath.relay import RelayFastPath
+from teredonode.fastpath.relay import RelayFastPath, load_as
 from teredonode.logs import Logger
 from teredonode.peers import VALID_FOR, Peer, PeerList
 from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT
@@ -412,25 +412,13 @@ def _plan(bind: str, server: str | None) -> tuple[list[str], str, int]:
 
 def load(settings: Any, clock: Any, peers: PeerList) -> ClientFastPath | None:
     """
-    Load the programs as C{settings.fast_path} asks, before the client opens anything.
-    Logs the one line when the Python path runs (C{"off"}, or C{"auto"} and the programs
-    cannot load); L{ClientFastPath.startClient} logs the other.
+    The relay's L{teredonode.fastpath.relay.load_as} for the client, before it opens
+    anything (the same one log line when the Python path runs); L{ClientFastPath.startClient}
+    logs the other.
 
     @raise FastPathUnavailable: C{fast-path = "on"} and they cannot load.
     """
-    mode = settings.fast_path
-    if mode == "off":
-        log.info("Trusted peers: Python path (fast-path = \"off\")")
-        return None
-    try:
-        fast = ClientFastPath.load(settings, clock, peers)
-    except (FastPathUnavailable, BPFError, OSError) as e:
-        if mode == "on":
-            raise FastPathUnavailable(str(e)) from None
-        log.info("Trusted peers: Python path (kernel fast path unavailable: {reason})", reason=str(e))
-        return None
-    fast.mode = mode
-    return fast
+    return load_as(ClientFastPath, settings, clock, peers)
 
 
 def loadFor(client: Any, loader: Callable[[Any, Any, PeerList], Any] | None, reactor: Any) -> Any:

@@ -43,7 +43,7 @@ import socket
 import struct
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar, cast
 
 from zope.interface import implementer
 
@@ -54,7 +54,7 @@ from teredonode.interfaces import IPeerObserver
 from teredonode.logs import Logger
 from teredonode.peers import Peer, PeerList
 
-__all__ = ["COUNTERS", "SOURCE_NAME", "RelayFastPath", "load", "start", "pack_config", "PEER"]
+__all__ = ["COUNTERS", "SOURCE_NAME", "RelayFastPath", "load", "load_as", "start", "pack_config", "PEER"]
 
 SOURCE_NAME = "teredo_relay.bpf.c"
 RX, TX = "teredo_relay_rx", "teredo_relay_tx"
@@ -407,14 +407,14 @@ def _plan(bind: str) -> tuple[list[str], list[tuple[str, int]], str, int]:
     return locals_, rx, source[0], source[1]
 
 
-def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
+_Kind = TypeVar("_Kind", bound="RelayFastPath")
+
+
+def load_as(kind: type[_Kind], settings: Any, clock: Any, peers: PeerList) -> _Kind | None:
     """
-    Load the programs as C{settings.fast_path} asks, before the relay opens anything: the
-    object's verification takes a while, and a relay whose TUN is already routed would
-    meanwhile let the host's packets pile up unread (and overflow the peer queues of the
-    first peers it bubbles).  L{RelayFastPath.start} then attaches them, once the TUN and
-    the socket exist.  Logs the one line when the Python path runs (C{"off"}, or C{"auto"}
-    and the programs cannot load).
+    Load C{kind}'s programs as C{settings.fast_path} asks (the relay's, or a role's built on
+    them), logging the one line when the Python path runs (C{"off"}, or C{"auto"} and the
+    programs cannot load).
 
     @raise FastPathUnavailable: C{fast-path = "on"} and they cannot load.
     """
@@ -423,7 +423,7 @@ def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
         log.info("Trusted peers: Python path (fast-path = \"off\")")
         return None
     try:
-        fast = RelayFastPath.load(settings, clock, peers)
+        fast = cast(_Kind, kind.load(settings, clock, peers))
     except (FastPathUnavailable, BPFError, OSError) as e:
         if mode == "on":
             raise FastPathUnavailable(str(e)) from None
@@ -431,6 +431,18 @@ def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
         return None
     fast.mode = mode
     return fast
+
+
+def load(settings: Any, clock: Any, peers: PeerList) -> RelayFastPath | None:
+    """
+    L{load_as} for the relay, before it opens anything: the object's verification takes a
+    while, and a relay whose TUN is already routed would meanwhile let the host's packets
+    pile up unread (and overflow the peer queues of the first peers it bubbles).
+    L{RelayFastPath.start} then attaches them, once the TUN and the socket exist.
+
+    @raise FastPathUnavailable: C{fast-path = "on"} and they cannot load.
+    """
+    return load_as(RelayFastPath, settings, clock, peers)
 
 
 def start(settings: Any, clock: Any, peers: PeerList, tun: str, port: int) -> RelayFastPath | None:
