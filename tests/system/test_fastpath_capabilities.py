@@ -24,26 +24,13 @@ from pathlib import Path
 
 from twisted.trial import unittest
 
+from tests.system.bpf_support import fast_path_skip_reason
+
 #: The repository holding this test (trial runs in _trial_temp, not the tree).
 SOURCE = Path(__file__).resolve().parents[2]
 UNITS = SOURCE / "etc" / "systemd"
 ADDRESS = "203.0.113.10"
 FAST_PATH_OFF = ("CAP_BPF", "CAP_PERFMON")
-
-
-def fast_path_skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, setpriv, loading BPF)"
-    for tool in ("clang", "setpriv", "twistd", "ip"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        from teredonode.fastpath.libbpf import load_libbpf
-
-        load_libbpf()
-    except OSError as e:
-        return f"libbpf is not usable: {e}"
-    return None
 
 
 def unit_capabilities(role: str) -> list[str]:
@@ -75,7 +62,7 @@ class UnitTextTests(unittest.SynchronousTestCase):
 
 
 class UnitCapabilityTests(unittest.TestCase):
-    skip = fast_path_skip_reason()
+    skip = fast_path_skip_reason("setpriv", "twistd", "ip")
 
     def setUp(self) -> None:
         self.ns = f"tncap-{secrets.token_hex(3)}"

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.trial import unittest
+from tests.system.bpf_support import fast_path_skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().with_name("_client_driver.py")
@@ -48,21 +49,6 @@ PORT = 40100
 #: Steps whose packets the programs must carry in the fast run.
 TRUSTED_UP = ("up-udp", "up-udp-burst", "up-echo", "up-native-udp", "up-no-udp-checksum", "up-hop-limit-1")
 TRUSTED_DOWN = ("down-udp", "down-udp-burst", "down-native-udp", "down-raw")
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, BPF)"
-    for tool in ("clang", "twistd", "ip", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        from teredonode.fastpath.libbpf import load_libbpf
-
-        load_libbpf()
-    except OSError as e:
-        return f"libbpf is not usable: {e}"
-    return None
 
 
 def _ip(*argv: str, ns: str | None = None) -> None:
@@ -154,7 +140,7 @@ def _env() -> dict[str, str]:
 
 
 class _Namespaces(unittest.TestCase):
-    skip = _why_not()
+    skip = fast_path_skip_reason("twistd", "ip", "ethtool")
 
     def setUp(self) -> None:
         tag = secrets.token_hex(3)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.trial import unittest
+from tests.system.bpf_support import fast_path_skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).resolve().with_name("_relay_driver.py")
@@ -41,21 +42,6 @@ DRIVER = Path(__file__).resolve().with_name("_relay_driver.py")
 #: Steps whose output in the fast run must come (at least partly) from the programs.
 TRUSTED_UP = ("up-udp", "up-echo", "up-udp-burst", "up-hop-limit-2", "up-no-udp-checksum")
 TRUSTED_DOWN = ("down-udp", "down-echo", "down-udp-burst")
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (namespaces, BPF)"
-    for tool in ("clang", "twistd", "ip", "ethtool"):
-        if shutil.which(tool) is None:
-            return f"{tool} is not installed"
-    try:
-        from teredonode.fastpath.libbpf import load_libbpf
-
-        load_libbpf()
-    except OSError as e:
-        return f"libbpf is not usable: {e}"
-    return None
 
 
 def _ip(*argv: str, ns: str | None = None) -> None:
@@ -88,7 +74,7 @@ def normalized(hexframe: str, bubbleSources: set[bytes]) -> bytes:
 
 
 class RelayFastPathDifferentialTests(unittest.TestCase):
-    skip = _why_not()
+    skip = fast_path_skip_reason("twistd", "ip", "ethtool")
 
     def setUp(self) -> None:
         tag = secrets.token_hex(3)

@@ -39,26 +39,13 @@ from teredonode.testing import FakeInternet
 from teredonode.wire import ipv6
 from teredonode.wire.address import CLIENT_LINK_LOCAL_CONE, CLIENT_LINK_LOCAL_RESTRICTED
 from teredonode.wire.teredo import AuthIndicator, OriginIndication, encode_payload
+from tests.system.bpf_support import fast_path_skip_reason
 
 PRIMARY, SECONDARY = "203.0.113.10", "203.0.113.11"
 MAC_SERVER, MAC_PEER = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX = 0, 1, 2, 3
 #: The repository holding this test (not the working directory: trial runs in _trial_temp).
 SOURCE = Path(__file__).resolve().parents[2]
-
-
-def _why_not() -> str | None:
-    if os.geteuid() != 0:
-        return "loading a BPF program needs root (CAP_BPF, CAP_NET_ADMIN)"
-    if shutil.which("clang") is None:
-        return "clang is not installed (the BPF program is compiled from bpf/*.c)"
-    try:
-        from teredonode.fastpath.libbpf import load_libbpf
-
-        load_libbpf()
-    except OSError as e:
-        return f"libbpf is not usable: {e}"
-    return None
 
 
 def csum(data: bytes) -> int:
@@ -95,7 +82,7 @@ def rs(src: bytes = CLIENT_LINK_LOCAL_RESTRICTED, nonce: bytes | None = None, **
 
 
 class FastPathDifferentialTests(unittest.TestCase):
-    skip = _why_not()
+    skip = fast_path_skip_reason()
 
     def setUp(self) -> None:
         self.objectPath: Path | None = None
@@ -355,7 +342,7 @@ class FastPathServiceTests(unittest.TestCase):
     with what the Python server would send, and the server's status counts it.
     """
 
-    skip = _why_not() or (None if shutil.which("ip") and shutil.which("twistd") else "needs ip and twistd")
+    skip = fast_path_skip_reason("ip", "twistd")
 
     def setUp(self) -> None:
         import secrets

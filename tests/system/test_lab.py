@@ -23,7 +23,7 @@ from teredonode.lab.lab import Lab
 from teredonode.lab.nodes import REPO_ROOT
 
 from tests.system.lab_fixture import lab_fixture, skip_reason, use_lab
-from tests.system.test_fastpath_capabilities import fast_path_skip_reason
+from tests.system.bpf_support import fast_path_skip_reason
 
 OTHER_LAB = re.compile(r"^tn[0-9a-f]{5}-")
 
