@@ -397,6 +397,17 @@ def _lan_address(value: Any) -> str:
     return f"{text}/{int(length)}"
 
 
+@_checks('`"auto"`, `"native"` or `"generic"`')
+def _xdp_mode(value: Any) -> str:
+    """
+    How an XDP program is attached: C{"auto"} (generic on veth, native elsewhere),
+    C{"native"} or C{"generic"}.
+    """
+    if value in ("auto", "native", "generic"):
+        return str(value)
+    raise _Invalid(f"{_show(value)} is not \"auto\", \"native\" or \"generic\"")
+
+
 @_checks('`"auto"`, `"on"` or `"off"`')
 def _fast_path(value: Any) -> str:
     """
@@ -870,6 +881,16 @@ class ServerSettings(_RoleSettings):
         "server. `auto`: when the program builds (clang), loads and attaches, else the Python "
         "path; `on`: refuse to start without it; `off`: never. One log line at start says which "
         "path and why. See [performance.md](performance.md#kernel-fast-path-xdp).",
+    )
+    xdp_mode: str = setting(
+        check=_xdp_mode,
+        default="auto",
+        doc="How the fast path's XDP program is attached: auto, native, generic.",
+        more="`native` runs it in the driver, before a socket buffer exists; `generic` runs it "
+        "on socket buffers and works on any interface. `auto` picks generic on veth and native "
+        "elsewhere: native XDP on a veth sends its answers to the peer only when the peer "
+        "runs an XDP program or has GRO on (then `native` is the faster choice). See "
+        "[performance.md](performance.md#kernel-fast-path-xdp).",
     )
 
     @property

@@ -90,6 +90,17 @@ def is_veth(index: int) -> bool:
     return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
 
 
+def attach_generic(mode: str) -> Callable[[int], bool]:
+    """
+    Whether to attach in generic mode, per interface, as the C{xdp-mode} setting says.
+    """
+    if mode == "native":
+        return lambda index: False
+    if mode == "generic":
+        return lambda index: True
+    return is_veth
+
+
 class FastPath:
     """
     A loaded (and, once L{attach}ed, running) fast path for one server.
@@ -172,7 +183,7 @@ def start(
                 f"no interface holds {settings.primary} or {settings.secondary}"
             )
         fast = FastPath(settings, ra_packet)
-        fast.attach(found)
+        fast.attach(found, attach_generic(settings.xdp_mode))
     except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
         if fast is not None:
             fast.close()

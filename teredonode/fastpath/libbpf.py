@@ -26,6 +26,7 @@ _BPF_ANY = 0
 _BPF_XDP = 37  # enum bpf_attach_type
 _BPF_TCX_INGRESS, _BPF_TCX_EGRESS = 46, 47  # Linux 6.6; the build host's headers may predate them
 _XDP_FLAGS_SKB_MODE = 1 << 1
+_BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 
 
 class BPFError(OSError):
@@ -51,6 +52,18 @@ class _TestRunOpts(ctypes.Structure):
         ("flags", ctypes.c_uint32),
         ("cpu", ctypes.c_uint32),
         ("batch_size", ctypes.c_uint32),
+    ]
+
+
+class _XdpMd(ctypes.Structure):
+    # struct xdp_md: the context a live test run starts from.
+    _fields_ = [
+        ("data", ctypes.c_uint32),
+        ("data_end", ctypes.c_uint32),
+        ("data_meta", ctypes.c_uint32),
+        ("ingress_ifindex", ctypes.c_uint32),
+        ("rx_queue_index", ctypes.c_uint32),
+        ("egress_ifindex", ctypes.c_uint32),
     ]
 
 
@@ -247,6 +260,28 @@ class BpfObject:
 
     def possible_cpus(self) -> int:
         return self._b.check(self._b.lib.libbpf_num_possible_cpus(), "counting CPUs")
+
+    def transmit(self, program: str, frame: bytes, ifindex: int, count: int, batch: int = 64) -> None:
+        """
+        Run the XDP C{program} C{count} times on copies of C{frame} as live frames
+        (BPF_PROG_TEST_RUN with C{BPF_F_TEST_XDP_LIVE_FRAMES}, Linux 5.18): what it returns
+        C{XDP_TX} for leaves through interface C{ifindex} as if received there and sent
+        back, without a socket or a socket buffer.  The benchmarks' load generator: the
+        kernel sends C{count} frames in one system call, in batches of C{batch}.
+        """
+        data_in = ctypes.create_string_buffer(frame, len(frame))
+        ctx = _XdpMd(data_end=len(frame), ingress_ifindex=ifindex)  # data_end must be the size
+        opts = _TestRunOpts(
+            sz=ctypes.sizeof(_TestRunOpts),
+            data_in=ctypes.cast(data_in, ctypes.c_void_p),
+            data_size_in=len(frame),
+            ctx_in=ctypes.cast(ctypes.byref(ctx), ctypes.c_void_p),
+            ctx_size_in=ctypes.sizeof(_XdpMd),
+            repeat=count,
+            flags=_BPF_F_TEST_XDP_LIVE_FRAMES,
+            batch_size=batch,
+        )
+        self._b.check(self._b.lib.bpf_prog_test_run_opts(self.program_fd(program), ctypes.byref(opts)), "live test run")
 
     def test_run(self, program: str, frame: bytes, ctx: bytes | None = None) -> tuple[int, bytes]:
         """
