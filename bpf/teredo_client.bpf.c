@@ -74,11 +74,6 @@
 
 #define MAX_PACKET 1500 /* the largest TUN MTU a Router Advertisement sets */
 #include "teredo_common.h"
-/*
- * Not ours: on to the next program on the hook, or the kernel (TCX_NEXT), so that a host's
- * other TC programs (container networking, firewalls) still see the packet.
- */
-#define NEXT TC_ACT_UNSPEC
 
 /* Counter indices: teredonode.fastpath.client.COUNTERS, in this order. */
 enum {

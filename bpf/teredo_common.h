@@ -2,8 +2,9 @@
 /*
  * What the fast paths (teredo_server.bpf.c, teredo_relay.bpf.c, teredo_client.bpf.c) share,
  * written once: header sizes, the ones' complement arithmetic of their checksums, their
- * counters, and, for the relay's and the client's, the local-address check and the peer
- * entry their control planes read and write (teredonode.fastpath.relay.PEER).  A program
+ * counters, and, for the relay's and the client's, the local-address check, the peer entry
+ * their control planes read and write (teredonode.fastpath.relay.PEER), the encapsulation
+ * of their TC egress programs and those programs' verdict for what is not theirs.  A program
  * that sums whole packets (sum_bytes) defines MAX_PACKET, the longest IPv6 packet it
  * carries, before including this file.
  *
@@ -23,6 +24,14 @@
 #define V6_HLEN 40
 #define ENCAP (IP_HLEN + UDP_HLEN)
 #define MAX_LOCALS 8 /* IPv4 addresses a relay's or client's socket receives on */
+
+/*
+ * A TC program's verdict for a packet that is not its own: on to the next program on the
+ * hook, then the kernel (TCX_NEXT, the value every header has as TC_ACT_UNSPEC).  TC_ACT_OK would
+ * end the tcx chain there, so a host's other TC programs (container networking, firewalls)
+ * attached after ours would never see the packet.
+ */
+#define NEXT TC_ACT_UNSPEC
 
 /*
  * Add one to entry index of a per-CPU counter array.  The map is each program's own (its

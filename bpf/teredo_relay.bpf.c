@@ -40,9 +40,10 @@
  *       serves (host-foreign-source otherwise), a destination in the Teredo prefix with a
  *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
  *
- * Everything else returns XDP_PASS / TC_ACT_OK untouched, and the Python relay counts or
- * answers it exactly as without these programs: bubbles, unknown and untrusted peers,
- * queues, mapping mismatches, ICMPv6 errors, trailers, anything malformed.
+ * Everything else goes on untouched (XDP_PASS; on the TC hook to the next program, then the
+ * kernel: NEXT), and the Python relay counts or answers it exactly as without these
+ * programs: bubbles, unknown and untrusted peers, queues, mapping mismatches, ICMPv6 errors,
+ * trailers, anything malformed.
  *
  * The encapsulated datagram is the one the relay's socket sends: from the relay's address
  * and port, TTL 64, DF clear (G-07), UDP checksum set.  Only the IPv4 identification
@@ -262,10 +263,10 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;
+		return NEXT;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
-		return TC_ACT_OK;
+		return NEXT;
 	if (len < V6_HLEN || len > MAX_PACKET)
 		goto pass;
 	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
@@ -333,7 +334,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 
 pass:
 	count(&counters, C_PASSED_TX);
-	return TC_ACT_OK;
+	return NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
