@@ -32,10 +32,12 @@
  *       port on one of its addresses, valid or absent UDP checksum (the kernel drops the
  *       rest before the socket); a bare IPv6 packet (no authentication or origin
  *       indication, no RFC 6081 trailers: the UDP payload is exactly the IPv6 packet),
- *       not a bubble, no hop-by-hop header (the kernel would act on it); a source in the
- *       Teredo prefix with a map entry whose mapping is the datagram's source address and
- *       port (RL-RX-02/03/04, case 1 of section 5.2.3); a destination the relay serves
- *       (RL-RX-05); hop limit above 1 (the kernel answers the others with Time Exceeded).
+ *       no hop-by-hop header (the kernel would act on it); a source in the Teredo prefix
+ *       with a map entry whose mapping is the datagram's source address and port
+ *       (RL-RX-02/03/04, case 1 of section 5.2.3); a destination the relay serves
+ *       (RL-RX-05).  The entry is then heard, as the Python relay marks it for the same
+ *       packets; a bubble goes on to Python from here, and so does a hop limit of 1 or
+ *       less (the kernel answers it with Time Exceeded).
  *   tx: version 6, the packet exactly as long as its header says, a source the relay
  *       serves (host-foreign-source otherwise), a destination in the Teredo prefix with a
  *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
@@ -150,7 +152,7 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	__u32 zero = 0, saddr, daddr, udp_len, plen, head;
 	__u16 sport, dport;
 	__u64 now;
-	int rc;
+	int rc, bubble;
 
 	if ((void *)(eth + ETH_HLEN + IP_HLEN + UDP_HLEN + V6_HLEN) > data_end)
 		return XDP_PASS;
@@ -183,10 +185,9 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	plen = ((__u32)v6[4] << 8) | v6[5];
 	if ((v6[0] >> 4) != 6 || udp_len != UDP_HLEN + V6_HLEN + plen)
 		goto pass;
-	if (v6[6] == 0 || (plen == 0 && v6[6] == 59)) /* hop-by-hop header; a bubble */
+	if (v6[6] == 0) /* a hop-by-hop header */
 		goto pass;
-	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
-		goto pass;
+	bubble = plen == 0 && v6[6] == 59;
 	if (fold(SUM_FIXED(ip, IP_HLEN)) != 0xffff)
 		goto pass;
 	if (udp[6] | udp[7]) {
@@ -198,11 +199,14 @@ int teredo_relay_rx(struct xdp_md *ctx)
 		if (fold(s) != 0xffff)
 			goto pass;
 	}
-	/* Section 5.2.3 case 1: a trusted peer, from its proven mapping, to what we serve. */
+	/*
+	 * Section 5.2.3 case 1: a trusted peer, from its proven mapping, to what we serve (a
+	 * bubble's destination is not checked: it is never delivered).
+	 */
 	__builtin_memcpy(&head, v6 + 8, 4);
 	if (head != cfg->prefix)
 		goto pass;
-	if (!served(cfg, v6 + 24))
+	if (!bubble && !served(cfg, v6 + 24))
 		goto pass;
 	__builtin_memcpy(key.address, v6 + 8, 16);
 	peer = bpf_map_lookup_elem(&peers, &key);
@@ -211,6 +215,19 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	__builtin_memcpy(&saddr, ip + 12, 4);
 	__builtin_memcpy(&sport, udp, 2);
 	if (peer->ip != saddr || peer->port != sport)
+		goto pass;
+	/*
+	 * Heard: the Python relay marks the peer heard for all of this, bubbles and what goes on
+	 * to Python below included, so the entry's time moves here too: the tx half carries the
+	 * peer's downstream packets only while it is recent, and the Python relay's own time
+	 * never reaches the map.
+	 */
+	now = bpf_ktime_get_ns();
+	if (now > peer->last_rx)
+		peer->last_rx = now;
+	if (bubble)
+		goto pass;
+	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
 		goto pass;
 
 	/* Forward as the kernel would from the TUN. */
@@ -225,9 +242,6 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex)
 		goto pass;
 
-	now = bpf_ktime_get_ns();
-	if (now > peer->last_rx)
-		peer->last_rx = now;
 	v6[7] -= 1;
 	if (bpf_xdp_adjust_head(ctx, ENCAP))
 		return XDP_ABORTED;
