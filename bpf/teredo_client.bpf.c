@@ -74,12 +74,6 @@
 
 #define MAX_PACKET 1500 /* the largest TUN MTU a Router Advertisement sets */
 #include "teredo_common.h"
-#define MAX_LOCALS 8
-/*
- * Not ours: on to the next program on the hook, or the kernel (TCX_NEXT), so that a host's
- * other TC programs (container networking, firewalls) still see the packet.
- */
-#define NEXT TC_ACT_UNSPEC
 
 /* Counter indices: teredonode.fastpath.client.COUNTERS, in this order. */
 enum {
@@ -109,19 +103,6 @@ struct client_config {
 	__u32 partial;            /* out_ifindex completes partial checksums in software */
 };
 
-struct peer_key {
-	__u8 address[16];
-};
-
-struct peer {
-	__u32 ip;   /* network order */
-	__u16 port; /* network order */
-	__u16 pad;
-	__u64 last_rx; /* bpf_ktime_get_ns */
-	__u64 last_tx;
-	__u64 synced; /* the later of the two when the control plane last read them */
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -144,25 +125,6 @@ struct {
 	__type(value, struct peer);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } peers SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-	if (value)
-		*value += 1;
-}
-
-static __always_inline int local_address(const struct client_config *cfg, __u32 daddr)
-{
-	for (int i = 0; i < MAX_LOCALS; i++) {
-		if (i >= cfg->n_locals)
-			break;
-		if (cfg->locals[i] == daddr)
-			return 1;
-	}
-	return 0;
-}
 
 static __always_inline int same16(const __u8 *a, const __u8 *b)
 {
@@ -211,7 +173,7 @@ int teredo_client_rx(struct __sk_buff *skb)
 	if (dport != (__u16)cfg->port)
 		return NEXT;
 	__builtin_memcpy(&daddr, ip + 16, 4);
-	if (!local_address(cfg, daddr))
+	if (!local_address(cfg->locals, cfg->n_locals, daddr))
 		return NEXT;
 
 	/* To the client's socket: from here on, handled here or counted as passed on. */
@@ -283,12 +245,12 @@ int teredo_client_rx(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	((__u8 *)data)[12] = ETH_P_IPV6 >> 8;
 	((__u8 *)data)[13] = ETH_P_IPV6 & 0xff;
-	count(C_RECEIVED);
-	count(C_DELIVERED);
+	count(&counters, C_RECEIVED);
+	count(&counters, C_DELIVERED);
 	return bpf_redirect(cfg->tun_ifindex, BPF_F_INGRESS);
 
 pass:
-	count(C_PASSED_RX);
+	count(&counters, C_PASSED_RX);
 	return NEXT;
 }
 
@@ -296,11 +258,11 @@ SEC("tc")
 int teredo_client_tx(struct __sk_buff *skb)
 {
 	void *data, *data_end;
-	__u8 *v6, *ip, *udp;
+	__u8 *v6;
 	const struct client_config *cfg;
 	struct peer_key key;
 	struct peer *peer;
-	__u32 zero = 0, len = skb->len, head, csum, plen;
+	__u32 zero = 0, len = skb->len, head, plen;
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
@@ -369,57 +331,21 @@ int teredo_client_tx(struct __sk_buff *skb)
 			goto pass;
 		}
 	}
-	{
-		__u32 ulen = UDP_HLEN + len, dst = peer->ip;
-		__u16 dport = peer->port, sport = (__u16)cfg->port;
-
-		s += cfg->source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
-		s += sport + dport + bpf_htons(ulen);                      /* UDP header */
-		csum = ~fold(s) & 0xffff;
-		if (!csum)
-			csum = 0xffff;
-		if (peer->last_tx < now)
-			peer->last_tx = now;
-		/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
-		if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
-			goto pass;
-		if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
-			return TC_ACT_SHOT; /* the room is there but the packet is no longer whole */
-		/* bpf_redirect_neigh takes an Ethernet frame, and the TUN's packets have none. */
-		if (bpf_skb_change_head(skb, ETH_HLEN, 0))
-			return TC_ACT_SHOT;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		if (data + ETH_HLEN + ENCAP > data_end)
-			return TC_ACT_SHOT;
-		((__u8 *)data)[12] = ETH_P_IP >> 8;
-		((__u8 *)data)[13] = ETH_P_IP & 0xff;
-		ip = data + ETH_HLEN;
-		udp = ip + IP_HLEN;
-		ip[0] = 0x45;
-		ip[1] = 0;
-		ip[2] = (IP_HLEN + ulen) >> 8;
-		ip[3] = (IP_HLEN + ulen) & 0xff;
-		*(__u16 *)(ip + 4) = (__u16)bpf_get_prandom_u32();
-		ip[6] = 0; /* G-07: DF clear */
-		ip[7] = 0;
-		ip[8] = (__u8)cfg->ttl;
-		ip[9] = 17;
-		ip[10] = 0;
-		ip[11] = 0;
-		*(__u32 *)(ip + 12) = cfg->source;
-		*(__u32 *)(ip + 16) = dst;
-		*(__u16 *)(ip + 10) = ~fold(SUM_FIXED(ip, IP_HLEN)) & 0xffff;
-		*(__u16 *)udp = sport;
-		*(__u16 *)(udp + 2) = dport;
-		*(__u16 *)(udp + 4) = bpf_htons(ulen);
-		*(__u16 *)(udp + 6) = csum;
+	if (peer->last_tx < now)
+		peer->last_tx = now;
+	switch (encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl)) {
+	case ENCAP_DONE:
+		break;
+	case ENCAP_UNTOUCHED:
+		goto pass;
+	default:
+		return TC_ACT_SHOT;
 	}
-	count(C_SENT);
+	count(&counters, C_SENT);
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 
 pass:
-	count(C_PASSED_TX);
+	count(&counters, C_PASSED_TX);
 	return NEXT;
 }
 

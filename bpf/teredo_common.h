@@ -1,20 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * What the relay's and the client's fast paths (teredo_relay.bpf.c, teredo_client.bpf.c)
- * share: header sizes and the ones' complement arithmetic of their checksums.  The
- * including program defines MAX_PACKET (the longest IPv6 packet it carries) first.
+ * What the fast paths (teredo_server.bpf.c, teredo_relay.bpf.c, teredo_client.bpf.c) share,
+ * written once: header sizes, the ones' complement arithmetic of their checksums, their
+ * counters, and, for the relay's and the client's, the local-address check, the peer entry
+ * their control planes read and write (teredonode.fastpath.relay.PEER), the encapsulation
+ * of their TC egress programs and those programs' verdict for what is not theirs.  A program
+ * that sums whole packets (sum_bytes) defines MAX_PACKET, the longest IPv6 packet it
+ * carries, before including this file.
  *
  * Built with each program (teredonode/fastpath/build.py compiles the .bpf.c, which finds
  * this file beside it); a wheel ships it beside the sources, and the cached object's name
- * hashes it with them (teredonode/fastpath/program.py), so a change here rebuilds both.
+ * hashes it with them (teredonode/fastpath/program.py), so a change here rebuilds all three.
  */
 
 #ifndef TEREDO_COMMON_H
 #define TEREDO_COMMON_H
-
-#ifndef MAX_PACKET
-#error "define MAX_PACKET before including teredo_common.h"
-#endif
 
 #define ETH_HLEN 14
 #define ETH_P_IP 0x0800
@@ -23,7 +23,55 @@
 #define UDP_HLEN 8
 #define V6_HLEN 40
 #define ENCAP (IP_HLEN + UDP_HLEN)
+#define MAX_LOCALS 8 /* IPv4 addresses a relay's or client's socket receives on */
 
+/*
+ * A TC program's verdict for a packet that is not its own: on to the next program on the
+ * hook, then the kernel (TCX_NEXT, the value every header has as TC_ACT_UNSPEC).  TC_ACT_OK would
+ * end the tcx chain there, so a host's other TC programs (container networking, firewalls)
+ * attached after ours would never see the packet.
+ */
+#define NEXT TC_ACT_UNSPEC
+
+/*
+ * Add one to entry index of a per-CPU counter array.  The map is each program's own (its
+ * size is its counter enum), so it is passed in; inlined, the verifier sees the map itself.
+ */
+static __always_inline void count(void *counters, __u32 index)
+{
+	__u64 *value = bpf_map_lookup_elem(counters, &index);
+
+	if (value)
+		*value += 1;
+}
+
+/* Is daddr (network order) one of the first n of locals, the addresses the socket receives on? */
+static __always_inline int local_address(const __u32 *locals, __u32 n, __u32 daddr)
+{
+	for (int i = 0; i < MAX_LOCALS; i++) {
+		if (i >= n)
+			break;
+		if (locals[i] == daddr)
+			return 1;
+	}
+	return 0;
+}
+
+/* A trusted peer of the relay or the client: the peer map's key and value. */
+struct peer_key {
+	__u8 address[16];
+};
+
+struct peer {
+	__u32 ip;   /* network order */
+	__u16 port; /* network order */
+	__u16 pad;
+	__u64 last_rx; /* bpf_ktime_get_ns */
+	__u64 last_tx;
+	__u64 synced; /* the later of the two when the control plane last read them */
+};
+
+/* End-around carry to 16 bits: the result is in [1, 0xffff] for any non-zero input. */
 static __always_inline __u32 fold(__u64 sum)
 {
 	sum = (sum & 0xffffffff) + (sum >> 32);
@@ -34,6 +82,7 @@ static __always_inline __u32 fold(__u64 sum)
 	return (__u32)sum;
 }
 
+#ifdef MAX_PACKET
 /*
  * The ones' complement sum of len bytes at start (len at most MAX_PACKET + UDP_HLEN),
  * loaded in host order: folded, it is the byte-swapped network-order sum, which is what a
@@ -69,6 +118,7 @@ static __always_inline __u64 sum_bytes(void *start, void *data_end, __u32 len)
 	}
 	return s;
 }
+#endif
 
 /* The same sum for n bytes (a multiple of 4, known at compile time) already bounds-checked. */
 #define SUM_FIXED(p, n)                                                          \
@@ -78,5 +128,64 @@ static __always_inline __u64 sum_bytes(void *start, void *data_end, __u32 len)
 			_s += *(__u32 *)((const __u8 *)(p) + _i);                \
 		_s;                                                              \
 	})
+
+/* What encapsulate() did: the packet is sent on, left for the Python path, or broken. */
+enum { ENCAP_DONE, ENCAP_UNTOUCHED, ENCAP_BROKEN };
+
+/*
+ * Turn the IPv6 packet skb holds (len bytes, sum its sum_bytes) into the UDP datagram the
+ * role's socket would send for it: from source:sport to dst:dport (network order), TTL ttl,
+ * DF clear (G-07), a random identification, the UDP checksum set, behind an Ethernet header
+ * for bpf_redirect_neigh (which strips it and lets the neighbour code write the real one;
+ * the TUN's packets have none).  ENCAP_UNTOUCHED: no room could be made, the packet is as
+ * it was; ENCAP_BROKEN: it is no longer whole and can only be dropped.
+ */
+static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 sum, __u32 source,
+				       __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
+{
+	__u32 ulen = UDP_HLEN + len, csum;
+	void *data, *data_end;
+	__u8 *ip, *udp;
+
+	sum += source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
+	sum += sport + dport + bpf_htons(ulen);                 /* UDP header */
+	csum = ~fold(sum) & 0xffff;
+	if (!csum)
+		csum = 0xffff;
+	/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
+	if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
+		return ENCAP_UNTOUCHED;
+	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
+		return ENCAP_BROKEN; /* the room is there but the packet is no longer whole */
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+		return ENCAP_BROKEN;
+	data = (void *)(long)skb->data;
+	data_end = (void *)(long)skb->data_end;
+	if (data + ETH_HLEN + ENCAP > data_end)
+		return ENCAP_BROKEN;
+	((__u8 *)data)[12] = ETH_P_IP >> 8;
+	((__u8 *)data)[13] = ETH_P_IP & 0xff;
+	ip = data + ETH_HLEN;
+	udp = ip + IP_HLEN;
+	ip[0] = 0x45;
+	ip[1] = 0;
+	ip[2] = (IP_HLEN + ulen) >> 8;
+	ip[3] = (IP_HLEN + ulen) & 0xff;
+	*(__u16 *)(ip + 4) = (__u16)bpf_get_prandom_u32();
+	ip[6] = 0; /* G-07: DF clear */
+	ip[7] = 0;
+	ip[8] = ttl;
+	ip[9] = 17;
+	ip[10] = 0;
+	ip[11] = 0;
+	*(__u32 *)(ip + 12) = source;
+	*(__u32 *)(ip + 16) = dst;
+	*(__u16 *)(ip + 10) = ~fold(SUM_FIXED(ip, IP_HLEN)) & 0xffff;
+	*(__u16 *)udp = sport;
+	*(__u16 *)(udp + 2) = dport;
+	*(__u16 *)(udp + 4) = bpf_htons(ulen);
+	*(__u16 *)(udp + 6) = csum;
+	return ENCAP_DONE;
+}
 
 #endif

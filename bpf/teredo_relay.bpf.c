@@ -32,17 +32,20 @@
  *       port on one of its addresses, valid or absent UDP checksum (the kernel drops the
  *       rest before the socket); a bare IPv6 packet (no authentication or origin
  *       indication, no RFC 6081 trailers: the UDP payload is exactly the IPv6 packet),
- *       not a bubble, no hop-by-hop header (the kernel would act on it); a source in the
- *       Teredo prefix with a map entry whose mapping is the datagram's source address and
- *       port (RL-RX-02/03/04, case 1 of section 5.2.3); a destination the relay serves
- *       (RL-RX-05); hop limit above 1 (the kernel answers the others with Time Exceeded).
+ *       no hop-by-hop header (the kernel would act on it); a source in the Teredo prefix
+ *       with a map entry whose mapping is the datagram's source address and port
+ *       (RL-RX-02/03/04, case 1 of section 5.2.3); a destination the relay serves
+ *       (RL-RX-05).  The entry is then heard, as the Python relay marks it for the same
+ *       packets; a bubble goes on to Python from here, and so does a hop limit of 1 or
+ *       less (the kernel answers it with Time Exceeded).
  *   tx: version 6, the packet exactly as long as its header says, a source the relay
  *       serves (host-foreign-source otherwise), a destination in the Teredo prefix with a
  *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
  *
- * Everything else returns XDP_PASS / TC_ACT_OK untouched, and the Python relay counts or
- * answers it exactly as without these programs: bubbles, unknown and untrusted peers,
- * queues, mapping mismatches, ICMPv6 errors, trailers, anything malformed.
+ * Everything else goes on untouched (XDP_PASS; on the TC hook to the next program, then the
+ * kernel: NEXT), and the Python relay counts or answers it exactly as without these
+ * programs: bubbles, unknown and untrusted peers, queues, mapping mismatches, ICMPv6 errors,
+ * trailers, anything malformed.
  *
  * The encapsulated datagram is the one the relay's socket sends: from the relay's address
  * and port, TTL 64, DF clear (G-07), UDP checksum set.  Only the IPv4 identification
@@ -56,7 +59,6 @@
 
 #define MAX_PACKET 1280 /* the TUN's MTU (RELAY_MTU); longer never reaches the TUN */
 #include "teredo_common.h"
-#define MAX_LOCALS 8
 #define MAX_LONGER 8
 #define AF_INET6 10
 
@@ -91,19 +93,6 @@ struct relay_config {
 	struct longer longer[MAX_LONGER];
 };
 
-struct peer_key {
-	__u8 address[16];
-};
-
-struct peer {
-	__u32 ip;   /* network order */
-	__u16 port; /* network order */
-	__u16 pad;
-	__u64 last_rx; /* bpf_ktime_get_ns */
-	__u64 last_tx;
-	__u64 synced; /* the later of the two when the control plane last read them */
-};
-
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -126,14 +115,6 @@ struct {
 	__type(value, struct peer);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } peers SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-	if (value)
-		*value += 1;
-}
 
 /* RL-RX-05 (tunnel serves): teredonode.roles.relay.servedBy, the same table and masks. */
 static __always_inline int served(const struct relay_config *cfg, const __u8 *a)
@@ -158,17 +139,6 @@ static __always_inline int served(const struct relay_config *cfg, const __u8 *a)
 	return 0;
 }
 
-static __always_inline int local_address(const struct relay_config *cfg, __u32 daddr)
-{
-	for (int i = 0; i < MAX_LOCALS; i++) {
-		if (i >= cfg->n_locals)
-			break;
-		if (cfg->locals[i] == daddr)
-			return 1;
-	}
-	return 0;
-}
-
 SEC("xdp")
 int teredo_relay_rx(struct xdp_md *ctx)
 {
@@ -182,7 +152,7 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	__u32 zero = 0, saddr, daddr, udp_len, plen, head;
 	__u16 sport, dport;
 	__u64 now;
-	int rc;
+	int rc, bubble;
 
 	if ((void *)(eth + ETH_HLEN + IP_HLEN + UDP_HLEN + V6_HLEN) > data_end)
 		return XDP_PASS;
@@ -199,7 +169,7 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	if (dport != (__u16)cfg->port)
 		return XDP_PASS;
 	__builtin_memcpy(&daddr, ip + 16, 4);
-	if (!local_address(cfg, daddr))
+	if (!local_address(cfg->locals, cfg->n_locals, daddr))
 		return XDP_PASS;
 
 	/* To the relay's socket: from here on, handled here or counted as passed on. */
@@ -215,10 +185,9 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	plen = ((__u32)v6[4] << 8) | v6[5];
 	if ((v6[0] >> 4) != 6 || udp_len != UDP_HLEN + V6_HLEN + plen)
 		goto pass;
-	if (v6[6] == 0 || (plen == 0 && v6[6] == 59)) /* hop-by-hop header; a bubble */
+	if (v6[6] == 0) /* a hop-by-hop header */
 		goto pass;
-	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
-		goto pass;
+	bubble = plen == 0 && v6[6] == 59;
 	if (fold(SUM_FIXED(ip, IP_HLEN)) != 0xffff)
 		goto pass;
 	if (udp[6] | udp[7]) {
@@ -230,11 +199,14 @@ int teredo_relay_rx(struct xdp_md *ctx)
 		if (fold(s) != 0xffff)
 			goto pass;
 	}
-	/* Section 5.2.3 case 1: a trusted peer, from its proven mapping, to what we serve. */
+	/*
+	 * Section 5.2.3 case 1: a trusted peer, from its proven mapping, to what we serve (a
+	 * bubble's destination is not checked: it is never delivered).
+	 */
 	__builtin_memcpy(&head, v6 + 8, 4);
 	if (head != cfg->prefix)
 		goto pass;
-	if (!served(cfg, v6 + 24))
+	if (!bubble && !served(cfg, v6 + 24))
 		goto pass;
 	__builtin_memcpy(key.address, v6 + 8, 16);
 	peer = bpf_map_lookup_elem(&peers, &key);
@@ -243,6 +215,19 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	__builtin_memcpy(&saddr, ip + 12, 4);
 	__builtin_memcpy(&sport, udp, 2);
 	if (peer->ip != saddr || peer->port != sport)
+		goto pass;
+	/*
+	 * Heard: the Python relay marks the peer heard for all of this, bubbles and what goes on
+	 * to Python below included, so the entry's time moves here too: the tx half carries the
+	 * peer's downstream packets only while it is recent, and the Python relay's own time
+	 * never reaches the map.
+	 */
+	now = bpf_ktime_get_ns();
+	if (now > peer->last_rx)
+		peer->last_rx = now;
+	if (bubble)
+		goto pass;
+	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
 		goto pass;
 
 	/* Forward as the kernel would from the TUN. */
@@ -257,9 +242,6 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex)
 		goto pass;
 
-	now = bpf_ktime_get_ns();
-	if (now > peer->last_rx)
-		peer->last_rx = now;
 	v6[7] -= 1;
 	if (bpf_xdp_adjust_head(ctx, ENCAP))
 		return XDP_ABORTED;
@@ -272,14 +254,14 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	__builtin_memcpy(eth + 6, fib.smac, 6);
 	eth[12] = ETH_P_IPV6 >> 8;
 	eth[13] = ETH_P_IPV6 & 0xff;
-	count(C_RECEIVED);
-	count(C_DELIVERED);
+	count(&counters, C_RECEIVED);
+	count(&counters, C_DELIVERED);
 	if (fib.ifindex == ctx->ingress_ifindex)
 		return XDP_TX;
 	return bpf_redirect(fib.ifindex, 0);
 
 pass:
-	count(C_PASSED_RX);
+	count(&counters, C_PASSED_RX);
 	return XDP_PASS;
 }
 
@@ -287,18 +269,18 @@ SEC("tc")
 int teredo_relay_tx(struct __sk_buff *skb)
 {
 	void *data, *data_end;
-	__u8 *v6, *ip, *udp;
+	__u8 *v6;
 	const struct relay_config *cfg;
 	struct peer_key key;
 	struct peer *peer;
-	__u32 zero = 0, len = skb->len, head, csum, plen;
+	__u32 zero = 0, len = skb->len, head, plen;
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
-		return TC_ACT_OK;
+		return NEXT;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
-		return TC_ACT_OK;
+		return NEXT;
 	if (len < V6_HLEN || len > MAX_PACKET)
 		goto pass;
 	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
@@ -351,61 +333,22 @@ int teredo_relay_tx(struct __sk_buff *skb)
 			goto pass;
 		}
 	}
-	{
-		__u32 ulen = UDP_HLEN + len, dst = peer->ip;
-		__u16 dport = peer->port, sport = (__u16)cfg->port;
-
-		s += cfg->source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
-		s += sport + dport + bpf_htons(ulen);                      /* UDP header */
-		csum = ~fold(s) & 0xffff;
-		if (!csum)
-			csum = 0xffff;
-		if (peer->last_tx < now)
-			peer->last_tx = now;
-		/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
-		if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
-			goto pass;
-		if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
-			return TC_ACT_SHOT; /* the room is there but the packet is no longer whole */
-		/*
-		 * bpf_redirect_neigh takes an Ethernet frame (it strips the header and lets the
-		 * neighbour code write the real one), and the TUN's packets have none.
-		 */
-		if (bpf_skb_change_head(skb, ETH_HLEN, 0))
-			return TC_ACT_SHOT;
-		data = (void *)(long)skb->data;
-		data_end = (void *)(long)skb->data_end;
-		if (data + ETH_HLEN + ENCAP > data_end)
-			return TC_ACT_SHOT;
-		((__u8 *)data)[12] = ETH_P_IP >> 8;
-		((__u8 *)data)[13] = ETH_P_IP & 0xff;
-		ip = data + ETH_HLEN;
-		udp = ip + IP_HLEN;
-		ip[0] = 0x45;
-		ip[1] = 0;
-		ip[2] = (IP_HLEN + ulen) >> 8;
-		ip[3] = (IP_HLEN + ulen) & 0xff;
-		*(__u16 *)(ip + 4) = (__u16)bpf_get_prandom_u32();
-		ip[6] = 0; /* G-07: DF clear */
-		ip[7] = 0;
-		ip[8] = 64;
-		ip[9] = 17;
-		ip[10] = 0;
-		ip[11] = 0;
-		*(__u32 *)(ip + 12) = cfg->source;
-		*(__u32 *)(ip + 16) = dst;
-		*(__u16 *)(ip + 10) = ~fold(SUM_FIXED(ip, IP_HLEN)) & 0xffff;
-		*(__u16 *)udp = sport;
-		*(__u16 *)(udp + 2) = dport;
-		*(__u16 *)(udp + 4) = bpf_htons(ulen);
-		*(__u16 *)(udp + 6) = csum;
+	if (peer->last_tx < now)
+		peer->last_tx = now;
+	switch (encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64)) {
+	case ENCAP_DONE:
+		break;
+	case ENCAP_UNTOUCHED:
+		goto pass;
+	default:
+		return TC_ACT_SHOT;
 	}
-	count(C_SENT);
+	count(&counters, C_SENT);
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 
 pass:
-	count(C_PASSED_TX);
-	return TC_ACT_OK;
+	count(&counters, C_PASSED_TX);
+	return NEXT;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -42,10 +42,7 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
-#define ETH_HLEN 14
-#define ETH_P_IP 0x0800
-#define IP_HLEN 20
-#define UDP_HLEN 8
+#include "teredo_common.h"
 #define TEREDO_PORT 3544
 #define AUTH_LEN 13
 #define ORIGIN_LEN 8
@@ -139,25 +136,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct locked_bucket);
 } ra_budget SEC(".maps");
-
-static __always_inline void count(__u32 index)
-{
-	__u64 *value = bpf_map_lookup_elem(&counters, &index);
-
-	if (value)
-		*value += 1;
-}
-
-/* End-around carry to 16 bits: the result is in [1, 0xffff] for any non-zero input. */
-static __always_inline __u32 fold(__u64 sum)
-{
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	sum = (sum & 0xffffffff) + (sum >> 32);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	sum = (sum & 0xffff) + (sum >> 16);
-	return (__u32)sum;
-}
 
 /* Sum of 16-bit big-endian words of n bytes (n even, known at compile time). */
 #define WORDS(p, n)                                                                        \
@@ -350,13 +328,13 @@ int teredo_server(struct xdp_md *ctx)
 	if (cfg->secure)
 		goto pass;
 
-	count(C_RECEIVED);
+	count(&counters, C_RECEIVED);
 	verdict = rs_limit(cfg, bpf_ntohl(saddr));
 	if (verdict) {
-		count(verdict == 1 ? C_RATE_LIMITED_RS : C_RATE_LIMITED_RA_BUDGET);
+		count(&counters, verdict == 1 ? C_RATE_LIMITED_RS : C_RATE_LIMITED_RA_BUDGET);
 		return XDP_DROP;
 	}
-	count(C_RS);
+	count(&counters, C_RS);
 
 	__builtin_memcpy(llsrc, v6 + 8, 16);
 	__builtin_memcpy(mac_dst, eth, 6);
@@ -463,11 +441,11 @@ int teredo_server(struct xdp_md *ctx)
 	__builtin_memcpy(eth + 6, mac_dst, 6);
 	eth[12] = ETH_P_IP >> 8;
 	eth[13] = ETH_P_IP & 0xff;
-	count(C_RA);
+	count(&counters, C_RA);
 	return XDP_TX;
 
 pass:
-	count(C_PASSED);
+	count(&counters, C_PASSED);
 	return XDP_PASS;
 }
 

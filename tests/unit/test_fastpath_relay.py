@@ -280,3 +280,45 @@ class ObserverTests(SynchronousTestCase):
         peer.last_rx = 0.0
         self.fast.sweeping()  # nothing moved since: the entry is not touched
         self.assertEqual(peer.last_rx, 0.0)
+
+    def test_kernelCarriedPeerLivesAsLongAsItsTraffic(self) -> None:
+        """
+        RFC 4380 section 5.2.4 through the fast path: a peer whose packets only the programs
+        see stays listed, and in the map, while they keep hearing it (each sweep folds their
+        times in before expiring, as the tunnel's sweep does), and expires, leaving the map,
+        once 30 s pass without it.
+        """
+        clock = Clock()
+        clock.advance(1000)
+        obj = FakeObject()
+        peers = PeerList(clock.seconds)
+        fast = fastrelay.RelayFastPath(obj, clock, peers, bytes.fromhex("20010000"))
+        peers.on_remove = lambda peer: fast.peerChanged(peer, "removed")
+        table = obj.maps[obj.map_fd("peers")]
+        peer = peers.create(CLIENT)
+        peer.trust(MAPPING, clock.seconds())
+        fast.peerChanged(peer, "trusted")
+        clock.advance(0)
+
+        def sweep() -> None:
+            fast.sweeping()
+            peers.expire()
+
+        for _ in range(12):  # two minutes of traffic carried by the programs alone
+            clock.advance(10)
+            ip, port, _, tx, synced = fastrelay.PEER.unpack(table[CLIENT])
+            table[CLIENT] = fastrelay.PEER.pack(ip, port, time.monotonic_ns(), tx, synced)
+            sweep()
+            self.assertIn(CLIENT, peers)
+            self.assertIn(CLIENT, table)
+        heard = peers.get(CLIENT)
+        assert heard is not None
+        self.assertLess(abs(heard.last_rx - clock.seconds()), 0.5)
+        for _ in range(2):  # then silence: still valid for 30 s
+            clock.advance(10)
+            sweep()
+            self.assertIn(CLIENT, table)
+        clock.advance(10)
+        sweep()
+        self.assertNotIn(CLIENT, peers)
+        self.assertNotIn(CLIENT, table)
