@@ -1345,6 +1345,15 @@ class RelaySettings(_RoleSettings):
         "path; `on`: refuse to start without them; `off`: never. One log line at start says "
         "which path and why. See [performance.md](performance.md#relay-kernel-fast-path).",
     )
+    xdp_mode: str = setting(
+        check=_xdp_mode,
+        default="auto",
+        doc="How the fast path's XDP program is attached: auto, native, generic.",
+        more="As the server's `xdp-mode`: `native` runs the decapsulating program in the "
+        "driver, `generic` on socket buffers; `auto` picks generic on veth (whose peer gets "
+        "native XDP_TX and redirected frames only when it runs XDP or has GRO on) and native "
+        "elsewhere. See [performance.md](performance.md#relay-kernel-fast-path).",
+    )
 
     @property
     def prefix_bytes(self) -> bytes:

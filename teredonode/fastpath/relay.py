@@ -47,7 +47,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from zope.interface import implementer
 
-from teredonode.fastpath import is_veth
+from teredonode.fastpath import attach_generic, is_veth
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf, per_cpu_counts
 from teredonode.fastpath.program import FastPathUnavailable, object_path
 from teredonode.interfaces import IPeerObserver
@@ -208,7 +208,7 @@ class RelayFastPath:
             locals_, rx, source, outIndex = (plan or _plan)(settings.bind)
             tunIndex = socket.if_nametoindex(tun)
             self.configure(pack_config(settings, tunIndex, outIndex, source, port, locals_))
-            self.attach(rx, (tun, tunIndex))
+            self.attach(rx, (tun, tunIndex), attach_generic(settings.xdp_mode))
         except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
             self.close()
             if self.mode == "on":
