@@ -61,6 +61,18 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchlib import (  # noqa: E402  (this directory is on sys.path when run as a script)
+    TICK,
+    BenchError,
+    cpu_seconds,
+    napi_threads,
+    process_tree,
+    rate_grid,
+    run,
+    stop,
+    tool,
+)
+
 SERVER_PRIMARY = "203.0.113.10"
 SERVER_SECONDARY = "203.0.113.11"
 LOAD_ADDRESS = "198.51.100.2"
@@ -366,26 +378,6 @@ def _drain(sock: socket.socket) -> Iterator[bytes]:
 # ============================================================================ orchestration
 
 
-class BenchError(Exception):
-    """
-    A setup or run failure worth one line to the user.
-    """
-
-
-def _run(argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=20)
-    if check and result.returncode != 0:
-        raise BenchError(f"{' '.join(argv)}: {(result.stderr or result.stdout).strip()}")
-    return result
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin:/usr/local/sbin")
-    if path is None:
-        raise BenchError(f"{name} not found")
-    return path
-
-
 class Namespaces:
     """
     The two namespaces and the veth pair; L{close} removes them and every process still in
@@ -400,30 +392,30 @@ class Namespaces:
         self._created: list[str] = []
 
     def open(self) -> None:
-        ip = _tool("ip")
+        ip = tool("ip")
         for ns in (self.server, self.load):
-            _run([ip, "netns", "add", ns])
+            run([ip, "netns", "add", ns])
             self._created.append(ns)
         vs, vl = self._veth
-        _run([ip, "-n", self.server, "link", "add", vs, "type", "veth", "peer", "name", vl,
+        run([ip, "-n", self.server, "link", "add", vs, "type", "veth", "peer", "name", vl,
               "netns", self.load])
         for ns, dev, addrs, other in (
             (self.server, vs, (SERVER_PRIMARY, SERVER_SECONDARY), "198.51.100.0/24"),
             (self.load, vl, (LOAD_ADDRESS,), "203.0.113.0/24"),
         ):
             for addr in addrs:
-                _run([ip, "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
-            _run([ip, "-n", ns, "link", "set", "lo", "up"])
-            _run([ip, "-n", ns, "link", "set", dev, "up"])
-            _run([ip, "-n", ns, "route", "add", other, "dev", dev])
+                run([ip, "-n", ns, "addr", "add", f"{addr}/24", "dev", dev])
+            run([ip, "-n", ns, "link", "set", "lo", "up"])
+            run([ip, "-n", ns, "link", "set", dev, "up"])
+            run([ip, "-n", ns, "route", "add", other, "dev", dev])
         for ns, dev, tx_checksum in ((self.server, vs, 1), (self.load, vl, 0)):
-            _run([ip, "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()),
+            run([ip, "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()),
                   "--ethtool", dev, str(tx_checksum)])
-            _run([ip, "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
+            run([ip, "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
 
     def _veth_stats(self, which: str) -> dict[str, Any]:
         ns = self.server if which == "server" else self.load
-        out = _run([_tool("ip"), "-n", ns, "-s", "-j", "link", "show", "dev", self.veth(which)]).stdout
+        out = run([tool("ip"), "-n", ns, "-s", "-j", "link", "show", "dev", self.veth(which)]).stdout
         return json.loads(out)[0]["stats64"]  # type: ignore[no-any-return]
 
     def rx_dropped(self, which: str) -> int:
@@ -438,7 +430,7 @@ class Namespaces:
 
     def mac(self, which: str) -> str:
         ns = self.server if which == "server" else self.load
-        out = _run([_tool("ip"), "-n", ns, "-j", "link", "show", "dev", self.veth(which)]).stdout
+        out = run([tool("ip"), "-n", ns, "-j", "link", "show", "dev", self.veth(which)]).stdout
         return str(json.loads(out)[0]["address"])
 
     def veth(self, which: str) -> str:
@@ -448,18 +440,7 @@ class Namespaces:
         """
         The NAPI kernel threads of the server's (C{"server"}) or the load's veth.
         """
-        dev = self.veth(which)
-        prefix = f"napi/{dev}"[:15]
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/comm") as f:
-                        if f.read().strip().startswith(prefix):
-                            found.append(int(entry))
-                except OSError:
-                    continue
-        return found
+        return napi_threads(self.veth(which))
 
     def close(self) -> None:
         ip = shutil.which("ip") or "/usr/sbin/ip"
@@ -482,58 +463,6 @@ def _ethtool(dev: str, tx_checksum: int) -> None:
     from teredonode.lab.offload import set_offloads
 
     set_offloads([dev], tx_checksum=bool(tx_checksum), gro=True)
-
-
-def _stop(popen: subprocess.Popen[Any], timeout: float = 5.0) -> None:
-    """
-    SIGTERM, then SIGKILL after C{timeout}; always reaped.
-    """
-    if popen.poll() is None:
-        popen.terminate()
-        try:
-            popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            popen.kill()
-            popen.wait()
-
-
-def _tree(pid: int) -> list[int]:
-    """
-    C{pid} and its descendants (miredo-server forks; CPU is counted over all of them).
-    """
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        todo.extend(parents.get(p, ()))
-    return out
-
-
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    """
-    utime + stime of C{pids} (all their threads), in seconds.
-    """
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
-    return total / _TICK
 
 
 def _udp_rcvbuf_errors(pid: int) -> int:
@@ -656,7 +585,7 @@ class Bench:
 
     def start_generator(self) -> None:
         env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        argv = ["taskset", "-c", str(self.gen_cpu), _tool("ip"), "netns", "exec", self.ns.load,
+        argv = ["taskset", "-c", str(self.gen_cpu), tool("ip"), "netns", "exec", self.ns.load,
                 sys.executable, "-u", str(Path(__file__).resolve()), "--generator",
                 "--server-ip", SERVER_PRIMARY, "--source-ip", LOAD_ADDRESS,
                 "--ports", str(SOURCE_PORTS)]
@@ -684,7 +613,7 @@ class Bench:
 
     def start_server(self, which: str) -> tuple[subprocess.Popen[Any], Path]:
         log = self.tmp / f"{which}.log"
-        pin = ["taskset", "-c", str(self.server_cpu), _tool("ip"), "netns", "exec", self.ns.server]
+        pin = ["taskset", "-c", str(self.server_cpu), tool("ip"), "netns", "exec", self.ns.server]
         env = dict(os.environ)
         if which in ("ours", "fast"):
             conf = self.tmp / f"{which}.toml"
@@ -708,7 +637,7 @@ class Bench:
                 f'xdp-mode = "{self.args.server_xdp_mode}"\n'
             )
             env["PYTHONPATH"] = str(REPO_ROOT)
-            argv = [_tool("twistd"), "-n", f"--pidfile={self.tmp}/{which}.pid", "teredo",
+            argv = [tool("twistd"), "-n", f"--pidfile={self.tmp}/{which}.pid", "teredo",
                     "--config", str(conf)]
         else:
             conf = self.tmp / "miredo-server.conf"
@@ -718,7 +647,7 @@ class Bench:
                 f"ServerBindAddress2 {SERVER_SECONDARY}\n"
             )
             conf.chmod(0o644)
-            argv = [_tool("miredo-server"), "-f", "-p", f"{self.tmp}/miredo.pid", "-c", str(conf)]
+            argv = [tool("miredo-server"), "-f", "-p", f"{self.tmp}/miredo.pid", "-c", str(conf)]
         with open(log, "ab") as out:
             popen = subprocess.Popen(pin + argv, stdin=subprocess.DEVNULL, stdout=out,
                                      stderr=subprocess.STDOUT, env=env, cwd=str(self.tmp),
@@ -750,7 +679,7 @@ class Bench:
             napi = self.ns.napi_threads("server")
             if not napi:
                 raise BenchError("no NAPI thread on the server veth (threaded NAPI unavailable?)")
-            pids = _tree(popen.pid) + napi
+            pids = process_tree(popen.pid) + napi
             if self.args.verbose:
                 print(f"  {which} processes: {pids}", flush=True)
             retried = past_loss = False
@@ -765,12 +694,12 @@ class Bench:
                 drops = (_udp_rcvbuf_errors(popen.pid), _udp_rcvbuf_errors(self.gen.pid),
                          _backlog_drops(), self.ns.rx_dropped("load"), self.ns.rx_dropped("server"))
                 line = _cpu_line(self.server_cpu)
-                before = _cpu_seconds(pids)
+                before = cpu_seconds(pids)
                 r = self._ask(cmd="step", rate=rate, seconds=self.args.step_seconds)
-                cpu = _cpu_seconds(pids) - before
+                cpu = cpu_seconds(pids) - before
                 line_after = _cpu_line(self.server_cpu)
-                other = (line_after[0] - line[0]) / _TICK - cpu
-                steal = (line_after[1] - line[1]) / _TICK
+                other = (line_after[0] - line[0]) / TICK - cpu
+                steal = (line_after[1] - line[1]) / TICK
                 srv, gen, backlog = (
                     _udp_rcvbuf_errors(popen.pid) - drops[0],
                     _udp_rcvbuf_errors(self.gen.pid) - drops[1],
@@ -830,7 +759,7 @@ class Bench:
             if not result.stopped_by:
                 result.stopped_by = "top of the rate grid"
         finally:
-            _stop(popen)
+            stop(popen)
             self.server = None
         return result
 
@@ -842,17 +771,9 @@ class Bench:
                         popen.stdin.close()  # the generator exits at end of input
                     except OSError:
                         pass
-                _stop(popen, 2.0)
+                stop(popen, 2.0)
         self.ns.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def _grid(start: float, factor: float, top: float) -> list[float]:
-    rates, r = [], start
-    while r <= top:
-        rates.append(float(round(r, -2)))
-        r *= factor
-    return rates
 
 
 def _fmt_rate(run_results: list[RunResult]) -> tuple[float, bool, str]:
@@ -938,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         args.step_seconds, factor, budget, back = 1.0, 1.6, 100.0, 1
     else:
         args.step_seconds, factor, budget, back = 3.0, 1.35, 340.0, 2
-    rates = _grid(4000, factor, 4_000_000 if args.load == "xdp" else 1_000_000)
+    rates = rate_grid(4000, factor, 4_000_000 if args.load == "xdp" else 1_000_000)
     if args.peak is None:
         args.peak = args.load == "xdp"
     rounds = 2
@@ -948,8 +869,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     bench: Bench | None = None
     try:
-        for tool in ("ip", "taskset", "twistd", "miredo-server"):
-            _tool(tool)
+        for name in ("ip", "taskset", "twistd", "miredo-server"):
+            tool(name)
         bench = Bench(args)
         missing = _fast_path_missing()
         if missing:

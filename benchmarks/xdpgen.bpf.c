@@ -38,11 +38,12 @@ struct gen_config {
 };
 
 struct sink_config {
-	__u16 ethertype;  /* network order: the kind of frame that is an answer */
-	__u16 udp_sport;  /* network order; 0: any (for IPv4 UDP answers) */
-	__u16 tag_offset; /* where an answer carries the tag; 0: every answer is current */
-	__u16 pad;
+	__u16 ethertype;    /* network order: the kind of frame that is an answer */
+	__u16 udp_sport;    /* network order; 0: any (for IPv4 UDP answers) */
+	__u16 tag_offset;   /* where an answer carries the tag; 0: every answer is current */
+	__u16 proto_offset; /* a byte an answer must hold (a next header); 0: no such check */
 	__u32 tag;
+	__u32 proto;        /* the byte's value */
 };
 
 struct sample {
@@ -184,11 +185,24 @@ int xdpgen_sink(struct xdp_md *ctx)
 			return XDP_PASS;
 		}
 	}
+	if (c->proto_offset) {
+		__u8 *proto = data + (c->proto_offset & (MAX_OFFSET - 1));
+
+		/* Not an answer (a bubble, neighbour discovery): the stack's. */
+		if ((void *)(proto + 1) > data_end || *proto != c->proto) {
+			bump(3);
+			return XDP_PASS;
+		}
+	}
 	if (c->tag_offset) {
 		__u32 off = c->tag_offset & (MAX_OFFSET - 1);
 		__u32 *tag = data + off;
 
-		if ((void *)(tag + 1) > data_end || *tag != c->tag) {
+		if ((void *)(tag + 1) > data_end) {
+			bump(3);
+			return XDP_PASS;
+		}
+		if (*tag != c->tag) {
 			bump(2);
 			return XDP_DROP;
 		}

@@ -40,7 +40,7 @@ CHUNK = 128
 BURST_SECONDS = 0.0005
 SLEEP_GRAIN = 0.00005
 GEN_CONFIG = struct.Struct("=4sHHHHHHHH")
-SINK_CONFIG = struct.Struct("=2s2sHH4s")
+SINK_CONFIG = struct.Struct("=2s2sHH4sI")
 SAMPLE = struct.Struct("=II256s")
 COUNTS = ("sequence", "answered", "stale", "passed")
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
@@ -60,12 +60,12 @@ class XdpGenerator:
     The generator and the sink on one interface of this network namespace.
     """
 
-    def __init__(self, ifname: str, workdir: Path | None = None) -> None:
+    def __init__(self, ifname: str) -> None:
         self.ifindex = socket_ifindex(ifname)
-        work = Path(workdir or tempfile.mkdtemp(prefix="xdpgen-"))
-        obj_path = work / "xdpgen.bpf.o"
-        compile_object(SOURCE, obj_path)
-        self.obj = BpfObject(load_libbpf(), str(obj_path))
+        with tempfile.TemporaryDirectory(prefix="xdpgen-") as work:
+            obj_path = Path(work) / "xdpgen.bpf.o"
+            compile_object(SOURCE, obj_path)
+            self.obj = BpfObject(load_libbpf(), str(obj_path))
         self.cpus = self.obj.possible_cpus()
         self._gen = self.obj.map_fd("gen_config")
         self._sink = self.obj.map_fd("sink_config")
@@ -79,16 +79,20 @@ class XdpGenerator:
 
     def configure(self, frame: bytes, *, tag_offset: int = 0, seq_offset: int = 0, vary_offset: int = 0,
                   vary_base: int = 0, vary_span: int = 0, csum_offset: int = 0, csum_udp: bool = False,
-                  answer_ethertype: bytes = ETH_IPV4, answer_sport: int = 0, answer_tag_offset: int = 0) -> None:
+                  answer_ethertype: bytes = ETH_IPV4, answer_sport: int = 0, answer_tag_offset: int = 0,
+                  answer_proto_offset: int = 0, answer_proto: int = 0) -> None:
         """
         The template frame and where the generator stamps it; what the sink counts as an
-        answer and where an answer carries the tag.
+        answer (the EtherType, for IPv4 the UDP source port, a byte such as a next header)
+        and where an answer carries the tag.  Frames of that kind too short to carry a tag
+        and frames of any other kind go to the stack.
         """
         self.frame = frame
         self.gen_values = dict(tag_offset=tag_offset, seq_offset=seq_offset, vary_offset=vary_offset,
                                vary_base=vary_base, vary_span=vary_span, csum_offset=csum_offset,
                                csum_udp=int(csum_udp))
-        self.sink_values = dict(ethertype=answer_ethertype, sport=answer_sport, tag_offset=answer_tag_offset)
+        self.sink_values = dict(ethertype=answer_ethertype, sport=answer_sport, tag_offset=answer_tag_offset,
+                                proto_offset=answer_proto_offset, proto=answer_proto)
         self.new_tag()
 
     def new_tag(self) -> bytes:
@@ -96,15 +100,22 @@ class XdpGenerator:
         A fresh tag for the next step: answers carrying an older one count as stale.
         """
         tag = secrets.token_bytes(4)
+        self.set_tag(tag)
+        return tag
+
+    def set_tag(self, tag: bytes) -> None:
+        """
+        The tag the generator stamps and the sink expects from now on (where two
+        generators answer each other, both are given the same one), and no sample yet.
+        """
         g = self.gen_values
         self.obj.update(self._gen, bytes(4), GEN_CONFIG.pack(
             tag, g["tag_offset"], g["seq_offset"], g["vary_offset"], g["vary_base"], g["vary_span"],
             g["csum_offset"], g["csum_udp"], 0))
         s = self.sink_values
         self.obj.update(self._sink, bytes(4), SINK_CONFIG.pack(
-            s["ethertype"], struct.pack("!H", s["sport"]), s["tag_offset"], 0, tag))
+            s["ethertype"], struct.pack("!H", s["sport"]), s["tag_offset"], s["proto_offset"], tag, s["proto"]))
         self.obj.update(self._sample, bytes(4), bytes(SAMPLE.size))
-        return tag
 
     def counts(self) -> dict[str, int]:
         return per_cpu_counts(self.obj, self._counts, COUNTS, self.cpus)
@@ -129,6 +140,25 @@ class XdpGenerator:
         """
         self.new_tag()
         before = self.counts()
+        sent, elapsed = self.offer(rate, seconds)
+        deadline = time.perf_counter() + grace
+        while time.perf_counter() < deadline:
+            if self.counts()["answered"] - before["answered"] >= sent:
+                break
+            time.sleep(0.02)
+        after = self.counts()
+        return {
+            "rate": rate,
+            "sent": sent,
+            "answered": after["answered"] - before["answered"],
+            "stale": after["stale"] - before["stale"],
+            "elapsed": elapsed,
+        }
+
+    def offer(self, rate: float, seconds: float) -> tuple[int, float]:
+        """
+        Send C{rate} frames/s for C{seconds}: how many were sent, in how long.
+        """
         sent = 0
         perf = time.perf_counter
         t0 = perf()
@@ -150,20 +180,7 @@ class XdpGenerator:
                 wait = t0 + (sent + burst) / rate - now
                 if wait > SLEEP_GRAIN:
                     time.sleep(wait)
-        elapsed = min(perf(), end) - t0
-        deadline = perf() + grace
-        while perf() < deadline:
-            if self.counts()["answered"] - before["answered"] >= sent:
-                break
-            time.sleep(0.02)
-        after = self.counts()
-        return {
-            "rate": rate,
-            "sent": sent,
-            "answered": after["answered"] - before["answered"],
-            "stale": after["stale"] - before["stale"],
-            "elapsed": elapsed,
-        }
+        return sent, min(perf(), end) - t0
 
     def close(self) -> None:
         self.obj.close()
