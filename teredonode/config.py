@@ -888,8 +888,9 @@ class ServerSettings(_RoleSettings):
         doc="How the fast path's XDP program is attached: auto, native, generic.",
         more="`native` runs it in the driver, before a socket buffer exists; `generic` runs it "
         "on socket buffers and works on any interface. `auto` picks generic on veth and native "
-        "elsewhere: native XDP on a veth sends its answers to the peer only when the peer "
-        "runs an XDP program or has GRO on (then `native` is the faster choice). See "
+        "elsewhere: native XDP on a veth hands its answers to the peer promptly only when the "
+        "peer runs an XDP program (GRO alone leaves them waiting in the peer's ring); with "
+        "such a peer `native` is the faster choice. See "
         "[performance.md](performance.md#kernel-fast-path-xdp).",
     )
 

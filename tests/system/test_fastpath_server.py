@@ -320,9 +320,9 @@ CLIENT_SCRIPT = """
 import socket, sys
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind((sys.argv[1], 40000))
-sock.settimeout(5)
+sock.settimeout(float(sys.argv[5]))
 payload = bytes.fromhex(sys.argv[3])
-for _ in range(3):
+for _ in range(int(sys.argv[4])):
     sock.sendto(payload, (sys.argv[2], 3544))
     try:
         data, addr = sock.recvfrom(2048)
@@ -334,12 +334,16 @@ else:
     print("none")
 """
 
+#: C{ip -j link show}'s C{xdp} C{mode} (the kernel's XDP_ATTACHED_* values).
+XDP_ATTACHED = {1: "native", 2: "generic", 3: "offloaded", 4: "multiple"}
+
 
 class FastPathServiceTests(unittest.TestCase):
     """
     The real server (twistd) with C{fast-path = "on"} in a namespace, a client in another,
-    joined by a veth: the program attaches (generic XDP, since it is a veth), answers an RS
-    with what the Python server would send, and the server's status counts it.
+    joined by a veth: the program attaches as C{xdp-mode} says (C{auto}: generic, since it
+    is a veth), answers an RS with what the Python server would send, and the server's
+    status counts it.
     """
 
     skip = fast_path_skip_reason("ip", "twistd")
@@ -363,21 +367,32 @@ class FastPathServiceTests(unittest.TestCase):
             self.run_ok("ip", "-n", ns, "link", "set", "lo", "up")
         # Frames from a local socket on a veth carry only a partial UDP checksum, which the
         # program leaves to the stack; a wire's frames carry a full one.
-        self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable,
-                    str(SOURCE / "benchmarks" / "server_rs.py"), "--ethtool", "fpc", "0")
+        self.offload("--tx", "off")
 
     def run_ok(self, *argv: str) -> str:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        # The tree under test, whatever the runner's working directory (trial's is _trial_temp).
+        env = dict(os.environ, PYTHONPATH=str(SOURCE))
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
         self.assertEqual(result.returncode, 0, f"{argv}: {result.stderr}")
         return result.stdout
 
+    def offload(self, *options: str) -> None:
+        """
+        Set the client veth's offloads (L{teredonode.lab.offload}, in its namespace).
+        """
+        self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable, "-m", "teredonode.lab.offload",
+                    *options, "fpc")
+
     def status(self) -> dict[str, Any]:
-        # The tree under test, whatever the runner's working directory (trial's is _trial_temp).
         code = f"import sys; sys.path.insert(0, {str(SOURCE)!r}); from teredonode.cli import main; sys.exit(main())"
         out = self.run_ok(sys.executable, "-c", code, "status", "--json", "--socket", str(self.tmp / "status.sock"))
         return json.loads(out)["server"]  # type: ignore[no-any-return]
 
-    def test_answersInTheKernel(self) -> None:
+    def serve(self, xdp_mode: str | None = None) -> None:
+        """
+        Start the server with C{fast-path = "on"} (and C{xdp-mode} when given), stopped by
+        PID at cleanup; return once it serves with the program attached to C{fps}.
+        """
         conf = self.tmp / "teredo.toml"
         conf.write_text(
             "[node]\n"
@@ -385,6 +400,7 @@ class FastPathServiceTests(unittest.TestCase):
             f'state-dir = "{self.tmp}/state"\n'
             "[server]\nenabled = true\n"
             f'primary = "{PRIMARY}"\nsecondary = "{SECONDARY}"\ninterface = ""\nfast-path = "on"\n'
+            + (f'xdp-mode = "{xdp_mode}"\n' if xdp_mode is not None else "")
         )
         log = open(self.tmp / "server.log", "wb")
         self.addCleanup(log.close)
@@ -414,11 +430,33 @@ class FastPathServiceTests(unittest.TestCase):
             server.poll()
             self.assertIsNone(server.returncode, (self.tmp / "server.log").read_text())
             subprocess.run(["sleep", "0.1"])
-        text = (self.tmp / "server.log").read_text()
-        self.assertIn("XDP fast path on fps", text)
+        else:
+            self.fail("the server did not start serving: " + (self.tmp / "server.log").read_text())
+        self.assertIn("XDP fast path on fps", (self.tmp / "server.log").read_text())
+
+    def attach_mode(self) -> str:
+        """
+        How the program is attached to C{fps}, as the kernel reports it.
+        """
+        [link] = json.loads(self.run_ok("ip", "-n", self.server_ns, "-j", "link", "show", "dev", "fps"))
+        self.assertIn("xdp", link, "no XDP program on fps")
+        return XDP_ATTACHED.get(link["xdp"]["mode"], str(link["xdp"]["mode"]))
+
+    def ask(self, payload: bytes, tries: int = 3, timeout: float = 5) -> list[str]:
+        """
+        Send C{payload} to the primary from the client namespace, up to C{tries} times:
+        C{[source, answer hex]}, or C{["none"]}.
+        """
+        return self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable, "-c", CLIENT_SCRIPT,
+                           "203.0.113.50", PRIMARY, payload.hex(), str(tries), str(timeout)).split()
+
+    def assertAnsweredInTheKernel(self) -> None:
+        """
+        An RS from the client namespace gets the Python server's answer, byte for byte,
+        from the program: the status counts it as answered and nothing was handed to Python.
+        """
         payload = rs(CLIENT_LINK_LOCAL_CONE, b"N0NCE123")
-        out = self.run_ok("ip", "netns", "exec", self.client_ns, sys.executable, "-c", CLIENT_SCRIPT,
-                          "203.0.113.50", PRIMARY, payload.hex()).split()
+        out = self.ask(payload)
         self.assertNotEqual(out, ["none"], (self.tmp / "server.log").read_text())
         # What the Python server sends for this RS, on the in-memory network.
         net = FakeInternet(Clock())
@@ -434,3 +472,52 @@ class FastPathServiceTests(unittest.TestCase):
         self.assertEqual(status["fast-path"]["answered"], 1)
         self.assertGreaterEqual(status["counters"]["ra"], 1)
         self.assertEqual(status["counters"]["rs"], status["counters"]["ra"])
+
+    def test_answersInTheKernel(self) -> None:
+        """
+        C{xdp-mode = "auto"} (the default) on a veth: generic XDP.
+        """
+        self.serve()
+        self.assertEqual(self.attach_mode(), "generic")
+        self.assertAnsweredInTheKernel()
+
+    def test_generic(self) -> None:
+        self.serve("generic")
+        self.assertEqual(self.attach_mode(), "generic")
+        self.assertAnsweredInTheKernel()
+
+    def test_nativeWithAnXdpPeer(self) -> None:
+        """
+        C{xdp-mode = "native"} on a veth whose peer runs an XDP program (one passing
+        everything): native XDP, and its C{XDP_TX} answers reach the peer.
+
+        The peer's program is what makes it work: a veth's native C{XDP_TX} puts the frame
+        in the peer's ring but wakes the peer's NAPI only when the peer has an XDP program.
+        GRO on the peer gives it a ring, not that wakeup: the answer then waits there until
+        other traffic happens to poll it, which on an idle link is never.
+        """
+        self.attach_pass_program()
+        self.serve("native")
+        self.assertEqual(self.attach_mode(), "native")
+        self.assertAnsweredInTheKernel()
+
+    def attach_pass_program(self) -> None:
+        """
+        Attach an XDP program returning C{XDP_PASS} to the client veth (native; the
+        namespace's removal removes it).
+        """
+        source = self.tmp / "pass.bpf.c"
+        source.write_text(PASS_PROGRAM)
+        obj = self.tmp / "pass.bpf.o"
+        self.run_ok("clang", "-O2", "-target", "bpf", "-c", str(source), "-o", str(obj))
+        self.run_ok("ip", "-n", self.client_ns, "link", "set", "dev", "fpc", "xdpdrv", "obj", str(obj), "sec", "xdp")
+        [link] = json.loads(self.run_ok("ip", "-n", self.client_ns, "-j", "link", "show", "dev", "fpc"))
+        self.assertEqual(link.get("xdp", {}).get("mode"), 1, link)
+
+
+#: The client veth's XDP program for L{FastPathServiceTests.test_nativeWithAnXdpPeer}:
+#: passes every frame (2 is XDP_PASS; no headers needed).
+PASS_PROGRAM = """
+__attribute__((section("xdp"), used)) int pass(void *ctx) { return 2; }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""

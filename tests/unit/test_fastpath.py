@@ -1,8 +1,9 @@
 """
 The fast path's control plane, without the kernel: the program's counter names, the config
-map's precomputed checksum parts, the C{fast-path} setting and the one log line on which
-path serves Router Solicitations.  (The program itself is tested against the Python server
-in tests/system/test_fastpath_server.py.)
+map's precomputed checksum parts, the C{fast-path} and C{xdp-mode} settings, how each
+interface is attached, and the one log line on which path serves Router Solicitations.
+(The program itself is tested against the Python server in
+tests/system/test_fastpath_server.py.)
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Callable, cast
 
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from teredonode import fastpath
 from teredonode.config import ServerSettings, parse_config
 from teredonode.errors import ConfigError
+from teredonode.fastpath.libbpf import BPFError
 from teredonode.fastpath.program import CONFIG, FastPathUnavailable, pack_config
 from teredonode.roles.server import DROP_REASONS
 from teredonode.wire import ipv6
@@ -111,6 +113,78 @@ class SettingTests(SynchronousTestCase):
         self.assertIn("fast-path", str(caught.exception))
 
 
+class XdpModeSettingTests(SynchronousTestCase):
+    """
+    C{[server] xdp-mode}: exactly C{"auto"}, C{"native"} or C{"generic"}, else one line
+    naming the table and the key.
+    """
+
+    def parse(self, value: str) -> ServerSettings:
+        text = f'[server]\nenabled = true\nprimary = "192.0.2.1"\nxdp-mode = {value}\n'
+        server = parse_config(text, "x.toml").roles["server"]
+        assert isinstance(server, ServerSettings)
+        return server
+
+    def test_default(self) -> None:
+        config = parse_config('[server]\nenabled = true\nprimary = "192.0.2.1"\n', "x.toml")
+        server = config.roles["server"]
+        assert isinstance(server, ServerSettings)
+        self.assertEqual(server.xdp_mode, "auto")
+
+    def test_accepted(self) -> None:
+        for mode in ("auto", "native", "generic"):
+            self.assertEqual(self.parse(f'"{mode}"').xdp_mode, mode)
+
+    def test_refused(self) -> None:
+        for value in ('"Native"', '"skb"', '"drv"', '""', '"on"', "true", "1", '["native"]', '{ mode = "native" }'):
+            with self.assertRaises(ConfigError, msg=value) as caught:
+                self.parse(value)
+            message = str(caught.exception)
+            self.assertNotIn("\n", message)
+            self.assertTrue(message.startswith("x.toml: [server] xdp-mode: "), message)
+            self.assertIn('"auto", "native" or "generic"', message)
+
+
+class AttachModeTests(SynchronousTestCase):
+    """
+    L{fastpath.attach_generic}: C{"native"} and C{"generic"} apply to every interface;
+    C{"auto"} asks L{fastpath.is_veth} of each.
+    """
+
+    def test_native(self) -> None:
+        generic = fastpath.attach_generic("native")
+        self.assertEqual([generic(i) for i in (1, 2, 3)], [False, False, False])
+
+    def test_generic(self) -> None:
+        generic = fastpath.attach_generic("generic")
+        self.assertEqual([generic(i) for i in (1, 2, 3)], [True, True, True])
+
+    def test_autoAsksIsVeth(self) -> None:
+        asked: list[int] = []
+
+        def is_veth(index: int) -> bool:
+            asked.append(index)
+            return index == 2
+
+        self.patch(fastpath, "is_veth", is_veth)
+        generic = fastpath.attach_generic("auto")
+        self.assertEqual([generic(i) for i in (1, 2, 3)], [False, True, False])
+        self.assertEqual(asked, [1, 2, 3])
+
+    def test_fixedModesAskNothing(self) -> None:
+        """
+        An explicit mode needs no netlink query (it works where the interface's kind cannot
+        be read).
+        """
+
+        def is_veth(index: int) -> bool:
+            raise AssertionError("asked for the interface's kind")
+
+        self.patch(fastpath, "is_veth", is_veth)
+        self.assertFalse(fastpath.attach_generic("native")(4))
+        self.assertTrue(fastpath.attach_generic("generic")(4))
+
+
 class StartTests(SynchronousTestCase):
     """
     L{fastpath.start}: one log line, whatever happens; "on" refuses, "auto" falls back.
@@ -148,6 +222,80 @@ class StartTests(SynchronousTestCase):
         with self.assertRaises(FastPathUnavailable):
             fastpath.start(self.settings("on"), b"", interfaces=lambda a: [])
         self.assertEqual(self.lines, [])
+
+    def attached(self, mode: str) -> list[tuple[str, bool]]:
+        """
+        Start with C{xdp-mode = mode} on a veth (index 7) and another interface (index 3),
+        with a fake program: how each interface was attached (C{True}: generic).
+        """
+        made: list[FakeFastPath] = []
+
+        def make(settings: Any, ra_packet: bytes) -> FakeFastPath:
+            made.append(FakeFastPath(settings, ra_packet))
+            return made[-1]
+
+        self.patch(fastpath, "FastPath", make)
+        self.patch(fastpath, "is_veth", lambda index: index == 7)
+        found = [("veth0", 7), ("eth0", 3)]
+        fast = fastpath.start(settings(fast_path="on", xdp_mode=mode), b"RA", interfaces=lambda a: found)
+        self.assertIs(fast, made[0])
+        self.assertEqual(self.lines, ["Router Solicitations: XDP fast path on veth0, eth0, the rest on the Python path"])
+        return made[0].attached
+
+    def test_xdpModeNative(self) -> None:
+        self.assertEqual(self.attached("native"), [("veth0", False), ("eth0", False)])
+
+    def test_xdpModeGeneric(self) -> None:
+        self.assertEqual(self.attached("generic"), [("veth0", True), ("eth0", True)])
+
+    def test_xdpModeAuto(self) -> None:
+        """
+        Generic on the veth only.
+        """
+        self.assertEqual(self.attached("auto"), [("veth0", True), ("eth0", False)])
+
+    def test_attachFailureFallsBack(self) -> None:
+        """
+        A mode the interface refuses (native XDP where the driver has none...) is an
+        attach error: C{auto} falls back in one line and the program is closed.
+        """
+        made: list[FakeFastPath] = []
+
+        def make(settings: Any, ra_packet: bytes) -> FakeFastPath:
+            made.append(FakeFastPath(settings, ra_packet, refuse=True))
+            return made[-1]
+
+        self.patch(fastpath, "FastPath", make)
+        found = [("eth0", 3)]
+        self.assertIsNone(fastpath.start(settings(xdp_mode="native"), b"RA", interfaces=lambda a: found))
+        self.assertTrue(made[0].closed)
+        self.assertEqual(len(self.lines), 1)
+        self.assertIn("XDP fast path unavailable: ", self.lines[0])
+        self.assertIn("attaching XDP to ifindex 3: Operation not supported", self.lines[0])
+
+
+class FakeFastPath:
+    """
+    Stands for L{fastpath.FastPath} in L{StartTests}: records how it was attached.
+    """
+
+    def __init__(self, settings: Any, ra_packet: bytes, refuse: bool = False) -> None:
+        self.refuse = refuse
+        self.interfaces: list[str] = []
+        self.attached: list[tuple[str, bool]] = []
+        self.closed = False
+
+    def attach(self, interfaces: list[tuple[str, int]], generic: Callable[[int], bool] | None = None) -> None:
+        # The real default: ask whether each is a veth.
+        generic = generic or fastpath.is_veth
+        for name, index in interfaces:
+            if self.refuse:
+                raise BPFError(95, f"attaching XDP to ifindex {index}: Operation not supported")
+            self.attached.append((name, generic(index)))
+            self.interfaces.append(name)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 class ObjectTests(SynchronousTestCase):
