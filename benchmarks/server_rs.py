@@ -832,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
                         "libbpf) or a Python process (python, about 200 000 RS/s at most)")
     parser.add_argument("--server-xdp-mode", choices=("native", "generic", "auto"), default="native",
                         help="the fast-path server's xdp-mode (default native: the load veth "
-                        "runs XDP and has GRO on, so native XDP_TX reaches it)")
+                        "runs the sink's XDP program, so native XDP_TX reaches it)")
     parser.add_argument("--peak", action=argparse.BooleanOptionalAction, default=None,
                         help="after a server fails on loss, keep climbing while its answered rate "
                         "grows, to report its peak at any loss (default: with the xdp load)")

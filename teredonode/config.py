@@ -1351,9 +1351,9 @@ class RelaySettings(_RoleSettings):
         default="auto",
         doc="How the fast path's XDP program is attached: auto, native, generic.",
         more="As the server's `xdp-mode`: `native` runs the decapsulating program in the "
-        "driver, `generic` on socket buffers; `auto` picks generic on veth (whose peer gets "
-        "native XDP_TX and redirected frames only when it runs XDP or has GRO on) and native "
-        "elsewhere. See [performance.md](performance.md#relay-kernel-fast-path).",
+        "driver, `generic` on socket buffers; `auto` picks generic on veth (a veth's native "
+        "XDP frames reach its peer promptly only when the peer runs an XDP program) and "
+        "native elsewhere. See [performance.md](performance.md#relay-kernel-fast-path).",
     )
 
     @property
