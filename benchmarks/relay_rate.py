@@ -25,11 +25,13 @@ a relay's own limit.  Here the relay is the only program in the path:
     server, and a responder in "v4" (playing server and client) answers with the client's
     direct bubble.  The relay under test then holds a trusted peer, for every relay alike.
   - The relay and its veths' NAPI threads run on one CPU, the generators and sinks on the
-    other (the sinks' NAPI threads at real-time priority: they are the measuring instrument).
+    other.  Every NAPI thread runs at real-time priority, as receive work runs in softirq
+    behind a NIC, ahead of any task (for every relay alike; the sinks' are the instrument).
     The relay's CPU is its process tree's plus its NAPI threads' (the kernel's receive work,
     the fast path's programs, the forwarding): everything a datagram costs on the relay host.
-  - Steps climb a rate grid; a step passes below 1 % loss.  After the first failure the climb
-    goes on while the delivered rate still grows, to find each relay's peak at any loss.
+  - Steps climb a rate grid; a step passes below 1 % loss, and the first failure is retried
+    once.  After it the climb goes on while the delivered rate still grows, to find each
+    relay's peak at any loss; the sustained rate is the highest step that passed.
 """
 
 from __future__ import annotations
@@ -242,12 +244,16 @@ class Climb:
     direction: str
     round: int
     steps: list[Step] = field(default_factory=list)
-    sustained_until: int | None = None
 
     @property
     def best(self) -> Step | None:
-        passing = [s for s in self.steps[: self.sustained_until] if s.passed]
-        return passing[-1] if passing else None
+        """
+        The highest offered rate delivered with < 1 % loss.  Not only below the first
+        failure: a 256-frame veth ring overflows now and then on a shared machine, and a
+        higher step passing shows the relay carries that rate.
+        """
+        passing = [s for s in self.steps if s.passed]
+        return max(passing, key=lambda s: s.rate) if passing else None
 
     @property
     def peak(self) -> float:
@@ -298,12 +304,13 @@ class Bench:
         for ns, dev in ((relay, r4), (relay, r6), (self.ns["v4"], g4), (self.ns["v6"], g6)):
             run([ip, "netns", "exec", ns, sys.executable, str(Path(__file__).resolve()), "--offloads", dev])
             run([ip, "netns", "exec", ns, "sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"])
-        for dev in (r4, r6):
+        # Every NAPI thread runs at real-time priority, as receive work runs in softirq
+        # behind a NIC, ahead of any task: the relay's (for every relay alike) so that a
+        # wakeup is not queued behind a neighbour while a 256-frame veth ring fills, the
+        # sinks' because they are the measuring instrument.
+        for dev, cpu in ((r4, self.relay_cpu), (r6, self.relay_cpu), (g4, self.gen_cpu), (g6, self.gen_cpu)):
             for pid in napi_threads(dev):
-                os.sched_setaffinity(pid, {self.relay_cpu})
-        for dev in (g4, g6):
-            for pid in napi_threads(dev):
-                os.sched_setaffinity(pid, {self.gen_cpu})
+                os.sched_setaffinity(pid, {cpu})
                 os.sched_setscheduler(pid, os.SCHED_FIFO, os.sched_param(10))
 
     def mac(self, ns: str, dev: str) -> str:
@@ -437,8 +444,10 @@ class Bench:
 
     def climb(self, impl: str, direction: str, round_: int, rates: list[float], pids: list[int]) -> Climb:
         result = Climb(impl, direction, round_)
-        peak_seen, flat, past = 0.0, 0, False
-        for rate in rates:
+        peak_seen, flat, past, retried = 0.0, 0, False, False
+        queue = list(rates)
+        while queue:
+            rate = queue.pop(0)
             before, drops = cpu_seconds(pids), self.drops()
             sent, delivered, elapsed = self.step(direction, rate, self.args.step_seconds)
             step = Step(rate, sent, delivered, elapsed, cpu_seconds(pids) - before)
@@ -450,8 +459,11 @@ class Bench:
                   + (f"  dropped entering: {', '.join(f'{k} {v:,}' for k, v in moved.items())}" if moved else ""),
                   flush=True)
             if not step.passed and not past:
+                if not retried:
+                    retried = True  # once: a neighbour's burst, not the relay's limit
+                    queue.insert(0, rate)
+                    continue
                 past = True
-                result.sustained_until = len(result.steps) - 1
                 peak_seen = max(s.delivered_rate for s in result.steps)
                 continue
             if past:
