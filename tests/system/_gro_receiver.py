@@ -27,8 +27,8 @@ def main() -> None:
     idle: list[Any] = []
 
     def done() -> None:
-        if reactor.running:  # type: ignore[attr-defined]
-            reactor.stop()  # type: ignore[attr-defined]
+        if reactor.running:
+            reactor.stop()
 
     def receive(data: bytes, addr: tuple[str, int]) -> None:
         received.append([data.hex(), addr[0], addr[1]])
@@ -38,9 +38,9 @@ def main() -> None:
 
     listening = listenBatching(reactor, port, ServicePort(receive))
     reason = listening.enableBatching()
-    idle.append(reactor.callLater(10.0, done))  # type: ignore[attr-defined]
+    idle.append(reactor.callLater(10.0, done))
     print("ready", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
     json.dump(
         {"batching": reason, "reads": listening.reads, "datagrams": listening.datagrams, "received": received},
         sys.stdout,

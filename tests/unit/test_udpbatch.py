@@ -123,7 +123,7 @@ class ScriptedPort(BatchingPort):
 
     def __init__(self, results: list[Any], receive: Any) -> None:
         BatchingPort.__init__(self, 0, ServicePort(receive), "127.0.0.1", reactor=reactor)
-        self.socket = ScriptedSocket(results)
+        self.socket = ScriptedSocket(results)  # type: ignore[assignment]
 
 
 class DoReadTests(SynchronousTestCase):
