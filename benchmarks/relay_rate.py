@@ -115,7 +115,7 @@ class Agent:
     per line on stdin.
     """
 
-    def __init__(self, side: str, ifname: str, relay_mac: str) -> None:
+    def __init__(self, side: str, ifname: str, relay_mac: str, up_checksum: bool = False) -> None:
         from xdpgen import ETH_IPV4, ETH_IPV6, XdpGenerator, ethernet, mac_of
 
         from teredonode.lab.usernat import udp_packet
@@ -129,9 +129,14 @@ class Agent:
         if side == "v4":
             # Up: the client's datagram to the host, in UDP from the client's mapping with no
             # outer checksum (zero: allowed over IPv4), so the stamps change only the inner one.
+            # With --up-checksum the outer checksum stays, and stays right: the stamps keep
+            # the inner datagram's one's-complement sum (its checksum compensates), which is
+            # all the outer checksum covers of it.  The kernel's UDP GRO needs it (it never
+            # coalesces datagrams without a checksum).
             inner = _udp6(client, host, payload)
             outer = bytearray(udp_packet((CLIENT_V4, CLIENT_PORT), (RELAY_V4, TEREDO_PORT), inner))
-            outer[26:28] = b"\x00\x00"
+            if not up_checksum:
+                outer[26:28] = b"\x00\x00"
             frame = ethernet(dst_mac, src_mac, ETH_IPV4, bytes(outer))
             data = UP_INNER + 40 + 8
             # It counts the relay's encapsulated down datagrams: from port 3544, carrying
@@ -345,7 +350,7 @@ class Bench:
             r, g = self.veth[side]
             argv = ["taskset", "-c", str(self.gen_cpu), tool("ip"), "netns", "exec", self.ns[side],
                     sys.executable, "-u", str(Path(__file__).resolve()), "--agent", side, g,
-                    self.mac(self.ns["relay"], r)]
+                    self.mac(self.ns["relay"], r)] + (["--up-checksum"] if self.args.up_checksum else [])
             self.agents[side] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                                  text=True, env=env, start_new_session=True)
             if not self.answer(side).get("ready"):
@@ -530,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impls", default=",".join(IMPLS), help="relays to measure (default: all three)")
     parser.add_argument("--relay-xdp-mode", choices=("native", "generic", "auto"), default="native",
                         help="our fast path's xdp-mode (default native: the generator's veth runs XDP)")
+    parser.add_argument("--up-checksum", action="store_true",
+                        help="up datagrams carry an outer UDP checksum (default zero), as the kernel's UDP GRO needs")
     parser.add_argument("--agent", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--offloads", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -540,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.agent:
         side, ifname, mac = args.agent
-        Agent(side, ifname, mac).serve(sys.stdin, sys.stdout)
+        Agent(side, ifname, mac, args.up_checksum).serve(sys.stdin, sys.stdout)
         return 0
     if os.geteuid() != 0:
         print("relay_rate.py: needs root (it creates network namespaces)", file=sys.stderr)

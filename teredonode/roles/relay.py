@@ -57,6 +57,7 @@ from teredonode.roles.tunnel import (
 )
 from teredonode.roles.tunnelrole import TunnelRole
 from teredonode.udp import ServicePort, raiseBufferSizes
+from teredonode.udpbatch import listenBatching
 from teredonode.wire.ipv6 import ipv6_text
 
 __all__ = [
@@ -265,8 +266,8 @@ class TeredoRelay(TunnelRole):
         """
         self._checkHost()
         self._loadFastPath()
-        self._port = self._reactor.listenUDP(
-            self.settings.port, self._socket, interface=self.settings.bind
+        self._port = listenBatching(
+            self._reactor, self.settings.port, self._socket, interface=self.settings.bind
         )
         if getattr(self._port, "socket", None) is not None:
             raiseBufferSizes(self._port, SOCKET_BUFFER, SOCKET_BUFFER)
@@ -278,6 +279,7 @@ class TeredoRelay(TunnelRole):
         self._configureHost()
         self._tun.startReading(self.tunnel.fromHost)
         self._startFastPath()
+        self._startBatching()
         Service.privilegedStartService(self)
 
     def _loadFastPath(self) -> None:
@@ -313,6 +315,24 @@ class TeredoRelay(TunnelRole):
             self._fastPath = None
             return
         self.tunnel.peerObserver = fast
+
+    def _startBatching(self) -> None:
+        """
+        Batch the Python path's reads (L{teredonode.udpbatch}) unless the kernel fast path
+        runs: in generic XDP mode it sits after GRO, where batching would hand it one
+        coalesced packet instead of the datagrams it checks one by one.
+        """
+        enable = getattr(self._port, "enableBatching", None)
+        if enable is None:
+            return
+        if self._fastPath is not None:
+            self.log.info("Receive batching (UDP GRO): off (the kernel fast path reads first)")
+            return
+        reason = enable()
+        if reason is None:
+            self.log.info("Receive batching (UDP GRO): on")
+        else:
+            self.log.info("Receive batching (UDP GRO): off ({reason})", reason=reason)
 
     def _checkHost(self) -> None:
         """

@@ -315,6 +315,65 @@ class FastPathControlTests(RelayTestCase):
         relay.stopService()
 
 
+class BatchingHost:
+    """
+    A fake host whose UDP ports offer C{enableBatching}, as L{teredonode.udpbatch}'s real
+    ports do, answering C{reason} and recording the calls.
+    """
+
+    def __init__(self, host: Any, reason: str | None) -> None:
+        self.host = host
+        self.reason = reason
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.host, name)
+
+    def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
+        port = self.host.listenUDP(*args, **kwargs)
+
+        def enableBatching() -> str | None:
+            self.calls += 1
+            return self.reason
+
+        port.enableBatching = enableBatching
+        return port
+
+
+class ReceiveBatchingTests(RelayTestCase):
+    """
+    The relay batches its reads (UDP GRO) only while no kernel fast path reads first.
+    """
+
+    def start(self, reason: str | None, fast: Any = None) -> tuple[TeredoRelay, BatchingHost]:
+        host = BatchingHost(self.net.host("203.0.113.22"), reason)
+        relay = TeredoRelay(
+            RelaySettings(fast_path="off" if fast is None else "auto"), host, FakeTunDevice("teredo-gro"),
+            FakeNetworkConfigurator(), randbytes=random.Random(3).randbytes,
+            fastpath=None if fast is None else (lambda settings, reactor, peers: fast),
+        )
+        relay.privilegedStartService()
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        return relay, host
+
+    def test_onWithoutFastPath(self) -> None:
+        _, host = self.start(None)
+        self.assertEqual(host.calls, 1)
+
+    def test_refusedIsHarmless(self) -> None:
+        """
+        A kernel refusing the option leaves the relay running as before.
+        """
+        relay, host = self.start("Protocol not available")
+        self.assertEqual(host.calls, 1)
+        self.assertEqual(relay.state, relay.status()["state"])
+
+    def test_offWithFastPath(self) -> None:
+        _, host = self.start(None, FakeFastPath())
+        self.assertEqual(host.calls, 0)
+
+
 class RelayTunnelTests(UnnumberedTunnelBehaviour, RelayTestCase):
     """
     What the relay shares with the host-specific relay (L{tests.protocol.tunnelroles}).
