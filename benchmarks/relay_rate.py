@@ -324,8 +324,8 @@ class Bench:
 
     def drops(self) -> dict[str, int]:
         """
-        Datagrams lost entering each veth end (its receive drops plus its peer's transmit
-        drops, where a full receive ring shows): the relay's two ends, the sinks' two.
+        Datagrams lost entering each veth end (a full receive ring): the relay's two ends,
+        the sinks' two.
         """
         stats: dict[str, dict[str, Any]] = {}
         for side in ("v4", "v6"):
@@ -335,8 +335,14 @@ class Bench:
         out: dict[str, int] = {}
         for side in ("v4", "v6"):
             r, g = self.veth[side]
-            out[f"relay {side}"] = int(stats[r]["rx"]["dropped"]) + int(stats[g]["tx"]["dropped"])
-            out[f"sink {side}"] = int(stats[g]["rx"]["dropped"]) + int(stats[r]["tx"]["dropped"])
+            # A veth counts a frame its full ring refused on both ends (the receiver's rx and
+            # the sender's tx drops): the larger of the two, not their sum.
+            out[f"relay {side}"] = max(int(stats[r]["rx"]["dropped"]), int(stats[g]["tx"]["dropped"]))
+            out[f"sink {side}"] = max(int(stats[g]["rx"]["dropped"]), int(stats[r]["tx"]["dropped"]))
+            if self.args.xdp_stats:
+                for ns, dev, who in ((self.ns["relay"], r, f"relay {side}"), (self.ns[side], g, f"sink {side}")):
+                    for key, value in _xdp_errors(ns, dev).items():
+                        out[f"{who} {key}"] = value
         return out
 
     def relay_napi(self) -> list[int]:
@@ -519,6 +525,20 @@ class Bench:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _xdp_errors(ns: str, dev: str) -> dict[str, int]:
+    """
+    A veth's XDP drop and error counters (C{ethtool -S}): frames a full ring refused to an
+    XDP sender (C{xdp_xmit_errors}), frames its own XDP program dropped or failed to send.
+    """
+    shown = run([tool("ip"), "netns", "exec", ns, tool("ethtool"), "-S", dev], check=False)
+    out = {}
+    for line in shown.stdout.splitlines():
+        key, _, value = line.strip().partition(": ")
+        if value.isdigit() and ("err" in key or "drops" in key):
+            out[key] = int(value)
+    return out
+
+
 def _tail(log: Path) -> list[str]:
     return log.read_text(errors="replace").strip().splitlines()[-3:]
 
@@ -537,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="our fast path's xdp-mode (default native: the generator's veth runs XDP)")
     parser.add_argument("--up-checksum", action="store_true",
                         help="up datagrams carry an outer UDP checksum (default zero), as the kernel's UDP GRO needs")
+    parser.add_argument("--xdp-stats", action="store_true",
+                        help="also print the veths' XDP error counters that move (needs ethtool)")
     parser.add_argument("--agent", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--offloads", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -426,7 +426,8 @@ class Namespaces:
         the server CPU, the load veth's shares the generator's).
         """
         peer = "load" if which == "server" else "server"
-        return int(self._veth_stats(which)["rx"]["dropped"]) + int(self._veth_stats(peer)["tx"]["dropped"])
+        # A refused frame shows on both ends: the larger count, not the sum.
+        return max(int(self._veth_stats(which)["rx"]["dropped"]), int(self._veth_stats(peer)["tx"]["dropped"]))
 
     def mac(self, which: str) -> str:
         ns = self.server if which == "server" else self.load
