@@ -202,6 +202,10 @@ class TeredoRelay(TunnelRole):
         TunnelRole.__init__(self, settings, reactor, tun, netconfig, randbytes)
         self._fastPathStarter = fastpath
         self._fastPath: Any = None
+        #: The listening port while it batches its reads (its C{reads} and C{datagrams}
+        #: show in the status), else None and why not in C{_batchingOff}.
+        self._batching: Any = None
+        self._batchingOff = "not started"
         self._routed = False
         self.state = "stopped"
         self.counters = CounterSet(COUNTERS)
@@ -322,16 +326,21 @@ class TeredoRelay(TunnelRole):
         runs: in generic XDP mode it sits after GRO, where batching would hand it one
         coalesced packet instead of the datagrams it checks one by one.
         """
+        self._batching = None
         enable = getattr(self._port, "enableBatching", None)
         if enable is None:
+            self._batchingOff = "this port cannot batch"
             return
         if self._fastPath is not None:
+            self._batchingOff = "the kernel fast path reads first"
             self.log.info("Receive batching (UDP GRO): off (the kernel fast path reads first)")
             return
         reason = enable()
         if reason is None:
+            self._batching = self._port
             self.log.info("Receive batching (UDP GRO): on")
         else:
+            self._batchingOff = reason
             self.log.info("Receive batching (UDP GRO): off ({reason})", reason=reason)
 
     def _checkHost(self) -> None:
@@ -402,6 +411,7 @@ class TeredoRelay(TunnelRole):
                 self.log.warn("{error}", error=str(e))
         self._tun.close()
         port, self._port = self._port, None
+        self._batching, self._batchingOff = None, "stopped"
         if port is not None:
             return port.stopListening()
         return None
@@ -495,10 +505,22 @@ class TeredoRelay(TunnelRole):
             "peers": self.tunnel.status(),
             "counters": counters,
             "fast-path": fast,
+            "receive-batching": self._batchingStatus(),
             "drops": self.drops.snapshot(),
             "send-drops": dict(sender.drops) if sender is not None else {},
             "tun-drops": dict(getattr(self._tun, "drops", {})),
         }
+
+    def _batchingStatus(self) -> dict[str, Any]:
+        """
+        Whether the Python path's reads are batched (UDP GRO), why not when off, and the
+        reads and datagrams of the batching port: datagrams per read is what batching saves
+        in system calls.
+        """
+        port = self._batching
+        if port is None:
+            return {"on": False, "reason": self._batchingOff, "reads": 0, "datagrams": 0}
+        return {"on": True, "reason": None, "reads": port.reads, "datagrams": port.datagrams}
 
     def _statusExtra(self) -> dict[str, Any]:
         health = self._health.status() if self._health is not None else {"state": "off"}

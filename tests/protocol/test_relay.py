@@ -18,8 +18,10 @@ from zope.interface.verify import verifyObject
 
 from teredonode.config import RelaySettings, parse_config
 from teredonode.interfaces import IPeerObserver, ITeredoRole
+from teredonode.metrics import render_metrics
 from teredonode.roles import relay as relay_module
 from teredonode.roles.relay import TeredoRelay, servedBy
+from teredonode.status import StaticStatus
 from teredonode.testing import FakeIPv6Network, FakeNetworkConfigurator, FakeTunDevice
 from teredonode.wire import ipv6
 from teredonode.wire.address import GLOBAL_PREFIX
@@ -318,13 +320,15 @@ class FastPathControlTests(RelayTestCase):
 class BatchingHost:
     """
     A fake host whose UDP ports offer C{enableBatching}, as L{teredonode.udpbatch}'s real
-    ports do, answering C{reason} and recording the calls.
+    ports do, answering C{reason} and recording the calls; its ports count C{reads} and
+    C{datagrams} as a batching port does (C{port} is the last one opened).
     """
 
     def __init__(self, host: Any, reason: str | None) -> None:
         self.host = host
         self.reason = reason
         self.calls = 0
+        self.port: Any = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.host, name)
@@ -337,6 +341,8 @@ class BatchingHost:
             return self.reason
 
         port.enableBatching = enableBatching
+        port.reads = port.datagrams = 0
+        self.port = port
         return port
 
 
@@ -358,20 +364,55 @@ class ReceiveBatchingTests(RelayTestCase):
         return relay, host
 
     def test_onWithoutFastPath(self) -> None:
-        _, host = self.start(None)
+        """
+        Batching on: the status shows it with the port's reads and datagrams, as they grow.
+        """
+        relay, host = self.start(None)
         self.assertEqual(host.calls, 1)
+        block = relay.status()["receive-batching"]
+        self.assertEqual(block, {"on": True, "reason": None, "reads": 0, "datagrams": 0})
+        host.port.reads, host.port.datagrams = 3, 41
+        block = relay.status()["receive-batching"]
+        self.assertEqual(block, {"on": True, "reason": None, "reads": 3, "datagrams": 41})
+        text = render_metrics(StaticStatus({"relay": relay.status()})).decode()
+        for line in ("on 1.0", "reads 3.0", "datagrams 41.0"):
+            self.assertRegex(text, rf"(?m)^teredonode_relay_receive_batching_{line}$")
+        self.assertNotIn("teredonode_relay_receive_batching_info", text)
 
     def test_refusedIsHarmless(self) -> None:
         """
-        A kernel refusing the option leaves the relay running as before.
+        A kernel refusing the option leaves the relay running as before; the status says
+        why batching is off, and counts nothing.
         """
         relay, host = self.start("Protocol not available")
         self.assertEqual(host.calls, 1)
         self.assertEqual(relay.state, relay.status()["state"])
+        host.port.reads = 5  # not a batching port's reads: not shown
+        block = relay.status()["receive-batching"]
+        self.assertEqual(block, {"on": False, "reason": "Protocol not available", "reads": 0, "datagrams": 0})
+        text = render_metrics(StaticStatus({"relay": relay.status()})).decode()
+        self.assertRegex(text, r"(?m)^teredonode_relay_receive_batching_on 0\.0$")
+        self.assertIn('teredonode_relay_receive_batching_info{reason="Protocol not available"} 1.0', text)
 
     def test_offWithFastPath(self) -> None:
-        _, host = self.start(None, FakeFastPath())
+        relay, host = self.start(None, FakeFastPath())
         self.assertEqual(host.calls, 0)
+        block = relay.status()["receive-batching"]
+        self.assertEqual(block["reason"], "the kernel fast path reads first")
+        self.assertFalse(block["on"])
+
+    def test_offOnPortsThatCannotBatch(self) -> None:
+        """
+        The in-memory network's ports read one datagram at a time: off, with the reason.
+        """
+        block = self.relay.status()["receive-batching"]
+        self.assertEqual(block, {"on": False, "reason": "this port cannot batch", "reads": 0, "datagrams": 0})
+
+    def test_stopped(self) -> None:
+        relay, host = self.start(None)
+        host.port.reads, host.port.datagrams = 1, 2
+        relay.stopService()
+        self.assertEqual(relay.status()["receive-batching"], {"on": False, "reason": "stopped", "reads": 0, "datagrams": 0})
 
 
 class RelayTunnelTests(UnnumberedTunnelBehaviour, RelayTestCase):

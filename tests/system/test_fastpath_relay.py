@@ -167,10 +167,23 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
         Both paths send the same frames and count the same, and the fast path carried the
         trusted traffic.
         """
-        slow, slowStatus, _ = self.run_relay("off")
+        slow, slowStatus, slowLog = self.run_relay("off")
         fast, fastStatus, fastLog = self.run_relay("on")
         self.assertIn("Trusted peers: kernel fast path", fastLog)
         self.assertIsNone(slowStatus["fast-path"])
+        # Receive batching: off behind the fast path; without it, as the start log said.
+        self.assertEqual(
+            fastStatus["receive-batching"],
+            {"on": False, "reason": "the kernel fast path reads first", "reads": 0, "datagrams": 0},
+        )
+        batching = slowStatus["receive-batching"]
+        if "Receive batching (UDP GRO): on" in slowLog:
+            self.assertTrue(batching["on"], batching)
+            self.assertGreaterEqual(batching["datagrams"], batching["reads"], batching)
+            self.assertGreater(batching["reads"], 0, batching)
+        else:
+            self.assertFalse(batching["on"], batching)
+            self.assertIn(f"Receive batching (UDP GRO): off ({batching['reason']})", slowLog)
         sources: set[bytes] = set()
         slowSteps, fastSteps = dict(slow["steps"]), dict(fast["steps"])
         self.assertEqual(list(slowSteps), list(fastSteps))
