@@ -138,10 +138,9 @@ class BatchingPort(udp.Port):
             read += len(data)
             if trim:
                 addr = addr[:2]
-            if ancdata:
-                batch = segments(data, segmentSize(ancdata), limit, bool(flags & socket.MSG_TRUNC))
-            else:
-                batch = [data[:limit]] if len(data) > limit else [data]
+            # No UDP_GRO message: one datagram (segments() takes size 0 as the whole buffer).
+            size = segmentSize(ancdata) if ancdata else 0
+            batch = segments(data, size, limit, bool(flags & socket.MSG_TRUNC))
             self.datagrams += len(batch)
             for datagram in batch:
                 try:
