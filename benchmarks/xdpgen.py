@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import struct
 import tempfile
 import time
@@ -66,7 +67,7 @@ class XdpGenerator:
     """
 
     def __init__(self, ifname: str) -> None:
-        self.ifindex = socket_ifindex(ifname)
+        self.ifindex = socket.if_nametoindex(ifname)
         with tempfile.TemporaryDirectory(prefix="xdpgen-") as work:
             obj_path = Path(work) / "xdpgen.bpf.o"
             compile_object(SOURCE, obj_path)
@@ -205,7 +206,7 @@ def _park(obj: BpfObject) -> str:
     name = f"xgpark{os.getpid() % 100000}"
     with IPRoute() as ipr:
         ipr.link("add", ifname=name, kind="veth", peer=name + "p")
-        obj.attach_xdp("xdpgen_tx", socket_ifindex(name), generic=True)
+        obj.attach_xdp("xdpgen_tx", socket.if_nametoindex(name), generic=True)
     return name
 
 
@@ -216,9 +217,3 @@ def _unpark(name: str) -> None:
         found = ipr.link_lookup(ifname=name)
         if found:
             ipr.link("del", index=found[0])
-
-
-def socket_ifindex(ifname: str) -> int:
-    import socket
-
-    return socket.if_nametoindex(ifname)
