@@ -4,12 +4,17 @@ What the benchmarks share: running tools, stopping processes, counting a process
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
-from typing import Any
+from typing import Any, Callable, Iterable, TextIO
 
-__all__ = ["TICK", "BenchError", "run", "tool", "stop", "process_tree", "cpu_seconds", "rate_grid", "napi_threads"]
+__all__ = [
+    "TICK", "BenchError", "run", "tool", "stop", "process_tree", "cpu_seconds", "rate_grid", "napi_threads",
+    "remove_namespaces", "serve_commands",
+]
 
 
 class BenchError(Exception):
@@ -108,3 +113,31 @@ def napi_threads(dev: str) -> list[int]:
             except OSError:
                 continue
     return found
+
+
+def remove_namespaces(names: Iterable[str]) -> None:
+    """
+    Kill every process left in each namespace (a process keeps a deleted namespace alive),
+    then delete it: the lab's own helpers, so a benchmark cleans up as the lab does.
+    """
+    from teredonode.lab.topology import delete_namespace, namespace_pids
+
+    for ns in names:
+        for pid in namespace_pids(ns):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        delete_namespace(ns)
+
+
+def serve_commands(handle: Callable[[dict[str, Any]], dict[str, Any]], commands: TextIO, answers: TextIO) -> None:
+    """
+    A benchmark's helper process inside a namespace: say it is ready, then answer one JSON
+    command per line with one JSON line, until end of input (the orchestrator is done or died).
+    """
+    answers.write(json.dumps({"ready": True}) + "\n")
+    answers.flush()
+    for line in commands:
+        answers.write(json.dumps(handle(json.loads(line))) + "\n")
+        answers.flush()

@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -49,7 +50,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
@@ -61,7 +62,9 @@ from benchlib import (  # noqa: E402  (this directory is on sys.path when run as
     napi_threads,
     process_tree,
     rate_grid,
+    remove_namespaces,
     run,
+    serve_commands,
     stop,
     tool,
 )
@@ -167,13 +170,6 @@ class Agent:
         if cmd["cmd"] == "bubbles":
             return {"answered": self.responder.answered if self.side == "v4" else 0}
         return {"error": f"unknown command {cmd['cmd']!r}"}
-
-    def serve(self, commands: TextIO, answers: TextIO) -> None:
-        answers.write(json.dumps({"ready": True}) + "\n")
-        answers.flush()
-        for line in commands:
-            answers.write(json.dumps(self.handle(json.loads(line))) + "\n")
-            answers.flush()
 
 
 class Responder:
@@ -511,17 +507,8 @@ class Bench:
                     except OSError:
                         pass
                 stop(popen, 2.0)
-        ip = tool("ip")
-        for ns in reversed(self.created):
-            for pid in run([ip, "netns", "pids", ns], check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-            run([ip, "netns", "del", ns], check=False)
+        remove_namespaces(reversed(self.created))
         self.created.clear()
-        import shutil
-
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -569,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.agent:
         side, ifname, mac = args.agent
-        Agent(side, ifname, mac, args.up_checksum).serve(sys.stdin, sys.stdout)
+        serve_commands(Agent(side, ifname, mac, args.up_checksum).handle, sys.stdin, sys.stdout)
         return 0
     if os.geteuid() != 0:
         print("relay_rate.py: needs root (it creates network namespaces)", file=sys.stderr)

@@ -68,7 +68,9 @@ from benchlib import (  # noqa: E402  (this directory is on sys.path when run as
     napi_threads,
     process_tree,
     rate_grid,
+    remove_namespaces,
     run,
+    serve_commands,
     stop,
     tool,
 )
@@ -351,20 +353,17 @@ class XdpLoad:
 
 def serve(load: Generator | XdpLoad, commands: TextIO, answers: TextIO) -> None:
     """
-    Answer orchestrator commands until end of input (the orchestrator died or is done).
+    Answer the orchestrator's C{probe} and C{step} commands.
     """
-    answers.write(json.dumps({"ready": True}) + "\n")
-    answers.flush()
-    for line in commands:
-        cmd = json.loads(line)
+
+    def handle(cmd: dict[str, Any]) -> dict[str, Any]:
         if cmd["cmd"] == "probe":
-            result = load.probe(cmd["timeout"])
-        elif cmd["cmd"] == "step":
-            result = load.step(cmd["rate"], cmd["seconds"])
-        else:
-            result = {"error": f"unknown command {cmd['cmd']!r}"}
-        answers.write(json.dumps(result) + "\n")
-        answers.flush()
+            return load.probe(cmd["timeout"])
+        if cmd["cmd"] == "step":
+            return load.step(cmd["rate"], cmd["seconds"])
+        return {"error": f"unknown command {cmd['cmd']!r}"}
+
+    serve_commands(handle, commands, answers)
 
 
 def _drain(sock: socket.socket) -> Iterator[bytes]:
@@ -444,15 +443,7 @@ class Namespaces:
         return napi_threads(self.veth(which))
 
     def close(self) -> None:
-        ip = shutil.which("ip") or "/usr/sbin/ip"
-        for ns in reversed(self._created):
-            pids = subprocess.run([ip, "netns", "pids", ns], capture_output=True, text=True).stdout
-            for pid in pids.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except (OSError, ValueError):
-                    pass
-            subprocess.run([ip, "netns", "del", ns], capture_output=True)
+        remove_namespaces(reversed(self._created))
         self._created.clear()
 
 
@@ -862,6 +853,12 @@ def main(argv: list[str] | None = None) -> int:
         args.step_seconds, factor, budget, back = 1.0, 1.6, 100.0, 1
     else:
         args.step_seconds, factor, budget, back = 3.0, 1.35, 340.0, 2
+    # Without clang and libbpf there is neither a fast path nor the kernel generator: the
+    # load, and with it the grid, the budget and --peak, are settled before anything else.
+    missing = _fast_path_missing()
+    if missing and args.load == "xdp":
+        print("server_rs: the Python load generator instead of the kernel's", flush=True)
+        args.load = "python"
     rates = rate_grid(4000, factor, 4_000_000 if args.load == "xdp" else 1_000_000)
     if args.load == "xdp":
         # The kernel generator's grid reaches ten times higher: the same step count per
@@ -879,13 +876,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("ip", "taskset", "twistd", "miredo-server"):
             tool(name)
         bench = Bench(args)
-        missing = _fast_path_missing()
         if missing:
             print(f"server_rs: no fast path run ({missing})", flush=True)
             bench.servers = tuple(w for w in SERVERS if w != "fast")
-            if args.load == "xdp":
-                print("server_rs: the Python load generator instead of the kernel's", flush=True)
-                args.load = "python"
         servers = bench.servers
         bench.ns.open()
         for which, cpu in (("server", bench.server_cpu), ("load", bench.gen_cpu)):
