@@ -197,7 +197,7 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
             block = status.get("fast-path") or {}
             return {k: int(block.get(k, 0)) for k in ("carried", "passed-to-python")}
 
-        for proto, direction in TESTS:
+        for proto, direction in args.tests:
             fast0 = fastCounts()
             cpu0, bpf0, soft0, t0 = tree_cpu(pid), bpf_seconds(), softirq(), time.monotonic()
             figures = iperf(lab, v6host, proto, direction, args.seconds, args.udp_rate)
@@ -235,7 +235,8 @@ def best(turns: list[dict[str, Any]], key: str, metric: str) -> dict[str, Any] |
 
 def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -> str:
     lines = [
-        f"Client throughput to v6host via a Miredo relay (miredo-server; client behind a "
+        f"Client throughput to v6host via {'a Miredo relay' if args.relay == 'miredo' else 'our relay (fast path)'}"
+        f" (miredo-server; client behind a "
         f"port-restricted NAT; {args.seconds:g} s per measurement, best of {args.rounds} round(s))",
         "",
         f"{'measurement':30} {'ours':>14} {'ours-fast':>14} {'Miredo':>14} {'ours/Miredo':>12} {'fast/Miredo':>12}",
@@ -249,7 +250,7 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         ]
         lines.append(f"{label:30} {cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {ratios[0]:>12} {ratios[1]:>12}")
 
-    for proto, direction in TESTS:
+    for proto, direction in args.tests:
         key = f"{proto}-{direction}"
         metric = "mbit" if proto == "tcp" else "pps"
         label = f"{'TCP Mbit/s' if proto == 'tcp' else 'UDP 64 B pkt/s'} {'up' if direction == 'up' else 'down'}"
@@ -275,8 +276,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per measurement (default 5, --quick 3)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds (default 2, --quick 1)")
     parser.add_argument("--udp-rate", type=int, default=400_000, help="offered UDP packets/s (default 400000: more than either client forwards here)")
+    parser.add_argument("--relay", choices=("miredo", "ours-fast"), default="miredo",
+                        help="the relay on the path: Miredo's (default, so that only the client differs) "
+                             "or ours with its kernel fast path (TCP through our client and our relay)")
+    parser.add_argument("--impls", default=",".join(IMPLS),
+                        help=f"clients to measure, comma-separated (default {','.join(IMPLS)})")
+    parser.add_argument("--tests", default=",".join(f"{p}-{d}" for p, d in TESTS),
+                        help="measurements, comma-separated (default all: tcp-up,tcp-down,udp-up,udp-down)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON as well")
     args = parser.parse_args(argv)
+    args.impls = tuple(i for i in args.impls.split(",") if i)
+    args.tests = tuple(tuple(t.split("-", 1)) for t in args.tests.split(",") if t)
+    if not args.impls or any(i not in IMPLS for i in args.impls):
+        parser.error(f"--impls: choose among {', '.join(IMPLS)}")
+    if not args.tests or any(t not in TESTS for t in args.tests):
+        parser.error("--tests: choose among tcp-up, tcp-down, udp-up, udp-down")
     args.seconds = args.seconds or (3.0 if args.quick else 5.0)
     args.rounds = args.rounds or (1 if args.quick else 2)
     if not 1 <= args.seconds <= 10 or not 1 <= args.rounds <= 3:
@@ -308,11 +322,14 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab.up("default", base=base)
         software_checksums(lab)
         lab.start_miredo("miredo-server", "server", "server")
-        lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
-        lab.start_miredo("miredo-relay", "relay", "relay")
+        if args.relay == "miredo":
+            lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+            lab.start_miredo("miredo-relay", "relay", "relay")
+        else:
+            lab.start_teredonode("bench-relay", "relay", "relay", {"fast-path": "on"})
         for host in ("server", "relay"):
             if not lab.wait_udp_listening(host, 3544, 15):
-                raise LabError(f"Miredo on {host} does not listen")
+                raise LabError(f"the {host} does not listen")
         lab.popen("v6host", ["iperf3", "-s", "-p", str(IPERF_PORT)],
                   stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
         if not _tcp_listening(lab, "v6host", IPERF_PORT, 10):
@@ -322,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         turn = 0
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}/{args.rounds}")
-            for impl in IMPLS:
+            for impl in args.impls:
                 turn += 1
                 results[impl].append(run_turn(lab, impl, turn, args, v6host))
         print(report(results, args))

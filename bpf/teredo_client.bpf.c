@@ -41,8 +41,8 @@
  *       address and port (section 5.2.3 case 1): the entry is then heard, as the Python
  *       client marks it for anything from there.  Bubbles go on to Python, and so do
  *       ICMPv6 echo replies from native peers: they may answer a pending relay re-check.
- *   tx: version 6, not segmentation offload, the packet exactly as long as its header says
- *       and at most the map's MTU, a source that is the client's address
+ *   tx: version 6, the packet exactly as long as its header says and at most the map's MTU
+ *       (a segmentation-offload super-packet: TCP, each segment within it), a source that is the client's address
  *       (host-foreign-source otherwise), a destination with a map entry heard within the
  *       entry's validity (section 5.2.4 case 1): 30 s, or the relay silence after which
  *       the Python client re-checks a native peer's relay.
@@ -65,6 +65,15 @@
  * control plane found transmit checksumming off on the outgoing interface (cfg->partial):
  * the UDP checksum is then computed over the value the kernel is about to write there.
  * Otherwise it takes the Python path, which reads it completed from the TUN.
+ *
+ * Segmentation.  The host's TCP hands the TUN super-packets of many segments (software GSO,
+ * whatever the device offers), which the kernel would cut into segments only after this
+ * program, when the TUN transmits.  Under the same condition as partial checksums, a
+ * super-packet to a trusted peer is encapsulated whole as a UDP tunnel packet
+ * (encapsulate_segments): the outgoing interface cuts it into exactly the datagrams the
+ * Python path would send one by one, completing each segment's checksum, so the host pays
+ * for one packet's stack traversal per super-packet instead of one per segment.  Those
+ * datagrams carry no UDP checksum (see encapsulate_segments); "sent" counts each of them.
  */
 
 #include <linux/bpf.h>
@@ -262,7 +271,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 	const struct client_config *cfg;
 	struct peer_key key;
 	struct peer *peer;
-	__u32 zero = 0, len = skb->len, head, plen;
+	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size;
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
@@ -270,9 +279,17 @@ int teredo_client_tx(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
 		return NEXT;
-	if (len < V6_HLEN || len > MAX_PACKET || len > cfg->mtu || skb->gso_size)
+	if (len < V6_HLEN)
 		goto pass;
-	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
+	if (gso) {
+		/* A TCP super-packet (see the opening comment): only its headers are read. */
+		if (!cfg->partial || len > MAX_SUPER)
+			goto pass;
+		pull = V6_HLEN + 20;
+	} else if (len > MAX_PACKET || len > cfg->mtu) {
+		goto pass;
+	}
+	if (skb->data_end - skb->data < pull && bpf_skb_pull_data(skb, pull))
 		goto pass;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
@@ -293,6 +310,32 @@ int teredo_client_tx(struct __sk_buff *skb)
 	__builtin_memcpy(&head, v6 + 24, 4);
 	if (now - peer->last_rx >= (head == cfg->prefix ? cfg->valid_ns : cfg->native_ns))
 		goto pass;
+
+	if (gso) {
+		__u32 thl, segs = skb->gso_segs;
+
+		/* TCP (no extension header), each segment within the TUN's MTU. */
+		if (v6[6] != 6 || (void *)(v6 + V6_HLEN + 20) > data_end)
+			goto pass;
+		thl = (v6[V6_HLEN + 12] >> 4) * 4;
+		if (thl < 20 || plen < thl || V6_HLEN + thl + gso > cfg->mtu)
+			goto pass;
+		if (!segs)
+			segs = (plen - thl + gso - 1) / gso;
+		if (peer->last_tx < now)
+			peer->last_tx = now;
+		switch (encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port,
+					     (__u8)cfg->ttl)) {
+		case ENCAP_DONE:
+			break;
+		case ENCAP_UNTOUCHED:
+			goto pass;
+		default:
+			return TC_ACT_SHOT;
+		}
+		count_n(&counters, C_SENT, segs);
+		return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
+	}
 
 	s = sum_bytes(v6, data_end, len);
 	if (s == ~0ULL)

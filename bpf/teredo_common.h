@@ -34,15 +34,20 @@
 #define NEXT TC_ACT_UNSPEC
 
 /*
- * Add one to entry index of a per-CPU counter array.  The map is each program's own (its
+ * Add n (count: one) to entry index of a per-CPU counter array.  The map is each program's own (its
  * size is its counter enum), so it is passed in; inlined, the verifier sees the map itself.
  */
-static __always_inline void count(void *counters, __u32 index)
+static __always_inline void count_n(void *counters, __u32 index, __u64 n)
 {
 	__u64 *value = bpf_map_lookup_elem(counters, &index);
 
 	if (value)
-		*value += 1;
+		*value += n;
+}
+
+static __always_inline void count(void *counters, __u32 index)
+{
+	count_n(counters, index, 1);
 }
 
 /* Is daddr (network order) one of the first n of locals, the addresses the socket receives on? */
@@ -133,36 +138,19 @@ static __always_inline __u64 sum_bytes(void *start, void *data_end, __u32 len)
 enum { ENCAP_DONE, ENCAP_UNTOUCHED, ENCAP_BROKEN };
 
 /*
- * Turn the IPv6 packet skb holds (len bytes, sum its sum_bytes) into the UDP datagram the
- * role's socket would send for it: from source:sport to dst:dport (network order), TTL ttl,
- * DF clear (G-07), a random identification, the UDP checksum set, behind an Ethernet header
- * for bpf_redirect_neigh (which strips it and lets the neighbour code write the real one;
- * the TUN's packets have none).  ENCAP_UNTOUCHED: no room could be made, the packet is as
- * it was; ENCAP_BROKEN: it is no longer whole and can only be dropped.
+ * Write the Ethernet type, IPv4 and UDP headers of an encapsulated datagram: from
+ * source:sport to dst:dport (network order), TTL ttl, DF clear (G-07), a random
+ * identification, UDP length ulen and checksum csum (as stored).  0 when the headers are
+ * not in the packet.
  */
-static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 sum, __u32 source,
-				       __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
+static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u16 csum, __u32 source,
+					 __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
 {
-	__u32 ulen = UDP_HLEN + len, csum;
-	void *data, *data_end;
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
 	__u8 *ip, *udp;
 
-	sum += source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
-	sum += sport + dport + bpf_htons(ulen);                 /* UDP header */
-	csum = ~fold(sum) & 0xffff;
-	if (!csum)
-		csum = 0xffff;
-	/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
-	if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
-		return ENCAP_UNTOUCHED;
-	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
-		return ENCAP_BROKEN; /* the room is there but the packet is no longer whole */
-	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
-		return ENCAP_BROKEN;
-	data = (void *)(long)skb->data;
-	data_end = (void *)(long)skb->data_end;
 	if (data + ETH_HLEN + ENCAP > data_end)
-		return ENCAP_BROKEN;
+		return 0;
 	((__u8 *)data)[12] = ETH_P_IP >> 8;
 	((__u8 *)data)[13] = ETH_P_IP & 0xff;
 	ip = data + ETH_HLEN;
@@ -185,6 +173,68 @@ static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 s
 	*(__u16 *)(udp + 2) = dport;
 	*(__u16 *)(udp + 4) = bpf_htons(ulen);
 	*(__u16 *)(udp + 6) = csum;
+	return 1;
+}
+
+/*
+ * Turn the IPv6 packet skb holds (len bytes, sum its sum_bytes) into the UDP datagram the
+ * role's socket would send for it: from source:sport to dst:dport (network order), TTL ttl,
+ * DF clear (G-07), a random identification, the UDP checksum set, behind an Ethernet header
+ * for bpf_redirect_neigh (which strips it and lets the neighbour code write the real one;
+ * the TUN's packets have none).  ENCAP_UNTOUCHED: no room could be made, the packet is as
+ * it was; ENCAP_BROKEN: it is no longer whole and can only be dropped.
+ */
+static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 sum, __u32 source,
+				       __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
+{
+	__u32 ulen = UDP_HLEN + len, csum;
+
+	sum += source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
+	sum += sport + dport + bpf_htons(ulen);                 /* UDP header */
+	csum = ~fold(sum) & 0xffff;
+	if (!csum)
+		csum = 0xffff;
+	/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
+	if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
+		return ENCAP_UNTOUCHED;
+	if (bpf_skb_change_proto(skb, bpf_htons(ETH_P_IP), 0))
+		return ENCAP_BROKEN; /* the room is there but the packet is no longer whole */
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+		return ENCAP_BROKEN;
+	if (!write_headers(skb, ulen, (__u16)csum, source, dst, sport, dport, ttl))
+		return ENCAP_BROKEN;
+	return ENCAP_DONE;
+}
+
+/*
+ * The longest segmentation-offload packet (a "super-packet" of several TCP segments) that
+ * encapsulate_segments() takes: the outer IPv4 length field must still hold it.
+ */
+#define MAX_SUPER (0xffff - ENCAP)
+
+/*
+ * Encapsulate a segmentation-offload packet (len bytes, TCP) the way encapsulate() does one
+ * packet, but as one UDP tunnel super-packet: the kernel marks it encapsulated
+ * (BPF_F_ADJ_ROOM_ENCAP_*: inner headers, SKB_GSO_UDP_TUNNEL) and, where it leaves, cuts it
+ * into the datagrams the socket would have sent for each TCP segment, each with its own
+ * IPv4 length, identification and checksum and its inner checksum completed by the device
+ * or in software.  The segment size is kept (FIXED_GSO): the caller checked that each
+ * segment fits the TUN's MTU, which is what the Python path would have sent one by one.
+ * Only the UDP checksum differs from the socket's: segmentation of a plain UDP tunnel
+ * leaves it as written, so it is absent (0), which IPv4 allows (RFC 768) and every
+ * receiver's socket accepts.
+ */
+static __always_inline int encapsulate_segments(struct __sk_buff *skb, __u32 len, __u32 source, __u32 dst,
+						__u16 sport, __u16 dport, __u8 ttl)
+{
+	if (bpf_skb_adjust_room(skb, ENCAP, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+					BPF_F_ADJ_ROOM_FIXED_GSO))
+		return ENCAP_UNTOUCHED;
+	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
+		return ENCAP_BROKEN;
+	if (!write_headers(skb, UDP_HLEN + len, 0, source, dst, sport, dport, ttl))
+		return ENCAP_BROKEN;
 	return ENCAP_DONE;
 }
 

@@ -135,7 +135,7 @@ class ClientFastPath(RelayFastPath):
         self._planned: tuple[Any, ...] = ()
         self._plan: Callable[[str, str | None], tuple[list[str], str, int]] = _plan
         self._ttl = 64
-        #: Reads and sets interface offloads (L{_Offloads}; replaced in tests).
+        #: Reads interface offloads (L{_Offloads}; replaced in tests).
         self.offloads: Any = _Offloads()
 
     @classmethod
@@ -236,12 +236,6 @@ class ClientFastPath(RelayFastPath):
                 self._tun[1], outIndex, source, client.localPort(), address, locals_, self._ttl,
                 tunnel.prefix, partial=partial,
             )
-            if partial:
-                # The host's TCP then sends segments the program can carry, not 64 kB
-                # super-packets that the TUN would segment only after it (the Python path
-                # reads the same segments either way); the TUN keeps the limit
-                # until the client removes it.
-                self.offloads.noSegmentation(self._tun[0])
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)
             if self._written != config:
@@ -298,7 +292,7 @@ def merged(fast: ClientFastPath | None, counters: dict[str, int]) -> tuple[dict[
 
 class _Offloads:
     """
-    Interface offloads, through the ethtool ioctl (no process).
+    Interface offloads, read through the ethtool ioctl (no process).
     """
 
     SIOCETHTOOL = 0x8946
@@ -321,20 +315,6 @@ class _Offloads:
             return bool(self._call(socket.if_indextoname(index), self.GTXCSUM))
         except OSError:
             return True
-
-    def noSegmentation(self, name: str) -> None:
-        """
-        One segment per packet on C{name} (C{gso_max_segs 1}; best effort): the host's TCP
-        builds its segments as GSO super-packets whatever the device offers, and caps them
-        only at this.
-        """
-        try:
-            from pyroute2 import IPRoute
-
-            with IPRoute() as ipr:
-                ipr.link("set", index=socket.if_nametoindex(name), gso_max_segs=1)
-        except (OSError, ImportError):
-            pass
 
 
 def _default_ttl() -> int:

@@ -1,0 +1,152 @@
+"""
+TCP through the client's kernel fast path as whole super-packets (segmentation offload).
+
+The host's TCP hands the client's TUN super-packets of many segments.  Where the client's
+outgoing interface completes checksums in software, the fast path encapsulates such a
+super-packet whole (a UDP tunnel packet) and the interface cuts it into the datagrams the
+Python path would have sent one by one.  In the default lab (our server, our relay with its
+fast path, client1 behind nat1), client1's link computes transmit checksums in software
+(as a NIC without offload does) and client1 sends 4 MiB to v6host over TCP:
+
+  - v6host receives every byte, in order (its TCP checks each segment's checksum, which
+    the segmentation completed);
+  - on nat1's LAN side, every datagram from client1 fits the path: IPv4 length at most
+    1308 (the TUN's 1280 plus 28);
+  - most of them come from the super-packet path, which alone sends datagrams without a UDP
+    checksum (the Python path's socket and the one-packet fast path set it);
+  - the client's status shows them carried by the fast path.
+
+Root only, with clang, libbpf, tcpdump and the lab's tools.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from twisted.trial import unittest
+
+from tests.system.bpf_support import fast_path_skip_reason
+from tests.system.lab_fixture import use_lab
+
+SIZE = 4 * 1024 * 1024
+PORT = 5399
+TUN_MTU = 1280
+
+SINK = r"""
+import hashlib, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen(1)
+s.settimeout(60)
+print("listening", flush=True)
+c, _ = s.accept()
+c.settimeout(60)
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(65536)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+print(n, h.hexdigest(), flush=True)
+"""
+
+SOURCE = r"""
+import socket, sys
+data = bytes(range(256)) * (int(sys.argv[3]) // 256)
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=60)
+s.sendall(data)
+s.shutdown(socket.SHUT_WR)
+s.recv(1)
+s.close()
+"""
+
+
+def _datagrams(pcap: Path) -> list[tuple[int, int]]:
+    """(IPv4 total length, UDP checksum) of each Ethernet/IPv4/UDP frame in a pcap file."""
+    data = pcap.read_bytes()
+    out, at = [], 24
+    while at + 16 <= len(data):
+        caplen = struct.unpack_from("<I", data, at + 8)[0]
+        frame = data[at + 16 : at + 16 + caplen]
+        at += 16 + caplen
+        if len(frame) >= 42 and frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            ihl = (frame[14] & 15) * 4
+            total = struct.unpack_from("!H", frame, 16)[0]
+            out.append((total, struct.unpack_from("!H", frame, 14 + ihl + 6)[0]))
+    return out
+
+
+class ClientSuperPacketTests(unittest.TestCase):
+    def setUp(self) -> None:
+        reason = fast_path_skip_reason("tcpdump")
+        if reason:
+            raise unittest.SkipTest(reason)
+        self.lab = use_lab(self)
+
+    def started(self, node: str, host: str, role: str, settings: dict[str, object] | None = None) -> None:
+        self.lab.start_teredonode(node, host, role, settings)
+        if role != "client" and not self.lab.wait_udp_listening(host, 3544, 15):
+            self.fail(f"{node} does not listen: {self.lab.nodes[node].log_tail(10)}")
+
+    def test_tcpSuperPacketsCarriedWhole(self) -> None:
+        lab = self.lab
+        lab.exec("client1", [sys.executable, "-m", "teredonode.lab.offload", "--tx", "off", "eth0"], check=True)
+        lab.exec("server", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
+        self.started("server-node", "server", "server")
+        self.started("relay-node", "relay", "relay", {"fast-path": "on"})
+        self.started("client-node", "client1", "client", {"fast-path": "on"})
+        address = lab.wait_teredo_address("client1", 20)
+        self.assertIsNotNone(address, lab.nodes["client-node"].log_tail(10))
+        assert address is not None
+        v6host = lab.ipv6("v6host")
+        # Trust both ways: the client's echo test through the relay, the relay's bubbles.
+        self.assertGreater(lab.ping6("client1", v6host, count=3)[0], 0)
+        self.assertGreater(lab.ping6("v6host", address, count=3)[0], 0)
+
+        def carried() -> int:
+            block = lab.node_status("client-node")["client"].get("fast-path") or {}
+            return int(block.get("carried", 0))
+
+        before = carried()
+        sink = lab.popen("v6host", [sys.executable, "-c", SINK, str(PORT)], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(sink.kill)
+        assert sink.stdout is not None
+        self.assertEqual(sink.stdout.readline().strip(), "listening")
+        pcap = Path(tempfile.mkdtemp(prefix="teredo-segments-")) / "lan.pcap"
+        os.chmod(pcap.parent, 0o777)  # tcpdump may drop to its own user
+        capture = lab.popen(
+            "nat1",
+            ["timeout", "60", "tcpdump", "-i", "lan", "-nn", "-s", "64", "-c", "20000", "-w", str(pcap),
+             "-Z", "root", "udp", "and", "src", "host", lab.ipv4("client1")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )
+        self.addCleanup(capture.kill)
+        assert capture.stderr is not None
+        for line in capture.stderr:
+            if "listening on" in line:
+                break
+        sent = lab.exec("client1", [sys.executable, "-c", SOURCE, v6host, str(PORT), str(SIZE)], timeout=90)
+        self.assertEqual(sent.returncode, 0, sent.stderr)
+        received = sink.stdout.readline().split()
+        expected = hashlib.sha256(bytes(range(256)) * (SIZE // 256)).hexdigest()
+        self.assertEqual(received, [str(SIZE), expected])
+        time.sleep(0.5)  # the capture's last packets reach its file
+        capture.terminate()
+        capture.wait(10)
+
+        datagrams = _datagrams(pcap)
+        segments = SIZE // (TUN_MTU - 60)
+        self.assertGreater(len(datagrams), segments * 0.9)
+        self.assertEqual([d for d in datagrams if d[0] > TUN_MTU + 28], [])
+        whole = [d for d in datagrams if d[1] == 0]
+        self.assertGreater(len(whole), segments // 2, f"{len(whole)} of {len(datagrams)} without a UDP checksum")
+        self.assertGreater(carried() - before, segments * 0.9)
