@@ -68,12 +68,17 @@
  *
  * Segmentation.  The host's TCP hands the TUN super-packets of many segments (software GSO,
  * whatever the device offers), which the kernel would cut into segments only after this
- * program, when the TUN transmits.  Under the same condition as partial checksums, a
- * super-packet to a trusted peer is encapsulated whole as a UDP tunnel packet
- * (encapsulate_segments): the outgoing interface cuts it into exactly the datagrams the
- * Python path would send one by one, completing each segment's checksum, so the host pays
- * for one packet's stack traversal per super-packet instead of one per segment.  Those
- * datagrams carry no UDP checksum (see encapsulate_segments); "sent" counts each of them.
+ * program, when the TUN transmits.  A super-packet to a trusted peer is encapsulated whole
+ * as a UDP tunnel packet (encapsulate_segments), marked as such, so that the outgoing
+ * interface, or the next device that cannot take it whole, cuts it into exactly the
+ * datagrams the Python path would send one by one: the host pays for one packet's way
+ * through its stack per super-packet instead of one per segment.  Each segment's inner
+ * checksum is completed where it is cut, in hardware or software, except by a veth that
+ * offloads checksums: it hands the segments to another stack on the host still partial.
+ * So super-packets are carried when the control plane found the outgoing interface
+ * computing checksums in software or backed by a device (cfg->segments,
+ * teredonode.fastpath.offloads).  Those datagrams carry no UDP checksum (see
+ * encapsulate_segments); "sent" counts each of them.
  */
 
 #include <linux/bpf.h>
@@ -110,6 +115,8 @@ struct client_config {
 	__u32 n_locals;
 	__u32 locals[MAX_LOCALS]; /* network order: addresses the client's socket receives on */
 	__u32 partial;            /* out_ifindex completes partial checksums in software */
+	__u32 segments;           /* ... and the segments it cuts from a super-packet */
+	__u32 pad;
 };
 
 struct {
@@ -283,7 +290,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 		goto pass;
 	if (gso) {
 		/* A TCP super-packet (see the opening comment): only its headers are read. */
-		if (!cfg->partial || len > MAX_SUPER)
+		if (!cfg->segments || len > MAX_SUPER)
 			goto pass;
 		pull = V6_HLEN + 20;
 	} else if (len > MAX_PACKET || len > cfg->mtu) {

@@ -41,6 +41,12 @@
  *   tx: version 6, the packet exactly as long as its header says, a source the relay
  *       serves (host-foreign-source otherwise), a destination in the Teredo prefix with a
  *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
+ *       A super-packet (GRO on the native side merges a TCP flow's segments, and the
+ *       kernel forwards them merged) is TCP with each segment within the TUN's MTU; it is
+ *       encapsulated whole as a UDP tunnel packet (encapsulate_segments), and cut into the
+ *       datagrams Python would have sent one by one where it leaves, under the condition
+ *       the client's program states (teredo_client.bpf.c, "Segmentation": cfg->segments).
+ *       Without it, the TUN cuts it and Python reads every segment.
  *
  * Everything else goes on untouched (XDP_PASS; on the TC hook to the next program, then the
  * kernel: NEXT), and the Python relay counts or answers it exactly as without these
@@ -91,6 +97,8 @@ struct relay_config {
 	__u32 locals[MAX_LOCALS]; /* network order: addresses the relay's socket receives on */
 	__u8 first_byte[256];     /* served networks of at most 8 bits, by first byte */
 	struct longer longer[MAX_LONGER];
+	__u32 segments; /* out_ifindex completes the segments it cuts from a super-packet */
+	__u32 pad;
 };
 
 struct {
@@ -273,7 +281,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	const struct relay_config *cfg;
 	struct peer_key key;
 	struct peer *peer;
-	__u32 zero = 0, len = skb->len, head, plen;
+	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size;
 	__u64 now, s;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
@@ -281,9 +289,17 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
 		return NEXT;
-	if (len < V6_HLEN || len > MAX_PACKET)
+	if (len < V6_HLEN)
 		goto pass;
-	if (skb->data_end - skb->data < len && bpf_skb_pull_data(skb, len))
+	if (gso) {
+		/* A super-packet (see the opening comment): only its headers are read. */
+		if (!cfg->segments || len > MAX_SUPER)
+			goto pass;
+		pull = V6_HLEN + 20;
+	} else if (len > MAX_PACKET) {
+		goto pass;
+	}
+	if (skb->data_end - skb->data < pull && bpf_skb_pull_data(skb, pull))
 		goto pass;
 	data = (void *)(long)skb->data;
 	data_end = (void *)(long)skb->data_end;
@@ -306,6 +322,31 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	now = bpf_ktime_get_ns();
 	if (now - peer->last_rx >= cfg->valid_ns)
 		goto pass;
+
+	if (gso) {
+		__u32 thl, segs = skb->gso_segs;
+
+		/* TCP (no extension header), each segment within the TUN's MTU. */
+		if (v6[6] != 6 || (void *)(v6 + V6_HLEN + 20) > data_end)
+			goto pass;
+		thl = (v6[V6_HLEN + 12] >> 4) * 4;
+		if (thl < 20 || plen < thl || V6_HLEN + thl + gso > MAX_PACKET)
+			goto pass;
+		if (!segs)
+			segs = (plen - thl + gso - 1) / gso;
+		if (peer->last_tx < now)
+			peer->last_tx = now;
+		switch (encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64)) {
+		case ENCAP_DONE:
+			break;
+		case ENCAP_UNTOUCHED:
+			goto pass;
+		default:
+			return TC_ACT_SHOT;
+		}
+		count_n(&counters, C_SENT, segs);
+		return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
+	}
 
 	/* The UDP checksum's sum over the IPv6 packet, before the headers move. */
 	s = sum_bytes(v6, data_end, len);

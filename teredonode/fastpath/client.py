@@ -39,6 +39,7 @@ from typing import Any, Callable
 
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
 from teredonode.fastpath.program import FastPathUnavailable, object_path
+from teredonode.fastpath.offloads import Offloads
 from teredonode.fastpath.relay import RelayFastPath, load_as
 from teredonode.logs import Logger
 from teredonode.peers import VALID_FOR, Peer, PeerList
@@ -68,8 +69,8 @@ MERGED = ("received", "delivered", "sent")
 _MAX_LOCALS = 8
 _MAX_MTU = 1500
 #: struct client_config: enabled, tun_ifindex, out_ifindex, source, port, prefix, ttl, mtu;
-#: valid_ns, native_ns; address; n_locals; locals; partial.
-CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s I")
+#: valid_ns, native_ns; address; n_locals; locals; partial; segments.
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s I I 4x")
 
 log = Logger()
 
@@ -85,11 +86,13 @@ def pack_config(
     prefix: bytes = GLOBAL_PREFIX,
     relaySilence: float | None = None,
     partial: bool = False,
+    segments: bool = False,
 ) -> bytes:
     """
     The config map's value; disabled while the client has no address.  C{partial}: the
-    outgoing interface completes partial checksums in software (the C source says why that
-    matters).  Raises L{FastPathUnavailable} for what the program cannot express.
+    outgoing interface completes partial checksums in software; C{segments}: it completes
+    the inner checksums of the segments it cuts from an encapsulated super-packet
+    (L{Offloads.completesSegments}; the C source says why both matter).  Raises L{FastPathUnavailable} for what the program cannot express.
     """
     from teredonode.roles.tunnel import RELAY_SILENCE
 
@@ -111,6 +114,7 @@ def pack_config(
         len(locals_),
         b"".join(socket.inet_aton(a) for a in locals_).ljust(4 * _MAX_LOCALS, b"\x00"),
         1 if partial else 0,
+        1 if segments else 0,
     )
 
 
@@ -135,8 +139,8 @@ class ClientFastPath(RelayFastPath):
         self._planned: tuple[Any, ...] = ()
         self._plan: Callable[[str, str | None], tuple[list[str], str, int]] = _plan
         self._ttl = 64
-        #: Reads interface offloads (L{_Offloads}; replaced in tests).
-        self.offloads: Any = _Offloads()
+        #: Reads interface offloads (L{Offloads}; replaced in tests).
+        self.offloads: Any = Offloads()
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> ClientFastPath:
@@ -234,7 +238,7 @@ class ClientFastPath(RelayFastPath):
             partial = bool(outIndex) and not self.offloads.checksumming(outIndex)
             config = pack_config(
                 self._tun[1], outIndex, source, client.localPort(), address, locals_, self._ttl,
-                tunnel.prefix, partial=partial,
+                tunnel.prefix, partial=partial, segments=self.offloads.completesSegments(outIndex),
             )
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)
@@ -288,33 +292,6 @@ def merged(fast: ClientFastPath | None, counters: dict[str, int]) -> tuple[dict[
     for name in MERGED:
         counters[name] += counts[name]
     return counters, fast.status(counts)
-
-
-class _Offloads:
-    """
-    Interface offloads, read through the ethtool ioctl (no process).
-    """
-
-    SIOCETHTOOL = 0x8946
-    GTXCSUM = 0x16
-
-    def _call(self, name: str, cmd: int, data: int = 0) -> int:
-        import ctypes
-        import fcntl
-
-        value = ctypes.create_string_buffer(struct.pack("=II", cmd, data), 8)
-        request = struct.pack("16sP", name.encode()[:15], ctypes.addressof(value)).ljust(40, b"\x00")
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            fcntl.ioctl(s.fileno(), self.SIOCETHTOOL, request)
-        result: int = struct.unpack("=II", value.raw)[1]
-        return result
-
-    def checksumming(self, index: int) -> bool:
-        """Does interface C{index} offload transmit checksums (or is that unknown)?"""
-        try:
-            return bool(self._call(socket.if_indextoname(index), self.GTXCSUM))
-        except OSError:
-            return True
 
 
 def _default_ttl() -> int:

@@ -50,6 +50,7 @@ from zope.interface import implementer
 from teredonode.fastpath import attach_generic, is_veth
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf, per_cpu_counts
 from teredonode.fastpath.program import FastPathUnavailable, object_path
+from teredonode.fastpath.offloads import Offloads
 from teredonode.interfaces import IPeerObserver
 from teredonode.logs import Logger
 from teredonode.peers import Peer, PeerList
@@ -70,7 +71,7 @@ _MAX_LOCALS = 8
 _MAX_LONGER = 8
 #: struct relay_config: enabled, tun_ifindex, out_ifindex, source, port, prefix; valid_ns;
 #: n_locals, n_longer; locals; first_byte; (mask, net) pairs as two 64-bit halves each.
-CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s Q I I {4 * _MAX_LOCALS}s 256s {32 * _MAX_LONGER}s")
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s Q I I {4 * _MAX_LOCALS}s 256s {32 * _MAX_LONGER}s I 4x")
 #: struct peer: ip, port (network order), pad; last_rx, last_tx, synced (ns, CLOCK_MONOTONIC).
 PEER = struct.Struct("=4s2s2xQQQ")
 _KEY_SIZE = 16
@@ -94,10 +95,14 @@ def pack_config(
     port: int,
     locals_: list[str],
     enabled: bool = True,
+    segments: bool = False,
 ) -> bytes:
     """
-    The config map's value.  Raises L{FastPathUnavailable} for what the program cannot
-    express (more served networks or local addresses than it has room for).
+    The config map's value.  C{segments}: the outgoing interface completes the inner
+    checksums of the segments it cuts from an encapsulated super-packet
+    (L{teredonode.fastpath.offloads.Offloads.completesSegments}).  Raises
+    L{FastPathUnavailable} for what the program cannot express (more served networks or
+    local addresses than it has room for).
     """
     from teredonode.roles.relay import servedTables
 
@@ -120,6 +125,7 @@ def pack_config(
         b"".join(socket.inet_aton(a) for a in locals_),
         bytes(table),
         pairs,
+        1 if segments else 0,
     )
 
 
@@ -207,7 +213,8 @@ class RelayFastPath:
         try:
             locals_, rx, source, outIndex = (plan or _plan)(settings.bind)
             tunIndex = socket.if_nametoindex(tun)
-            self.configure(pack_config(settings, tunIndex, outIndex, source, port, locals_))
+            segments = Offloads().completesSegments(outIndex)
+            self.configure(pack_config(settings, tunIndex, outIndex, source, port, locals_, segments=segments))
             self.attach(rx, (tun, tunIndex), attach_generic(settings.xdp_mode))
         except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
             self.close()

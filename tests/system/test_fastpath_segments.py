@@ -1,20 +1,23 @@
 """
-TCP through the client's kernel fast path as whole super-packets (segmentation offload).
+TCP through the client's and the relay's kernel fast paths as whole super-packets
+(segmentation offload).
 
-The host's TCP hands the client's TUN super-packets of many segments.  Where the client's
-outgoing interface completes checksums in software, the fast path encapsulates such a
-super-packet whole (a UDP tunnel packet) and the interface cuts it into the datagrams the
-Python path would have sent one by one.  In the default lab (our server, our relay with its
-fast path, client1 behind nat1), client1's link computes transmit checksums in software
-(as a NIC without offload does) and client1 sends 4 MiB to v6host over TCP:
+The host's TCP hands the client's TUN super-packets of many segments, and a relay that
+receives a flow's segments merged (GRO on its NIC) forwards super-packets into its TUN.  Where the
+outgoing interface completes the checksums of what it cuts (here: in software, as a NIC
+without offload does), the fast paths encapsulate such a super-packet whole (a UDP tunnel
+packet) and the interface cuts it into the datagrams the Python path would have sent one by
+one.  In the default lab (our server, our relay with its fast path, client1 behind nat1),
+4 MiB go over TCP from client1 to v6host (up), then from v6host to client1 (down; the
+lab's bridge hands the relay v6host's super-packets whole, as a NIC's GRO would):
 
-  - v6host receives every byte, in order (its TCP checks each segment's checksum, which
+  - the receiver gets every byte, in order (its TCP checks each segment's checksum, which
     the segmentation completed);
-  - on nat1's LAN side, every datagram from client1 fits the path: IPv4 length at most
-    1308 (the TUN's 1280 plus 28);
+  - on nat1, every datagram of the flow fits the path: IPv4 length at most 1308 (the TUN's
+    1280 plus 28);
   - most of them come from the super-packet path, which alone sends datagrams without a UDP
     checksum (the Python path's socket and the one-packet fast path set it);
-  - the client's status shows them carried by the fast path.
+  - the sender's status shows them carried by its fast path.
 
 Root only, with clang, libbpf, tcpdump and the lab's tools.
 """
@@ -85,7 +88,7 @@ def _datagrams(pcap: Path) -> list[tuple[int, int]]:
     return out
 
 
-class ClientSuperPacketTests(unittest.TestCase):
+class SuperPacketTests(unittest.TestCase):
     def setUp(self) -> None:
         reason = fast_path_skip_reason("tcpdump")
         if reason:
@@ -97,9 +100,18 @@ class ClientSuperPacketTests(unittest.TestCase):
         if role != "client" and not self.lab.wait_udp_listening(host, 3544, 15):
             self.fail(f"{node} does not listen: {self.lab.nodes[node].log_tail(10)}")
 
-    def test_tcpSuperPacketsCarriedWhole(self) -> None:
+    def path(self) -> tuple[str, str]:
+        """
+        Server, relay and client, all ours, the fast paths on, trusted both ways; the
+        client's and the relay's links compute checksums in software, and the relay
+        receives v6host's super-packets whole.  Returns the client's address and v6host's.
+        """
         lab = self.lab
-        lab.exec("client1", [sys.executable, "-m", "teredonode.lab.offload", "--tx", "off", "eth0"], check=True)
+        offload = [sys.executable, "-m", "teredonode.lab.offload"]
+        lab.exec("client1", [*offload, "--tx", "off", "eth0"], check=True)
+        lab.exec("relay", [*offload, "--tx", "off", "eth0"], check=True)
+        # The bridge hands v6host's super-packets to the relay whole, as GRO on a NIC would.
+        lab.exec("inet", [*offload, "--tx", "on", "to-relay"], check=True)
         lab.exec("server", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
         self.started("server-node", "server", "server")
         self.started("relay-node", "relay", "relay", {"fast-path": "on"})
@@ -111,22 +123,28 @@ class ClientSuperPacketTests(unittest.TestCase):
         # Trust both ways: the client's echo test through the relay, the relay's bubbles.
         self.assertGreater(lab.ping6("client1", v6host, count=3)[0], 0)
         self.assertGreater(lab.ping6("v6host", address, count=3)[0], 0)
+        return address, v6host
 
-        def carried() -> int:
-            block = lab.node_status("client-node")["client"].get("fast-path") or {}
-            return int(block.get("carried", 0))
+    def carried(self, node: str, role: str) -> int:
+        block = self.lab.node_status(node)[role].get("fast-path") or {}
+        return int(block.get("carried", 0))
 
-        before = carried()
-        sink = lab.popen("v6host", [sys.executable, "-c", SINK, str(PORT)], stdout=subprocess.PIPE, text=True)
-        self.addCleanup(sink.kill)
-        assert sink.stdout is not None
-        self.assertEqual(sink.stdout.readline().strip(), "listening")
-        pcap = Path(tempfile.mkdtemp(prefix="teredo-segments-")) / "lan.pcap"
+    def transfer(self, source: str, sink: str, to: str, interface: str, sender: str) -> list[tuple[int, int]]:
+        """
+        SIZE bytes over TCP from C{source} to C{sink} (address C{to}), checked; returns the
+        datagrams from C{sender} (an IPv4 address) captured on nat1's C{interface}.
+        """
+        lab = self.lab
+        proc = lab.popen(sink, [sys.executable, "-c", SINK, str(PORT)], stdout=subprocess.PIPE, text=True)
+        self.addCleanup(proc.kill)
+        assert proc.stdout is not None
+        self.assertEqual(proc.stdout.readline().strip(), "listening")
+        pcap = Path(tempfile.mkdtemp(prefix="teredo-segments-")) / "nat1.pcap"
         os.chmod(pcap.parent, 0o777)  # tcpdump may drop to its own user
         capture = lab.popen(
             "nat1",
-            ["timeout", "60", "tcpdump", "-i", "lan", "-nn", "-s", "64", "-c", "20000", "-w", str(pcap),
-             "-Z", "root", "udp", "and", "src", "host", lab.ipv4("client1")],
+            ["timeout", "60", "tcpdump", "-i", interface, "-nn", "-s", "64", "-c", "20000", "-w", str(pcap),
+             "-Z", "root", "udp", "and", "src", "host", sender],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         self.addCleanup(capture.kill)
@@ -134,19 +152,32 @@ class ClientSuperPacketTests(unittest.TestCase):
         for line in capture.stderr:
             if "listening on" in line:
                 break
-        sent = lab.exec("client1", [sys.executable, "-c", SOURCE, v6host, str(PORT), str(SIZE)], timeout=90)
+        sent = lab.exec(source, [sys.executable, "-c", SOURCE, to, str(PORT), str(SIZE)], timeout=90)
         self.assertEqual(sent.returncode, 0, sent.stderr)
-        received = sink.stdout.readline().split()
+        received = proc.stdout.readline().split()
         expected = hashlib.sha256(bytes(range(256)) * (SIZE // 256)).hexdigest()
         self.assertEqual(received, [str(SIZE), expected])
         time.sleep(0.5)  # the capture's last packets reach its file
         capture.terminate()
         capture.wait(10)
+        return _datagrams(pcap)
 
-        datagrams = _datagrams(pcap)
+    def assertSentWhole(self, datagrams: list[tuple[int, int]], carried: int) -> None:
         segments = SIZE // (TUN_MTU - 60)
         self.assertGreater(len(datagrams), segments * 0.9)
         self.assertEqual([d for d in datagrams if d[0] > TUN_MTU + 28], [])
         whole = [d for d in datagrams if d[1] == 0]
         self.assertGreater(len(whole), segments // 2, f"{len(whole)} of {len(datagrams)} without a UDP checksum")
-        self.assertGreater(carried() - before, segments * 0.9)
+        self.assertGreater(carried, segments * 0.9)
+
+    def test_clientSendsSuperPacketsWhole(self) -> None:
+        address, v6host = self.path()
+        before = self.carried("client-node", "client")
+        datagrams = self.transfer("client1", "v6host", v6host, "lan", self.lab.ipv4("client1"))
+        self.assertSentWhole(datagrams, self.carried("client-node", "client") - before)
+
+    def test_relaySendsSuperPacketsWhole(self) -> None:
+        address, v6host = self.path()
+        before = self.carried("relay-node", "relay")
+        datagrams = self.transfer("v6host", "client1", address, "wan", self.lab.public_ipv4("relay"))
+        self.assertSentWhole(datagrams, self.carried("relay-node", "relay") - before)

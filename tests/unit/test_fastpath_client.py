@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from teredonode.config import ClientSettings
 from teredonode.fastpath import client as fastclient
+from teredonode.fastpath.offloads import Offloads
 from teredonode.fastpath.program import FastPathUnavailable
 from teredonode.fastpath.relay import PEER
 from teredonode.peers import PeerList
@@ -50,10 +51,10 @@ class ProgramInterfaceTests(SynchronousTestCase):
 
     def test_configLayout(self) -> None:
         """
-        104 bytes: eight words, two quads, the address, a word, 8 addresses, a word;
-        fields where the program reads them.
+        112 bytes: eight words, two quads, the address, a word, 8 addresses, two words and
+        padding to the quads' alignment; fields where the program reads them.
         """
-        self.assertEqual(fastclient.CONFIG.size, 32 + 16 + 16 + 4 + 32 + 4)
+        self.assertEqual(fastclient.CONFIG.size, 32 + 16 + 16 + 4 + 32 + 12)
         value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, ["203.0.113.20"], 63)
         self.assertEqual(len(value), fastclient.CONFIG.size)
         self.assertEqual(value[:4], (1).to_bytes(4, "little"))
@@ -69,8 +70,11 @@ class ProgramInterfaceTests(SynchronousTestCase):
         self.assertEqual(value[64:68], (1).to_bytes(4, "little"))
         self.assertEqual(value[68:72], socket.inet_aton("203.0.113.20"))
         self.assertEqual(value[100:104], bytes(4))
+        self.assertEqual(value[104:108], bytes(4))
         value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, [], partial=True)
-        self.assertEqual(value[100:104], (1).to_bytes(4, "little"))
+        self.assertEqual(value[100:108], (1).to_bytes(4, "little") + bytes(4))
+        value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, [], segments=True)
+        self.assertEqual(value[100:108], bytes(4) + (1).to_bytes(4, "little"))
 
     def test_disabledWithoutAddress(self) -> None:
         value = fastclient.pack_config(7, 9, "0.0.0.0", 40100, None, [])
@@ -131,9 +135,13 @@ class FakeTunnel:
 class FakeOffloads:
     def __init__(self, checksumming: bool) -> None:
         self.offloading = checksumming
+        self.device = False
 
     def checksumming(self, index: int) -> bool:
         return self.offloading
+
+    def completesSegments(self, index: int) -> bool:
+        return bool(index) and (not self.offloading or self.device)
 
 
 class FakeClient:
@@ -228,19 +236,33 @@ class ObserverTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")], bytes(fastclient.CONFIG.size))
 
+    def flags(self) -> tuple[int, int]:
+        """The config's partial and segments flags."""
+        config = self.obj.maps[0][(0).to_bytes(4, "little")]
+        return int.from_bytes(config[100:104], "little"), int.from_bytes(config[104:108], "little")
+
+    def newAddress(self, last: str) -> None:
+        self.client.tunnel.address = bytes.fromhex("20010000cb00710a000063bf39cc9b" + last)
+        self.trusted(NATIVE[:15] + bytes.fromhex(last), ("198.51.100.50", 3544))
+        self.clock.advance(0)
+
     def test_partialChecksums(self) -> None:
         """
-        Packets with partial checksums (and TCP super-packets) are carried only when the
-        outgoing interface completes checksums in software.
+        Packets with partial checksums are carried only when the outgoing interface
+        completes checksums in software; TCP super-packets then too, and also when it is a
+        device (a NIC completes what it cuts from them), but not over a veth that offloads.
         """
         self.trusted()
         self.clock.advance(0)
-        self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][100:104], bytes(4))
+        self.assertEqual(self.flags(), (0, 0))
         self.offloads.offloading = False
-        self.client.tunnel.address = bytes.fromhex("20010000cb00710a000063bf39cc9bf5")
-        self.trusted(NATIVE, ("198.51.100.50", 3544))
-        self.clock.advance(0)
-        self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")][100:104], (1).to_bytes(4, "little"))
+        self.newAddress("f5")
+        self.assertEqual(self.flags(), (1, 1))
+        self.offloads.offloading = True
+        self.offloads.device = True
+        self.newAddress("f6")
+        self.assertEqual(self.flags(), (0, 1))
+        self.assertEqual(fastclient.CONFIG.size, 112)
 
     def test_notCarried(self) -> None:
         """
@@ -344,3 +366,27 @@ class StartTests(SynchronousTestCase):
             fastclient.loadFor(FakeClient(), loader, Clock())
         self.assertEqual(str(caught.exception), 'teredo: client: fast-path = "on" but clang is not installed')
         self.assertIsNone(fastclient.loadFor(FakeClient(), None, Clock()))
+
+
+class OffloadsTests(SynchronousTestCase):
+    """
+    The interface facts the control planes read (teredonode.fastpath.offloads).
+    """
+
+    def test_loopback(self) -> None:
+        """
+        The loopback interface offloads checksums and is no device, so segments cut from a
+        super-packet sent there would keep partial checksums.
+        """
+        offloads = Offloads()
+        index = socket.if_nametoindex("lo")
+        self.assertFalse(offloads.hardware(index))
+        self.assertTrue(offloads.checksumming(index))
+        self.assertFalse(offloads.completesSegments(index))
+        self.assertFalse(offloads.completesSegments(0))
+
+    def test_unknown(self) -> None:
+        """An interface that is gone counts as offloading and as no device."""
+        offloads = Offloads()
+        self.assertTrue(offloads.checksumming(2**31 - 1))
+        self.assertFalse(offloads.hardware(2**31 - 1))

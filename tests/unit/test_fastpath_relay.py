@@ -46,16 +46,20 @@ class ProgramInterfaceTests(SynchronousTestCase):
 
     def test_configLayout(self) -> None:
         """
-        584 bytes: six words, a quad, two words, 8 addresses, the 256-byte table, 8
-        (mask, network) pairs of 32 bytes; fields where the program reads them.
+        592 bytes: six words, a quad, two words, 8 addresses, the 256-byte table, 8
+        (mask, network) pairs of 32 bytes, a word and padding to the quad's alignment;
+        fields where the program reads them.
         """
-        self.assertEqual(fastrelay.CONFIG.size, 24 + 8 + 8 + 32 + 256 + 256)
+        self.assertEqual(fastrelay.CONFIG.size, 24 + 8 + 8 + 32 + 256 + 256 + 8)
         value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, ["203.0.113.20"])
         self.assertEqual(len(value), fastrelay.CONFIG.size)
         self.assertEqual(value[4:8], (7).to_bytes(4, "little"))
         self.assertEqual(value[12:16], socket.inet_aton("203.0.113.20"))
         self.assertEqual(value[16:18], (3544).to_bytes(2, "big"))
         self.assertEqual(value[20:24], bytes.fromhex("20010000"))
+        self.assertEqual(value[584:588], bytes(4))
+        value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, [], segments=True)
+        self.assertEqual(value[584:588], (1).to_bytes(4, "little"))
         self.assertEqual(fastrelay.PEER.size, 32)
 
     def test_tablesDecideAsServedBy(self) -> None:
