@@ -20,7 +20,14 @@ Why it is built this way (docs/performance.md has the method and the figures):
     redirect queues the result on the sink's veth, again on queue k and CPU k.  The veths
     get one receive and transmit queue per CPU (C{numrxqueues}/C{numtxqueues}) and threaded
     NAPI stays off, so no kernel thread carries the work elsewhere.  The run checks it: the
-    sink's and the program's per-CPU counters, C{/proc/softirqs} and C{/proc/stat}.
+    sink's and the program's per-CPU counters, C{/proc/softirqs} and C{/proc/stat}.  With
+    one queue (C{--queues 1}) both CPUs feed one NAPI instance, which runs on one CPU at a
+    time: the ring overflows and two CPUs gain little.
+  - Each call's frames come back to the test run's page pool within the call (the answers
+    are dropped by the sink on the same CPU), rewritten by the program under test, and
+    would be sent again as they are: the generator restores each frame from its CPU's
+    template (C{XdpGenerator.restore}).  Calls are long (C{--repeat} frames), a few dozen
+    a second, far from the page-pool limit short calls run into (C{xdpgen.MAX_CALLS}).
   - Unpaced: each generator thread repeats calls of C{--repeat} frames for the measured time,
     so a CPU is busy with its pipeline throughout.  The generator's own cost (the test run,
     the stamping program, the veth hand-over, the sink) is on the same CPU as the program's
@@ -37,6 +44,10 @@ Why it is built this way (docs/performance.md has the method and the figures):
     datagrams (one trusted peer) go up through C{teredo_relay_rx} to the native side's sink.
   - Configurations alternate within each repetition ({0}, {1}, {0,1}), so a neighbour's
     load falls on all of them alike; the ratio is taken per repetition and shown as a range.
+    A neighbour taking part of a CPU shows as time the generator threads waited
+    (C{/proc/<tid>/schedstat}); the report gives the ratio over the quiet repetitions and
+    one taken per CPU-second the pipelines had (their threads, which run the softirqs on
+    top of them, and ksoftirqd), which a neighbour's share of the CPUs does not move.
 """
 
 from __future__ import annotations
@@ -603,7 +614,7 @@ class ServerPipeline(Pipeline):
         suffix = secrets.token_hex(3)
         srv, load = self.namespace(suffix, "srv"), self.namespace(suffix, "load")
         vs, vl = f"tns{suffix}s", f"tns{suffix}l"
-        multiqueue_veth(srv, vs, vl, load, len(self.cpus))
+        multiqueue_veth(srv, vs, vl, load, self.args.queues or len(self.cpus))
         self.veths = [(srv, vs), (load, vl)]
         ip = tool("ip")
         for ns, dev, addrs, other in ((srv, vs, (SERVER_PRIMARY, SERVER_SECONDARY), "198.51.100.0/24"),
@@ -676,8 +687,8 @@ class RelayPipeline(Pipeline):
         suffix = secrets.token_hex(3)
         v4, relay, v6 = self.namespace(suffix, "v4"), self.namespace(suffix, "relay"), self.namespace(suffix, "v6")
         r4, g4, r6, g6 = f"tnr{suffix}4", f"tng{suffix}4", f"tnr{suffix}6", f"tng{suffix}6"
-        multiqueue_veth(relay, r4, g4, v4, len(self.cpus))
-        multiqueue_veth(relay, r6, g6, v6, len(self.cpus))
+        multiqueue_veth(relay, r4, g4, v4, self.args.queues or len(self.cpus))
+        multiqueue_veth(relay, r6, g6, v6, self.args.queues or len(self.cpus))
         self.veths = [(v4, g4), (relay, r4), (relay, r6), (v6, g6)]
         ip = tool("ip")
         batches = {
@@ -869,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipelines", default="server,relay", help="server, relay or both (default)")
     parser.add_argument("--one-source", action="store_true",
                         help="the server's RSs all from one source address (default: one per CPU)")
+    parser.add_argument("--queues", type=int, default=0,
+                        help="receive and transmit queues per veth (default: one per CPU; 1 shows what a "
+                        "single queue does: one NAPI instance, run on one CPU at a time)")
     parser.add_argument("--verbose", action="store_true", help="also print the veths' counters that moved")
     parser.add_argument("--server-agent", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--relay-agent", nargs=3, help=argparse.SUPPRESS)
