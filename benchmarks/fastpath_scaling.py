@@ -809,6 +809,9 @@ def summarize(samples: list[Sample], cpus: list[int]) -> dict[str, Any]:
                 one = got.get(str(single))
                 if two and one and one.rate and one.per_cpu_second:
                     ratios.setdefault(f"both/{single}", []).append(two.rate / one.rate)
+                    if two.program_ns > 0 and one.program_ns > 0:
+                        ratios.setdefault(f"both/{single} program only", []).append(
+                            len(cpus) * one.program_ns / two.program_ns)
                     if two.quiet and one.quiet:
                         ratios.setdefault(f"both/{single} quiet", []).append(two.rate / one.rate)
                     ratios.setdefault(f"both/{single} per CPU-second", []).append(
@@ -855,18 +858,21 @@ def report(summary: dict[str, Any], cpus: list[int]) -> None:
     print()
     print("result (answered RAs / forwarded datagrams per second; ranges over repetitions, ratios per repetition):")
     print(f"  {'':>8}  {'CPU ' + c0:>21}  {'CPU ' + c1:>21}  {'both':>21}  {'both/CPU ' + c0:>13}"
-          f"  {'both/CPU ' + c1:>13}  {'quiet reps':>10}  {'per CPU-second':>14}  program ns/run (1 CPU; both)")
+          f"  {'both/CPU ' + c1:>13}  {'quiet reps':>10}  {'per CPU-second':>14}  {'program only':>12}"
+          f"  program ns/run (1 CPU; both)")
     for name, sm in summary.items():
         rates, ns, r = sm["rates"], sm["program_ns"], sm["ratios"]
         norm = r.get(f"both/{c0} per CPU-second", []) + r.get(f"both/{c1} per CPU-second", [])
         quiet = r.get(f"both/{c0} quiet", []) + r.get(f"both/{c1} quiet", [])
+        alone = r.get(f"both/{c0} program only", []) + r.get(f"both/{c1} program only", [])
         print(f"  {name:>8}  {span(rates[c0]):>19}/s  {span(rates[c1]):>19}/s  {span(rates[both]):>19}/s"
               f"  {span(r.get(f'both/{c0}', []), '{:.2f}'):>13}  {span(r.get(f'both/{c1}', []), '{:.2f}'):>13}"
-              f"  {span(quiet, '{:.2f}'):>10}  {span(norm, '{:.2f}'):>14}"
+              f"  {span(quiet, '{:.2f}'):>10}  {span(norm, '{:.2f}'):>14}  {span(alone, '{:.2f}'):>12}"
               f"  {span(ns[c0] + ns[c1], '{:.0f}')}; {span(ns[both], '{:.0f}')}")
     print(f"  (quiet reps: the raw ratio where other tasks kept the generators waiting under {QUIET:.0%} of the"
           f" time in both configurations; per CPU-second: answers per second of CPU the pipelines had,"
-          f" both over one, times {len(cpus)})")
+          f" both over one, times {len(cpus)}; program only: the same from the program's BPF run time"
+          f" per run, as if it were all a CPU did)")
 
 
 def main(argv: list[str] | None = None) -> int:
