@@ -918,12 +918,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in ("ip", "twistd", "bpftool", "ethtool", "clang"):
             tool(name)
+        chosen = [p for p in args.pipelines.split(",") if p]
+        if not chosen or set(chosen) - {"server", "relay"}:
+            raise BenchError(f"--pipelines: server, relay or both, not {args.pipelines!r}")
         stats = BpfStats()
         print(f"fastpath_scaling: per-CPU pipelines (generator, program, sink in softirq on the generator "
               f"thread's CPU); CPUs {cpus}; {args.reps} x {args.seconds:g} s per configuration; "
               f"{args.repeat} frames per call, batches of {BATCH}; server RSs from "
               f"{'one source' if args.one_source else 'one source per CPU'}", flush=True)
-        for which in [p for p in args.pipelines.split(",") if p]:
+        for which in chosen:
             pipeline = ServerPipeline(args, cpus) if which == "server" else RelayPipeline(args, cpus)
             pipeline.open()
             for rep in range(1, args.reps + 1):
