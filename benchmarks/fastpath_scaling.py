@@ -3,8 +3,8 @@
 How the kernel fast path's rate scales from one CPU to two: the server's RS -> RA program and
 the relay's up direction (decapsulation), each driven on CPU 0 alone, CPU 1 alone, then both.
 
-    sudo python3 benchmarks/fastpath_scaling.py            # 3 repetitions of 5 s, about 2.5 minutes
-    sudo python3 benchmarks/fastpath_scaling.py --quick    # 1 repetition of 2 s, about 1 minute
+    sudo python3 benchmarks/fastpath_scaling.py            # 3 repetitions of 5 s, about 100 s (under 3 minutes)
+    sudo python3 benchmarks/fastpath_scaling.py --quick    # 1 repetition of 2 s, about 20 s
     sudo python3 benchmarks/fastpath_scaling.py --json     # also the figures as one JSON line
 
 Why it is built this way (docs/performance.md has the method and the figures):
