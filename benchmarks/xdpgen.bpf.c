@@ -24,6 +24,7 @@
 
 #define MAX_OFFSET 1024
 #define SAMPLE 256
+#define TEMPLATE 256
 
 struct gen_config {
 	__u32 tag;         /* network order, written at tag_offset */
@@ -34,7 +35,18 @@ struct gen_config {
 	__u16 vary_span;   /* 0: not varied */
 	__u16 csum_offset; /* checksum covering tag, seq and vary fields; 0: none */
 	__u16 csum_udp;    /* 1: a UDP checksum (0 is written as 0xffff) */
-	__u16 pad;
+	__u16 restore;     /* 1: rewrite each frame from this CPU's template first */
+};
+
+/*
+ * The frame to restore, per CPU.  A recycled frame holds whatever its last user left: the
+ * generator's own stamps (harmless), or, when the answers come back to the test run's
+ * page pool while the run goes on (the receiver's NAPI on the same CPU), the receiving
+ * program's rewrite of it (an RA in place of the RS, a decapsulated datagram).
+ */
+struct template {
+	__u32 len;
+	__u8 data[TEMPLATE];
 };
 
 struct sink_config {
@@ -81,6 +93,13 @@ struct {
 	__type(value, struct sample);
 } sample SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct template);
+} template SEC(".maps");
+
 static __always_inline void bump(__u32 index)
 {
 	__u64 *n = bpf_map_lookup_elem(&counts, &index);
@@ -116,8 +135,7 @@ static __always_inline int put16(void *data, void *data_end, __u32 off, __u16 va
 SEC("xdp")
 int xdpgen_tx(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data, *data_end;
 	__u32 zero = 0, seq;
 	struct gen_config *c = bpf_map_lookup_elem(&gen_config, &zero);
 	__u64 *counter = bpf_map_lookup_elem(&counts, &zero);
@@ -125,6 +143,22 @@ int xdpgen_tx(struct xdp_md *ctx)
 
 	if (!c || !counter)
 		return XDP_ABORTED;
+	if (c->restore) {
+		struct template *t = bpf_map_lookup_elem(&template, &zero);
+		__u64 len;
+
+		if (!t)
+			return XDP_ABORTED;
+		len = t->len;
+		if (len > TEMPLATE)
+			len = TEMPLATE;
+		/* Keep the clamped value in the register passed on, so the verifier sees its bound. */
+		asm volatile("" : "+r"(len));
+		if (len < 1 || len > TEMPLATE || bpf_xdp_store_bytes(ctx, 0, t->data, len))
+			return XDP_ABORTED;
+	}
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
 	seq = (__u32)*counter;
 	*counter += 1;
 	if (c->csum_offset) {

@@ -48,6 +48,7 @@ SLEEP_GRAIN = 0.00005
 GEN_CONFIG = struct.Struct("=4sHHHHHHHH")
 SINK_CONFIG = struct.Struct("=2s2sHH4sI")
 SAMPLE = struct.Struct("=II256s")
+TEMPLATE = 256
 COUNTS = ("sequence", "answered", "stale", "passed")
 ETH_IPV4, ETH_IPV6 = b"\x08\x00", b"\x86\xdd"
 
@@ -117,7 +118,7 @@ class XdpGenerator:
         g = self.gen_values
         self.obj.update(self._gen, bytes(4), GEN_CONFIG.pack(
             tag, g["tag_offset"], g["seq_offset"], g["vary_offset"], g["vary_base"], g["vary_span"],
-            g["csum_offset"], g["csum_udp"], 0))
+            g["csum_offset"], g["csum_udp"], g.get("restore", 0)))
         s = self.sink_values
         self.obj.update(self._sink, bytes(4), SINK_CONFIG.pack(
             s["ethertype"], struct.pack("!H", s["sport"]), s["tag_offset"], s["proto_offset"], tag, s["proto"]))
@@ -125,6 +126,37 @@ class XdpGenerator:
 
     def counts(self) -> dict[str, int]:
         return per_cpu_counts(self.obj, self._counts, COUNTS, self.cpus)
+
+    def restore(self, frames: dict[int, bytes] | None = None) -> None:
+        """
+        From now on the generator rewrites every frame from its CPU's template before
+        stamping it: C{frames} by CPU, the configured frame on any CPU not given, each the
+        length of the frame the test run is given.  For long runs whose answers come back
+        to the run's page pool while it goes on (the receiver's NAPI on the same CPU),
+        rewritten by the program under test (an RA in place of the RS).  Starts a new tag.
+        """
+        slot = (4 + TEMPLATE + 7) // 8 * 8
+        value = bytearray(slot * self.cpus)
+        for cpu in range(self.cpus):
+            frame = (frames or {}).get(cpu, self.frame)
+            if len(frame) > TEMPLATE:
+                raise ValueError(f"a {len(frame)}-byte template is over {TEMPLATE} bytes")
+            value[slot * cpu : slot * cpu + 4 + len(frame)] = len(frame).to_bytes(4, "little") + frame
+        self.obj.update(self.obj.map_fd("template"), bytes(4), bytes(value))
+        self.gen_values["restore"] = 1
+        self.new_tag()
+
+    def counts_by_cpu(self) -> dict[str, list[int]]:
+        """
+        Each of L{COUNTS} per possible CPU, not summed: on which CPU the generator sent and
+        the sink counted (C{benchmarks/fastpath_scaling.py} checks where the work ran).
+        """
+        fd = self.obj.map_fd("counts")
+        out = {}
+        for index, name in enumerate(COUNTS):
+            raw = self.obj.lookup(fd, index.to_bytes(4, "little"), 8 * self.cpus) or bytes(8 * self.cpus)
+            out[name] = [int.from_bytes(raw[8 * cpu : 8 * cpu + 8], "little") for cpu in range(self.cpus)]
+        return out
 
     def sample(self) -> bytes | None:
         """
