@@ -8,7 +8,7 @@ on the same path in the same run.
 
 The path (docs/performance.md has the method and the figures):
 
-    client1 (10.1.0.2) -- nat1 (port-restricted NAT) -- inet -- relay (Miredo relay) -- v6host
+    client1 (10.1.0.2) -- nat1 (port-restricted NAT) -- inet -- relay (Miredo's, or ours) -- v6host
                                                           \\-- server (miredo-server)
 
   - Everything runs in a teredonode lab (C{teredonode.lab.lab.Lab}, scenario "default"): its
@@ -33,6 +33,10 @@ The path (docs/performance.md has the method and the figures):
     a locally sent TCP segment otherwise leaves with a checksum nobody ever completes once
     it is inside a UDP datagram, so the fast path hands such segments to Python there
     (docs/performance.md, "Client kernel fast path").
+  - nat1 receives in NAPI threads (C{--napi on}, the default; L{nat_napi}), for every client
+    alike, so that the NAT keeps each TCP flow in order as a NIC's queue would.
+  - C{--relay ours-fast} puts our relay, with its kernel fast path, in place of Miredo's:
+    TCP through our client and our relay.
   - Figures are the best over the rounds (a shared machine only ever slows a run down), and
     the ratios ours / Miredo and ours-fast / Miredo are of those.
 """
@@ -57,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 HOST = "client1"
+HOST_NAT = "nat1"
 IPERF_PORT = 5201
 UDP_PAYLOAD = 64
 QUALIFY_TIMEOUT = 20.0
@@ -111,6 +116,20 @@ def software_checksums(lab: Lab) -> None:
     lab.exec(HOST, ["ethtool", "-K", "eth0", "tx", "off"], timeout=10, check=True)
 
 
+def nat_napi(lab: Lab) -> None:
+    """
+    nat1 receives on both links in a NAPI kernel thread (GRO on, threaded NAPI), as from a
+    NIC's queue.  Without it a veth hands each packet to the backlog of whichever CPU sent
+    it, so a TCP flow sent from both CPUs (the sender's own writes and the transmissions its
+    ACKs trigger) is forwarded on both at once and arrives reordered: the sender then takes
+    the reordering for loss and slows down, whatever the client.
+    """
+    devices = ("lan", "wan")
+    lab.exec(HOST_NAT, [sys.executable, "-m", "teredonode.lab.offload", "--gro", "on", *devices], timeout=10, check=True)
+    for dev in devices:
+        lab.exec(HOST_NAT, ["sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"], timeout=10, check=True)
+
+
 def softirq() -> float:
     """Machine-wide softirq CPU seconds so far (/proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -130,11 +149,11 @@ def bpf_seconds() -> float:
 # ------------------------------------------------------------------------ measurements
 
 
-def iperf(lab: Lab, v6host: str, proto: str, direction: str, seconds: float, udp_rate: int) -> dict[str, Any]:
+def iperf(lab: Lab, v6host: str, port: int, proto: str, direction: str, seconds: float, udp_rate: int) -> dict[str, Any]:
     """
     One iperf3 run from client1 to v6host; returns the receiver's figures.
     """
-    argv = ["iperf3", "-6", "-c", v6host, "-p", str(IPERF_PORT), "-t", str(seconds), "-J",
+    argv = ["iperf3", "-6", "-c", v6host, "-p", str(port), "-t", str(seconds), "-J",
             "--connect-timeout", "5000"]
     if direction == "down":
         argv.append("-R")
@@ -174,6 +193,14 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
     Start C{impl}'s client on client1, measure, stop it.
     """
     node = f"{impl}-client-{turn}"
+    # A server of its own for each turn: one whose last test the stopped client left
+    # unfinished would answer "busy" to the next turn for minutes.
+    port = IPERF_PORT + turn
+    server = lab.popen("v6host", ["iperf3", "-s", "-p", str(port)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if not _tcp_listening(lab, "v6host", port, 10):
+        server.kill()
+        raise RuntimeError("iperf3 server on v6host did not start")
     if impl.startswith("ours"):
         fast = "on" if impl == "ours-fast" else "off"
         handle = lab.start_teredonode(node, HOST, "client", {"fast-path": fast})
@@ -200,7 +227,7 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
         for proto, direction in args.tests:
             fast0 = fastCounts()
             cpu0, bpf0, soft0, t0 = tree_cpu(pid), bpf_seconds(), softirq(), time.monotonic()
-            figures = iperf(lab, v6host, proto, direction, args.seconds, args.udp_rate)
+            figures = iperf(lab, v6host, port, proto, direction, args.seconds, args.udp_rate)
             elapsed = time.monotonic() - t0
             bpf = bpf_seconds() - bpf0
             figures["cpu"] = (tree_cpu(pid) - cpu0 + bpf) / elapsed  # fraction of one CPU
@@ -214,6 +241,8 @@ def run_turn(lab: Lab, impl: str, turn: int, args: argparse.Namespace, v6host: s
                 + (f"; fast path carried {carried['carried']}, passed {carried['passed-to-python']}" if carried else ""))
         return results
     finally:
+        server.kill()
+        server.wait(10)
         lab.stop_node(node)
         deadline = time.monotonic() + 10
         while lab.teredo_address(HOST) is not None and time.monotonic() < deadline:
@@ -279,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--relay", choices=("miredo", "ours-fast"), default="miredo",
                         help="the relay on the path: Miredo's (default, so that only the client differs) "
                              "or ours with its kernel fast path (TCP through our client and our relay)")
+    parser.add_argument("--napi", choices=("on", "off"), default="on",
+                        help="nat1 receives in NAPI threads, as from a NIC (default on; see nat_napi)")
     parser.add_argument("--impls", default=",".join(IMPLS),
                         help=f"clients to measure, comma-separated (default {','.join(IMPLS)})")
     parser.add_argument("--tests", default=",".join(f"{p}-{d}" for p, d in TESTS),
@@ -321,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         lab = Lab.up("default", base=base)
         software_checksums(lab)
+        if args.napi == "on":
+            nat_napi(lab)
         lab.start_miredo("miredo-server", "server", "server")
         if args.relay == "miredo":
             lab.exec("relay", ["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"], check=True)
@@ -330,10 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         for host in ("server", "relay"):
             if not lab.wait_udp_listening(host, 3544, 15):
                 raise LabError(f"the {host} does not listen")
-        lab.popen("v6host", ["iperf3", "-s", "-p", str(IPERF_PORT)],
-                  stdout=open(os.devnull, "wb"), stderr=open(os.devnull, "wb"))
-        if not _tcp_listening(lab, "v6host", IPERF_PORT, 10):
-            raise LabError("iperf3 server on v6host did not start")
         v6host = lab.ipv6("v6host")
         results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
         turn = 0
