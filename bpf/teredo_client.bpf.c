@@ -96,6 +96,7 @@ enum {
 	C_SENT,      /* "sent": encapsulated to a trusted peer */
 	C_PASSED_RX, /* datagrams to the client's port handed on to Python */
 	C_PASSED_TX, /* TUN packets handed on to Python */
+	C_SUPER,     /* super-packets: segmentation-offload packets encapsulated whole */
 	C_COUNT,
 };
 
@@ -341,6 +342,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 		count_n(&counters, C_SENT, segs);
+		count(&counters, C_SUPER);
 		return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 	}
 

@@ -75,6 +75,7 @@ enum {
 	C_SENT,      /* "sent": encapsulated to a trusted peer */
 	C_PASSED_RX, /* datagrams to the relay's port handed on to Python */
 	C_PASSED_TX, /* TUN packets handed on to Python */
+	C_SUPER,     /* super-packets: segmentation-offload packets encapsulated whole */
 	C_COUNT,
 };
 
@@ -345,6 +346,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 			return TC_ACT_SHOT;
 		}
 		count_n(&counters, C_SENT, segs);
+		count(&counters, C_SUPER);
 		return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 	}
 

@@ -62,7 +62,7 @@ SOURCE_NAME = "teredo_client.bpf.c"
 RX, TX = "teredo_client_rx", "teredo_client_tx"
 
 #: The programs' counter indices (their C enum, in order), as the relay's.
-COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun")
+COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun", "super-packets")
 #: Which of L{COUNTERS} the client's C{counters} include.
 MERGED = ("received", "delivered", "sent")
 
@@ -278,6 +278,8 @@ class ClientFastPath(RelayFastPath):
             # Taken from the TUN by the TC program: never read by the client.
             "from-tun": counts["sent"],
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
+            # TCP super-packets it encapsulated whole (their segments are in "from-tun").
+            "super-packets": counts["super-packets"],
         }
 
 

@@ -63,7 +63,7 @@ RX, TX = "teredo_relay_rx", "teredo_relay_tx"
 #: The programs' counter indices (their C enum, in order): the first three are the relay's
 #: own counters; then the datagrams to the relay's port and the TUN packets handed on to
 #: the Python relay.
-COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun")
+COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun", "super-packets")
 #: Which of L{COUNTERS} the relay's C{counters} include.
 MERGED = ("received", "delivered", "sent")
 

@@ -489,6 +489,8 @@ class TeredoRelay(TunnelRole):
             # TUN reads (the fuzz test's accounting adds it to the TUN's tx_packets).
             "from-tun": counts["sent"],
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
+            # TCP super-packets it encapsulated whole (their segments are in "from-tun").
+            "super-packets": counts["super-packets"],
         }
 
     def status(self) -> dict[str, Any]:
