@@ -240,8 +240,7 @@ int teredo_client_rx(struct __sk_buff *skb)
 	 * mapping (case 1), so the entry's time moves here even for what goes on to Python.
 	 */
 	now = bpf_ktime_get_ns();
-	if (now > peer->last_rx)
-		peer->last_rx = now;
+	refresh(&peer->last_rx, now);
 	if (plen == 0 && v6[6] == 59) /* a bubble */
 		goto pass;
 	__builtin_memcpy(&head, v6 + 8, 4);
@@ -330,8 +329,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 			goto pass;
 		if (!segs)
 			segs = (plen - thl + gso - 1) / gso;
-		if (peer->last_tx < now)
-			peer->last_tx = now;
+		refresh(&peer->last_tx, now);
 		switch (encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port,
 					     (__u8)cfg->ttl)) {
 		case ENCAP_DONE:
@@ -383,8 +381,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 			goto pass;
 		}
 	}
-	if (peer->last_tx < now)
-		peer->last_tx = now;
+	refresh(&peer->last_tx, now);
 	switch (encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl)) {
 	case ENCAP_DONE:
 		break;

@@ -232,8 +232,7 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	 * never reaches the map.
 	 */
 	now = bpf_ktime_get_ns();
-	if (now > peer->last_rx)
-		peer->last_rx = now;
+	refresh(&peer->last_rx, now);
 	if (bubble)
 		goto pass;
 	if (v6[7] <= 1) /* the kernel sends Time Exceeded */
@@ -335,8 +334,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 			goto pass;
 		if (!segs)
 			segs = (plen - thl + gso - 1) / gso;
-		if (peer->last_tx < now)
-			peer->last_tx = now;
+		refresh(&peer->last_tx, now);
 		switch (encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64)) {
 		case ENCAP_DONE:
 			break;
@@ -376,8 +374,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 			goto pass;
 		}
 	}
-	if (peer->last_tx < now)
-		peer->last_tx = now;
+	refresh(&peer->last_tx, now);
 	switch (encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64)) {
 	case ENCAP_DONE:
 		break;
