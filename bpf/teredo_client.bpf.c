@@ -278,8 +278,9 @@ int teredo_client_tx(struct __sk_buff *skb)
 	const struct client_config *cfg;
 	struct peer_key key;
 	struct peer *peer;
-	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size;
-	__u64 now, s;
+	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size, segs = 1;
+	__u64 now, s = 0;
+	int rc;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return NEXT;
@@ -319,29 +320,10 @@ int teredo_client_tx(struct __sk_buff *skb)
 		goto pass;
 
 	if (gso) {
-		__u32 thl, segs = skb->gso_segs;
-
-		/* TCP (no extension header), each segment within the TUN's MTU. */
-		if (v6[6] != 6 || (void *)(v6 + V6_HLEN + 20) > data_end)
-			goto pass;
-		thl = (v6[V6_HLEN + 12] >> 4) * 4;
-		if (thl < 20 || plen < thl || V6_HLEN + thl + gso > cfg->mtu)
-			goto pass;
+		segs = super_segments(skb, v6, data_end, plen, cfg->mtu);
 		if (!segs)
-			segs = (plen - thl + gso - 1) / gso;
-		refresh(&peer->last_tx, now);
-		switch (encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port,
-					     (__u8)cfg->ttl)) {
-		case ENCAP_DONE:
-			break;
-		case ENCAP_UNTOUCHED:
 			goto pass;
-		default:
-			return TC_ACT_SHOT;
-		}
-		count_n(&counters, C_SENT, segs);
-		count(&counters, C_SUPER);
-		return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
+		goto encapsulate;
 	}
 
 	s = sum_bytes(v6, data_end, len);
@@ -381,8 +363,11 @@ int teredo_client_tx(struct __sk_buff *skb)
 			goto pass;
 		}
 	}
+encapsulate:
 	refresh(&peer->last_tx, now);
-	switch (encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl)) {
+	rc = gso ? encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl)
+		 : encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl);
+	switch (rc) {
 	case ENCAP_DONE:
 		break;
 	case ENCAP_UNTOUCHED:
@@ -390,7 +375,9 @@ int teredo_client_tx(struct __sk_buff *skb)
 	default:
 		return TC_ACT_SHOT;
 	}
-	count(&counters, C_SENT);
+	count_n(&counters, C_SENT, segs);
+	if (gso)
+		count(&counters, C_SUPER);
 	return bpf_redirect_neigh(cfg->out_ifindex, NULL, 0, 0);
 
 pass:

@@ -229,6 +229,25 @@ static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 s
 #define MAX_SUPER (0xffff - ENCAP)
 
 /*
+ * The number of segments of the super-packet skb holds (v6 its IPv6 header, plen its
+ * payload length, both checked, and at least V6_HLEN + 20 bytes pulled), when it is one
+ * encapsulate_segments() takes: TCP with no extension header, each segment within mtu.
+ * 0 otherwise.
+ */
+static __always_inline __u32 super_segments(struct __sk_buff *skb, const __u8 *v6, void *data_end, __u32 plen,
+					    __u32 mtu)
+{
+	__u32 gso = skb->gso_size, segs = skb->gso_segs, thl;
+
+	if (v6[6] != 6 || (void *)(v6 + V6_HLEN + 20) > data_end)
+		return 0;
+	thl = (v6[V6_HLEN + 12] >> 4) * 4;
+	if (thl < 20 || plen < thl || V6_HLEN + thl + gso > mtu)
+		return 0;
+	return segs ? segs : (plen - thl + gso - 1) / gso;
+}
+
+/*
  * Encapsulate a segmentation-offload packet (len bytes, TCP) the way encapsulate() does one
  * packet, but as one UDP tunnel super-packet: the kernel marks it encapsulated
  * (BPF_F_ADJ_ROOM_ENCAP_*: inner headers, SKB_GSO_UDP_TUNNEL) and, where it leaves, cuts it
