@@ -9,12 +9,15 @@ import os
 import shutil
 import signal
 import subprocess
+from pathlib import Path
 from typing import Any, Callable, Iterable, TextIO
 
 __all__ = [
     "TICK", "BenchError", "run", "tool", "stop", "process_tree", "cpu_seconds", "rate_grid", "napi_threads",
-    "remove_namespaces", "serve_commands",
+    "remove_namespaces", "serve_commands", "Agents",
 ]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(Exception):
@@ -141,3 +144,50 @@ def serve_commands(handle: Callable[[dict[str, Any]], dict[str, Any]], commands:
     for line in commands:
         answers.write(json.dumps(handle(json.loads(line))) + "\n")
         answers.flush()
+
+
+class Agents:
+    """
+    The orchestrator's side of L{serve_commands}: helper processes (usually inside
+    namespaces), by name, one JSON command per line each way.
+    """
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[str]] = {}
+
+    def start(self, name: str, argv: list[str]) -> None:
+        """Start C{argv} (with this repository importable) and wait for it to say it is ready."""
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        self.procs[name] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                            env=env, start_new_session=True)
+        if not self.answer(name).get("ready"):
+            raise BenchError(f"the {name} agent did not start")
+
+    def ask(self, name: str, **cmd: Any) -> dict[str, Any]:
+        proc = self.procs[name]
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(cmd) + "\n")
+        proc.stdin.flush()
+        return self.answer(name)
+
+    def answer(self, name: str) -> dict[str, Any]:
+        proc = self.procs[name]
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise BenchError(f"the {name} agent exited (status {proc.wait()})")
+        result: dict[str, Any] = json.loads(line)
+        if "error" in result:
+            raise BenchError(f"the {name} agent: {result['error']}")
+        return result
+
+    def close(self) -> None:
+        """End every agent's input (an agent exits at end of input), then stop it."""
+        for proc in self.procs.values():
+            if proc.stdin is not None:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+            stop(proc, 2.0)
+        self.procs.clear()

@@ -73,6 +73,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchlib import (  # noqa: E402  (this directory is on sys.path when run as a script)
+    Agents,
     BenchError,
     cpu_seconds,
     process_tree,
@@ -400,49 +401,9 @@ class RelayAgent:
 # ============================================================================ orchestration
 
 
-class Agents:
-    """
-    Agent processes inside namespaces, one JSON command per line each way.
-    """
-
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[str]] = {}
-
-    def start(self, name: str, ns: str, args: list[str]) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
-        argv = [tool("ip"), "netns", "exec", ns, sys.executable, "-u", str(Path(__file__).resolve())] + args
-        self.procs[name] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                            env=env, start_new_session=True)
-        if not self.answer(name).get("ready"):
-            raise BenchError(f"the {name} agent did not start")
-
-    def ask(self, name: str, **cmd: Any) -> dict[str, Any]:
-        proc = self.procs[name]
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(cmd) + "\n")
-        proc.stdin.flush()
-        return self.answer(name)
-
-    def answer(self, name: str) -> dict[str, Any]:
-        proc = self.procs[name]
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the {name} agent exited (status {proc.wait()})")
-        result: dict[str, Any] = json.loads(line)
-        if "error" in result:
-            raise BenchError(f"the {name} agent: {result['error']}")
-        return result
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.stdin is not None:
-                try:
-                    proc.stdin.close()  # an agent exits at end of input
-                except OSError:
-                    pass
-            stop(proc, 2.0)
-        self.procs.clear()
+def agent_argv(ns: str, args: list[str]) -> list[str]:
+    """This script run as an agent (C{args}) inside namespace C{ns}."""
+    return [tool("ip"), "netns", "exec", ns, sys.executable, "-u", str(Path(__file__).resolve())] + args
 
 
 def multiqueue_veth(ns: str, a: str, b: str, peer_ns: str, queues: int) -> None:
@@ -647,7 +608,7 @@ class ServerPipeline(Pipeline):
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=str(self.tmp),
                 env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)), start_new_session=True)
         mac = json.loads(run([ip, "-n", srv, "-j", "link", "show", "dev", vs]).stdout)[0]["address"]
-        self.agents.start("load", load, ["--server-agent", vl, mac] + (["--one-source"] if self.args.one_source else []))
+        self.agents.start("load", agent_argv(load, ["--server-agent", vl, mac] + (["--one-source"] if self.args.one_source else [])))
         deadline = time.monotonic() + 30
         text = ""
         while time.monotonic() < deadline:
@@ -710,7 +671,7 @@ class RelayPipeline(Pipeline):
             return str(json.loads(run([ip, "-n", ns, "-j", "link", "show", "dev", dev]).stdout)[0]["address"])
 
         for side, ns, dev, peer in (("v4", v4, g4, r4), ("v6", v6, g6, r6)):
-            self.agents.start(side, ns, ["--relay-agent", side, dev, mac(relay, peer)])
+            self.agents.start(side, agent_argv(ns, ["--relay-agent", side, dev, mac(relay, peer)]))
         log = self.tmp / "relay.log"
         conf = self.tmp / "relay.toml"
         conf.write_text(

@@ -57,6 +57,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchlib import (  # noqa: E402  (this directory is on sys.path when run as a script)
+    Agents,
     BenchError,
     cpu_seconds,
     napi_threads,
@@ -268,7 +269,7 @@ class Bench:
         self.ns = {side: f"tnrate-{suffix}-{side}" for side in ("v4", "relay", "v6")}
         self.veth = {"v4": (f"trr{suffix}4", f"trg{suffix}4"), "v6": (f"trr{suffix}6", f"trg{suffix}6")}
         self.created: list[str] = []
-        self.agents: dict[str, subprocess.Popen[str]] = {}
+        self.agents = Agents()
         self.relay: subprocess.Popen[Any] | None = None
         self.tmp = Path(tempfile.mkdtemp(prefix="teredonode-relayrate-"))
         self.tmp.chmod(0o755)
@@ -347,32 +348,12 @@ class Bench:
     # -- agents --------------------------------------------------------------------------
 
     def start_agents(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         for side in ("v4", "v6"):
             r, g = self.veth[side]
             argv = ["taskset", "-c", str(self.gen_cpu), tool("ip"), "netns", "exec", self.ns[side],
                     sys.executable, "-u", str(Path(__file__).resolve()), "--agent", side, g,
                     self.mac(self.ns["relay"], r)] + (["--up-checksum"] if self.args.up_checksum else [])
-            self.agents[side] = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                                 text=True, env=env, start_new_session=True)
-            if not self.answer(side).get("ready"):
-                raise BenchError(f"the {side} agent did not start")
-
-    def ask(self, side: str, **cmd: Any) -> dict[str, Any]:
-        agent = self.agents[side]
-        assert agent.stdin is not None
-        agent.stdin.write(json.dumps(cmd) + "\n")
-        agent.stdin.flush()
-        return self.answer(side)
-
-    def answer(self, side: str) -> dict[str, Any]:
-        agent = self.agents[side]
-        assert agent.stdout is not None
-        line = agent.stdout.readline()
-        if not line:
-            raise BenchError(f"the {side} agent exited (status {agent.wait()})")
-        result: dict[str, Any] = json.loads(line)
-        return result
+            self.agents.start(side, argv)
 
     def step(self, direction: str, rate: float, seconds: float) -> tuple[int, int, float]:
         """
@@ -380,12 +361,12 @@ class Bench:
         """
         gen, sink = ("v4", "v6") if direction == "up" else ("v6", "v4")
         tag = secrets.token_hex(4)
-        self.ask(gen, cmd="tag", tag=tag)
-        before = self.ask(sink, cmd="tag", tag=tag)["counts"]["answered"]
-        offered = self.ask(gen, cmd="offer", rate=rate, seconds=seconds)
+        self.agents.ask(gen, cmd="tag", tag=tag)
+        before = self.agents.ask(sink, cmd="tag", tag=tag)["counts"]["answered"]
+        offered = self.agents.ask(gen, cmd="offer", rate=rate, seconds=seconds)
         deadline = time.monotonic() + GRACE_SECONDS
         while True:
-            delivered = self.ask(sink, cmd="counts")["counts"]["answered"] - before
+            delivered = self.agents.ask(sink, cmd="counts")["counts"]["answered"] - before
             if delivered >= offered["sent"] or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
@@ -447,7 +428,7 @@ class Bench:
             if delivered and self.step("up", 20.0, 0.25)[1]:
                 return
         raise BenchError(f"{impl}: the relay never delivered (bubbles answered "
-                         f"{self.ask('v4', cmd='bubbles')['answered']}); log: {_tail(log)}")
+                         f"{self.agents.ask('v4', cmd='bubbles')['answered']}); log: {_tail(log)}")
 
     def climb(self, impl: str, direction: str, round_: int, rates: list[float], pids: list[int]) -> Climb:
         result = Climb(impl, direction, round_)
@@ -499,14 +480,9 @@ class Bench:
             self.relay = None
 
     def close(self) -> None:
-        for popen in [self.relay, *self.agents.values()]:
-            if popen is not None:
-                if popen.stdin is not None:
-                    try:
-                        popen.stdin.close()
-                    except OSError:
-                        pass
-                stop(popen, 2.0)
+        if self.relay is not None:
+            stop(self.relay, 2.0)
+        self.agents.close()
         remove_namespaces(reversed(self.created))
         self.created.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)

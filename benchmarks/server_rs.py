@@ -48,7 +48,6 @@ import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -62,6 +61,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchlib import (  # noqa: E402  (this directory is on sys.path when run as a script)
+    Agents,
     TICK,
     BenchError,
     cpu_seconds,
@@ -80,6 +80,8 @@ SERVER_SECONDARY = "203.0.113.11"
 LOAD_ADDRESS = "198.51.100.2"
 TEREDO_PORT = 3544
 SOURCE_PORTS = 16
+#: The generator agent's name (L{Agents}).
+GENERATOR = "generator"
 
 #: A step fails when more than this fraction of its RSs go unanswered.
 LOSS_LIMIT = 0.01
@@ -568,7 +570,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="teredonode-bench-"))
         # miredo-server drops to its own user and must still read its config.
         self.tmp.chmod(0o755)
-        self.gen: subprocess.Popen[str] | None = None
+        self.agents = Agents()
         self.server: subprocess.Popen[Any] | None = None
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
@@ -579,32 +581,13 @@ class Bench:
     # -- processes ---------------------------------------------------------------------
 
     def start_generator(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
         argv = ["taskset", "-c", str(self.gen_cpu), tool("ip"), "netns", "exec", self.ns.load,
                 sys.executable, "-u", str(Path(__file__).resolve()), "--generator",
                 "--server-ip", SERVER_PRIMARY, "--source-ip", LOAD_ADDRESS,
                 "--ports", str(SOURCE_PORTS)]
         if self.args.load == "xdp":
             argv += ["--xdp-load", self.ns.veth("load"), self.ns.mac("server")]
-        self.gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    text=True, env=env, start_new_session=True)
-        hello = self._answer()
-        if not hello.get("ready"):
-            raise BenchError(f"generator did not start: {hello}")
-
-    def _ask(self, **cmd: Any) -> dict[str, Any]:
-        assert self.gen is not None and self.gen.stdin is not None
-        self.gen.stdin.write(json.dumps(cmd) + "\n")
-        self.gen.stdin.flush()
-        return self._answer()
-
-    def _answer(self) -> dict[str, Any]:
-        assert self.gen is not None and self.gen.stdout is not None
-        line = self.gen.stdout.readline()
-        if not line:
-            raise BenchError(f"generator exited (status {self.gen.wait()})")
-        answer: dict[str, Any] = json.loads(line)
-        return answer
+        self.agents.start(GENERATOR, argv)
 
     def start_server(self, which: str) -> tuple[subprocess.Popen[Any], Path]:
         log = self.tmp / f"{which}.log"
@@ -656,7 +639,7 @@ class Bench:
         popen, log = self.start_server(which)
         self.server = popen
         try:
-            probe = self._ask(cmd="probe", timeout=20.0)
+            probe = self.agents.ask(GENERATOR, cmd="probe", timeout=20.0)
             if not probe["ok"]:
                 tail = log.read_text(errors="replace").strip().splitlines()[-3:]
                 raise BenchError(f"{which} server not serving: {probe['problem']}; log: {tail}")
@@ -685,19 +668,19 @@ class Bench:
                 if time.monotonic() + self.args.step_seconds + GRACE_SECONDS > deadline:
                     result.stopped_by = "time budget"
                     break
-                assert self.gen is not None
-                drops = (_udp_rcvbuf_errors(popen.pid), _udp_rcvbuf_errors(self.gen.pid),
+                generator = self.agents.procs[GENERATOR].pid
+                drops = (_udp_rcvbuf_errors(popen.pid), _udp_rcvbuf_errors(generator),
                          _backlog_drops(), self.ns.rx_dropped("load"), self.ns.rx_dropped("server"))
                 line = _cpu_line(self.server_cpu)
                 before = cpu_seconds(pids)
-                r = self._ask(cmd="step", rate=rate, seconds=self.args.step_seconds)
+                r = self.agents.ask(GENERATOR, cmd="step", rate=rate, seconds=self.args.step_seconds)
                 cpu = cpu_seconds(pids) - before
                 line_after = _cpu_line(self.server_cpu)
                 other = (line_after[0] - line[0]) / TICK - cpu
                 steal = (line_after[1] - line[1]) / TICK
                 srv, gen, backlog = (
                     _udp_rcvbuf_errors(popen.pid) - drops[0],
-                    _udp_rcvbuf_errors(self.gen.pid) - drops[1],
+                    _udp_rcvbuf_errors(generator) - drops[1],
                     _backlog_drops() - drops[2],
                 )
                 ring = self.ns.rx_dropped("load") - drops[3]
@@ -758,14 +741,9 @@ class Bench:
         return result
 
     def close(self) -> None:
-        for popen in (self.server, self.gen):
-            if popen is not None:
-                if popen is self.gen and popen.stdin is not None:
-                    try:
-                        popen.stdin.close()  # the generator exits at end of input
-                    except OSError:
-                        pass
-                stop(popen, 2.0)
+        if self.server is not None:
+            stop(self.server, 2.0)
+        self.agents.close()
         self.ns.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
 
