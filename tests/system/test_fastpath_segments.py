@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -142,6 +143,7 @@ class SuperPacketTests(unittest.TestCase):
         assert proc.stdout is not None
         self.assertEqual(proc.stdout.readline().strip(), "listening")
         pcap = Path(tempfile.mkdtemp(prefix="teredo-segments-")) / "nat1.pcap"
+        self.addCleanup(shutil.rmtree, pcap.parent, True)
         os.chmod(pcap.parent, 0o777)  # tcpdump may drop to its own user
         capture = lab.popen(
             "nat1",
