@@ -57,19 +57,22 @@
  *
  * Partial checksums.  A TCP segment the host sends still carries the partial checksum (the
  * pseudo-header's sum) that the kernel completes after this program, when the TUN, which
- * does no offload, transmits it.  Encapsulated, the packet keeps that state: the kernel
- * completes the inner checksum only where the datagram leaves through a device without
- * transmit checksumming, and everything on the way treats the state as the *outer* UDP
- * checksum's (a NAT on the same host would rewrite a complete one as if it were partial;
- * over veth nothing completes it at all).  So such a packet is carried only when the
- * control plane found transmit checksumming off on the outgoing interface (cfg->partial):
- * the UDP checksum is then computed over the value the kernel is about to write there.
- * Otherwise it takes the Python path, which reads it completed from the TUN.
+ * does no offload, transmits it.  Encapsulated as an ordinary packet, it would keep that
+ * state with nothing to say it is the *inner* checksum's: everything on the way would
+ * treat it as the outer UDP checksum's (a NAT it crosses before anything completes it would
+ * rewrite a complete one as if it were partial; a device would complete the wrong one).  So such a packet is
+ * encapsulated as a UDP tunnel packet (encapsulate_tunnel), as the kernel's own tunnels send
+ * it: marked encapsulated, with the UDP checksum computed over the value the inner
+ * checksum will have, which the outgoing device completes (or the kernel, in software,
+ * where the device cannot).  That holds where the datagram leaves through the outgoing
+ * interface itself, the same condition as for super-packets below (cfg->segments): over
+ * a veth that offloads checksums nothing would complete it, and such a packet takes the
+ * Python path, which reads it completed from the TUN.
  *
  * Segmentation.  The host's TCP hands the TUN super-packets of many segments (software GSO,
  * whatever the device offers), which the kernel would cut into segments only after this
  * program, when the TUN transmits.  A super-packet to a trusted peer is encapsulated whole
- * as a UDP tunnel packet (encapsulate_segments), marked as such, so that the outgoing
+ * as a UDP tunnel packet (encapsulate_tunnel), marked as such, so that the outgoing
  * interface, or the next device that cannot take it whole, cuts it into exactly the
  * datagrams the Python path would send one by one: the host pays for one packet's way
  * through its stack per super-packet instead of one per segment.  Each segment's inner
@@ -78,7 +81,7 @@
  * So super-packets are carried when the control plane found the outgoing interface
  * computing checksums in software or backed by a device (cfg->segments,
  * teredonode.fastpath.offloads).  Those datagrams carry no UDP checksum (see
- * encapsulate_segments); "sent" counts each of them.
+ * encapsulate_tunnel); "sent" counts each of them.
  */
 
 #include <linux/bpf.h>
@@ -115,9 +118,7 @@ struct client_config {
 	__u8 address[16];  /* the client's Teredo address */
 	__u32 n_locals;
 	__u32 locals[MAX_LOCALS]; /* network order: addresses the client's socket receives on */
-	__u32 partial;            /* out_ifindex completes partial checksums in software */
-	__u32 segments;           /* ... and the segments it cuts from a super-packet */
-	__u32 pad;
+	__u32 segments;           /* out_ifindex completes partial checksums, and super-packets */
 };
 
 struct {
@@ -280,7 +281,7 @@ int teredo_client_tx(struct __sk_buff *skb)
 	struct peer *peer;
 	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size, segs = 1;
 	__u64 now, s = 0;
-	int rc;
+	int rc, inner = INNER_COMPLETE;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return NEXT;
@@ -331,42 +332,18 @@ int teredo_client_tx(struct __sk_buff *skb)
 		goto pass;
 	/*
 	 * The inner checksum, complete or about to be (see the opening comment on partial
-	 * checksums): the outer UDP checksum is computed over the completed value.  Anything
-	 * else (really corrupt, or a next
-	 * header that may hide a checksum behind an extension header) takes the Python path,
-	 * which sends exactly what it reads.  Fragments and ESP carry none.
+	 * checksums): a partial one is carried where the outgoing interface completes it.
 	 */
-	{
-		__u8 nh = v6[6];
-		__u64 payload, pseudo;
-		__u32 at;
-		__u16 field, final;
-
-		if (nh == 6 || nh == 17 || nh == 58) {
-			at = nh == 6 ? 16 : nh == 17 ? 6 : 2;
-			if (plen < at + 2)
-				goto pass;
-			payload = s - SUM_FIXED(v6, V6_HLEN);
-			pseudo = SUM_FIXED(v6 + 8, 32) + bpf_htons(nh) + bpf_htonl(plen);
-			if (fold(payload + pseudo) != 0xffff) {
-				if ((void *)(v6 + V6_HLEN + at + 2) > data_end)
-					goto pass;
-				field = *(__u16 *)(v6 + V6_HLEN + at);
-				if (field != (__u16)fold(pseudo) || !cfg->partial)
-					goto pass;
-				final = ~fold(payload - field + pseudo) & 0xffff;
-				if (!final)
-					final = 0xffff;
-				s = s - field + final;
-			}
-		} else if (nh != 44 && nh != 50) {
-			goto pass;
-		}
-	}
+	inner = inner_checksum(v6, data_end, plen, &s);
+	if (inner == INNER_BAD || (inner == INNER_PARTIAL && !cfg->segments))
+		goto pass;
 encapsulate:
 	refresh(&peer->last_tx, now);
-	rc = gso ? encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl)
-		 : encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl);
+	if (gso || inner == INNER_PARTIAL)
+		rc = encapsulate_tunnel(skb, len, gso ? 0 : udp_checksum(len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port),
+					cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl);
+	else
+		rc = encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, (__u8)cfg->ttl);
 	switch (rc) {
 	case ENCAP_DONE:
 		break;

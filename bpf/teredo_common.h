@@ -193,6 +193,64 @@ static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u1
 }
 
 /*
+ * The UDP checksum (as stored: 0 written as 0xffff) of the datagram from source:sport to
+ * dst:dport (network order) carrying len bytes whose sum_bytes is sum.
+ */
+static __always_inline __u16 udp_checksum(__u32 len, __u64 sum, __u32 source, __u32 dst, __u16 sport,
+					  __u16 dport)
+{
+	__u32 ulen = UDP_HLEN + len, csum;
+
+	sum += source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
+	sum += sport + dport + bpf_htons(ulen);                 /* UDP header */
+	csum = ~fold(sum) & 0xffff;
+	return csum ? (__u16)csum : 0xffff;
+}
+
+/* What inner_checksum() found. */
+enum { INNER_BAD, INNER_COMPLETE, INNER_PARTIAL };
+
+#ifdef MAX_PACKET
+/*
+ * The IPv6 packet's own checksum (v6 its header, plen its payload length, *sum the
+ * sum_bytes of the whole packet, all in the packet): INNER_COMPLETE when it is valid, or
+ * for fragments and ESP, which carry none; INNER_PARTIAL when the field still holds only
+ * the pseudo-header's sum that the kernel leaves to checksum offload, to be completed after
+ * the program (a packet the host sends itself, or one that crossed a veth), and *sum is
+ * then the sum the packet will have once it is; INNER_BAD otherwise (really corrupt, or a
+ * next header that may hide a checksum behind an extension header), for the Python path,
+ * which sends exactly what it reads.
+ */
+static __always_inline int inner_checksum(const __u8 *v6, void *data_end, __u32 plen, __u64 *sum)
+{
+	__u8 nh = v6[6];
+	__u64 payload, pseudo;
+	__u32 at, final;
+	__u16 field;
+
+	if (nh == 44 || nh == 50)
+		return INNER_COMPLETE;
+	if (nh != 6 && nh != 17 && nh != 58)
+		return INNER_BAD;
+	at = nh == 6 ? 16 : nh == 17 ? 6 : 2;
+	if (plen < at + 2 || (void *)(v6 + V6_HLEN + at + 2) > data_end)
+		return INNER_BAD;
+	payload = *sum - SUM_FIXED(v6, V6_HLEN);
+	pseudo = SUM_FIXED(v6 + 8, 32) + bpf_htons(nh) + bpf_htonl(plen);
+	if (fold(payload + pseudo) == 0xffff)
+		return INNER_COMPLETE;
+	field = *(__u16 *)(v6 + V6_HLEN + at);
+	if (field != (__u16)fold(pseudo))
+		return INNER_BAD;
+	final = ~fold(payload - field + pseudo) & 0xffff;
+	if (!final)
+		final = 0xffff; /* as the kernel completes it (equal to 0 in any ones' complement sum) */
+	*sum = *sum - field + final;
+	return INNER_PARTIAL;
+}
+#endif
+
+/*
  * Turn the IPv6 packet skb holds (len bytes, sum its sum_bytes) into the UDP datagram the
  * role's socket would send for it: from source:sport to dst:dport (network order), TTL ttl,
  * DF clear (G-07), a random identification, the UDP checksum set, behind an Ethernet header
@@ -203,13 +261,8 @@ static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u1
 static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 sum, __u32 source,
 				       __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
 {
-	__u32 ulen = UDP_HLEN + len, csum;
+	__u16 csum = udp_checksum(len, sum, source, dst, sport, dport);
 
-	sum += source + dst + bpf_htons(17) + bpf_htons(ulen); /* pseudo-header */
-	sum += sport + dport + bpf_htons(ulen);                 /* UDP header */
-	csum = ~fold(sum) & 0xffff;
-	if (!csum)
-		csum = 0xffff;
 	/* Room for IPv4 and UDP: 48 bytes in front, then 20 taken back as IPv6 becomes IPv4. */
 	if (bpf_skb_adjust_room(skb, ENCAP + (V6_HLEN - IP_HLEN), BPF_ADJ_ROOM_MAC, 0))
 		return ENCAP_UNTOUCHED;
@@ -217,21 +270,21 @@ static __always_inline int encapsulate(struct __sk_buff *skb, __u32 len, __u64 s
 		return ENCAP_BROKEN; /* the room is there but the packet is no longer whole */
 	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
 		return ENCAP_BROKEN;
-	if (!write_headers(skb, ulen, (__u16)csum, source, dst, sport, dport, ttl))
+	if (!write_headers(skb, UDP_HLEN + len, csum, source, dst, sport, dport, ttl))
 		return ENCAP_BROKEN;
 	return ENCAP_DONE;
 }
 
 /*
  * The longest segmentation-offload packet (a "super-packet" of several TCP segments) that
- * encapsulate_segments() takes: the outer IPv4 length field must still hold it.
+ * encapsulate_tunnel() takes: the outer IPv4 length field must still hold it.
  */
 #define MAX_SUPER (0xffff - ENCAP)
 
 /*
  * The number of segments of the super-packet skb holds (v6 its IPv6 header, plen its
  * payload length, both checked, and at least V6_HLEN + 20 bytes pulled), when it is one
- * encapsulate_segments() takes: TCP with no extension header, each segment within mtu.
+ * encapsulate_tunnel() takes: TCP with no extension header, each segment within mtu.
  * 0 otherwise.
  */
 static __always_inline __u32 super_segments(struct __sk_buff *skb, const __u8 *v6, void *data_end, __u32 plen,
@@ -248,19 +301,26 @@ static __always_inline __u32 super_segments(struct __sk_buff *skb, const __u8 *v
 }
 
 /*
- * Encapsulate a segmentation-offload packet (len bytes, TCP) the way encapsulate() does one
- * packet, but as one UDP tunnel super-packet: the kernel marks it encapsulated
- * (BPF_F_ADJ_ROOM_ENCAP_*: inner headers, SKB_GSO_UDP_TUNNEL) and, where it leaves, cuts it
- * into the datagrams the socket would have sent for each TCP segment, each with its own
- * IPv4 length, identification and checksum and its inner checksum completed by the device
- * or in software.  The segment size is kept (FIXED_GSO): the caller checked that each
- * segment fits the TUN's MTU, which is what the Python path would have sent one by one.
- * Only the UDP checksum differs from the socket's: segmentation of a plain UDP tunnel
- * leaves it as written, so it is absent (0), which IPv4 allows (RFC 768) and every
- * receiver's socket accepts.
+ * Encapsulate the way encapsulate() does, but as a UDP tunnel packet: the kernel marks it
+ * encapsulated (BPF_F_ADJ_ROOM_ENCAP_*: inner headers, skb->encapsulation and, for a
+ * segmentation-offload packet, SKB_GSO_UDP_TUNNEL), so that what is left to offload is done
+ * on the *inner* packet where the datagram leaves, by the device or in software, as for
+ * the kernel's own UDP tunnels.  Two cases, len bytes each:
+ *
+ *   - a TCP super-packet (csum 0): cut into the datagrams the socket would have sent for
+ *     each segment, each with its own IPv4 length, identification and checksum and its
+ *     inner checksum completed.  The segment size is kept (FIXED_GSO): the caller checked
+ *     that each segment fits the TUN's MTU, which is what the Python path would have sent
+ *     one by one.  Only the UDP checksum differs from the socket's: segmentation of a
+ *     plain UDP tunnel leaves it as written, so it is absent (0), which IPv4 allows
+ *     (RFC 768) and every receiver's socket accepts.
+ *   - one packet whose inner checksum is still partial (inner_checksum(): INNER_PARTIAL):
+ *     csum is the UDP checksum over the packet as it will be once that is completed (the
+ *     kernel's own tunnels' "local checksum offload"), so the datagram leaves exactly as the
+ *     socket would have sent the completed packet.
  */
-static __always_inline int encapsulate_segments(struct __sk_buff *skb, __u32 len, __u32 source, __u32 dst,
-						__u16 sport, __u16 dport, __u8 ttl)
+static __always_inline int encapsulate_tunnel(struct __sk_buff *skb, __u32 len, __u16 csum, __u32 source,
+					      __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
 {
 	if (bpf_skb_adjust_room(skb, ENCAP, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
@@ -268,7 +328,7 @@ static __always_inline int encapsulate_segments(struct __sk_buff *skb, __u32 len
 		return ENCAP_UNTOUCHED;
 	if (bpf_skb_change_head(skb, ETH_HLEN, 0))
 		return ENCAP_BROKEN;
-	if (!write_headers(skb, UDP_HLEN + len, 0, source, dst, sport, dport, ttl))
+	if (!write_headers(skb, UDP_HLEN + len, csum, source, dst, sport, dport, ttl))
 		return ENCAP_BROKEN;
 	return ENCAP_DONE;
 }

@@ -43,7 +43,7 @@
  *       map entry heard within the entry's validity (section 5.2.4 case 1, RL-TX-03).
  *       A super-packet (GRO on the native side merges a TCP flow's segments, and the
  *       kernel forwards them merged) is TCP with each segment within the TUN's MTU; it is
- *       encapsulated whole as a UDP tunnel packet (encapsulate_segments), and cut into the
+ *       encapsulated whole as a UDP tunnel packet (encapsulate_tunnel), and cut into the
  *       datagrams Python would have sent one by one where it leaves, under the condition
  *       the client's program states (teredo_client.bpf.c, "Segmentation": cfg->segments).
  *       Without it, the TUN cuts it and Python reads every segment.
@@ -98,7 +98,7 @@ struct relay_config {
 	__u32 locals[MAX_LOCALS]; /* network order: addresses the relay's socket receives on */
 	__u8 first_byte[256];     /* served networks of at most 8 bits, by first byte */
 	struct longer longer[MAX_LONGER];
-	__u32 segments; /* out_ifindex completes the segments it cuts from a super-packet */
+	__u32 segments; /* out_ifindex completes partial checksums, and super-packets' segments */
 	__u32 pad;
 };
 
@@ -283,7 +283,7 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	struct peer *peer;
 	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size, segs = 1;
 	__u64 now, s = 0;
-	int rc;
+	int rc, inner = INNER_COMPLETE;
 
 	if (skb->protocol != bpf_htons(ETH_P_IPV6))
 		return NEXT;
@@ -336,31 +336,24 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	if (s == ~0ULL)
 		goto pass;
 	/*
-	 * The inner checksum must be complete.  A packet the relay host sends itself, or one
-	 * that crossed a veth, may still carry a partial one (checksum offload): the kernel
-	 * completes it only after this program, before the TUN hands it to Python.  The sum
-	 * over the whole packet is already here, so checking costs one header's sum; a packet
-	 * that fails (partial, or really corrupt) takes the Python path, which then sends
-	 * exactly what it reads.  Other next headers may hide a partial checksum behind an
-	 * extension header: only fragments and ESP, which carry none, are taken as well.
+	 * The inner checksum must be complete, or completed where the datagram leaves.  A packet
+	 * the relay host sends itself, or one that crossed a veth, may still carry a partial one
+	 * (checksum offload) that the kernel completes only after this program: it is carried
+	 * as the client's program carries its own host's (teredo_client.bpf.c, "Partial
+	 * checksums"), under the same condition as super-packets (cfg->segments); elsewhere it
+	 * takes the Python path, which reads it completed from the TUN.  The sum over the whole
+	 * packet is already here, so checking costs one header's sum.
 	 */
-	{
-		__u8 nh = v6[6];
-		__u64 inner;
-
-		if (nh == 6 || nh == 17 || nh == 58) {
-			inner = s - SUM_FIXED(v6, V6_HLEN); /* the payload's words */
-			inner += SUM_FIXED(v6 + 8, 32) + bpf_htons(nh) + bpf_htonl(plen);
-			if (fold(inner) != 0xffff)
-				goto pass;
-		} else if (nh != 44 && nh != 50) {
-			goto pass;
-		}
-	}
+	inner = inner_checksum(v6, data_end, plen, &s);
+	if (inner == INNER_BAD || (inner == INNER_PARTIAL && !cfg->segments))
+		goto pass;
 encapsulate:
 	refresh(&peer->last_tx, now);
-	rc = gso ? encapsulate_segments(skb, len, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64)
-		 : encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64);
+	if (gso || inner == INNER_PARTIAL)
+		rc = encapsulate_tunnel(skb, len, gso ? 0 : udp_checksum(len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port),
+					cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64);
+	else
+		rc = encapsulate(skb, len, s, cfg->source, peer->ip, (__u16)cfg->port, peer->port, 64);
 	switch (rc) {
 	case ENCAP_DONE:
 		break;

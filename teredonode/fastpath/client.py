@@ -69,8 +69,8 @@ MERGED = ("received", "delivered", "sent")
 _MAX_LOCALS = 8
 _MAX_MTU = 1500
 #: struct client_config: enabled, tun_ifindex, out_ifindex, source, port, prefix, ttl, mtu;
-#: valid_ns, native_ns; address; n_locals; locals; partial; segments.
-CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s I I 4x")
+#: valid_ns, native_ns; address; n_locals; locals; segments.
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s I I Q Q 16s I {4 * _MAX_LOCALS}s I")
 
 log = Logger()
 
@@ -85,14 +85,14 @@ def pack_config(
     ttl: int = 64,
     prefix: bytes = GLOBAL_PREFIX,
     relaySilence: float | None = None,
-    partial: bool = False,
     segments: bool = False,
 ) -> bytes:
     """
-    The config map's value; disabled while the client has no address.  C{partial}: the
-    outgoing interface completes partial checksums in software; C{segments}: it completes
-    the inner checksums of the segments it cuts from an encapsulated super-packet
-    (L{Offloads.completesSegments}; the C source says why both matter).  Raises L{FastPathUnavailable} for what the program cannot express.
+    The config map's value; disabled while the client has no address.  C{segments}: the
+    outgoing interface completes the inner checksums of what it sends encapsulated, a
+    packet's partial one and those of the segments it cuts from a super-packet
+    (L{Offloads.completesSegments}; the C source says why it matters).  Raises
+    L{FastPathUnavailable} for what the program cannot express.
     """
     from teredonode.roles.tunnel import RELAY_SILENCE
 
@@ -113,7 +113,6 @@ def pack_config(
         address or bytes(16),
         len(locals_),
         b"".join(socket.inet_aton(a) for a in locals_).ljust(4 * _MAX_LOCALS, b"\x00"),
-        1 if partial else 0,
         1 if segments else 0,
     )
 
@@ -235,10 +234,9 @@ class ClientFastPath(RelayFastPath):
         self._planned = key
         try:
             locals_, source, outIndex = self._plan(client.settings.bind, server if address else None)
-            partial = bool(outIndex) and not self.offloads.checksumming(outIndex)
             config = pack_config(
                 self._tun[1], outIndex, source, client.localPort(), address, locals_, self._ttl,
-                tunnel.prefix, partial=partial, segments=self.offloads.completesSegments(outIndex),
+                tunnel.prefix, segments=self.offloads.completesSegments(outIndex),
             )
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)

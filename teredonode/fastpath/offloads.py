@@ -60,8 +60,9 @@ class Offloads:
 
     def completesSegments(self, index: int) -> bool:
         """
-        Does every segment of an encapsulated super-packet sent out of C{index} leave with
-        its inner checksum complete: the interface computes checksums in software, or is a
-        device (see the module docstring)?
+        Does what the programs send out of C{index} as a UDP tunnel packet leave with its
+        inner checksums complete, a packet's partial one and those of every segment cut from
+        a super-packet: the interface computes checksums in software, or is a device (see the
+        module docstring)?
         """
         return bool(index) and (not self.checksumming(index) or self.hardware(index))

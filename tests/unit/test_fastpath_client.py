@@ -51,10 +51,10 @@ class ProgramInterfaceTests(SynchronousTestCase):
 
     def test_configLayout(self) -> None:
         """
-        112 bytes: eight words, two quads, the address, a word, 8 addresses, two words and
-        padding to the quads' alignment; fields where the program reads them.
+        104 bytes: eight words, two quads, the address, a word, 8 addresses and a word,
+        which ends on the quads' alignment; fields where the program reads them.
         """
-        self.assertEqual(fastclient.CONFIG.size, 32 + 16 + 16 + 4 + 32 + 12)
+        self.assertEqual(fastclient.CONFIG.size, 32 + 16 + 16 + 4 + 32 + 4)
         value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, ["203.0.113.20"], 63)
         self.assertEqual(len(value), fastclient.CONFIG.size)
         self.assertEqual(value[:4], (1).to_bytes(4, "little"))
@@ -70,11 +70,9 @@ class ProgramInterfaceTests(SynchronousTestCase):
         self.assertEqual(value[64:68], (1).to_bytes(4, "little"))
         self.assertEqual(value[68:72], socket.inet_aton("203.0.113.20"))
         self.assertEqual(value[100:104], bytes(4))
-        self.assertEqual(value[104:108], bytes(4))
-        value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, [], partial=True)
-        self.assertEqual(value[100:108], (1).to_bytes(4, "little") + bytes(4))
+        self.assertEqual(len(value), 104)
         value = fastclient.pack_config(7, 9, "203.0.113.20", 40100, OWN, [], segments=True)
-        self.assertEqual(value[100:108], bytes(4) + (1).to_bytes(4, "little"))
+        self.assertEqual(value[100:104], (1).to_bytes(4, "little"))
 
     def test_disabledWithoutAddress(self) -> None:
         value = fastclient.pack_config(7, 9, "0.0.0.0", 40100, None, [])
@@ -236,10 +234,10 @@ class ObserverTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.obj.maps[0][(0).to_bytes(4, "little")], bytes(fastclient.CONFIG.size))
 
-    def flags(self) -> tuple[int, int]:
-        """The config's partial and segments flags."""
+    def segments(self) -> int:
+        """The config's segments flag."""
         config = self.obj.maps[0][(0).to_bytes(4, "little")]
-        return int.from_bytes(config[100:104], "little"), int.from_bytes(config[104:108], "little")
+        return int.from_bytes(config[100:104], "little")
 
     def newAddress(self, last: str) -> None:
         self.client.tunnel.address = bytes.fromhex("20010000cb00710a000063bf39cc9b" + last)
@@ -248,21 +246,25 @@ class ObserverTests(SynchronousTestCase):
 
     def test_partialChecksums(self) -> None:
         """
-        Packets with partial checksums are carried only when the outgoing interface
-        completes checksums in software; TCP super-packets then too, and also when it is a
-        device (a NIC completes what it cuts from them), but not over a veth that offloads.
+        Packets with partial checksums and TCP super-packets are carried only when the
+        outgoing interface completes checksums in software or is a device (which completes
+        the inner checksums of what it sends as a UDP tunnel packet), not over a veth that
+        offloads.
         """
         self.trusted()
         self.clock.advance(0)
-        self.assertEqual(self.flags(), (0, 0))
+        self.assertEqual(self.segments(), 0)
         self.offloads.offloading = False
         self.newAddress("f5")
-        self.assertEqual(self.flags(), (1, 1))
+        self.assertEqual(self.segments(), 1)
         self.offloads.offloading = True
         self.offloads.device = True
         self.newAddress("f6")
-        self.assertEqual(self.flags(), (0, 1))
-        self.assertEqual(fastclient.CONFIG.size, 112)
+        self.assertEqual(self.segments(), 1)
+        self.offloads.device = False
+        self.newAddress("f7")
+        self.assertEqual(self.segments(), 0)
+        self.assertEqual(fastclient.CONFIG.size, 104)
 
     def test_notCarried(self) -> None:
         """
