@@ -39,8 +39,7 @@ from typing import Any, Callable
 
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf
 from teredonode.fastpath.program import FastPathUnavailable, object_path
-from teredonode.fastpath.offloads import Offloads
-from teredonode.fastpath.relay import RelayFastPath, load_as
+from teredonode.fastpath.relay import RelayFastPath, load_as, offloadsChanged
 from teredonode.logs import Logger
 from teredonode.peers import VALID_FOR, Peer, PeerList
 from teredonode.wire.address import GLOBAL_PREFIX, TEREDO_PORT
@@ -91,7 +90,7 @@ def pack_config(
     The config map's value; disabled while the client has no address.  C{segments}: the
     outgoing interface completes the inner checksums of what it sends encapsulated, a
     packet's partial one and those of the segments it cuts from a super-packet
-    (L{Offloads.completesSegments}; the C source says why it matters).  Raises
+    (L{teredonode.fastpath.offloads.Offloads.completesSegments}; the C source says why it matters).  Raises
     L{FastPathUnavailable} for what the program cannot express.
     """
     from teredonode.roles.tunnel import RELAY_SILENCE
@@ -138,8 +137,7 @@ class ClientFastPath(RelayFastPath):
         self._planned: tuple[Any, ...] = ()
         self._plan: Callable[[str, str | None], tuple[list[str], str, int]] = _plan
         self._ttl = 64
-        #: Reads interface offloads (L{Offloads}; replaced in tests).
-        self.offloads: Any = Offloads()
+        self._outIndex = 0
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> ClientFastPath:
@@ -234,9 +232,11 @@ class ClientFastPath(RelayFastPath):
         self._planned = key
         try:
             locals_, source, outIndex = self._plan(client.settings.bind, server if address else None)
+            self._outIndex = outIndex
+            self.segments = self.offloads.completesSegments(outIndex)
             config = pack_config(
                 self._tun[1], outIndex, source, client.localPort(), address, locals_, self._ttl,
-                tunnel.prefix, segments=self.offloads.completesSegments(outIndex),
+                tunnel.prefix, segments=self.segments,
             )
         except (FastPathUnavailable, OSError, ImportError) as e:
             config = bytes(CONFIG.size)
@@ -245,6 +245,19 @@ class ClientFastPath(RelayFastPath):
         if config != self._written:
             self.configure(config)
             self._written = config
+
+    def followOffloads(self) -> None:
+        """
+        As the relay's (L{RelayFastPath.followOffloads}), for the interface of the route
+        toward the server the config was last planned with.
+        """
+        if self._client is None or not self._outIndex:
+            return
+        segments = self.offloads.completesSegments(self._outIndex)
+        if segments != self.segments:
+            self._planned = ()
+            self.installing()
+            offloadsChanged(self._outIndex, segments)
 
     def installable(self, peer: Peer, state: str, queued: bool = False) -> bool:
         """

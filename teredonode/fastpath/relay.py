@@ -99,7 +99,8 @@ def pack_config(
 ) -> bytes:
     """
     The config map's value.  C{segments}: the outgoing interface completes the inner
-    checksums of the segments it cuts from an encapsulated super-packet
+    checksums of what it sends as a UDP tunnel packet, a packet's partial one and those of
+    the segments it cuts from a super-packet
     (L{teredonode.fastpath.offloads.Offloads.completesSegments}).  Raises
     L{FastPathUnavailable} for what the program cannot express (more served networks or
     local addresses than it has room for).
@@ -183,6 +184,12 @@ class RelayFastPath:
         self._pending: set[bytes] = set()
         self._flush: Any = None
         self.interfaces: list[str] = []
+        #: Reads interface offloads (L{Offloads}; replaced in tests).
+        self.offloads: Any = Offloads()
+        #: What the config map was last packed from, but C{segments} (L{start}).
+        self._outgoing: tuple[Any, int, int, str, int, list[str]] | None = None
+        #: The config's C{segments}: the outgoing interface completes inner checksums.
+        self.segments = False
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> RelayFastPath:
@@ -213,8 +220,9 @@ class RelayFastPath:
         try:
             locals_, rx, source, outIndex = (plan or _plan)(settings.bind)
             tunIndex = socket.if_nametoindex(tun)
-            segments = Offloads().completesSegments(outIndex)
-            self.configure(pack_config(settings, tunIndex, outIndex, source, port, locals_, segments=segments))
+            self._outgoing = (settings, tunIndex, outIndex, source, port, locals_)
+            self.segments = self.offloads.completesSegments(outIndex)
+            self.configure(pack_config(*self._outgoing, segments=self.segments))
             self.attach(rx, (tun, tunIndex), attach_generic(settings.xdp_mode))
         except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
             self.close()
@@ -337,8 +345,10 @@ class RelayFastPath:
     def sweeping(self) -> None:
         """
         Fold what the programs heard and sent since the last sweep into the peer list (only
-        entries whose times moved are touched); entries the list no longer holds go.
+        entries whose times moved are touched); entries the list no longer holds go.  The
+        outgoing interface's offloads are read again first (L{followOffloads}).
         """
+        self.followOffloads()
         offset = self._offset()
         peers = self._peers
         for key, raw in self.obj.items(self._peers_fd, _KEY_SIZE, PEER.size):
@@ -356,6 +366,22 @@ class RelayFastPath:
             except BPFError:
                 pass
 
+    def followOffloads(self) -> None:
+        """
+        Bring the config's C{segments} up to the outgoing interface's offloads: what the
+        programs may send as UDP tunnel packets depends on them (L{Offloads}), and an operator
+        may switch them while the relay runs (C{ethtool -K IF tx off}).  Read at every sweep:
+        one ioctl and one C{stat}.
+        """
+        if self._outgoing is None:
+            return
+        outIndex = self._outgoing[2]
+        segments = self.offloads.completesSegments(outIndex)
+        if segments != self.segments:
+            self.segments = segments
+            self.configure(pack_config(*self._outgoing, segments=segments))
+            offloadsChanged(outIndex, segments)
+
     # -- status ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
@@ -363,6 +389,23 @@ class RelayFastPath:
         Each of L{COUNTERS}, summed over CPUs.
         """
         return per_cpu_counts(self.obj, self._counters_fd, COUNTERS, self._cpus)
+
+
+def offloadsChanged(index: int, segments: bool) -> None:
+    """
+    The one log line saying that the outgoing interface C{index} changed what the programs
+    may encapsulate (L{RelayFastPath.followOffloads}).
+    """
+    try:
+        name = socket.if_indextoname(index)
+    except OSError:
+        name = f"interface {index}"
+    log.info(
+        "Fast path: {name}'s checksum offload changed; packets with partial checksums and TCP "
+        "super-packets now {where}",
+        name=name,
+        where="carried by the kernel fast path" if segments else "handed to the Python path",
+    )
 
 
 def _host_addresses() -> list[tuple[str, int, str]]:

@@ -266,6 +266,33 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(self.segments(), 0)
         self.assertEqual(fastclient.CONFIG.size, 104)
 
+    def test_followsOffloads(self) -> None:
+        """
+        At each sweep the outgoing interface's offloads are read again: switched (ethtool -K)
+        while the client runs, the config's segments flag follows, with one log line, and
+        the route is looked up again for it.
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.trusted()
+        self.clock.advance(0)
+        self.fast.sweeping()
+        self.assertEqual((self.segments(), len(self.plans), lines), (0, 1, []))
+        self.offloads.offloading = False
+        self.fast.sweeping()
+        self.assertEqual((self.segments(), len(self.plans)), (1, 2))
+        self.assertEqual(len(lines), 1)
+        self.assertIn("checksum offload changed", lines[0])
+        self.assertIn("now carried by the kernel fast path", lines[0])
+        self.fast.sweeping()
+        self.assertEqual((self.segments(), len(self.plans), len(lines)), (1, 2, 1))
+        self.offloads.offloading = True
+        self.fast.sweeping()
+        self.assertEqual(self.segments(), 0)
+        self.assertIn("now handed to the Python path", lines[-1])
+
     def test_notCarried(self) -> None:
         """
         Peers the Python client sends to differently stay on the Python path: one at the

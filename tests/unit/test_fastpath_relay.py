@@ -186,6 +186,12 @@ class FakeObject:
     def items(self, fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
         return list(self.maps[fd].items())
 
+    def attach_xdp(self, name: str, index: int, generic: bool) -> None:
+        pass
+
+    def attach_tcx(self, name: str, index: int, egress: bool) -> None:
+        pass
+
 
 class ObserverTests(SynchronousTestCase):
     """
@@ -208,6 +214,47 @@ class ObserverTests(SynchronousTestCase):
 
     def test_interface(self) -> None:
         self.assertTrue(verifyObject(IPeerObserver, self.fast))
+
+    def test_followsOffloads(self) -> None:
+        """
+        The config's segments flag is read from the outgoing interface at start, and again at
+        each sweep: switched while the relay runs (ethtool -K), it follows, with one log line.
+        """
+
+        class Offloads:
+            completes = False
+
+            def completesSegments(self, index: int) -> bool:
+                return bool(index) and self.completes
+
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        offloads = self.fast.offloads = Offloads()
+        config = self.fast.obj.maps[self.fast.obj.map_fd("config")]
+
+        def segments() -> int:
+            return int.from_bytes(config[(0).to_bytes(4, "little")][-8:-4], "little")
+
+        plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
+        self.assertTrue(self.fast.start(RelaySettings(), "lo", 3544, plan=plan))
+        self.assertEqual(segments(), 0)
+        del lines[:]
+        self.fast.sweeping()
+        self.assertEqual((segments(), lines), (0, []))
+        offloads.completes = True
+        self.fast.sweeping()
+        self.assertEqual(segments(), 1)
+        self.assertEqual(len(lines), 1)
+        self.assertIn("checksum offload changed", lines[0])
+        self.assertIn("now carried by the kernel fast path", lines[0])
+        self.fast.sweeping()
+        self.assertEqual(len(lines), 1)
+        offloads.completes = False
+        self.fast.sweeping()
+        self.assertEqual(segments(), 0)
+        self.assertIn("now handed to the Python path", lines[-1])
 
     def test_installedOnceTheTurnEnds(self) -> None:
         """
