@@ -154,23 +154,15 @@ static __always_inline __u64 sum_bytes(void *start, void *data_end, __u32 len)
 enum { ENCAP_DONE, ENCAP_UNTOUCHED, ENCAP_BROKEN };
 
 /*
- * Write the Ethernet type, IPv4 and UDP headers of an encapsulated datagram: from
- * source:sport to dst:dport (network order), TTL ttl, DF clear (G-07), a random
- * identification, UDP length ulen and checksum csum (as stored).  0 when the headers are
- * not in the packet.
+ * Fill the IPv4 and UDP headers at ip (ENCAP bytes the caller checked) of an encapsulated
+ * datagram: from source:sport to dst:dport (network order), TTL ttl, DF clear (G-07), a
+ * random identification, UDP length ulen and checksum csum (as stored).
  */
-static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u16 csum, __u32 source,
-					 __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
+static __always_inline void fill_headers(__u8 *ip, __u32 ulen, __u16 csum, __u32 source, __u32 dst, __u16 sport,
+					 __u16 dport, __u8 ttl)
 {
-	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
-	__u8 *ip, *udp;
+	__u8 *udp = ip + IP_HLEN;
 
-	if (data + ETH_HLEN + ENCAP > data_end)
-		return 0;
-	((__u8 *)data)[12] = ETH_P_IP >> 8;
-	((__u8 *)data)[13] = ETH_P_IP & 0xff;
-	ip = data + ETH_HLEN;
-	udp = ip + IP_HLEN;
 	ip[0] = 0x45;
 	ip[1] = 0;
 	ip[2] = (IP_HLEN + ulen) >> 8;
@@ -189,6 +181,22 @@ static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u1
 	*(__u16 *)(udp + 2) = dport;
 	*(__u16 *)(udp + 4) = bpf_htons(ulen);
 	*(__u16 *)(udp + 6) = csum;
+}
+
+/*
+ * The Ethernet type and fill_headers() of the datagram skb now holds behind room for an
+ * Ethernet header.  0 when the headers are not in the packet.
+ */
+static __always_inline int write_headers(struct __sk_buff *skb, __u32 ulen, __u16 csum, __u32 source,
+					 __u32 dst, __u16 sport, __u16 dport, __u8 ttl)
+{
+	void *data = (void *)(long)skb->data, *data_end = (void *)(long)skb->data_end;
+
+	if (data + ETH_HLEN + ENCAP > data_end)
+		return 0;
+	((__u8 *)data)[12] = ETH_P_IP >> 8;
+	((__u8 *)data)[13] = ETH_P_IP & 0xff;
+	fill_headers(data + ETH_HLEN, ulen, csum, source, dst, sport, dport, ttl);
 	return 1;
 }
 

@@ -6,24 +6,40 @@
  *
  * Where each half sits, and why:
  *
- *   - teredo_relay_rx, XDP on the interfaces holding the relay's IPv4 address: a Teredo
- *     datagram from a trusted peer's proven mapping is decapsulated and forwarded toward
- *     the native side at the driver (bpf_fib_lookup, then XDP_TX/XDP_REDIRECT), before
- *     the kernel allocates a socket buffer, queues it on the relay's socket, wakes Python
- *     and takes the packet back through the TUN.  The forwarding lookup is made as if the
- *     packet came in on the relay's TUN (that is where the Python path writes it), so the
- *     route, the forwarding switch, the MTU and the neighbour are the ones the kernel
- *     would use; anything the lookup does not answer with a complete next hop goes on to
- *     Python, which writes it to the TUN as before.
+ *   - teredo_relay_rx, XDP on the interfaces holding the relay's IPv4 addresses and on its
+ *     native side (those holding its global IPv6 addresses), two branches by EtherType:
+ *
+ *     from_teredo: a Teredo datagram from a trusted peer's proven mapping is decapsulated
+ *     and forwarded toward the native side at the driver (bpf_fib_lookup, then
+ *     XDP_TX/XDP_REDIRECT), before the kernel allocates a socket buffer, queues it on the
+ *     relay's socket, wakes Python and takes the packet back through the TUN.  The
+ *     forwarding lookup is made as if the packet came in on the relay's TUN (that is where
+ *     the Python path writes it), so the route, the forwarding switch, the MTU and the
+ *     neighbour are the ones the kernel would use; anything the lookup does not answer
+ *     with a complete next hop goes on to Python, which writes it to the TUN as before.
+ *
+ *     from_native: a native IPv6 packet to a trusted peer is encapsulated as it arrives,
+ *     where the kernel would otherwise forward it into the TUN for teredo_relay_tx: the
+ *     lookup the kernel makes for it (route, forwarding switch, the TUN's MTU) must
+ *     answer "the TUN", and what the kernel answers itself (Time Exceeded for a hop limit
+ *     of 1, Packet Too Big beyond the TUN's MTU, a hop-by-hop header) is left to it.  The
+ *     hop limit is decremented as forwarding does, so the datagram is the one
+ *     teredo_relay_tx (or Python) would have sent; the IPv4 route and neighbour toward the
+ *     peer's mapping come from a second lookup, made as for a packet from the TUN (the
+ *     control plane turns IPv4 forwarding on for the TUN alone, which the kernel requires
+ *     for it; cfg->native says it did).  This skips the kernel's forwarding, the TUN's
+ *     queue and the TC hook (docs/performance.md measures it), and, like from_teredo, the
+ *     forward chain of netfilter.  A packet whose inner checksum is still partial (from
+ *     a veth) goes on to the kernel and teredo_relay_tx, which can leave its completion
+ *     to the outgoing interface.
  *
  *   - teredo_relay_tx, TC (tcx) egress on the relay's TUN: a native IPv6 packet the
  *     kernel has already forwarded into the TUN (hop limit decremented, MTU checked,
  *     netfilter's forward chain passed) is encapsulated toward its trusted peer's mapping
- *     and sent on with bpf_redirect_neigh instead of being read by Python.  Sitting after
- *     the kernel's forwarding step means the program sees exactly the bytes Python would
- *     read from the TUN, so the kernel's own rules (Time Exceeded, Packet Too Big, the
- *     firewall) apply unchanged in this direction.  XDP on the native interface would
- *     save the forwarding step but would have to redo each of those rules.
+ *     and sent on with bpf_redirect_neigh instead of being read by Python.  It sees
+ *     exactly the bytes Python would read from the TUN: what from_native leaves to the
+ *     kernel, and everything where that branch does not run (an interface without the
+ *     XDP program, a relay host sending itself).
  *
  * The checks, in the Python path's order (RFC 4380 section 5.4, the relay's RL-RX and
  * RL-TX rules; roles/relay.py datagramReceived, roles/tunnel.py fromPeer and fromHost):
@@ -47,6 +63,9 @@
  *       datagrams Python would have sent one by one where it leaves, under the condition
  *       the client's program states (teredo_client.bpf.c, "Segmentation": cfg->segments).
  *       Without it, the TUN cuts it and Python reads every segment.
+ *   native (from_native): the tx checks, and the packet one the TUN would take (at most
+ *       its MTU, hop limit above 1, no hop-by-hop header, routed into the TUN), with a
+ *       complete inner checksum and a route and resolved neighbour toward the mapping.
  *
  * Everything else goes on untouched (XDP_PASS; on the TC hook to the next program, then the
  * kernel: NEXT), and the Python relay counts or answers it exactly as without these
@@ -66,6 +85,7 @@
 #define MAX_PACKET 1280 /* the TUN's MTU (RELAY_MTU); longer never reaches the TUN */
 #include "teredo_common.h"
 #define MAX_LONGER 8
+#define AF_INET 2
 #define AF_INET6 10
 
 /* Counter indices: teredonode.fastpath.relay.COUNTERS, in this order. */
@@ -76,6 +96,7 @@ enum {
 	C_PASSED_RX, /* datagrams to the relay's port handed on to Python */
 	C_PASSED_TX, /* TUN packets handed on to Python */
 	C_SUPER,     /* super-packets: segmentation-offload packets encapsulated whole */
+	C_NATIVE,    /* of "sent", encapsulated by the XDP program as they arrived (from_native) */
 	C_COUNT,
 };
 
@@ -99,7 +120,7 @@ struct relay_config {
 	__u8 first_byte[256];     /* served networks of at most 8 bits, by first byte */
 	struct longer longer[MAX_LONGER];
 	__u32 segments; /* out_ifindex completes partial checksums, and super-packets' segments */
-	__u32 pad;
+	__u32 native;   /* from_native may encapsulate (the TUN forwards IPv4 for its lookups) */
 };
 
 struct {
@@ -148,8 +169,10 @@ static __always_inline int served(const struct relay_config *cfg, const __u8 *a)
 	return 0;
 }
 
-SEC("xdp")
-int teredo_relay_rx(struct xdp_md *ctx)
+/*
+ * Up: a Teredo datagram to the relay's port (see the opening comment, "rx").
+ */
+static __always_inline int from_teredo(struct xdp_md *ctx, const struct relay_config *cfg)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -157,8 +180,7 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	struct bpf_fib_lookup fib = {};
 	struct peer_key key;
 	struct peer *peer;
-	const struct relay_config *cfg;
-	__u32 zero = 0, saddr, daddr, udp_len, plen, head;
+	__u32 saddr, daddr, udp_len, plen, head;
 	__u16 sport, dport;
 	__u64 now;
 	int rc, bubble;
@@ -171,9 +193,6 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	if (ip[0] != 0x45 || ip[9] != 17 || (ip[6] & 0x3f) || ip[7])
 		return XDP_PASS;
 	udp = ip + IP_HLEN;
-	cfg = bpf_map_lookup_elem(&config, &zero);
-	if (!cfg || !cfg->enabled)
-		return XDP_PASS;
 	__builtin_memcpy(&dport, udp + 2, 2);
 	if (dport != (__u16)cfg->port)
 		return XDP_PASS;
@@ -271,6 +290,130 @@ int teredo_relay_rx(struct xdp_md *ctx)
 pass:
 	count(&counters, C_PASSED_RX);
 	return XDP_PASS;
+}
+
+/*
+ * Down, at once: a native IPv6 packet to a trusted peer, encapsulated as it arrives (see the
+ * opening comment, "native"), or left to the kernel (XDP_PASS), which forwards it into the
+ * TUN where teredo_relay_tx or Python takes it as before.  Nothing is counted as passed
+ * here: what goes on is counted where it ends.
+ */
+static __always_inline int from_native(struct xdp_md *ctx, const struct relay_config *cfg)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 *eth = data, *v6 = eth + ETH_HLEN;
+	struct bpf_fib_lookup fib = {};
+	struct peer_key key;
+	struct peer *peer;
+	__u32 head, plen, len, dst;
+	__u64 now, s;
+	__u16 csum;
+
+	if ((void *)(v6 + V6_HLEN) > data_end || (eth[0] & 1))
+		return XDP_PASS;
+	__builtin_memcpy(&head, v6 + 24, 4);
+	if (head != cfg->prefix)
+		return XDP_PASS;
+	plen = ((__u32)v6[4] << 8) | v6[5];
+	len = V6_HLEN + plen;
+	/* Longer than the TUN's MTU: the kernel answers Packet Too Big. */
+	if ((v6[0] >> 4) != 6 || len > MAX_PACKET || ctx->data_end - ctx->data != ETH_HLEN + len)
+		return XDP_PASS;
+	/* A hop-by-hop header (the kernel acts on it); a hop limit the kernel answers. */
+	if (v6[6] == 0 || v6[7] <= 1)
+		return XDP_PASS;
+	/* fromHost: a source we serve, then section 5.2.4 case 1, as teredo_relay_tx. */
+	if (!served(cfg, v6 + 8))
+		return XDP_PASS;
+	__builtin_memcpy(key.address, v6 + 24, 16);
+	peer = bpf_map_lookup_elem(&peers, &key);
+	if (!peer)
+		return XDP_PASS;
+	now = bpf_ktime_get_ns();
+	if (now - peer->last_rx >= cfg->valid_ns)
+		return XDP_PASS;
+
+	/*
+	 * Would the kernel forward it into the TUN?  The same lookup it makes for the packet as
+	 * received here: route, forwarding switch, the TUN's MTU.
+	 */
+	fib.family = AF_INET6;
+	fib.l4_protocol = v6[6];
+	fib.tot_len = len;
+	fib.ifindex = ctx->ingress_ifindex;
+	fib.flowinfo = *(__u32 *)v6 & bpf_htonl(0x0fffffff);
+	__builtin_memcpy(fib.ipv6_src, v6 + 8, 16);
+	__builtin_memcpy(fib.ipv6_dst, v6 + 24, 16);
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), BPF_FIB_LOOKUP_SKIP_NEIGH) != BPF_FIB_LKUP_RET_SUCCESS ||
+	    fib.ifindex != cfg->tun_ifindex)
+		return XDP_PASS;
+	/* Forwarded: the hop limit the Python path would read from the TUN. */
+	v6[7] -= 1;
+	s = sum_bytes(v6, data_end, len);
+	if (s == ~0ULL || inner_checksum(v6, data_end, plen, &s) != INNER_COMPLETE) {
+		v6[7] += 1;
+		return XDP_PASS;
+	}
+
+	/*
+	 * Where the relay's socket would send the datagram: the IPv4 route and neighbour toward
+	 * the peer's mapping, looked up as for a packet from the TUN (which needs IPv4
+	 * forwarding on the TUN, never on the relay's real interfaces: the control plane sets
+	 * it there; the TUN never carries IPv4).
+	 */
+	__builtin_memcpy(&dst, &peer->ip, 4);
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AF_INET;
+	fib.l4_protocol = 17;
+	fib.tot_len = ENCAP + len;
+	fib.ifindex = cfg->tun_ifindex;
+	fib.ipv4_src = cfg->source;
+	fib.ipv4_dst = dst;
+	fib.sport = (__u16)cfg->port;
+	fib.dport = peer->port;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex) {
+		v6[7] += 1;
+		return XDP_PASS;
+	}
+	csum = udp_checksum(len, s, cfg->source, dst, (__u16)cfg->port, peer->port);
+	refresh(&peer->last_tx, now);
+	if (bpf_xdp_adjust_head(ctx, -(int)ENCAP))
+		return XDP_ABORTED;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	if ((void *)(eth + ETH_HLEN + ENCAP) > data_end)
+		return XDP_ABORTED;
+	__builtin_memcpy(eth, fib.dmac, 6);
+	__builtin_memcpy(eth + 6, fib.smac, 6);
+	eth[12] = ETH_P_IP >> 8;
+	eth[13] = ETH_P_IP & 0xff;
+	fill_headers(eth + ETH_HLEN, UDP_HLEN + len, csum, cfg->source, dst, (__u16)cfg->port, peer->port, 64);
+	count(&counters, C_SENT);
+	count(&counters, C_NATIVE);
+	if (fib.ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+SEC("xdp")
+int teredo_relay_rx(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	const struct relay_config *cfg;
+	__u32 zero = 0;
+	__u8 *eth = data;
+
+	if ((void *)(eth + ETH_HLEN) > data_end)
+		return XDP_PASS;
+	cfg = bpf_map_lookup_elem(&config, &zero);
+	if (!cfg || !cfg->enabled)
+		return XDP_PASS;
+	if (eth[12] == (ETH_P_IPV6 >> 8) && eth[13] == (ETH_P_IPV6 & 0xff))
+		return cfg->native ? from_native(ctx, cfg) : XDP_PASS;
+	return from_teredo(ctx, cfg);
 }
 
 SEC("tc")

@@ -128,6 +128,7 @@ class ClientFastPath(RelayFastPath):
     teredoOnly = False
 
     configSize = CONFIG.size
+    counterNames: tuple[str, ...] = COUNTERS
 
     def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes = GLOBAL_PREFIX) -> None:
         RelayFastPath.__init__(self, obj, clock, peers, prefix)

@@ -2,8 +2,10 @@
 The Teredo relay's kernel fast path: two BPF programs (C{bpf/teredo_relay.bpf.c}) carry the
 packets of trusted peers, and this module is their control plane.
 
-  - C{teredo_relay_rx} (XDP, on the interfaces holding the relay's IPv4 addresses)
-    decapsulates a trusted peer's datagrams and forwards them toward the native side;
+  - C{teredo_relay_rx} (XDP, on the interfaces holding the relay's IPv4 addresses and those
+    holding its global IPv6 addresses, its native side) decapsulates a trusted peer's
+    datagrams and forwards them toward the native side, and encapsulates native packets
+    to a trusted peer as they arrive, where the kernel would forward them into the TUN;
   - C{teredo_relay_tx} (TC egress, on the relay's TUN) encapsulates what the kernel routes
     into the TUN for a trusted peer and sends it to the peer's mapping.
 
@@ -32,7 +34,8 @@ path; C{"on"} refuses to start without it; C{"off"} never tries.  Either way the
 one line saying which.
 
 Limits (docs/performance.md): the programs run before netfilter's input chain (rx) and
-after its forward chain (tx), and the rx half forwards without the forward chain; with a
+after its forward chain (tx), and the XDP program forwards without the forward chain, both
+ways; with a
 wildcard C{bind} and several IPv4 addresses, encapsulated datagrams leave from the address
 of the interface of the default route (set C{bind} on such a host).
 """
@@ -63,15 +66,16 @@ RX, TX = "teredo_relay_rx", "teredo_relay_tx"
 #: The programs' counter indices (their C enum, in order): the first three are the relay's
 #: own counters; then the datagrams to the relay's port and the TUN packets handed on to
 #: the Python relay.
-COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun", "super-packets")
+COUNTERS = ("received", "delivered", "sent", "passed-udp", "passed-tun", "super-packets", "from-native")
 #: Which of L{COUNTERS} the relay's C{counters} include.
 MERGED = ("received", "delivered", "sent")
 
 _MAX_LOCALS = 8
 _MAX_LONGER = 8
 #: struct relay_config: enabled, tun_ifindex, out_ifindex, source, port, prefix; valid_ns;
-#: n_locals, n_longer; locals; first_byte; (mask, net) pairs as two 64-bit halves each.
-CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s Q I I {4 * _MAX_LOCALS}s 256s {32 * _MAX_LONGER}s I 4x")
+#: n_locals, n_longer; locals; first_byte; (mask, net) pairs as two 64-bit halves each;
+#: segments, native.
+CONFIG = struct.Struct(f"=I I I 4s 2s2x 4s Q I I {4 * _MAX_LOCALS}s 256s {32 * _MAX_LONGER}s I I")
 #: struct peer: ip, port (network order), pad; last_rx, last_tx, synced (ns, CLOCK_MONOTONIC).
 PEER = struct.Struct("=4s2s2xQQQ")
 _KEY_SIZE = 16
@@ -96,12 +100,15 @@ def pack_config(
     locals_: list[str],
     enabled: bool = True,
     segments: bool = False,
+    native: bool = False,
 ) -> bytes:
     """
     The config map's value.  C{segments}: the outgoing interface completes the inner
     checksums of what it sends as a UDP tunnel packet, a packet's partial one and those of
     the segments it cuts from a super-packet
-    (L{teredonode.fastpath.offloads.Offloads.completesSegments}).  Raises
+    (L{teredonode.fastpath.offloads.Offloads.completesSegments}).  C{native}: the XDP
+    program may encapsulate native packets as they arrive (the TUN forwards IPv4 for its
+    route lookups, L{forwardOnTun}).  Raises
     L{FastPathUnavailable} for what the program cannot express (more served networks or
     local addresses than it has room for).
     """
@@ -127,6 +134,7 @@ def pack_config(
         bytes(table),
         pairs,
         1 if segments else 0,
+        1 if native else 0,
     )
 
 
@@ -160,6 +168,8 @@ class RelayFastPath:
 
     #: The config map's value size this control plane writes.
     configSize = CONFIG.size
+    #: The programs' counter names, in their C enum's order.
+    counterNames: tuple[str, ...] = COUNTERS
 
     def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes) -> None:
         """
@@ -186,8 +196,9 @@ class RelayFastPath:
         self.interfaces: list[str] = []
         #: Reads interface offloads (L{Offloads}; replaced in tests).
         self.offloads: Any = Offloads()
-        #: What the config map was last packed from, but C{segments} (L{start}).
-        self._outgoing: tuple[Any, int, int, str, int, list[str]] | None = None
+        #: What the config map was last packed from (pack_config's arguments but C{enabled}
+        #: and C{segments}, in order; L{start}).
+        self._outgoing: tuple[Any, int, int, str, int, list[str], bool] | None = None
         #: The config's C{segments}: the outgoing interface completes inner checksums.
         self.segments = False
 
@@ -208,22 +219,39 @@ class RelayFastPath:
     #: C{fast-path} as loaded: C{"on"} makes a failure to attach fatal.
     mode = "auto"
 
-    def start(self, settings: Any, tun: str, port: int, plan: Callable[[str], Any] | None = None) -> bool:
+    def start(
+        self,
+        settings: Any,
+        tun: str,
+        port: int,
+        plan: Callable[[str], Any] | None = None,
+        natives: Callable[[str], list[tuple[str, int]]] | None = None,
+        forward: Callable[[str], None] | None = None,
+    ) -> bool:
         """
-        Configure and attach to the host: XDP where the relay's addresses are, TC on C{tun}
-        (open and routed), the relay's socket bound to C{port}.  Logs the one line saying
-        which path carries trusted peers.  C{False} (and closed) when it cannot run under
-        C{"auto"}.
+        Configure and attach to the host: XDP where the relay's IPv4 addresses are and on its
+        native side (C{natives}: the interfaces holding global IPv6 addresses), TC on C{tun}
+        (open and routed), the relay's socket bound to C{port}.  Native packets are
+        encapsulated in XDP only once C{forward} turned IPv4 forwarding on for the TUN
+        (L{forwardOnTun}).  Logs the one line saying which path carries trusted peers.
+        C{False} (and closed) when it cannot run under C{"auto"}.
 
         @raise FastPathUnavailable: it cannot run under C{"on"}.
         """
+        early = ""
         try:
             locals_, rx, source, outIndex = (plan or _plan)(settings.bind)
             tunIndex = socket.if_nametoindex(tun)
-            self._outgoing = (settings, tunIndex, outIndex, source, port, locals_)
+            xdp = rx + [i for i in (natives or _native_interfaces)(tun) if i not in rx]
+            try:
+                (forward or forwardOnTun)(tun)
+                native = True
+            except OSError as e:
+                native, early = False, f"; native packets through the TUN (IPv4 forwarding on {tun}: {e.strerror or e})"
+            self._outgoing = (settings, tunIndex, outIndex, source, port, locals_, native)
             self.segments = self.offloads.completesSegments(outIndex)
-            self.configure(pack_config(*self._outgoing, segments=self.segments))
-            self.attach(rx, (tun, tunIndex), attach_generic(settings.xdp_mode))
+            self.configure(self._packed())
+            self.attach(xdp, (tun, tunIndex), attach_generic(settings.xdp_mode))
         except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
             self.close()
             if self.mode == "on":
@@ -231,11 +259,20 @@ class RelayFastPath:
             log.info("Trusted peers: Python path (kernel fast path unavailable: {reason})", reason=str(e))
             return False
         log.info(
-            "Trusted peers: kernel fast path (XDP on {rx}, TC on {tun}), the rest on the Python path",
-            rx=", ".join(name for name, _ in rx),
+            "Trusted peers: kernel fast path (XDP on {rx}, TC on {tun}{early}), the rest on the Python path",
+            rx=", ".join(name for name, _ in xdp),
             tun=tun,
+            early=early,
         )
         return True
+
+    def _packed(self) -> bytes:
+        """The config map's value from L{_outgoing} and L{segments}."""
+        assert self._outgoing is not None
+        settings, tunIndex, outIndex, source, port, locals_, native = self._outgoing
+        return pack_config(
+            settings, tunIndex, outIndex, source, port, locals_, segments=self.segments, native=native
+        )
 
     def configure(self, config: bytes) -> None:
         self.obj.update(self._config_fd, (0).to_bytes(4, "little"), config)
@@ -379,16 +416,16 @@ class RelayFastPath:
         segments = self.offloads.completesSegments(outIndex)
         if segments != self.segments:
             self.segments = segments
-            self.configure(pack_config(*self._outgoing, segments=segments))
+            self.configure(self._packed())
             offloadsChanged(outIndex, segments)
 
     # -- status ----------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, int]:
         """
-        Each of L{COUNTERS}, summed over CPUs.
+        Each of L{counterNames}, summed over CPUs.
         """
-        return per_cpu_counts(self.obj, self._counters_fd, COUNTERS, self._cpus)
+        return per_cpu_counts(self.obj, self._counters_fd, self.counterNames, self._cpus)
 
 
 def offloadsChanged(index: int, segments: bool) -> None:
@@ -406,6 +443,36 @@ def offloadsChanged(index: int, segments: bool) -> None:
         name=name,
         where="carried by the kernel fast path" if segments else "handed to the Python path",
     )
+
+
+def forwardOnTun(tun: str, root: str = "/proc/sys") -> None:
+    """
+    Turn IPv4 forwarding on for the relay's TUN alone (C{net.ipv4.conf.TUN.forwarding}):
+    the XDP program's route lookup toward a peer's mapping is made as for a packet from the
+    TUN, and the kernel answers it only where forwarding is on.  The TUN never carries
+    IPv4 (it holds IPv6 only, and the relay writes only IPv6 to it), so nothing is forwarded
+    because of it; it goes with the TUN.  Raises C{OSError}.
+    """
+    with open(f"{root}/net/ipv4/conf/{tun}/forwarding", "w") as f:
+        f.write("1")
+
+
+def _native_interfaces(tun: str) -> list[tuple[str, int]]:
+    """
+    The relay's native side: every interface holding a global IPv6 address but the TUN
+    (name, index).
+    """
+    from pyroute2 import IPRoute
+
+    out = set()
+    with IPRoute() as ipr:
+        for msg in ipr.get_addr(family=socket.AF_INET6):
+            index = msg["index"]
+            if msg["scope"] == 0:  # RT_SCOPE_UNIVERSE: global
+                name = socket.if_indextoname(index)
+                if name not in (tun, "lo"):
+                    out.add((name, index))
+    return sorted(out)
 
 
 def _host_addresses() -> list[tuple[str, int, str]]:

@@ -96,7 +96,8 @@ def account(role: str, status: dict[str, Any], tun_reads: int) -> Accounting:
 
     C{tun_reads} is the role TUN's C{tx_packets} (L{tun_tx_packets}): the kernel counts a
     packet there when the node reads it, so it is exactly the node's input from its TUN,
-    except for what a relay's kernel fast path took from the TUN first (its C{from-tun}).
+    except for what a relay's kernel fast path took from the TUN first (its C{from-tun}) or
+    took before the TUN (its C{from-native}).
     """
     table = status[role]
     counters = table["counters"]
@@ -109,7 +110,7 @@ def account(role: str, status: dict[str, Any], tun_reads: int) -> Accounting:
         if queued:
             outcomes["still-queued"] = queued
     fast = table.get("fast-path") or {}
-    taken = counters["received"] + tun_reads + fast.get("from-tun", 0)
+    taken = counters["received"] + tun_reads + fast.get("from-tun", 0) + fast.get("from-native", 0)
     return Accounting(taken, sum(outcomes.values()), outcomes)
 
 

@@ -487,7 +487,9 @@ class TeredoRelay(TunnelRole):
             "carried": counts["delivered"] + counts["sent"],
             # Taken from the TUN by the TC program: input that never reaches the relay's
             # TUN reads (the fuzz test's accounting adds it to the TUN's tx_packets).
-            "from-tun": counts["sent"],
+            "from-tun": counts["sent"] - counts["from-native"],
+            # Encapsulated by the XDP program as they arrived, never forwarded to the TUN.
+            "from-native": counts["from-native"],
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
             # TCP super-packets it encapsulated whole (their segments are in "from-tun").
             "super-packets": counts["super-packets"],

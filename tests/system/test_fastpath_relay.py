@@ -13,7 +13,8 @@ hand to the kernel) and records every frame the relay sends back, step by step. 
     identification per datagram), and the random source and nonce of its bubbles;
   - the relay's status counters and drop reasons (the fast path's folded in) are the same;
   - in the fast run the programs carried the trusted traffic (so the comparison is not
-    between two Python paths).
+    between two Python paths), the native packets to the trusted client encapsulated by the
+    XDP program as they arrived (before the kernel's forwarding and the TUN).
 
 Root only, with clang, libbpf and twistd.
 """
@@ -203,3 +204,5 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
         carried = fastStatus["fast-path"]["carried"]
         trusted = sum(len(slowSteps[n]) for n in TRUSTED_UP + TRUSTED_DOWN)
         self.assertGreaterEqual(carried, trusted, fastStatus["fast-path"])
+        down = sum(len(slowSteps[n]) for n in TRUSTED_DOWN)
+        self.assertGreaterEqual(fastStatus["fast-path"]["from-native"], down, fastStatus["fast-path"])

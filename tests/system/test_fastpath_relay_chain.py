@@ -80,7 +80,7 @@ def _config(role: str, ifindex: int) -> tuple[Any, str, bytes, tuple[str, ...]]:
 
         value = relay.CONFIG.pack(
             1, ifindex, ifindex, socket.inet_aton("192.0.2.1"), (3544).to_bytes(2, "big"),
-            bytes.fromhex("20010000"), int(30e9), 0, 0, b"", bytes(256), b"", 0,
+            bytes.fromhex("20010000"), int(30e9), 0, 0, b"", bytes(256), b"", 0, 0,
         )
         return relay, relay.TX, value, relay.COUNTERS
     from teredonode.fastpath import client

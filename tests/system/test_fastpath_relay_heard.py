@@ -81,7 +81,7 @@ class RelayHeardTests(unittest.TestCase):
         table[0x20] = 1
         config = relay.CONFIG.pack(
             1, 1, 1, socket.inet_aton(RELAY_IP), RELAY_PORT.to_bytes(2, "big"), PREFIX, int(30e9),
-            1, 0, socket.inet_aton(RELAY_IP), bytes(table), b"", 0,
+            1, 0, socket.inet_aton(RELAY_IP), bytes(table), b"", 0, 0,
         )
         self.obj.update(self.obj.map_fd("config"), (0).to_bytes(4, "little"), config)
         self.peers = self.obj.map_fd("peers")

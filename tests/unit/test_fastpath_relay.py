@@ -47,8 +47,8 @@ class ProgramInterfaceTests(SynchronousTestCase):
     def test_configLayout(self) -> None:
         """
         592 bytes: six words, a quad, two words, 8 addresses, the 256-byte table, 8
-        (mask, network) pairs of 32 bytes, a word and padding to the quad's alignment;
-        fields where the program reads them.
+        (mask, network) pairs of 32 bytes and two words; fields where the program reads
+        them.
         """
         self.assertEqual(fastrelay.CONFIG.size, 24 + 8 + 8 + 32 + 256 + 256 + 8)
         value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, ["203.0.113.20"])
@@ -58,8 +58,11 @@ class ProgramInterfaceTests(SynchronousTestCase):
         self.assertEqual(value[16:18], (3544).to_bytes(2, "big"))
         self.assertEqual(value[20:24], bytes.fromhex("20010000"))
         self.assertEqual(value[584:588], bytes(4))
+        self.assertEqual(value[588:592], bytes(4))
         value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, [], segments=True)
-        self.assertEqual(value[584:588], (1).to_bytes(4, "little"))
+        self.assertEqual(value[584:592], (1).to_bytes(4, "little") + bytes(4))
+        value = fastrelay.pack_config(RelaySettings(), 7, 9, "203.0.113.20", 3544, [], native=True)
+        self.assertEqual(value[584:592], bytes(4) + (1).to_bytes(4, "little"))
         self.assertEqual(fastrelay.PEER.size, 32)
 
     def test_tablesDecideAsServedBy(self) -> None:
@@ -215,6 +218,37 @@ class ObserverTests(SynchronousTestCase):
     def test_interface(self) -> None:
         self.assertTrue(verifyObject(IPeerObserver, self.fast))
 
+    def test_nativeNeedsForwardingOnTheTun(self) -> None:
+        """
+        Native packets are encapsulated in XDP only once IPv4 forwarding is on for the TUN
+        (the program's route lookup needs it); when it cannot be set, the config says so
+        and the one log line says why.
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        config = self.fast.obj.maps[self.fast.obj.map_fd("config")]
+
+        def refuse(tun: str) -> None:
+            raise PermissionError(13, "Permission denied")
+
+        plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
+        self.assertTrue(self.fast.start(RelaySettings(), "lo", 3544, plan=plan, natives=lambda tun: [], forward=refuse))
+        self.assertEqual(config[(0).to_bytes(4, "little")][-4:], bytes(4))
+        self.assertEqual(len(lines), 1)
+        self.assertIn("native packets through the TUN (IPv4 forwarding on lo: Permission denied)", lines[0])
+
+    def test_forwardOnTun(self) -> None:
+        """IPv4 forwarding is turned on for the TUN alone."""
+        root = Path(self.mktemp())
+        (root / "net/ipv4/conf/teredo").mkdir(parents=True)
+        (root / "net/ipv4/conf/teredo/forwarding").write_text("0")
+        fastrelay.forwardOnTun("teredo", str(root))
+        self.assertEqual((root / "net/ipv4/conf/teredo/forwarding").read_text(), "1")
+        with self.assertRaises(OSError):
+            fastrelay.forwardOnTun("other", str(root))
+
     def test_followsOffloads(self) -> None:
         """
         The config's segments flag is read from the outgoing interface at start, and again at
@@ -238,7 +272,12 @@ class ObserverTests(SynchronousTestCase):
             return int.from_bytes(config[(0).to_bytes(4, "little")][-8:-4], "little")
 
         plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
-        self.assertTrue(self.fast.start(RelaySettings(), "lo", 3544, plan=plan))
+        started = self.fast.start(
+            RelaySettings(), "lo", 3544, plan=plan, natives=lambda tun: [("eth1", 3)], forward=lambda tun: None
+        )
+        self.assertTrue(started)
+        self.assertEqual(self.fast.interfaces, ["eth0", "eth1", "lo"])
+        self.assertEqual(int.from_bytes(config[(0).to_bytes(4, "little")][-4:], "little"), 1)  # native
         self.assertEqual(segments(), 0)
         del lines[:]
         self.fast.sweeping()
