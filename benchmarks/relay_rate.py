@@ -24,6 +24,11 @@ a relay's own limit.  Here the relay is the only program in the path:
     sends to the client, the relay queues the packet and sends its bubble to the client's
     server, and a responder in "v4" (playing server and client) answers with the client's
     direct bubble.  The relay under test then holds a trusted peer, for every relay alike.
+    While it is measured, the responder sends the client's bubble to the relay every
+    C{KEEPALIVE} seconds, as a client with any traffic of its own is heard: a relay carries
+    a peer's downstream packets only while it heard from it within 30 s (RFC 4380 section
+    5.4.2), and after a down climb's first 30 s every relay would otherwise be measured
+    re-checking the client instead of forwarding.
   - The relay and its veths' NAPI threads run on one CPU, the generators and sinks on the
     other.  Every NAPI thread runs at real-time priority, as receive work runs in softirq
     behind a NIC, ahead of any task (for every relay alike; the sinks' are the instrument).
@@ -170,7 +175,15 @@ class Agent:
             return {"counts": self.gen.counts(), "sample": (self.gen.sample() or b"").hex()}
         if cmd["cmd"] == "bubbles":
             return {"answered": self.responder.answered if self.side == "v4" else 0}
+        if cmd["cmd"] == "keepalive":
+            if self.side == "v4":
+                self.responder.keepalive = bool(cmd["on"])
+            return {}
         return {"error": f"unknown command {cmd['cmd']!r}"}
+
+
+#: Seconds between the client's keep-alive bubbles to the relay while a relay is measured.
+KEEPALIVE = 5.0
 
 
 class Responder:
@@ -178,11 +191,14 @@ class Responder:
     The client and its server, as far as the relay's bubble exchange needs them: a bubble the
     relay sends to the server (for the client) or to the client is answered by the client's
     direct bubble to the relay, which makes the relay trust the client (RFC 4380 5.4.2).
+    With C{keepalive} set, the client also sends the relay a bubble every L{KEEPALIVE}
+    seconds, so that the relay keeps hearing from it.
     """
 
     def __init__(self, client: bytes) -> None:
         self.client = client
         self.answered = 0
+        self.keepalive = False
         self.server_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.server_sock.bind((SERVER_V4, TEREDO_PORT))
         self.client_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -195,8 +211,13 @@ class Responder:
         from teredonode.wire.ipv6 import bubble
         from teredonode.wire.teredo import classify
 
+        host = socket.inet_pton(socket.AF_INET6, HOST_V6)
+        last = time.monotonic()
         while True:
-            ready, _, _ = select.select([self.server_sock, self.client_sock], [], [])
+            ready, _, _ = select.select([self.server_sock, self.client_sock], [], [], 1.0)
+            if self.keepalive and time.monotonic() - last >= KEEPALIVE:
+                self.client_sock.sendto(bubble(self.client, host), (RELAY_V4, TEREDO_PORT))
+                last = time.monotonic()
             for sock in ready:
                 data, sender = sock.recvfrom(2048)
                 try:
@@ -468,6 +489,7 @@ class Bench:
         self.relay = popen
         try:
             self.trust(impl, log)
+            self.agents.ask("v4", cmd="keepalive", on=True)
             if impl == "ours-fast" and not _fast_line(log).startswith("kernel fast path ("):
                 raise BenchError(f"ours-fast: the fast path is not carrying trusted peers: {_fast_line(log)}")
             pids = process_tree(popen.pid) + self.relay_napi()
@@ -476,6 +498,10 @@ class Bench:
                 raise BenchError(f"{impl} exited during the run; log: {_tail(log)}")
             return climbs
         finally:
+            try:
+                self.agents.ask("v4", cmd="keepalive", on=False)
+            except BenchError:
+                pass  # the agent is gone: the run is over anyway
             stop(popen)
             self.relay = None
 
