@@ -292,6 +292,9 @@ class ClientFastPath(RelayFastPath):
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
             # TCP super-packets it encapsulated whole (their segments are in "from-tun").
             "super-packets": counts["super-packets"],
+            # Packets with partial checksums and super-packets carried (the outgoing
+            # interface completes inner checksums), or handed to Python.
+            "tunnel-offload": self.segments,
         }
 
 

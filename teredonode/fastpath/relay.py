@@ -201,6 +201,8 @@ class RelayFastPath:
         self._outgoing: tuple[Any, int, int, str, int, list[str], bool] | None = None
         #: The config's C{segments}: the outgoing interface completes inner checksums.
         self.segments = False
+        #: The config's C{native}: the XDP program encapsulates native packets.
+        self.native = False
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> RelayFastPath:
@@ -249,6 +251,7 @@ class RelayFastPath:
             except OSError as e:
                 native, early = False, f"; native packets through the TUN (IPv4 forwarding on {tun}: {e.strerror or e})"
             self._outgoing = (settings, tunIndex, outIndex, source, port, locals_, native)
+            self.native = native
             self.segments = self.offloads.completesSegments(outIndex)
             self.configure(self._packed())
             self.attach(xdp, (tun, tunIndex), attach_generic(settings.xdp_mode))

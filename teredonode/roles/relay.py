@@ -493,6 +493,11 @@ class TeredoRelay(TunnelRole):
             "passed-to-python": counts["passed-udp"] + counts["passed-tun"],
             # TCP super-packets it encapsulated whole (their segments are in "from-tun").
             "super-packets": counts["super-packets"],
+            # Packets with partial checksums and super-packets carried (the outgoing
+            # interface completes inner checksums), or handed to Python.
+            "tunnel-offload": fast.segments,
+            # Native packets encapsulated by the XDP program (IPv4 forwarding on the TUN).
+            "native-xdp": fast.native,
         }
 
     def status(self) -> dict[str, Any]:

@@ -241,13 +241,18 @@ class FakeFastPath(RecordingObserver):
     """
 
     interfaces = ["eth0", "teredo-relay"]
+    segments = True
+    native = True
 
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
 
     def counts(self) -> dict[str, int]:
-        return {"received": 5, "delivered": 4, "sent": 3, "passed-udp": 2, "passed-tun": 1, "super-packets": 1}
+        return {
+            "received": 5, "delivered": 4, "sent": 3, "passed-udp": 2, "passed-tun": 1, "super-packets": 1,
+            "from-native": 1,
+        }
 
     def start(self, settings: Any, tun: str, port: int) -> bool:
         self.started = (tun, port)
@@ -302,7 +307,13 @@ class FastPathControlTests(RelayTestCase):
         self.assertIs(calls[0][1], relay.tunnel.peers)
         self.assertIs(relay.tunnel.peerObserver, fast)
         status = relay.status()
-        self.assertEqual(status["fast-path"], {"interfaces": ["eth0", "teredo-relay"], "carried": 7, "from-tun": 3, "passed-to-python": 3, "super-packets": 1})
+        self.assertEqual(
+            status["fast-path"],
+            {
+                "interfaces": ["eth0", "teredo-relay"], "carried": 7, "from-tun": 2, "from-native": 1,
+                "passed-to-python": 3, "super-packets": 1, "tunnel-offload": True, "native-xdp": True,
+            },
+        )
         self.assertEqual((status["counters"]["received"], status["counters"]["delivered"]), (5, 4))
         self.assertEqual(status["counters"]["sent"], 3)
         relay.stopService()
