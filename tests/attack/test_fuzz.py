@@ -112,12 +112,15 @@ class CheckTests(SynchronousTestCase):
     def test_accountFastPath(self) -> None:
         """
         A relay's kernel fast path sends packets it took from the TUN before the node could
-        read them: its C{from-tun} is input too (the relay's C{sent} counts them).
+        read them, and native packets it took before they reached the TUN: its C{from-tun}
+        and C{from-native} are input too (the relay's C{sent} counts both).
         """
         status = self.status(7)
-        status["relay"]["counters"]["sent"] += 4
+        status["relay"]["counters"]["sent"] += 6
         self.assertFalse(account("relay", status, 1).balanced)
-        status["relay"]["fast-path"] = {"carried": 4, "from-tun": 4, "passed-to-python": 0}
+        status["relay"]["fast-path"] = {"carried": 6, "from-tun": 4, "passed-to-python": 0}
+        self.assertFalse(account("relay", status, 1).balanced)
+        status["relay"]["fast-path"]["from-native"] = 2
         self.assertTrue(account("relay", status, 1).balanced)
 
     def test_log_tracebacks(self) -> None:
