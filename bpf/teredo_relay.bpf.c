@@ -137,6 +137,27 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
+/*
+ * The interfaces carrying teredo_relay_rx, by ifindex: each one's MAC address (in the low six
+ * bytes, as they lie in memory), written by the control plane as it attaches.  A frame is
+ * the program's only when it is addressed to the interface it arrived on (the kernel drops
+ * the others: another host's frames seen in promiscuous mode or through a macvlan), and a
+ * forwarded one leaves only through one of these (Ethernet interfaces that take the
+ * program's frames), never an L3 device or one without XDP.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 64);
+	__type(key, __u32);
+	__type(value, __u64);
+} ifaces SEC(".maps");
+
+/* Is ifindex one of the interfaces the programs' frames may leave by (ifaces)? */
+static __always_inline int our_interface(__u32 ifindex)
+{
+	return bpf_map_lookup_elem(&ifaces, &ifindex) != NULL;
+}
+
 /* Trusted peers; max_entries is set from max-peers before loading. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -266,7 +287,7 @@ static __always_inline int from_teredo(struct xdp_md *ctx, const struct relay_co
 	__builtin_memcpy(fib.ipv6_src, v6 + 8, 16);
 	__builtin_memcpy(fib.ipv6_dst, v6 + 24, 16);
 	rc = bpf_fib_lookup(ctx, &fib, sizeof(fib), 0);
-	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex)
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex || !our_interface(fib.ifindex))
 		goto pass;
 
 	v6[7] -= 1;
@@ -323,8 +344,11 @@ static __always_inline int from_native(struct xdp_md *ctx, const struct relay_co
 	/* A hop-by-hop header (the kernel acts on it); a hop limit the kernel answers. */
 	if (v6[6] == 0 || v6[7] <= 1)
 		return XDP_PASS;
-	/* fromHost: a source we serve, then section 5.2.4 case 1, as teredo_relay_tx. */
-	if (!served(cfg, v6 + 8))
+	/*
+	 * fromHost: a source we serve, then section 5.2.4 case 1, as teredo_relay_tx.  Sources in
+	 * ::/8 (loopback, IPv4-mapped) the kernel drops on input before forwarding: its call.
+	 */
+	if (v6[8] == 0 || !served(cfg, v6 + 8))
 		return XDP_PASS;
 	__builtin_memcpy(key.address, v6 + 24, 16);
 	peer = bpf_map_lookup_elem(&peers, &key);
@@ -372,14 +396,22 @@ static __always_inline int from_native(struct xdp_md *ctx, const struct relay_co
 	fib.ipv4_dst = dst;
 	fib.sport = (__u16)cfg->port;
 	fib.dport = peer->port;
-	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex) {
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS || fib.ifindex == cfg->tun_ifindex ||
+	    !our_interface(fib.ifindex)) {
 		v6[7] += 1;
 		return XDP_PASS;
 	}
 	csum = udp_checksum(len, s, cfg->source, dst, (__u16)cfg->port, peer->port);
+	if (bpf_xdp_adjust_head(ctx, -(int)ENCAP)) {
+		/* No room: nothing moved, but the packet pointers must be read again. */
+		data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		v6 = (__u8 *)data + ETH_HLEN;
+		if ((void *)(v6 + V6_HLEN) <= data_end)
+			v6[7] += 1;
+		return XDP_PASS;
+	}
 	refresh(&peer->last_tx, now);
-	if (bpf_xdp_adjust_head(ctx, -(int)ENCAP))
-		return XDP_ABORTED;
 	data = (void *)(long)ctx->data;
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
@@ -403,13 +435,23 @@ int teredo_relay_rx(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	const struct relay_config *cfg;
-	__u32 zero = 0;
+	__u32 zero = 0, ifindex;
+	__u64 *mac, own, to = 0;
 	__u8 *eth = data;
 
 	if ((void *)(eth + ETH_HLEN) > data_end)
 		return XDP_PASS;
 	cfg = bpf_map_lookup_elem(&config, &zero);
 	if (!cfg || !cfg->enabled)
+		return XDP_PASS;
+	/* Addressed to this interface (ifaces), as the kernel takes a frame. */
+	ifindex = ctx->ingress_ifindex;
+	mac = bpf_map_lookup_elem(&ifaces, &ifindex);
+	if (!mac)
+		return XDP_PASS;
+	__builtin_memcpy(&own, mac, 8);
+	__builtin_memcpy(&to, eth, 6);
+	if (to != (own & 0xffffffffffffULL))
 		return XDP_PASS;
 	if (eth[12] == (ETH_P_IPV6 >> 8) && eth[13] == (ETH_P_IPV6 & 0xff))
 		return cfg->native ? from_native(ctx, cfg) : XDP_PASS;
@@ -485,7 +527,11 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	 * as the client's program carries its own host's (teredo_client.bpf.c, "Partial
 	 * checksums"), under the same condition as super-packets (cfg->segments); elsewhere it
 	 * takes the Python path, which reads it completed from the TUN.  The sum over the whole
-	 * packet is already here, so checking costs one header's sum.
+	 * packet is already here, so checking costs one header's sum.  "Partial" is judged by
+	 * the field (the program cannot read the socket buffer's checksum state): a native
+	 * sender that writes the pseudo-header's sum there itself gets a datagram whose UDP
+	 * checksum its peer rejects, where the Python path would have delivered the same bad
+	 * segment in a valid datagram; either way the segment is dropped.
 	 */
 	inner = inner_checksum(v6, data_end, plen, &s);
 	if (inner == INNER_BAD || (inner == INNER_PARTIAL && !cfg->segments))

@@ -129,6 +129,7 @@ class ClientFastPath(RelayFastPath):
 
     configSize = CONFIG.size
     counterNames: tuple[str, ...] = COUNTERS
+    hasInterfaces = False
 
     def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes = GLOBAL_PREFIX) -> None:
         RelayFastPath.__init__(self, obj, clock, peers, prefix)
@@ -240,6 +241,7 @@ class ClientFastPath(RelayFastPath):
                 tunnel.prefix, segments=self.segments,
             )
         except (FastPathUnavailable, OSError, ImportError) as e:
+            self._outIndex = 0  # nothing planned: nothing to follow
             config = bytes(CONFIG.size)
             if self._written != config:
                 log.info("Trusted peers: Python path for now ({reason})", reason=str(e))
@@ -254,11 +256,13 @@ class ClientFastPath(RelayFastPath):
         """
         if self._client is None or not self._outIndex:
             return
-        segments = self.offloads.completesSegments(self._outIndex)
+        outIndex = self._outIndex
+        segments = self.offloads.completesSegments(outIndex)
         if segments != self.segments:
+            self.segments = segments
             self._planned = ()
             self.installing()
-            offloadsChanged(self._outIndex, segments)
+            offloadsChanged(outIndex, segments)
 
     def installable(self, peer: Peer, state: str, queued: bool = False) -> bool:
         """

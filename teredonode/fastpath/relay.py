@@ -170,6 +170,8 @@ class RelayFastPath:
     configSize = CONFIG.size
     #: The programs' counter names, in their C enum's order.
     counterNames: tuple[str, ...] = COUNTERS
+    #: The XDP program reads its interfaces' MAC addresses from an C{ifaces} map.
+    hasInterfaces = True
 
     def __init__(self, obj: Any, clock: Any, peers: PeerList, prefix: bytes) -> None:
         """
@@ -180,6 +182,7 @@ class RelayFastPath:
         self._config_fd = obj.map_fd("config")
         self._counters_fd = obj.map_fd("counters")
         self._peers_fd = obj.map_fd("peers")
+        self._ifaces_fd = obj.map_fd("ifaces") if self.hasInterfaces else -1
         for name, want in (("config", self.configSize), ("peers", PEER.size)):
             size = obj.value_size(name)
             if size != want:
@@ -196,6 +199,8 @@ class RelayFastPath:
         self.interfaces: list[str] = []
         #: Reads interface offloads (L{Offloads}; replaced in tests).
         self.offloads: Any = Offloads()
+        #: Reads an interface's MAC address (L{hardwareAddress}; replaced in tests).
+        self.macOf: Callable[[str], bytes] = hardwareAddress
         #: What the config map was last packed from (pack_config's arguments but C{enabled}
         #: and C{segments}, in order; L{start}).
         self._outgoing: tuple[Any, int, int, str, int, list[str], bool] | None = None
@@ -284,9 +289,13 @@ class RelayFastPath:
         self, rx: list[tuple[str, int]], tun: tuple[str, int], generic: Callable[[int], bool] = is_veth
     ) -> None:
         """
-        XDP on each of C{rx}, TC egress on C{tun}.
+        XDP on each of C{rx} (its MAC address in the C{ifaces} map first), TC egress on
+        C{tun}.
         """
         for name, index in rx:
+            if self.hasInterfaces:
+                key = index.to_bytes(4, "little")
+                self.obj.update(self._ifaces_fd, key, self.macOf(name).ljust(8, b"\x00"))
             self.obj.attach_xdp(RX, index, generic(index))
             self.interfaces.append(name)
         self.obj.attach_tcx(TX, tun[1], egress=True)
@@ -460,21 +469,57 @@ def forwardOnTun(tun: str, root: str = "/proc/sys") -> None:
         f.write("1")
 
 
+def hardwareAddress(name: str) -> bytes:
+    """The six bytes of interface C{name}'s MAC address (sysfs).  Raises C{OSError}."""
+    with open(f"/sys/class/net/{name}/address") as f:
+        text = f.read().strip()
+    try:
+        mac = bytes.fromhex(text.replace(":", ""))
+    except ValueError:
+        mac = b""
+    if len(mac) != 6:
+        raise OSError(f"{name} has no Ethernet address ({text!r})")
+    return mac
+
+
+def isEthernet(index: int) -> bool:
+    """
+    Is interface C{index} an Ethernet one (C{ARPHRD_ETHER})?  The XDP program reads an
+    Ethernet header; on an L3 device (a tunnel, WireGuard, PPP) generic XDP hands it the
+    packet itself, which it must never take for one.
+    """
+    try:
+        with open(f"/sys/class/net/{socket.if_indextoname(index)}/type") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return False
+
+
+def _netlink(error: Exception) -> OSError:
+    """A pyroute2 failure as the C{OSError} the callers handle."""
+    return OSError(getattr(error, "code", 0) or 0, f"netlink: {error}")
+
+
 def _native_interfaces(tun: str) -> list[tuple[str, int]]:
     """
-    The relay's native side: every interface holding a global IPv6 address but the TUN
-    (name, index).
+    The relay's native side: every Ethernet interface holding a global IPv6 address but the
+    TUN (name, index).
     """
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
     out = set()
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=socket.AF_INET6):
-            index = msg["index"]
-            if msg["scope"] == 0:  # RT_SCOPE_UNIVERSE: global
-                name = socket.if_indextoname(index)
-                if name not in (tun, "lo"):
-                    out.add((name, index))
+    try:
+        with IPRoute() as ipr:
+            messages = list(ipr.get_addr(family=socket.AF_INET6))
+    except NetlinkError as e:
+        raise _netlink(e) from None
+    for msg in messages:
+        index = msg["index"]
+        if msg["scope"] == 0 and isEthernet(index):  # RT_SCOPE_UNIVERSE: global
+            name = socket.if_indextoname(index)
+            if name != tun:
+                out.add((name, index))
     return sorted(out)
 
 
@@ -483,14 +528,19 @@ def _host_addresses() -> list[tuple[str, int, str]]:
     Every IPv4 address of the host but loopback's: (address, ifindex, interface name).
     """
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
     out = []
-    with IPRoute() as ipr:
-        for msg in ipr.get_addr(family=socket.AF_INET):
-            address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if address and not address.startswith("127."):
-                index = msg["index"]
-                out.append((address, index, socket.if_indextoname(index)))
+    try:
+        with IPRoute() as ipr:
+            messages = list(ipr.get_addr(family=socket.AF_INET))
+    except NetlinkError as e:
+        raise _netlink(e) from None
+    for msg in messages:
+        address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+        if address and not address.startswith("127."):
+            index = msg["index"]
+            out.append((address, index, socket.if_indextoname(index)))
     return out
 
 
@@ -499,19 +549,25 @@ def _default_interface() -> int | None:
     The interface of the IPv4 default route, if there is one.
     """
     from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
 
-    with IPRoute() as ipr:
-        for route in ipr.get_default_routes(family=socket.AF_INET):
-            index = route.get_attr("RTA_OIF")
-            if index:
-                return int(index)
+    try:
+        with IPRoute() as ipr:
+            routes = list(ipr.get_default_routes(family=socket.AF_INET))
+    except NetlinkError as e:
+        raise _netlink(e) from None
+    for route in routes:
+        index = route.get_attr("RTA_OIF")
+        if index:
+            return int(index)
     return None
 
 
 def _plan(bind: str) -> tuple[list[str], list[tuple[str, int]], str, int]:
     """
-    From the host: the addresses the relay's socket receives on, the interfaces holding
-    them (name, index), and the source address and interface of encapsulated datagrams.
+    From the host: the addresses the relay's socket receives on, the Ethernet interfaces
+    holding them (name, index; the XDP program's, L{isEthernet}), and the source address and
+    interface of encapsulated datagrams.
     """
     held = _host_addresses()
     if bind not in ("", "0.0.0.0"):
@@ -521,7 +577,7 @@ def _plan(bind: str) -> tuple[list[str], list[tuple[str, int]], str, int]:
     if not held:
         raise FastPathUnavailable("the host has no IPv4 address")
     locals_ = sorted({h[0] for h in held})
-    rx = sorted({(h[2], h[1]) for h in held})
+    rx = sorted({(h[2], h[1]) for h in held if isEthernet(h[1])})
     default = _default_interface() if bind in ("", "0.0.0.0") else None
     source = next((h for h in held if h[1] == default), held[0])
     return locals_, rx, source[0], source[1]

@@ -84,6 +84,11 @@ class RelayHeardTests(unittest.TestCase):
             1, 0, socket.inet_aton(RELAY_IP), bytes(table), b"", 0, 0,
         )
         self.obj.update(self.obj.map_fd("config"), (0).to_bytes(4, "little"), config)
+        # The test run's frames arrive on loopback, addressed to 02:00:00:00:00:01.
+        self.obj.update(
+            self.obj.map_fd("ifaces"), socket.if_nametoindex("lo").to_bytes(4, "little"),
+            bytes.fromhex("020000000001") + bytes(2),
+        )
         self.peers = self.obj.map_fd("peers")
         self.PEER = relay.PEER
         self.obj.update(
@@ -119,6 +124,17 @@ class RelayHeardTests(unittest.TestCase):
         A packet the kernel answers with Time Exceeded goes to Python, which hears it.
         """
         self.assertTrue(self.heard(frame(next_header=17, payload=bytes(8), hop_limit=1)))
+
+    def test_anotherHostsFrame(self) -> None:
+        """
+        A frame addressed to another host's MAC (seen in promiscuous mode, or through a
+        macvlan) is the kernel's to drop: the program leaves it alone, not heard.
+        """
+        self.assertTrue(self.heard(frame()))
+        self.obj.update(self.peers, PEER, self.PEER.pack(socket.inet_aton(PEER_IP), PEER_PORT.to_bytes(2, "big"), 1, 0, 1))
+        other = bytearray(frame())
+        other[5] ^= 0x10
+        self.assertFalse(self.heard(bytes(other)))
 
     def test_otherPort(self) -> None:
         """

@@ -293,6 +293,29 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(self.segments(), 0)
         self.assertIn("now handed to the Python path", lines[-1])
 
+    def test_followsOffloadsNotAfterAFailedPlan(self) -> None:
+        """
+        When the route toward the server cannot be found the config stays disabled and the
+        sweeps have nothing to follow: no log line every 10 s.
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+        def plan(bind: str, server: str | None) -> tuple[list[str], str, int]:
+            raise FastPathUnavailable("no route toward the server 203.0.113.10")
+
+        self.fast.close()
+        self.fast.startClient(self.client, "tun0", plan=plan, rxInterfaces=lambda bind: [("eth0", 5)])
+        self.trusted()
+        self.clock.advance(0)
+        del lines[:]
+        self.offloads.offloading = False
+        for _ in range(3):
+            self.fast.sweeping()
+        self.assertEqual(lines, [])
+
     def test_notCarried(self) -> None:
         """
         Peers the Python client sends to differently stay on the Python path: one at the

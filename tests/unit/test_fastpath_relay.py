@@ -163,7 +163,7 @@ class FakeObject:
     The peer map as a dict, behind L{teredonode.fastpath.libbpf.BpfObject}'s calls.
     """
 
-    FDS = {"config": 0, "counters": 1, "peers": 2}
+    FDS = {"config": 0, "counters": 1, "peers": 2, "ifaces": 3}
 
     def __init__(self) -> None:
         self.maps: dict[int, dict[bytes, bytes]] = {fd: {} for fd in self.FDS.values()}
@@ -207,6 +207,7 @@ class ObserverTests(SynchronousTestCase):
         self.peers = PeerList(self.clock.seconds)
         obj = FakeObject()
         self.fast = fastrelay.RelayFastPath(obj, self.clock, self.peers, bytes.fromhex("20010000"))
+        self.fast.macOf = lambda name: bytes.fromhex("02000000000" + str(len(name)))
         self.map = obj.maps[obj.map_fd("peers")]
 
     def trusted(self) -> Any:
@@ -238,6 +239,17 @@ class ObserverTests(SynchronousTestCase):
         self.assertEqual(config[(0).to_bytes(4, "little")][-4:], bytes(4))
         self.assertEqual(len(lines), 1)
         self.assertIn("native packets through the TUN (IPv4 forwarding on lo: Permission denied)", lines[0])
+
+    def test_interfaceFacts(self) -> None:
+        """
+        Loopback is no Ethernet interface (the XDP program is never attached to one), though
+        its address reads as six bytes; an interface that is gone has neither.
+        """
+        self.assertFalse(fastrelay.isEthernet(socket.if_nametoindex("lo")))
+        self.assertFalse(fastrelay.isEthernet(2**31 - 1))
+        self.assertEqual(fastrelay.hardwareAddress("lo"), bytes(6))
+        with self.assertRaises(OSError):
+            fastrelay.hardwareAddress("no-such-if")
 
     def test_forwardOnTun(self) -> None:
         """IPv4 forwarding is turned on for the TUN alone."""
@@ -277,6 +289,12 @@ class ObserverTests(SynchronousTestCase):
         )
         self.assertTrue(started)
         self.assertEqual(self.fast.interfaces, ["eth0", "eth1", "lo"])
+        # Each XDP interface's MAC address, by ifindex, for the program's frame checks.
+        self.assertEqual(
+            self.fast.obj.maps[self.fast.obj.map_fd("ifaces")],
+            {(2).to_bytes(4, "little"): bytes.fromhex("020000000004") + bytes(2),
+             (3).to_bytes(4, "little"): bytes.fromhex("020000000004") + bytes(2)},
+        )
         self.assertEqual(int.from_bytes(config[(0).to_bytes(4, "little")][-4:], "little"), 1)  # native
         self.assertEqual(segments(), 0)
         del lines[:]
