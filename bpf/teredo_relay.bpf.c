@@ -167,6 +167,22 @@ struct {
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } peers SEC(".maps");
 
+/*
+ * The trusted peer a native packet (IPv6 header at v6, checked) is for, when heard within the
+ * entry's validity at now (section 5.2.4 case 1, RL-TX-03); NULL otherwise.
+ */
+static __always_inline struct peer *heard_peer(const struct relay_config *cfg, const __u8 *v6, __u64 now)
+{
+	struct peer_key key;
+	struct peer *peer;
+
+	__builtin_memcpy(key.address, v6 + 24, 16);
+	peer = bpf_map_lookup_elem(&peers, &key);
+	if (!peer || now - peer->last_rx >= cfg->valid_ns)
+		return NULL;
+	return peer;
+}
+
 /* RL-RX-05 (tunnel serves): teredonode.roles.relay.servedBy, the same table and masks. */
 static __always_inline int served(const struct relay_config *cfg, const __u8 *a)
 {
@@ -325,7 +341,6 @@ static __always_inline int from_native(struct xdp_md *ctx, const struct relay_co
 	void *data_end = (void *)(long)ctx->data_end;
 	__u8 *eth = data, *v6 = eth + ETH_HLEN;
 	struct bpf_fib_lookup fib = {};
-	struct peer_key key;
 	struct peer *peer;
 	__u32 head, plen, len, dst;
 	__u64 now, s;
@@ -350,12 +365,9 @@ static __always_inline int from_native(struct xdp_md *ctx, const struct relay_co
 	 */
 	if (v6[8] == 0 || !served(cfg, v6 + 8))
 		return XDP_PASS;
-	__builtin_memcpy(key.address, v6 + 24, 16);
-	peer = bpf_map_lookup_elem(&peers, &key);
-	if (!peer)
-		return XDP_PASS;
 	now = bpf_ktime_get_ns();
-	if (now - peer->last_rx >= cfg->valid_ns)
+	peer = heard_peer(cfg, v6, now);
+	if (!peer)
 		return XDP_PASS;
 
 	/*
@@ -464,7 +476,6 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	void *data, *data_end;
 	__u8 *v6;
 	const struct relay_config *cfg;
-	struct peer_key key;
 	struct peer *peer;
 	__u32 zero = 0, len = skb->len, head, plen, pull = len, gso = skb->gso_size, segs = 1;
 	__u64 now, s = 0;
@@ -501,12 +512,9 @@ int teredo_relay_tx(struct __sk_buff *skb)
 	__builtin_memcpy(&head, v6 + 24, 4);
 	if (head != cfg->prefix)
 		goto pass;
-	__builtin_memcpy(key.address, v6 + 24, 16);
-	peer = bpf_map_lookup_elem(&peers, &key);
-	if (!peer)
-		goto pass;
 	now = bpf_ktime_get_ns();
-	if (now - peer->last_rx >= cfg->valid_ns)
+	peer = heard_peer(cfg, v6, now);
+	if (!peer)
 		goto pass;
 
 	if (gso) {
