@@ -495,9 +495,19 @@ def isEthernet(index: int) -> bool:
         return False
 
 
-def _netlink(error: Exception) -> OSError:
-    """A pyroute2 failure as the C{OSError} the callers handle."""
-    return OSError(getattr(error, "code", 0) or 0, f"netlink: {error}")
+def _netlink(query: Callable[[Any], Any]) -> list[Any]:
+    """
+    The messages of one pyroute2 query (C{query(ipr)}), its failure raised as the
+    C{OSError} the callers handle.
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            return list(query(ipr))
+    except NetlinkError as e:
+        raise OSError(getattr(e, "code", 0) or 0, f"netlink: {e}") from None
 
 
 def _native_interfaces(tun: str) -> list[tuple[str, int]]:
@@ -505,16 +515,8 @@ def _native_interfaces(tun: str) -> list[tuple[str, int]]:
     The relay's native side: every Ethernet interface holding a global IPv6 address but the
     TUN (name, index).
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     out = set()
-    try:
-        with IPRoute() as ipr:
-            messages = list(ipr.get_addr(family=socket.AF_INET6))
-    except NetlinkError as e:
-        raise _netlink(e) from None
-    for msg in messages:
+    for msg in _netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET6)):
         index = msg["index"]
         if msg["scope"] == 0 and isEthernet(index):  # RT_SCOPE_UNIVERSE: global
             name = socket.if_indextoname(index)
@@ -527,16 +529,8 @@ def _host_addresses() -> list[tuple[str, int, str]]:
     """
     Every IPv4 address of the host but loopback's: (address, ifindex, interface name).
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
     out = []
-    try:
-        with IPRoute() as ipr:
-            messages = list(ipr.get_addr(family=socket.AF_INET))
-    except NetlinkError as e:
-        raise _netlink(e) from None
-    for msg in messages:
+    for msg in _netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET)):
         address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if address and not address.startswith("127."):
             index = msg["index"]
@@ -548,15 +542,7 @@ def _default_interface() -> int | None:
     """
     The interface of the IPv4 default route, if there is one.
     """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        with IPRoute() as ipr:
-            routes = list(ipr.get_default_routes(family=socket.AF_INET))
-    except NetlinkError as e:
-        raise _netlink(e) from None
-    for route in routes:
+    for route in _netlink(lambda ipr: ipr.get_default_routes(family=socket.AF_INET)):
         index = route.get_attr("RTA_OIF")
         if index:
             return int(index)
