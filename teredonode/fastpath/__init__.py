@@ -75,6 +75,21 @@ def _interfaces(addresses: tuple[str, ...]) -> list[tuple[str, int]]:
     return sorted((name, index) for index, name in found.items())
 
 
+def netlink(query: Callable[[Any], Any]) -> list[Any]:
+    """
+    The messages of one pyroute2 query (C{query(ipr)}), its failure raised as the
+    C{OSError} the callers handle.
+    """
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    try:
+        with IPRoute() as ipr:
+            return list(query(ipr))
+    except NetlinkError as e:
+        raise OSError(getattr(e, "code", 0) or 0, f"netlink: {e}") from None
+
+
 def is_veth(index: int) -> bool:
     """
     Native XDP on a veth hands XDP_TX frames to its peer only when the peer runs an XDP
@@ -82,10 +97,7 @@ def is_veth(index: int) -> bool:
     them as ordinary packets.  So on veth (containers, namespaces, the lab) the program is
     attached in generic mode.
     """
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        links = ipr.get_links(index)
+    links = netlink(lambda ipr: ipr.get_links(index))
     info = links[0].get_attr("IFLA_LINKINFO") if links else None
     return info is not None and info.get_attr("IFLA_INFO_KIND") == "veth"
 

@@ -152,6 +152,8 @@ class BpfObject:
         self._obj = libbpf.pointer(lib.bpf_object__open_file(path.encode(), None), f"opening {path}")
         self._links: list[int] = []
         self._link_fds: list[int] = []
+        #: The XDP links by ifindex (a libbpf link, or a link descriptor): L{detach_xdp}.
+        self._xdp: dict[int, tuple[bool, int]] = {}
         try:
             for name, entries in (max_entries or {}).items():
                 libbpf.check(lib.bpf_map__set_max_entries(self._map(name), entries), f"sizing map {name}")
@@ -190,9 +192,27 @@ class BpfObject:
                 self._b.lib.bpf_link_create(self.program_fd(program), ifindex, _BPF_XDP, ctypes.byref(opts)), what
             )
             self._link_fds.append(fd)
+            self._xdp[ifindex] = (False, fd)
             return
         link = self._b.pointer(self._b.lib.bpf_program__attach_xdp(self._program(program), ifindex), what)
         self._links.append(link)
+        self._xdp[ifindex] = (True, link)
+
+    def detach_xdp(self, ifindex: int) -> None:
+        """
+        Release the XDP link on C{ifindex} (an interface that is gone: the kernel detached
+        the program with it, the link's descriptor is all that is left).
+        """
+        held = self._xdp.pop(ifindex, None)
+        if held is None:
+            return
+        isLink, handle = held
+        if isLink:
+            self._links.remove(handle)
+            self._b.lib.bpf_link__destroy(handle)
+        else:
+            self._link_fds.remove(handle)
+            os.close(handle)
 
     def attach_tcx(self, program: str, ifindex: int, egress: bool) -> None:
         """
@@ -310,6 +330,7 @@ class BpfObject:
         Detach every link and free the object (maps and programs go with their last
         reference).
         """
+        self._xdp.clear()
         links, self._links = self._links, []
         for link in links:
             self._b.lib.bpf_link__destroy(link)

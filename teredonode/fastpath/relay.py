@@ -42,6 +42,7 @@ of the interface of the default route (set C{bind} on such a host).
 
 from __future__ import annotations
 
+import errno
 import socket
 import struct
 import time
@@ -50,7 +51,7 @@ from typing import Any, Callable, TypeVar, cast
 
 from zope.interface import implementer
 
-from teredonode.fastpath import attach_generic, is_veth
+from teredonode.fastpath import attach_generic, is_veth, netlink
 from teredonode.fastpath.libbpf import BPFError, BpfObject, load_libbpf, per_cpu_counts
 from teredonode.fastpath.program import FastPathUnavailable, object_path
 from teredonode.fastpath.offloads import Offloads
@@ -208,6 +209,17 @@ class RelayFastPath:
         self.segments = False
         #: The config's C{native}: the XDP program encapsulates native packets.
         self.native = False
+        #: The native side's interfaces now (L{_native_interfaces}; replaced in tests), the
+        #: TUN's name, and whether to attach in generic mode: for L{followNatives}.
+        self._natives: Callable[[str], list[tuple[str, int]]] | None = None
+        self._tunName = ""
+        self._generic: Callable[[int], bool] = is_veth
+        #: The interfaces carrying the XDP program, by ifindex, and the native ones it could
+        #: not be attached to (tried once while they last).
+        self._xdp: dict[int, str] = {}
+        self._refused: set[int] = set()
+        #: Whether an interface still exists (replaced in tests).
+        self.present: Callable[[int], bool] = _present
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> RelayFastPath:
@@ -258,8 +270,10 @@ class RelayFastPath:
             self._outgoing = (settings, tunIndex, outIndex, source, port, locals_, native)
             self.native = native
             self.segments = self.offloads.completesSegments(outIndex)
+            self._natives, self._tunName = natives or _native_interfaces, tun
+            self._generic = attach_generic(settings.xdp_mode)
             self.configure(self._packed())
-            self.attach(xdp, (tun, tunIndex), attach_generic(settings.xdp_mode))
+            self.attach(xdp, (tun, tunIndex), self._generic)
         except (FastPathUnavailable, BPFError, OSError, ImportError) as e:
             self.close()
             if self.mode == "on":
@@ -293,13 +307,23 @@ class RelayFastPath:
         C{tun}.
         """
         for name, index in rx:
-            if self.hasInterfaces:
-                key = index.to_bytes(4, "little")
-                self.obj.update(self._ifaces_fd, key, self.macOf(name).ljust(8, b"\x00"))
-            self.obj.attach_xdp(RX, index, generic(index))
-            self.interfaces.append(name)
+            self._attachXdp(name, index, generic)
         self.obj.attach_tcx(TX, tun[1], egress=True)
         self.interfaces.append(tun[0])
+
+    def _attachXdp(self, name: str, index: int, generic: Callable[[int], bool]) -> None:
+        """XDP on one interface, its MAC address in the C{ifaces} map first."""
+        key = index.to_bytes(4, "little")
+        if self.hasInterfaces:
+            self.obj.update(self._ifaces_fd, key, self.macOf(name).ljust(8, b"\x00"))
+        try:
+            self.obj.attach_xdp(RX, index, generic(index))
+        except BaseException:
+            if self.hasInterfaces:
+                self.obj.delete(self._ifaces_fd, key)
+            raise
+        self._xdp[index] = name
+        self.interfaces.insert(len(self._xdp) - 1, name)
 
     def close(self) -> None:
         if self._flush is not None and self._flush.active():
@@ -308,6 +332,9 @@ class RelayFastPath:
         self._pending.clear()
         self.obj.close()
         self.interfaces = []
+        self._xdp.clear()
+        self._refused.clear()
+        self._natives = None
 
     # -- time ----------------------------------------------------------------------------------
 
@@ -395,9 +422,11 @@ class RelayFastPath:
         """
         Fold what the programs heard and sent since the last sweep into the peer list (only
         entries whose times moved are touched); entries the list no longer holds go.  The
-        outgoing interface's offloads are read again first (L{followOffloads}).
+        outgoing interface's offloads and the native side's interfaces are read again first
+        (L{followOffloads}, L{followNatives}).
         """
         self.followOffloads()
+        self.followNatives()
         offset = self._offset()
         peers = self._peers
         for key, raw in self.obj.items(self._peers_fd, _KEY_SIZE, PEER.size):
@@ -430,6 +459,49 @@ class RelayFastPath:
             self.segments = segments
             self.configure(self._packed())
             offloadsChanged(outIndex, segments)
+
+    def followNatives(self) -> None:
+        """
+        Attach the XDP program to native-side interfaces that appeared since start (an IPv6
+        address configured after the daemon started, by SLAAC, DHCPv6 or an operator, or an
+        interface brought up later), and let go of the ones that are gone.  Without it their
+        native packets would take the TUN for as long as the relay runs: correct, only
+        slower.  One log line per change; an interface the program cannot be attached to is
+        tried once while it lasts.  Read at every sweep: one netlink query.
+        """
+        if self._natives is None:
+            return
+        for index, name in list(self._xdp.items()):
+            if not self.present(index):
+                del self._xdp[index]
+                if name in self.interfaces:
+                    self.interfaces.remove(name)
+                if self.hasInterfaces:
+                    self.obj.delete(self._ifaces_fd, index.to_bytes(4, "little"))
+                self.obj.detach_xdp(index)
+                log.info("Fast path: {name} is gone; XDP no longer on it", name=name)
+        try:
+            found = self._natives(self._tunName)
+        except OSError:
+            return
+        self._refused &= {index for _, index in found}
+        for name, index in found:
+            if index in self._xdp or index in self._refused:
+                continue
+            try:
+                self._attachXdp(name, index, self._generic)
+            except (BPFError, OSError) as e:
+                self._refused.add(index)
+                reason = str(e)
+                if e.errno == errno.EPERM:
+                    reason = "attaching needs CAP_NET_ADMIN, which the relay let go after start; restart it to attach"
+                log.info(
+                    "Fast path: XDP not attached to {name} ({reason}); its native packets take the TUN",
+                    name=name,
+                    reason=reason,
+                )
+                continue
+            log.info("Fast path: XDP now also on {name} (a native-side interface)", name=name)
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -482,6 +554,15 @@ def hardwareAddress(name: str) -> bytes:
     return mac
 
 
+def _present(index: int) -> bool:
+    """Does interface C{index} still exist?"""
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        return False
+    return True
+
+
 def isEthernet(index: int) -> bool:
     """
     Is interface C{index} an Ethernet one (C{ARPHRD_ETHER})?  The XDP program reads an
@@ -495,28 +576,13 @@ def isEthernet(index: int) -> bool:
         return False
 
 
-def _netlink(query: Callable[[Any], Any]) -> list[Any]:
-    """
-    The messages of one pyroute2 query (C{query(ipr)}), its failure raised as the
-    C{OSError} the callers handle.
-    """
-    from pyroute2 import IPRoute
-    from pyroute2.netlink.exceptions import NetlinkError
-
-    try:
-        with IPRoute() as ipr:
-            return list(query(ipr))
-    except NetlinkError as e:
-        raise OSError(getattr(e, "code", 0) or 0, f"netlink: {e}") from None
-
-
 def _native_interfaces(tun: str) -> list[tuple[str, int]]:
     """
     The relay's native side: every Ethernet interface holding a global IPv6 address but the
     TUN (name, index).
     """
     out = set()
-    for msg in _netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET6)):
+    for msg in netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET6)):
         index = msg["index"]
         if msg["scope"] == 0 and isEthernet(index):  # RT_SCOPE_UNIVERSE: global
             name = socket.if_indextoname(index)
@@ -530,7 +596,7 @@ def _host_addresses() -> list[tuple[str, int, str]]:
     Every IPv4 address of the host but loopback's: (address, ifindex, interface name).
     """
     out = []
-    for msg in _netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET)):
+    for msg in netlink(lambda ipr: ipr.get_addr(family=socket.AF_INET)):
         address = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
         if address and not address.startswith("127."):
             index = msg["index"]
@@ -542,7 +608,7 @@ def _default_interface() -> int | None:
     """
     The interface of the IPv4 default route, if there is one.
     """
-    for route in _netlink(lambda ipr: ipr.get_default_routes(family=socket.AF_INET)):
+    for route in netlink(lambda ipr: ipr.get_default_routes(family=socket.AF_INET)):
         index = route.get_attr("RTA_OIF")
         if index:
             return int(index)

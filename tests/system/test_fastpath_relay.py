@@ -16,6 +16,9 @@ hand to the kernel) and records every frame the relay sends back, step by step. 
     between two Python paths), the native packets to the trusted client encapsulated by the
     XDP program as they arrived (before the kernel's forwarding and the TUN).
 
+A second test adds an interface with a global IPv6 address to the relay's namespace while
+it runs: the XDP program follows it there at the next sweep, and lets it go once deleted.
+
 Root only, with clang, libbpf and twistd.
 """
 
@@ -112,10 +115,10 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
             ["ip", "netns", "exec", r, "cat", "/sys/class/net/r0/address"], capture_output=True, text=True, check=True
         ).stdout.strip()
 
-    def run_relay(self, fast: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    def start_relay(self, fast: str) -> tuple[subprocess.Popen[bytes], Path, Path]:
         """
-        One relay run: start it, drive the world, read its status, stop it.  The driver's
-        steps, the relay's status and its log.
+        Start the relay with C{fast-path = fast}; wait until it answers on its status
+        socket.  Its process (stopped at cleanup), status socket and log.
         """
         from teredonode.status import read_status
 
@@ -137,16 +140,39 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
                  "teredo", "--config", str(conf)],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
             )
+        self.addCleanup(self.stop_relay, proc)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                read_status(str(status), timeout=2)
+                break
+            except Exception:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.fail(f"the relay did not start: {log.read_text()[-2000:]}")
+                time.sleep(0.2)
+        return proc, status, log
+
+    @staticmethod
+    def stop_relay(proc: subprocess.Popen[bytes]) -> None:
+        if proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    read_status(str(status), timeout=2)
-                    break
-                except Exception:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        self.fail(f"the relay did not start: {log.read_text()[-2000:]}")
-                    time.sleep(0.2)
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def run_relay(self, fast: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """
+        One relay run: start it, drive the world, read its status, stop it.  The driver's
+        steps, the relay's status and its log.
+        """
+        from teredonode.status import read_status
+
+        proc, status, log = self.start_relay(fast)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+        try:
             driven = subprocess.run(
                 ["ip", "netns", "exec", self.worldNs, sys.executable, str(DRIVER), "w0", self.relayMac],
                 capture_output=True, text=True, env=env, timeout=120,
@@ -156,12 +182,7 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
             result = read_status(str(status), timeout=5)["relay"]
             return json.loads(driven.stdout), result, log.read_text()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+            self.stop_relay(proc)
 
     def test_same_output(self) -> None:
         """
@@ -206,3 +227,39 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
         self.assertGreaterEqual(carried, trusted, fastStatus["fast-path"])
         down = sum(len(slowSteps[n]) for n in TRUSTED_DOWN)
         self.assertGreaterEqual(fastStatus["fast-path"]["from-native"], down, fastStatus["fast-path"])
+
+    def test_followsTheNativeSide(self) -> None:
+        """
+        An interface that gains a global IPv6 address while the relay runs gets the XDP
+        program at the next sweep (10 s), with one log line, and shows in the status; once
+        deleted it is let go, with one line.
+        """
+        from teredonode.status import read_status
+
+        proc, status, log = self.start_relay("on")
+
+        def interfaces() -> list[str]:
+            return list(read_status(str(status), timeout=5)["relay"]["fast-path"]["interfaces"])
+
+        def waitFor(want: bool, line: str) -> None:
+            deadline = time.monotonic() + 25  # two sweeps and then some
+            while ("r1" in interfaces()) != want or line not in log.read_text():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    self.fail(f"{line!r} not seen; interfaces {interfaces()}; log: {log.read_text()[-1500:]}")
+                time.sleep(0.5)
+
+        self.assertEqual(interfaces(), ["r0", "tfr-tun"])
+        r, w = self.relayNs, self.worldNs
+        _ip("link", "add", "r1", "netns", r, "type", "veth", "peer", "name", "w1", "netns", w)
+        _ip("-6", "addr", "add", "2001:db8:1::20/64", "dev", "r1", "nodad", ns=r)
+        _ip("link", "set", "r1", "up", ns=r)
+        waitFor(True, "Fast path: XDP now also on r1 (a native-side interface)")
+        self.assertEqual(interfaces(), ["r0", "r1", "tfr-tun"])
+        shown = subprocess.run(
+            ["ip", "netns", "exec", r, "ip", "-d", "link", "show", "dev", "r1"], capture_output=True, text=True, check=True
+        ).stdout
+        self.assertIn("xdpgeneric", shown)
+        _ip("link", "del", "r1", ns=r)
+        waitFor(False, "Fast path: r1 is gone; XDP no longer on it")
+        self.assertEqual(interfaces(), ["r0", "tfr-tun"])
+        self.assertEqual(proc.poll(), None)

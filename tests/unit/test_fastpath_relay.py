@@ -8,6 +8,7 @@ Python relay in tests/system/test_fastpath_relay.py.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
@@ -21,6 +22,7 @@ from zope.interface.verify import verifyObject
 
 from teredonode.config import RelaySettings
 from teredonode.fastpath import relay as fastrelay
+from teredonode.fastpath.libbpf import BPFError
 from teredonode.fastpath.program import FastPathUnavailable
 from teredonode.interfaces import IPeerObserver
 from teredonode.peers import PeerList
@@ -167,6 +169,10 @@ class FakeObject:
 
     def __init__(self) -> None:
         self.maps: dict[int, dict[bytes, bytes]] = {fd: {} for fd in self.FDS.values()}
+        #: The interfaces carrying XDP, and the ones that refuse it (with errno C{refusal}).
+        self.xdp: set[int] = set()
+        self.refusing: set[int] = set()
+        self.refusal = 95
 
     def map_fd(self, name: str) -> int:
         return self.FDS[name]
@@ -190,7 +196,12 @@ class FakeObject:
         return list(self.maps[fd].items())
 
     def attach_xdp(self, name: str, index: int, generic: bool) -> None:
-        pass
+        if index in self.refusing:
+            raise BPFError(self.refusal, f"attaching XDP to ifindex {index}: {os.strerror(self.refusal)}")
+        self.xdp.add(index)
+
+    def detach_xdp(self, index: int) -> None:
+        self.xdp.discard(index)
 
     def attach_tcx(self, name: str, index: int, egress: bool) -> None:
         pass
@@ -312,6 +323,65 @@ class ObserverTests(SynchronousTestCase):
         self.fast.sweeping()
         self.assertEqual(segments(), 0)
         self.assertIn("now handed to the Python path", lines[-1])
+
+    def test_followsNatives(self) -> None:
+        """
+        A native-side interface that appears while the relay runs (an IPv6 address that
+        came after the daemon) gets the XDP program at the next sweep, its MAC address in the
+        ifaces map, with one log line; one that refuses it is tried once while it lasts; one
+        that is gone is let go (map entry, link, status).
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        obj = cast(FakeObject, self.fast.obj)
+        ifaces = obj.maps[obj.map_fd("ifaces")]
+        natives = [("eth1", 3)]
+        present = {2, 3, 4, 5}
+        self.fast.present = lambda index: index in present
+        plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
+        started = self.fast.start(
+            RelaySettings(xdp_mode="generic"), "lo", 3544, plan=plan, natives=lambda tun: list(natives),
+            forward=lambda tun: None,
+        )
+        self.assertTrue(started)
+        self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth1", "lo"], {2, 3}))
+        del lines[:]
+        self.fast.sweeping()
+        self.assertEqual(lines, [])
+
+        natives += [("eth2", 4), ("eth3", 5)]
+        obj.refusing.add(5)
+        self.fast.sweeping()
+        self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth1", "eth2", "lo"], {2, 3, 4}))
+        self.assertEqual(sorted(ifaces), [(i).to_bytes(4, "little") for i in (2, 3, 4)])
+        self.assertEqual(len(lines), 2)
+        self.assertIn("XDP now also on eth2", lines[0])
+        self.assertIn("XDP not attached to eth3 (", lines[1])
+        self.assertIn("its native packets take the TUN", lines[1])
+        self.fast.sweeping()
+        self.assertEqual(len(lines), 2)
+
+        present.discard(3)
+        natives.remove(("eth1", 3))
+        self.fast.sweeping()
+        self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth2", "lo"], {2, 4}))
+        self.assertNotIn((3).to_bytes(4, "little"), ifaces)
+        self.assertEqual(len(lines), 3)
+        self.assertIn("eth1 is gone", lines[2])
+
+        # eth3 loses its address and gets it back: tried again, once.  Refused for want of
+        # the capability (the relay narrowed its own at start), the line says what to do.
+        natives.remove(("eth3", 5))
+        self.fast.sweeping()
+        natives.append(("eth3", 5))
+        obj.refusal = 1
+        self.fast.sweeping()
+        self.fast.sweeping()
+        self.assertEqual(len(lines), 4)
+        self.assertIn("XDP not attached to eth3 (attaching needs CAP_NET_ADMIN", lines[3])
+        self.assertIn("restart it to attach", lines[3])
 
     def test_installedOnceTheTurnEnds(self) -> None:
         """
