@@ -37,6 +37,20 @@ The path (docs/performance.md has the method and the figures):
     alike, so that the NAT keeps each TCP flow in order as a NIC's queue would.
   - C{--relay ours-fast} puts our relay, with its kernel fast path, in place of Miredo's:
     TCP through our client and our relay.
+  - The native reference (C{--reference on}, the default; TCP only): plain IPv4 TCP between
+    client1 and v6host over the Teredo path's hops (client1 - nat1 - inet - relay, routing
+    IPv4 for it - inet's bridge - v6host), four ways:
+      - C{native-packets}: packets no larger than a Teredo datagram (1 308 bytes, a route
+        MTU) and nat1's GRO off, so that every packet crosses every hop alone, as every
+        Teredo datagram does (the kernel merges forwarded UDP only when it carries a
+        checksum, and a segment of a BPF-marked UDP tunnel packet has none): the lab's
+        ceiling for a datagram at a time, whatever the tunnel;
+      - C{native-gro}: the same packets with nat1's GRO on, as the lab is: the NAT merges
+        the TCP segments again and carries super-packets from there on;
+      - C{native-1500}: Ethernet-sized packets, GRO on: the lab's plain native path;
+      - C{native-offloads}: the same with transmit checksum offload on at client1 and on
+        inet's ports, so that nothing on the way segments: super-packets end to end.
+    The ratio ours-fast / native-packets says how much of the first the Teredo path reaches.
   - Figures are the best over the rounds (a shared machine only ever slows a run down), and
     the ratios ours / Miredo and ours-fast / Miredo are of those.
 """
@@ -68,6 +82,24 @@ QUALIFY_TIMEOUT = 20.0
 TESTS = (("tcp", "up"), ("tcp", "down"), ("udp", "up"), ("udp", "down"))
 #: Our client on the Python path, with the kernel fast path, and Miredo's.
 IMPLS = ("ours", "ours-fast", "miredo")
+#: The native reference's addresses (TEST-NET-1, inside the lab only): v6host's and the
+#: relay's on their link, and the largest Teredo datagram (IPv4 20 + UDP 8 + IPv6 1 280),
+#: the reference's route MTU.
+REF_V6HOST = "192.0.2.30"
+REF_RELAY = "192.0.2.20"
+REF_NET = "192.0.2.0/24"
+DATAGRAM = 1308
+#: The native reference's variants, by name: nat1's GRO, the route MTU, and whether the
+#: path's checksum offloads are on: a packet at a time; merged again at the NAT, as the lab
+#: is; in Ethernet-sized packets, merged; and with nothing on the way segmenting.
+REFERENCES: tuple[tuple[str, str, int, bool], ...] = (
+    ("native-packets", "off", DATAGRAM, False),
+    ("native-gro", "on", DATAGRAM, False),
+    ("native-1500", "on", 1500, False),
+    ("native-offloads", "on", 1500, True),
+)
+#: inet's ports on the reference's path, whose checksums the lab completes (tx off).
+INET_PORTS = ("to-nat1", "to-relay", "to-v6host")
 PROGRAMS = ("teredo_client_rx", "teredo_client_tx")
 
 if TYPE_CHECKING:
@@ -130,6 +162,68 @@ def nat_napi(lab: Lab) -> None:
         lab.exec(HOST_NAT, ["sh", "-c", f"echo 1 > /sys/class/net/{dev}/threaded"], timeout=10, check=True)
 
 
+def reference_path(lab: Lab, on: bool, mtu: int = DATAGRAM) -> None:
+    """
+    Route plain IPv4 between client1 and v6host through the relay (C{on}), with route MTU
+    C{mtu}, or take the routes away again: the native reference's path (see the module
+    docstring).
+    """
+    verb = "add" if on else "del"
+    wan = lab.ipv4(HOST_NAT)
+    lan_gw = lab.host(HOST_NAT).lan_ipv4
+    lab.exec("v6host", ["ip", "addr", verb, f"{REF_V6HOST}/24", "dev", "eth0"], check=on)
+    lab.exec("relay", ["ip", "addr", verb, f"{REF_RELAY}/24", "dev", "eth0"], check=on)
+    lab.exec("relay", ["sysctl", "-qw", f"net.ipv4.conf.eth0.forwarding={int(on)}"], check=True)
+    lab.exec("inet", ["ip", "route", verb, REF_NET, "via", lab.ipv4("relay")], check=on)
+    metric = ["mtu", str(mtu)] if on else []  # a route is removed by its destination and gateway
+    lab.exec(HOST, ["ip", "route", verb, REF_NET, "via", str(lan_gw), *metric], check=on)
+    lab.exec("v6host", ["ip", "route", verb, f"{wan}/32", "via", REF_RELAY, *metric], check=on)
+
+
+def path_offloads(lab: Lab, on: bool) -> None:
+    """
+    Transmit checksum offload on client1's link and inet's ports on the path C{on}, or off
+    again as the benchmark and the lab keep them (L{software_checksums}): with them on,
+    nothing on the way segments a TCP super-packet.
+    """
+    state = "on" if on else "off"
+    lab.exec(HOST, ["ethtool", "-K", "eth0", "tx", state], timeout=10, check=True)
+    lab.exec("inet", [sys.executable, "-m", "teredonode.lab.offload", "--tx", state, *INET_PORTS], timeout=10, check=True)
+
+
+def nat_gro(lab: Lab, on: bool) -> None:
+    """nat1's GRO on both links on or off (its NAPI threads stay as L{nat_napi} left them)."""
+    lab.exec(HOST_NAT, [sys.executable, "-m", "teredonode.lab.offload", "--gro", "on" if on else "off", "lan", "wan"],
+             timeout=10, check=True)
+
+
+def run_reference(lab: Lab, name: str, gro: str, turn: int, args: argparse.Namespace) -> dict[str, Any]:
+    """
+    The native reference C{name}: TCP each way over plain IPv4 with nat1's GRO C{gro}.
+    """
+    port = IPERF_PORT + turn
+    server = lab.popen("v6host", ["iperf3", "-s", "-p", str(port)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results: dict[str, Any] = {}
+    try:
+        if not _tcp_listening(lab, "v6host", port, 10):
+            raise RuntimeError("iperf3 server on v6host did not start")
+        nat_gro(lab, gro == "on")
+        for proto, direction in args.tests:
+            if proto != "tcp":
+                continue
+            soft0, t0 = softirq(), time.monotonic()
+            figures = iperf(lab, REF_V6HOST, port, proto, direction, args.seconds, args.udp_rate, family="-4")
+            figures["softirq"] = (softirq() - soft0) / (time.monotonic() - t0)
+            results[f"{proto}-{direction}"] = figures
+            log(f"  {name:14} {proto} {direction:4} {fmt(proto, figures)}, softirq {figures['softirq']:.0%}")
+        return results
+    finally:
+        nat_gro(lab, args.napi == "on")
+        server.kill()
+        server.wait(10)
+
+
 def softirq() -> float:
     """Machine-wide softirq CPU seconds so far (/proc/stat)."""
     fields = Path("/proc/stat").read_text().splitlines()[0].split()
@@ -149,11 +243,13 @@ def bpf_seconds() -> float:
 # ------------------------------------------------------------------------ measurements
 
 
-def iperf(lab: Lab, v6host: str, port: int, proto: str, direction: str, seconds: float, udp_rate: int) -> dict[str, Any]:
+def iperf(
+    lab: Lab, v6host: str, port: int, proto: str, direction: str, seconds: float, udp_rate: int, family: str = "-6"
+) -> dict[str, Any]:
     """
     One iperf3 run from client1 to v6host; returns the receiver's figures.
     """
-    argv = ["iperf3", "-6", "-c", v6host, "-p", str(port), "-t", str(seconds), "-J",
+    argv = ["iperf3", family, "-c", v6host, "-p", str(port), "-t", str(seconds), "-J",
             "--connect-timeout", "5000"]
     if direction == "down":
         argv.append("-R")
@@ -296,6 +392,24 @@ def report(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
                 [1e6 * b["softirq"] / b["pps"] if b and b["pps"] else None for b in bests], ".1f")
             row("  all-in us/packet",
                 [1e6 * (b["cpu"] + b["softirq"]) / b["pps"] if b and b["pps"] else None for b in bests], ".1f")
+    if any(results.get(name) for name, _, _, _ in REFERENCES):
+        lines += [
+            "",
+            "Native reference: plain IPv4 TCP, client1 - nat1 - inet - relay - v6host",
+            f"{'measurement':30} {'per packet':>14} {'GRO at nat1':>14} {'1500 B, GRO':>14} {'offloads on':>14}"
+            f" {'ours-fast':>14} {'fast/packet':>12}",
+            f"{'':30} {f'{DATAGRAM} B':>14} {f'{DATAGRAM} B':>14} {'':>14} {'1500 B, GRO':>14}",
+        ]
+        for proto, direction in args.tests:
+            if proto != "tcp":
+                continue
+            key = f"{proto}-{direction}"
+            refs = [best(results.get(name, []), key, "mbit") for name, _, _, _ in REFERENCES]
+            fast = best(results["ours-fast"], key, "mbit")
+            values = [b["mbit"] if b else None for b in (*refs, fast)]
+            cells = [format(v, ".1f") if v is not None else "-" for v in values]
+            ratio = f"{values[4] / values[0]:.2f}" if values[0] and values[4] is not None else "-"
+            lines.append(f"{'TCP Mbit/s ' + direction:30} " + " ".join(f"{c:>14}" for c in cells) + f" {ratio:>12}")
     return "\n".join(lines)
 
 
@@ -314,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"clients to measure, comma-separated (default {','.join(IMPLS)})")
     parser.add_argument("--tests", default=",".join(f"{p}-{d}" for p, d in TESTS),
                         help="measurements, comma-separated (default all: tcp-up,tcp-down,udp-up,udp-down)")
+    parser.add_argument("--reference", choices=("on", "off"), default="on",
+                        help="measure the native reference too (default on; TCP only; see the module docstring)")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON as well")
     args = parser.parse_args(argv)
     args.impls = tuple(i for i in args.impls.split(",") if i)
@@ -365,12 +481,23 @@ def main(argv: list[str] | None = None) -> int:
                 raise LabError(f"the {host} does not listen")
         v6host = lab.ipv6("v6host")
         results: dict[str, list[dict[str, Any]]] = {impl: [] for impl in IMPLS}
+        references: tuple[tuple[str, str, int, bool], ...] = REFERENCES if args.reference == "on" and any(p == "tcp" for p, _ in args.tests) else ()
         turn = 0
         for rnd in range(args.rounds):
             log(f"round {rnd + 1}/{args.rounds}")
             for impl in args.impls:
                 turn += 1
                 results[impl].append(run_turn(lab, impl, turn, args, v6host))
+            if references:
+                for name, gro, mtu, offloads in references:
+                    turn += 1
+                    reference_path(lab, True, mtu)
+                    path_offloads(lab, offloads)
+                    try:
+                        results.setdefault(name, []).append(run_reference(lab, name, gro, turn, args))
+                    finally:
+                        path_offloads(lab, False)
+                        reference_path(lab, False)
         print(report(results, args))
         if args.json:
             print(json.dumps(results, indent=1))
