@@ -74,6 +74,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from teredonode.lab.topology import inet_port  # noqa: E402  (after the path)
+from teredonode.roles.relay import RELAY_MTU  # noqa: E402
+
 HOST = "client1"
 HOST_NAT = "nat1"
 IPERF_PORT = 5201
@@ -88,7 +91,7 @@ IMPLS = ("ours", "ours-fast", "miredo")
 REF_V6HOST = "192.0.2.30"
 REF_RELAY = "192.0.2.20"
 REF_NET = "192.0.2.0/24"
-DATAGRAM = 1308
+DATAGRAM = 20 + 8 + RELAY_MTU
 #: The native reference's variants, by name: nat1's GRO, the route MTU, and whether the
 #: path's checksum offloads are on: a packet at a time; merged again at the NAT, as the lab
 #: is; in Ethernet-sized packets, merged; and with nothing on the way segmenting.
@@ -98,8 +101,9 @@ REFERENCES: tuple[tuple[str, str, int, bool], ...] = (
     ("native-1500", "on", 1500, False),
     ("native-offloads", "on", 1500, True),
 )
-#: inet's ports on the reference's path, whose checksums the lab completes (tx off).
-INET_PORTS = ("to-nat1", "to-relay", "to-v6host")
+#: The public hosts whose ports on inet are on the reference's path (the lab completes
+#: checksums there: tx off).
+INET_HOSTS = (HOST_NAT, "relay", "v6host")
 PROGRAMS = ("teredo_client_rx", "teredo_client_tx")
 
 if TYPE_CHECKING:
@@ -188,7 +192,8 @@ def path_offloads(lab: Lab, on: bool) -> None:
     """
     state = "on" if on else "off"
     lab.exec(HOST, ["ethtool", "-K", "eth0", "tx", state], timeout=10, check=True)
-    lab.exec("inet", [sys.executable, "-m", "teredonode.lab.offload", "--tx", state, *INET_PORTS], timeout=10, check=True)
+    ports = [inet_port(host) for host in INET_HOSTS]
+    lab.exec("inet", [sys.executable, "-m", "teredonode.lab.offload", "--tx", state, *ports], timeout=10, check=True)
 
 
 def nat_gro(lab: Lab, on: bool) -> None:
@@ -491,9 +496,9 @@ def main(argv: list[str] | None = None) -> int:
             if references:
                 for name, gro, mtu, offloads in references:
                     turn += 1
-                    reference_path(lab, True, mtu)
-                    path_offloads(lab, offloads)
                     try:
+                        reference_path(lab, True, mtu)
+                        path_offloads(lab, offloads)
                         results.setdefault(name, []).append(run_reference(lab, name, gro, turn, args))
                     finally:
                         path_offloads(lab, False)

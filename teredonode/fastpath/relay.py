@@ -42,7 +42,6 @@ of the interface of the default route (set C{bind} on such a host).
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 import time
@@ -63,6 +62,8 @@ __all__ = ["COUNTERS", "SOURCE_NAME", "RelayFastPath", "load", "load_as", "start
 
 SOURCE_NAME = "teredo_relay.bpf.c"
 RX, TX = "teredo_relay_rx", "teredo_relay_tx"
+#: Sweeps (10 s each) between quiet tries of an interface that refused the XDP program.
+RETRY_SWEEPS = 6
 
 #: The programs' counter indices (their C enum, in order): the first three are the relay's
 #: own counters; then the datagrams to the relay's port and the TUN packets handed on to
@@ -213,13 +214,17 @@ class RelayFastPath:
         #: TUN's name, and whether to attach in generic mode: for L{followNatives}.
         self._natives: Callable[[str], list[tuple[str, int]]] | None = None
         self._tunName = ""
+        self._tcOn = False
         self._generic: Callable[[int], bool] = is_veth
-        #: The interfaces carrying the XDP program, by ifindex, and the native ones it could
-        #: not be attached to (tried once while they last).
-        self._xdp: dict[int, str] = {}
-        self._refused: set[int] = set()
-        #: Whether an interface still exists (replaced in tests).
-        self.present: Callable[[int], bool] = _present
+        #: The interfaces carrying the XDP program, by ifindex: name and MAC address (as in
+        #: the C{ifaces} map); and the native ones that refused it, by ifindex: the sweeps
+        #: left until the next (quiet) try.
+        self._xdp: dict[int, tuple[str, bytes]] = {}
+        self._refused: dict[int, int] = {}
+        #: An interface's name by ifindex, C{None} once it is gone (replaced in tests).
+        self.nameOf: Callable[[int], str | None] = _nameOf
+        #: The last failure of a sweep's follow-up that was logged (each logged once).
+        self._followFailure = ""
 
     @classmethod
     def load(cls, settings: Any, clock: Any, peers: PeerList, path: Path | None = None) -> RelayFastPath:
@@ -309,21 +314,37 @@ class RelayFastPath:
         for name, index in rx:
             self._attachXdp(name, index, generic)
         self.obj.attach_tcx(TX, tun[1], egress=True)
-        self.interfaces.append(tun[0])
+        self._tunName, self._tcOn = tun[0], True
+        self._relist()
 
     def _attachXdp(self, name: str, index: int, generic: Callable[[int], bool]) -> None:
-        """XDP on one interface, its MAC address in the C{ifaces} map first."""
-        key = index.to_bytes(4, "little")
-        if self.hasInterfaces:
-            self.obj.update(self._ifaces_fd, key, self.macOf(name).ljust(8, b"\x00"))
+        """
+        XDP on one interface, then its MAC address in the C{ifaces} map: until the entry is
+        there the program passes the interface's frames, and no other interface's
+        program redirects to it (so never to an interface without the program).
+        """
+        mac = self.macOf(name) if self.hasInterfaces else b""
+        self.obj.attach_xdp(RX, index, generic(index))
         try:
-            self.obj.attach_xdp(RX, index, generic(index))
-        except BaseException:
             if self.hasInterfaces:
-                self.obj.delete(self._ifaces_fd, key)
+                self.obj.update(self._ifaces_fd, _ifaceKey(index), mac.ljust(8, b"\x00"))
+        except BaseException:
+            self.obj.detach_xdp(index)
             raise
-        self._xdp[index] = name
-        self.interfaces.insert(len(self._xdp) - 1, name)
+        self._xdp[index] = (name, mac)
+        self._relist()
+
+    def _detachXdp(self, index: int) -> None:
+        """The program off C{index} (gone, renamed or re-numbered), its map entry first."""
+        self._xdp.pop(index)
+        if self.hasInterfaces:
+            self.obj.delete(self._ifaces_fd, _ifaceKey(index))
+        self.obj.detach_xdp(index)
+        self._relist()
+
+    def _relist(self) -> None:
+        """C{interfaces} (the status's): the XDP ones, then the TUN once TC is on it."""
+        self.interfaces = [name for name, _ in self._xdp.values()] + ([self._tunName] if self._tcOn else [])
 
     def close(self) -> None:
         if self._flush is not None and self._flush.active():
@@ -334,6 +355,7 @@ class RelayFastPath:
         self.interfaces = []
         self._xdp.clear()
         self._refused.clear()
+        self._tcOn = False
         self._natives = None
 
     # -- time ----------------------------------------------------------------------------------
@@ -425,8 +447,16 @@ class RelayFastPath:
         outgoing interface's offloads and the native side's interfaces are read again first
         (L{followOffloads}, L{followNatives}).
         """
-        self.followOffloads()
-        self.followNatives()
+        for follow in (self.followOffloads, self.followNatives):
+            try:
+                follow()
+            except Exception as e:  # the sweep (and peers' expiry) must go on whatever it is
+                if repr(e) != self._followFailure:
+                    self._followFailure = repr(e)
+                    log.warn(
+                        "Fast path: reading the host failed ({error}); the programs keep their last settings",
+                        error=repr(e),
+                    )
         offset = self._offset()
         peers = self._peers
         for key, raw in self.obj.items(self._peers_fd, _KEY_SIZE, PEER.size):
@@ -464,43 +494,52 @@ class RelayFastPath:
         """
         Attach the XDP program to native-side interfaces that appeared since start (an IPv6
         address configured after the daemon started, by SLAAC, DHCPv6 or an operator, or an
-        interface brought up later), and let go of the ones that are gone.  Without it their
-        native packets would take the TUN for as long as the relay runs: correct, only
-        slower.  One log line per change; an interface the program cannot be attached to is
-        tried once while it lasts.  Read at every sweep: one netlink query.
+        interface brought up later), and let go of the ones that are gone (or renamed, or
+        whose index now names another).  Without it their native packets would take the TUN
+        for as long as the relay runs: correct, only slower.  One log line per change; an
+        interface that refuses the program is logged once and tried again, quietly, every
+        L{RETRY_SWEEPS} sweeps while it holds its address.  A changed MAC address is
+        written to the map.  Read at every sweep: one netlink query, and per interface one
+        name lookup and one sysfs read.
         """
         if self._natives is None:
             return
-        for index, name in list(self._xdp.items()):
-            if not self.present(index):
-                del self._xdp[index]
-                if name in self.interfaces:
-                    self.interfaces.remove(name)
-                if self.hasInterfaces:
-                    self.obj.delete(self._ifaces_fd, index.to_bytes(4, "little"))
-                self.obj.detach_xdp(index)
+        for index, (name, mac) in list(self._xdp.items()):
+            if self.nameOf(index) != name:
+                self._detachXdp(index)
                 log.info("Fast path: {name} is gone; XDP no longer on it", name=name)
-        try:
-            found = self._natives(self._tunName)
-        except OSError:
-            return
-        self._refused &= {index for _, index in found}
+                continue
+            if self.hasInterfaces:
+                try:
+                    now = self.macOf(name)
+                except OSError:
+                    continue
+                if now != mac:
+                    self.obj.update(self._ifaces_fd, _ifaceKey(index), now.ljust(8, b"\x00"))
+                    self._xdp[index] = (name, now)
+        found = self._natives(self._tunName)
+        present = {index for _, index in found}
+        for index in [i for i in self._refused if i not in present]:
+            del self._refused[index]
         for name, index in found:
-            if index in self._xdp or index in self._refused:
+            if index in self._xdp:
+                continue
+            wait = self._refused.get(index)
+            if wait is not None and wait > 0:
+                self._refused[index] = wait - 1
                 continue
             try:
                 self._attachXdp(name, index, self._generic)
             except (BPFError, OSError) as e:
-                self._refused.add(index)
-                reason = str(e)
-                if e.errno == errno.EPERM:
-                    reason = "attaching needs CAP_NET_ADMIN, which the relay let go after start; restart it to attach"
-                log.info(
-                    "Fast path: XDP not attached to {name} ({reason}); its native packets take the TUN",
-                    name=name,
-                    reason=reason,
-                )
+                if wait is None:
+                    log.info(
+                        "Fast path: XDP not attached to {name} ({reason}); its native packets take the TUN",
+                        name=name,
+                        reason=e.strerror or str(e),
+                    )
+                self._refused[index] = RETRY_SWEEPS
                 continue
+            self._refused.pop(index, None)
             log.info("Fast path: XDP now also on {name} (a native-side interface)", name=name)
 
     # -- status ----------------------------------------------------------------------------------
@@ -554,13 +593,17 @@ def hardwareAddress(name: str) -> bytes:
     return mac
 
 
-def _present(index: int) -> bool:
-    """Does interface C{index} still exist?"""
+def _nameOf(index: int) -> str | None:
+    """Interface C{index}'s name, C{None} if there is none."""
     try:
-        socket.if_indextoname(index)
+        return socket.if_indextoname(index)
     except OSError:
-        return False
-    return True
+        return None
+
+
+def _ifaceKey(index: int) -> bytes:
+    """The C{ifaces} map's key for interface C{index} (a C{__u32}, host order)."""
+    return index.to_bytes(4, "little")
 
 
 def isEthernet(index: int) -> bool:

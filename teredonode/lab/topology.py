@@ -166,6 +166,11 @@ def make_plan(scenario: Scenario) -> Plan:
     return plan
 
 
+def inet_port(host: str) -> str:
+    """The name of inet's bridge port toward public host C{host} (an interface name: 15 bytes)."""
+    return f"to-{host}"[:15]
+
+
 def lan_net(router: Host) -> str:
     """
     The prefix of NAT router C{router}'s LAN (10.N.0.0/24).
@@ -230,7 +235,7 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
             continue
         ns = names[name]
         inner = "wan" if host.kind == "nat" else "eth0"
-        outer = f"to-{name}"[:15]
+        outer = inet_port(name)
         _batch(
             inet,
             [
@@ -315,7 +320,7 @@ def build(prefix: str, plan: Plan, record_namespace: Callable[[str], None]) -> N
 
     # Complete checksums toward every public host, as a wire delivers them (see
     # teredonode.lab.offload: the kernel fast paths hand partial ones to Python).
-    _complete_checksums(inet, [f"to-{name}"[:15] for name, host in plan.hosts.items()
+    _complete_checksums(inet, [inet_port(name) for name, host in plan.hosts.items()
                                if host.kind != "inet" and host.behind is None])
 
     if not plan.anycast:

@@ -8,7 +8,6 @@ Python relay in tests/system/test_fastpath_relay.py.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import time
@@ -169,10 +168,10 @@ class FakeObject:
 
     def __init__(self) -> None:
         self.maps: dict[int, dict[bytes, bytes]] = {fd: {} for fd in self.FDS.values()}
-        #: The interfaces carrying XDP, and the ones that refuse it (with errno C{refusal}).
+        #: The interfaces carrying XDP, the ones that refuse it, and every try.
         self.xdp: set[int] = set()
         self.refusing: set[int] = set()
-        self.refusal = 95
+        self.tried: list[int] = []
 
     def map_fd(self, name: str) -> int:
         return self.FDS[name]
@@ -196,8 +195,9 @@ class FakeObject:
         return list(self.maps[fd].items())
 
     def attach_xdp(self, name: str, index: int, generic: bool) -> None:
+        self.tried.append(index)
         if index in self.refusing:
-            raise BPFError(self.refusal, f"attaching XDP to ifindex {index}: {os.strerror(self.refusal)}")
+            raise BPFError(95, f"attaching XDP to ifindex {index}: Operation not supported")
         self.xdp.add(index)
 
     def detach_xdp(self, index: int) -> None:
@@ -219,6 +219,8 @@ class ObserverTests(SynchronousTestCase):
         obj = FakeObject()
         self.fast = fastrelay.RelayFastPath(obj, self.clock, self.peers, bytes.fromhex("20010000"))
         self.fast.macOf = lambda name: bytes.fromhex("02000000000" + str(len(name)))
+        # The interfaces the tests attach to, whatever this host has.
+        self.fast.nameOf = {2: "eth0", 3: "eth1"}.get
         self.map = obj.maps[obj.map_fd("peers")]
 
     def trusted(self) -> Any:
@@ -328,8 +330,9 @@ class ObserverTests(SynchronousTestCase):
         """
         A native-side interface that appears while the relay runs (an IPv6 address that
         came after the daemon) gets the XDP program at the next sweep, its MAC address in the
-        ifaces map, with one log line; one that refuses it is tried once while it lasts; one
-        that is gone is let go (map entry, link, status).
+        ifaces map, with one log line; one that refuses it is logged once and tried again
+        quietly every few sweeps; one that is gone, renamed or re-numbered is let go (map
+        entry, link, status); a changed MAC address is written to the map.
         """
         lines: list[str] = []
         observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
@@ -338,8 +341,10 @@ class ObserverTests(SynchronousTestCase):
         obj = cast(FakeObject, self.fast.obj)
         ifaces = obj.maps[obj.map_fd("ifaces")]
         natives = [("eth1", 3)]
-        present = {2, 3, 4, 5}
-        self.fast.present = lambda index: index in present
+        names = {2: "eth0", 3: "eth1", 4: "eth2", 5: "eth3"}
+        macs = {name: bytes.fromhex(f"0200000000{index:02x}") for index, name in names.items()}
+        self.fast.nameOf = names.get
+        self.fast.macOf = lambda name: macs[name]
         plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
         started = self.fast.start(
             RelaySettings(xdp_mode="generic"), "lo", 3544, plan=plan, natives=lambda tun: list(natives),
@@ -355,33 +360,71 @@ class ObserverTests(SynchronousTestCase):
         obj.refusing.add(5)
         self.fast.sweeping()
         self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth1", "eth2", "lo"], {2, 3, 4}))
-        self.assertEqual(sorted(ifaces), [(i).to_bytes(4, "little") for i in (2, 3, 4)])
+        self.assertEqual(ifaces, {(i).to_bytes(4, "little"): macs[names[i]] + bytes(2) for i in (2, 3, 4)})
         self.assertEqual(len(lines), 2)
         self.assertIn("XDP now also on eth2", lines[0])
-        self.assertIn("XDP not attached to eth3 (", lines[1])
+        self.assertIn("XDP not attached to eth3 (attaching XDP to ifindex 5: Operation not supported)", lines[1])
         self.assertIn("its native packets take the TUN", lines[1])
+        # Tried again, quietly, once every RETRY_SWEEPS sweeps; taken once it accepts.
+        tries = len(obj.tried)
+        for _ in range(fastrelay.RETRY_SWEEPS):
+            self.fast.sweeping()
+        self.assertEqual((len(obj.tried), len(lines)), (tries, 2))
         self.fast.sweeping()
-        self.assertEqual(len(lines), 2)
+        self.assertEqual((len(obj.tried), len(lines)), (tries + 1, 2))
+        obj.refusing.clear()
+        for _ in range(fastrelay.RETRY_SWEEPS + 1):
+            self.fast.sweeping()
+        self.assertIn(5, obj.xdp)
+        self.assertIn("XDP now also on eth3", lines[-1])
 
-        present.discard(3)
+        # eth1 is gone; eth2 was renamed (or its index now names another interface, with
+        # the address); eth0's MAC changed.
+        del names[3]
         natives.remove(("eth1", 3))
+        names[4] = "veth9"
+        macs["veth9"] = bytes.fromhex("029999999999")
+        natives[natives.index(("eth2", 4))] = ("veth9", 4)
+        macs["eth0"] = bytes.fromhex("02aaaaaaaaaa")
+        del lines[:]
         self.fast.sweeping()
-        self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth2", "lo"], {2, 4}))
-        self.assertNotIn((3).to_bytes(4, "little"), ifaces)
+        self.assertEqual((self.fast.interfaces, obj.xdp), (["eth0", "eth3", "veth9", "lo"], {2, 4, 5}))
+        self.assertEqual(ifaces, {(i).to_bytes(4, "little"): macs[names[i]] + bytes(2) for i in (2, 4, 5)})
         self.assertEqual(len(lines), 3)
-        self.assertIn("eth1 is gone", lines[2])
+        self.assertIn("eth1 is gone", lines[0])
+        self.assertIn("eth2 is gone", lines[1])
+        self.assertIn("XDP now also on veth9", lines[2])
 
-        # eth3 loses its address and gets it back: tried again, once.  Refused for want of
-        # the capability (the relay narrowed its own at start), the line says what to do.
-        natives.remove(("eth3", 5))
+    def test_sweepOutlivesTheHost(self) -> None:
+        """
+        Whatever reading the host raises, the sweep goes on (peers still expire), and the
+        failure is logged once, not at every sweep.
+        """
+        lines: list[str] = []
+        observer = cast(ILogObserver, lambda event: lines.append(formatEvent(event)))
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        calls: list[str] = []
+
+        def broken(tun: str) -> list[tuple[str, int]]:
+            calls.append(tun)
+            if len(calls) > 1:
+                raise ValueError("a netlink message that does not decode")
+            return []
+
+        plan = lambda bind: (["203.0.113.20"], [("eth0", 2)], "203.0.113.20", 2)  # noqa: E731
+        self.fast.nameOf = {2: "eth0"}.get
+        self.assertTrue(self.fast.start(
+            RelaySettings(xdp_mode="generic"), "lo", 3544, plan=plan, natives=broken, forward=lambda tun: None,
+        ))
+        # An entry the peer list no longer holds, heard since: the sweep removes it.
+        self.map[CLIENT] = fastrelay.PEER.pack(bytes(4), bytes(2), 5, 0, 1)
+        del lines[:]
         self.fast.sweeping()
-        natives.append(("eth3", 5))
-        obj.refusal = 1
         self.fast.sweeping()
-        self.fast.sweeping()
-        self.assertEqual(len(lines), 4)
-        self.assertIn("XDP not attached to eth3 (attaching needs CAP_NET_ADMIN", lines[3])
-        self.assertIn("restart it to attach", lines[3])
+        self.assertEqual(len(calls), 3)
+        self.assertEqual(self.map, {})
+        self.assertEqual(len([line for line in lines if "reading the host failed" in line]), 1)
 
     def test_installedOnceTheTurnEnds(self) -> None:
         """
