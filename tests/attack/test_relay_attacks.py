@@ -92,13 +92,19 @@ class RelayBubbleAmplificationTests(LabAssertions, unittest.TestCase):
         the window, instead of one bubble per destination and retry.
         """
         self.startRelay({"direct-bubbles": True})
+        before = self.tunPacketsToRelay()
         seen, elapsed = self.floodAndCount(
             victim_addresses(FLOOD), ["udp", "and", "src", "port", "3544", "and", "dst", "host", VICTIM]
         )
         self.assertGreaterEqual(seen, 1)
         self.assertLessEqual(seen, 8 + 2 * elapsed)
+        # Every flood packet the relay read beyond the budget was refused and counted; on a
+        # loaded machine some never reach it (the TUN's queue overflows first), as in
+        # test_totalBubblesBoundedByGlobalBudget.
+        read = self.tunPacketsToRelay() - before
+        self.assertGreater(read, FLOOD // 2)
         status = self.lab.node_status("our-relay")["relay"]
-        self.assertGreaterEqual(status["drops"]["budget-ipv4"], FLOOD - 8 - 2 * elapsed)
+        self.assertGreaterEqual(status["drops"]["budget-ipv4"], min(FLOOD, read) - 8 - 2 * elapsed)
         self.assertLessEqual(status["peers"]["peers"], 8 + 2 * elapsed)
         self.assertGreater(status["peers"]["probes-suppressed"]["ipv4-budget"], 0)
 
