@@ -293,6 +293,15 @@ def stop(record: ProcessRecord, popen: subprocess.Popen[bytes] | None = None) ->
     kill_pids([pid], popen)
 
 
+def stop_popen(popen: subprocess.Popen[bytes]) -> None:
+    """
+    Stop a process this one started, as L{kill_pids}; nothing if it has already ended and
+    been reaped (its pid may belong to another process by now).
+    """
+    if popen.poll() is None:
+        kill_pids([popen.pid], popen)
+
+
 def kill_pids(pids: list[int], popen: subprocess.Popen[bytes] | None = None) -> None:
     """
     SIGTERM C{pids}, wait up to L{STOP_TIMEOUT}, SIGKILL what is left; reap C{popen}.

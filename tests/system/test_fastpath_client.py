@@ -29,7 +29,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import struct
 import subprocess
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.trial import unittest
+from teredonode.lab.nodes import stop_popen
 from tests.system.bpf_support import fast_path_skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -189,19 +189,8 @@ class _Namespaces(unittest.TestCase):
                  f"--pidfile={self.tmp / (name + '.pid')}", "teredo", "--config", str(conf)],
                 stdout=out, stderr=subprocess.STDOUT, env=_env(),
             )
-        self.addCleanup(self._stop, proc)
+        self.addCleanup(stop_popen, proc)
         return proc, log
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
     def startServer(self) -> None:
         conf = self.tmp / "server.toml"
@@ -264,7 +253,7 @@ class ClientFastPathDifferentialTests(_Namespaces):
             result = read_status(str(status), timeout=5)["client"]
             return json.loads(driven.stdout), result, log.read_text()
         finally:
-            self._stop(proc)
+            stop_popen(proc)
 
     def test_same_output(self) -> None:
         """

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.trial import unittest
+from teredonode.lab.nodes import stop_popen
 from tests.system.bpf_support import fast_path_skip_reason
 
 REPO = Path(__file__).resolve().parents[2]
@@ -141,7 +141,7 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
                  "teredo", "--config", str(conf)],
                 stdout=out, stderr=subprocess.STDOUT, env=env,
             )
-        self.addCleanup(self.stop_relay, proc)
+        self.addCleanup(stop_popen, proc)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -152,17 +152,6 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
                     self.fail(f"the relay did not start: {log.read_text()[-2000:]}")
                 time.sleep(0.2)
         return proc, status, log
-
-    @staticmethod
-    def stop_relay(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
     def run_relay(self, fast: str) -> tuple[dict[str, Any], dict[str, Any], str]:
         """
@@ -183,7 +172,7 @@ class RelayFastPathDifferentialTests(unittest.TestCase):
             result = read_status(str(status), timeout=5)["relay"]
             return json.loads(driven.stdout), result, log.read_text()
         finally:
-            self.stop_relay(proc)
+            stop_popen(proc)
 
     def test_same_output(self) -> None:
         """
