@@ -208,13 +208,11 @@ class RelayFastPath:
         self._outgoing: tuple[Any, int, int, str, int, list[str], bool] | None = None
         #: The config's C{segments}: the outgoing interface completes inner checksums.
         self.segments = False
-        #: The config's C{native}: the XDP program encapsulates native packets.
-        self.native = False
-        #: The native side's interfaces now (L{_native_interfaces}; replaced in tests), the
-        #: TUN's name, and whether to attach in generic mode: for L{followNatives}.
+        #: The native side's interfaces now (L{_native_interfaces}; replaced in tests), and
+        #: whether to attach in generic mode: for L{followNatives}.  The TUN's name once
+        #: the TC program is on it.
         self._natives: Callable[[str], list[tuple[str, int]]] | None = None
         self._tunName = ""
-        self._tcOn = False
         self._generic: Callable[[int], bool] = is_veth
         #: The interfaces carrying the XDP program, by ifindex: name and MAC address (as in
         #: the C{ifaces} map); and the native ones that refused it, by ifindex: the sweeps
@@ -273,9 +271,8 @@ class RelayFastPath:
             except OSError as e:
                 native, early = False, f"; native packets through the TUN (IPv4 forwarding on {tun}: {e.strerror or e})"
             self._outgoing = (settings, tunIndex, outIndex, source, port, locals_, native)
-            self.native = native
             self.segments = self.offloads.completesSegments(outIndex)
-            self._natives, self._tunName = natives or _native_interfaces, tun
+            self._natives = natives or _native_interfaces
             self._generic = attach_generic(settings.xdp_mode)
             self.configure(self._packed())
             self.attach(xdp, (tun, tunIndex), self._generic)
@@ -292,6 +289,11 @@ class RelayFastPath:
             early=early,
         )
         return True
+
+    @property
+    def native(self) -> bool:
+        """The config's C{native}: the XDP program encapsulates native packets."""
+        return bool(self._outgoing and self._outgoing[6])
 
     def _packed(self) -> bytes:
         """The config map's value from L{_outgoing} and L{segments}."""
@@ -314,7 +316,7 @@ class RelayFastPath:
         for name, index in rx:
             self._attachXdp(name, index, generic)
         self.obj.attach_tcx(TX, tun[1], egress=True)
-        self._tunName, self._tcOn = tun[0], True
+        self._tunName = tun[0]
         self._relist()
 
     def _attachXdp(self, name: str, index: int, generic: Callable[[int], bool]) -> None:
@@ -344,7 +346,7 @@ class RelayFastPath:
 
     def _relist(self) -> None:
         """C{interfaces} (the status's): the XDP ones, then the TUN once TC is on it."""
-        self.interfaces = [name for name, _ in self._xdp.values()] + ([self._tunName] if self._tcOn else [])
+        self.interfaces = [name for name, _ in self._xdp.values()] + ([self._tunName] if self._tunName else [])
 
     def close(self) -> None:
         if self._flush is not None and self._flush.active():
@@ -355,7 +357,7 @@ class RelayFastPath:
         self.interfaces = []
         self._xdp.clear()
         self._refused.clear()
-        self._tcOn = False
+        self._tunName = ""
         self._natives = None
 
     # -- time ----------------------------------------------------------------------------------
