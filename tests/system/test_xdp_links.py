@@ -3,74 +3,89 @@ L{teredonode.fastpath.libbpf.BpfObject.detach_xdp}: the relay lets go of the XDP
 interface that is gone (L{teredonode.fastpath.relay.RelayFastPath.followNatives}), and of
 one that is still there, in either attachment mode.
 
-Root, clang and libbpf; a veth pair of the test's own in the root namespace, never brought
-up (no traffic), always removed.
+Root, clang and libbpf.  The links are made by a child process in a network namespace of
+the test's own, on a veth pair there that is never brought up (no traffic); the namespace,
+and the pair with it, is always removed.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import socket
+import secrets
 import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 from twisted.trial import unittest
 
 from tests.system.bpf_support import fast_path_skip_reason
 
+SOURCE = Path(__file__).resolve().parents[2]
 
-def xdp_shown(name: str) -> str:
-    """What C{ip link} shows of C{name}'s XDP attachment ("" for none)."""
-    out = subprocess.run(["ip", "-d", "link", "show", "dev", name], capture_output=True, text=True, check=True).stdout
-    for word in ("xdpgeneric", "xdpdrv", "xdp"):
-        if f" {word}" in out or f"{word}/" in out:
-            return word
-    return ""
+#: Run in the namespace: attach and detach in both modes, then attach and delete the
+#: interface before detaching; print what C{ip link} showed and the descriptor counts.
+_CHILD = r"""
+import json, os, socket, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from teredonode.fastpath import relay
+from teredonode.fastpath.libbpf import BpfObject, load_libbpf
+from teredonode.fastpath.program import object_path
+
+def shown():
+    out = subprocess.run(["ip", "-d", "link", "show", "dev", "x0"], capture_output=True, text=True).stdout
+    return next((w for w in ("xdpgeneric", "xdp") if f" {w} " in out or f"{w}/" in out), "")
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+obj = BpfObject(load_libbpf(), str(object_path(source_name=relay.SOURCE_NAME)), {"peers": 16})
+index = socket.if_nametoindex("x0")
+result = {}
+for generic in (True, False):
+    before = fds()
+    obj.attach_xdp(relay.RX, index, generic)
+    attached = shown()
+    obj.detach_xdp(index)
+    detached, after = shown(), fds()
+    obj.detach_xdp(index)
+    result["generic" if generic else "native"] = [attached, detached, before, after, fds()]
+before = fds()
+obj.attach_xdp(relay.RX, index, True)
+subprocess.run(["ip", "link", "del", "x0"], check=True)
+obj.detach_xdp(index)
+result["gone"] = [before, fds()]
+obj.close()
+print(json.dumps(result))
+"""
 
 
 class DetachXdpTests(unittest.TestCase):
     skip = fast_path_skip_reason()
 
-    def setUp(self) -> None:
-        from teredonode.fastpath import relay
-        from teredonode.fastpath.libbpf import BpfObject, load_libbpf
-        from teredonode.fastpath.program import object_path
-
-        self.name = f"tdx{os.getpid() % 100000}"
-        subprocess.run(
-            ["ip", "link", "add", self.name, "type", "veth", "peer", "name", f"{self.name}p"], check=True
-        )
-        self.addCleanup(subprocess.run, ["ip", "link", "del", self.name], capture_output=True, check=False)
-        self.index = socket.if_nametoindex(self.name)
-        self.obj = BpfObject(load_libbpf(), str(object_path(source_name=relay.SOURCE_NAME)), {"peers": 16})
-        self.addCleanup(self.obj.close)
-        self.program = relay.RX
-
-    def fds(self) -> int:
-        return len(os.listdir("/proc/self/fd"))
-
-    def test_detachInEitherMode(self) -> None:
+    def test_detach(self) -> None:
         """
         Detaching takes the program off an interface that is still there (a generic link's
-        descriptor, or native XDP's libbpf link), once; a second call does nothing.
+        descriptor, or native XDP's libbpf link) and releases the link, once; a second call
+        does nothing.  An interface deleted under the program: its link's descriptor is
+        released.
         """
-        for generic, shown in ((True, "xdpgeneric"), (False, "xdp")):
-            before = self.fds()
-            self.obj.attach_xdp(self.program, self.index, generic)
-            self.assertEqual(xdp_shown(self.name), shown)
-            self.obj.detach_xdp(self.index)
-            self.assertEqual(xdp_shown(self.name), "")
-            self.assertEqual(self.fds(), before)
-            self.obj.detach_xdp(self.index)
-            self.assertEqual(self.fds(), before)
-
-    def test_detachGone(self) -> None:
-        """
-        An interface deleted under the program: its link's descriptor is released, and
-        closing the object afterwards has nothing left to release twice.
-        """
-        before = self.fds()
-        self.obj.attach_xdp(self.program, self.index, True)
-        subprocess.run(["ip", "link", "del", self.name], check=True)
-        self.obj.detach_xdp(self.index)
-        self.assertEqual(self.fds(), before)
-        self.obj.close()
+        ns = f"tdx{secrets.token_hex(3)}"
+        subprocess.run(["ip", "netns", "add", ns], check=True, timeout=20)
+        self.addCleanup(subprocess.run, ["ip", "netns", "del", ns], capture_output=True, check=False)
+        subprocess.run(
+            ["ip", "-n", ns, "link", "add", "x0", "type", "veth", "peer", "name", "x1"], check=True, timeout=20
+        )
+        child = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", _CHILD, str(SOURCE)],
+            capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(SOURCE)),
+        )
+        self.assertEqual(child.returncode, 0, child.stderr[-2000:])
+        result: dict[str, Any] = json.loads(child.stdout)
+        for mode, attached in (("generic", "xdpgeneric"), ("native", "xdp")):
+            shown, gone, before, after, again = result[mode]
+            self.assertEqual((shown, gone), (attached, ""), mode)
+            self.assertEqual((after, again), (before, before), mode)
+        before, after = result["gone"]
+        self.assertEqual(after, before)
